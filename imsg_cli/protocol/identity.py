@@ -1,0 +1,173 @@
+"""Accounts, devices and the signed device list.
+
+An account key (Ed25519) signs the account's device list; each device has its own
+X25519 identity key (for PQXDH) and Ed25519 signing key (for its prekeys). A client trusts
+a device only if it appears in a device list signed by the account key it has pinned, so
+the relay cannot add a device to anyone's account (the Matrix attack, SECURITY-TESTS 4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable
+
+from imsg_cli.crypto import dh, sign
+from imsg_cli.crypto.errors import BadSignatureError
+from imsg_cli.protocol.consts import (
+    LABEL_ACCOUNT_ID,
+    LABEL_DEVICE_LIST,
+    LABEL_SAFETY_NUMBER,
+    MAX_DEVICES,
+    WIRE_VERSION,
+)
+from imsg_cli.protocol.encoding import KEY_ED25519, KEY_X25519, Reader, Writer, encode_key
+from imsg_cli.protocol.errors import DecodeError, UntrustedIdentityError
+
+Rng = Callable[[int], bytes]
+
+
+def account_id_for(account_key_public: bytes) -> str:
+    """The relay address of an account: derived from its key, so it cannot be squatted."""
+    tagged = encode_key(KEY_ED25519, account_key_public)
+    return hashlib.sha256(LABEL_ACCOUNT_ID + tagged).digest()[:16].hex()
+
+
+class AccountKey:
+    """The account's long-term Ed25519 key. It signs device lists and nothing else."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, private: bytes):
+        self._key = sign.SigningKey(private)
+
+    @classmethod
+    def generate(cls, rng: Rng) -> "AccountKey":
+        return cls(rng(32))
+
+    @property
+    def private(self) -> bytes:
+        return self._key.private
+
+    @property
+    def public(self) -> bytes:
+        return self._key.public
+
+    @property
+    def account_id(self) -> str:
+        return account_id_for(self.public)
+
+    def sign_device_list(self, device_list: "DeviceList") -> bytes:
+        body = device_list.encode_body()
+        return body + self._key.sign(LABEL_DEVICE_LIST, body)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEntry:
+    device_id: int
+    identity_key: bytes  # X25519 public, raw
+    signing_key: bytes  # Ed25519 public, raw
+    added_at: int  # ms since the epoch
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceList:
+    account_key: bytes  # Ed25519 public, raw
+    serial: int  # grows with every change, so an old list cannot be replayed as new
+    signed_at: int
+    devices: tuple[DeviceEntry, ...]
+
+    def encode_body(self) -> bytes:
+        w = Writer().u8(WIRE_VERSION).key(KEY_ED25519, self.account_key)
+        w.u64(self.serial).u64(self.signed_at).u16(len(self.devices))
+        for d in self.devices:
+            w.u32(d.device_id).key(KEY_X25519, d.identity_key).key(KEY_ED25519, d.signing_key)
+            w.u64(d.added_at)
+        return w.bytes()
+
+    def device(self, device_id: int) -> DeviceEntry | None:
+        for d in self.devices:
+            if d.device_id == device_id:
+                return d
+        return None
+
+    @property
+    def device_ids(self) -> list[int]:
+        return [d.device_id for d in self.devices]
+
+
+def decode_device_list(blob: bytes) -> tuple[DeviceList, bytes, bytes]:
+    """Parse a signed device list; return (list, signed body, signature). No trust yet."""
+    if len(blob) < sign.SIGNATURE_LEN:
+        raise DecodeError("device list too short")
+    body, signature = blob[: -sign.SIGNATURE_LEN], blob[-sign.SIGNATURE_LEN :]
+    r = Reader(body)
+    if r.u8() != WIRE_VERSION:
+        raise DecodeError("unsupported device list version")
+    account_key = r.key(KEY_ED25519)
+    serial, signed_at, count = r.u64(), r.u64(), r.u16()
+    if count == 0 or count > MAX_DEVICES:
+        raise DecodeError("device list must hold 1 to MAX_DEVICES devices")
+    devices = []
+    for _ in range(count):
+        devices.append(DeviceEntry(r.u32(), r.key(KEY_X25519), r.key(KEY_ED25519), r.u64()))
+    r.end()
+    ids = [d.device_id for d in devices]
+    if ids != sorted(set(ids)) or ids[0] < 1:
+        raise DecodeError("device ids must be positive, unique and ascending")
+    return DeviceList(account_key, serial, signed_at, tuple(devices)), body, signature
+
+
+def verify_device_list(blob: bytes, pinned_account_key: bytes) -> DeviceList:
+    """Return the device list if the pinned account key signed it; else raise."""
+    device_list, body, signature = decode_device_list(blob)
+    if device_list.account_key != pinned_account_key:
+        raise UntrustedIdentityError("device list names a different account key")
+    try:
+        sign.verify(pinned_account_key, LABEL_DEVICE_LIST, body, signature)
+    except BadSignatureError:
+        raise UntrustedIdentityError("device list is not signed by the pinned account key") from None
+    return device_list
+
+
+class DeviceKeys:
+    """This device's private identity: X25519 for key agreement, Ed25519 for prekeys."""
+
+    __slots__ = ("device_id", "identity", "signing")
+
+    def __init__(self, device_id: int, identity_private: bytes, signing_private: bytes):
+        self.device_id = device_id
+        self.identity = dh.KeyPair(identity_private)
+        self.signing = sign.SigningKey(signing_private)
+
+    @classmethod
+    def generate(cls, device_id: int, rng: Rng) -> "DeviceKeys":
+        return cls(device_id, rng(32), rng(32))
+
+    def entry(self, added_at: int) -> DeviceEntry:
+        return DeviceEntry(self.device_id, self.identity.public, self.signing.public, added_at)
+
+
+def fingerprint(account_key: bytes) -> str:
+    """A short, human-comparable form of one account key (hex groups)."""
+    digest = hashlib.sha256(LABEL_SAFETY_NUMBER + encode_key(KEY_ED25519, account_key)).hexdigest()
+    return " ".join(digest[i : i + 4] for i in range(0, 32, 4))
+
+
+_SAFETY_ITERATIONS = 5200  # as Signal's fingerprint: slows a search for a colliding key
+
+
+def _safety_half(account_key: bytes) -> str:
+    tagged = encode_key(KEY_ED25519, account_key)
+    h = hashlib.sha512(b"\x00\x01" + LABEL_SAFETY_NUMBER + tagged).digest()
+    for _ in range(_SAFETY_ITERATIONS):
+        h = hashlib.sha512(h + tagged).digest()
+    return "".join(f"{int.from_bytes(h[i:i + 5], 'big') % 100000:05d}" for i in range(0, 30, 5))
+
+
+def safety_number(key_a: bytes, key_b: bytes) -> str:
+    """60 digits from the two type-tagged account keys only — never from relay-chosen
+    identifiers (CVE-2022-39250). Both sides compute the same number."""
+    halves = sorted((_safety_half(key_a), _safety_half(key_b)))
+    digits = halves[0] + halves[1]
+    return " ".join(digits[i : i + 5] for i in range(0, 60, 5))

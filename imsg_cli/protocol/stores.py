@@ -1,0 +1,145 @@
+"""Store interfaces, one per record kind (as libsignal's IdentityKeyStore, PreKeyStore,
+SessionStore...). `imsg_cli.store.memory` is the reference implementation the unit tests
+use; `imsg_cli.store.sqlite` is what a home directory holds.
+
+`Store.transaction()` groups writes: the client saves the advanced ratchet state, the
+consumed prekeys and the received message in one transaction, before it acks the
+envelope at the relay, so a crash at any point neither loses a message nor reuses a key.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from imsg_cli.protocol.prekeys import KemPreKey, OneTimePreKey, SignedPreKey
+from imsg_cli.protocol.session import Address
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAccount:
+    """This home's account and device."""
+
+    account_id: str
+    handle: str
+    name: str
+    account_public: bytes
+    account_private: bytes | None  # None on a linked device that was not given it
+    device_id: int
+    identity_private: bytes  # X25519
+    signing_private: bytes  # Ed25519
+    device_list: bytes  # our account's signed device list, as last published
+    relay_url: str
+    token: str  # relay bearer token for this device
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    account_id: str
+    handle: str
+    account_key: bytes  # pinned (trust on first use, verified with the safety number)
+    device_list: bytes  # last signed device list that verified under `account_key`
+    verified: bool = False
+    first_seen: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    message_id: str
+    peer_account_id: str  # the other party of the conversation
+    peer_handle: str
+    direction: str  # "in" or "out"
+    sender_handle: str
+    recipient_handle: str
+    text: str
+    sent_at: int  # ms, sender's clock
+    stored_at: int  # ms, our clock
+    sender_device: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    peer_account_id: str
+    peer_handle: str
+    last_text: str
+    last_at: int
+    messages: int
+
+
+class AccountStore(Protocol):
+    def load_account(self) -> LocalAccount | None: ...
+    def save_account(self, account: LocalAccount) -> None: ...
+
+
+class PreKeyStore(Protocol):
+    def get_signed_prekey(self, key_id: int) -> SignedPreKey | None: ...
+    def save_signed_prekey(self, key: SignedPreKey) -> None: ...
+    def signed_prekeys(self) -> list[SignedPreKey]: ...
+    def remove_signed_prekey(self, key_id: int) -> None: ...
+    def get_kem_prekey(self, key_id: int) -> KemPreKey | None: ...
+    def save_kem_prekey(self, key: KemPreKey) -> None: ...
+    def remove_kem_prekey(self, key_id: int) -> None: ...
+    def get_one_time_prekey(self, key_id: int) -> OneTimePreKey | None: ...
+    def save_one_time_prekey(self, key: OneTimePreKey) -> None: ...
+    def remove_one_time_prekey(self, key_id: int) -> None: ...
+    def next_prekey_id(self) -> int:
+        """A fresh id, never handed out before, for any kind of prekey."""
+        ...
+
+
+class SessionStore(Protocol):
+    def load_session(self, address: Address) -> bytes | None: ...
+    def save_session(self, address: Address, record: bytes) -> None: ...
+    def delete_session(self, address: Address) -> None: ...
+
+
+class ContactStore(Protocol):
+    def get_contact(self, account_id: str) -> Contact | None: ...
+    def contact_by_handle(self, handle: str) -> Contact | None: ...
+    def save_contact(self, contact: Contact) -> None: ...
+    def contacts(self) -> list[Contact]: ...
+
+
+class MessageStore(Protocol):
+    def add_message(self, message: StoredMessage) -> bool:
+        """Store a message; False (and no change) if its id is already stored."""
+        ...
+
+    def has_message(self, message_id: str) -> bool: ...
+    def history(self, peer_account_id: str, limit: int) -> list[StoredMessage]:
+        """The newest `limit` messages of a conversation, oldest first."""
+        ...
+
+    def conversations(self) -> list[Conversation]: ...
+    def unshown(self) -> list[StoredMessage]:
+        """Incoming messages stored but not yet handed to a reader (receive/watch), so no
+        event is lost when the process stops between storing and printing."""
+        ...
+
+    def mark_shown(self, message_ids: list[str]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingBatch:
+    """Envelopes encrypted for one account's devices and not yet accepted by the relay.
+    The ratchet state that made them is already saved, so they are re-sent as they are
+    (never re-encrypted: that would reuse nothing, but would waste message keys) until
+    the relay answers 2xx; the relay de-duplicates on the message id."""
+
+    message_id: str
+    account_id: str
+    envelopes: tuple[tuple[int, bytes], ...]  # (device id, envelope)
+    created_at: int
+
+
+class OutboxStore(Protocol):
+    def add_outgoing(self, batch: OutgoingBatch) -> None: ...
+    def outgoing(self) -> list[OutgoingBatch]: ...
+    def remove_outgoing(self, message_id: str, account_id: str) -> None: ...
+
+
+class Store(AccountStore, PreKeyStore, SessionStore, ContactStore, MessageStore, OutboxStore, Protocol):
+    def transaction(self) -> AbstractContextManager[None]: ...
+    def close(self) -> None: ...

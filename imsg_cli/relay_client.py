@@ -1,0 +1,189 @@
+"""HTTP to the relay (docs/RELAY-API.md). No cryptography here: bytes in, bytes out.
+
+This is the only module of the client that touches the network. Errors become
+`RelayUnavailableError` (retryable: connection failures, timeouts, 5xx) or
+`RelayRefusedError` (a JSON error from the relay, with its stable code).
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+
+from imsg_cli.errors import (
+    InsecureRelayError,
+    NotRegisteredError,
+    RelayRefusedError,
+    RelayUnavailableError,
+    UsageError,
+)
+
+DEFAULT_TIMEOUT = 15.0
+
+
+def b64e(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64d(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (ValueError, TypeError):
+        raise RelayRefusedError("relay sent malformed base64", relay_code="bad_response") from None
+
+
+def check_relay_url(url: str, *, allow_insecure: bool = False) -> str:
+    """Refuse plain HTTP to anything but loopback (DESIGN §4)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"not a relay url: {url!r}", hint="for example http://127.0.0.1:8787")
+    if parts.scheme == "http" and not allow_insecure and not _is_loopback(parts.hostname):
+        raise InsecureRelayError()
+    return url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteAccount:
+    account_id: str
+    account_key: bytes  # type-tagged
+    device_list: bytes
+    devices: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    message_id: str
+    body: bytes
+    received_at: int
+
+
+class RelayClient:
+    def __init__(self, base_url: str, token: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
+                 allow_insecure: bool = False, transport: httpx.BaseTransport | None = None):
+        self.base_url = check_relay_url(base_url, allow_insecure=allow_insecure)
+        self._token = token
+        headers = {"User-Agent": "imsg/0.1"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout,
+                                  transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "RelayClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, *, json=None, params=None, timeout=None) -> dict:
+        try:
+            kwargs = {"json": json, "params": params}
+            if timeout is not None:
+                kwargs["timeout"] = timeout
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            raise RelayUnavailableError(f"relay at {self.base_url} timed out") from None
+        except httpx.HTTPError as exc:
+            raise RelayUnavailableError(f"relay at {self.base_url} unreachable ({type(exc).__name__})") from None
+        if response.status_code >= 500:
+            raise RelayUnavailableError(f"relay error {response.status_code}")
+        try:
+            body = response.json()
+        except ValueError:
+            raise RelayRefusedError(f"relay sent a non-json answer ({response.status_code})",
+                                    status=response.status_code, relay_code="bad_response") from None
+        if response.status_code >= 400:
+            code = body.get("error", "relay_refused") if isinstance(body, dict) else "relay_refused"
+            message = body.get("message", code) if isinstance(body, dict) else code
+            extra = {k: v for k, v in body.items() if k not in ("error", "message")} if isinstance(body, dict) else {}
+            if response.status_code == 429:
+                extra.setdefault("retry_after", response.headers.get("Retry-After"))
+            raise RelayRefusedError(f"relay refused: {message}", status=response.status_code,
+                                    relay_code=code, **extra)
+        if not isinstance(body, dict):
+            raise RelayRefusedError("relay sent an unexpected answer", relay_code="bad_response")
+        return body
+
+    # --- accounts ---
+
+    def health(self) -> dict:
+        return self._request("GET", "/v1/health")
+
+    def register(self, *, account_id: str, account_key: bytes, handle: str, device_list: bytes,
+                 device_id: int, token: str) -> dict:
+        return self._request("POST", "/v1/accounts", json={
+            "account_id": account_id, "account_key": b64e(account_key), "handle": handle,
+            "device_list": b64e(device_list), "device_id": device_id, "token": token,
+        })
+
+    def get_account(self, account_id: str) -> RemoteAccount:
+        body = self._request("GET", f"/v1/accounts/{account_id}")
+        try:
+            return RemoteAccount(str(body["account_id"]), b64d(body["account_key"]),
+                                 b64d(body["device_list"]), [int(d) for d in body["devices"]])
+        except (KeyError, TypeError, ValueError):
+            raise RelayRefusedError("relay sent a malformed account", relay_code="bad_response") from None
+
+    def lookup(self, handle: str) -> str:
+        try:
+            body = self._request("POST", "/v1/lookup", json={"handle": handle})
+        except RelayRefusedError as exc:
+            if exc.status == 404:
+                raise NotRegisteredError(f"{handle} is not registered with imsg", status=404,
+                                         relay_code="not_found") from None
+            raise
+        return str(body.get("account_id", ""))
+
+    # --- prekeys ---
+
+    def publish_keys(self, payload: dict) -> dict:
+        return self._request("PUT", "/v1/keys", json=payload)
+
+    def key_count(self) -> dict:
+        return self._request("GET", "/v1/keys/count")
+
+    def fetch_bundles(self, account_id: str, device_id: int | None = None) -> list[dict]:
+        params = {"device_id": device_id} if device_id is not None else None
+        body = self._request("GET", f"/v1/keys/{account_id}", params=params)
+        devices = body.get("devices")
+        if not isinstance(devices, list):
+            raise RelayRefusedError("relay sent malformed prekey bundles", relay_code="bad_response")
+        return devices
+
+    # --- messages ---
+
+    def send(self, account_id: str, message_id: str, envelopes: list[tuple[int, bytes]]) -> dict:
+        return self._request("PUT", f"/v1/messages/{account_id}", json={
+            "message_id": message_id,
+            "messages": [{"device_id": d, "body": b64e(b)} for d, b in envelopes],
+        })
+
+    def fetch(self, *, wait: float = 0, limit: int = 100) -> tuple[list[Envelope], bool]:
+        wait = max(0, min(int(wait), 60))
+        body = self._request("GET", "/v1/messages", params={"wait": wait, "limit": limit},
+                             timeout=DEFAULT_TIMEOUT + wait)
+        try:
+            out = [Envelope(str(m["message_id"]), b64d(m["body"]), int(m["received_at"]))
+                   for m in body["messages"]]
+        except (KeyError, TypeError, ValueError):
+            raise RelayRefusedError("relay sent malformed messages", relay_code="bad_response") from None
+        return out, bool(body.get("more", False))
+
+    def ack(self, message_ids: list[str]) -> None:
+        for i in range(0, len(message_ids), 500):
+            self._request("POST", "/v1/messages/ack", json={"message_ids": message_ids[i:i + 500]})

@@ -1,0 +1,1 @@
+"""Implementations of the store interfaces in `imsg_cli.protocol.stores`."""

@@ -1,0 +1,161 @@
+"""The in-memory reference store. Used by unit tests and as the executable definition
+of what every store must do (transactions roll back completely on an exception)."""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from typing import Iterator
+
+from imsg_cli.protocol.prekeys import KemPreKey, OneTimePreKey, SignedPreKey
+from imsg_cli.protocol.session import Address
+from imsg_cli.protocol.stores import Contact, Conversation, LocalAccount, OutgoingBatch, StoredMessage
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._account: LocalAccount | None = None
+        self._signed: dict[int, SignedPreKey] = {}
+        self._kem: dict[int, KemPreKey] = {}
+        self._one_time: dict[int, OneTimePreKey] = {}
+        self._next_id = 1
+        self._sessions: dict[Address, bytes] = {}
+        self._contacts: dict[str, Contact] = {}
+        self._messages: dict[str, StoredMessage] = {}
+        self._shown: set[str] = set()
+        self._outbox: dict[tuple[str, str], OutgoingBatch] = {}
+        self._depth = 0
+
+    _STATE = ("_account", "_signed", "_kem", "_one_time", "_next_id", "_sessions",
+              "_contacts", "_messages", "_shown", "_outbox")
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        snapshot = {name: copy.copy(getattr(self, name)) for name in self._STATE}
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            for name, value in snapshot.items():
+                setattr(self, name, value)
+            raise
+        finally:
+            self._depth = 0
+
+    def close(self) -> None:
+        pass
+
+    # accounts
+    def load_account(self) -> LocalAccount | None:
+        return self._account
+
+    def save_account(self, account: LocalAccount) -> None:
+        self._account = account
+
+    # prekeys
+    def get_signed_prekey(self, key_id: int) -> SignedPreKey | None:
+        return self._signed.get(key_id)
+
+    def save_signed_prekey(self, key: SignedPreKey) -> None:
+        self._signed[key.key_id] = key
+
+    def signed_prekeys(self) -> list[SignedPreKey]:
+        return sorted(self._signed.values(), key=lambda k: k.key_id)
+
+    def remove_signed_prekey(self, key_id: int) -> None:
+        self._signed.pop(key_id, None)
+
+    def get_kem_prekey(self, key_id: int) -> KemPreKey | None:
+        return self._kem.get(key_id)
+
+    def save_kem_prekey(self, key: KemPreKey) -> None:
+        self._kem[key.key_id] = key
+
+    def remove_kem_prekey(self, key_id: int) -> None:
+        self._kem.pop(key_id, None)
+
+    def get_one_time_prekey(self, key_id: int) -> OneTimePreKey | None:
+        return self._one_time.get(key_id)
+
+    def save_one_time_prekey(self, key: OneTimePreKey) -> None:
+        self._one_time[key.key_id] = key
+
+    def remove_one_time_prekey(self, key_id: int) -> None:
+        self._one_time.pop(key_id, None)
+
+    def next_prekey_id(self) -> int:
+        key_id, self._next_id = self._next_id, self._next_id + 1
+        return key_id
+
+    # sessions
+    def load_session(self, address: Address) -> bytes | None:
+        return self._sessions.get(address)
+
+    def save_session(self, address: Address, record: bytes) -> None:
+        self._sessions[address] = record
+
+    def delete_session(self, address: Address) -> None:
+        self._sessions.pop(address, None)
+
+    # contacts
+    def get_contact(self, account_id: str) -> Contact | None:
+        return self._contacts.get(account_id)
+
+    def contact_by_handle(self, handle: str) -> Contact | None:
+        return next((c for c in self._contacts.values() if c.handle == handle), None)
+
+    def save_contact(self, contact: Contact) -> None:
+        self._contacts[contact.account_id] = contact
+
+    def contacts(self) -> list[Contact]:
+        return sorted(self._contacts.values(), key=lambda c: c.handle)
+
+    # messages
+    def add_message(self, message: StoredMessage) -> bool:
+        if message.message_id in self._messages:
+            return False
+        self._messages[message.message_id] = message
+        if message.direction == "out":
+            self._shown.add(message.message_id)
+        return True
+
+    def has_message(self, message_id: str) -> bool:
+        return message_id in self._messages
+
+    def _ordered(self) -> list[StoredMessage]:
+        return sorted(self._messages.values(), key=lambda m: (m.sent_at, m.stored_at, m.message_id))
+
+    def history(self, peer_account_id: str, limit: int) -> list[StoredMessage]:
+        rows = [m for m in self._ordered() if m.peer_account_id == peer_account_id]
+        return rows[-limit:] if limit > 0 else []
+
+    def conversations(self) -> list[Conversation]:
+        chats: dict[str, Conversation] = {}
+        for m in self._ordered():
+            prev = chats.get(m.peer_account_id)
+            count = prev.messages + 1 if prev else 1
+            chats[m.peer_account_id] = Conversation(m.peer_account_id, m.peer_handle, m.text, m.sent_at, count)
+        return sorted(chats.values(), key=lambda c: c.last_at, reverse=True)
+
+    def unshown(self) -> list[StoredMessage]:
+        return [m for m in self._ordered() if m.message_id not in self._shown]
+
+    def mark_shown(self, message_ids: list[str]) -> None:
+        self._shown.update(message_ids)
+
+    # outbox
+    def add_outgoing(self, batch: OutgoingBatch) -> None:
+        self._outbox[(batch.message_id, batch.account_id)] = batch
+
+    def outgoing(self) -> list[OutgoingBatch]:
+        return sorted(self._outbox.values(), key=lambda b: b.created_at)
+
+    def remove_outgoing(self, message_id: str, account_id: str) -> None:
+        self._outbox.pop((message_id, account_id), None)
