@@ -1,0 +1,441 @@
+"""The relay's ASGI application: `create_app(settings, storage)`.
+
+Plain Starlette routes with JSON validated against the schemas in `schema.py`; the same
+table of operations builds the routes and /openapi.json. No module-level state: everything
+a request needs hangs off the `Relay` object the factory builds, so tests can run as many
+relays side by side as they like.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from imsg_relay import schema
+from imsg_relay.auth import bearer_token_hash, decode_token, token_hash
+from imsg_relay.blinding import blind_handle, load_or_create_secret
+from imsg_relay.errors import (
+    RelayError,
+    StorageUnavailable,
+    bad_request,
+    CatchAllMiddleware,
+    http_exception_handler,
+    relay_error_handler,
+    storage_unavailable_handler,
+)
+from imsg_relay.jsonio import dumps, loads
+from imsg_relay.limits import BodyLimitMiddleware
+from imsg_relay.push import InProcessPush, Push
+from imsg_relay.ratelimit import RateLimiter
+from imsg_relay.settings import MAX_FETCH_BYTES, MAX_FETCH_LIMIT, Settings
+from imsg_relay.storage.base import (
+    AccountNotFound,
+    Bundle,
+    DeviceMismatch,
+    DeviceRef,
+    OneTimeKey,
+    SignedKey,
+    Storage,
+    StorageConflict,
+)
+from imsg_relay.sweeper import run_sweeper
+
+log = logging.getLogger("imsg_relay")
+
+API_VERSION = "1"
+ACCOUNT_ID_LABEL = b"imsg/v1/account-id"
+ACCOUNT_KEY_TAG = 0x06  # type tag of an Ed25519 account public key
+ACCOUNT_KEY_BYTES = 33
+
+
+def derive_account_id(account_key: bytes) -> str:
+    return hashlib.sha256(ACCOUNT_ID_LABEL + account_key).digest()[:16].hex()
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(dumps(body), status_code=status, media_type="application/json")
+
+
+_CONFLICTS = {
+    "account_exists": "an account with this account_id exists",
+    "handle_taken": "another account holds this handle",
+    "device_exists": "this account already has a device with this id",
+}
+
+
+def _conflict(exc: StorageConflict) -> RelayError:
+    if exc.code == "token_taken":
+        return bad_request("token is already in use; make a fresh random one")
+    return RelayError(exc.code, _CONFLICTS[exc.code])
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One route: the data both the router and /openapi.json are built from."""
+    method: str
+    path: str
+    handler: str
+    summary: str
+    ok: int
+    response: str
+    request: str | None = None
+    auth: bool = True
+    errors: tuple[int, ...] = ()
+    query: tuple[tuple[str, dict[str, Any], str], ...] = ()
+    path_params: tuple[tuple[str, dict[str, Any]], ...] = ()
+    request_required: bool = True
+
+
+_ACCOUNT_PARAM = (("account_id", schema.ACCOUNT_ID),)
+_DEVICE_PARAM = (("device_id", schema.DEVICE_ID),)
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation("GET", "/v1/health", "health", "relay liveness", 200, "Health", auth=False),
+    Operation("POST", "/v1/accounts", "register", "register an account and its first device",
+              201, "DeviceCreated", "RegisterRequest", auth=False, errors=(409, 429)),
+    Operation("GET", "/v1/accounts/{account_id}", "get_account",
+              "an account's key, signed device list and devices", 200, "Account",
+              errors=(404,), path_params=_ACCOUNT_PARAM),
+    Operation("POST", "/v1/lookup", "lookup", "which account holds a handle", 200,
+              "LookupResult", "LookupRequest", errors=(404, 429)),
+    Operation("PUT", "/v1/devices/{device_id}", "add_device",
+              "add a device to the caller's account", 201, "DeviceCreated", "AddDeviceRequest",
+              errors=(409,), path_params=_DEVICE_PARAM),
+    Operation("DELETE", "/v1/devices/{device_id}", "remove_device",
+              "remove a device of the caller's account, with its keys and mailbox", 200,
+              "DeviceRemoved", "RemoveDeviceRequest", errors=(404,),
+              path_params=_DEVICE_PARAM, request_required=False),
+    Operation("PUT", "/v1/keys", "put_keys", "publish this device's prekeys", 200, "KeyCounts",
+              "KeysRequest"),
+    Operation("GET", "/v1/keys/count", "key_counts", "one-time prekeys held for this device",
+              200, "KeyCounts"),
+    Operation("GET", "/v1/keys/{account_id}", "get_bundles",
+              "prekey bundles, one per device; one-time keys are served once", 200, "Bundles",
+              errors=(404, 429), path_params=_ACCOUNT_PARAM,
+              query=(("device_id", schema.DEVICE_ID, "only this device"),)),
+    Operation("PUT", "/v1/messages/{account_id}", "send",
+              "store an envelope for every device of an account", 200, "SendResult",
+              "SendRequest", errors=(404, 409, 429), path_params=_ACCOUNT_PARAM),
+    Operation("GET", "/v1/messages", "fetch", "this device's mailbox, oldest first", 200,
+              "Messages",
+              query=(("wait", {"type": "integer", "minimum": 0, "maximum": 60, "default": 0},
+                      "seconds to hold the request while the mailbox is empty"),
+                     ("limit", {"type": "integer", "minimum": 1, "maximum": MAX_FETCH_LIMIT,
+                                "default": 100}, "most envelopes to return"))),
+    Operation("POST", "/v1/messages/ack", "ack", "delete delivered envelopes", 200, "AckResult",
+              "AckRequest"),
+)
+
+
+class Relay:
+    def __init__(self, settings: Settings, storage: Storage, push: Push,
+                 clock: Callable[[], float]) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.push = push
+        self.clock = clock
+        self.secret = b""
+        self.send_limit = RateLimiter(settings.send_rate, settings.send_burst)
+        self.request_limit = RateLimiter(settings.request_rate, settings.request_burst)
+        self.lookup_limit = RateLimiter(settings.lookup_rate, settings.lookup_burst)
+        self.register_limit = RateLimiter(settings.register_rate, settings.register_burst)
+        self.openapi_body = b""
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # helpers
+
+    async def authenticate(self, request: Request) -> DeviceRef:
+        digest = bearer_token_hash(request.headers.get("authorization"))
+        device = await self.storage.authenticate(digest)
+        if device is None:
+            raise RelayError("unauthorized", "unknown token")
+        self.request_limit.check(device)
+        return device
+
+    async def body(self, request: Request, name: str, required: bool = True) -> dict[str, Any]:
+        raw = await request.body()
+        if not raw and not required:
+            return {}
+        ctype = request.headers.get("content-type", "")
+        if ctype.split(";", 1)[0].strip().lower() != "application/json":
+            raise RelayError("unsupported_media_type", "request body must be application/json")
+        try:
+            data = loads(raw)
+        except (ValueError, RecursionError):
+            raise bad_request("request body is not valid json") from None
+        return schema.validate(schema.S[name], data)
+
+    @staticmethod
+    def path_param(request: Request, name: str, spec: dict[str, Any]) -> Any:
+        raw = request.path_params[name]
+        if spec["type"] == "integer":
+            raw = _int(raw, name)
+        return schema.validate(spec, raw, name)
+
+    @staticmethod
+    def query_int(request: Request, name: str, spec: dict[str, Any], default: Any) -> Any:
+        raw = request.query_params.get(name)
+        if raw is None:
+            return default
+        return schema.validate(spec, _int(raw, name), name)
+
+    # routes
+
+    async def health(self, request: Request) -> Response:
+        return _json({"status": "ok", "version": API_VERSION})
+
+    async def openapi(self, request: Request) -> Response:
+        return Response(self.openapi_body, media_type="application/json")
+
+    async def register(self, request: Request) -> Response:
+        self.register_limit.check("register")
+        data = await self.body(request, "RegisterRequest")
+        key = data["account_key"]
+        if len(key) != ACCOUNT_KEY_BYTES or key[0] != ACCOUNT_KEY_TAG:
+            raise bad_request("account_key must be 33 bytes: 0x06 then an ed25519 public key")
+        if derive_account_id(key) != data["account_id"]:
+            raise bad_request("account_id is not derived from account_key")
+        raw_token = decode_token(data["token"])
+        if raw_token is None:
+            raise bad_request("token must be 32 bytes, base64url without padding")
+        try:
+            await self.storage.create_account(
+                data["account_id"], key, blind_handle(self.secret, data["handle"]),
+                data["device_list"], data["device_id"], token_hash(raw_token), self.now_ms())
+        except StorageConflict as exc:
+            raise _conflict(exc) from None
+        return _json({"account_id": data["account_id"], "device_id": data["device_id"]}, 201)
+
+    async def get_account(self, request: Request) -> Response:
+        await self.authenticate(request)
+        account_id = self.path_param(request, "account_id", schema.ACCOUNT_ID)
+        account = await self.storage.get_account(account_id)
+        if account is None:
+            raise RelayError("not_found", "no such account")
+        return _json({"account_id": account.account_id,
+                      "account_key": schema.b64(account.account_key),
+                      "device_list": schema.b64(account.device_list),
+                      "devices": list(account.devices)})
+
+    async def lookup(self, request: Request) -> Response:
+        device = await self.authenticate(request)
+        self.lookup_limit.check(device)
+        data = await self.body(request, "LookupRequest")
+        # No record of the lookup is written anywhere, and the handle is never logged.
+        account_id = await self.storage.lookup_handle(blind_handle(self.secret, data["handle"]))
+        if account_id is None:
+            raise RelayError("not_found", "no account holds this handle")
+        return _json({"account_id": account_id})
+
+    async def add_device(self, request: Request) -> Response:
+        device = await self.authenticate(request)
+        device_id = self.path_param(request, "device_id", schema.DEVICE_ID)
+        data = await self.body(request, "AddDeviceRequest")
+        raw_token = decode_token(data["token"])
+        if raw_token is None:
+            raise bad_request("token must be 32 bytes, base64url without padding")
+        try:
+            await self.storage.add_device(device.account_id, device_id, token_hash(raw_token),
+                                          data["device_list"], self.now_ms())
+        except StorageConflict as exc:
+            raise _conflict(exc) from None
+        except AccountNotFound:  # the caller's account went away under it
+            raise RelayError("unauthorized", "unknown token") from None
+        return _json({"account_id": device.account_id, "device_id": device_id}, 201)
+
+    async def remove_device(self, request: Request) -> Response:
+        device = await self.authenticate(request)
+        device_id = self.path_param(request, "device_id", schema.DEVICE_ID)
+        data = await self.body(request, "RemoveDeviceRequest", required=False)
+        try:
+            await self.storage.remove_device(device.account_id, device_id, data.get("device_list"))
+        except AccountNotFound:
+            raise RelayError("not_found", "no such device on this account") from None
+        return _json({"account_id": device.account_id, "device_id": device_id})
+
+    async def put_keys(self, request: Request) -> Response:
+        device = await self.authenticate(request)
+        data = await self.body(request, "KeysRequest")
+
+        def signed(d: dict[str, Any] | None) -> SignedKey | None:
+            return None if d is None else SignedKey(d["key_id"], d["public_key"], d["signature"])
+
+        counts = await self.storage.put_keys(
+            device, signed(data.get("signed_prekey")), signed(data.get("kem_last_resort")),
+            _unique_keys(data.get("one_time", []), signed=False),
+            _unique_keys(data.get("kem_one_time", []), signed=True))
+        return _json({"one_time": counts.one_time, "kem_one_time": counts.kem_one_time})
+
+    async def key_counts(self, request: Request) -> Response:
+        device = await self.authenticate(request)
+        counts = await self.storage.key_counts(device)
+        return _json({"one_time": counts.one_time, "kem_one_time": counts.kem_one_time})
+
+    async def get_bundles(self, request: Request) -> Response:
+        device = await self.authenticate(request)
+        self.lookup_limit.check(device)
+        account_id = self.path_param(request, "account_id", schema.ACCOUNT_ID)
+        device_id = self.query_int(request, "device_id", schema.DEVICE_ID, None)
+        try:
+            bundles = await self.storage.take_bundles(account_id, device_id)
+        except AccountNotFound:
+            raise RelayError("not_found", "no such account or device") from None
+        return _json({"account_id": account_id, "devices": [_bundle_json(b) for b in bundles]})
+
+    async def send(self, request: Request) -> Response:
+        device = await self.authenticate(request)
+        self.send_limit.check(device)
+        account_id = self.path_param(request, "account_id", schema.ACCOUNT_ID)
+        data = await self.body(request, "SendRequest")
+        limit = self.settings.max_envelope
+        bodies: dict[int, bytes] = {}
+        for m in data["messages"]:
+            if m["device_id"] in bodies:
+                raise bad_request(f"device {m['device_id']} is addressed twice")
+            if len(m["body"]) > limit:
+                raise RelayError("payload_too_large",
+                                 f"envelope for device {m['device_id']} is over {limit} bytes",
+                                 limit=limit)
+            bodies[m["device_id"]] = m["body"]
+        exclude = device.device_id if account_id == device.account_id else None
+        try:
+            stored = await self.storage.store_envelopes(account_id, data["message_id"], bodies,
+                                                        exclude, self.now_ms())
+        except AccountNotFound:
+            raise RelayError("not_found", "no such account") from None
+        except DeviceMismatch as exc:
+            raise RelayError("device_mismatch", "device list changed", missing=exc.missing,
+                             extra=exc.extra) from None
+        if bodies:
+            await self.push.notify([(account_id, d) for d in bodies])
+        return _json({"message_id": data["message_id"], "stored": stored})
+
+    async def fetch(self, request: Request) -> Response:
+        device = await self.authenticate(request)
+        op = _BY_HANDLER["fetch"]
+        wait = self.query_int(request, "wait", op.query[0][1], 0)
+        wait = min(wait, self.settings.max_wait)
+        limit = self.query_int(request, "limit", op.query[1][1], 100)
+        messages, more = await self._fetch(device, limit)
+        if not messages and wait > 0:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait
+            # Register first, then look again: an envelope stored in between still wakes us.
+            with self.push.waiter((device.account_id, device.device_id)) as event:
+                while True:
+                    messages, more = await self._fetch(device, limit)
+                    remaining = deadline - loop.time()
+                    if messages or remaining <= 0:
+                        break
+                    try:
+                        await asyncio.wait_for(event.wait(), remaining)
+                    except asyncio.TimeoutError:
+                        pass
+                    event.clear()
+        return _json({"messages": [{"message_id": m.message_id, "body": schema.b64(m.body),
+                                    "received_at": m.received_at} for m in messages],
+                      "more": more})
+
+    async def _fetch(self, device: DeviceRef, limit: int) -> tuple[list[Any], bool]:
+        cutoff = self.now_ms() - self.settings.retention_ms
+        return await self.storage.fetch(device, limit, cutoff, MAX_FETCH_BYTES)
+
+    async def ack(self, request: Request) -> Response:
+        device = await self.authenticate(request)
+        data = await self.body(request, "AckRequest")
+        acked = await self.storage.ack(device, data["message_ids"])
+        return _json({"acked": acked})
+
+
+_BY_HANDLER = {op.handler: op for op in OPERATIONS}
+
+
+def _int(raw: str, name: str) -> int:
+    # Plain decimal digits only: int() would also take "+1", " 1" and "1_0".
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        raise bad_request(f"{name} must be a non-negative decimal integer")
+    return int(raw)
+
+
+def _unique_keys(items: list[dict[str, Any]], signed: bool) -> list[OneTimeKey]:
+    # A key_id given twice in one list: the last one wins, as it would across requests.
+    keys = {k["key_id"]: OneTimeKey(k["key_id"], k["public_key"],
+                                    k["signature"] if signed else None) for k in items}
+    return list(keys.values())
+
+
+def _bundle_json(b: Bundle) -> dict[str, Any]:
+    sp = b.signed_prekey
+    kem = None
+    if b.kem_prekey is not None:
+        kem = {"key_id": b.kem_prekey.key_id, "public_key": schema.b64(b.kem_prekey.public_key),
+               "signature": schema.b64(b.kem_prekey.signature), "last_resort": b.kem_last_resort}
+    one_time = None
+    if b.one_time is not None:
+        one_time = {"key_id": b.one_time.key_id, "public_key": schema.b64(b.one_time.public_key)}
+    return {"device_id": b.device_id,
+            "signed_prekey": {"key_id": sp.key_id, "public_key": schema.b64(sp.public_key),
+                              "signature": schema.b64(sp.signature)},
+            "one_time": one_time, "kem_prekey": kem}
+
+
+def create_app(settings: Settings, storage: Storage | None = None, *,
+               push: Push | None = None, clock: Callable[[], float] = time.time) -> Starlette:
+    """The relay as an ASGI app. It opens `storage` (SQLite in `settings.data_dir` when none
+    is given) at startup and closes it at shutdown."""
+    from imsg_relay.openapi import build_openapi
+    from imsg_relay.storage.sqlite import SQLiteStorage
+
+    if storage is None:
+        storage = SQLiteStorage(settings.data_dir)
+    relay = Relay(settings, storage, push or InProcessPush(), clock)
+    relay.openapi_body = json.dumps(build_openapi(OPERATIONS, settings)).encode()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        relay.secret = load_or_create_secret(settings.secret_path)
+        await relay.storage.open()
+        await relay.push.start()
+        sweeper = asyncio.create_task(run_sweeper(relay.storage, settings.retention_ms,
+                                                  settings.sweep_interval, clock))
+        try:
+            yield {"relay": relay}
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await relay.push.stop()
+            await relay.storage.close()
+
+    routes = [Route("/openapi.json", relay.openapi, methods=["GET"], include_in_schema=False)]
+    # /v1/keys/count before /v1/keys/{account_id}, which would otherwise swallow it.
+    for op in sorted(OPERATIONS, key=lambda o: "{" in o.path):
+        routes.append(Route(op.path, getattr(relay, op.handler), methods=[op.method]))
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(CatchAllMiddleware),
+                    Middleware(BodyLimitMiddleware, max_body=settings.max_body)],
+        exception_handlers={
+            RelayError: relay_error_handler,
+            HTTPException: http_exception_handler,
+            StorageUnavailable: storage_unavailable_handler,
+        },
+        lifespan=lifespan,
+    )
+    app.state.relay = relay
+    return app

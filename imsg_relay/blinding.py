@@ -1,0 +1,44 @@
+"""Handles are stored only blinded: HMAC-SHA256(relay secret, handle).
+
+The secret is 32 random bytes made once, in a 0600 file in the data directory (created with
+O_EXCL, so two workers starting together cannot make two different secrets). Without it a
+stolen database does not reveal handles even to a dictionary of phone numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+SECRET_BYTES = 32
+
+
+class SecretFileError(Exception):
+    """the relay secret file is unusable"""
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        try:
+            os.write(fd, secrets.token_bytes(SECRET_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    data = path.read_bytes()
+    if len(data) != SECRET_BYTES:
+        raise SecretFileError(f"relay secret file {path} does not hold {SECRET_BYTES} bytes")
+    if path.stat().st_mode & 0o077:
+        raise SecretFileError(f"relay secret file {path} is readable by others; chmod 600 it")
+    return data
+
+
+def blind_handle(secret: bytes, handle: str) -> bytes:
+    return hmac.new(secret, handle.encode("utf-8"), hashlib.sha256).digest()

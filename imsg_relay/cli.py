@@ -1,0 +1,120 @@
+"""`imsg-relay`: run the relay.
+
+stdout carries one line, `imsg-relay listening on http://HOST:PORT`, once the socket
+accepts connections (scripts parse it; with --port 0 it is how they learn the port).
+Everything else goes to stderr, and no log line ever holds a request body, a token, a
+handle or a client address: uvicorn's access log is off and its own messages that name
+addresses are kept below the log level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+from types import FrameType
+
+import uvicorn
+
+from imsg_relay.settings import Settings, SettingsError
+
+log = logging.getLogger("imsg_relay")
+
+
+class _Server(uvicorn.Server):
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.should_exit or not sockets:
+            return
+        host, port = sockets[0].getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"imsg-relay listening on http://{shown}:{port}", flush=True)
+        log.info("relay accepting connections")
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A signal asks for a clean stop and exit 0; uvicorn would re-raise it afterwards.
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # uvicorn's INFO lines name the bound address ("Uvicorn running on http://127.0.0.1...")
+    # and, for some protocol errors, the client's; only its warnings and errors pass.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "asyncio"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(settings: Settings, log_level: str = "INFO") -> int:
+    from imsg_relay.app import create_app
+
+    _setup_logging(log_level)
+    app = create_app(settings)
+    try:
+        sock = _bind(settings.host, settings.port)
+    except OSError as exc:
+        print(f"error: cannot listen on port {settings.port}: {exc.strerror}", file=sys.stderr)
+        return 4
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        ws="none",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,  # never read client addresses from headers either
+        timeout_keep_alive=30,  # idle connections close (slowloris, R5)
+        timeout_graceful_shutdown=2,  # long polls do not hold up a SIGTERM
+    )
+    server = _Server(config)
+    server.run(sockets=[sock])
+    if not server.started:
+        print("error: the relay failed to start; see the log above", file=sys.stderr)
+        return 1
+    log.info("relay stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="imsg-relay", description="the imsg relay server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="serve the relay API over HTTP")
+    p.add_argument("--host", help="address to bind (IMSG_RELAY_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port, 0 for any free one (IMSG_RELAY_PORT, default 8787)")
+    p.add_argument("--data", help="data directory (IMSG_RELAY_DATA)")
+    p.add_argument("--log-level", default="INFO",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="stderr log level")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data)
+    except (SettingsError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        return serve(settings, args.log_level)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

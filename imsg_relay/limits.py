@@ -1,0 +1,62 @@
+"""Request body cap, enforced before the body is read: on Content-Length when the client
+declares one, and byte by byte while a chunked body streams in."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from imsg_relay.errors import RelayError
+
+
+def _too_large(limit: int) -> RelayError:
+    return RelayError("payload_too_large", f"request body is over the {limit} byte limit",
+                      limit=limit)
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await _send_error(send, RelayError("bad_request", "content-length is not a number"))
+                    return
+                if declared > self.max_body:
+                    # Answer without reading a byte of it; the server closes the connection
+                    # rather than drain what is left.
+                    await _send_error(send, _too_large(self.max_body))
+                    return
+                break
+        limit = self.max_body
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    # Raised inside the route's body read, so the route's error handling
+                    # answers 413 and nothing past the cap is kept.
+                    raise _too_large(limit)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+async def _send_error(send: Send, error: RelayError) -> None:
+    response = error.response()
+    response.headers["Connection"] = "close"
+
+    async def no_receive() -> Message:  # the response never reads the request
+        return {"type": "http.disconnect"}
+
+    await response({"type": "http"}, no_receive, send)

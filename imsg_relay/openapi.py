@@ -1,0 +1,99 @@
+"""/openapi.json, generated from the operations table in `app.py` and the schemas in
+`schema.py` — the same objects the router and the validator use."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Iterable
+
+from imsg_relay import schema
+from imsg_relay.settings import Settings
+
+_ERROR_TEXT = {
+    400: "malformed JSON, wrong types, bad base64 or out-of-range values (bad_request)",
+    401: "missing, malformed or unknown token (unauthorized)",
+    404: "unknown account, device or handle (not_found)",
+    409: "account_exists, handle_taken, device_exists or device_mismatch",
+    413: "request body, envelope or list over its limit (payload_too_large)",
+    415: "request body is not application/json (unsupported_media_type)",
+    429: "rate limited; see Retry-After (rate_limited)",
+    503: "storage temporarily unavailable; retry (unavailable)",
+}
+
+
+def _error_response(status: int) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": _ERROR_TEXT[status],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    if status == 429:
+        response["headers"] = {"Retry-After": {"schema": {"type": "integer", "minimum": 1},
+                                               "description": "seconds to wait"}}
+    return response
+
+
+def _param_schema(spec: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k != "description"}
+
+
+def build_openapi(operations: Iterable[Any], settings: Settings) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for op in operations:
+        statuses = {400, 413, 503}  # any route: bad query/path values, an oversized body
+        if op.auth:
+            statuses.add(401)
+            statuses.add(429)  # the per-credential request rate
+        if op.request is not None:
+            statuses.add(415)
+        statuses.update(op.errors)
+        parameters = []
+        for name, spec in op.path_params:
+            parameters.append({"name": name, "in": "path", "required": True,
+                               "schema": _param_schema(spec)})
+        for name, spec, text in op.query:
+            parameters.append({"name": name, "in": "query", "required": False,
+                               "description": text, "schema": _param_schema(spec)})
+        entry: dict[str, Any] = {
+            "operationId": op.handler,
+            "summary": op.summary,
+            "responses": {
+                str(op.ok): {
+                    "description": "success",
+                    "content": {"application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{op.response}"}}},
+                },
+                **{str(s): _error_response(s) for s in sorted(statuses)},
+            },
+        }
+        if parameters:
+            entry["parameters"] = parameters
+        if op.request is not None:
+            entry["requestBody"] = {
+                "required": op.request_required,
+                "content": {"application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{op.request}"}}},
+            }
+        entry["security"] = [{"bearer": []}] if op.auth else []
+        paths.setdefault(op.path, {})[op.method.lower()] = entry
+    paths["/openapi.json"] = {"get": {
+        "operationId": "openapi", "summary": "this document", "security": [],
+        "responses": {"200": {"description": "the OpenAPI document",
+                              "content": {"application/json": {"schema": {"type": "object"}}}}},
+    }}
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "imsg relay",
+            "version": "1",
+            "description": "Stores and forwards opaque end-to-end encrypted envelopes. "
+                           "See docs/RELAY-API.md. Limits: request body "
+                           f"{settings.max_body} bytes, envelope {settings.max_envelope} bytes.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": copy.deepcopy(schema.S),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "32 random bytes, base64url without "
+                                                          "padding, made at registration"}},
+        },
+    }

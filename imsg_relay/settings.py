@@ -1,0 +1,117 @@
+"""Relay settings: read once from `IMSG_RELAY_*` environment variables into a frozen object.
+
+Nothing here is secret today (the handle-blinding secret lives in a 0600 file in the data
+directory, never in the environment), but `repr` still leaves out paths to secrets so a
+settings dump in a log is harmless.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Mapping
+
+KIB = 1024
+MIB = 1024 * KIB
+
+# Named limits, with the reason beside each.
+MAX_RETENTION_DAYS = 90  # DESIGN.md §1: undelivered envelopes are kept 30 days, 90 at most
+MAX_WAIT_SECONDS = 60  # long polls longer than a minute only tie up sockets behind proxies
+MAX_KEYS_PER_LIST = 100  # RELAY-API.md: one PUT /v1/keys may carry at most 100 keys a list
+MAX_FETCH_LIMIT = 500  # one fetch answers at most 500 envelopes
+MAX_ACK_IDS = 500  # one ack carries at most 500 ids
+# One fetch answer stays under this many body bytes (then "more": true), so 500 envelopes
+# of 96 KiB never become a 48 MiB response held in memory.
+MAX_FETCH_BYTES = 4 * MIB
+
+
+class SettingsError(ValueError):
+    """a relay setting has a value that cannot be used"""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8787
+    data_dir: Path = Path("imsg-relay-data")
+    max_body: int = 1 * MIB
+    max_envelope: int = 96 * KIB
+    # Messages per credential per second, and the bucket size (burst).
+    send_rate: float = 60.0
+    send_burst: float = 60.0
+    # Every authenticated request (fetch, ack, keys...) per credential per second.
+    request_rate: float = 200.0
+    request_burst: float = 400.0
+    # Lookups and prekey-bundle fetches per credential per second: both reveal who exists.
+    lookup_rate: float = 5.0
+    lookup_burst: float = 30.0
+    # Registrations, relay-wide (there is no credential yet).
+    register_rate: float = 20.0
+    register_burst: float = 100.0
+    retention_days: int = 30
+    sweep_interval: float = 300.0
+    max_wait: int = MAX_WAIT_SECONDS
+    secret_file: Path | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"port {self.port} is not between 0 and 65535")
+        if not 1 <= self.retention_days <= MAX_RETENTION_DAYS:
+            raise SettingsError(
+                f"retention of {self.retention_days} days is not between 1 and {MAX_RETENTION_DAYS}"
+            )
+        if not 1 <= self.max_wait <= MAX_WAIT_SECONDS:
+            raise SettingsError(f"max wait {self.max_wait} s is not between 1 and {MAX_WAIT_SECONDS}")
+        for name in ("max_body", "max_envelope"):
+            if getattr(self, name) < 1024:
+                raise SettingsError(f"{name} must be at least 1024 bytes")
+        for name in ("send_rate", "send_burst", "request_rate", "request_burst", "lookup_rate",
+                     "lookup_burst", "register_rate", "register_burst", "sweep_interval"):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"{name} must be positive")
+
+    @property
+    def retention_ms(self) -> int:
+        return self.retention_days * 86_400_000
+
+    @property
+    def secret_path(self) -> Path:
+        return self.secret_file if self.secret_file is not None else self.data_dir / "relay.secret"
+
+    def with_(self, **changes: object) -> "Settings":
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
+        """Settings from `IMSG_RELAY_<FIELD>` variables; explicit overrides (CLI flags) win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f"IMSG_RELAY_{f.name.upper()}")
+            if f.name == "data_dir":
+                raw = env.get("IMSG_RELAY_DATA", raw)
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _convert(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "data_dir" in values:
+            values["data_dir"] = Path(values["data_dir"])  # type: ignore[arg-type]
+        # A send rate given alone also sets its burst, so "60 per second" means what it says.
+        if "send_rate" in values and "send_burst" not in values:
+            values["send_burst"] = values["send_rate"]
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _convert(name: str, annotation: object, raw: str) -> object:
+    kind = str(annotation)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"IMSG_RELAY_{name.upper()}={raw!r} is not a number") from None
+    if "Path" in kind:
+        return Path(raw)
+    return raw

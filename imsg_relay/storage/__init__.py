@@ -1,0 +1,20 @@
+"""Relay storage: the `Storage` interface and its SQLite (embedded) implementation."""
+
+from imsg_relay.storage.base import (
+    Account,
+    AccountNotFound,
+    Bundle,
+    DeviceMismatch,
+    DeviceRef,
+    Envelope,
+    KeyCounts,
+    OneTimeKey,
+    SignedKey,
+    Storage,
+    StorageConflict,
+)
+
+__all__ = [
+    "Account", "AccountNotFound", "Bundle", "DeviceMismatch", "DeviceRef", "Envelope",
+    "KeyCounts", "OneTimeKey", "SignedKey", "Storage", "StorageConflict",
+]

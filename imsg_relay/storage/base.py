@@ -1,0 +1,140 @@
+"""The storage interface of the relay.
+
+Everything is opaque bytes: the relay never parses keys, device lists or envelopes. Handles
+arrive already blinded (HMAC under the relay secret) and tokens already hashed, so no
+implementation can keep either by mistake. Clock readings come in as arguments (`now_ms`,
+`not_before_ms`), so retention is testable with any clock.
+
+Every method that changes state commits durably before it returns: a caller that answers
+2xx after `await storage.store_envelopes(...)` may promise the envelope survives a crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRef:
+    account_id: str
+    device_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    account_id: str
+    account_key: bytes
+    device_list: bytes
+    devices: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SignedKey:
+    key_id: int
+    public_key: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OneTimeKey:
+    key_id: int
+    public_key: bytes
+    signature: bytes | None = None  # ML-KEM one-time keys are signed, X25519 ones are not
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    device_id: int
+    signed_prekey: SignedKey
+    one_time: OneTimeKey | None
+    kem_prekey: SignedKey | None
+    kem_last_resort: bool
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCounts:
+    one_time: int
+    kem_one_time: int
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    message_id: str
+    body: bytes
+    received_at: int
+
+
+class StorageConflict(Exception):
+    """a unique value is already held: {code}"""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code  # "account_exists", "handle_taken", "device_exists", "token_taken"
+
+
+class AccountNotFound(Exception):
+    """no such account or device"""
+
+
+class DeviceMismatch(Exception):
+    """the envelopes are not addressed to exactly the account's devices"""
+
+    def __init__(self, missing: Sequence[int], extra: Sequence[int]) -> None:
+        super().__init__(f"missing {list(missing)}, extra {list(extra)}")
+        self.missing = sorted(missing)
+        self.extra = sorted(extra)
+
+
+class Storage(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # accounts and devices
+    async def create_account(self, account_id: str, account_key: bytes, handle_hmac: bytes,
+                             device_list: bytes, device_id: int, token_hash: bytes,
+                             now_ms: int) -> None:
+        """Raises StorageConflict("account_exists" | "handle_taken" | "token_taken")."""
+
+    async def add_device(self, account_id: str, device_id: int, token_hash: bytes,
+                         device_list: bytes, now_ms: int) -> None:
+        """Raises StorageConflict("device_exists" | "token_taken"), AccountNotFound."""
+
+    async def remove_device(self, account_id: str, device_id: int,
+                            device_list: bytes | None) -> None:
+        """Removes the device, its credential, its keys and its mailbox. Raises AccountNotFound."""
+
+    async def authenticate(self, token_hash: bytes) -> DeviceRef | None: ...
+
+    async def get_account(self, account_id: str) -> Account | None: ...
+
+    async def lookup_handle(self, handle_hmac: bytes) -> str | None: ...
+
+    # prekeys
+    async def put_keys(self, device: DeviceRef, signed_prekey: SignedKey | None,
+                       kem_last_resort: SignedKey | None, one_time: Sequence[OneTimeKey],
+                       kem_one_time: Sequence[OneTimeKey]) -> KeyCounts: ...
+
+    async def key_counts(self, device: DeviceRef) -> KeyCounts: ...
+
+    async def take_bundles(self, account_id: str, device_id: int | None) -> list[Bundle]:
+        """One bundle per device with a signed prekey; each one-time key handed out is
+        deleted in the same transaction. Raises AccountNotFound."""
+
+    # mailboxes
+    async def store_envelopes(self, account_id: str, message_id: str, bodies: dict[int, bytes],
+                              exclude_device: int | None, now_ms: int) -> int:
+        """Stores one row per device, idempotently on (account, device, message_id), after
+        checking `bodies` covers exactly the account's devices less `exclude_device`.
+        Returns the number of mailboxes addressed. Raises DeviceMismatch, AccountNotFound."""
+
+    async def fetch(self, device: DeviceRef, limit: int, not_before_ms: int,
+                    max_bytes: int) -> tuple[list[Envelope], bool]:
+        """Oldest first, only rows received at or after `not_before_ms`; the bool says more
+        are waiting."""
+
+    async def ack(self, device: DeviceRef, message_ids: Sequence[str]) -> int: ...
+
+    async def delete_expired(self, cutoff_ms: int, limit: int) -> int:
+        """Deletes at most `limit` envelopes received before `cutoff_ms`; returns how many."""
