@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+# starlette's TestClient still works on httpx; its nag about httpx2 is noise here.
+warnings.filterwarnings("ignore", message=".*httpx2.*")
+from starlette.testclient import TestClient  # noqa: E402
+
+from imsg_relay.app import create_app  # noqa: E402
+from imsg_relay.settings import Settings  # noqa: E402
+
+from .helpers import LiveRelay, relay_settings  # noqa: E402
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return relay_settings(tmp_path / "relay")
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.fixture
+def live(settings: Settings) -> Iterator[LiveRelay]:
+    with LiveRelay(settings) as relay:
+        yield relay

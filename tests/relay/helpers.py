@@ -1,0 +1,126 @@
+"""Helpers shared by the relay tests: make accounts, tokens and message ids."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from imsg_relay.app import create_app
+from imsg_relay.settings import Settings
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def new_token() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+
+
+def new_message_id() -> str:
+    return secrets.token_hex(16)
+
+
+def account_id_of(account_key: bytes) -> str:
+    return hashlib.sha256(b"imsg/v1/account-id" + account_key).digest()[:16].hex()
+
+
+@dataclass
+class Identity:
+    account_id: str
+    account_key: bytes
+    handle: str
+    tokens: dict[int, str]
+
+    def headers(self, device_id: int = 1) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[device_id]}"}
+
+
+def new_identity(handle: str | None = None) -> Identity:
+    key = b"\x06" + os.urandom(32)
+    handle = handle or f"user-{secrets.token_hex(6)}@example.com"
+    return Identity(account_id_of(key), key, handle, {1: new_token()})
+
+
+def registration(ident: Identity) -> dict[str, Any]:
+    return {"account_id": ident.account_id, "account_key": b64(ident.account_key),
+            "handle": ident.handle, "device_list": b64(b"signed-device-list-v1"),
+            "device_id": 1, "token": ident.tokens[1]}
+
+
+def register(client: Any, handle: str | None = None, devices: int = 1) -> Identity:
+    """Register an account over HTTP (any httpx-like sync client) with `devices` devices."""
+    ident = new_identity(handle)
+    r = client.post("/v1/accounts", json=registration(ident))
+    assert r.status_code == 201, r.text
+    for d in range(2, devices + 1):
+        ident.tokens[d] = new_token()
+        r = client.put(f"/v1/devices/{d}", headers=ident.headers(1),
+                       json={"token": ident.tokens[d], "device_list": b64(b"list-%d" % d)})
+        assert r.status_code == 201, r.text
+    return ident
+
+
+def send(client: Any, sender: Identity, to: Identity, body: bytes = b"hello",
+         message_id: str | None = None, sender_device: int = 1,
+         devices: list[int] | None = None) -> Any:
+    if devices is None:
+        devices = sorted(to.tokens)
+        if to.account_id == sender.account_id:
+            devices = [d for d in devices if d != sender_device]
+    payload = {"message_id": message_id or new_message_id(),
+               "messages": [{"device_id": d, "body": b64(body)} for d in devices]}
+    return client.put(f"/v1/messages/{to.account_id}", json=payload,
+                      headers=sender.headers(sender_device))
+
+
+class LiveRelay:
+    """A real uvicorn server on a loopback socket bound to port 0, in a thread."""
+
+    def __init__(self, settings: Settings, **app_kwargs: Any) -> None:
+        self.app = create_app(settings, **app_kwargs)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(512)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(self.app, loop="asyncio", http="httptools", ws="none",
+                                lifespan="on", log_config=None, access_log=False,
+                                timeout_graceful_shutdown=1)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True)
+
+    def __enter__(self) -> "LiveRelay":
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("live relay did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+def relay_settings(data_dir: Path, **overrides: Any) -> Settings:
+    # Tests send far faster than people; the rate-limit tests set their own limits.
+    base: dict[str, Any] = {"data_dir": data_dir, "send_rate": 10_000.0, "send_burst": 10_000.0,
+                            "request_rate": 10_000.0, "request_burst": 10_000.0,
+                            "lookup_rate": 10_000.0, "lookup_burst": 10_000.0,
+                            "register_rate": 10_000.0, "register_burst": 10_000.0}
+    base.update(overrides)
+    return Settings(**base)
