@@ -1,0 +1,108 @@
+"""Entry point of `imsg`: global options, the command table, and the one dispatcher that
+turns errors into output and exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+from typer import TyperException
+
+from imsg_cli.cli import account, history, messages
+from imsg_cli.cli.output import Output
+from imsg_cli.cli.state import State
+
+app = typer.Typer(
+    name="imsg",
+    help="End-to-end encrypted messages from the terminal.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help text: importing rich costs start-up time
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from imsg_cli import __version__
+
+        print(f"imsg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    home: Annotated[Optional[str], typer.Option("--home", envvar="IMSG_HOME", metavar="DIR",
+                                                help="Account home directory [env: IMSG_HOME].")] = None,
+    relay: Annotated[Optional[str], typer.Option("--relay", envvar="IMSG_RELAY", metavar="URL",
+                                                 help="Relay URL [env: IMSG_RELAY].")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Machine-readable output (NDJSON).")] = False,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Allow plain http to a non-loopback relay.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    ctx.obj = State(home=home, relay=relay, json=json_, insecure=insecure)
+
+
+app.command()(account.init)
+app.command()(account.whoami)
+app.command()(messages.send)
+app.command()(messages.receive)
+app.command()(messages.watch)
+app.command()(history.chats)
+app.command()(history.history)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    json_mode = "--json" in args
+    out = Output(json_mode)
+    try:
+        app(args=args, prog_name="imsg", standalone_mode=False)
+        return 0
+    except KeyboardInterrupt:
+        out.info("interrupted")
+        return 130
+    except Exception as exc:  # the one place errors become exit codes
+        return _report(out, exc)
+
+
+def _report(out: Output, exc: BaseException) -> int:
+    from imsg_cli.errors import ImsgError
+
+    if isinstance(exc, ImsgError):
+        details = {k: v for k, v in exc.details.items() if v is not None}
+        out.error(exc.code, str(exc), exc.hint, **details)
+        return exc.exit_code
+    if isinstance(exc, typer.Exit):
+        return exc.exit_code
+    if isinstance(exc, typer.Abort):
+        out.info("aborted")
+        return 130
+    if isinstance(exc, TyperException):  # typer's own (vendored click) usage errors
+        message = exc.format_message()
+        ctx = getattr(exc, "ctx", None)
+        hint = f"see: {ctx.command_path} --help" if ctx is not None else None
+        out.error("usage", message, hint)
+        return 2
+    if isinstance(exc, OSError) and getattr(exc, "errno", None) == 32:  # EPIPE: reader went away
+        return 0
+    if os.environ.get("IMSG_DEBUG") == "1":
+        import traceback
+
+        traceback.print_exception(exc)
+    out.error("bug", f"unexpected error: {type(exc).__name__}: {exc}",
+              "rerun with IMSG_DEBUG=1 for a traceback, and please report it")
+    return 1
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
