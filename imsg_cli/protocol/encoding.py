@@ -39,6 +39,16 @@ def decode_key(tag: int, data: bytes) -> bytes:
     return bytes(data[1:])
 
 
+_X25519_P = 2**255 - 19
+
+
+def is_canonical_x25519(raw: bytes) -> bool:
+    """True if `raw` is the one canonical encoding of its u-coordinate (below p, top bit
+    clear). X25519 accepts the others and maps them to the same point, so a key that is
+    not committed to by an AEAD or a signature must be canonical to be unmalleable."""
+    return len(raw) == 32 and int.from_bytes(raw, "little") < _X25519_P
+
+
 class Writer:
     __slots__ = ("_parts",)
 

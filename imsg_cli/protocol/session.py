@@ -21,7 +21,7 @@ from imsg_cli.crypto import dh, kem
 from imsg_cli.crypto.errors import CryptoError
 from imsg_cli.protocol import pqxdh
 from imsg_cli.protocol.consts import LABEL_MESSAGE_AD, MAX_PREVIOUS_SESSIONS, WIRE_VERSION
-from imsg_cli.protocol.encoding import KEY_X25519, Reader, Writer, encode_key
+from imsg_cli.protocol.encoding import KEY_X25519, Reader, Writer, encode_key, is_canonical_x25519
 from imsg_cli.protocol.errors import (
     DecodeError,
     DecryptionError,
@@ -190,7 +190,10 @@ def initiate(
 ) -> Session:
     """Start a session with a device whose keys come from a trusted device list."""
     bundle.verify(remote_signing_key)
-    sk, init = pqxdh.initiate(local, remote_identity_key, bundle, rng)
+    try:
+        sk, init = pqxdh.initiate(local, remote_identity_key, bundle, rng)
+    except CryptoError:  # a low-order X25519 key or a malformed ML-KEM key, even if signed
+        raise RemoteProtocolError("peer identity key or prekey bundle holds an unusable key") from None
     ratchet = RatchetState.initiator(
         sk, bundle.signed_prekey,
         ad_send=associated_data(local_address, local.identity.public, remote_address, remote_identity_key),
@@ -233,6 +236,10 @@ def decrypt(
     if ik_tagged[0] != KEY_X25519 or ek_tagged[0] != KEY_X25519:
         raise DecodeError("prekey message keys must be x25519")
     identity_key, base_key = ik_tagged[1:], ek_tagged[1:]
+    if not is_canonical_x25519(identity_key) or not is_canonical_x25519(base_key):
+        # X25519 ignores the top bit and reduces mod p, so a non-canonical base key would
+        # give the same SK: the relay could alter the session's id undetected.
+        raise DecodeError("prekey message keys must be canonical x25519 encodings")
     if identity_key != remote_identity_key:
         raise UntrustedIdentityError("prekey message identity key is not the sender's signed device key")
 
