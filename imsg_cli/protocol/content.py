@@ -47,7 +47,7 @@ class Content:
             doc = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise DecodeError("content is not valid json") from None
-        if not isinstance(doc, dict) or doc.get("v") != 1:
+        if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] != 1:  # not true, not 1.0
             raise DecodeError("unsupported content version")
         message_id = _field(doc, "id", str)
         if len(message_id) != 32 or not _is_hex(message_id):
