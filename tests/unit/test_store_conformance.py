@@ -1,0 +1,298 @@
+"""One conformance suite for every store: `MemoryStore` (the reference) and `SQLiteStore`.
+
+Covers accounts, prekeys, sessions, contacts, messages (dedup, history order and limit,
+conversations, unshown/mark_shown), the outbox, transaction rollback, and for SQLite the
+file mode and reopening.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from imsg_cli.protocol.prekeys import KemPreKey, OneTimePreKey, SignedPreKey
+from imsg_cli.protocol.session import Address
+from imsg_cli.protocol.stores import Contact, LocalAccount, OutgoingBatch, StoredMessage
+from imsg_cli.store.memory import MemoryStore
+from imsg_cli.store.sqlite import SQLiteStore
+
+from protocol_helpers import T0, SessionPair, seeded_rng
+
+PEER = "ab" * 16
+OTHER = "cd" * 16
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request, tmp_path: Path):
+    s = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "home" / "imsg.db")
+    yield s
+    s.close()
+
+
+def _account(**over) -> LocalAccount:
+    rng = seeded_rng(1)
+    fields = dict(
+        account_id=PEER, handle="@alice", name="Alice", account_public=rng(32), account_private=rng(32),
+        device_id=1, identity_private=rng(32), signing_private=rng(32), device_list=rng(200),
+        relay_url="https://relay.example", token="tok", created_at=T0,
+    )
+    fields.update(over)
+    return LocalAccount(**fields)
+
+
+def _msg(i: int, peer: str = PEER, direction: str = "in", sent_at: int | None = None, **over) -> StoredMessage:
+    fields = dict(
+        message_id=f"{i:032x}", peer_account_id=peer, peer_handle="@" + peer[:4], direction=direction,
+        sender_handle="@s", recipient_handle="@r", text=f"text {i}",
+        sent_at=T0 + i if sent_at is None else sent_at, stored_at=T0 + 1000 + i, sender_device=1,
+    )
+    fields.update(over)
+    return StoredMessage(**fields)
+
+
+def _prekeys():
+    pair = SessionPair(seed=2)
+    dev, rng = pair.alice.device, seeded_rng(3)
+    return (
+        SignedPreKey.generate(dev, 11, T0, rng),
+        KemPreKey.generate(dev, 12, T0, rng, last_resort=True),
+        OneTimePreKey.generate(13, rng),
+    )
+
+
+# --- accounts ---
+
+
+def test_account(store):
+    assert store.load_account() is None
+    a = _account()
+    store.save_account(a)
+    assert store.load_account() == a
+    b = _account(token="new", account_private=None)
+    store.save_account(b)
+    assert store.load_account() == b
+
+
+# --- prekeys ---
+
+
+def test_prekeys(store):
+    spk, kpk, otk = _prekeys()
+    assert store.get_signed_prekey(11) is None and store.get_kem_prekey(12) is None
+    assert store.get_one_time_prekey(13) is None and store.signed_prekeys() == []
+    store.save_signed_prekey(spk)
+    store.save_kem_prekey(kpk)
+    store.save_one_time_prekey(otk)
+    assert store.get_signed_prekey(11) == spk
+    assert store.get_kem_prekey(12) == kpk
+    assert store.get_one_time_prekey(13) == otk
+    # kinds are separate name spaces
+    assert store.get_signed_prekey(12) is None and store.get_one_time_prekey(11) is None
+    spk2 = SignedPreKey.generate(SessionPair(seed=2).alice.device, 5, T0 + 1, seeded_rng(9))
+    store.save_signed_prekey(spk2)
+    assert [k.key_id for k in store.signed_prekeys()] == [5, 11]
+    store.remove_signed_prekey(11)
+    store.remove_kem_prekey(12)
+    store.remove_one_time_prekey(13)
+    store.remove_one_time_prekey(999)  # removing a missing key is fine
+    assert store.get_signed_prekey(11) is None and store.get_kem_prekey(12) is None
+    assert store.get_one_time_prekey(13) is None
+    assert [k.key_id for k in store.signed_prekeys()] == [5]
+
+
+def test_next_prekey_id_never_repeats(store):
+    ids = [store.next_prekey_id() for _ in range(20)]
+    assert len(set(ids)) == 20 and ids == sorted(ids)
+
+
+# --- sessions ---
+
+
+def test_sessions(store):
+    a1, a2 = Address(PEER, 1), Address(PEER, 2)
+    assert store.load_session(a1) is None
+    store.save_session(a1, b"one")
+    store.save_session(a2, b"two")
+    assert store.load_session(a1) == b"one" and store.load_session(a2) == b"two"
+    store.save_session(a1, b"uno")
+    assert store.load_session(a1) == b"uno"
+    store.delete_session(a1)
+    store.delete_session(a1)
+    assert store.load_session(a1) is None and store.load_session(a2) == b"two"
+    assert store.load_session(Address(OTHER, 2)) is None
+
+
+def test_real_session_record_round_trips(store):
+    pair = SessionPair()
+    pair.handshake()
+    raw = pair.raw_record("bob")
+    store.save_session(pair.alice.address, raw)
+    assert store.load_session(pair.alice.address) == raw
+
+
+# --- contacts ---
+
+
+def test_contacts(store):
+    c1 = Contact(PEER, "@bob", b"k" * 32, b"list", verified=False, first_seen=T0)
+    c2 = Contact(OTHER, "@ann", b"j" * 32, b"list2", verified=True, first_seen=T0 + 1)
+    assert store.get_contact(PEER) is None and store.contact_by_handle("@bob") is None
+    store.save_contact(c1)
+    store.save_contact(c2)
+    assert store.get_contact(PEER) == c1
+    assert store.contact_by_handle("@ann") == c2
+    assert [c.handle for c in store.contacts()] == ["@ann", "@bob"]
+    c1b = Contact(PEER, "@bob", b"k" * 32, b"newlist", verified=True, first_seen=T0)
+    store.save_contact(c1b)
+    assert store.get_contact(PEER) == c1b and len(store.contacts()) == 2
+
+
+# --- messages ---
+
+
+def test_message_dedup_on_id(store):
+    m = _msg(1)
+    assert store.add_message(m) is True
+    assert store.add_message(_msg(1, text="changed")) is False
+    assert store.has_message(m.message_id) and not store.has_message(_msg(2).message_id)
+    assert store.history(PEER, 10) == [m]
+
+
+def test_history_order_and_limit(store):
+    # inserted out of order; history is by sender time, newest `limit`, oldest first
+    for i in [5, 1, 4, 2, 3]:
+        store.add_message(_msg(i))
+    store.add_message(_msg(9, peer=OTHER))
+    assert [m.text for m in store.history(PEER, 10)] == [f"text {i}" for i in [1, 2, 3, 4, 5]]
+    assert [m.text for m in store.history(PEER, 2)] == ["text 4", "text 5"]
+    assert store.history(PEER, 0) == []
+    assert store.history("ef" * 16, 5) == []
+    # ties on sent_at fall back to stored_at
+    store.add_message(_msg(20, sent_at=T0 + 100, stored_at=T0 + 5))
+    store.add_message(_msg(21, sent_at=T0 + 100, stored_at=T0 + 4))
+    assert [m.message_id[-2:] for m in store.history(PEER, 2)] == ["15", "14"]
+
+
+def test_conversations(store):
+    assert store.conversations() == []
+    store.add_message(_msg(1, peer=PEER, sent_at=T0 + 10))
+    store.add_message(_msg(2, peer=PEER, sent_at=T0 + 30, text="latest with peer"))
+    store.add_message(_msg(3, peer=OTHER, sent_at=T0 + 20, text="other"))
+    convs = store.conversations()
+    assert [(c.peer_account_id, c.last_text, c.last_at, c.messages) for c in convs] == [
+        (PEER, "latest with peer", T0 + 30, 2),
+        (OTHER, "other", T0 + 20, 1),
+    ]
+
+
+def test_unshown_and_mark_shown(store):
+    store.add_message(_msg(1))
+    store.add_message(_msg(2, direction="out"))  # our own messages are never "unshown"
+    store.add_message(_msg(3))
+    assert [m.message_id for m in store.unshown()] == [_msg(1).message_id, _msg(3).message_id]
+    store.mark_shown([_msg(1).message_id, "f" * 32])
+    assert [m.message_id for m in store.unshown()] == [_msg(3).message_id]
+    store.mark_shown([_msg(3).message_id])
+    assert store.unshown() == []
+    assert len(store.history(PEER, 10)) == 3
+
+
+# --- outbox ---
+
+
+def test_outbox(store):
+    b1 = OutgoingBatch("1" * 32, PEER, ((1, b"env1"), (2, b"env2")), T0 + 2)
+    b2 = OutgoingBatch("2" * 32, PEER, ((1, b"x" * 5000),), T0 + 1)
+    b3 = OutgoingBatch("1" * 32, OTHER, (), T0 + 3)
+    for b in (b1, b2, b3):
+        store.add_outgoing(b)
+    assert store.outgoing() == [b2, b1, b3]
+    store.add_outgoing(OutgoingBatch("2" * 32, PEER, ((3, b"new"),), T0 + 1))  # replaces
+    assert store.outgoing()[0].envelopes == ((3, b"new"),)
+    store.remove_outgoing("1" * 32, PEER)
+    store.remove_outgoing("9" * 32, PEER)
+    assert [(b.message_id, b.account_id) for b in store.outgoing()] == [("2" * 32, PEER), ("1" * 32, OTHER)]
+
+
+# --- transactions ---
+
+
+def _everything(store):
+    return (
+        store.load_account(), store.signed_prekeys(), store.get_kem_prekey(12), store.get_one_time_prekey(13),
+        store.load_session(Address(PEER, 1)), store.contacts(), store.history(PEER, 100),
+        store.conversations(), store.unshown(), store.outgoing(),
+    )
+
+
+def test_transaction_rollback_leaves_everything_as_before(store):
+    spk, kpk, otk = _prekeys()
+    with store.transaction():
+        store.save_account(_account())
+        store.save_signed_prekey(spk)
+        store.save_kem_prekey(kpk)
+        store.save_one_time_prekey(otk)
+        store.save_session(Address(PEER, 1), b"record")
+        store.save_contact(Contact(PEER, "@bob", b"k" * 32, b"l"))
+        store.add_message(_msg(1))
+        store.add_outgoing(OutgoingBatch("1" * 32, PEER, ((1, b"e"),), T0))
+    before = _everything(store)
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.save_account(_account(token="other"))
+            store.remove_signed_prekey(11)
+            store.remove_kem_prekey(12)
+            store.remove_one_time_prekey(13)
+            store.save_session(Address(PEER, 1), b"advanced")
+            store.save_contact(Contact(OTHER, "@eve", b"e" * 32, b"l"))
+            store.add_message(_msg(2))
+            store.mark_shown([_msg(1).message_id])
+            store.remove_outgoing("1" * 32, PEER)
+            with store.transaction():  # nested: joins the outer transaction
+                store.delete_session(Address(PEER, 1))
+            raise RuntimeError("crash before commit")
+    assert _everything(store) == before
+    # and the store still works after the rollback
+    with store.transaction():
+        store.add_message(_msg(3))
+    assert len(store.history(PEER, 10)) == 2
+
+
+def test_transaction_commits(store):
+    with store.transaction():
+        store.save_session(Address(PEER, 1), b"r")
+        with store.transaction():
+            store.add_message(_msg(1))
+    assert store.load_session(Address(PEER, 1)) == b"r" and store.has_message(_msg(1).message_id)
+
+
+# --- SQLite specifics ---
+
+
+def test_sqlite_file_is_private_and_survives_reopen(tmp_path: Path):
+    path = tmp_path / "home" / "imsg.db"
+    s = SQLiteStore(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    spk, kpk, otk = _prekeys()
+    with s.transaction():
+        s.save_account(_account())
+        s.save_signed_prekey(spk)
+        s.save_kem_prekey(kpk)
+        s.save_one_time_prekey(otk)
+        s.save_session(Address(PEER, 1), b"record")
+        s.save_contact(Contact(PEER, "@bob", b"k" * 32, b"l", True, T0))
+        s.add_message(_msg(1))
+        s.add_outgoing(OutgoingBatch("1" * 32, PEER, ((1, b"e"),), T0))
+    next_id = s.next_prekey_id()
+    before = _everything(s)
+    s.close()
+    s2 = SQLiteStore(path)
+    try:
+        assert _everything(s2) == before
+        assert s2.next_prekey_id() == next_id + 1
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    finally:
+        s2.close()
