@@ -124,3 +124,52 @@ def relay_settings(data_dir: Path, **overrides: Any) -> Settings:
                             "register_rate": 10_000.0, "register_burst": 10_000.0}
     base.update(overrides)
     return Settings(**base)
+
+
+class RelayProcess:
+    """`imsg-relay serve --port 0` as a subprocess, the way scripts and users run it."""
+
+    def __init__(self, data_dir: Path, stderr_path: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.stderr_path = stderr_path
+        # Tests send far faster than people do.
+        self.env = {"IMSG_RELAY_SEND_RATE": "100000", "IMSG_RELAY_REQUEST_RATE": "100000",
+                    "IMSG_RELAY_REGISTER_RATE": "100000", "IMSG_RELAY_LOOKUP_RATE": "100000",
+                    **(env or {})}
+        self.proc: Any = None
+        self.url = ""
+
+    def start(self, timeout: float = 15.0) -> "RelayProcess":
+        import subprocess
+        import sys
+        env = {**os.environ, **self.env}
+        stderr = open(self.stderr_path, "ab") if self.stderr_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "imsg_relay.cli", "serve", "--port", "0",
+             "--data", str(self.data_dir)],
+            stdout=subprocess.PIPE, stderr=stderr, env=env)
+        if self.stderr_path:
+            stderr.close()
+        import select
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            self.proc.kill()
+            raise RuntimeError("relay did not print its listening line in time")
+        line = self.proc.stdout.readline().decode()
+        prefix = "imsg-relay listening on "
+        if not line.startswith(prefix):
+            self.proc.kill()
+            raise RuntimeError(f"unexpected first line from the relay: {line!r}")
+        self.url = line[len(prefix):].strip()
+        return self
+
+    def kill(self) -> None:
+        import signal
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self) -> int:
+        import signal
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(10)
