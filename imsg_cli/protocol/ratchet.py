@@ -3,7 +3,10 @@
     KDF_RK(rk, dh_out) = HKDF-SHA256(ikm=dh_out, salt=rk, info=LABEL_ROOT, 64) -> (rk', ck)
     KDF_CK(ck)         = (HMAC-SHA256(ck, 0x02) -> ck', HMAC-SHA256(ck, 0x01) -> mk)
     key || nonce       = HKDF-SHA256(ikm=mk, salt=None, info=LABEL_MESSAGE_KEYS, 44)
-    message            = header || AES-256-GCM(key, nonce, plaintext, AD || header)
+    message            = header || AES-256-GCM(key, nonce, plaintext, AD || extra || header)
+
+`extra` is empty except inside a prekey message, where it is the prekey prefix (see
+session), so every byte of a first message is authenticated.
 
 Header: version (1) | type 0x02 (1) | Enc(DH ratchet public key) (33) | PN (4) | N (4).
 
@@ -127,7 +130,7 @@ class RatchetState:
 
     # --- sending ---
 
-    def encrypt(self, plaintext: bytes, rng: Rng) -> bytes:
+    def encrypt(self, plaintext: bytes, rng: Rng, extra_ad: bytes = b"") -> bytes:
         if self.cks is None:
             if self.dhr is None:
                 raise LocalProtocolError("cannot send before the peer's first message")
@@ -141,7 +144,7 @@ class RatchetState:
         header = _HEADER.pack(WIRE_VERSION, MSG_RATCHET, KEY_X25519, self.dhs_public, self.pn, self.ns)
         self.ns += 1
         key, nonce = _message_key(mk)
-        return header + aead.seal(key, nonce, plaintext, self.ad_send + header)
+        return header + aead.seal(key, nonce, plaintext, self.ad_send + extra_ad + header)
 
     @property
     def sending_position(self) -> tuple[bytes | None, int]:
@@ -150,10 +153,10 @@ class RatchetState:
 
     # --- receiving ---
 
-    def decrypt(self, message: bytes, now: int) -> bytes:
+    def decrypt(self, message: bytes, now: int, extra_ad: bytes = b"") -> bytes:
         dh_pub, pn, n = parse_header(message)
         header, body = message[:HEADER_LEN], message[HEADER_LEN:]
-        ad = self.ad_recv + header
+        ad = self.ad_recv + extra_ad + header
 
         slot = (dh_pub, n)
         held = self.skipped.get(slot)

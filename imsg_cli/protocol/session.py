@@ -7,6 +7,10 @@ Wire forms (all authenticated by the ratchet AEAD or, for the prekey fields, by 
     PreKeyMessage  = version | 0x03 | Enc(IK_A) | Enc(EK_A) | SPK id (4) | OPK id (4, 0 = none)
                      | KEM id (4) | KEM ciphertext (1088) | RatchetMessage
 
+The whole prekey prefix (everything before the inner RatchetMessage) is part of the inner
+message's associated data, so no byte of a prekey message can be altered, and the inner
+message cannot be lifted out and delivered alone.
+
 The initiator sends prekey messages until it has received one message in the session,
 as in Signal: until then the responder may not have the session yet.
 """
@@ -28,6 +32,7 @@ from imsg_cli.protocol.errors import (
     DuplicateMessageError,
     NoSessionError,
     RemoteProtocolError,
+    TooFarAheadError,
     UntrustedIdentityError,
 )
 from imsg_cli.protocol.identity import DeviceKeys, Rng
@@ -79,22 +84,21 @@ class Session:
         self.pending = pending  # initiator only, until the first message is received
 
     def encrypt(self, plaintext: bytes, rng: Rng) -> bytes:
-        inner = self.ratchet.encrypt(plaintext, rng)
-        if self.pending is None:
-            return inner
         p = self.pending
-        return (
+        if p is None:
+            return self.ratchet.encrypt(plaintext, rng)
+        prefix = (
             _PREKEY_FIXED.pack(
                 WIRE_VERSION, MSG_PREKEY,
                 encode_key(KEY_X25519, p.identity_key), encode_key(KEY_X25519, p.base_key),
                 p.signed_prekey_id, p.one_time_prekey_id or 0, p.kem_prekey_id,
             )
             + p.kem_ciphertext
-            + inner
         )
+        return prefix + self.ratchet.encrypt(plaintext, rng, extra_ad=prefix)
 
-    def decrypt_ratchet(self, message: bytes, now: int) -> bytes:
-        plaintext = self.ratchet.decrypt(message, now)
+    def decrypt_ratchet(self, message: bytes, now: int, extra_ad: bytes = b"") -> bytes:
+        plaintext = self.ratchet.decrypt(message, now, extra_ad)
         self.pending = None  # the peer has the session: plain ratchet messages from now on
         return plaintext
 
@@ -232,7 +236,7 @@ def decrypt(
         raise DecodeError("prekey message too short")
     _, _, ik_tagged, ek_tagged, spk_id, opk_id, kem_id = _PREKEY_FIXED.unpack_from(message)
     kem_ct = message[_PREKEY_FIXED.size:_PREKEY_LEN]
-    inner = message[_PREKEY_LEN:]
+    prefix, inner = message[:_PREKEY_LEN], message[_PREKEY_LEN:]
     if ik_tagged[0] != KEY_X25519 or ek_tagged[0] != KEY_X25519:
         raise DecodeError("prekey message keys must be x25519")
     identity_key, base_key = ik_tagged[1:], ek_tagged[1:]
@@ -248,7 +252,7 @@ def decrypt(
         if existing is not None:
             # A repeat prekey message of a session we already have (the initiator sends
             # them until it hears back): an ordinary ratchet message inside.
-            return _decrypt_with_record(record, inner, now, prefer=existing)
+            return _decrypt_with_record(record, inner, now, prefer=existing, extra_ad=prefix)
 
     spk = prekeys.get_signed_prekey(spk_id)
     kpk = prekeys.get_kem_prekey(kem_id)
@@ -267,7 +271,10 @@ def decrypt(
         ad_recv=associated_data(remote_address, identity_key, local_address, local.identity.public),
     )
     session = Session(ratchet, identity_key, base_key, None)
-    plaintext = session.decrypt_ratchet(inner, now)
+    try:
+        plaintext = session.decrypt_ratchet(inner, now, prefix)
+    except TooFarAheadError:  # uniform: a first message has no business skipping keys
+        raise DecryptionError() from None
     new_record = SessionRecord(record.current, list(record.previous)) if record else SessionRecord()
     new_record.promote(session)
     return Decrypted(
@@ -279,7 +286,8 @@ def decrypt(
 
 
 def _decrypt_with_record(
-    record: SessionRecord, message: bytes, now: int, prefer: Session | None = None
+    record: SessionRecord, message: bytes, now: int, prefer: Session | None = None,
+    extra_ad: bytes = b"",
 ) -> Decrypted:
     candidates = [s for s in [prefer, record.current, *record.previous] if s is not None]
     seen: set[int] = set()
@@ -291,7 +299,7 @@ def _decrypt_with_record(
         # Decrypt a copy so that a failure leaves the stored session untouched.
         trial = Session.decode(Reader(session.encode()))
         try:
-            plaintext = trial.decrypt_ratchet(message, now)
+            plaintext = trial.decrypt_ratchet(message, now, extra_ad)
         except DuplicateMessageError:
             duplicate = True
             continue

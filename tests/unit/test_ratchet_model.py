@@ -19,8 +19,6 @@ from imsg_cli.protocol.errors import DecryptionError, DuplicateMessageError, Pro
 from protocol_helpers import SessionPair, flip
 
 NAMES = ("alice", "bob")
-_AUTHENTICATED_PREKEY_PREFIX = 68  # version, type, IK, EK: the rest of the prefix is
-# authenticated only through SK on a first handshake (see test_session, repeat messages)
 
 
 class RatchetModel(RuleBasedStateMachine):
@@ -96,12 +94,8 @@ class RatchetModel(RuleBasedStateMachine):
     def forge_bitflip(self, data):
         to = data.draw(st.sampled_from([n for n in NAMES if self.sent_to[n]]))
         msg, _ = data.draw(st.sampled_from(self.sent_to[to]))
-        if sess.message_type(msg) == sess.MSG_PREKEY:
-            pos = data.draw(st.one_of(
-                st.integers(0, _AUTHENTICATED_PREKEY_PREFIX - 1),
-                st.integers(sess._PREKEY_LEN, len(msg) - 1)))
-        else:
-            pos = data.draw(st.integers(0, len(msg) - 1))
+        # Every byte is authenticated, the prekey prefix included (it is in the AD).
+        pos = data.draw(st.integers(0, len(msg) - 1))
         self._forge(to, flip(msg, pos, data.draw(st.integers(0, 7))))
 
     @rule(to=st.sampled_from(NAMES), junk=st.binary(max_size=300),
