@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Write tests/vectors/imsg/protocol-v1.json: known-answer vectors for imsg's own
+constructions, from fixed inputs. tests/unit/test_protocol_vectors.py checks the code
+still produces them, and docs/PROTOCOL.md quotes them. Run it only when the protocol
+changes on purpose (and then bump the wire version)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from imsg_cli.crypto import dh
+from imsg_cli.protocol import envelope, pqxdh, ratchet
+from imsg_cli.protocol.identity import AccountKey, DeviceKeys, DeviceList, account_id_for, safety_number
+from imsg_cli.protocol.session import Address, associated_data
+
+
+def counter_rng(seed: int):
+    """Deterministic 'randomness' for vectors: bytes seed, seed+1, ... (never for real keys)."""
+    state = [seed]
+
+    def rng(n: int) -> bytes:
+        out = bytes((state[0] + i) % 256 for i in range(n))
+        state[0] += n
+        return out
+
+    return rng
+
+
+def build() -> dict:
+    alice_key, bob_key = AccountKey(bytes(range(32))), AccountKey(bytes(range(32, 64)))
+    device = DeviceKeys(1, bytes(range(64, 96)), bytes(range(96, 128)))
+    dl = DeviceList(alice_key.public, serial=1, signed_at=1_700_000_000_000, devices=(device.entry(1_700_000_000_000),))
+    sk = pqxdh._derive([bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 32], bytes([4]) * 32,
+                       device.identity.public, dh.KeyPair(bytes(range(128, 160))).public, bytes(1184), bytes(1088))
+    rk, ck = ratchet.kdf_rk(bytes([5]) * 32, bytes([6]) * 32)
+    spk = dh.KeyPair(bytes(range(160, 192)))
+    a = ratchet.RatchetState.initiator(sk, spk.public, b"ad-a", b"ad-b")
+    first = a.encrypt(b"hello", counter_rng(200))
+    content_pkg, content_ct = envelope.seal_content(b"hello", counter_rng(7))
+    return {
+        "account_key_private": alice_key.private.hex(),
+        "account_key_public": alice_key.public.hex(),
+        "account_id": account_id_for(alice_key.public),
+        "safety_number": safety_number(alice_key.public, bob_key.public),
+        "safety_number_other_key_public": bob_key.public.hex(),
+        "device_list_signed": alice_key.sign_device_list(dl).hex(),
+        "pqxdh_sk_three_dh": sk.hex(),
+        "kdf_rk_out": (rk + ck).hex(),
+        "ratchet_first_message": first.hex(),
+        "content_key_package": content_pkg.hex(),
+        "content_ciphertext": content_ct.hex(),
+        "associated_data": associated_data(Address("00" * 16, 1), bytes(32), Address("11" * 16, 2), bytes([9]) * 32).hex(),
+    }
+
+
+if __name__ == "__main__":
+    path = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "imsg" / "protocol-v1.json"
+    path.write_text(json.dumps(build(), indent=2) + "\n")
+    print(f"wrote {path}")
