@@ -1,0 +1,380 @@
+"""PostgreSQL storage: the scale-out path. Workers are stateless and share one database.
+
+Same schema as SQLite (no sender column; handles and tokens only as digests). PostgreSQL
+commits concurrent transactions together on its own (group commit in the WAL writer), so
+each operation is simply its own transaction on a pooled connection. One-time prekeys are
+taken with `FOR UPDATE SKIP LOCKED`, so concurrent fetches never get the same key.
+
+    storage = PostgresStorage("host=127.0.0.1 dbname=imsg user=imsg", pool_size=10)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Sequence
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql
+
+from imsg_relay.auth import same_digest
+from imsg_relay.errors import StorageUnavailable
+from imsg_relay.storage.base import (
+    Account,
+    AccountNotFound,
+    Bundle,
+    DeviceMismatch,
+    DeviceRef,
+    Envelope,
+    KeyCounts,
+    OneTimeKey,
+    SignedKey,
+    StorageConflict,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    account_id  TEXT PRIMARY KEY,
+    account_key BYTEA NOT NULL,
+    handle_hmac BYTEA NOT NULL CONSTRAINT accounts_handle_unique UNIQUE,
+    device_list BYTEA NOT NULL,
+    created_at  BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    account_id TEXT NOT NULL,
+    device_id  INTEGER NOT NULL,
+    token_hash BYTEA NOT NULL CONSTRAINT devices_token_unique UNIQUE,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (account_id, device_id)
+);
+CREATE TABLE IF NOT EXISTS signed_prekeys (
+    account_id TEXT NOT NULL,
+    device_id  INTEGER NOT NULL,
+    kind       TEXT NOT NULL CHECK (kind IN ('x25519', 'kem')),
+    key_id     BIGINT NOT NULL,
+    public_key BYTEA NOT NULL,
+    signature  BYTEA NOT NULL,
+    PRIMARY KEY (account_id, device_id, kind)
+);
+CREATE TABLE IF NOT EXISTS one_time_prekeys (
+    account_id TEXT NOT NULL,
+    device_id  INTEGER NOT NULL,
+    kind       TEXT NOT NULL CHECK (kind IN ('x25519', 'kem')),
+    key_id     BIGINT NOT NULL,
+    public_key BYTEA NOT NULL,
+    signature  BYTEA,
+    PRIMARY KEY (account_id, device_id, kind, key_id)
+);
+CREATE TABLE IF NOT EXISTS envelopes (
+    seq         BIGSERIAL PRIMARY KEY,
+    account_id  TEXT NOT NULL,
+    device_id   INTEGER NOT NULL,
+    message_id  TEXT NOT NULL,
+    body        BYTEA NOT NULL,
+    received_at BIGINT NOT NULL,
+    UNIQUE (account_id, device_id, message_id)
+);
+CREATE INDEX IF NOT EXISTS envelopes_mailbox ON envelopes (account_id, device_id, seq);
+CREATE INDEX IF NOT EXISTS envelopes_received ON envelopes (received_at);
+"""
+
+
+class PostgresStorage:
+    def __init__(self, conninfo: str, *, pool_size: int = 8, schema: str | None = None) -> None:
+        self.conninfo = conninfo
+        self.pool_size = pool_size
+        self.schema = schema  # a separate schema (namespace) per relay, e.g. for tests
+        self._pool: asyncio.Queue[psycopg.AsyncConnection] | None = None
+        self._all: list[psycopg.AsyncConnection] = []
+
+    async def _connect(self) -> psycopg.AsyncConnection:
+        conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=False)
+        if self.schema:
+            await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+            await conn.commit()
+        return conn
+
+    async def open(self) -> None:
+        try:
+            setup = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise StorageUnavailable(f"cannot reach postgresql: {exc}") from exc
+        async with setup:
+            if self.schema:
+                await setup.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                    sql.Identifier(self.schema)))
+                await setup.execute(sql.SQL("SET search_path TO {}").format(
+                    sql.Identifier(self.schema)))
+            # Two workers starting together must not both create tables at once.
+            await setup.execute("SELECT pg_advisory_lock(7366218)")
+            try:
+                await setup.execute(SCHEMA)
+            finally:
+                await setup.execute("SELECT pg_advisory_unlock(7366218)")
+        self._pool = asyncio.Queue()
+        for _ in range(self.pool_size):
+            conn = await self._connect()
+            self._all.append(conn)
+            self._pool.put_nowait(conn)
+
+    async def close(self) -> None:
+        for conn in self._all:
+            await conn.close()
+        self._all.clear()
+        self._pool = None
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A pooled connection inside one transaction, committed on success."""
+        if self._pool is None:
+            raise StorageUnavailable("storage is closed")
+        conn = await self._pool.get()
+        try:
+            if conn.closed or conn.broken:
+                self._all.remove(conn)
+                conn = await self._connect()
+                self._all.append(conn)
+            try:
+                yield conn
+                await conn.commit()
+            except BaseException:
+                if not conn.closed:
+                    await conn.rollback()
+                raise
+        except psycopg.OperationalError as exc:
+            raise StorageUnavailable(str(exc)) from exc
+        finally:
+            self._pool.put_nowait(conn)
+
+    async def _one(self, query: str, params: Sequence[Any]) -> Any:
+        async with self._tx() as conn:
+            cur = await conn.execute(query, params)
+            return await cur.fetchone()
+
+    # accounts and devices
+
+    async def create_account(self, account_id: str, account_key: bytes, handle_hmac: bytes,
+                             device_list: bytes, device_id: int, token_hash: bytes,
+                             now_ms: int) -> None:
+        try:
+            async with self._tx() as conn:
+                await conn.execute("INSERT INTO accounts VALUES (%s, %s, %s, %s, %s)",
+                                   (account_id, account_key, handle_hmac, device_list, now_ms))
+                await conn.execute("INSERT INTO devices VALUES (%s, %s, %s, %s)",
+                                   (account_id, device_id, token_hash, now_ms))
+        except pg_errors.UniqueViolation as exc:
+            constraint = exc.diag.constraint_name or ""
+            if "handle" in constraint:
+                raise StorageConflict("handle_taken") from None
+            if "token" in constraint:
+                raise StorageConflict("token_taken") from None
+            raise StorageConflict("account_exists") from None
+
+    async def add_device(self, account_id: str, device_id: int, token_hash: bytes,
+                         device_list: bytes, now_ms: int) -> None:
+        try:
+            async with self._tx() as conn:
+                cur = await conn.execute(
+                    "UPDATE accounts SET device_list = %s WHERE account_id = %s",
+                    (device_list, account_id))
+                if cur.rowcount == 0:
+                    raise AccountNotFound(account_id)
+                await conn.execute("INSERT INTO devices VALUES (%s, %s, %s, %s)",
+                                   (account_id, device_id, token_hash, now_ms))
+        except pg_errors.UniqueViolation as exc:
+            if "token" in (exc.diag.constraint_name or ""):
+                raise StorageConflict("token_taken") from None
+            raise StorageConflict("device_exists") from None
+
+    async def remove_device(self, account_id: str, device_id: int,
+                            device_list: bytes | None) -> None:
+        async with self._tx() as conn:
+            cur = await conn.execute("DELETE FROM devices WHERE account_id = %s AND device_id = %s",
+                                     (account_id, device_id))
+            if cur.rowcount == 0:
+                raise AccountNotFound(account_id)
+            for table in ("signed_prekeys", "one_time_prekeys", "envelopes"):
+                await conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE account_id = %s AND device_id = %s").format(
+                        sql.Identifier(table)), (account_id, device_id))
+            if device_list is not None:
+                await conn.execute("UPDATE accounts SET device_list = %s WHERE account_id = %s",
+                                   (device_list, account_id))
+
+    async def authenticate(self, token_hash: bytes) -> DeviceRef | None:
+        row = await self._one(
+            "SELECT account_id, device_id, token_hash FROM devices WHERE token_hash = %s",
+            (token_hash,))
+        if row is None or not same_digest(bytes(row[2]), token_hash):
+            return None
+        return DeviceRef(row[0], row[1])
+
+    async def get_account(self, account_id: str) -> Account | None:
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                "SELECT account_key, device_list FROM accounts WHERE account_id = %s",
+                (account_id,))
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            cur = await conn.execute(
+                "SELECT device_id FROM devices WHERE account_id = %s ORDER BY device_id",
+                (account_id,))
+            devices = tuple(r[0] for r in await cur.fetchall())
+        return Account(account_id, bytes(row[0]), bytes(row[1]), devices)
+
+    async def lookup_handle(self, handle_hmac: bytes) -> str | None:
+        row = await self._one("SELECT account_id FROM accounts WHERE handle_hmac = %s",
+                              (handle_hmac,))
+        return row[0] if row else None
+
+    # prekeys
+
+    async def put_keys(self, device: DeviceRef, signed_prekey: SignedKey | None,
+                       kem_last_resort: SignedKey | None, one_time: Sequence[OneTimeKey],
+                       kem_one_time: Sequence[OneTimeKey]) -> KeyCounts:
+        a, d = device.account_id, device.device_id
+        async with self._tx() as conn:
+            for kind, key in (("x25519", signed_prekey), ("kem", kem_last_resort)):
+                if key is not None:
+                    await conn.execute(
+                        "INSERT INTO signed_prekeys VALUES (%s, %s, %s, %s, %s, %s)"
+                        " ON CONFLICT (account_id, device_id, kind) DO UPDATE SET"
+                        " key_id = EXCLUDED.key_id, public_key = EXCLUDED.public_key,"
+                        " signature = EXCLUDED.signature",
+                        (a, d, kind, key.key_id, key.public_key, key.signature))
+            async with conn.cursor() as cur:
+                for kind, keys in (("x25519", one_time), ("kem", kem_one_time)):
+                    if keys:
+                        await cur.executemany(
+                            "INSERT INTO one_time_prekeys VALUES (%s, %s, %s, %s, %s, %s)"
+                            " ON CONFLICT (account_id, device_id, kind, key_id) DO UPDATE SET"
+                            " public_key = EXCLUDED.public_key, signature = EXCLUDED.signature",
+                            [(a, d, kind, k.key_id, k.public_key, k.signature) for k in keys])
+            return await _counts(conn, a, d)
+
+    async def key_counts(self, device: DeviceRef) -> KeyCounts:
+        async with self._tx() as conn:
+            return await _counts(conn, device.account_id, device.device_id)
+
+    async def take_bundles(self, account_id: str, device_id: int | None) -> list[Bundle]:
+        async with self._tx() as conn:
+            if device_id is None:
+                cur = await conn.execute(
+                    "SELECT device_id FROM devices WHERE account_id = %s ORDER BY device_id",
+                    (account_id,))
+                ids = [r[0] for r in await cur.fetchall()]
+                if not ids:
+                    raise AccountNotFound(account_id)
+            else:
+                cur = await conn.execute(
+                    "SELECT 1 FROM devices WHERE account_id = %s AND device_id = %s",
+                    (account_id, device_id))
+                if await cur.fetchone() is None:
+                    raise AccountNotFound(account_id)
+                ids = [device_id]
+            bundles = []
+            for dev in ids:
+                bundle = await _take_bundle(conn, account_id, dev)
+                if bundle is not None:
+                    bundles.append(bundle)
+            return bundles
+
+    # mailboxes
+
+    async def store_envelopes(self, account_id: str, message_id: str, bodies: dict[int, bytes],
+                              exclude_device: int | None, now_ms: int) -> int:
+        async with self._tx() as conn:
+            # FOR SHARE: a device removed concurrently waits for this send, or this send
+            # sees it gone; never an envelope stored for a removed device.
+            cur = await conn.execute(
+                "SELECT device_id FROM devices WHERE account_id = %s FOR SHARE", (account_id,))
+            current = {r[0] for r in await cur.fetchall()}
+            if not current:
+                raise AccountNotFound(account_id)
+            current.discard(exclude_device)
+            given = set(bodies)
+            if given != current:
+                raise DeviceMismatch(current - given, given - current)
+            if bodies:
+                async with conn.cursor() as c:
+                    await c.executemany(
+                        "INSERT INTO envelopes (account_id, device_id, message_id, body,"
+                        " received_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                        [(account_id, d, message_id, b, now_ms) for d, b in bodies.items()])
+            return len(bodies)
+
+    async def fetch(self, device: DeviceRef, limit: int, not_before_ms: int,
+                    max_bytes: int) -> tuple[list[Envelope], bool]:
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                "SELECT message_id, body, received_at FROM envelopes"
+                " WHERE account_id = %s AND device_id = %s AND received_at >= %s"
+                " ORDER BY seq LIMIT %s",
+                (device.account_id, device.device_id, not_before_ms, limit + 1))
+            rows = await cur.fetchall()
+        out: list[Envelope] = []
+        size = 0
+        more = False
+        for message_id, body, received_at in rows:
+            if len(out) == limit or (out and size + len(body) > max_bytes):
+                more = True
+                break
+            out.append(Envelope(message_id, bytes(body), received_at))
+            size += len(body)
+        return out, more
+
+    async def ack(self, device: DeviceRef, message_ids: Sequence[str]) -> int:
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                "DELETE FROM envelopes WHERE account_id = %s AND device_id = %s"
+                " AND message_id = ANY(%s)",
+                (device.account_id, device.device_id, list(dict.fromkeys(message_ids))))
+            return cur.rowcount
+
+    async def delete_expired(self, cutoff_ms: int, limit: int) -> int:
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                "DELETE FROM envelopes WHERE seq IN (SELECT seq FROM envelopes"
+                " WHERE received_at < %s ORDER BY received_at LIMIT %s)", (cutoff_ms, limit))
+            return cur.rowcount
+
+
+async def _counts(conn: psycopg.AsyncConnection, account_id: str, device_id: int) -> KeyCounts:
+    cur = await conn.execute(
+        "SELECT kind, count(*) FROM one_time_prekeys WHERE account_id = %s AND device_id = %s"
+        " GROUP BY kind", (account_id, device_id))
+    counts = dict(await cur.fetchall())
+    return KeyCounts(counts.get("x25519", 0), counts.get("kem", 0))
+
+
+async def _take_bundle(conn: psycopg.AsyncConnection, account_id: str,
+                       device_id: int) -> Bundle | None:
+    cur = await conn.execute(
+        "SELECT kind, key_id, public_key, signature FROM signed_prekeys"
+        " WHERE account_id = %s AND device_id = %s", (account_id, device_id))
+    signed = {kind: SignedKey(key_id, bytes(pk), bytes(sig))
+              for kind, key_id, pk, sig in await cur.fetchall()}
+    if "x25519" not in signed:
+        return None
+    taken: dict[str, OneTimeKey] = {}
+    for kind in ("x25519", "kem"):
+        cur = await conn.execute(
+            "DELETE FROM one_time_prekeys WHERE (account_id, device_id, kind, key_id) = ("
+            " SELECT account_id, device_id, kind, key_id FROM one_time_prekeys"
+            " WHERE account_id = %s AND device_id = %s AND kind = %s"
+            " ORDER BY key_id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            " RETURNING key_id, public_key, signature", (account_id, device_id, kind))
+        row = await cur.fetchone()
+        if row is not None:
+            taken[kind] = OneTimeKey(row[0], bytes(row[1]),
+                                     bytes(row[2]) if row[2] is not None else None)
+    kem_one_time = taken.get("kem")
+    if kem_one_time is not None and kem_one_time.signature is not None:
+        kem = SignedKey(kem_one_time.key_id, kem_one_time.public_key, kem_one_time.signature)
+        last_resort = False
+    else:
+        kem = signed.get("kem")
+        last_resort = kem is not None
+    return Bundle(device_id, signed["x25519"], taken.get("x25519"), kem, last_resort)

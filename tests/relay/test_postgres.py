@@ -1,0 +1,147 @@
+"""PostgreSQL storage and Redis wake-ups, through the real app on a live server.
+
+Skipped, with the reason, when PostgreSQL (127.0.0.1:5432, database `test`, user `postgres`)
+or Redis (127.0.0.1:6379) is not reachable. Each test gets its own PostgreSQL schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+
+import httpx
+import pytest
+
+from .helpers import LiveRelay, b64, new_message_id, register, relay_settings, send
+
+PG = os.environ.get("IMSG_TEST_POSTGRES", "host=127.0.0.1 port=5432 dbname=test user=postgres")
+REDIS = os.environ.get("IMSG_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def _postgres_reason() -> str | None:
+    try:
+        import psycopg
+        with psycopg.connect(PG, connect_timeout=2) as conn:
+            conn.execute("SELECT 1")
+    except Exception as exc:
+        return f"postgresql not reachable at {PG!r}: {type(exc).__name__}"
+    return None
+
+
+def _redis_reason() -> str | None:
+    try:
+        import redis
+        redis.Redis.from_url(REDIS, socket_connect_timeout=2).ping()
+    except Exception as exc:
+        return f"redis not reachable at {REDIS}: {type(exc).__name__}"
+    return None
+
+
+pg_reason = _postgres_reason()
+pytestmark = [pytest.mark.postgres,
+              pytest.mark.skipif(pg_reason is not None, reason=pg_reason or "")]
+
+
+@pytest.fixture
+def pg_schema():
+    import psycopg
+    name = f"imsg_test_{secrets.token_hex(6)}"
+    yield name
+    with psycopg.connect(PG, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture
+def pg_live(tmp_path, pg_schema):
+    from imsg_relay.storage.postgres import PostgresStorage
+    storage = PostgresStorage(PG, schema=pg_schema, pool_size=4)
+    with LiveRelay(relay_settings(tmp_path), storage=storage) as relay:
+        yield relay
+
+
+def test_conversation_and_ack_semantics_on_postgres(pg_live):
+    with httpx.Client(base_url=pg_live.url, timeout=10) as c:
+        alice, bob = register(c, "alice@example.com"), register(c, devices=3)
+        r = c.post("/v1/accounts", json={**_reg_payload(alice), "token": _tok()})
+        assert r.status_code == 409 and r.json()["error"] == "account_exists"
+        assert c.post("/v1/lookup", json={"handle": "alice@example.com"},
+                      headers=bob.headers()).json() == {"account_id": alice.account_id}
+        mid = new_message_id()
+        assert send(c, alice, bob, b"x", mid).json() == {"message_id": mid, "stored": 3}
+        assert send(c, alice, bob, b"x", mid).json() == {"message_id": mid, "stored": 3}
+        r = send(c, alice, bob, devices=[1, 2, 4])
+        assert r.status_code == 409 and (r.json()["missing"], r.json()["extra"]) == ([3], [4])
+        assert c.post("/v1/messages/ack", json={"message_ids": [mid, new_message_id()]},
+                      headers=bob.headers(1)).json() == {"acked": 1}
+        assert c.get("/v1/messages", headers=bob.headers(1)).json()["messages"] == []
+        for d in (2, 3):
+            msgs = c.get("/v1/messages", headers=bob.headers(d)).json()["messages"]
+            assert [m["message_id"] for m in msgs] == [mid]
+        assert c.request("DELETE", "/v1/devices/3", headers=bob.headers(1)).status_code == 200
+        assert c.get("/v1/messages", headers=bob.headers(3)).status_code == 401
+
+
+def test_concurrent_prekey_fetches_on_postgres(pg_live):
+    with httpx.Client(base_url=pg_live.url, timeout=10) as c:
+        alice, bob = register(c), register(c)
+        body = {"signed_prekey": {"key_id": 1, "public_key": b64(b"s"), "signature": b64(b"s")},
+                "kem_last_resort": {"key_id": 1, "public_key": b64(b"l"), "signature": b64(b"s")},
+                "one_time": [{"key_id": i, "public_key": b64(b"o")} for i in range(8)],
+                "kem_one_time": [{"key_id": i, "public_key": b64(b"k"), "signature": b64(b"s")}
+                                 for i in range(8)]}
+        assert c.put("/v1/keys", json=body, headers=bob.headers()).json() == {
+            "one_time": 8, "kem_one_time": 8}
+
+    async def fetch_all():
+        async with httpx.AsyncClient(base_url=pg_live.url, timeout=10) as c:
+            return await asyncio.gather(*[c.get(f"/v1/keys/{bob.account_id}",
+                                                headers=alice.headers()) for _ in range(12)])
+
+    devices = [r.json()["devices"][0] for r in asyncio.run(fetch_all())]
+    assert sorted(d["one_time"]["key_id"] for d in devices if d["one_time"]) == list(range(8))
+    assert sum(d["kem_prekey"]["last_resort"] for d in devices) == 4
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(_redis_reason() is not None, reason=_redis_reason() or "")
+def test_long_poll_on_one_worker_wakes_from_a_send_on_another(tmp_path, pg_schema):
+    """Two relays sharing one database and Redis: a send to worker B wakes a fetch on A."""
+    from imsg_relay.push_redis import RedisPush
+    from imsg_relay.storage.postgres import PostgresStorage
+    channel = f"imsg-test:{pg_schema}"
+    secret = tmp_path / "shared.secret"
+    relays = [LiveRelay(relay_settings(tmp_path / name, secret_file=secret),
+                        storage=PostgresStorage(PG, schema=pg_schema, pool_size=2),
+                        push=RedisPush(REDIS, channel=channel)) for name in ("a", "b")]
+    with relays[0] as a, relays[1] as b:
+        with httpx.Client(base_url=a.url, timeout=10) as c:
+            alice, bob = register(c), register(c)
+
+        async def scenario():
+            async with httpx.AsyncClient(timeout=20) as c:
+                poll = asyncio.create_task(c.get(a.url + "/v1/messages?wait=10",
+                                                 headers=bob.headers()))
+                await asyncio.sleep(0.3)
+                start = time.monotonic()
+                r = await c.put(b.url + f"/v1/messages/{bob.account_id}", headers=alice.headers(),
+                                json={"message_id": new_message_id(),
+                                      "messages": [{"device_id": 1, "body": b64(b"hi")}]})
+                assert r.status_code == 200
+                got = await poll
+                return time.monotonic() - start, got.json()
+
+        elapsed, got = asyncio.run(scenario())
+        assert len(got["messages"]) == 1
+        assert elapsed < 0.2
+
+
+def _tok():
+    from .helpers import new_token
+    return new_token()
+
+
+def _reg_payload(ident):
+    from .helpers import registration
+    return registration(ident)
