@@ -324,12 +324,21 @@ class Client:
         envelopes = self._encrypt_for(account, contact.account_id, targets, package, content_ct)
         batch = OutgoingBatch(message_id, contact.account_id, tuple(envelopes), now)
         with self.store.transaction():
-            self.store.add_outgoing(batch)
+            if envelopes:  # none: a note to self on an account with no other device
+                self.store.add_outgoing(batch)
             self.store.add_message(StoredMessage(
                 message_id, contact.account_id, contact.handle, "out", account.handle, to, text, now, now,
                 account.device_id,
             ))
-        self._deliver(batch, package, content_ct)
+        if envelopes:
+            try:
+                self._deliver(batch, package, content_ct)
+            except errors.RelayUnavailableError as exc:
+                raise errors.RelayUnavailableError(
+                    f"{exc}; message {message_id} is queued",
+                    hint="the next imsg send or receive that reaches the relay delivers it: do not send it again",
+                    message_id=message_id,
+                ) from None
         return SentMessage(message_id, to, now, len(targets))
 
     def _encrypt_for(self, account: LocalAccount, account_id: str, targets, package: bytes,
@@ -378,7 +387,7 @@ class Client:
         try:
             relay.send(batch.account_id, batch.message_id, list(batch.envelopes))
         except errors.RelayRefusedError as exc:
-            if exc.relay_code != "device_mismatch" or package is None:
+            if exc.relay_code != "device_mismatch":
                 raise
             account = self._account()
             contact = self.store.get_contact(batch.account_id)
@@ -386,6 +395,8 @@ class Client:
             keep = {d: e for d, e in batch.envelopes if devices.device(d) is not None}
             new = [d for d in devices.devices if d.device_id not in keep and not (
                 batch.account_id == account.account_id and d.device_id == account.device_id)]
+            if package is None:  # a queued batch: its content key is gone, new devices miss it
+                new = []
             envelopes = sorted(list(keep.items()) + self._encrypt_for(account, batch.account_id, new, package, content_ct))
             batch = OutgoingBatch(batch.message_id, batch.account_id, tuple(envelopes), batch.created_at)
             with self.store.transaction():
@@ -399,7 +410,16 @@ class Client:
         """Re-send envelopes a previous run encrypted but could not hand to the relay."""
         sent = 0
         for batch in self.store.outgoing():
-            self._deliver(batch)
+            try:
+                self._deliver(batch)
+            except errors.RelayRefusedError as exc:
+                if exc.status == 429 or exc.status == 0:
+                    raise  # retry later, in order
+                # Refused for good (unknown account, too large...): drop it, say so.
+                with self.store.transaction():
+                    self.store.remove_outgoing(batch.message_id, batch.account_id)
+                self.problems.append(Problem(batch.message_id, "undeliverable", str(exc)))
+                continue
             sent += 1
         return sent
 
@@ -425,9 +445,13 @@ class Client:
                 relay.ack(acks)
             if not more:
                 break
-        if used_prekeys:
+        if used_prekeys or self._signed_prekey_due():
             self.maintain_prekeys()
         return self.take_unshown()
+
+    def _signed_prekey_due(self) -> bool:
+        signed = self.store.signed_prekeys()
+        return not signed or self._now() - signed[-1].created_at > consts.SIGNED_PREKEY_ROTATE_MS
 
     def take_unshown(self) -> list[Message]:
         rows = self.store.unshown()
@@ -437,7 +461,10 @@ class Client:
         return [Message.from_stored(m) for m in rows]
 
     def _accept(self, account: LocalAccount, e) -> bool:
-        """Decrypt and store one envelope. Returns True if it consumed a one-time prekey."""
+        """Decrypt and store one envelope. Returns True if it started a new session (a
+        prekey message): the relay's one-time keys may then be low or gone, so check them.
+        (Not only when a one-time key was used: once the relay has run dry, first messages
+        use no one-time key at all, and the refill must still happen.)"""
         if self.store.has_message(e.message_id):
             return False  # redelivery of a message already stored: just ack it
         try:
@@ -476,7 +503,7 @@ class Client:
                     content.message_id, contact.account_id, contact.handle, "in", contact.handle,
                     content.recipient_handle, content.text, content.sent_at, self._now(), sender.device_id,
                 ))
-            return result.used_one_time_prekey is not None
+            return result.new_session
         except DuplicateMessageError as exc:
             self.problems.append(Problem(e.message_id, "duplicate", str(exc)))
         except (RemoteProtocolError, errors.SecurityError) as exc:

@@ -30,6 +30,7 @@ def send(
         raise UsageError("empty message")
     with state.client() as client:
         sent = client.send(to, text)
+        _report_problems(state, client)  # e.g. an earlier queued message the relay refused
     out = state.out
     if out.json:
         from imsg_cli.cli.output import iso
