@@ -402,8 +402,18 @@ def create_app(settings: Settings, storage: Storage | None = None, *,
     from imsg_relay.storage.sqlite import SQLiteStorage
 
     if storage is None:
-        storage = SQLiteStorage(settings.data_dir)
-    relay = Relay(settings, storage, push or InProcessPush(), clock)
+        if settings.database_url:
+            from imsg_relay.storage.postgres import PostgresStorage
+            storage = PostgresStorage(settings.database_url)
+        else:
+            storage = SQLiteStorage(settings.data_dir)
+    if push is None:
+        if settings.redis_url:
+            from imsg_relay.push_redis import RedisPush
+            push = RedisPush(settings.redis_url)
+        else:
+            push = InProcessPush()
+    relay = Relay(settings, storage, push, clock)
     relay.openapi_body = json.dumps(build_openapi(OPERATIONS, settings)).encode()
 
     @contextlib.asynccontextmanager

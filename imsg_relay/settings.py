@@ -53,6 +53,10 @@ class Settings:
     sweep_interval: float = 300.0
     max_wait: int = MAX_WAIT_SECONDS
     secret_file: Path | None = field(default=None, repr=False)
+    # Scale-out: PostgreSQL instead of SQLite, Redis pub/sub for wake-ups across workers.
+    # Connection strings may carry passwords, so they never appear in repr.
+    database_url: str | None = field(default=None, repr=False)
+    redis_url: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
