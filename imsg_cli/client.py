@@ -333,6 +333,10 @@ class Client:
         if envelopes:
             try:
                 self._deliver(batch, package, content_ct)
+            except errors.SecurityError:
+                with self.store.transaction():  # never retried: it would fail the same way
+                    self.store.remove_outgoing(batch.message_id, batch.account_id)
+                raise
             except errors.RelayUnavailableError as exc:
                 raise errors.RelayUnavailableError(
                     f"{exc}; message {message_id} is queued",
@@ -392,6 +396,12 @@ class Client:
             account = self._account()
             contact = self.store.get_contact(batch.account_id)
             contact, devices = self._fetch_contact(batch.account_id, contact.handle if contact else "")
+            # The relay wants envelopes for a device the account key never signed: it (or
+            # someone who controls it) added a device of its own. Never encrypt to it.
+            unsigned = sorted(int(d) for d in exc.details.get("missing") or [] if devices.device(int(d)) is None)
+            if unsigned:
+                raise errors.UntrustedIdentityError(
+                    f"the relay lists device(s) {unsigned} that the account's signed device list does not hold")
             keep = {d: e for d, e in batch.envelopes if devices.device(d) is not None}
             new = [d for d in devices.devices if d.device_id not in keep and not (
                 batch.account_id == account.account_id and d.device_id == account.device_id)]
@@ -419,6 +429,11 @@ class Client:
                 with self.store.transaction():
                     self.store.remove_outgoing(batch.message_id, batch.account_id)
                 self.problems.append(Problem(batch.message_id, "undeliverable", str(exc)))
+                continue
+            except errors.SecurityError as exc:  # e.g. the relay added an unsigned device
+                with self.store.transaction():
+                    self.store.remove_outgoing(batch.message_id, batch.account_id)
+                self.problems.append(Problem(batch.message_id, "rejected", str(exc)))
                 continue
             sent += 1
         return sent
@@ -504,6 +519,12 @@ class Client:
                     content.recipient_handle, content.text, content.sent_at, self._now(), sender.device_id,
                 ))
             return result.new_session
+        except errors.RelayRefusedError as exc:
+            if exc.status != 404:
+                raise  # rate-limited or the like: leave it unacked, retry later
+            # The envelope names a sender account the relay does not know: forged (the
+            # sender field is the sender's own claim). Left unacked it would block the mailbox.
+            self.problems.append(Problem(e.message_id, "rejected", "envelope names an unknown sender account"))
         except DuplicateMessageError as exc:
             self.problems.append(Problem(e.message_id, "duplicate", str(exc)))
         except (RemoteProtocolError, errors.SecurityError) as exc:
