@@ -1,11 +1,14 @@
 """SQLite storage: WAL, synchronous=FULL, and group commit.
 
 A single writer thread owns the only writing connection. Every state change is a small
-function queued to it; the thread takes everything queued, runs each function inside its own
-SAVEPOINT of one transaction, COMMITs once (one fsync for the whole group), and only then
+function queued to it; the thread takes everything queued, runs it all in one transaction,
+COMMITs once (one fsync for the whole group), and only then
 resolves the callers' futures. An fsync costs ~0.35 ms here, so committing each send alone
 caps out near 2,900/s; grouped, the cost is shared by every request that arrived meanwhile.
 Nothing is acknowledged before its COMMIT returns, so kill -9 loses nothing acknowledged.
+
+WAL checkpoints run in a thread of their own (PASSIVE, once a second) instead of inside
+some unlucky writer's COMMIT, where they stalled the whole group behind a database fsync.
 
 Reads use a separate connection on the event loop thread: they are indexed lookups of
 microseconds, and in WAL mode a reader never waits for the writer, so handing each one to a
@@ -89,6 +92,7 @@ CREATE INDEX IF NOT EXISTS envelopes_mailbox ON envelopes (account_id, device_id
 CREATE INDEX IF NOT EXISTS envelopes_received ON envelopes (received_at);
 """
 
+CHECKPOINT_INTERVAL = 1.0  # seconds between PASSIVE checkpoints of the WAL
 MAX_GROUP = 512  # operations in one transaction; bounds how long one commit holds results
 
 
@@ -139,6 +143,7 @@ class _Writer(threading.Thread):
     def run(self) -> None:
         try:
             conn = _connect(self._path)
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer thread does it
         except BaseException as exc:  # reported to open(), which raises it
             self.failed = exc
             self.ready.set()
@@ -165,35 +170,26 @@ class _Writer(threading.Thread):
             conn.close()
 
     def _run_group(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        # Every operation raises its refusals (conflict, mismatch, not found) before it
+        # writes anything, so a refused operation leaves nothing to undo and needs no
+        # savepoint of its own. A database error mid-group rolls the whole group back and
+        # fails all of it as unavailable (503, retryable): nothing in it was acknowledged.
         results: list[tuple[_Op, bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in batch:
-                conn.execute("SAVEPOINT op")
                 try:
-                    value = op.fn(conn)
-                except (StorageConflict, AccountNotFound, DeviceMismatch, ValueError) as exc:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
+                    results.append((op, True, op.fn(conn)))
+                except (StorageConflict, AccountNotFound, DeviceMismatch) as exc:
                     results.append((op, False, exc))
-                    continue
-                except sqlite3.Error as exc:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    log.error("storage operation failed: %s", exc)
-                    results.append((op, False, StorageUnavailable(str(exc))))
-                    continue
-                conn.execute("RELEASE op")
-                results.append((op, True, value))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            # The group did not commit: nothing in it may be acknowledged.
-            log.error("storage commit failed: %s", exc)
+            log.error("storage transaction failed: %s", type(exc).__name__)
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            results = [(op, False, StorageUnavailable(str(exc))) for op in batch]
+            results = [(op, False, StorageUnavailable(type(exc).__name__)) for op in batch]
         self.groups += 1
         self.ops += len(batch)
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Op, bool, Any]]] = {}
@@ -214,6 +210,8 @@ class SQLiteStorage:
         self.path = self.data_dir / "relay.db"
         self._writer: _Writer | None = None
         self._reader: sqlite3.Connection | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
 
     # lifecycle
 
@@ -235,8 +233,27 @@ class SQLiteStorage:
             raise writer.failed
         self._writer = writer
         self._reader = _connect(self.path)
+        self._stop_checkpoints = threading.Event()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop,
+                                              name="imsg-relay-sqlite-checkpoint", daemon=True)
+        self._checkpointer.start()
+
+    def _checkpoint_loop(self) -> None:
+        conn = _connect(self.path)
+        try:
+            while not self._stop_checkpoints.wait(CHECKPOINT_INTERVAL):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # retried next interval
+                    log.warning("wal checkpoint failed: %s", type(exc).__name__)
+        finally:
+            conn.close()
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._stop_checkpoints.set()
+            await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.join)
+            self._checkpointer = None
         if self._writer is not None:
             self._writer.stop()
             await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
