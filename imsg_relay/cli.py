@@ -1,6 +1,6 @@
 """`imsg-relay`: run the relay.
 
-stdout carries one line, `imsg-relay listening on http://HOST:PORT`, once the socket
+stdout carries one line, `imsg-relay listening on http(s)://HOST:PORT`, once the socket
 accepts connections (scripts parse it; with --port 0 it is how they learn the port).
 Everything else goes to stderr, and no log line ever holds a request body, a token, a
 handle or a client address: uvicorn's access log is off and its own messages that name
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
 import sys
@@ -30,7 +31,8 @@ class _Server(uvicorn.Server):
             return
         host, port = sockets[0].getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
-        print(f"imsg-relay listening on http://{shown}:{port}", flush=True)
+        scheme = "https" if self.config.ssl_certfile else "http"
+        print(f"imsg-relay listening on {scheme}://{shown}:{port}", flush=True)
         log.info("relay accepting connections")
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -64,7 +66,7 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(settings: Settings, log_level: str = "INFO") -> int:
+def serve(settings: Settings, log_level: str = "INFO", tls: tuple[str, str] | None = None) -> int:
     from imsg_relay.app import create_app
 
     _setup_logging(log_level)
@@ -86,6 +88,10 @@ def serve(settings: Settings, log_level: str = "INFO") -> int:
         proxy_headers=False,  # never read client addresses from headers either
         timeout_keep_alive=30,  # idle connections close (slowloris, R5)
         timeout_graceful_shutdown=2,  # long polls do not hold up a SIGTERM
+        # HTTPS when given a certificate and key (DESIGN §4); clients refuse plain http
+        # to anything but loopback.
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
     )
     server = _Server(config)
     server.run(sockets=[sock])
@@ -103,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", help="address to bind (IMSG_RELAY_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port, 0 for any free one (IMSG_RELAY_PORT, default 8787)")
     p.add_argument("--data", help="data directory (IMSG_RELAY_DATA)")
+    p.add_argument("--tls-cert", default=os.environ.get("IMSG_RELAY_TLS_CERT"),
+                   help="PEM certificate (chain): serve HTTPS (IMSG_RELAY_TLS_CERT)")
+    p.add_argument("--tls-key", default=os.environ.get("IMSG_RELAY_TLS_KEY"),
+                   help="PEM private key for --tls-cert (IMSG_RELAY_TLS_KEY)")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="stderr log level")
     args = parser.parse_args(argv)
@@ -111,8 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("error: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    for path in (args.tls_cert, args.tls_key):
+        if path and not os.path.isfile(path):
+            print(f"error: no such file: {path}", file=sys.stderr)
+            return 2
     if args.command == "serve":
-        return serve(settings, args.log_level)
+        return serve(settings, args.log_level, (args.tls_cert, args.tls_key) if args.tls_cert else None)
     return 2
 
 
