@@ -62,7 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     json_mode = "--json" in args
     out = Output(json_mode)
     try:
-        app(args=args, prog_name="imsg", standalone_mode=False)
+        rv = app(args=args, prog_name="imsg", standalone_mode=False)
+        # Without standalone mode, typer (>= 0.16) turns Ctrl-C into Exit(130), and an Exit
+        # raised anywhere, into a returned exit code: pass it on instead of exiting 0.
+        if isinstance(rv, int) and not isinstance(rv, bool):
+            if rv == 130:
+                out.info("interrupted")
+            return rv
         return 0
     except KeyboardInterrupt:
         out.info("interrupted")
