@@ -201,3 +201,14 @@ def make_client(tmp_path: Path, relay: ThreadRelay) -> Iterator[Callable[..., An
 
 def home_of(client: Any) -> Path:
     return Path(client.store.path).parent if hasattr(client.store, "path") else Path()
+
+
+@pytest.fixture(scope="module")
+def module_relay_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessRelay]:
+    """One relay subprocess for a whole module (the e2e tests share it: each starts in ~1 s)."""
+    base = tmp_path_factory.mktemp("relay-proc")
+    r = start_process_relay(base / "data", base / "relay.log")
+    try:
+        yield r
+    finally:
+        r.stop()
