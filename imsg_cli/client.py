@@ -308,8 +308,8 @@ class Client:
     # --- sending ---
 
     def send(self, to: str, text: str) -> SentMessage:
+        to = canonical_handle(to)  # a usage error (2) comes before any state error (3)
         account = self._account()
-        to = canonical_handle(to)
         self.flush_outbox()
         contact, devices = self._resolve(to)
         now = self._now()
@@ -559,8 +559,8 @@ class Client:
         return self.store.conversations()
 
     def history(self, handle: str, limit: int = 50) -> list[Message]:
-        self._account()
         handle = canonical_handle(handle)
+        self._account()
         contact = self.store.contact_by_handle(handle)
         if contact is None:
             raise errors.UnknownContactError(f"no conversation with {handle}")
