@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -40,10 +41,19 @@ from imsg_relay.jsonio import dumps, loads
 from imsg_relay.limits import BodyLimitMiddleware
 from imsg_relay.push import InProcessPush, Push
 from imsg_relay.ratelimit import RateLimiter
-from imsg_relay.settings import MAX_FETCH_BYTES, MAX_FETCH_LIMIT, Settings
+from imsg_relay.settings import (
+    MAX_FETCH_BYTES,
+    MAX_FETCH_LIMIT,
+    MAX_OPEN_CHANNELS,
+    MAX_PROVISIONING_MESSAGE,
+    MAX_PROVISIONING_QUEUED,
+    MAX_PROVISIONING_REQUEST,
+    Settings,
+)
 from imsg_relay.storage.base import (
     AccountNotFound,
     Bundle,
+    ChannelNotFound,
     DeviceMismatch,
     DeviceRef,
     OneTimeKey,
@@ -101,6 +111,10 @@ class Operation:
 
 _ACCOUNT_PARAM = (("account_id", schema.ACCOUNT_ID),)
 _DEVICE_PARAM = (("device_id", schema.DEVICE_ID),)
+_CHANNEL_PARAM = (("channel", schema.CHANNEL),)
+_BOX_PARAMS = (("channel", schema.CHANNEL), ("box", schema.BOX))
+_WAIT = ("wait", {"type": "integer", "minimum": 0, "maximum": 60, "default": 0},
+         "seconds to hold the request while the mailbox is empty")
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/v1/health", "health", "relay liveness", 200, "Health", auth=False),
@@ -113,7 +127,7 @@ OPERATIONS: tuple[Operation, ...] = (
               "LookupResult", "LookupRequest", errors=(404, 429)),
     Operation("PUT", "/v1/devices/{device_id}", "add_device",
               "add a device to the caller's account", 201, "DeviceCreated", "AddDeviceRequest",
-              errors=(409,), path_params=_DEVICE_PARAM),
+              errors=(409,), path_params=_DEVICE_PARAM),  # device_exists, too_many_devices
     Operation("DELETE", "/v1/devices/{device_id}", "remove_device",
               "remove a device of the caller's account, with its keys and mailbox", 200,
               "DeviceRemoved", "RemoveDeviceRequest", errors=(404,),
@@ -131,12 +145,29 @@ OPERATIONS: tuple[Operation, ...] = (
               "SendRequest", errors=(404, 409, 429), path_params=_ACCOUNT_PARAM),
     Operation("GET", "/v1/messages", "fetch", "this device's mailbox, oldest first", 200,
               "Messages",
-              query=(("wait", {"type": "integer", "minimum": 0, "maximum": 60, "default": 0},
-                      "seconds to hold the request while the mailbox is empty"),
+              query=(_WAIT,
                      ("limit", {"type": "integer", "minimum": 1, "maximum": MAX_FETCH_LIMIT,
                                 "default": 100}, "most envelopes to return"))),
     Operation("POST", "/v1/messages/ack", "ack", "delete delivered envelopes", 200, "AckResult",
               "AckRequest"),
+    # Device linking. Only the account's side authenticates: the new device has no
+    # credential yet, and holding the channel id (shown to it as a pairing code) is its
+    # capability. The relay sees opaque bytes in two boxes, each read once.
+    Operation("POST", "/v1/provisioning", "open_channel",
+              "open a provisioning channel (10 minutes) to link a new device", 201, "Channel",
+              "ChannelRequest", errors=(409,), request_required=False),
+    Operation("PUT", "/v1/provisioning/{channel}/{box}", "put_provisioning",
+              "queue an opaque message in a channel's box; no authentication, the channel id "
+              "is the capability", 200, "ProvisioningQueued", "ProvisioningPut", auth=False,
+              errors=(404, 429), path_params=_BOX_PARAMS),
+    Operation("GET", "/v1/provisioning/{channel}/{box}", "take_provisioning",
+              "the oldest message of a channel's box, deleted as it is served (long poll); "
+              "no authentication", 200, "ProvisioningMessage", auth=False, errors=(404, 429),
+              path_params=_BOX_PARAMS,
+              query=(("wait", _WAIT[1], "seconds to hold the request while the box is empty"),)),
+    Operation("DELETE", "/v1/provisioning/{channel}", "close_channel",
+              "close a provisioning channel of the caller's account and delete its messages",
+              200, "ChannelClosed", errors=(404,), path_params=_CHANNEL_PARAM),
 )
 
 
@@ -152,6 +183,11 @@ class Relay:
         self.request_limit = RateLimiter(settings.request_rate, settings.request_burst)
         self.lookup_limit = RateLimiter(settings.lookup_rate, settings.lookup_burst)
         self.register_limit = RateLimiter(settings.register_rate, settings.register_burst)
+        # Unauthenticated provisioning requests: per channel id, and relay-wide.
+        self.provisioning_limit = RateLimiter(settings.provisioning_rate,
+                                              settings.provisioning_burst)
+        self.provisioning_global_limit = RateLimiter(settings.provisioning_global_rate,
+                                                     settings.provisioning_global_burst)
         self.openapi_body = b""
 
     def now_ms(self) -> int:
@@ -249,10 +285,15 @@ class Relay:
         raw_token = decode_token(data["token"])
         if raw_token is None:
             raise bad_request("token must be 32 bytes, base64url without padding")
+        cap = self.settings.max_devices
         try:
             await self.storage.add_device(device.account_id, device_id, token_hash(raw_token),
-                                          data["device_list"], self.now_ms())
+                                          data["device_list"], self.now_ms(), max_devices=cap)
         except StorageConflict as exc:
+            if exc.code == "too_many_devices":
+                raise RelayError("too_many_devices",
+                                 f"this account already has {cap} devices, the most it may "
+                                 "have; remove one first", limit=cap) from None
             raise _conflict(exc) from None
         except AccountNotFound:  # the caller's account went away under it
             raise RelayError("unauthorized", "unknown token") from None
@@ -362,7 +403,110 @@ class Relay:
         return _json({"acked": acked})
 
 
+    # provisioning (device linking)
+
+    async def open_channel(self, request: Request) -> Response:
+        device = await self.authenticate(request)
+        await self.body(request, "ChannelRequest", required=False)
+        now = self.now_ms()
+        expires_at = now + self.settings.provisioning_ttl_ms
+        while True:  # 64 random bits: a collision is retried, never expected
+            channel = secrets.token_hex(8)
+            try:
+                await self.storage.create_channel(channel, device.account_id, now, expires_at,
+                                                  MAX_OPEN_CHANNELS)
+            except StorageConflict as exc:
+                if exc.code == "channel_exists":
+                    continue
+                raise RelayError(
+                    "too_many_channels",
+                    f"this account already has {MAX_OPEN_CHANNELS} open provisioning channels;"
+                    " close one or wait for it to expire", limit=MAX_OPEN_CHANNELS) from None
+            return _json({"channel": channel, "expires_at": expires_at}, 201)
+
+    def _provisioning_target(self, request: Request) -> tuple[str, str]:
+        # Rate limits before any storage access, keyed by the channel id, never by address.
+        self.provisioning_global_limit.check("provisioning")
+        channel = self.path_param(request, "channel", schema.CHANNEL)
+        box = self.path_param(request, "box", schema.BOX)
+        self.provisioning_limit.check(channel)
+        return channel, box
+
+    async def put_provisioning(self, request: Request) -> Response:
+        channel, box = self._provisioning_target(request)
+        data = await self.body(request, "ProvisioningPut")
+        if len(data["body"]) > MAX_PROVISIONING_MESSAGE:
+            raise RelayError("payload_too_large",
+                             f"provisioning message is over {MAX_PROVISIONING_MESSAGE} bytes",
+                             limit=MAX_PROVISIONING_MESSAGE)
+        try:
+            queued = await self.storage.put_provisioning(channel, box, data["body"],
+                                                         self.now_ms(), MAX_PROVISIONING_QUEUED)
+        except ChannelNotFound:
+            raise _no_channel() from None
+        except StorageConflict:  # box_full
+            raise RelayError("box_full",
+                             f"{MAX_PROVISIONING_QUEUED} messages already wait in this box;"
+                             " retry once the other device has read them",
+                             headers={"Retry-After": "1"}, retry_after=1,
+                             limit=MAX_PROVISIONING_QUEUED) from None
+        await self.push.notify([_box_wakeup(channel, box)])
+        return _json({"queued": queued})
+
+    async def take_provisioning(self, request: Request) -> Response:
+        channel, box = self._provisioning_target(request)
+        op = _BY_HANDLER["take_provisioning"]
+        wait = min(self.query_int(request, "wait", op.query[0][1], 0), self.settings.max_wait)
+        body = await self._take(channel, box)
+        if body is None and wait > 0:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait
+            # As in fetch: register, then look again, so a put in between still wakes us.
+            with self.push.waiter(_box_wakeup(channel, box)) as event:
+                while True:
+                    body = await self._take(channel, box)
+                    remaining = deadline - loop.time()
+                    if body is not None or remaining <= 0:
+                        break
+                    try:
+                        await asyncio.wait_for(event.wait(), remaining)
+                    except asyncio.TimeoutError:
+                        pass
+                    event.clear()
+        return _json({"body": None if body is None else schema.b64(body)})
+
+    async def _take(self, channel: str, box: str) -> bytes | None:
+        try:
+            return await self.storage.take_provisioning(channel, box, self.now_ms())
+        except ChannelNotFound:
+            raise _no_channel() from None
+
+    async def close_channel(self, request: Request) -> Response:
+        device = await self.authenticate(request)
+        channel = self.path_param(request, "channel", schema.CHANNEL)
+        try:
+            await self.storage.close_channel(channel, device.account_id, self.now_ms())
+        except ChannelNotFound:
+            raise _no_channel() from None
+        finally:
+            # Waiting readers re-read at once: they answer 404 instead of waiting out the poll.
+            await self.push.notify([_box_wakeup(channel, b) for b in schema.BOX["enum"]])
+        return _json({"channel": channel})
+
+
 _BY_HANDLER = {op.handler: op for op in OPERATIONS}
+
+
+def _no_channel() -> RelayError:
+    return RelayError("not_found", "no such provisioning channel, or it has expired")
+
+
+def _box_wakeup(channel: str, box: str) -> tuple[str, int]:
+    """The push key of a provisioning box. A digest of the channel id, not the id itself,
+    so the capability never travels over pub/sub; the "p" prefix keeps it apart from the
+    32-hex account ids of device mailboxes."""
+    digest = hashlib.sha256(b"imsg/v1/provisioning-wakeup" + channel.encode()).hexdigest()
+    return "p" + digest[:31], 0 if box == "new" else 1
 
 
 def _int(raw: str, name: str) -> int:
@@ -439,7 +583,9 @@ def create_app(settings: Settings, storage: Storage | None = None, *,
     app = Starlette(
         routes=routes,
         middleware=[Middleware(CatchAllMiddleware),
-                    Middleware(BodyLimitMiddleware, max_body=settings.max_body)],
+                    Middleware(BodyLimitMiddleware, max_body=settings.max_body,
+                               overrides=(("PUT", "/v1/provisioning/",
+                                           MAX_PROVISIONING_REQUEST),))],
         exception_handlers={
             RelayError: relay_error_handler,
             HTTPException: http_exception_handler,

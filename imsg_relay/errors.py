@@ -24,9 +24,12 @@ STATUS = {
     "handle_taken": 409,
     "device_exists": 409,
     "device_mismatch": 409,
+    "too_many_devices": 409,
+    "too_many_channels": 409,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "rate_limited": 429,
+    "box_full": 429,
     "internal": 500,
     "unavailable": 503,
 }

@@ -14,14 +14,26 @@ def _too_large(limit: int) -> RelayError:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_body: int) -> None:
+    """`overrides`: (method, path prefix, cap) for routes whose cap is not `max_body`."""
+
+    def __init__(self, app: ASGIApp, max_body: int,
+                 overrides: tuple[tuple[str, str, int], ...] = ()) -> None:
         self.app = app
         self.max_body = max_body
+        self.overrides = overrides
+
+    def limit_for(self, scope: Scope) -> int:
+        method, path = scope.get("method"), scope.get("path", "")
+        for m, prefix, cap in self.overrides:
+            if method == m and path.startswith(prefix):
+                return cap
+        return self.max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit_for(scope)
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
@@ -29,13 +41,12 @@ class BodyLimitMiddleware:
                 except ValueError:
                     await _send_error(send, RelayError("bad_request", "content-length is not a number"))
                     return
-                if declared > self.max_body:
+                if declared > limit:
                     # Answer without reading a byte of it; the server closes the connection
                     # rather than drain what is left.
-                    await _send_error(send, _too_large(self.max_body))
+                    await _send_error(send, _too_large(limit))
                     return
                 break
-        limit = self.max_body
         seen = 0
 
         async def counting_receive() -> Message:

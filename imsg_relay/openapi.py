@@ -7,16 +7,18 @@ import copy
 from typing import Any, Iterable
 
 from imsg_relay import schema
-from imsg_relay.settings import Settings
+from imsg_relay.settings import MAX_PROVISIONING_MESSAGE, Settings
 
 _ERROR_TEXT = {
     400: "malformed JSON, wrong types, bad base64 or out-of-range values (bad_request)",
     401: "missing, malformed or unknown token (unauthorized)",
-    404: "unknown account, device or handle (not_found)",
-    409: "account_exists, handle_taken, device_exists or device_mismatch",
+    404: "unknown account, device, handle, or unknown or expired provisioning channel "
+         "(not_found)",
+    409: "account_exists, handle_taken, device_exists, device_mismatch, too_many_devices or "
+         "too_many_channels",
     413: "request body, envelope or list over its limit (payload_too_large)",
     415: "request body is not application/json (unsupported_media_type)",
-    429: "rate limited; see Retry-After (rate_limited)",
+    429: "rate limited, or a provisioning box full; see Retry-After (rate_limited, box_full)",
     503: "storage temporarily unavailable; retry (unavailable)",
 }
 
@@ -87,7 +89,8 @@ def build_openapi(operations: Iterable[Any], settings: Settings) -> dict[str, An
             "version": "1",
             "description": "Stores and forwards opaque end-to-end encrypted envelopes. "
                            "See docs/RELAY-API.md. Limits: request body "
-                           f"{settings.max_body} bytes, envelope {settings.max_envelope} bytes.",
+                           f"{settings.max_body} bytes, envelope {settings.max_envelope} bytes; "
+                           f"provisioning message {MAX_PROVISIONING_MESSAGE} bytes.",
         },
         "paths": paths,
         "components": {

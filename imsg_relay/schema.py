@@ -15,7 +15,7 @@ from typing import Any
 
 from imsg_relay.auth import TOKEN_PATTERN
 from imsg_relay.errors import RelayError, bad_request
-from imsg_relay.settings import MAX_ACK_IDS, MAX_KEYS_PER_LIST
+from imsg_relay.settings import MAX_ACK_IDS, MAX_KEYS_PER_LIST, MAX_PROVISIONING_MESSAGE
 
 MAX_DEVICE_ID = 2**31 - 1
 HEX32 = r"^[0-9a-f]{32}$"
@@ -45,6 +45,10 @@ COUNT = {"type": "integer", "minimum": 0}
 TOKEN = {"type": "string", "pattern": TOKEN_PATTERN,
          "description": "32 random bytes, base64url without padding"}
 HANDLE = {"type": "string", "minLength": 1, "maxLength": 254, "pattern": HANDLE_PATTERN}
+CHANNEL = {"type": "string", "pattern": r"^[0-9a-f]{16}$",
+           "description": "provisioning channel id: 16 lowercase hex characters (8 random bytes)"}
+BOX = {"type": "string", "enum": ["new", "existing"],
+       "description": "new: messages for the new device; existing: for the existing device"}
 
 S["Error"] = {
     "type": "object",
@@ -182,6 +186,26 @@ S["AckRequest"] = {
     "properties": {"message_ids": {"type": "array", "maxItems": MAX_ACK_IDS, "items": MESSAGE_ID}},
 }
 S["AckResult"] = {"type": "object", "required": ["acked"], "properties": {"acked": COUNT}}
+S["ChannelRequest"] = {"type": "object", "properties": {}}
+S["Channel"] = {"type": "object", "required": ["channel", "expires_at"],
+                "properties": {"channel": CHANNEL,
+                               "expires_at": {"type": "integer", "minimum": 0}}}
+S["ChannelClosed"] = {"type": "object", "required": ["channel"], "properties": {"channel": CHANNEL}}
+S["ProvisioningPut"] = {
+    "type": "object",
+    "required": ["body"],
+    "properties": {"body": _b64(description=f"opaque, end-to-end encrypted; at most "
+                                            f"{MAX_PROVISIONING_MESSAGE // 1024} KiB decoded (413)")},
+}
+S["ProvisioningQueued"] = {"type": "object", "required": ["queued"],
+                           "properties": {"queued": COUNT}}
+S["ProvisioningMessage"] = {
+    "type": "object",
+    "required": ["body"],
+    "properties": {"body": {**_b64(description="the oldest queued message, now deleted; null "
+                                               "when the box stayed empty for the wait"),
+                            "nullable": True}},
+}
 
 _PATTERNS: dict[str, re.Pattern[str]] = {}
 
@@ -250,6 +274,8 @@ def validate(schema: dict[str, Any], value: Any, where: str = "body") -> Any:
             raise bad_request(f"{where} is too short")
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             raise bad_request(f"{where} is longer than {schema['maxLength']} characters")
+        if "enum" in schema and value not in schema["enum"]:
+            raise bad_request(f"{where} is not one of {', '.join(schema['enum'])}")
         if "pattern" in schema and not _pattern(schema["pattern"]).search(value):
             raise bad_request(f"{where} is not in the expected format")
         if schema.get("format") == "byte":

@@ -24,6 +24,16 @@ MAX_ACK_IDS = 500  # one ack carries at most 500 ids
 # One fetch answer stays under this many body bytes (then "more": true), so 500 envelopes
 # of 96 KiB never become a 48 MiB response held in memory.
 MAX_FETCH_BYTES = 4 * MIB
+# Provisioning (device linking): a few end-to-end encrypted messages between an existing
+# device and a new one. The new device's side is unauthenticated (the channel id is the
+# capability), so everything about a channel is small and short-lived.
+MAX_PROVISIONING_MESSAGE = 256 * KIB  # one message, decoded (a device-list + keys + history key)
+MAX_PROVISIONING_QUEUED = 8  # messages waiting in one box; the exchange needs two or three
+MAX_OPEN_CHANNELS = 3  # open channels per account
+# The request cap of PUT /v1/provisioning/{channel}/{box}, instead of max_body: room for the
+# base64 of one MAX_PROVISIONING_MESSAGE (341.4 KiB) and the JSON around it, no more.
+MAX_PROVISIONING_REQUEST = 400 * KIB
+MAX_PROVISIONING_TTL_SECONDS = 3600
 
 
 class SettingsError(ValueError):
@@ -49,6 +59,14 @@ class Settings:
     # Registrations, relay-wide (there is no credential yet).
     register_rate: float = 20.0
     register_burst: float = 100.0
+    # Unauthenticated provisioning requests (PUT/GET of a channel's boxes), per channel id,
+    # and relay-wide. Counted in memory, never keyed by address.
+    provisioning_rate: float = 10.0
+    provisioning_burst: float = 60.0
+    provisioning_global_rate: float = 200.0
+    provisioning_global_burst: float = 400.0
+    provisioning_ttl_seconds: int = 600
+    max_devices: int = 10
     retention_days: int = 30
     sweep_interval: float = 300.0
     max_wait: int = MAX_WAIT_SECONDS
@@ -67,17 +85,28 @@ class Settings:
             )
         if not 1 <= self.max_wait <= MAX_WAIT_SECONDS:
             raise SettingsError(f"max wait {self.max_wait} s is not between 1 and {MAX_WAIT_SECONDS}")
+        if not 1 <= self.provisioning_ttl_seconds <= MAX_PROVISIONING_TTL_SECONDS:
+            raise SettingsError(f"provisioning ttl {self.provisioning_ttl_seconds} s is not between"
+                                f" 1 and {MAX_PROVISIONING_TTL_SECONDS}")
+        if not 1 <= self.max_devices <= 1000:
+            raise SettingsError(f"max devices {self.max_devices} is not between 1 and 1000")
         for name in ("max_body", "max_envelope"):
             if getattr(self, name) < 1024:
                 raise SettingsError(f"{name} must be at least 1024 bytes")
         for name in ("send_rate", "send_burst", "request_rate", "request_burst", "lookup_rate",
-                     "lookup_burst", "register_rate", "register_burst", "sweep_interval"):
+                     "lookup_burst", "register_rate", "register_burst", "provisioning_rate",
+                     "provisioning_burst", "provisioning_global_rate",
+                     "provisioning_global_burst", "sweep_interval"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be positive")
 
     @property
     def retention_ms(self) -> int:
         return self.retention_days * 86_400_000
+
+    @property
+    def provisioning_ttl_ms(self) -> int:
+        return self.provisioning_ttl_seconds * 1000
 
     @property
     def secret_path(self) -> Path:

@@ -1,4 +1,5 @@
-"""Retention: envelopes older than the retention period are deleted, in batches.
+"""Retention: envelopes older than the retention period, and provisioning channels past
+their expiry (with their messages), are deleted in batches.
 
 Batches of at most SWEEP_BATCH rows keep each write transaction short, so sends queued
 behind the sweeper in the writer wait for one small batch, not for the whole purge. Reads
@@ -29,14 +30,30 @@ async def sweep(storage: Storage, cutoff_ms: int, batch: int = SWEEP_BATCH) -> i
         await asyncio.sleep(0)  # let queued requests in between batches
 
 
+async def sweep_channels(storage: Storage, now_ms: int, batch: int = SWEEP_BATCH) -> int:
+    """Delete every provisioning channel expired at `now_ms`, and its messages; returns how
+    many channels."""
+    total = 0
+    while True:
+        n = await storage.delete_expired_channels(now_ms, batch)
+        total += n
+        if n < batch:
+            return total
+        await asyncio.sleep(0)
+
+
 async def run_sweeper(storage: Storage, retention_ms: int, interval: float,
                       clock: Callable[[], float]) -> None:
     """Sweep now and then every `interval` seconds until cancelled."""
     while True:
         try:
-            deleted = await sweep(storage, int(clock() * 1000) - retention_ms)
+            now_ms = int(clock() * 1000)
+            deleted = await sweep(storage, now_ms - retention_ms)
             if deleted:
                 log.info("retention sweep deleted %d envelopes", deleted)
+            channels = await sweep_channels(storage, now_ms)
+            if channels:
+                log.info("retention sweep deleted %d expired provisioning channels", channels)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a failed sweep is retried next interval, never fatal

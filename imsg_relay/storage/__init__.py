@@ -4,6 +4,7 @@ from imsg_relay.storage.base import (
     Account,
     AccountNotFound,
     Bundle,
+    ChannelNotFound,
     DeviceMismatch,
     DeviceRef,
     Envelope,
@@ -15,6 +16,6 @@ from imsg_relay.storage.base import (
 )
 
 __all__ = [
-    "Account", "AccountNotFound", "Bundle", "DeviceMismatch", "DeviceRef", "Envelope",
-    "KeyCounts", "OneTimeKey", "SignedKey", "Storage", "StorageConflict",
+    "Account", "AccountNotFound", "Bundle", "ChannelNotFound", "DeviceMismatch", "DeviceRef",
+    "Envelope", "KeyCounts", "OneTimeKey", "SignedKey", "Storage", "StorageConflict",
 ]

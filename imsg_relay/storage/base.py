@@ -70,11 +70,17 @@ class StorageConflict(Exception):
 
     def __init__(self, code: str) -> None:
         super().__init__(code)
-        self.code = code  # "account_exists", "handle_taken", "device_exists", "token_taken"
+        # "account_exists", "handle_taken", "device_exists", "token_taken",
+        # "too_many_devices", "channel_exists", "too_many_channels", "box_full"
+        self.code = code
 
 
 class AccountNotFound(Exception):
     """no such account or device"""
+
+
+class ChannelNotFound(Exception):
+    """no such provisioning channel, or it has expired (or, on close, is not the caller's)"""
 
 
 class DeviceMismatch(Exception):
@@ -98,8 +104,10 @@ class Storage(Protocol):
         """Raises StorageConflict("account_exists" | "handle_taken" | "token_taken")."""
 
     async def add_device(self, account_id: str, device_id: int, token_hash: bytes,
-                         device_list: bytes, now_ms: int) -> None:
-        """Raises StorageConflict("device_exists" | "token_taken"), AccountNotFound."""
+                         device_list: bytes, now_ms: int, max_devices: int | None = None) -> None:
+        """Raises StorageConflict("device_exists" | "token_taken" | "too_many_devices": the
+        account already has `max_devices`), AccountNotFound. The cap is checked in the same
+        transaction as the insert, so concurrent adds cannot pass it."""
 
     async def remove_device(self, account_id: str, device_id: int,
                             device_list: bytes | None) -> None:
@@ -138,3 +146,29 @@ class Storage(Protocol):
 
     async def delete_expired(self, cutoff_ms: int, limit: int) -> int:
         """Deletes at most `limit` envelopes received before `cutoff_ms`; returns how many."""
+
+    # provisioning channels (device linking). A channel row holds the creating account, so
+    # that account can close it and is capped in how many it holds open; message rows hold
+    # only (channel, box, bytes). A channel is live while now_ms < expires_at; every read
+    # treats an expired channel as gone, before the sweeper deletes it.
+    async def create_channel(self, channel: str, account_id: str, now_ms: int, expires_at: int,
+                             max_open: int) -> None:
+        """Raises StorageConflict("too_many_channels") when the account holds `max_open` live
+        channels, StorageConflict("channel_exists") when the id is taken."""
+
+    async def put_provisioning(self, channel: str, box: str, body: bytes, now_ms: int,
+                               max_queued: int) -> int:
+        """Queues `body` in the box; returns how many are queued there now. Raises
+        ChannelNotFound, StorageConflict("box_full") when `max_queued` are waiting."""
+
+    async def take_provisioning(self, channel: str, box: str, now_ms: int) -> bytes | None:
+        """Deletes and returns the oldest message of the box (None when empty), in one
+        transaction, so each message is served once. Raises ChannelNotFound."""
+
+    async def close_channel(self, channel: str, account_id: str, now_ms: int) -> None:
+        """Deletes the channel and its messages. Raises ChannelNotFound when `account_id`
+        holds no live channel of that id (an expired one is deleted all the same)."""
+
+    async def delete_expired_channels(self, now_ms: int, limit: int) -> int:
+        """Deletes at most `limit` channels expired at `now_ms`, with their messages; returns
+        how many channels."""

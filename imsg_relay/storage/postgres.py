@@ -24,6 +24,7 @@ from imsg_relay.storage.base import (
     Account,
     AccountNotFound,
     Bundle,
+    ChannelNotFound,
     DeviceMismatch,
     DeviceRef,
     Envelope,
@@ -77,6 +78,21 @@ CREATE TABLE IF NOT EXISTS envelopes (
 );
 CREATE INDEX IF NOT EXISTS envelopes_mailbox ON envelopes (account_id, device_id, seq);
 CREATE INDEX IF NOT EXISTS envelopes_received ON envelopes (received_at);
+CREATE TABLE IF NOT EXISTS provisioning_channels (
+    channel    TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS provisioning_channels_account ON provisioning_channels (account_id);
+CREATE INDEX IF NOT EXISTS provisioning_channels_expiry ON provisioning_channels (expires_at);
+CREATE TABLE IF NOT EXISTS provisioning_messages (
+    seq     BIGSERIAL PRIMARY KEY,
+    channel TEXT NOT NULL,
+    box     TEXT NOT NULL CHECK (box IN ('new', 'existing')),
+    body    BYTEA NOT NULL
+);
+CREATE INDEX IF NOT EXISTS provisioning_messages_box ON provisioning_messages (channel, box, seq);
 """
 
 
@@ -172,14 +188,25 @@ class PostgresStorage:
             raise StorageConflict("account_exists") from None
 
     async def add_device(self, account_id: str, device_id: int, token_hash: bytes,
-                         device_list: bytes, now_ms: int) -> None:
+                         device_list: bytes, now_ms: int, max_devices: int | None = None) -> None:
         try:
             async with self._tx() as conn:
+                # The UPDATE locks the account row, so concurrent adds to one account take
+                # turns and the count below cannot go stale before the insert.
                 cur = await conn.execute(
                     "UPDATE accounts SET device_list = %s WHERE account_id = %s",
                     (device_list, account_id))
                 if cur.rowcount == 0:
                     raise AccountNotFound(account_id)
+                if max_devices is not None:
+                    cur = await conn.execute(
+                        "SELECT count(*), count(*) FILTER (WHERE device_id = %s) FROM devices"
+                        " WHERE account_id = %s", (device_id, account_id))
+                    total, same = await cur.fetchone()
+                    if same:
+                        raise StorageConflict("device_exists")
+                    if total >= max_devices:
+                        raise StorageConflict("too_many_devices")
                 await conn.execute("INSERT INTO devices VALUES (%s, %s, %s, %s)",
                                    (account_id, device_id, token_hash, now_ms))
         except pg_errors.UniqueViolation as exc:
@@ -339,6 +366,85 @@ class PostgresStorage:
                 "DELETE FROM envelopes WHERE seq IN (SELECT seq FROM envelopes"
                 " WHERE received_at < %s ORDER BY received_at LIMIT %s)", (cutoff_ms, limit))
             return cur.rowcount
+
+    # provisioning channels
+
+    async def create_channel(self, channel: str, account_id: str, now_ms: int, expires_at: int,
+                             max_open: int) -> None:
+        try:
+            async with self._tx() as conn:
+                # Serialise channel creation per account, so the cap holds under concurrency.
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                                   ("provisioning:" + account_id,))
+                cur = await conn.execute(
+                    "SELECT count(*) FROM provisioning_channels"
+                    " WHERE account_id = %s AND expires_at > %s", (account_id, now_ms))
+                if (await cur.fetchone())[0] >= max_open:
+                    raise StorageConflict("too_many_channels")
+                await conn.execute("INSERT INTO provisioning_channels VALUES (%s, %s, %s, %s)",
+                                   (channel, account_id, now_ms, expires_at))
+        except pg_errors.UniqueViolation:
+            raise StorageConflict("channel_exists") from None
+
+    async def put_provisioning(self, channel: str, box: str, body: bytes, now_ms: int,
+                               max_queued: int) -> int:
+        async with self._tx() as conn:
+            # FOR UPDATE on the channel row: concurrent puts take turns, so the cap holds.
+            await _live_channel(conn, channel, now_ms, lock=True)
+            cur = await conn.execute(
+                "SELECT count(*) FROM provisioning_messages WHERE channel = %s AND box = %s",
+                (channel, box))
+            queued = (await cur.fetchone())[0]
+            if queued >= max_queued:
+                raise StorageConflict("box_full")
+            await conn.execute(
+                "INSERT INTO provisioning_messages (channel, box, body) VALUES (%s, %s, %s)",
+                (channel, box, body))
+            return queued + 1
+
+    async def take_provisioning(self, channel: str, box: str, now_ms: int) -> bytes | None:
+        async with self._tx() as conn:
+            await _live_channel(conn, channel, now_ms, lock=False)
+            cur = await conn.execute(
+                "DELETE FROM provisioning_messages WHERE seq = (SELECT seq FROM"
+                " provisioning_messages WHERE channel = %s AND box = %s ORDER BY seq LIMIT 1"
+                " FOR UPDATE SKIP LOCKED) RETURNING body", (channel, box))
+            row = await cur.fetchone()
+            return None if row is None else bytes(row[0])
+
+    async def close_channel(self, channel: str, account_id: str, now_ms: int) -> None:
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                "DELETE FROM provisioning_channels WHERE channel = %s AND account_id = %s"
+                " RETURNING expires_at", (channel, account_id))
+            row = await cur.fetchone()
+            if row is None:
+                raise ChannelNotFound(channel)
+            await conn.execute("DELETE FROM provisioning_messages WHERE channel = %s", (channel,))
+        if row[0] <= now_ms:  # deleted all the same, but it was no longer open
+            raise ChannelNotFound(channel)
+
+    async def delete_expired_channels(self, now_ms: int, limit: int) -> int:
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                "DELETE FROM provisioning_channels WHERE channel IN (SELECT channel FROM"
+                " provisioning_channels WHERE expires_at <= %s ORDER BY expires_at LIMIT %s"
+                " FOR UPDATE SKIP LOCKED) RETURNING channel", (now_ms, limit))
+            ids = [r[0] for r in await cur.fetchall()]
+            if ids:
+                await conn.execute("DELETE FROM provisioning_messages WHERE channel = ANY(%s)",
+                                   (ids,))
+            return len(ids)
+
+
+async def _live_channel(conn: psycopg.AsyncConnection, channel: str, now_ms: int,
+                        lock: bool) -> None:
+    cur = await conn.execute(
+        "SELECT expires_at FROM provisioning_channels WHERE channel = %s"
+        + (" FOR UPDATE" if lock else ""), (channel,))
+    row = await cur.fetchone()
+    if row is None or row[0] <= now_ms:
+        raise ChannelNotFound(channel)
 
 
 async def _counts(conn: psycopg.AsyncConnection, account_id: str, device_id: int) -> KeyCounts:

@@ -31,6 +31,7 @@ from imsg_relay.storage.base import (
     Account,
     AccountNotFound,
     Bundle,
+    ChannelNotFound,
     DeviceMismatch,
     DeviceRef,
     Envelope,
@@ -42,7 +43,7 @@ from imsg_relay.storage.base import (
 
 log = logging.getLogger("imsg_relay.storage")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: provisioning channels
 
 # No sender column anywhere: an envelope row is (mailbox, message id, bytes, time).
 # Handles are kept only as HMAC-SHA256(relay secret, handle); tokens only as SHA-256.
@@ -90,6 +91,22 @@ CREATE TABLE IF NOT EXISTS envelopes (
 );
 CREATE INDEX IF NOT EXISTS envelopes_mailbox ON envelopes (account_id, device_id, seq);
 CREATE INDEX IF NOT EXISTS envelopes_received ON envelopes (received_at);
+-- Device linking: short-lived channels. Message rows carry no account, only the channel.
+CREATE TABLE IF NOT EXISTS provisioning_channels (
+    channel    TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS provisioning_channels_account ON provisioning_channels (account_id);
+CREATE INDEX IF NOT EXISTS provisioning_channels_expiry ON provisioning_channels (expires_at);
+CREATE TABLE IF NOT EXISTS provisioning_messages (
+    seq     INTEGER PRIMARY KEY,
+    channel TEXT NOT NULL,
+    box     TEXT NOT NULL CHECK (box IN ('new', 'existing')),
+    body    BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS provisioning_messages_box ON provisioning_messages (channel, box, seq);
 """
 
 CHECKPOINT_INTERVAL = 1.0  # seconds between PASSIVE checkpoints of the WAL
@@ -180,7 +197,8 @@ class _Writer(threading.Thread):
             for op in batch:
                 try:
                     results.append((op, True, op.fn(conn)))
-                except (StorageConflict, AccountNotFound, DeviceMismatch) as exc:
+                except (StorageConflict, AccountNotFound, DeviceMismatch,
+                        ChannelNotFound) as exc:
                     results.append((op, False, exc))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -301,13 +319,17 @@ class SQLiteStorage:
         await self._write(op)
 
     async def add_device(self, account_id: str, device_id: int, token_hash: bytes,
-                         device_list: bytes, now_ms: int) -> None:
+                         device_list: bytes, now_ms: int, max_devices: int | None = None) -> None:
         def op(conn: sqlite3.Connection) -> None:
             if not conn.execute("SELECT 1 FROM accounts WHERE account_id = ?", (account_id,)).fetchone():
                 raise AccountNotFound(account_id)
             if conn.execute("SELECT 1 FROM devices WHERE account_id = ? AND device_id = ?",
                             (account_id, device_id)).fetchone():
                 raise StorageConflict("device_exists")
+            if max_devices is not None and conn.execute(
+                    "SELECT count(*) FROM devices WHERE account_id = ?",
+                    (account_id,)).fetchone()[0] >= max_devices:
+                raise StorageConflict("too_many_devices")
             if conn.execute("SELECT 1 FROM devices WHERE token_hash = ?", (token_hash,)).fetchone():
                 raise StorageConflict("token_taken")
             conn.execute("INSERT INTO devices VALUES (?, ?, ?, ?)",
@@ -464,6 +486,92 @@ class SQLiteStorage:
                 " WHERE received_at < ? ORDER BY received_at LIMIT ?)", (cutoff_ms, limit)).rowcount
 
         return await self._write(op)
+
+    # provisioning channels
+
+    async def create_channel(self, channel: str, account_id: str, now_ms: int, expires_at: int,
+                             max_open: int) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            open_now = conn.execute(
+                "SELECT count(*) FROM provisioning_channels WHERE account_id = ? AND expires_at > ?",
+                (account_id, now_ms)).fetchone()[0]
+            if open_now >= max_open:
+                raise StorageConflict("too_many_channels")
+            if conn.execute("SELECT 1 FROM provisioning_channels WHERE channel = ?",
+                            (channel,)).fetchone():
+                raise StorageConflict("channel_exists")
+            conn.execute("INSERT INTO provisioning_channels VALUES (?, ?, ?, ?)",
+                         (channel, account_id, now_ms, expires_at))
+
+        await self._write(op)
+
+    async def put_provisioning(self, channel: str, box: str, body: bytes, now_ms: int,
+                               max_queued: int) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            _live_channel(conn, channel, now_ms)
+            queued = conn.execute(
+                "SELECT count(*) FROM provisioning_messages WHERE channel = ? AND box = ?",
+                (channel, box)).fetchone()[0]
+            if queued >= max_queued:
+                raise StorageConflict("box_full")
+            conn.execute("INSERT INTO provisioning_messages (channel, box, body) VALUES (?, ?, ?)",
+                         (channel, box, body))
+            return queued + 1
+
+        return await self._write(op)
+
+    async def take_provisioning(self, channel: str, box: str, now_ms: int) -> bytes | None:
+        # Served from the reader when the box is empty (the common case in a long poll), so
+        # polling an empty box costs no write transaction; the delete goes to the writer.
+        conn = self._read()
+        _live_channel(conn, channel, now_ms)
+        if not conn.execute("SELECT 1 FROM provisioning_messages WHERE channel = ? AND box = ?"
+                            " LIMIT 1", (channel, box)).fetchone():
+            return None
+
+        def op(conn: sqlite3.Connection) -> bytes | None:
+            _live_channel(conn, channel, now_ms)
+            row = conn.execute(
+                "DELETE FROM provisioning_messages WHERE seq = (SELECT seq FROM"
+                " provisioning_messages WHERE channel = ? AND box = ? ORDER BY seq LIMIT 1)"
+                " RETURNING body", (channel, box)).fetchone()
+            return None if row is None else row[0]
+
+        return await self._write(op)
+
+    async def close_channel(self, channel: str, account_id: str, now_ms: int) -> None:
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT expires_at FROM provisioning_channels"
+                               " WHERE channel = ? AND account_id = ?",
+                               (channel, account_id)).fetchone()
+            if row is None:
+                raise ChannelNotFound(channel)
+            conn.execute("DELETE FROM provisioning_messages WHERE channel = ?", (channel,))
+            conn.execute("DELETE FROM provisioning_channels WHERE channel = ?", (channel,))
+            return row[0] > now_ms
+
+        # An expired channel is deleted all the same, and then reported as not found, as
+        # every other route reports it (raised out here: refusals never follow a write).
+        if not await self._write(op):
+            raise ChannelNotFound(channel)
+
+    async def delete_expired_channels(self, now_ms: int, limit: int) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            ids = [(r[0],) for r in conn.execute(
+                "SELECT channel FROM provisioning_channels WHERE expires_at <= ?"
+                " ORDER BY expires_at LIMIT ?", (now_ms, limit))]
+            conn.executemany("DELETE FROM provisioning_messages WHERE channel = ?", ids)
+            conn.executemany("DELETE FROM provisioning_channels WHERE channel = ?", ids)
+            return len(ids)
+
+        return await self._write(op)
+
+
+def _live_channel(conn: sqlite3.Connection, channel: str, now_ms: int) -> None:
+    row = conn.execute("SELECT expires_at FROM provisioning_channels WHERE channel = ?",
+                       (channel,)).fetchone()
+    if row is None or row[0] <= now_ms:
+        raise ChannelNotFound(channel)
 
 
 def _counts(conn: sqlite3.Connection, account_id: str, device_id: int) -> KeyCounts:

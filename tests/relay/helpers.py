@@ -71,6 +71,13 @@ def register(client: Any, handle: str | None = None, devices: int = 1) -> Identi
     return ident
 
 
+def open_channel(client: Any, ident: Identity, device_id: int = 1) -> str:
+    """Open a provisioning channel as a device of `ident`; returns the channel id."""
+    r = client.post("/v1/provisioning", headers=ident.headers(device_id), json={})
+    assert r.status_code == 201, r.text
+    return r.json()["channel"]
+
+
 def send(client: Any, sender: Identity, to: Identity, body: bytes = b"hello",
          message_id: str | None = None, sender_device: int = 1,
          devices: list[int] | None = None) -> Any:
@@ -121,7 +128,10 @@ def relay_settings(data_dir: Path, **overrides: Any) -> Settings:
     base: dict[str, Any] = {"data_dir": data_dir, "send_rate": 10_000.0, "send_burst": 10_000.0,
                             "request_rate": 10_000.0, "request_burst": 10_000.0,
                             "lookup_rate": 10_000.0, "lookup_burst": 10_000.0,
-                            "register_rate": 10_000.0, "register_burst": 10_000.0}
+                            "register_rate": 10_000.0, "register_burst": 10_000.0,
+                            "provisioning_rate": 10_000.0, "provisioning_burst": 10_000.0,
+                            "provisioning_global_rate": 10_000.0,
+                            "provisioning_global_burst": 10_000.0}
     base.update(overrides)
     return Settings(**base)
 

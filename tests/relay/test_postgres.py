@@ -137,6 +137,86 @@ def test_long_poll_on_one_worker_wakes_from_a_send_on_another(tmp_path, pg_schem
         assert elapsed < 0.2
 
 
+def test_provisioning_and_device_cap_on_postgres(tmp_path, pg_schema):
+    from imsg_relay.storage.postgres import PostgresStorage
+
+    from .helpers import new_token, open_channel
+    now = [1_800_000_000.0]
+    storage = PostgresStorage(PG, schema=pg_schema, pool_size=4)
+    with LiveRelay(relay_settings(tmp_path, max_devices=3), storage=storage,
+                   clock=lambda: now[0]) as relay, \
+            httpx.Client(base_url=relay.url, timeout=10) as c:
+        alice, mallory = register(c, devices=3), register(c)
+        r = c.put("/v1/devices/4", headers=alice.headers(),
+                  json={"token": new_token(), "device_list": b64(b"x")})
+        assert r.status_code == 409 and r.json()["error"] == "too_many_devices"
+        r = c.put("/v1/devices/2", headers=alice.headers(),
+                  json={"token": new_token(), "device_list": b64(b"x")})
+        assert r.json()["error"] == "device_exists"
+
+        channel = open_channel(c, alice)
+        box = f"/v1/provisioning/{channel}"
+        assert c.put(box + "/new", json={"body": b64(b"a")}).json() == {"queued": 1}
+        assert c.put(box + "/new", json={"body": b64(b"b")}).json() == {"queued": 2}
+        assert c.get(box + "/new").json() == {"body": b64(b"a")}
+        assert c.get(box + "/new").json() == {"body": b64(b"b")}
+        assert c.get(box + "/new").json() == {"body": None}
+        assert c.delete(box, headers=mallory.headers()).status_code == 404
+        assert c.delete(box, headers=alice.headers(2)).status_code == 200
+        assert c.get(box + "/new").status_code == 404
+
+        # concurrency: the caps hold and each message is served once
+        channel = open_channel(c, alice)
+        box = f"/v1/provisioning/{channel}"
+
+        async def race():
+            async with httpx.AsyncClient(base_url=relay.url, timeout=10) as ac:
+                opens = await asyncio.gather(*[ac.post("/v1/provisioning", json={},
+                                                       headers=alice.headers())
+                                               for _ in range(6)])
+                puts = await asyncio.gather(*[ac.put(box + "/existing",
+                                                     json={"body": b64(b"%d" % i)})
+                                              for i in range(12)])
+                takes = await asyncio.gather(*[ac.get(box + "/existing") for _ in range(12)])
+                return opens, puts, takes
+
+        opens, puts, takes = asyncio.run(race())
+        assert sorted(r.status_code for r in opens) == [201] * 2 + [409] * 4
+        assert sorted(r.status_code for r in puts) == [200] * 8 + [429] * 4
+        served = [r.json()["body"] for r in takes if r.json()["body"] is not None]
+        assert len(served) == len(set(served)) == 8
+
+        now[0] += 601  # every channel has expired
+        assert c.get(box + "/existing").status_code == 404
+        open_channel(c, alice)  # expired ones no longer count
+
+
+def test_sweeper_deletes_expired_channels_on_postgres(pg_schema):
+    from imsg_relay.storage.base import ChannelNotFound
+    from imsg_relay.storage.postgres import PostgresStorage
+    from imsg_relay.sweeper import sweep_channels
+
+    async def scenario():
+        s = PostgresStorage(PG, schema=pg_schema, pool_size=2)
+        await s.open()
+        try:
+            await s.create_channel("0" * 16, "a" * 32, 0, 1_000, 3)
+            await s.create_channel("1" * 16, "a" * 32, 0, 5_000, 3)
+            await s.put_provisioning("0" * 16, "new", b"old", 10, 8)
+            await s.put_provisioning("1" * 16, "new", b"young", 10, 8)
+            assert await sweep_channels(s, 2_000, batch=1) == 1
+            with pytest.raises(ChannelNotFound):
+                await s.take_provisioning("0" * 16, "new", 0)
+            assert await s.take_provisioning("1" * 16, "new", 2_000) == b"young"
+            async with s._tx() as conn:
+                cur = await conn.execute("SELECT count(*) FROM provisioning_messages")
+                assert (await cur.fetchone())[0] == 0
+        finally:
+            await s.close()
+
+    asyncio.run(scenario())
+
+
 def _tok():
     from .helpers import new_token
     return new_token()
