@@ -13,17 +13,19 @@ Clock and randomness are injectable (`now_ms`, `rng`) for tests.
 from __future__ import annotations
 
 import base64
+import json
 import os
+import platform
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
 from imsg_cli import errors
 from imsg_cli.handles import canonical_handle
-from imsg_cli.protocol import consts, envelope as env, session as sess
-from imsg_cli.protocol.content import KIND_TEXT, Content
+from imsg_cli.protocol import consts, envelope as env, provisioning as prov, session as sess
+from imsg_cli.protocol.content import KIND_SYNC, KIND_TEXT, Content
 from imsg_cli.protocol.encoding import KEY_ED25519, KEY_MLKEM768, KEY_X25519, decode_key, encode_key
 from imsg_cli.protocol.errors import (
     DecodeError,
@@ -34,16 +36,28 @@ from imsg_cli.protocol.errors import (
 from imsg_cli.protocol.errors import UntrustedIdentityError as ProtocolUntrusted
 from imsg_cli.protocol.identity import (
     AccountKey,
+    DeviceEntry,
     DeviceKeys,
     DeviceList,
     account_id_for,
+    device_fingerprint,
     fingerprint,
+    open_device_name,
     safety_number,
+    seal_device_name,
     verify_device_list,
 )
 from imsg_cli.protocol.prekeys import KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey
 from imsg_cli.protocol.session import Address
-from imsg_cli.protocol.stores import Contact, Conversation, LocalAccount, OutgoingBatch, Store, StoredMessage
+from imsg_cli.protocol.stores import (
+    Contact,
+    Conversation,
+    HeldMessage,
+    LocalAccount,
+    OutgoingBatch,
+    Store,
+    StoredMessage,
+)
 from imsg_cli.relay_client import RelayClient, b64d, b64e
 
 STORE_FILE = "imsg.db"
@@ -83,6 +97,42 @@ class Message:
     @classmethod
     def from_stored(cls, m: StoredMessage) -> "Message":
         return cls(m.message_id, m.sender_handle, m.recipient_handle, m.text, m.sent_at, m.direction, m.peer_handle)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    device_id: int
+    name: str
+    fingerprint: str
+    added_at: int
+    this_device: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Pairing:
+    code: str
+    channel: bytes
+    secret: bytes
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class ContactInfo:
+    handle: str
+    account_id: str
+    state: str  # verified | unverified | changed
+    verified: bool
+    devices: int
+    fingerprint: str
+    held: int
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    handle: str
+    safety_number: str
+    verified: bool
+    changed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +220,7 @@ class Client:
 
     # --- account ---
 
-    def init(self, handle: str, name: str = "") -> WhoAmI:
+    def init(self, handle: str, name: str = "", device_name: str = "") -> WhoAmI:
         """Create the account key, this device's keys and prekeys; register with the relay."""
         if self.store.load_account() is not None:
             raise errors.AccountExistsError()
@@ -180,9 +230,11 @@ class Client:
         now = self._now()
         account_key = AccountKey.generate(self._rng)
         device = DeviceKeys.generate(1, self._rng)
-        device_list = account_key.sign_device_list(
-            DeviceList(account_key.public, serial=1, signed_at=now, devices=(device.entry(now),))
-        )
+        label = device_name or platform.node() or "first device"
+        device_list = account_key.sign_device_list(DeviceList(
+            account_key.public, serial=1, signed_at=now,
+            devices=(device.entry(now, seal_device_name(account_key.private, 1, label, self._rng)),),
+        ))
         token = base64.urlsafe_b64encode(self._rng(32)).rstrip(b"=").decode("ascii")
         relay = RelayClient(self._relay_url, token, allow_insecure=self._allow_insecure, transport=self._transport)
         try:
@@ -283,20 +335,81 @@ class Client:
             old = verify_device_list(known.device_list, account_key)
             if devices.serial < old.serial:
                 raise errors.UntrustedIdentityError("relay served an older device list than one already seen")
-        contact = Contact(account_id, handle, account_key, remote.device_list,
+        contact = Contact(account_id, handle or (known.handle if known else ""), account_key, remote.device_list,
                           verified=known.verified if known else False,
-                          first_seen=known.first_seen if known else self._now())
+                          first_seen=known.first_seen if known else self._now(),
+                          status=known.status if known else "ok")
         return contact, devices
 
-    def _resolve(self, handle: str) -> tuple[Contact, DeviceList]:
-        contact = self.store.contact_by_handle(handle)
-        if contact is not None:
-            return contact, verify_device_list(contact.device_list, contact.account_key)
-        account_id = self.relay().lookup(handle)
+    def _resolve(self, handle: str, on_key_change: str = "hold") -> tuple[Contact, DeviceList]:
+        """The identity to send to. The handle is looked up on every send: if the relay now
+        maps it to another account (a new account key), that is a key change — loud, and
+        nothing is sent to the new identity until the user trusts it (or the caller said
+        `on_key_change="accept"`)."""
+        account = self._account()
+        if handle == account.handle:
+            return self._own_contact(account), self._own_devices(account)
+        pinned = self.store.contact_by_handle(handle)  # the "ok" identity first, if any
+        if pinned is not None and pinned.status != "ok":
+            pinned = None  # only changed/replaced identities: nothing pinned to compare with
+        try:
+            account_id = self.relay().lookup(handle)
+        except errors.RelayUnavailableError:
+            if pinned is None:
+                raise
+            # Offline: send to the identity the user already trusts; the message queues
+            # in the outbox and the key-change check runs again on the next send.
+            return pinned, verify_device_list(pinned.device_list, pinned.account_key)
+        if pinned is not None and account_id == pinned.account_id:
+            return pinned, verify_device_list(pinned.device_list, pinned.account_key)
         contact, devices = self._fetch_contact(account_id, handle)
+        if pinned is None:  # first contact: trust on first use
+            with self.store.transaction():
+                self.store.save_contact(replace(contact, status="ok"))
+            return contact, devices
+        # The handle's identity changed.
+        if on_key_change == "accept":
+            self._accept_identity(contact, pinned)
+            return self.store.get_contact(contact.account_id), devices
         with self.store.transaction():
-            self.store.save_contact(contact)
-        return contact, devices
+            self.store.save_contact(replace(contact, status="changed", verified=False))
+        raise errors.IdentityChangedError(
+            f"the safety number with {handle} changed: their account key is not the one you had",
+            hint=f"compare it with: imsg verify {handle}; then release held messages with: imsg trust {handle}",
+            handle=handle,
+        )
+
+    def _accept_identity(self, contact: Contact, previous: Contact | None) -> None:
+        """Make `contact` the pinned identity for its handle (unverified)."""
+        with self.store.transaction():
+            if previous is not None and previous.account_id != contact.account_id:
+                self.store.save_contact(replace(previous, status="replaced"))
+                self.store.reassign_messages(previous.account_id, contact.account_id)
+            self.store.save_contact(replace(contact, status="ok", verified=False))
+
+    def _own_contact(self, account: LocalAccount) -> Contact:
+        return Contact(account.account_id, account.handle, account.account_public, account.device_list,
+                       verified=True, first_seen=account.created_at)
+
+    def _own_devices(self, account: LocalAccount) -> DeviceList:
+        return verify_device_list(account.device_list, account.account_public)
+
+    def _refresh_own_devices(self) -> DeviceList:
+        """Fetch our account's signed device list; accept it only if our account key signed
+        it and it is not older than the one we hold (the relay cannot add or roll back)."""
+        account = self._account()
+        remote = self.relay().get_account(account.account_id)
+        try:
+            devices = verify_device_list(remote.device_list, account.account_public)
+        except (ProtocolUntrusted, DecodeError) as exc:
+            raise errors.UntrustedIdentityError(f"our own device list from the relay is not ours: {exc}") from None
+        current = self._own_devices(account)
+        if devices.serial < current.serial:
+            raise errors.UntrustedIdentityError("relay served an older device list of our own account")
+        if devices.serial > current.serial:
+            with self.store.transaction():
+                self.store.save_account(replace(account, device_list=remote.device_list))
+        return devices if devices.serial >= current.serial else current
 
     def safety_number(self, handle: str) -> str:
         account = self._account()
@@ -307,42 +420,73 @@ class Client:
 
     # --- sending ---
 
-    def send(self, to: str, text: str) -> SentMessage:
+    def send(self, to: str, text: str, *, on_key_change: str = "hold") -> SentMessage:
+        """Send `text` to every device of `to`, and a copy to our own other devices.
+
+        If the relay now maps `to` to a different account key, the message is held (kept
+        locally, not sent) and IdentityChangedError is raised, unless `on_key_change` is
+        "accept"; `trust(to)` later releases held messages."""
         to = canonical_handle(to)  # a usage error (2) comes before any state error (3)
+        if on_key_change not in ("hold", "accept"):
+            raise errors.UsageError("on_key_change must be 'hold' or 'accept'")
         account = self._account()
+        if not text:
+            raise errors.UsageError("empty message")
         self.flush_outbox()
-        contact, devices = self._resolve(to)
-        now = self._now()
         message_id = secrets.token_hex(16) if self._rng is os.urandom else self._rng(16).hex()
+        try:
+            contact, devices = self._resolve(to, on_key_change)
+        except errors.IdentityChangedError as exc:
+            with self.store.transaction():
+                self.store.hold_message(HeldMessage(message_id, to, text, self._now()))
+            exc.details["message_id"] = message_id
+            raise
+        return self._send_to(account, contact, devices, message_id, text)
+
+    def _send_to(self, account: LocalAccount, contact: Contact, devices: DeviceList, message_id: str,
+                 text: str) -> SentMessage:
+        now = self._now()
+        to = contact.handle
         content = Content(message_id, now, KIND_TEXT, account.handle, to, text)
         try:
             package, content_ct = env.seal_content(content.encode(), self._rng)
         except ValueError:
             raise errors.UsageError("message too long") from None
-        targets = [d for d in devices.devices
-                   if not (contact.account_id == account.account_id and d.device_id == account.device_id)]
-        envelopes = self._encrypt_for(account, contact.account_id, targets, package, content_ct)
-        batch = OutgoingBatch(message_id, contact.account_id, tuple(envelopes), now)
+        to_self = contact.account_id == account.account_id
+        targets = [d for d in devices.devices if not (to_self and d.device_id == account.device_id)]
+        batches = []
+        if targets:  # none: a note to self on an account with no other device
+            envelopes = self._encrypt_for(account, contact.account_id, targets, package, content_ct)
+            batches.append((OutgoingBatch(message_id, contact.account_id, tuple(envelopes), now), package, content_ct))
+        own_others = [] if to_self else [d for d in self._own_devices(account).devices
+                                         if d.device_id != account.device_id]
+        if own_others:  # sent-message sync: the same id, so every device stores it once
+            sync = Content(message_id, now, KIND_SYNC, account.handle, to, text, contact.account_id,
+                           encode_key(KEY_ED25519, contact.account_key))
+            sync_package, sync_ct = env.seal_content(sync.encode(), self._rng)
+            envelopes = self._encrypt_for(account, account.account_id, own_others, sync_package, sync_ct)
+            batches.append((OutgoingBatch(message_id, account.account_id, tuple(envelopes), now), sync_package, sync_ct))
         with self.store.transaction():
-            if envelopes:  # none: a note to self on an account with no other device
+            for batch, _, _ in batches:
                 self.store.add_outgoing(batch)
             self.store.add_message(StoredMessage(
                 message_id, contact.account_id, contact.handle, "out", account.handle, to, text, now, now,
                 account.device_id,
             ))
-        if envelopes:
-            try:
+        try:
+            for batch, package, content_ct in batches:
                 self._deliver(batch, package, content_ct)
-            except errors.SecurityError:
-                with self.store.transaction():  # never retried: it would fail the same way
+        except errors.SecurityError:
+            with self.store.transaction():  # never retried: it would fail the same way
+                for batch, _, _ in batches:
                     self.store.remove_outgoing(batch.message_id, batch.account_id)
-                raise
-            except errors.RelayUnavailableError as exc:
-                raise errors.RelayUnavailableError(
-                    f"{exc}; message {message_id} is queued",
-                    hint="the next imsg send or receive that reaches the relay delivers it: do not send it again",
-                    message_id=message_id,
-                ) from None
+            raise
+        except errors.RelayUnavailableError as exc:
+            raise errors.RelayUnavailableError(
+                f"{exc}; message {message_id} is queued",
+                hint="the next imsg send or receive that reaches the relay delivers it: do not send it again",
+                message_id=message_id,
+            ) from None
         return SentMessage(message_id, to, now, len(targets))
 
     def _encrypt_for(self, account: LocalAccount, account_id: str, targets, package: bytes,
@@ -394,14 +538,20 @@ class Client:
             if exc.relay_code != "device_mismatch":
                 raise
             account = self._account()
-            contact = self.store.get_contact(batch.account_id)
-            contact, devices = self._fetch_contact(batch.account_id, contact.handle if contact else "")
+            own = batch.account_id == account.account_id
+            contact = None
+            if own:
+                devices = self._refresh_own_devices()
+            else:
+                contact = self.store.get_contact(batch.account_id)
+                contact, devices = self._fetch_contact(batch.account_id, contact.handle if contact else "")
             # The relay wants envelopes for a device the account key never signed: it (or
             # someone who controls it) added a device of its own. Never encrypt to it.
             unsigned = sorted(int(d) for d in exc.details.get("missing") or [] if devices.device(int(d)) is None)
             if unsigned:
                 raise errors.UntrustedIdentityError(
                     f"the relay lists device(s) {unsigned} that the account's signed device list does not hold")
+            sent_to = {d for d, _ in batch.envelopes}
             keep = {d: e for d, e in batch.envelopes if devices.device(d) is not None}
             new = [d for d in devices.devices if d.device_id not in keep and not (
                 batch.account_id == account.account_id and d.device_id == account.device_id)]
@@ -410,7 +560,10 @@ class Client:
             envelopes = sorted(list(keep.items()) + self._encrypt_for(account, batch.account_id, new, package, content_ct))
             batch = OutgoingBatch(batch.message_id, batch.account_id, tuple(envelopes), batch.created_at)
             with self.store.transaction():
-                self.store.save_contact(contact)
+                if contact is not None:
+                    self.store.save_contact(contact)
+                for gone in sent_to - {d.device_id for d in devices.devices}:  # removed devices
+                    self.store.delete_session(Address(batch.account_id, gone))
                 self.store.add_outgoing(batch)
             relay.send(batch.account_id, batch.message_id, list(batch.envelopes))
         with self.store.transaction():
@@ -485,13 +638,21 @@ class Client:
         try:
             envelope = env.Envelope.decode(e.body)
             sender = envelope.sender
-            contact = self.store.get_contact(sender.account_id)
-            fresh_contact = contact is None
-            devices = None
-            if contact is not None:
-                devices = verify_device_list(contact.device_list, contact.account_key)
-            if devices is None or devices.device(sender.device_id) is None:
-                contact, devices = self._fetch_contact(sender.account_id, contact.handle if contact else "")
+            own = sender.account_id == account.account_id
+            contact = None if own else self.store.get_contact(sender.account_id)
+            fresh_contact = not own and contact is None
+            if own:
+                if sender.device_id == account.device_id:
+                    raise RemoteProtocolError("envelope claims to come from this very device")
+                devices = self._own_devices(account)
+                if devices.device(sender.device_id) is None:
+                    devices = self._refresh_own_devices()
+            else:
+                devices = None
+                if contact is not None:
+                    devices = verify_device_list(contact.device_list, contact.account_key)
+                if devices is None or devices.device(sender.device_id) is None:
+                    contact, devices = self._fetch_contact(sender.account_id, contact.handle if contact else "")
             entry = devices.device(sender.device_id)
             if entry is None:
                 raise errors.UntrustedIdentityError("sender device is not in its account's signed device list")
@@ -506,18 +667,27 @@ class Client:
                 content = Content.decode(env.open_content(result.plaintext, envelope.content_ciphertext))
                 if content.message_id != e.message_id:
                     raise RemoteProtocolError("content id does not match the envelope's message id")
-                if fresh_contact or not contact.handle:
-                    contact = self._check_claimed_handle(contact, content.sender_handle)
+                if own:
+                    message = self._from_own_device(account, content, sender)
+                else:
+                    if content.kind != KIND_TEXT:
+                        raise RemoteProtocolError("sync messages are accepted only from our own devices")
+                    if fresh_contact or not contact.handle:
+                        contact = self._check_claimed_handle(contact, content.sender_handle)
+                    self.store.save_contact(contact)
+                    message = StoredMessage(
+                        content.message_id, contact.account_id, contact.handle, "in", contact.handle,
+                        content.recipient_handle, content.text, content.sent_at, self._now(), sender.device_id,
+                    )
                 self.store.save_session(sender, result.record.encode())
                 if result.used_one_time_prekey is not None:
                     self.store.remove_one_time_prekey(result.used_one_time_prekey)
                 if result.used_kem_prekey is not None:
                     self.store.remove_kem_prekey(result.used_kem_prekey)
-                self.store.save_contact(contact)
-                self.store.add_message(StoredMessage(
-                    content.message_id, contact.account_id, contact.handle, "in", contact.handle,
-                    content.recipient_handle, content.text, content.sent_at, self._now(), sender.device_id,
-                ))
+                self.store.add_message(message)
+            if contact is not None and contact.status == "changed":
+                self.problems.append(Problem(e.message_id, "identity_changed",
+                                             f"{contact.handle} now writes from a new account key (safety number changed)"))
             return result.new_session
         except errors.RelayRefusedError as exc:
             if exc.status != 404:
@@ -533,6 +703,27 @@ class Client:
             self.problems.append(Problem(e.message_id, "rejected", str(exc)))
         return False
 
+    def _from_own_device(self, account: LocalAccount, content: Content, sender: Address) -> StoredMessage:
+        """A sync copy of a message another of our devices sent, or a note to self."""
+        now = self._now()
+        if content.kind != KIND_SYNC:  # a note to self, written on another of our devices
+            return StoredMessage(content.message_id, account.account_id, account.handle, "out", account.handle,
+                                 account.handle, content.text, content.sent_at, now, sender.device_id)
+        contact = self.store.get_contact(content.destination)
+        if contact is None:
+            # Our own device names the recipient's key; the id must derive from it, and the
+            # relay must serve a device list that key signed.
+            try:
+                key = decode_key(KEY_ED25519, content.destination_key)
+            except DecodeError:
+                raise RemoteProtocolError("sync message names a malformed account key") from None
+            if account_id_for(key) != content.destination:
+                raise RemoteProtocolError("sync message names a key that is not the account's")
+            contact, _ = self._fetch_contact(content.destination, canonical_handle(content.recipient_handle))
+            self.store.save_contact(contact)
+        return StoredMessage(content.message_id, contact.account_id, contact.handle, "out", account.handle,
+                             contact.handle, content.text, content.sent_at, now, sender.device_id)
+
     def _check_claimed_handle(self, contact: Contact, claimed: str) -> Contact:
         """A first message names its sender's handle; believe it only if the relay's
         directory maps that handle to the same account."""
@@ -543,14 +734,271 @@ class Client:
             holder = None
         if holder != contact.account_id:
             raise errors.UntrustedIdentityError("sender claims a handle it does not hold")
-        return Contact(contact.account_id, handle, contact.account_key, contact.device_list,
-                       contact.verified, contact.first_seen)
+        pinned = self.store.contact_by_handle(handle)
+        status = "changed" if pinned is not None and pinned.status == "ok" and pinned.account_id != contact.account_id \
+            else "ok"
+        return replace(contact, handle=handle, status=status)
 
     def watch(self, wait: float = 30) -> Iterator[Message]:
         """Yield messages as they arrive (long poll: the relay answers as soon as one lands)."""
         yield from self.take_unshown()
         while True:
             yield from self.receive(wait=wait)
+
+    # --- devices ---
+
+    def devices(self, *, refresh: bool = True) -> list["DeviceInfo"]:
+        """Our account's devices, from the signed device list (refreshed from the relay)."""
+        account = self._account()
+        devices = self._refresh_own_devices() if refresh else self._own_devices(account)
+        account = self._account()
+        return [DeviceInfo(d.device_id, open_device_name(account.account_private, d),
+                           device_fingerprint(d.identity_key), d.added_at, d.device_id == account.device_id)
+                for d in devices.devices]
+
+    def _sign_devices(self, account: LocalAccount, devices: tuple[DeviceEntry, ...], current: DeviceList) -> bytes:
+        if account.account_private is None:
+            raise errors.LocalStateError("this device does not hold the account key",
+                                         hint="add or remove devices from the first device")
+        key = AccountKey(account.account_private)
+        return key.sign_device_list(DeviceList(account.account_public, current.serial + 1, self._now(), devices))
+
+    def device_remove(self, device_id: int) -> list["DeviceInfo"]:
+        """Remove a device: re-sign the list without it; the relay revokes it at once."""
+        account = self._account()
+        if device_id == account.device_id:
+            raise errors.UsageError("cannot remove this device from itself", hint="remove it from another device")
+        current = self._refresh_own_devices()
+        account = self._account()
+        if current.device(device_id) is None:
+            raise errors.LocalStateError(f"no device {device_id} in this account")
+        blob = self._sign_devices(account, tuple(d for d in current.devices if d.device_id != device_id), current)
+        self.relay().remove_device(device_id, blob)
+        with self.store.transaction():
+            self.store.save_account(replace(account, device_list=blob))
+            self.store.delete_session(Address(account.account_id, device_id))
+        return self.devices(refresh=False)
+
+    def device_add_start(self) -> "Pairing":
+        """Open a pairing channel at the relay; show `Pairing.code` to the new device."""
+        account = self._account()
+        if account.account_private is None:
+            raise errors.LocalStateError("this device does not hold the account key",
+                                         hint="add devices from the first device")
+        if len(self._refresh_own_devices().devices) >= consts.MAX_DEVICES:
+            raise errors.LocalStateError(f"this account already has {consts.MAX_DEVICES} devices",
+                                         hint="remove one first: imsg device remove ID")
+        channel_hex, expires_at = self.relay().open_channel()
+        try:
+            channel = bytes.fromhex(channel_hex)
+        except ValueError:
+            channel = b""
+        if len(channel) != prov.CHANNEL_LEN:
+            raise errors.RelayRefusedError("relay returned a malformed pairing channel", relay_code="bad_response")
+        secret = self._rng(prov.SECRET_LEN)
+        return Pairing(prov.make_code(channel, secret), channel, secret, expires_at)
+
+    def device_add_finish(self, pairing: "Pairing", *, timeout: float = 300, history: int = 0,
+                          name_hint: str = "") -> "DeviceInfo":
+        """Wait for the new device, sign it into the device list with the account key,
+        register it at the relay, and send it the account, contacts and (if `history` > 0)
+        that many recent messages — all end-to-end encrypted under the pairing secret."""
+        relay = self.relay()
+        channel_hex = pairing.channel.hex()
+        deadline = time.monotonic() + timeout
+        box = None
+        try:
+            while box is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise errors.LocalStateError("no device linked before the timeout",
+                                                 hint="run imsg device add again for a new code")
+                box = relay.get_box(channel_hex, prov.TO_EXISTING, wait=min(left, 30))
+            try:
+                hello = prov.open_box(pairing.secret, pairing.channel, prov.TO_EXISTING, 0, box)
+                identity_key = prov.unb64(hello, "identity_key", 32)
+                signing_key = prov.unb64(hello, "signing_key", 32)
+                token = prov.field(hello, "token", str)
+                name = prov.field(hello, "name", str)[:64] or name_hint
+            except ProtocolError as exc:
+                raise errors.SecurityError(f"pairing failed: {exc}") from None
+            account = self._account()
+            current = self._refresh_own_devices()
+            account = self._account()
+            device_id = max(current.device_ids) + 1
+            now = self._now()
+            entry = DeviceEntry(device_id, identity_key, signing_key, now,
+                                seal_device_name(account.account_private, device_id, name, self._rng))
+            blob = self._sign_devices(account, current.devices + (entry,), current)
+            relay.add_device(device_id, token, blob)
+            with self.store.transaction():
+                self.store.save_account(replace(account, device_list=blob))
+            welcome = {
+                "v": 1, "account_id": account.account_id, "handle": account.handle, "name": account.name,
+                "account_private": prov.b64(account.account_private), "device_id": device_id,
+                "device_list": prov.b64(blob), "relay": relay.base_url,
+                "contacts": [
+                    {"account_id": c.account_id, "handle": c.handle, "account_key": prov.b64(c.account_key),
+                     "device_list": prov.b64(c.device_list), "verified": c.verified, "status": c.status}
+                    for c in self.store.contacts() if c.status != "replaced"
+                ],
+                "history": self._history_for_link(history),
+            }
+            relay.put_box(channel_hex, prov.TO_NEW, prov.seal_box(pairing.secret, pairing.channel, prov.TO_NEW, 0, welcome))
+        finally:
+            try:
+                relay.close_channel(channel_hex)
+            except errors.ImsgError:
+                pass  # it expires on its own
+        return DeviceInfo(device_id, name, device_fingerprint(identity_key), now, False)
+
+    def _history_for_link(self, limit: int) -> list[dict]:
+        if limit <= 0:
+            return []
+        rows: list[StoredMessage] = []
+        for chat in self.store.conversations():
+            rows.extend(self.store.history(chat.peer_account_id, limit))
+        rows.sort(key=lambda m: (m.sent_at, m.message_id))
+        out = [{"id": m.message_id, "peer": m.peer_account_id, "peer_handle": m.peer_handle, "dir": m.direction,
+                "from": m.sender_handle, "to": m.recipient_handle, "text": m.text, "sent_at": m.sent_at}
+               for m in rows[-limit:]]
+        while out and len(json.dumps(out)) > prov.MAX_BOX // 2:  # leave room for the rest
+            out = out[len(out) // 4 + 1:]
+        return out
+
+    def device_link(self, code: str, name: str = "") -> WhoAmI:
+        """On a new home: join the account whose device shows `code`."""
+        if self.store.load_account() is not None:
+            raise errors.AccountExistsError()
+        if not self._relay_url:
+            raise errors.UsageError("no relay given", hint="pass --relay URL or set IMSG_RELAY")
+        try:
+            channel, secret = prov.parse_code(code)
+        except DecodeError:
+            raise errors.UsageError("not a pairing code", hint="copy the code imsg device add printed") from None
+        device = DeviceKeys.generate(0, self._rng)  # its id comes from the account
+        token = base64.urlsafe_b64encode(self._rng(32)).rstrip(b"=").decode("ascii")
+        relay = RelayClient(self._relay_url, None, allow_insecure=self._allow_insecure, transport=self._transport)
+        try:
+            hello = {"v": 1, "identity_key": prov.b64(device.identity.public),
+                     "signing_key": prov.b64(device.signing.public), "token": token, "name": name}
+            try:
+                relay.put_box(channel.hex(), prov.TO_EXISTING, prov.seal_box(secret, channel, prov.TO_EXISTING, 0, hello))
+            except errors.RelayRefusedError as exc:
+                if exc.status == 404:
+                    raise errors.LocalStateError("that pairing code is unknown or expired",
+                                                 hint="run imsg device add again for a new code") from None
+                raise
+            deadline = time.monotonic() + 300
+            box = None
+            while box is None:
+                if time.monotonic() > deadline:
+                    raise errors.LocalStateError("the other device did not answer in time")
+                box = relay.get_box(channel.hex(), prov.TO_NEW, wait=30)
+        finally:
+            relay.close()
+        try:
+            welcome = prov.open_box(secret, channel, prov.TO_NEW, 0, box)
+            account_private = prov.unb64(welcome, "account_private", 32)
+            account_key = AccountKey(account_private)
+            account_id = prov.field(welcome, "account_id", str)
+            device_id = prov.field(welcome, "device_id", int)
+            blob = prov.unb64(welcome, "device_list")
+            devices = verify_device_list(blob, account_key.public)
+            entry = devices.device(device_id)
+            if account_id != account_key.account_id or entry is None or entry.identity_key != device.identity.public \
+                    or entry.signing_key != device.signing.public:
+                raise DecodeError("the account's device list does not hold this device")
+            handle = canonical_handle(prov.field(welcome, "handle", str))
+            contacts = [self._contact_from_link(c) for c in prov.field(welcome, "contacts", list)]
+            history = prov.field(welcome, "history", list)
+        except (ProtocolError, errors.UsageError) as exc:
+            raise errors.SecurityError(f"pairing failed: {exc}") from None
+        now = self._now()
+        account = LocalAccount(
+            account_id=account_id, handle=handle, name=str(welcome.get("name", ""))[:200],
+            account_public=account_key.public, account_private=account_private, device_id=device_id,
+            identity_private=device.identity.private, signing_private=device.signing.private,
+            device_list=blob, relay_url=self._relay_url, token=token, created_at=now,
+        )
+        with self.store.transaction():
+            self.store.save_account(account)
+            for contact in contacts:
+                self.store.save_contact(contact)
+            for m in history:
+                stored = _message_from_link(m, account, now)
+                if stored is not None:
+                    self.store.add_message(stored)
+                    self.store.mark_shown([stored.message_id])
+        self.maintain_prekeys(force=True)
+        return self.whoami()
+
+    @staticmethod
+    def _contact_from_link(doc) -> Contact:
+        if not isinstance(doc, dict):
+            raise DecodeError("malformed contact")
+        key = prov.unb64(doc, "account_key", 32)
+        account_id = prov.field(doc, "account_id", str)
+        blob = prov.unb64(doc, "device_list")
+        if account_id_for(key) != account_id:
+            raise DecodeError("contact key does not match its account")
+        verify_device_list(blob, key)
+        status = doc.get("status") if doc.get("status") in ("ok", "changed") else "ok"
+        return Contact(account_id, canonical_handle(prov.field(doc, "handle", str)), key, blob,
+                       bool(doc.get("verified", False)), 0, status)
+
+    # --- contacts, verification and trust ---
+
+    def contacts(self) -> list["ContactInfo"]:
+        self._account()
+        out = []
+        for c in self.store.contacts():
+            if c.status == "replaced":
+                continue
+            devices = verify_device_list(c.device_list, c.account_key)
+            state = "changed" if c.status == "changed" else ("verified" if c.verified else "unverified")
+            out.append(ContactInfo(c.handle, c.account_id, state, c.verified, len(devices.devices),
+                                   fingerprint(c.account_key), len(self.store.held_messages(c.handle))))
+        return out
+
+    def verify(self, handle: str, *, mark: bool = False) -> "Verification":
+        """The safety number with a contact; `mark=True` records that it was compared.
+        For a contact whose key changed, it is the number of the new key."""
+        handle = canonical_handle(handle)
+        account = self._account()
+        contact = self._newest_identity(handle)
+        number = safety_number(account.account_public, contact.account_key)
+        if mark:
+            with self.store.transaction():
+                if contact.status == "changed":
+                    previous = self.store.contact_by_handle(handle)
+                    self._accept_identity(contact, previous)
+                self.store.save_contact(replace(self.store.get_contact(contact.account_id), verified=True, status="ok"))
+        return Verification(handle, number, mark or (contact.verified and contact.status == "ok"),
+                            contact.status == "changed" and not mark)
+
+    def _newest_identity(self, handle: str) -> Contact:
+        rows = [c for c in self.store.contacts() if c.handle == handle and c.status != "replaced"]
+        if not rows:
+            raise errors.UnknownContactError(f"no contact {handle}", hint=f"send them a message first: imsg send {handle} ...")
+        changed = [c for c in rows if c.status == "changed"]
+        return changed[0] if changed else rows[0]
+
+    def trust(self, handle: str) -> list[SentMessage]:
+        """Accept a contact's new identity (unverified) and send the messages held for it."""
+        handle = canonical_handle(handle)
+        account = self._account()
+        contact = self._newest_identity(handle)
+        if contact.status == "changed":
+            self._accept_identity(contact, self.store.contact_by_handle(handle))
+        sent = []
+        for held in self.store.held_messages(handle):
+            contact, devices = self._resolve(handle)
+            result = self._send_to(account, contact, devices, held.message_id, held.text)
+            with self.store.transaction():
+                self.store.release_held(held.message_id)
+            sent.append(result)
+        return sent
 
     # --- local history ---
 
@@ -590,3 +1038,15 @@ def _parse_bundle(raw: dict) -> PreKeyBundle | None:
         )
     except (KeyError, TypeError, ValueError, DecodeError, errors.RelayRefusedError):
         raise errors.UntrustedIdentityError("relay served a malformed prekey bundle") from None
+
+
+def _message_from_link(doc, account: LocalAccount, now: int) -> StoredMessage | None:
+    """A history row sent by our own device at link time; malformed rows are skipped."""
+    try:
+        direction = doc["dir"] if doc["dir"] in ("in", "out") else None
+        if direction is None or len(str(doc["id"])) != 32:
+            return None
+        return StoredMessage(str(doc["id"]), str(doc["peer"]), str(doc["peer_handle"]), direction,
+                             str(doc["from"]), str(doc["to"]), str(doc["text"]), int(doc["sent_at"]), now, 0)
+    except (KeyError, TypeError, ValueError):
+        return None

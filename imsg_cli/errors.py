@@ -101,3 +101,9 @@ class UntrustedIdentityError(SecurityError):
     """the relay served keys that the account key does not sign"""
 
     code = "untrusted_identity"
+
+
+class IdentityChangedError(SecurityError):
+    """a contact's safety number changed: message held, not sent"""
+
+    code = "identity_changed"

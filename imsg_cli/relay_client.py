@@ -107,6 +107,8 @@ class RelayClient:
             raise RelayUnavailableError(f"relay at {self.base_url} timed out") from None
         except httpx.HTTPError as exc:
             raise RelayUnavailableError(f"relay at {self.base_url} unreachable ({type(exc).__name__})") from None
+        if response.status_code == 204:
+            return {}
         if response.status_code >= 500:
             raise RelayUnavailableError(f"relay error {response.status_code}")
         try:
@@ -194,3 +196,32 @@ class RelayClient:
     def ack(self, message_ids: list[str]) -> None:
         for i in range(0, len(message_ids), 500):
             self._request("POST", "/v1/messages/ack", json={"message_ids": message_ids[i:i + 500]})
+
+    # --- devices ---
+
+    def add_device(self, device_id: int, token: str, device_list: bytes) -> dict:
+        return self._request("PUT", f"/v1/devices/{device_id}",
+                             json={"token": token, "device_list": b64e(device_list)})
+
+    def remove_device(self, device_id: int, device_list: bytes | None) -> dict:
+        body = {"device_list": b64e(device_list)} if device_list is not None else {}
+        return self._request("DELETE", f"/v1/devices/{device_id}", json=body)
+
+    # --- provisioning (device linking) ---
+
+    def open_channel(self) -> tuple[str, int]:
+        body = self._request("POST", "/v1/provisioning", json={})
+        return str(body.get("channel", "")), int(body.get("expires_at", 0))
+
+    def close_channel(self, channel: str) -> None:
+        self._request("DELETE", f"/v1/provisioning/{channel}")
+
+    def put_box(self, channel: str, box: str, data: bytes) -> None:
+        self._request("PUT", f"/v1/provisioning/{channel}/{box}", json={"body": b64e(data)})
+
+    def get_box(self, channel: str, box: str, *, wait: float = 0) -> bytes | None:
+        wait = max(0, min(int(wait), 60))
+        body = self._request("GET", f"/v1/provisioning/{channel}/{box}", params={"wait": wait},
+                             timeout=DEFAULT_TIMEOUT + wait)
+        value = body.get("body")
+        return b64d(value) if isinstance(value, str) else None

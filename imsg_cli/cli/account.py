@@ -18,7 +18,7 @@ def init(
     state: State = ctx.obj
     with state.client() as client:
         me = client.init(handle, name)
-    _print_whoami(state, me)
+    print_whoami(state, me)
 
 
 def whoami(ctx: typer.Context) -> None:
@@ -26,10 +26,10 @@ def whoami(ctx: typer.Context) -> None:
     state: State = ctx.obj
     with state.client() as client:
         me = client.whoami()
-    _print_whoami(state, me)
+    print_whoami(state, me)
 
 
-def _print_whoami(state: State, me) -> None:
+def print_whoami(state: State, me) -> None:
     out = state.out
     if out.json:
         out.record({"account_id": me.account_id, "handle": me.handle, "name": me.name,

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from typer import TyperException
 
-from imsg_cli.cli import account, history, messages
+from imsg_cli.cli import account, devices, history, messages, trust
 from imsg_cli.cli.output import Output
 from imsg_cli.cli.state import State
 
@@ -55,6 +55,10 @@ app.command()(messages.receive)
 app.command()(messages.watch)
 app.command()(history.chats)
 app.command()(history.history)
+app.command()(trust.contacts)
+app.command()(trust.verify)
+app.command()(trust.trust)
+app.add_typer(devices.app, name="device")
 
 
 def main(argv: list[str] | None = None) -> int:

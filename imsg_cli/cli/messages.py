@@ -15,6 +15,10 @@ def send(
     ctx: typer.Context,
     to: Annotated[str, typer.Argument(help="Recipient handle (e-mail or +phone).")],
     text: Annotated[Optional[str], typer.Argument(help="Message text; read from stdin when omitted or '-'.")] = None,
+    on_key_change: Annotated[str, typer.Option(
+        "--on-key-change", metavar="hold|accept",
+        help="If the recipient's safety number changed: hold the message (default, exit 6) or accept "
+             "the new key and send.")] = "hold",
 ) -> None:
     """Send an end-to-end encrypted message. Prints the message id."""
     from imsg_cli.errors import UsageError
@@ -29,7 +33,7 @@ def send(
     if not text:
         raise UsageError("empty message")
     with state.client() as client:
-        sent = client.send(to, text)
+        sent = client.send(to, text, on_key_change=on_key_change)
         _report_problems(state, client)  # e.g. an earlier queued message the relay refused
     out = state.out
     if out.json:
@@ -49,6 +53,9 @@ def _report_problems(state: State, client) -> int:
             rejected += 1
             state.out.error("rejected_message", f"rejected message {p.message_id}: {p.message}",
                             message_id=p.message_id)
+        elif p.code == "identity_changed":
+            rejected += 1
+            state.out.error("identity_changed", p.message, message_id=p.message_id)
         else:
             state.out.warning(p.code, f"ignored message {p.message_id}: {p.message}", message_id=p.message_id)
     client.problems.clear()

@@ -81,3 +81,19 @@ def print_message(out: Output, m) -> None:
         arrow = "→ " + m.to if m.direction == "out" else ""
         who = "you" if m.direction == "out" else m.sender
         out.line(f"[{local_time(m.sent_at)}] {who}{(' ' + arrow) if arrow else ''}: {m.text}")
+
+
+def print_qr(text: str) -> None:
+    """A QR code on stderr, for a person at a terminal (never in pipes or JSON)."""
+    if not sys.stderr.isatty():
+        return
+    import io
+
+    import qrcode
+
+    qr = qrcode.QRCode(border=1)
+    qr.add_data(text)
+    qr.make()
+    buf = io.StringIO()
+    qr.print_ascii(out=buf, invert=True)
+    sys.stderr.write(buf.getvalue())

@@ -11,6 +11,10 @@ LABEL_ROOT = b"imsg/v1/ratchet/root"
 LABEL_MESSAGE_KEYS = b"imsg/v1/ratchet/message-keys"
 LABEL_CONTENT_KEY = b"imsg/v1/content"
 
+LABEL_DEVICE_NAME = b"imsg/v1/device-name"
+LABEL_PROVISIONING = b"imsg/v1/provisioning"
+LABEL_SYNC = b"imsg/v1/sync"
+
 # --- associated data ---
 LABEL_MESSAGE_AD = b"imsg/v1/ratchet/ad"
 LABEL_CONTENT_AD = b"imsg/v1/content/ad"

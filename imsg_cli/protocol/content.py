@@ -8,13 +8,18 @@ add kinds (sync, receipts, profile keys, attachments) without a new wire version
 
 from __future__ import annotations
 
+import base64
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from imsg_cli.protocol.errors import DecodeError
 
 KIND_TEXT = "text"
-KINDS = frozenset({KIND_TEXT})
+# A copy of a message this account sent, for the account's other devices. Accepted only
+# from the account's own signed devices. It names the recipient's account and key, so the
+# other devices can pin the same identity without asking the relay.
+KIND_SYNC = "sync"
+KINDS = frozenset({KIND_TEXT, KIND_SYNC})
 MAX_TEXT_LEN = 60_000
 MAX_HANDLE_LEN = 254
 
@@ -27,7 +32,8 @@ class Content:
     sender_handle: str
     recipient_handle: str
     text: str = ""
-    extra: dict = field(default_factory=dict)
+    destination: str = ""  # sync: the recipient's account id
+    destination_key: bytes = b""  # sync: the recipient's type-tagged account key
 
     def encode(self) -> bytes:
         doc = {
@@ -39,6 +45,8 @@ class Content:
             "to": self.recipient_handle,
             "text": self.text,
         }
+        if self.kind == KIND_SYNC:
+            doc["sync"] = {"dest": self.destination, "dest_key": base64.b64encode(self.destination_key).decode()}
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
     @classmethod
@@ -64,7 +72,19 @@ class Content:
         text = _field(doc, "text", str)
         if len(text) > MAX_TEXT_LEN:
             raise DecodeError("text too long")
-        return cls(message_id, sent_at, kind, sender, recipient, text)
+        if kind != KIND_SYNC:
+            return cls(message_id, sent_at, kind, sender, recipient, text)
+        sync = _field(doc, "sync", dict)
+        dest = _field(sync, "dest", str)
+        if len(dest) != 32 or not _is_hex(dest):
+            raise DecodeError("sync destination must be 32 hex characters")
+        try:
+            dest_key = base64.b64decode(_field(sync, "dest_key", str), validate=True)
+        except ValueError:
+            raise DecodeError("sync destination key is not base64") from None
+        if len(dest_key) != 33:
+            raise DecodeError("sync destination key has the wrong length")
+        return cls(message_id, sent_at, kind, sender, recipient, text, dest, dest_key)
 
 
 def _field(doc: dict, name: str, kind: type):

@@ -12,11 +12,13 @@ import hashlib
 from dataclasses import dataclass
 from typing import Callable
 
-from imsg_cli.crypto import dh, sign
-from imsg_cli.crypto.errors import BadSignatureError
+from imsg_cli.crypto import aead, dh, sign
+from imsg_cli.crypto.errors import AuthenticationError, BadSignatureError
+from imsg_cli.crypto.kdf import hkdf
 from imsg_cli.protocol.consts import (
     LABEL_ACCOUNT_ID,
     LABEL_DEVICE_LIST,
+    LABEL_DEVICE_NAME,
     LABEL_SAFETY_NUMBER,
     MAX_DEVICES,
     WIRE_VERSION,
@@ -68,6 +70,9 @@ class DeviceEntry:
     identity_key: bytes  # X25519 public, raw
     signing_key: bytes  # Ed25519 public, raw
     added_at: int  # ms since the epoch
+    # The device's name, encrypted under a key only the account's own devices hold
+    # (derived from the account key): the relay and contacts see only ciphertext.
+    name_ciphertext: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +87,7 @@ class DeviceList:
         w.u64(self.serial).u64(self.signed_at).u16(len(self.devices))
         for d in self.devices:
             w.u32(d.device_id).key(KEY_X25519, d.identity_key).key(KEY_ED25519, d.signing_key)
-            w.u64(d.added_at)
+            w.u64(d.added_at).var(d.name_ciphertext)
         return w.bytes()
 
     def device(self, device_id: int) -> DeviceEntry | None:
@@ -110,7 +115,8 @@ def decode_device_list(blob: bytes) -> tuple[DeviceList, bytes, bytes]:
         raise DecodeError("device list must hold 1 to MAX_DEVICES devices")
     devices = []
     for _ in range(count):
-        devices.append(DeviceEntry(r.u32(), r.key(KEY_X25519), r.key(KEY_ED25519), r.u64()))
+        devices.append(DeviceEntry(r.u32(), r.key(KEY_X25519), r.key(KEY_ED25519), r.u64(),
+                                   r.var(max_len=MAX_DEVICE_NAME_CIPHERTEXT)))
     r.end()
     ids = [d.device_id for d in devices]
     if ids != sorted(set(ids)) or ids[0] < 1:
@@ -144,8 +150,42 @@ class DeviceKeys:
     def generate(cls, device_id: int, rng: Rng) -> "DeviceKeys":
         return cls(device_id, rng(32), rng(32))
 
-    def entry(self, added_at: int) -> DeviceEntry:
-        return DeviceEntry(self.device_id, self.identity.public, self.signing.public, added_at)
+    def entry(self, added_at: int, name_ciphertext: bytes = b"") -> DeviceEntry:
+        return DeviceEntry(self.device_id, self.identity.public, self.signing.public, added_at,
+                           name_ciphertext)
+
+
+MAX_DEVICE_NAME = 64  # characters
+MAX_DEVICE_NAME_CIPHERTEXT = 12 + 4 * MAX_DEVICE_NAME + 16 + 64
+
+
+def _device_name_key(account_private: bytes) -> bytes:
+    return hkdf(account_private, salt=None, info=LABEL_DEVICE_NAME, length=32)
+
+
+def seal_device_name(account_private: bytes, device_id: int, name: str, rng: Rng) -> bytes:
+    """nonce (12) || AES-256-GCM(HKDF(account key, LABEL_DEVICE_NAME), name, AD = u32(device_id))."""
+    nonce = rng(12)
+    ad = device_id.to_bytes(4, "big")
+    return nonce + aead.seal(_device_name_key(account_private), nonce, name[:MAX_DEVICE_NAME].encode(), ad)
+
+
+def open_device_name(account_private: bytes | None, entry: DeviceEntry) -> str:
+    """The device's name, or "" when it has none or we cannot read it."""
+    if not entry.name_ciphertext or account_private is None or len(entry.name_ciphertext) < 28:
+        return ""
+    nonce, ct = entry.name_ciphertext[:12], entry.name_ciphertext[12:]
+    try:
+        raw = aead.open_(_device_name_key(account_private), nonce, ct, entry.device_id.to_bytes(4, "big"))
+        return raw.decode("utf-8", "replace")
+    except AuthenticationError:
+        return ""
+
+
+def device_fingerprint(identity_key: bytes) -> str:
+    """A short form of one device's identity key, to tell devices apart in a list."""
+    digest = hashlib.sha256(LABEL_SAFETY_NUMBER + encode_key(KEY_X25519, identity_key)).hexdigest()
+    return " ".join(digest[i : i + 4] for i in range(0, 16, 4))
 
 
 def fingerprint(account_key: bytes) -> str:

@@ -43,6 +43,10 @@ class Contact:
     device_list: bytes  # last signed device list that verified under `account_key`
     verified: bool = False
     first_seen: int = 0
+    # "ok": the pinned identity for its handle. "changed": the relay now maps the handle
+    # to this (new) account; nothing is sent to it until the user trusts it. "replaced":
+    # an identity the user has moved on from (kept for its history).
+    status: str = "ok"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +104,9 @@ class ContactStore(Protocol):
     def contact_by_handle(self, handle: str) -> Contact | None: ...
     def save_contact(self, contact: Contact) -> None: ...
     def contacts(self) -> list[Contact]: ...
+    def reassign_messages(self, old_account_id: str, new_account_id: str) -> None:
+        """Move a conversation to a contact's new identity (after the user trusts it)."""
+        ...
 
 
 class MessageStore(Protocol):
@@ -134,12 +141,29 @@ class OutgoingBatch:
     created_at: int
 
 
+@dataclass(frozen=True, slots=True)
+class HeldMessage:
+    """A message not sent because its recipient's identity changed; `imsg trust` sends it."""
+
+    message_id: str
+    handle: str
+    text: str
+    created_at: int
+
+
+class HeldStore(Protocol):
+    def hold_message(self, message: HeldMessage) -> None: ...
+    def held_messages(self, handle: str | None = None) -> list[HeldMessage]: ...
+    def release_held(self, message_id: str) -> None: ...
+
+
 class OutboxStore(Protocol):
     def add_outgoing(self, batch: OutgoingBatch) -> None: ...
     def outgoing(self) -> list[OutgoingBatch]: ...
     def remove_outgoing(self, message_id: str, account_id: str) -> None: ...
 
 
-class Store(AccountStore, PreKeyStore, SessionStore, ContactStore, MessageStore, OutboxStore, Protocol):
+class Store(AccountStore, PreKeyStore, SessionStore, ContactStore, MessageStore, OutboxStore, HeldStore,
+            Protocol):
     def transaction(self) -> AbstractContextManager[None]: ...
     def close(self) -> None: ...

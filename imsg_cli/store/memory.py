@@ -9,7 +9,14 @@ from typing import Iterator
 
 from imsg_cli.protocol.prekeys import KemPreKey, OneTimePreKey, SignedPreKey
 from imsg_cli.protocol.session import Address
-from imsg_cli.protocol.stores import Contact, Conversation, LocalAccount, OutgoingBatch, StoredMessage
+from imsg_cli.protocol.stores import (
+    Contact,
+    Conversation,
+    HeldMessage,
+    LocalAccount,
+    OutgoingBatch,
+    StoredMessage,
+)
 
 
 class MemoryStore:
@@ -24,10 +31,11 @@ class MemoryStore:
         self._messages: dict[str, StoredMessage] = {}
         self._shown: set[str] = set()
         self._outbox: dict[tuple[str, str], OutgoingBatch] = {}
+        self._held: dict[str, HeldMessage] = {}
         self._depth = 0
 
     _STATE = ("_account", "_signed", "_kem", "_one_time", "_next_id", "_sessions",
-              "_contacts", "_messages", "_shown", "_outbox")
+              "_contacts", "_messages", "_shown", "_outbox", "_held")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -109,7 +117,16 @@ class MemoryStore:
         return self._contacts.get(account_id)
 
     def contact_by_handle(self, handle: str) -> Contact | None:
-        return next((c for c in self._contacts.values() if c.handle == handle), None)
+        rank = {"ok": 0, "changed": 1, "replaced": 2}
+        rows = [c for c in self._contacts.values() if c.handle == handle]
+        return min(rows, key=lambda c: (rank.get(c.status, 3), -c.first_seen), default=None)
+
+    def reassign_messages(self, old_account_id: str, new_account_id: str) -> None:
+        for mid, m in list(self._messages.items()):
+            if m.peer_account_id == old_account_id:
+                self._messages[mid] = StoredMessage(
+                    m.message_id, new_account_id, m.peer_handle, m.direction, m.sender_handle,
+                    m.recipient_handle, m.text, m.sent_at, m.stored_at, m.sender_device)
 
     def save_contact(self, contact: Contact) -> None:
         self._contacts[contact.account_id] = contact
@@ -159,3 +176,14 @@ class MemoryStore:
 
     def remove_outgoing(self, message_id: str, account_id: str) -> None:
         self._outbox.pop((message_id, account_id), None)
+
+    # held
+    def hold_message(self, message: HeldMessage) -> None:
+        self._held[message.message_id] = message
+
+    def held_messages(self, handle: str | None = None) -> list[HeldMessage]:
+        rows = [m for m in self._held.values() if handle is None or m.handle == handle]
+        return sorted(rows, key=lambda m: m.created_at)
+
+    def release_held(self, message_id: str) -> None:
+        self._held.pop(message_id, None)

@@ -18,7 +18,14 @@ from typing import Iterator
 
 from imsg_cli.protocol.prekeys import KemPreKey, OneTimePreKey, SignedPreKey
 from imsg_cli.protocol.session import Address
-from imsg_cli.protocol.stores import Contact, Conversation, LocalAccount, OutgoingBatch, StoredMessage
+from imsg_cli.protocol.stores import (
+    Contact,
+    Conversation,
+    HeldMessage,
+    LocalAccount,
+    OutgoingBatch,
+    StoredMessage,
+)
 
 SCHEMA_VERSION = 1
 
@@ -43,7 +50,8 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE TABLE IF NOT EXISTS contacts (
     account_id TEXT PRIMARY KEY, handle TEXT NOT NULL, account_key BLOB NOT NULL,
-    device_list BLOB NOT NULL, verified INTEGER NOT NULL DEFAULT 0, first_seen INTEGER NOT NULL
+    device_list BLOB NOT NULL, verified INTEGER NOT NULL DEFAULT 0, first_seen INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'ok' CHECK (status IN ('ok', 'changed', 'replaced'))
 );
 CREATE INDEX IF NOT EXISTS contacts_handle ON contacts (handle);
 CREATE TABLE IF NOT EXISTS messages (
@@ -55,6 +63,9 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_peer ON messages (peer_account_id, sent_at);
 CREATE INDEX IF NOT EXISTS messages_unshown ON messages (shown) WHERE shown = 0;
+CREATE TABLE IF NOT EXISTS held (
+    message_id TEXT PRIMARY KEY, handle TEXT NOT NULL, text TEXT NOT NULL, created_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     message_id TEXT NOT NULL, account_id TEXT NOT NULL, envelopes BLOB NOT NULL,
     created_at INTEGER NOT NULL, PRIMARY KEY (message_id, account_id)
@@ -202,24 +213,30 @@ class SQLiteStore:
         )
 
     # contacts
-    _CONTACT = "SELECT account_id, handle, account_key, device_list, verified, first_seen FROM contacts"
+    _CONTACT = "SELECT account_id, handle, account_key, device_list, verified, first_seen, status FROM contacts"
 
     @staticmethod
     def _contact(row) -> Contact | None:
         if row is None:
             return None
-        return Contact(row[0], row[1], row[2], row[3], bool(row[4]), row[5])
+        return Contact(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
 
     def get_contact(self, account_id: str) -> Contact | None:
         return self._contact(self._one(self._CONTACT + " WHERE account_id = ?", (account_id,)))
 
     def contact_by_handle(self, handle: str) -> Contact | None:
-        return self._contact(self._one(self._CONTACT + " WHERE handle = ?", (handle,)))
+        return self._contact(self._one(
+            self._CONTACT + " WHERE handle = ? ORDER BY CASE status WHEN 'ok' THEN 0 WHEN 'changed' THEN 1 "
+            "ELSE 2 END, first_seen DESC LIMIT 1", (handle,)))
+
+    def reassign_messages(self, old_account_id: str, new_account_id: str) -> None:
+        self._db.execute("UPDATE messages SET peer_account_id = ? WHERE peer_account_id = ?",
+                         (new_account_id, old_account_id))
 
     def save_contact(self, c: Contact) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO contacts VALUES (?, ?, ?, ?, ?, ?)",
-            (c.account_id, c.handle, c.account_key, c.device_list, int(c.verified), c.first_seen),
+            "INSERT OR REPLACE INTO contacts VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (c.account_id, c.handle, c.account_key, c.device_list, int(c.verified), c.first_seen, c.status),
         )
 
     def contacts(self) -> list[Contact]:
@@ -281,6 +298,22 @@ class SQLiteStore:
 
     def remove_outgoing(self, message_id: str, account_id: str) -> None:
         self._db.execute("DELETE FROM outbox WHERE message_id = ? AND account_id = ?", (message_id, account_id))
+
+
+    # held
+    def hold_message(self, m: HeldMessage) -> None:
+        self._db.execute("INSERT OR REPLACE INTO held VALUES (?, ?, ?, ?)",
+                         (m.message_id, m.handle, m.text, m.created_at))
+
+    def held_messages(self, handle: str | None = None) -> list[HeldMessage]:
+        if handle is None:
+            rows = self._db.execute("SELECT * FROM held ORDER BY created_at")
+        else:
+            rows = self._db.execute("SELECT * FROM held WHERE handle = ? ORDER BY created_at", (handle,))
+        return [HeldMessage(*r) for r in rows]
+
+    def release_held(self, message_id: str) -> None:
+        self._db.execute("DELETE FROM held WHERE message_id = ?", (message_id,))
 
 
 def _pack_envelopes(envelopes: tuple[tuple[int, bytes], ...]) -> bytes:
