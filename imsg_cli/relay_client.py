@@ -122,6 +122,11 @@ class RelayClient:
             extra = {k: v for k, v in body.items() if k not in ("error", "message")} if isinstance(body, dict) else {}
             if response.status_code == 429:
                 extra.setdefault("retry_after", response.headers.get("Retry-After"))
+            if response.status_code == 401 and self._token:
+                raise RelayRefusedError(
+                    "the relay no longer accepts this device: it was removed from the account",
+                    status=401, relay_code=code,
+                    hint="to use it again, link it from another device: imsg device add / imsg device link")
             raise RelayRefusedError(f"relay refused: {message}", status=response.status_code,
                                     relay_code=code, **extra)
         if not isinstance(body, dict):

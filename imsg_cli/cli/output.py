@@ -56,7 +56,9 @@ class Output:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(*columns, box=None, header_style="bold", pad_edge=False)
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for column in columns:
+            table.add_column(column, no_wrap=True)
         for row in rows:
             table.add_row(*row)
         Console(soft_wrap=True).print(table)
