@@ -335,6 +335,12 @@ class Client:
             old = verify_device_list(known.device_list, account_key)
             if devices.serial < old.serial:
                 raise errors.UntrustedIdentityError("relay served an older device list than one already seen")
+            added = set(devices.device_ids) - set(old.device_ids)
+            if added and known.status == "ok":
+                # Signed by the same account key: shown, but the safety number is unchanged.
+                self.problems.append(Problem("", "devices_changed",
+                                             f"{known.handle} added a device (now {len(devices.devices)}); "
+                                             "their safety number is unchanged"))
         contact = Contact(account_id, handle or (known.handle if known else ""), account_key, remote.device_list,
                           verified=known.verified if known else False,
                           first_seen=known.first_seen if known else self._now(),
