@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -107,6 +108,8 @@ class Operation:
     query: tuple[tuple[str, dict[str, Any], str], ...] = ()
     path_params: tuple[tuple[str, dict[str, Any]], ...] = ()
     request_required: bool = True
+    # OpenAPI links from the success response: (name, target operationId, parameters).
+    links: tuple[tuple[str, str, dict[str, str]], ...] = ()
 
 
 _ACCOUNT_PARAM = (("account_id", schema.ACCOUNT_ID),)
@@ -155,7 +158,11 @@ OPERATIONS: tuple[Operation, ...] = (
     # capability. The relay sees opaque bytes in two boxes, each read once.
     Operation("POST", "/v1/provisioning", "open_channel",
               "open a provisioning channel (10 minutes) to link a new device", 201, "Channel",
-              "ChannelRequest", errors=(409,), request_required=False),
+              "ChannelRequest", errors=(409,), request_required=False,
+              links=tuple((name, target, {"channel": "$response.body#/channel"})
+                          for name, target in (("PutMessage", "put_provisioning"),
+                                               ("TakeMessage", "take_provisioning"),
+                                               ("Close", "close_channel")))),
     Operation("PUT", "/v1/provisioning/{channel}/{box}", "put_provisioning",
               "queue an opaque message in a channel's box; no authentication, the channel id "
               "is the capability", 200, "ProvisioningQueued", "ProvisioningPut", auth=False,
@@ -538,6 +545,35 @@ def _bundle_json(b: Bundle) -> dict[str, Any]:
             "one_time": one_time, "kem_prekey": kem}
 
 
+def _routes(relay: Relay) -> list[Route]:
+    """One route per path, dispatching on the method, so a 405 lists in `Allow` every method
+    the path has. Static paths come first: /v1/keys/count before /v1/keys/{account_id}."""
+    by_path: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {}
+    for op in sorted(OPERATIONS, key=lambda o: "{" in o.path):
+        by_path.setdefault(op.path, {})[op.method] = getattr(relay, op.handler)
+    static = {path: methods for path, methods in by_path.items() if "{" not in path}
+    routes = []
+    for path, handlers in by_path.items():
+        # Static paths this parametrised one would also match (PUT /v1/messages/ack would
+        # reach the send route as account_id "ack"): they answer 405 with their own Allow.
+        pattern = re.compile("^" + re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(path)) + "$")
+        shadowed = {p: ", ".join(sorted(m)) for p, m in static.items()
+                    if p != path and pattern.match(p)}
+        routes.append(Route(path, _dispatch(handlers, shadowed), methods=list(handlers)))
+    return routes
+
+
+def _dispatch(handlers: dict[str, Callable[[Request], Awaitable[Response]]],
+              shadowed: dict[str, str]) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        allow = shadowed.get(request.url.path)
+        if allow is not None:
+            raise HTTPException(405, headers={"Allow": allow})
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+    return endpoint
+
+
 def create_app(settings: Settings, storage: Storage | None = None, *,
                push: Push | None = None, clock: Callable[[], float] = time.time) -> Starlette:
     """The relay as an ASGI app. It opens `storage` (SQLite in `settings.data_dir` when none
@@ -577,9 +613,7 @@ def create_app(settings: Settings, storage: Storage | None = None, *,
             await relay.storage.close()
 
     routes = [Route("/openapi.json", relay.openapi, methods=["GET"], include_in_schema=False)]
-    # /v1/keys/count before /v1/keys/{account_id}, which would otherwise swallow it.
-    for op in sorted(OPERATIONS, key=lambda o: "{" in o.path):
-        routes.append(Route(op.path, getattr(relay, op.handler), methods=[op.method]))
+    routes += _routes(relay)
     app = Starlette(
         routes=routes,
         middleware=[Middleware(CatchAllMiddleware),

@@ -67,6 +67,10 @@ def build_openapi(operations: Iterable[Any], settings: Settings) -> dict[str, An
                 **{str(s): _error_response(s) for s in sorted(statuses)},
             },
         }
+        if op.links:
+            entry["responses"][str(op.ok)]["links"] = {
+                name: {"operationId": target, "parameters": dict(params)}
+                for name, target, params in op.links}
         if parameters:
             entry["parameters"] = parameters
         if op.request is not None:

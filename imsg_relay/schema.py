@@ -19,8 +19,12 @@ from imsg_relay.settings import MAX_ACK_IDS, MAX_KEYS_PER_LIST, MAX_PROVISIONING
 
 MAX_DEVICE_ID = 2**31 - 1
 HEX32 = r"^[0-9a-f]{32}$"
-# Canonical handles: E.164 (`+` and up to 15 digits) or a lower-case e-mail address.
-HANDLE_PATTERN = r"^(\+[0-9]{1,15}|[^@\sA-Z]+@[^@\sA-Z]+)$"
+# Canonical handles: E.164 (`+` and up to 15 digits) or a lower-case e-mail address: no
+# upper case, no second "@", no space or control character. Spelled out rather than with
+# `\s`, which Python and ECMA-262 (JSON Schema's dialect) read differently (\x1c-\x1f).
+HANDLE_PATTERN = r"^(\+[0-9]{1,15}|[^@\x00-\x20\x7f-\x9fA-Z]+@[^@\x00-\x20\x7f-\x9fA-Z]+)$"
+# base64 of 33 bytes whose first is 0x06: "B", then one of g..v, then 42 more, no padding.
+ACCOUNT_KEY_PATTERN = r"^B[g-v][A-Za-z0-9+/]{42}$"
 MAX_KEY_B64 = 8192  # ML-KEM-768 public keys are 1184 bytes; room for type tags and growth
 MAX_BLOB_B64 = 65536  # device lists and signatures: small signed structures
 
@@ -69,7 +73,8 @@ S["RegisterRequest"] = {
     "required": ["account_id", "account_key", "handle", "device_list", "device_id", "token"],
     "properties": {
         "account_id": ACCOUNT_ID,
-        "account_key": _b64(44, "0x06 || Ed25519 public key (33 bytes)"),
+        "account_key": {**_b64(44, "0x06 || Ed25519 public key (33 bytes)"),
+                        "pattern": ACCOUNT_KEY_PATTERN},
         "handle": HANDLE,
         "device_list": _b64(MAX_BLOB_B64, "opaque signed device list"),
         "device_id": DEVICE_ID,

@@ -382,3 +382,39 @@ def test_openapi_documents_every_route(client):
     import re
     for ref in re.findall(r'"#/components/schemas/(\w+)"', text):
         assert ref in doc["components"]["schemas"]
+
+
+def test_405_lists_every_method_of_the_path(client):
+    alice = register(client)
+    r = client.options("/v1/devices/1", headers=alice.headers())
+    assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
+    assert {m.strip() for m in r.headers["Allow"].split(",")} == {"PUT", "DELETE"}
+    r = client.post("/v1/provisioning/0123456789abcdef/new")
+    assert {m.strip() for m in r.headers["Allow"].split(",")} >= {"PUT", "GET"}
+
+
+def test_a_static_path_is_not_swallowed_by_a_parametrised_one(client):
+    alice = register(client)
+    # PUT /v1/messages/{account_id} would match "ack": the path is /v1/messages/ack (POST)
+    r = client.put("/v1/messages/ack", headers=alice.headers(),
+                   json={"message_id": new_message_id(), "messages": []})
+    assert r.status_code == 405 and r.headers["Allow"] == "POST"
+    assert client.get("/v1/keys/count", headers=alice.headers()).status_code == 200
+
+
+@pytest.mark.parametrize("handle", ["a\x1eb@example.com", "a\x02@example.com", "a b@x.io",
+                                    "a\x85@x.io"])
+def test_handles_with_control_characters_are_400(client, handle):
+    # the schema's pattern means the same in Python and in ECMA-262 (no \s)
+    ident = new_identity()
+    ident.handle = handle
+    assert client.post("/v1/accounts", json=registration(ident)).status_code == 400
+
+
+def test_openapi_states_the_account_key_shape(client):
+    import re
+    doc = client.get("/openapi.json").json()
+    pattern = doc["components"]["schemas"]["RegisterRequest"]["properties"]["account_key"]["pattern"]
+    for _ in range(50):
+        assert re.match(pattern, b64(new_identity().account_key))
+    assert not re.match(pattern, b64(b"\x05" + bytes(32)))
