@@ -479,9 +479,12 @@ class Client:
                 message_id, contact.account_id, contact.handle, "out", account.handle, to, text, now, now,
                 account.device_id,
             ))
+        reached = len(targets)
         try:
             for batch, package, content_ct in batches:
-                self._deliver(batch, package, content_ct)
+                delivered = self._deliver(batch, package, content_ct)
+                if batch.account_id == contact.account_id:
+                    reached = delivered  # after a 409 and refetch, the devices really addressed
         except errors.SecurityError:
             with self.store.transaction():  # never retried: it would fail the same way
                 for batch, _, _ in batches:
@@ -493,7 +496,7 @@ class Client:
                 hint="the next imsg send or receive that reaches the relay delivers it: do not send it again",
                 message_id=message_id,
             ) from None
-        return SentMessage(message_id, to, now, len(targets))
+        return SentMessage(message_id, to, now, reached)
 
     def _encrypt_for(self, account: LocalAccount, account_id: str, targets, package: bytes,
                      content_ct: bytes) -> list[tuple[int, bytes]]:
@@ -534,9 +537,10 @@ class Client:
                 out.append((d.device_id, envelope.encode()))
         return out
 
-    def _deliver(self, batch: OutgoingBatch, package: bytes | None = None, content_ct: bytes | None = None) -> None:
+    def _deliver(self, batch: OutgoingBatch, package: bytes | None = None, content_ct: bytes | None = None) -> int:
         """Send a batch; on a device mismatch refetch the signed list, keep the envelopes of
-        devices still present, encrypt for new ones, and retry once."""
+        devices still present, encrypt for new ones, and retry once. Returns the number of
+        devices the relay accepted envelopes for."""
         relay = self.relay()
         try:
             relay.send(batch.account_id, batch.message_id, list(batch.envelopes))
@@ -574,6 +578,7 @@ class Client:
             relay.send(batch.account_id, batch.message_id, list(batch.envelopes))
         with self.store.transaction():
             self.store.remove_outgoing(batch.message_id, batch.account_id)
+        return len(batch.envelopes)
 
     def flush_outbox(self) -> int:
         """Re-send envelopes a previous run encrypted but could not hand to the relay."""
@@ -819,7 +824,13 @@ class Client:
                 if left <= 0:
                     raise errors.LocalStateError("no device linked before the timeout",
                                                  hint="run imsg device add again for a new code")
-                box = relay.get_box(channel_hex, prov.TO_EXISTING, wait=min(left, 30))
+                try:
+                    box = relay.get_box(channel_hex, prov.TO_EXISTING, wait=min(left, 30))
+                except errors.RelayRefusedError as exc:
+                    if exc.status == 404:
+                        raise errors.LocalStateError("the pairing code expired before a device linked",
+                                                     hint="run imsg device add again for a new code") from None
+                    raise
             try:
                 hello = prov.open_box(pairing.secret, pairing.channel, prov.TO_EXISTING, 0, box)
                 identity_key = prov.unb64(hello, "identity_key", 32)
@@ -831,7 +842,10 @@ class Client:
             account = self._account()
             current = self._refresh_own_devices()
             account = self._account()
-            device_id = max(current.device_ids) + 1
+            # Never reuse a removed device's id: a contact holding the older list would see
+            # the same ids, get no 409, and encrypt to the removed device's key. Every id ever
+            # added is at most the serial of the list that added it, and serials only grow.
+            device_id = max(max(current.device_ids), current.serial) + 1
             now = self._now()
             entry = DeviceEntry(device_id, identity_key, signing_key, now,
                                 seal_device_name(account.account_private, device_id, name, self._rng))
@@ -900,7 +914,14 @@ class Client:
             while box is None:
                 if time.monotonic() > deadline:
                     raise errors.LocalStateError("the other device did not answer in time")
-                box = relay.get_box(channel.hex(), prov.TO_NEW, wait=30)
+                try:
+                    box = relay.get_box(channel.hex(), prov.TO_NEW, wait=30)
+                except errors.RelayRefusedError as exc:
+                    if exc.status == 404:  # closed by the other device (it refused the code) or expired
+                        raise errors.LocalStateError(
+                            "the other device did not accept this device: wrong code, or it expired",
+                            hint="check the code, or run imsg device add again for a new one") from None
+                    raise
         finally:
             relay.close()
         try:
