@@ -699,6 +699,11 @@ class Client:
             if contact is not None and contact.status == "changed":
                 self.problems.append(Problem(e.message_id, "identity_changed",
                                              f"{contact.handle} now writes from a new account key (safety number changed)"))
+            elif contact is not None and contact.status == "replaced":
+                # A key the user already replaced for this handle: never pass it off as them.
+                self.problems.append(Problem(e.message_id, "identity_changed",
+                                             f"a message as {contact.handle} from an account key you no longer "
+                                             "trust for them (safety number changed)"))
             return result.new_session
         except errors.RelayRefusedError as exc:
             if exc.status != 404:
