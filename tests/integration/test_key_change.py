@@ -258,3 +258,16 @@ def test_message_claiming_a_handle_the_sender_does_not_hold_is_rejected(make_cli
     assert [(p.message_id, p.code) for p in alice.problems] == [(sent.id, "rejected")]
     assert not alice.store.has_message(sent.id)
     assert [(c.handle, c.account_id) for c in alice.contacts()] == [(BOB, bob.whoami().account_id)]
+
+
+def test_message_from_a_replaced_key_is_reported(changed, relay):
+    """alice accepted mallory's key for bob's handle; the real bob (the old key, now
+    replaced) writes again: it must not pass silently as bob."""
+    alice, bob, mallory, ids = changed
+    alice.send(BOB, "to the new key", on_key_change="accept")
+    assert [(c.account_id, c.state) for c in alice.contacts() if c.handle == BOB] == [(ids["mallory"], "unverified")]
+    sent = bob.send(ALICE, "it's the old bob")
+    got = alice.receive()
+    assert [(m.id, m.text) for m in got] == [(sent.id, "it's the old bob")]  # stored, but reported
+    assert [(p.message_id, p.code) for p in alice.problems if p.code != "devices_changed"] == [
+        (sent.id, "identity_changed")]
