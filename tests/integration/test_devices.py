@@ -641,6 +641,7 @@ def test_r11_device_added_mid_send_gets_the_message(make_client, relay, sends, m
 
 # --- the device cap ---
 
+@pytest.mark.slow  # nine real links (~5 s)
 def test_eleventh_device_cannot_link(make_client, relay, tmp_path, monkeypatch):
     alice = make_client("alice")
     me = alice.whoami().account_id
