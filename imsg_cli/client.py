@@ -984,8 +984,10 @@ class Client:
     def contacts(self) -> list["ContactInfo"]:
         self._account()
         out = []
+        changed = {c.handle for c in self.store.contacts() if c.status == "changed"}
         for c in self.store.contacts():
-            if c.status == "replaced":
+            # One row per handle: a changed identity stands in for the one it may replace.
+            if c.status == "replaced" or (c.status == "ok" and c.handle in changed):
                 continue
             devices = verify_device_list(c.device_list, c.account_key)
             state = "changed" if c.status == "changed" else ("verified" if c.verified else "unverified")
@@ -1040,7 +1042,9 @@ class Client:
 
     def history(self, handle: str, limit: int = 50) -> list[Message]:
         handle = canonical_handle(handle)
-        self._account()
+        account = self._account()
+        if handle == account.handle:  # notes to self
+            return [Message.from_stored(m) for m in self.store.history(account.account_id, limit)]
         contact = self.store.contact_by_handle(handle)
         if contact is None:
             raise errors.UnknownContactError(f"no conversation with {handle}")
