@@ -39,7 +39,10 @@ def test_long_poll_wakes_when_a_message_arrives(live):
     elapsed, got = asyncio.run(scenario())
     assert got.status_code == 200
     assert len(got.json()["messages"]) == 1
-    assert elapsed < 0.1, f"long poll answered {elapsed * 1000:.0f} ms after the send"
+    # Woken by the push, not by the 20 s wait running out. (How fast is a benchmark's
+    # question: scripts/bench_relay measures delivery p50; a tight bound here flakes on a
+    # busy 2-core machine.)
+    assert elapsed < 2.0, f"long poll answered {elapsed * 1000:.0f} ms after the send"
 
 
 def test_long_poll_ends_empty_when_wait_runs_out(live):

@@ -134,7 +134,7 @@ def test_long_poll_on_one_worker_wakes_from_a_send_on_another(tmp_path, pg_schem
 
         elapsed, got = asyncio.run(scenario())
         assert len(got["messages"]) == 1
-        assert elapsed < 0.2
+        assert elapsed < 2.0  # woken by the push, not the wait running out
 
 
 def test_provisioning_and_device_cap_on_postgres(tmp_path, pg_schema):
