@@ -22,7 +22,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+from imsg_cli import attachments as attachment_io
 from imsg_cli import errors
+from imsg_cli.crypto import stream
 from imsg_cli.handles import canonical_handle
 from imsg_cli.protocol import consts, envelope as env, provisioning as prov, session as sess
 from imsg_cli.protocol.content import KIND_SYNC, KIND_TEXT, Content
@@ -57,6 +59,7 @@ from imsg_cli.protocol.stores import (
     OutgoingBatch,
     Store,
     StoredMessage,
+    Upload,
 )
 from imsg_cli.relay_client import RelayClient, b64d, b64e
 
@@ -83,6 +86,15 @@ class SentMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class AttachmentInfo:
+    id: str  # the relay's blob id
+    name: str  # as the sender named it (sanitised when saved)
+    size: int  # plaintext bytes
+    type: str  # the sender's claim
+    saved_path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     """A message as a reader sees it (receive, watch, history)."""
 
@@ -93,10 +105,23 @@ class Message:
     sent_at: int  # ms, sender's clock
     direction: str  # "in" | "out"
     peer: str  # the other party's handle
+    attachments: tuple[AttachmentInfo, ...] = ()
 
     @classmethod
-    def from_stored(cls, m: StoredMessage) -> "Message":
-        return cls(m.message_id, m.sender_handle, m.recipient_handle, m.text, m.sent_at, m.direction, m.peer_handle)
+    def from_stored(cls, m: StoredMessage, attachments=()) -> "Message":
+        infos = tuple(AttachmentInfo(a.blob_id, a.name, _plain_size(a.size), a.content_type, a.saved_path)
+                      for a in attachments)
+        return cls(m.message_id, m.sender_handle, m.recipient_handle, m.text, m.sent_at, m.direction,
+                   m.peer_handle, infos)
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    id: str  # blob id: pass to send(drafts=[...])
+    name: str
+    size: int
+    type: str
+    expires_at: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,7 +451,8 @@ class Client:
 
     # --- sending ---
 
-    def send(self, to: str, text: str, *, on_key_change: str = "hold") -> SentMessage:
+    def send(self, to: str, text: str = "", *, on_key_change: str = "hold", attachments=(), drafts=(),
+             progress: Callable[[str, int, int], None] | None = None) -> SentMessage:
         """Send `text` to every device of `to`, and a copy to our own other devices.
 
         If the relay now maps `to` to a different account key, the message is held (kept
@@ -436,9 +462,12 @@ class Client:
         if on_key_change not in ("hold", "accept"):
             raise errors.UsageError("on_key_change must be 'hold' or 'accept'")
         account = self._account()
-        if not text:
+        if not text and not attachments and not drafts:
             raise errors.UsageError("empty message")
         self.flush_outbox()
+        pointers = [self._draft_pointer(d) for d in drafts]
+        for path in attachments:  # each encrypted while it streams to the relay
+            pointers.append(attachment_io.pointer(self._upload(Path(path), progress)))
         message_id = secrets.token_hex(16) if self._rng is os.urandom else self._rng(16).hex()
         try:
             contact, devices = self._resolve(to, on_key_change)
@@ -447,13 +476,13 @@ class Client:
                 self.store.hold_message(HeldMessage(message_id, to, text, self._now()))
             exc.details["message_id"] = message_id
             raise
-        return self._send_to(account, contact, devices, message_id, text)
+        return self._send_to(account, contact, devices, message_id, text, tuple(pointers))
 
     def _send_to(self, account: LocalAccount, contact: Contact, devices: DeviceList, message_id: str,
-                 text: str) -> SentMessage:
+                 text: str, pointers: tuple = ()) -> SentMessage:
         now = self._now()
         to = contact.handle
-        content = Content(message_id, now, KIND_TEXT, account.handle, to, text)
+        content = Content(message_id, now, KIND_TEXT, account.handle, to, text, attachments=pointers)
         try:
             package, content_ct = env.seal_content(content.encode(), self._rng)
         except ValueError:
@@ -468,7 +497,7 @@ class Client:
                                          if d.device_id != account.device_id]
         if own_others:  # sent-message sync: the same id, so every device stores it once
             sync = Content(message_id, now, KIND_SYNC, account.handle, to, text, contact.account_id,
-                           encode_key(KEY_ED25519, contact.account_key))
+                           encode_key(KEY_ED25519, contact.account_key), pointers)
             sync_package, sync_ct = env.seal_content(sync.encode(), self._rng)
             envelopes = self._encrypt_for(account, account.account_id, own_others, sync_package, sync_ct)
             batches.append((OutgoingBatch(message_id, account.account_id, tuple(envelopes), now), sync_package, sync_ct))
@@ -479,6 +508,9 @@ class Client:
                 message_id, contact.account_id, contact.handle, "out", account.handle, to, text, now, now,
                 account.device_id,
             ))
+            self.store.add_attachments(_stored_attachments(message_id, pointers))
+            for p in pointers:  # sent: no longer a draft, nor a resumable upload
+                self.store.remove_upload(p.blob_id)
         reached = len(targets)
         try:
             for batch, package, content_ct in batches:
@@ -637,7 +669,16 @@ class Client:
         if rows:
             with self.store.transaction():
                 self.store.mark_shown([m.message_id for m in rows])
-        return [Message.from_stored(m) for m in rows]
+        return [self._message(m) for m in rows]
+
+    def _message(self, m: StoredMessage) -> Message:
+        return Message.from_stored(m, self.store.attachments(m.message_id))
+
+    def with_saved_paths(self, m: Message) -> Message:
+        """`m` with its attachments' current saved paths (after save_attachments)."""
+        infos = tuple(AttachmentInfo(a.blob_id, a.name, _plain_size(a.size), a.content_type, a.saved_path)
+                      for a in self.store.attachments(m.id))
+        return replace(m, attachments=infos)
 
     def _accept(self, account: LocalAccount, e) -> bool:
         """Decrypt and store one envelope. Returns True if it started a new session (a
@@ -696,6 +737,7 @@ class Client:
                 if result.used_kem_prekey is not None:
                     self.store.remove_kem_prekey(result.used_kem_prekey)
                 self.store.add_message(message)
+                self.store.add_attachments(_stored_attachments(content.message_id, content.attachments))
             if contact is not None and contact.status == "changed":
                 self.problems.append(Problem(e.message_id, "identity_changed",
                                              f"{contact.handle} now writes from a new account key (safety number changed)"))
@@ -760,6 +802,63 @@ class Client:
         yield from self.take_unshown()
         while True:
             yield from self.receive(wait=wait)
+
+    # --- attachments ---
+
+    def _upload(self, path: Path, progress) -> Upload:
+        total = path.stat().st_size if path.exists() else 0
+        report = (lambda n: progress(path.name, n, total)) if progress else None
+        return attachment_io.upload(self.relay(), self.store, path, key=self._rng(32), now_ms=self._now(),
+                                    progress=report)
+
+    def attach(self, path: str | os.PathLike, *, progress=None) -> Draft:
+        """Upload a file now (encrypted) and keep it as a draft to send later, as iMessage
+        does while you type. The relay purges drafts never sent after 30 days."""
+        self._account()
+        record = self._upload(Path(path), progress)
+        return Draft(record.blob_id, record.name, record.plain_size, record.content_type, record.expires_at)
+
+    def drafts(self) -> list[Draft]:
+        return [Draft(u.blob_id, u.name, u.plain_size, u.content_type, u.expires_at)
+                for u in self.store.uploads() if u.complete and u.expires_at > self._now()]
+
+    def _draft_pointer(self, draft_id: str):
+        record = self.store.get_upload(draft_id)
+        if record is None or not record.complete:
+            raise errors.LocalStateError(f"no draft attachment {draft_id}", hint="see imsg attach FILE")
+        if record.expires_at <= self._now():
+            raise errors.LocalStateError(f"draft {draft_id} expired at the relay", hint="attach the file again")
+        return attachment_io.pointer(record)
+
+    def save_attachments(self, message_id: str, out_dir: str | os.PathLike, *, progress=None) -> list[Path]:
+        """Download, check (length and digest from the encrypted message, before
+        decrypting), decrypt and write each attachment of a message, 0600, under its
+        sanitised name in `out_dir`. Returns the paths written."""
+        self._account()
+        rows = self.store.attachments(message_id)
+        if not rows:
+            if not self.store.has_message(message_id):
+                raise errors.LocalStateError(f"no message {message_id}")
+            return []
+        out = Path(out_dir).expanduser()
+        paths = []
+        for a in rows:
+            if a.saved_path and Path(a.saved_path).exists():
+                paths.append(Path(a.saved_path))
+                continue
+            report = (lambda n, a=a: progress(a.name, n, a.size)) if progress else None
+            try:
+                path = attachment_io.download(self.relay(), a, out, progress=report)
+            except errors.RelayRefusedError as exc:
+                if exc.status == 404:
+                    raise errors.RelayRefusedError(
+                        f"attachment {a.name!r} is no longer on the relay (kept 30 days from upload)",
+                        status=404, relay_code="not_found") from None
+                raise
+            with self.store.transaction():
+                self.store.set_saved_path(message_id, a.index, str(path))
+            paths.append(path)
+        return paths
 
     # --- devices ---
 
@@ -1044,11 +1143,11 @@ class Client:
         handle = canonical_handle(handle)
         account = self._account()
         if handle == account.handle:  # notes to self
-            return [Message.from_stored(m) for m in self.store.history(account.account_id, limit)]
+            return [self._message(m) for m in self.store.history(account.account_id, limit)]
         contact = self.store.contact_by_handle(handle)
         if contact is None:
             raise errors.UnknownContactError(f"no conversation with {handle}")
-        return [Message.from_stored(m) for m in self.store.history(contact.account_id, limit)]
+        return [self._message(m) for m in self.store.history(contact.account_id, limit)]
 
 
 def _kem_json(k: KemPreKey) -> dict:
@@ -1086,3 +1185,17 @@ def _message_from_link(doc, account: LocalAccount, now: int) -> StoredMessage | 
                              str(doc["from"]), str(doc["to"]), str(doc["text"]), int(doc["sent_at"]), now, 0)
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def _plain_size(ciphertext_size: int) -> int:
+    try:
+        return stream.plaintext_length(ciphertext_size)
+    except ValueError:
+        return 0
+
+
+def _stored_attachments(message_id: str, pointers) -> list:
+    from imsg_cli.protocol.stores import StoredAttachment
+
+    return [StoredAttachment(message_id, i, p.blob_id, p.key, p.digest, p.size, p.name, p.content_type)
+            for i, p in enumerate(pointers)]

@@ -30,6 +30,7 @@ from imsg_cli.errors import (
 )
 
 DEFAULT_TIMEOUT = 15.0
+TRANSFER_TIMEOUT = 120.0  # one attachment part (8 MiB) or a download's gaps between chunks
 
 
 def b64e(data: bytes) -> str:
@@ -107,6 +108,10 @@ class RelayClient:
             raise RelayUnavailableError(f"relay at {self.base_url} timed out") from None
         except httpx.HTTPError as exc:
             raise RelayUnavailableError(f"relay at {self.base_url} unreachable ({type(exc).__name__})") from None
+        return self._answer(response)
+
+    def _answer(self, response: httpx.Response) -> dict:
+        """The JSON body of a 2xx answer, or the error it stands for."""
         if response.status_code == 204:
             return {}
         if response.status_code >= 500:
@@ -230,3 +235,47 @@ class RelayClient:
                              timeout=DEFAULT_TIMEOUT + wait)
         value = body.get("body")
         return b64d(value) if isinstance(value, str) else None
+
+    # --- attachment blobs (opaque ciphertext) ---
+
+    def create_blob(self, size: int) -> dict:
+        return self._request("POST", "/v1/blobs", json={"size": size})
+
+    def blob_status(self, blob_id: str) -> dict:
+        return self._request("GET", f"/v1/blobs/{blob_id}/status")
+
+    def put_part(self, blob_id: str, index: int, chunks, length: int) -> dict:
+        """Upload one part, streaming `chunks` (an iterable of bytes) of exactly `length` bytes."""
+        try:
+            response = self._http.request(
+                "PUT", f"/v1/blobs/{blob_id}/parts/{index}", content=chunks,
+                headers={"Content-Type": "application/octet-stream", "Content-Length": str(length)},
+                timeout=TRANSFER_TIMEOUT,
+            )
+        except httpx.TimeoutException:
+            raise RelayUnavailableError(f"relay at {self.base_url} timed out during an upload") from None
+        except httpx.HTTPError as exc:
+            raise RelayUnavailableError(f"relay at {self.base_url} unreachable ({type(exc).__name__})") from None
+        return self._answer(response)
+
+    def complete_blob(self, blob_id: str) -> dict:
+        return self._request("POST", f"/v1/blobs/{blob_id}/complete", json={}, timeout=TRANSFER_TIMEOUT)
+
+    def delete_blob(self, blob_id: str) -> dict:
+        return self._request("DELETE", f"/v1/blobs/{blob_id}")
+
+    def download_blob(self, blob_id: str, *, start: int = 0):
+        """Yield the blob's bytes from offset `start` (an HTTP range), in chunks."""
+        headers = {"Range": f"bytes={start}-"} if start else {}
+        try:
+            with self._http.stream("GET", f"/v1/blobs/{blob_id}", headers=headers, timeout=TRANSFER_TIMEOUT) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    self._answer(r)
+                if start and r.status_code != 206:
+                    raise RelayRefusedError("relay ignored the range of a resumed download", relay_code="bad_response")
+                yield from r.iter_bytes(1 << 20)
+        except httpx.TimeoutException:
+            raise RelayUnavailableError(f"relay at {self.base_url} timed out during a download") from None
+        except httpx.HTTPError as exc:
+            raise RelayUnavailableError(f"relay at {self.base_url} unreachable ({type(exc).__name__})") from None

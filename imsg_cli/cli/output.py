@@ -73,7 +73,17 @@ def message_record(m) -> dict[str, Any]:
         "sent_at": iso(m.sent_at),
         "direction": m.direction,
         "peer": m.peer,
+        "attachments": [{"id": a.id, "name": a.name, "size": a.size, "type": a.type,
+                         **({"path": a.saved_path} if a.saved_path else {})} for a in m.attachments],
     }
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
 
 
 def print_message(out: Output, m) -> None:
@@ -83,6 +93,11 @@ def print_message(out: Output, m) -> None:
         arrow = "→ " + m.to if m.direction == "out" else ""
         who = "you" if m.direction == "out" else m.sender
         out.line(f"[{local_time(m.sent_at)}] {who}{(' ' + arrow) if arrow else ''}: {m.text}")
+        for a in m.attachments:
+            # The name is the sender's: show it escaped, never as raw control characters.
+            shown = a.name.encode("unicode_escape").decode("ascii")
+            out.line(f"    [attachment] {shown} ({human_size(a.size)}, {a.type})"
+                     + (f" saved to {a.saved_path}" if a.saved_path else f"  id {a.id}"))
 
 
 def print_qr(text: str) -> None:
@@ -99,3 +114,41 @@ def print_qr(text: str) -> None:
     buf = io.StringIO()
     qr.print_ascii(out=buf, invert=True)
     sys.stderr.write(buf.getvalue())
+
+
+class Transfers:
+    """Progress bars on stderr for transfers that take a moment; nothing at all when
+    stderr is not a terminal or output is JSON. Use as a callback: (name, bytes, total)."""
+
+    def __init__(self, out: Output):
+        self._enabled = not out.json and sys.stderr.isatty()
+        self._progress = None
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> "Transfers":
+        if self._enabled:
+            from rich.console import Console
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                       TimeRemainingColumn, TransferSpeedColumn)
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                      TransferSpeedColumn(), TimeRemainingColumn(),
+                                      console=Console(stderr=True), transient=True)
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        if self._progress is None:
+            return
+        task = self._tasks.get(name)
+        if task is None:
+            task = self._tasks[name] = self._progress.add_task(name[:40], total=total)
+        self._progress.advance(task, done)
+
+    @property
+    def callback(self):
+        return self if self._enabled else None

@@ -24,6 +24,45 @@ MAX_TEXT_LEN = 60_000
 MAX_HANDLE_LEN = 254
 
 
+MAX_ATTACHMENTS = 32
+MAX_NAME_LEN = 255
+MAX_TYPE_LEN = 127
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentPointer:
+    """Where an attachment is and how to open it; travels only inside the E2E content.
+    `digest` is SHA-256 of the ciphertext blob and `size` its length: the receiver checks
+    both before decrypting a byte (the 2016 iMessage attachment-swap lesson)."""
+
+    blob_id: str  # 32 hex, the relay's
+    key: bytes  # 32, the attachment key
+    digest: bytes  # 32, SHA-256(ciphertext)
+    size: int  # ciphertext length
+    name: str  # the sender's file name: untrusted, sanitised before it touches a disk
+    content_type: str  # the sender's claim: never used to decode anything
+
+    def to_json(self) -> dict:
+        return {"blob": self.blob_id, "key": base64.b64encode(self.key).decode(),
+                "digest": base64.b64encode(self.digest).decode(), "size": self.size,
+                "name": self.name, "type": self.content_type}
+
+    @classmethod
+    def from_json(cls, doc) -> "AttachmentPointer":
+        if not isinstance(doc, dict):
+            raise DecodeError("attachment must be an object")
+        blob = _field(doc, "blob", str)
+        if len(blob) != 32 or not _is_hex(blob):
+            raise DecodeError("attachment blob id must be 32 hex characters")
+        size = _field(doc, "size", int)
+        if isinstance(size, bool) or not 16 <= size < 1 << 42:
+            raise DecodeError("attachment size out of range")
+        name, ctype = _field(doc, "name", str), _field(doc, "type", str)
+        if len(name) > MAX_NAME_LEN or len(ctype) > MAX_TYPE_LEN:
+            raise DecodeError("attachment name or type too long")
+        return cls(blob, _b64(doc, "key", 32), _b64(doc, "digest", 32), size, name, ctype)
+
+
 @dataclass(frozen=True, slots=True)
 class Content:
     message_id: str  # 32 hex: the same id the relay de-duplicates on
@@ -34,6 +73,7 @@ class Content:
     text: str = ""
     destination: str = ""  # sync: the recipient's account id
     destination_key: bytes = b""  # sync: the recipient's type-tagged account key
+    attachments: tuple[AttachmentPointer, ...] = ()
 
     def encode(self) -> bytes:
         doc = {
@@ -45,6 +85,8 @@ class Content:
             "to": self.recipient_handle,
             "text": self.text,
         }
+        if self.attachments:
+            doc["attachments"] = [a.to_json() for a in self.attachments]
         if self.kind == KIND_SYNC:
             doc["sync"] = {"dest": self.destination, "dest_key": base64.b64encode(self.destination_key).decode()}
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
@@ -72,8 +114,14 @@ class Content:
         text = _field(doc, "text", str)
         if len(text) > MAX_TEXT_LEN:
             raise DecodeError("text too long")
+        attachments: tuple[AttachmentPointer, ...] = ()
+        if "attachments" in doc:
+            raw = _field(doc, "attachments", list)
+            if len(raw) > MAX_ATTACHMENTS:
+                raise DecodeError("too many attachments")
+            attachments = tuple(AttachmentPointer.from_json(a) for a in raw)
         if kind != KIND_SYNC:
-            return cls(message_id, sent_at, kind, sender, recipient, text)
+            return cls(message_id, sent_at, kind, sender, recipient, text, attachments=attachments)
         sync = _field(doc, "sync", dict)
         dest = _field(sync, "dest", str)
         if len(dest) != 32 or not _is_hex(dest):
@@ -84,7 +132,7 @@ class Content:
             raise DecodeError("sync destination key is not base64") from None
         if len(dest_key) != 33:
             raise DecodeError("sync destination key has the wrong length")
-        return cls(message_id, sent_at, kind, sender, recipient, text, dest, dest_key)
+        return cls(message_id, sent_at, kind, sender, recipient, text, dest, dest_key, attachments)
 
 
 def _field(doc: dict, name: str, kind: type):
@@ -96,3 +144,13 @@ def _field(doc: dict, name: str, kind: type):
 
 def _is_hex(s: str) -> bool:
     return all(c in "0123456789abcdef" for c in s)
+
+
+def _b64(doc: dict, name: str, length: int) -> bytes:
+    try:
+        raw = base64.b64decode(_field(doc, name, str), validate=True)
+    except ValueError:
+        raise DecodeError(f"content field {name!r} is not base64") from None
+    if len(raw) != length:
+        raise DecodeError(f"content field {name!r} has the wrong length")
+    return raw

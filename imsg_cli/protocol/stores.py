@@ -157,6 +157,50 @@ class HeldStore(Protocol):
     def release_held(self, message_id: str) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class StoredAttachment:
+    message_id: str
+    index: int
+    blob_id: str
+    key: bytes
+    digest: bytes
+    size: int  # ciphertext length
+    name: str
+    content_type: str
+    saved_path: str = ""  # where `attachment save` wrote it (deleted with the message)
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """An attachment being (or already) uploaded. Saved before the first byte leaves, so
+    running the same command again resumes: same key, same blob, only missing parts."""
+
+    blob_id: str
+    path: str  # absolute path of the source file
+    plain_size: int
+    mtime_ns: int
+    key: bytes
+    size: int  # ciphertext length
+    part_size: int
+    name: str
+    content_type: str
+    created_at: int
+    expires_at: int
+    digest: bytes = b""  # SHA-256(ciphertext), once complete
+    complete: bool = False
+
+
+class AttachmentStore(Protocol):
+    def add_attachments(self, attachments: list[StoredAttachment]) -> None: ...
+    def attachments(self, message_id: str) -> list[StoredAttachment]: ...
+    def set_saved_path(self, message_id: str, index: int, path: str) -> None: ...
+    def save_upload(self, upload: Upload) -> None: ...
+    def get_upload(self, blob_id: str) -> Upload | None: ...
+    def find_upload(self, path: str, plain_size: int, mtime_ns: int) -> Upload | None: ...
+    def uploads(self) -> list[Upload]: ...
+    def remove_upload(self, blob_id: str) -> None: ...
+
+
 class OutboxStore(Protocol):
     def add_outgoing(self, batch: OutgoingBatch) -> None: ...
     def outgoing(self) -> list[OutgoingBatch]: ...
@@ -164,6 +208,6 @@ class OutboxStore(Protocol):
 
 
 class Store(AccountStore, PreKeyStore, SessionStore, ContactStore, MessageStore, OutboxStore, HeldStore,
-            Protocol):
+            AttachmentStore, Protocol):
     def transaction(self) -> AbstractContextManager[None]: ...
     def close(self) -> None: ...

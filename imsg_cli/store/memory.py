@@ -4,6 +4,7 @@ of what every store must do (transactions roll back completely on an exception).
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -15,7 +16,9 @@ from imsg_cli.protocol.stores import (
     HeldMessage,
     LocalAccount,
     OutgoingBatch,
+    StoredAttachment,
     StoredMessage,
+    Upload,
 )
 
 
@@ -32,10 +35,13 @@ class MemoryStore:
         self._shown: set[str] = set()
         self._outbox: dict[tuple[str, str], OutgoingBatch] = {}
         self._held: dict[str, HeldMessage] = {}
+        self._attachments: dict[tuple[str, int], StoredAttachment] = {}
+        self._uploads: dict[str, Upload] = {}
         self._depth = 0
 
     _STATE = ("_account", "_signed", "_kem", "_one_time", "_next_id", "_sessions",
-              "_contacts", "_messages", "_shown", "_outbox", "_held")
+              "_contacts", "_messages", "_shown", "_outbox", "_held",
+              "_attachments", "_uploads")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -187,3 +193,33 @@ class MemoryStore:
 
     def release_held(self, message_id: str) -> None:
         self._held.pop(message_id, None)
+
+    # attachments and uploads
+    def add_attachments(self, attachments: list[StoredAttachment]) -> None:
+        for a in attachments:
+            self._attachments.setdefault((a.message_id, a.index), a)
+
+    def attachments(self, message_id: str) -> list[StoredAttachment]:
+        return sorted((a for (m, _), a in self._attachments.items() if m == message_id), key=lambda a: a.index)
+
+    def set_saved_path(self, message_id: str, index: int, path: str) -> None:
+        a = self._attachments.get((message_id, index))
+        if a is not None:
+            self._attachments[(message_id, index)] = replace(a, saved_path=path)
+
+    def save_upload(self, upload: Upload) -> None:
+        self._uploads[upload.blob_id] = upload
+
+    def get_upload(self, blob_id: str) -> Upload | None:
+        return self._uploads.get(blob_id)
+
+    def find_upload(self, path: str, plain_size: int, mtime_ns: int) -> Upload | None:
+        rows = [u for u in self._uploads.values()
+                if (u.path, u.plain_size, u.mtime_ns) == (path, plain_size, mtime_ns)]
+        return max(rows, key=lambda u: u.created_at, default=None)
+
+    def uploads(self) -> list[Upload]:
+        return sorted(self._uploads.values(), key=lambda u: u.created_at)
+
+    def remove_upload(self, blob_id: str) -> None:
+        self._uploads.pop(blob_id, None)

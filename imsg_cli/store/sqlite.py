@@ -24,7 +24,9 @@ from imsg_cli.protocol.stores import (
     HeldMessage,
     LocalAccount,
     OutgoingBatch,
+    StoredAttachment,
     StoredMessage,
+    Upload,
 )
 
 SCHEMA_VERSION = 1
@@ -66,6 +68,18 @@ CREATE INDEX IF NOT EXISTS messages_unshown ON messages (shown) WHERE shown = 0;
 CREATE TABLE IF NOT EXISTS held (
     message_id TEXT PRIMARY KEY, handle TEXT NOT NULL, text TEXT NOT NULL, created_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS attachments (
+    message_id TEXT NOT NULL, idx INTEGER NOT NULL, blob_id TEXT NOT NULL, key BLOB NOT NULL,
+    digest BLOB NOT NULL, size INTEGER NOT NULL, name TEXT NOT NULL, content_type TEXT NOT NULL,
+    saved_path TEXT NOT NULL DEFAULT '', PRIMARY KEY (message_id, idx)
+);
+CREATE TABLE IF NOT EXISTS uploads (
+    blob_id TEXT PRIMARY KEY, path TEXT NOT NULL, plain_size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    key BLOB NOT NULL, size INTEGER NOT NULL, part_size INTEGER NOT NULL, name TEXT NOT NULL,
+    content_type TEXT NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+    digest BLOB NOT NULL, complete INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS uploads_source ON uploads (path, plain_size, mtime_ns);
 CREATE TABLE IF NOT EXISTS outbox (
     message_id TEXT NOT NULL, account_id TEXT NOT NULL, envelopes BLOB NOT NULL,
     created_at INTEGER NOT NULL, PRIMARY KEY (message_id, account_id)
@@ -314,6 +328,50 @@ class SQLiteStore:
 
     def release_held(self, message_id: str) -> None:
         self._db.execute("DELETE FROM held WHERE message_id = ?", (message_id,))
+
+
+    # attachments and uploads
+    def add_attachments(self, attachments: list[StoredAttachment]) -> None:
+        self._db.executemany(
+            "INSERT OR IGNORE INTO attachments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(a.message_id, a.index, a.blob_id, a.key, a.digest, a.size, a.name, a.content_type, a.saved_path)
+             for a in attachments],
+        )
+
+    def attachments(self, message_id: str) -> list[StoredAttachment]:
+        rows = self._db.execute("SELECT * FROM attachments WHERE message_id = ? ORDER BY idx", (message_id,))
+        return [StoredAttachment(*r) for r in rows]
+
+    def set_saved_path(self, message_id: str, index: int, path: str) -> None:
+        self._db.execute("UPDATE attachments SET saved_path = ? WHERE message_id = ? AND idx = ?",
+                         (path, message_id, index))
+
+    def save_upload(self, u: Upload) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (u.blob_id, u.path, u.plain_size, u.mtime_ns, u.key, u.size, u.part_size, u.name,
+             u.content_type, u.created_at, u.expires_at, u.digest, int(u.complete)),
+        )
+
+    @staticmethod
+    def _upload(row) -> Upload | None:
+        if row is None:
+            return None
+        return Upload(*row[:12], complete=bool(row[12]))
+
+    def get_upload(self, blob_id: str) -> Upload | None:
+        return self._upload(self._one("SELECT * FROM uploads WHERE blob_id = ?", (blob_id,)))
+
+    def find_upload(self, path: str, plain_size: int, mtime_ns: int) -> Upload | None:
+        return self._upload(self._one(
+            "SELECT * FROM uploads WHERE path = ? AND plain_size = ? AND mtime_ns = ? "
+            "ORDER BY created_at DESC LIMIT 1", (path, plain_size, mtime_ns)))
+
+    def uploads(self) -> list[Upload]:
+        return [self._upload(r) for r in self._db.execute("SELECT * FROM uploads ORDER BY created_at")]
+
+    def remove_upload(self, blob_id: str) -> None:
+        self._db.execute("DELETE FROM uploads WHERE blob_id = ?", (blob_id,))
 
 
 def _pack_envelopes(envelopes: tuple[tuple[int, bytes], ...]) -> bytes:
