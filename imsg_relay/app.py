@@ -22,13 +22,15 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from imsg_relay import schema
 from imsg_relay.auth import bearer_token_hash, decode_token, token_hash
 from imsg_relay.blinding import blind_handle, load_or_create_secret
+from imsg_relay.blobs.base import BlobMissing, BlobReader, BlobStore
 from imsg_relay.errors import (
     RelayError,
     StorageUnavailable,
@@ -43,6 +45,7 @@ from imsg_relay.limits import BodyLimitMiddleware
 from imsg_relay.push import InProcessPush, Push
 from imsg_relay.ratelimit import RateLimiter
 from imsg_relay.settings import (
+    BLOB_READ_CHUNK,
     MAX_FETCH_BYTES,
     MAX_FETCH_LIMIT,
     MAX_OPEN_CHANNELS,
@@ -53,6 +56,9 @@ from imsg_relay.settings import (
 )
 from imsg_relay.storage.base import (
     AccountNotFound,
+    BlobInfo,
+    BlobNotFound,
+    BlobQuotaExceeded,
     Bundle,
     ChannelNotFound,
     DeviceMismatch,
@@ -110,12 +116,18 @@ class Operation:
     request_required: bool = True
     # OpenAPI links from the success response: (name, target operationId, parameters).
     links: tuple[tuple[str, str, dict[str, str]], ...] = ()
+    # Raw bytes (application/octet-stream) instead of JSON: the request body of a blob part,
+    # the response of a blob download (which also answers 206 to a Range).
+    binary_request: bool = False
+    binary_response: bool = False
 
 
 _ACCOUNT_PARAM = (("account_id", schema.ACCOUNT_ID),)
 _DEVICE_PARAM = (("device_id", schema.DEVICE_ID),)
 _CHANNEL_PARAM = (("channel", schema.CHANNEL),)
 _BOX_PARAMS = (("channel", schema.CHANNEL), ("box", schema.BOX))
+_BLOB_PARAM = (("blob_id", schema.BLOB_ID),)
+_PART_PARAMS = (("blob_id", schema.BLOB_ID), ("index", schema.PART_INDEX))
 _WAIT = ("wait", {"type": "integer", "minimum": 0, "maximum": 60, "default": 0},
          "seconds to hold the request while the mailbox is empty")
 
@@ -175,14 +187,44 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("DELETE", "/v1/provisioning/{channel}", "close_channel",
               "close a provisioning channel of the caller's account and delete its messages",
               200, "ChannelClosed", errors=(404,), path_params=_CHANNEL_PARAM),
+    # Attachment blobs: opaque ciphertext, uploaded in parts (resumable), downloaded with
+    # ranges by anyone holding the id, deleted 30 days after creation.
+    Operation("POST", "/v1/blobs", "create_blob",
+              "start uploading an attachment blob; the relay draws its id", 201, "BlobCreated",
+              "BlobRequest", errors=(413,),
+              links=tuple((name, target, {"blob_id": "$response.body#/blob_id"})
+                          for name, target in (("PutPart", "put_blob_part"),
+                                               ("Status", "blob_status"),
+                                               ("Complete", "complete_blob"),
+                                               ("Download", "get_blob"),
+                                               ("Delete", "delete_blob")))),
+    Operation("PUT", "/v1/blobs/{blob_id}/parts/{index}", "put_blob_part",
+              "upload one part (exactly part_size bytes, the last one the remainder) of the "
+              "caller's account's blob; re-sending a received part is allowed", 200,
+              "BlobParts", "BlobBytes", errors=(404, 409), path_params=_PART_PARAMS,
+              binary_request=True),
+    Operation("GET", "/v1/blobs/{blob_id}/status", "blob_status",
+              "an upload's parts received so far (to resume it)", 200, "BlobStatus",
+              errors=(404,), path_params=_BLOB_PARAM),
+    Operation("POST", "/v1/blobs/{blob_id}/complete", "complete_blob",
+              "finish an upload once every part is received; the blob becomes read-only",
+              200, "BlobCompleted", errors=(404, 409), path_params=_BLOB_PARAM),
+    Operation("GET", "/v1/blobs/{blob_id}", "get_blob",
+              "download a complete blob (any registered device: the id is the capability); "
+              "a single byte Range answers 206", 200, "BlobBytes", errors=(404, 416),
+              path_params=_BLOB_PARAM, binary_response=True),
+    Operation("DELETE", "/v1/blobs/{blob_id}", "delete_blob",
+              "delete a blob of the caller's account, row and bytes, at once", 200,
+              "BlobDeleted", errors=(404,), path_params=_BLOB_PARAM),
 )
 
 
 class Relay:
     def __init__(self, settings: Settings, storage: Storage, push: Push,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], blobs: BlobStore) -> None:
         self.settings = settings
         self.storage = storage
+        self.blobs = blobs
         self.push = push
         self.clock = clock
         self.secret = b""
@@ -500,6 +542,245 @@ class Relay:
             await self.push.notify([_box_wakeup(channel, b) for b in schema.BOX["enum"]])
         return _json({"channel": channel})
 
+    # attachment blobs. Nothing here logs a blob id, a size with an account, or any byte.
+
+    def _blob_live_after(self) -> int:
+        return self.now_ms() - self.settings.blob_retention_ms
+
+    def _expires_at(self, info: BlobInfo) -> int:
+        return info.created_at + self.settings.blob_retention_ms
+
+    async def _own_blob(self, request: Request, device: DeviceRef) -> BlobInfo:
+        blob_id = self.path_param(request, "blob_id", schema.BLOB_ID)
+        info = await self.storage.get_blob(blob_id, self._blob_live_after())
+        if info is None or info.account_id != device.account_id:
+            raise _no_blob()
+        return info
+
+    async def create_blob(self, request: Request) -> Response:
+        device = await self.authenticate(request)
+        data = await self.body(request, "BlobRequest")
+        size, cap, quota = data["size"], self.settings.max_blob, self.settings.blob_quota
+        if size > cap:
+            raise RelayError("payload_too_large", f"a blob may be at most {cap} bytes",
+                             limit=cap)
+        now = self.now_ms()
+        part_size = self.settings.blob_part_size
+        while True:  # 128 random bits: a collision is retried, never expected
+            blob_id = secrets.token_hex(16)
+            try:
+                await self.storage.create_blob(blob_id, device.account_id, size, part_size,
+                                               now, now - self.settings.blob_retention_ms,
+                                               quota)
+            except BlobQuotaExceeded as exc:
+                raise RelayError("quota_exceeded",
+                                 f"this account's unexpired blobs would pass its {quota} byte "
+                                 "quota; delete some or wait for them to expire",
+                                 limit=quota, used=exc.used) from None
+            except StorageConflict:  # blob_exists
+                continue
+            break
+        # The row first, then the file: a crash in between leaves a row without a file,
+        # which the sweeper deletes at expiry, never a file nothing points to.
+        try:
+            await self.blobs.create(blob_id, size)
+        except BaseException:
+            await self.storage.delete_blob(blob_id, device.account_id)
+            raise
+        return _json({"blob_id": blob_id, "size": size, "part_size": part_size,
+                      "parts": -(-size // part_size),
+                      "expires_at": now + self.settings.blob_retention_ms}, 201)
+
+    async def put_blob_part(self, request: Request) -> Response:
+        device = await self.authenticate(request)
+        index = self.path_param(request, "index", schema.PART_INDEX)
+        ctype = request.headers.get("content-type", "")
+        if ctype.split(";", 1)[0].strip().lower() != "application/octet-stream":
+            raise RelayError("unsupported_media_type",
+                             "a blob part must be application/octet-stream")
+        info = await self._own_blob(request, device)
+        if info.complete:
+            raise _blob_complete()
+        if index >= info.parts:
+            raise bad_request(f"index is past the last part ({info.parts - 1})")
+        offset = index * info.part_size
+        expected = min(info.part_size, info.size - offset)
+        declared = request.headers.get("content-length")
+        if declared is not None:  # a number: the body cap middleware checked it
+            if int(declared) > expected:
+                raise _part_too_long(index, expected)
+            if int(declared) < expected:
+                raise _part_too_short(index, expected)
+        try:
+            writer = await self.blobs.open_write(info.blob_id, offset)
+        except BlobMissing:
+            raise _no_blob() from None
+        got = 0
+        try:
+            async for chunk in request.stream():
+                got += len(chunk)
+                if got > expected:  # refused as it overflows, before the rest is read
+                    raise _part_too_long(index, expected)
+                await writer.write(chunk)
+            if got < expected:
+                raise _part_too_short(index, expected)
+            await writer.sync()  # durable before it is recorded as received
+        except ClientDisconnect:
+            raise _part_too_short(index, expected) from None
+        finally:
+            await writer.close()
+        try:
+            info = await self.storage.add_blob_part(info.blob_id, device.account_id, index,
+                                                    self._blob_live_after())
+        except BlobNotFound:
+            raise _no_blob() from None
+        except StorageConflict:  # completed while this part streamed in
+            raise _blob_complete() from None
+        return _json({"received": list(info.received),
+                      "complete": len(info.received) == info.parts})
+
+    async def blob_status(self, request: Request) -> Response:
+        device = await self.authenticate(request)
+        info = await self._own_blob(request, device)
+        return _json({"blob_id": info.blob_id, "size": info.size, "part_size": info.part_size,
+                      "parts": info.parts, "received": list(info.received),
+                      "complete": info.complete, "expires_at": self._expires_at(info)})
+
+    async def complete_blob(self, request: Request) -> Response:
+        device = await self.authenticate(request)
+        info = await self._own_blob(request, device)
+        if not info.complete:  # completing again answers the same (idempotent)
+            have = set(info.received)
+            missing = [i for i in range(info.parts) if i not in have]
+            if missing:
+                raise RelayError("incomplete", f"{len(missing)} of {info.parts} parts are "
+                                 "missing", missing=missing)
+            try:
+                digest = await self.blobs.sha256(info.blob_id)
+            except BlobMissing:
+                raise _no_blob() from None
+            try:
+                info = await self.storage.complete_blob(info.blob_id, device.account_id,
+                                                        digest, self._blob_live_after())
+            except BlobNotFound:
+                raise _no_blob() from None
+        assert info.sha256 is not None
+        return _json({"blob_id": info.blob_id, "size": info.size, "sha256": info.sha256.hex()})
+
+    async def get_blob(self, request: Request) -> Response:
+        await self.authenticate(request)
+        blob_id = self.path_param(request, "blob_id", schema.BLOB_ID)
+        info = await self.storage.get_blob(blob_id, self._blob_live_after())
+        if info is None or not info.complete:
+            raise _no_blob()
+        span = _byte_range(request.headers.get("range"), info.size)
+        try:
+            reader = await self.blobs.open_read(blob_id)
+        except BlobMissing:
+            raise _no_blob() from None
+        return _BlobResponse(reader, info.size, span, head=request.method == "HEAD")
+
+    async def delete_blob(self, request: Request) -> Response:
+        device = await self.authenticate(request)
+        blob_id = self.path_param(request, "blob_id", schema.BLOB_ID)
+        # Row first (nobody can read or write it after), then the bytes.
+        if not await self.storage.delete_blob(blob_id, device.account_id):
+            raise _no_blob()
+        await self.blobs.delete(blob_id)
+        return _json({"blob_id": blob_id})
+
+
+class _BlobResponse(Response):
+    """A blob's bytes (or one range of them), read and sent one chunk at a time; stops
+    reading as soon as the client goes away. Always closes the reader."""
+
+    def __init__(self, reader: BlobReader, size: int, span: tuple[int, int] | None,
+                 head: bool) -> None:
+        self.reader = reader
+        self.head = head
+        self.start, self.end = span if span is not None else (0, size)
+        self.status_code = 206 if span is not None else 200
+        self.background = None
+        headers = {"Content-Length": str(self.end - self.start), "Accept-Ranges": "bytes",
+                   "Content-Type": "application/octet-stream"}
+        if span is not None:
+            headers["Content-Range"] = f"bytes {self.start}-{self.end - 1}/{size}"
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            if not self.head:
+                async for chunk in self.reader.chunks(self.start, self.end, BLOB_READ_CHUNK):
+                    if gone.is_set():
+                        return
+                    await send({"type": "http.response.body", "body": chunk,
+                                "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+            await self.reader.close()
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(start, end) of one `bytes=a-b`, `a-` or `-n` range, end exclusive; None to send the
+    whole blob (no Range, another unit, several ranges or a malformed one: RFC 9110 lets a
+    server ignore those). Unsatisfiable: 416 with `Content-Range: bytes */size`."""
+    if header is None:
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    first, last = first.strip(), last.strip()
+    if not dash or not all(p.isascii() and p.isdigit() for p in (first, last) if p) or \
+            not (first or last) or len(first) > 18 or len(last) > 18:
+        return None
+    if not first:  # the last n bytes
+        n = int(last)
+        if n == 0:
+            raise _unsatisfiable(size)
+        return max(0, size - n), size
+    start = int(first)
+    end = size if not last else int(last) + 1
+    if last and end <= start:
+        return None  # b < a: malformed, ignored
+    if start >= size:
+        raise _unsatisfiable(size)
+    return start, min(end, size)
+
+
+def _unsatisfiable(size: int) -> RelayError:
+    return RelayError("range_not_satisfiable", f"the range is outside the blob's {size} bytes",
+                      headers={"Content-Range": f"bytes */{size}"})
+
+
+def _no_blob() -> RelayError:
+    return RelayError("not_found", "no such blob, or it has expired (or is not complete, or "
+                      "not this account's)")
+
+
+def _blob_complete() -> RelayError:
+    return RelayError("blob_complete", "this blob is complete and read-only")
+
+
+def _part_too_long(index: int, expected: int) -> RelayError:
+    return RelayError("payload_too_large", f"part {index} must be exactly {expected} bytes",
+                      limit=expected)
+
+
+def _part_too_short(index: int, expected: int) -> RelayError:
+    return bad_request(f"part {index} must be exactly {expected} bytes; it was shorter")
+
 
 _BY_HANDLER = {op.handler: op for op in OPERATIONS}
 
@@ -575,9 +856,12 @@ def _dispatch(handlers: dict[str, Callable[[Request], Awaitable[Response]]],
 
 
 def create_app(settings: Settings, storage: Storage | None = None, *,
-               push: Push | None = None, clock: Callable[[], float] = time.time) -> Starlette:
+               push: Push | None = None, clock: Callable[[], float] = time.time,
+               blobs: BlobStore | None = None) -> Starlette:
     """The relay as an ASGI app. It opens `storage` (SQLite in `settings.data_dir` when none
-    is given) at startup and closes it at shutdown."""
+    is given) at startup and closes it at shutdown. Blobs live in `blobs` (files under
+    `settings.data_dir / "blobs"` when none is given)."""
+    from imsg_relay.blobs.filesystem import FilesystemBlobStore
     from imsg_relay.openapi import build_openapi
     from imsg_relay.storage.sqlite import SQLiteStorage
 
@@ -593,7 +877,9 @@ def create_app(settings: Settings, storage: Storage | None = None, *,
             push = RedisPush(settings.redis_url)
         else:
             push = InProcessPush()
-    relay = Relay(settings, storage, push, clock)
+    if blobs is None:
+        blobs = FilesystemBlobStore(settings.data_dir / "blobs")
+    relay = Relay(settings, storage, push, clock, blobs)
     relay.openapi_body = json.dumps(build_openapi(OPERATIONS, settings)).encode()
 
     @contextlib.asynccontextmanager
@@ -602,7 +888,8 @@ def create_app(settings: Settings, storage: Storage | None = None, *,
         await relay.storage.open()
         await relay.push.start()
         sweeper = asyncio.create_task(run_sweeper(relay.storage, settings.retention_ms,
-                                                  settings.sweep_interval, clock))
+                                                  settings.sweep_interval, clock, relay.blobs,
+                                                  settings.blob_retention_ms))
         try:
             yield {"relay": relay}
         finally:
@@ -619,7 +906,9 @@ def create_app(settings: Settings, storage: Storage | None = None, *,
         middleware=[Middleware(CatchAllMiddleware),
                     Middleware(BodyLimitMiddleware, max_body=settings.max_body,
                                overrides=(("PUT", "/v1/provisioning/",
-                                           MAX_PROVISIONING_REQUEST),))],
+                                           MAX_PROVISIONING_REQUEST),
+                                          # blob parts stream to disk: capped at a part
+                                          ("PUT", "/v1/blobs/", settings.blob_part_size)))],
         exception_handlers={
             RelayError: relay_error_handler,
             HTTPException: http_exception_handler,

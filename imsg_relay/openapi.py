@@ -9,15 +9,22 @@ from typing import Any, Iterable
 from imsg_relay import schema
 from imsg_relay.settings import MAX_PROVISIONING_MESSAGE, Settings
 
+_BINARY = {"application/octet-stream": {"schema": {"$ref": "#/components/schemas/BlobBytes"}}}
+
 _ERROR_TEXT = {
     400: "malformed JSON, wrong types, bad base64 or out-of-range values (bad_request)",
     401: "missing, malformed or unknown token (unauthorized)",
-    404: "unknown account, device, handle, or unknown or expired provisioning channel "
+    404: "unknown account, device, handle, unknown or expired provisioning channel, or "
+         "unknown, expired, incomplete (download) or another account's (upload) blob "
          "(not_found)",
-    409: "account_exists, handle_taken, device_exists, device_mismatch, too_many_devices or "
-         "too_many_channels",
-    413: "request body, envelope or list over its limit (payload_too_large)",
-    415: "request body is not application/json (unsupported_media_type)",
+    409: "account_exists, handle_taken, device_exists, device_mismatch, too_many_devices, "
+         "too_many_channels, blob_complete, or incomplete (with `missing` parts)",
+    413: "request body, envelope, list, blob or blob part over its limit "
+         "(payload_too_large), or the account's blob quota (quota_exceeded, with `limit` and "
+         "`used`)",
+    415: "request body is not application/json (application/octet-stream for a blob part) "
+         "(unsupported_media_type)",
+    416: "the Range is outside the blob (range_not_satisfiable); Content-Range: bytes */size",
     429: "rate limited, or a provisioning box full; see Retry-After (rate_limited, box_full)",
     503: "storage temporarily unavailable; retry (unavailable)",
 }
@@ -28,6 +35,9 @@ def _error_response(status: int) -> dict[str, Any]:
         "description": _ERROR_TEXT[status],
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
+    if status == 416:
+        response["headers"] = {"Content-Range": {"schema": {"type": "string"},
+                                                 "description": "bytes */size"}}
     if status == 429:
         response["headers"] = {"Retry-After": {"schema": {"type": "integer", "minimum": 1},
                                                "description": "seconds to wait"}}
@@ -55,15 +65,28 @@ def build_openapi(operations: Iterable[Any], settings: Settings) -> dict[str, An
         for name, spec, text in op.query:
             parameters.append({"name": name, "in": "query", "required": False,
                                "description": text, "schema": _param_schema(spec)})
+        ok: dict[str, Any] = {str(op.ok): {
+            "description": "success",
+            "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{op.response}"}}},
+        }}
+        if op.binary_response:
+            length = {"schema": {"type": "integer", "minimum": 0}}
+            ok = {str(op.ok): {"description": "the whole blob", "content": _BINARY,
+                               "headers": {"Content-Length": length,
+                                           "Accept-Ranges": {"schema": {"type": "string"}}}},
+                  "206": {"description": "the range asked for", "content": _BINARY,
+                          "headers": {"Content-Length": length,
+                                      "Content-Range": {"schema": {"type": "string"},
+                                                        "description": "bytes a-b/size"}}}}
+            parameters.append({"name": "Range", "in": "header", "required": False,
+                               "description": "one range: bytes=a-b, bytes=a- or bytes=-n",
+                               "schema": {"type": "string"}})
         entry: dict[str, Any] = {
             "operationId": op.handler,
             "summary": op.summary,
             "responses": {
-                str(op.ok): {
-                    "description": "success",
-                    "content": {"application/json": {
-                        "schema": {"$ref": f"#/components/schemas/{op.response}"}}},
-                },
+                **ok,
                 **{str(s): _error_response(s) for s in sorted(statuses)},
             },
         }
@@ -74,10 +97,10 @@ def build_openapi(operations: Iterable[Any], settings: Settings) -> dict[str, An
         if parameters:
             entry["parameters"] = parameters
         if op.request is not None:
+            media = "application/octet-stream" if op.binary_request else "application/json"
             entry["requestBody"] = {
                 "required": op.request_required,
-                "content": {"application/json": {
-                    "schema": {"$ref": f"#/components/schemas/{op.request}"}}},
+                "content": {media: {"schema": {"$ref": f"#/components/schemas/{op.request}"}}},
             }
         entry["security"] = [{"bearer": []}] if op.auth else []
         paths.setdefault(op.path, {})[op.method.lower()] = entry
@@ -94,7 +117,10 @@ def build_openapi(operations: Iterable[Any], settings: Settings) -> dict[str, An
             "description": "Stores and forwards opaque end-to-end encrypted envelopes. "
                            "See docs/RELAY-API.md. Limits: request body "
                            f"{settings.max_body} bytes, envelope {settings.max_envelope} bytes; "
-                           f"provisioning message {MAX_PROVISIONING_MESSAGE} bytes.",
+                           f"provisioning message {MAX_PROVISIONING_MESSAGE} bytes; blob "
+                           f"{settings.max_blob} bytes in parts of {settings.blob_part_size}, "
+                           f"{settings.blob_quota} bytes of unexpired blobs per account, kept "
+                           f"{settings.blob_retention_days} days from creation.",
         },
         "paths": paths,
         "components": {

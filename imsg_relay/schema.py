@@ -49,6 +49,12 @@ TOKEN = {"type": "string", "pattern": TOKEN_PATTERN,
 HANDLE = {"type": "string", "minLength": 1, "maxLength": 254, "pattern": HANDLE_PATTERN}
 CHANNEL = {"type": "string", "pattern": r"^[0-9a-f]{16}$",
            "description": "provisioning channel id: 16 lowercase hex characters (8 random bytes)"}
+BLOB_ID = {"type": "string", "pattern": HEX32,
+           "description": "32 lowercase hex characters (128 random bits the relay draws); "
+                          "holding it is the capability to download the blob"}
+PART_INDEX = {"type": "integer", "minimum": 0, "maximum": 2**31 - 1,
+              "description": "0-based part number; below `parts` of the blob (else 400)"}
+TIME_MS = {"type": "integer", "minimum": 0}
 BOX = {"type": "string", "enum": ["new", "existing"],
        "description": "new: messages for the new device; existing: for the existing device"}
 
@@ -62,6 +68,7 @@ S["Error"] = {
         "extra": {"type": "array", "items": {"type": "integer"}},
         "retry_after": {"type": "integer"},
         "limit": {"type": "integer"},
+        "used": {"type": "integer"},
     },
 }
 S["Health"] = {"type": "object", "required": ["status", "version"],
@@ -209,6 +216,47 @@ S["ProvisioningMessage"] = {
                                                "when the box stayed empty for the wait"),
                             "nullable": True}},
 }
+
+S["BlobRequest"] = {
+    "type": "object",
+    "required": ["size"],
+    "properties": {"size": {"type": "integer", "minimum": 1,
+                            "description": "ciphertext bytes; over the relay's maximum blob "
+                                           "size is 413 payload_too_large"}},
+}
+_BLOB_SHAPE = {"blob_id": BLOB_ID, "size": {"type": "integer", "minimum": 1},
+               "part_size": {"type": "integer", "minimum": 1},
+               "parts": {"type": "integer", "minimum": 1},
+               "expires_at": {**TIME_MS, "description": "the relay deletes the blob then "
+                                                        "(complete or not)"}}
+S["BlobCreated"] = {"type": "object", "required": list(_BLOB_SHAPE), "properties": _BLOB_SHAPE}
+_RECEIVED = {"type": "array", "items": {"type": "integer", "minimum": 0},
+             "description": "indices of the parts received (durably), ascending"}
+S["BlobParts"] = {
+    "type": "object",
+    "required": ["received", "complete"],
+    "properties": {"received": _RECEIVED,
+                   "complete": {"type": "boolean",
+                                "description": "every part is received: call complete next"}},
+}
+S["BlobStatus"] = {
+    "type": "object",
+    "required": [*_BLOB_SHAPE, "received", "complete"],
+    "properties": {**_BLOB_SHAPE, "received": _RECEIVED,
+                   "complete": {"type": "boolean",
+                                "description": "the upload was completed (POST .../complete): "
+                                               "read-only and downloadable"}},
+}
+S["BlobCompleted"] = {
+    "type": "object",
+    "required": ["blob_id", "size", "sha256"],
+    "properties": {"blob_id": BLOB_ID, "size": {"type": "integer", "minimum": 1},
+                   "sha256": {"type": "string", "pattern": r"^[0-9a-f]{64}$",
+                              "description": "SHA-256 of the ciphertext, lowercase hex"}},
+}
+S["BlobDeleted"] = {"type": "object", "required": ["blob_id"], "properties": {"blob_id": BLOB_ID}}
+# Raw bytes, not JSON: the request body of a part upload and the response of a download.
+S["BlobBytes"] = {"type": "string", "format": "binary"}
 
 _PATTERNS: dict[str, re.Pattern[str]] = {}
 

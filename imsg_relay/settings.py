@@ -34,6 +34,11 @@ MAX_OPEN_CHANNELS = 3  # open channels per account
 # base64 of one MAX_PROVISIONING_MESSAGE (341.4 KiB) and the JSON around it, no more.
 MAX_PROVISIONING_REQUEST = 400 * KIB
 MAX_PROVISIONING_TTL_SECONDS = 3600
+# Attachment blobs: opaque ciphertext uploaded in parts, kept 30 days from creation.
+MAX_BLOB_RETENTION_DAYS = 90  # as for envelopes: DESIGN.md §1 promises 30 days; 90 at most
+MAX_BLOB_PART_SIZE = 256 * MIB  # one part is streamed to disk, never held; still bounded
+BLOB_READ_CHUNK = 1 * MIB  # downloads and digests read the file this much at a time
+GIB = 1024 * MIB
 
 
 class SettingsError(ValueError):
@@ -70,6 +75,12 @@ class Settings:
     retention_days: int = 30
     sweep_interval: float = 300.0
     max_wait: int = MAX_WAIT_SECONDS
+    # Attachment blobs: the largest blob, the bytes of unexpired blobs one account may hold,
+    # the part size uploads are cut into, and how long a blob lives from its creation.
+    max_blob: int = 100 * MIB
+    blob_quota: int = 1 * GIB
+    blob_part_size: int = 8 * MIB
+    blob_retention_days: int = 30
     secret_file: Path | None = field(default=None, repr=False)
     # Scale-out: PostgreSQL instead of SQLite, Redis pub/sub for wake-ups across workers.
     # Connection strings may carry passwords, so they never appear in repr.
@@ -90,6 +101,15 @@ class Settings:
                                 f" 1 and {MAX_PROVISIONING_TTL_SECONDS}")
         if not 1 <= self.max_devices <= 1000:
             raise SettingsError(f"max devices {self.max_devices} is not between 1 and 1000")
+        if not 1 <= self.blob_retention_days <= MAX_BLOB_RETENTION_DAYS:
+            raise SettingsError(f"blob retention of {self.blob_retention_days} days is not "
+                                f"between 1 and {MAX_BLOB_RETENTION_DAYS}")
+        if not 1024 <= self.blob_part_size <= MAX_BLOB_PART_SIZE:
+            raise SettingsError(f"blob part size {self.blob_part_size} is not between 1024 and "
+                                f"{MAX_BLOB_PART_SIZE} bytes")
+        for name in ("max_blob", "blob_quota"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be at least 1 byte")
         for name in ("max_body", "max_envelope"):
             if getattr(self, name) < 1024:
                 raise SettingsError(f"{name} must be at least 1024 bytes")
@@ -103,6 +123,10 @@ class Settings:
     @property
     def retention_ms(self) -> int:
         return self.retention_days * 86_400_000
+
+    @property
+    def blob_retention_ms(self) -> int:
+        return self.blob_retention_days * 86_400_000
 
     @property
     def provisioning_ttl_ms(self) -> int:

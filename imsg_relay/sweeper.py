@@ -1,5 +1,6 @@
-"""Retention: envelopes older than the retention period, and provisioning channels past
-their expiry (with their messages), are deleted in batches.
+"""Retention: envelopes older than the retention period, provisioning channels past
+their expiry (with their messages), and attachment blobs past the blob retention (rows and
+files, complete or not), are deleted in batches.
 
 Batches of at most SWEEP_BATCH rows keep each write transaction short, so sends queued
 behind the sweeper in the writer wait for one small batch, not for the whole purge. Reads
@@ -12,6 +13,7 @@ import asyncio
 import logging
 from typing import Callable
 
+from imsg_relay.blobs.base import BlobStore
 from imsg_relay.storage.base import Storage
 
 log = logging.getLogger("imsg_relay.sweeper")
@@ -42,8 +44,25 @@ async def sweep_channels(storage: Storage, now_ms: int, batch: int = SWEEP_BATCH
         await asyncio.sleep(0)
 
 
+async def sweep_blobs(storage: Storage, blobs: BlobStore, live_after_ms: int,
+                      batch: int = SWEEP_BATCH) -> int:
+    """Delete every blob created at or before `live_after_ms`: each batch's files first,
+    then its rows, so a crash in between leaves rows the next sweep finds again (already
+    unreadable: reads check expiry), never a file without a row. Returns how many."""
+    total = 0
+    while True:
+        ids = await storage.expired_blobs(live_after_ms, batch)
+        for blob_id in ids:
+            await blobs.delete(blob_id)
+        total += await storage.delete_blobs(ids)
+        if len(ids) < batch:
+            return total
+        await asyncio.sleep(0)
+
+
 async def run_sweeper(storage: Storage, retention_ms: int, interval: float,
-                      clock: Callable[[], float]) -> None:
+                      clock: Callable[[], float], blobs: BlobStore | None = None,
+                      blob_retention_ms: int | None = None) -> None:
     """Sweep now and then every `interval` seconds until cancelled."""
     while True:
         try:
@@ -54,6 +73,10 @@ async def run_sweeper(storage: Storage, retention_ms: int, interval: float,
             channels = await sweep_channels(storage, now_ms)
             if channels:
                 log.info("retention sweep deleted %d expired provisioning channels", channels)
+            if blobs is not None and blob_retention_ms is not None:
+                gone = await sweep_blobs(storage, blobs, now_ms - blob_retention_ms)
+                if gone:
+                    log.info("retention sweep deleted %d expired blobs", gone)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a failed sweep is retried next interval, never fatal

@@ -3,6 +3,9 @@
 from imsg_relay.storage.base import (
     Account,
     AccountNotFound,
+    BlobInfo,
+    BlobNotFound,
+    BlobQuotaExceeded,
     Bundle,
     ChannelNotFound,
     DeviceMismatch,
@@ -16,6 +19,7 @@ from imsg_relay.storage.base import (
 )
 
 __all__ = [
-    "Account", "AccountNotFound", "Bundle", "ChannelNotFound", "DeviceMismatch", "DeviceRef",
+    "Account", "AccountNotFound", "BlobInfo", "BlobNotFound", "BlobQuotaExceeded", "Bundle",
+    "ChannelNotFound", "DeviceMismatch", "DeviceRef",
     "Envelope", "KeyCounts", "OneTimeKey", "SignedKey", "Storage", "StorageConflict",
 ]

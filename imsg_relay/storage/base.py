@@ -65,13 +65,31 @@ class Envelope:
     received_at: int
 
 
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """An attachment blob's metadata; its bytes are in the blob store."""
+    blob_id: str
+    account_id: str
+    size: int
+    part_size: int
+    created_at: int
+    complete: bool
+    sha256: bytes | None
+    received: tuple[int, ...]  # part indices recorded as received (fsynced), ascending
+
+    @property
+    def parts(self) -> int:
+        return -(-self.size // self.part_size)
+
+
 class StorageConflict(Exception):
     """a unique value is already held: {code}"""
 
     def __init__(self, code: str) -> None:
         super().__init__(code)
         # "account_exists", "handle_taken", "device_exists", "token_taken",
-        # "too_many_devices", "channel_exists", "too_many_channels", "box_full"
+        # "too_many_devices", "channel_exists", "too_many_channels", "box_full",
+        # "blob_exists", "blob_complete"
         self.code = code
 
 
@@ -81,6 +99,18 @@ class AccountNotFound(Exception):
 
 class ChannelNotFound(Exception):
     """no such provisioning channel, or it has expired (or, on close, is not the caller's)"""
+
+
+class BlobNotFound(Exception):
+    """no such blob for this account, or it has expired"""
+
+
+class BlobQuotaExceeded(Exception):
+    """the account's unexpired blobs and this one would pass its quota"""
+
+    def __init__(self, used: int) -> None:
+        super().__init__(f"{used} bytes in use")
+        self.used = used
 
 
 class DeviceMismatch(Exception):
@@ -172,3 +202,34 @@ class Storage(Protocol):
     async def delete_expired_channels(self, now_ms: int, limit: int) -> int:
         """Deletes at most `limit` channels expired at `now_ms`, with their messages; returns
         how many channels."""
+
+    # attachment blobs (metadata only; the bytes are in the blob store). A blob is live while
+    # created_at > live_after_ms (now less the blob retention); every read treats an
+    # expired blob as gone, before the sweeper deletes it. Rows hold the uploading account
+    # (for its quota and its writes), never who downloads.
+    async def create_blob(self, blob_id: str, account_id: str, size: int, part_size: int,
+                          now_ms: int, live_after_ms: int, quota: int) -> None:
+        """Raises BlobQuotaExceeded when the account's live blobs plus `size` pass `quota`
+        (checked in the same transaction as the insert), StorageConflict("blob_exists")."""
+
+    async def get_blob(self, blob_id: str, live_after_ms: int) -> BlobInfo | None: ...
+
+    async def add_blob_part(self, blob_id: str, account_id: str, index: int,
+                            live_after_ms: int) -> BlobInfo:
+        """Records part `index` as received (idempotent). Raises BlobNotFound (unknown,
+        expired, or another account's), StorageConflict("blob_complete")."""
+
+    async def complete_blob(self, blob_id: str, account_id: str, sha256: bytes,
+                            live_after_ms: int) -> BlobInfo:
+        """Marks the blob complete with its digest; a blob already complete keeps its
+        digest (idempotent). Raises BlobNotFound."""
+
+    async def delete_blob(self, blob_id: str, account_id: str) -> bool:
+        """Deletes the row (live or expired) if `account_id` uploaded it; True when it was
+        live."""
+
+    async def expired_blobs(self, live_after_ms: int, limit: int) -> list[str]:
+        """At most `limit` ids of blobs created at or before `live_after_ms`, oldest first."""
+
+    async def delete_blobs(self, blob_ids: Sequence[str]) -> int:
+        """Deletes these rows and their parts; returns how many blobs."""

@@ -23,6 +23,9 @@ from imsg_relay.errors import StorageUnavailable
 from imsg_relay.storage.base import (
     Account,
     AccountNotFound,
+    BlobInfo,
+    BlobNotFound,
+    BlobQuotaExceeded,
     Bundle,
     ChannelNotFound,
     DeviceMismatch,
@@ -93,6 +96,22 @@ CREATE TABLE IF NOT EXISTS provisioning_messages (
     body    BYTEA NOT NULL
 );
 CREATE INDEX IF NOT EXISTS provisioning_messages_box ON provisioning_messages (channel, box, seq);
+CREATE TABLE IF NOT EXISTS blobs (
+    blob_id    TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    size       BIGINT NOT NULL,
+    part_size  BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    complete   BOOLEAN NOT NULL DEFAULT FALSE,
+    sha256     BYTEA
+);
+CREATE INDEX IF NOT EXISTS blobs_account ON blobs (account_id, created_at);
+CREATE INDEX IF NOT EXISTS blobs_created ON blobs (created_at);
+CREATE TABLE IF NOT EXISTS blob_parts (
+    blob_id TEXT NOT NULL,
+    idx     INTEGER NOT NULL,
+    PRIMARY KEY (blob_id, idx)
+);
 """
 
 
@@ -435,6 +454,97 @@ class PostgresStorage:
                 await conn.execute("DELETE FROM provisioning_messages WHERE channel = ANY(%s)",
                                    (ids,))
             return len(ids)
+
+    # attachment blobs
+
+    async def create_blob(self, blob_id: str, account_id: str, size: int, part_size: int,
+                          now_ms: int, live_after_ms: int, quota: int) -> None:
+        try:
+            async with self._tx() as conn:
+                # Serialise creation per account, so concurrent uploads cannot pass the quota.
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                                   ("blobs:" + account_id,))
+                cur = await conn.execute(
+                    "SELECT coalesce(sum(size), 0) FROM blobs"
+                    " WHERE account_id = %s AND created_at > %s", (account_id, live_after_ms))
+                used = int((await cur.fetchone())[0])
+                if used + size > quota:
+                    raise BlobQuotaExceeded(used)
+                await conn.execute(
+                    "INSERT INTO blobs (blob_id, account_id, size, part_size, created_at)"
+                    " VALUES (%s, %s, %s, %s, %s)",
+                    (blob_id, account_id, size, part_size, now_ms))
+        except pg_errors.UniqueViolation:
+            raise StorageConflict("blob_exists") from None
+
+    async def get_blob(self, blob_id: str, live_after_ms: int) -> BlobInfo | None:
+        async with self._tx() as conn:
+            return await _blob(conn, blob_id, live_after_ms, lock=False)
+
+    async def add_blob_part(self, blob_id: str, account_id: str, index: int,
+                            live_after_ms: int) -> BlobInfo:
+        async with self._tx() as conn:
+            # FOR SHARE: a concurrent complete waits for this part, or this part sees it.
+            info = await _blob(conn, blob_id, live_after_ms, lock=True)
+            if info is None or info.account_id != account_id:
+                raise BlobNotFound(blob_id)
+            if info.complete:
+                raise StorageConflict("blob_complete")
+            await conn.execute("INSERT INTO blob_parts VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                               (blob_id, index))
+            return await _blob(conn, blob_id, live_after_ms, lock=False)
+
+    async def complete_blob(self, blob_id: str, account_id: str, sha256: bytes,
+                            live_after_ms: int) -> BlobInfo:
+        async with self._tx() as conn:
+            info = await _blob(conn, blob_id, live_after_ms, lock=False)
+            if info is None or info.account_id != account_id:
+                raise BlobNotFound(blob_id)
+            await conn.execute("UPDATE blobs SET complete = TRUE, sha256 = %s"
+                               " WHERE blob_id = %s AND NOT complete", (sha256, blob_id))
+            return await _blob(conn, blob_id, live_after_ms, lock=False)
+
+    async def delete_blob(self, blob_id: str, account_id: str) -> bool:
+        async with self._tx() as conn:
+            cur = await conn.execute("DELETE FROM blobs WHERE blob_id = %s AND account_id = %s",
+                                     (blob_id, account_id))
+            if cur.rowcount == 0:
+                return False
+            await conn.execute("DELETE FROM blob_parts WHERE blob_id = %s", (blob_id,))
+            return True
+
+    async def expired_blobs(self, live_after_ms: int, limit: int) -> list[str]:
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                "SELECT blob_id FROM blobs WHERE created_at <= %s ORDER BY created_at LIMIT %s",
+                (live_after_ms, limit))
+            return [r[0] for r in await cur.fetchall()]
+
+    async def delete_blobs(self, blob_ids: Sequence[str]) -> int:
+        ids = list(dict.fromkeys(blob_ids))
+        if not ids:
+            return 0
+        async with self._tx() as conn:
+            cur = await conn.execute("DELETE FROM blobs WHERE blob_id = ANY(%s)", (ids,))
+            deleted = cur.rowcount
+            await conn.execute("DELETE FROM blob_parts WHERE blob_id = ANY(%s)", (ids,))
+            return deleted
+
+
+async def _blob(conn: psycopg.AsyncConnection, blob_id: str, live_after_ms: int,
+                lock: bool) -> BlobInfo | None:
+    cur = await conn.execute(
+        "SELECT account_id, size, part_size, created_at, complete, sha256 FROM blobs"
+        " WHERE blob_id = %s AND created_at > %s" + (" FOR SHARE" if lock else ""),
+        (blob_id, live_after_ms))
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    cur = await conn.execute("SELECT idx FROM blob_parts WHERE blob_id = %s ORDER BY idx",
+                             (blob_id,))
+    received = tuple(r[0] for r in await cur.fetchall())
+    return BlobInfo(blob_id, row[0], int(row[1]), int(row[2]), int(row[3]), bool(row[4]),
+                    None if row[5] is None else bytes(row[5]), received)
 
 
 async def _live_channel(conn: psycopg.AsyncConnection, channel: str, now_ms: int,

@@ -30,6 +30,9 @@ from imsg_relay.errors import StorageUnavailable
 from imsg_relay.storage.base import (
     Account,
     AccountNotFound,
+    BlobInfo,
+    BlobNotFound,
+    BlobQuotaExceeded,
     Bundle,
     ChannelNotFound,
     DeviceMismatch,
@@ -43,7 +46,7 @@ from imsg_relay.storage.base import (
 
 log = logging.getLogger("imsg_relay.storage")
 
-SCHEMA_VERSION = 2  # 2: provisioning channels
+SCHEMA_VERSION = 3  # 2: provisioning channels; 3: attachment blobs
 
 # No sender column anywhere: an envelope row is (mailbox, message id, bytes, time).
 # Handles are kept only as HMAC-SHA256(relay secret, handle); tokens only as SHA-256.
@@ -107,6 +110,24 @@ CREATE TABLE IF NOT EXISTS provisioning_messages (
     body    BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS provisioning_messages_box ON provisioning_messages (channel, box, seq);
+-- Attachment blobs: metadata only, the ciphertext is in the blob store. The account is the
+-- uploader (quota, writes); downloads are recorded nowhere.
+CREATE TABLE IF NOT EXISTS blobs (
+    blob_id    TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    part_size  INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    complete   INTEGER NOT NULL DEFAULT 0,
+    sha256     BLOB
+);
+CREATE INDEX IF NOT EXISTS blobs_account ON blobs (account_id, created_at);
+CREATE INDEX IF NOT EXISTS blobs_created ON blobs (created_at);
+CREATE TABLE IF NOT EXISTS blob_parts (
+    blob_id TEXT NOT NULL,
+    idx     INTEGER NOT NULL,
+    PRIMARY KEY (blob_id, idx)
+);
 """
 
 CHECKPOINT_INTERVAL = 1.0  # seconds between PASSIVE checkpoints of the WAL
@@ -198,7 +219,7 @@ class _Writer(threading.Thread):
                 try:
                     results.append((op, True, op.fn(conn)))
                 except (StorageConflict, AccountNotFound, DeviceMismatch,
-                        ChannelNotFound) as exc:
+                        ChannelNotFound, BlobNotFound, BlobQuotaExceeded) as exc:
                     results.append((op, False, exc))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -565,6 +586,91 @@ class SQLiteStorage:
             return len(ids)
 
         return await self._write(op)
+
+    # attachment blobs
+
+    async def create_blob(self, blob_id: str, account_id: str, size: int, part_size: int,
+                          now_ms: int, live_after_ms: int, quota: int) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            used = conn.execute(
+                "SELECT coalesce(sum(size), 0) FROM blobs WHERE account_id = ? AND created_at > ?",
+                (account_id, live_after_ms)).fetchone()[0]
+            if used + size > quota:
+                raise BlobQuotaExceeded(used)
+            if conn.execute("SELECT 1 FROM blobs WHERE blob_id = ?", (blob_id,)).fetchone():
+                raise StorageConflict("blob_exists")
+            conn.execute("INSERT INTO blobs (blob_id, account_id, size, part_size, created_at)"
+                         " VALUES (?, ?, ?, ?, ?)",
+                         (blob_id, account_id, size, part_size, now_ms))
+
+        await self._write(op)
+
+    async def get_blob(self, blob_id: str, live_after_ms: int) -> BlobInfo | None:
+        return _blob(self._read(), blob_id, live_after_ms)
+
+    async def add_blob_part(self, blob_id: str, account_id: str, index: int,
+                            live_after_ms: int) -> BlobInfo:
+        def op(conn: sqlite3.Connection) -> BlobInfo:
+            info = _blob(conn, blob_id, live_after_ms)
+            if info is None or info.account_id != account_id:
+                raise BlobNotFound(blob_id)
+            if info.complete:
+                raise StorageConflict("blob_complete")
+            conn.execute("INSERT OR IGNORE INTO blob_parts VALUES (?, ?)", (blob_id, index))
+            return _blob(conn, blob_id, live_after_ms)
+
+        return await self._write(op)
+
+    async def complete_blob(self, blob_id: str, account_id: str, sha256: bytes,
+                            live_after_ms: int) -> BlobInfo:
+        def op(conn: sqlite3.Connection) -> BlobInfo:
+            info = _blob(conn, blob_id, live_after_ms)
+            if info is None or info.account_id != account_id:
+                raise BlobNotFound(blob_id)
+            conn.execute("UPDATE blobs SET complete = 1, sha256 = ? WHERE blob_id = ?"
+                         " AND complete = 0", (sha256, blob_id))
+            return _blob(conn, blob_id, live_after_ms)
+
+        return await self._write(op)
+
+    async def delete_blob(self, blob_id: str, account_id: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("DELETE FROM blobs WHERE blob_id = ? AND account_id = ?"
+                               " RETURNING created_at", (blob_id, account_id)).fetchone()
+            if row is None:
+                return False
+            conn.execute("DELETE FROM blob_parts WHERE blob_id = ?", (blob_id,))
+            return True
+
+        return await self._write(op)
+
+    async def expired_blobs(self, live_after_ms: int, limit: int) -> list[str]:
+        return [r[0] for r in self._read().execute(
+            "SELECT blob_id FROM blobs WHERE created_at <= ? ORDER BY created_at LIMIT ?",
+            (live_after_ms, limit))]
+
+    async def delete_blobs(self, blob_ids: Sequence[str]) -> int:
+        ids = [(b,) for b in dict.fromkeys(blob_ids)]
+
+        def op(conn: sqlite3.Connection) -> int:
+            before = conn.total_changes
+            conn.executemany("DELETE FROM blobs WHERE blob_id = ?", ids)
+            deleted = conn.total_changes - before
+            conn.executemany("DELETE FROM blob_parts WHERE blob_id = ?", ids)
+            return deleted
+
+        return await self._write(op)
+
+
+def _blob(conn: sqlite3.Connection, blob_id: str, live_after_ms: int) -> BlobInfo | None:
+    row = conn.execute("SELECT account_id, size, part_size, created_at, complete, sha256"
+                       " FROM blobs WHERE blob_id = ? AND created_at > ?",
+                       (blob_id, live_after_ms)).fetchone()
+    if row is None:
+        return None
+    received = tuple(r[0] for r in conn.execute(
+        "SELECT idx FROM blob_parts WHERE blob_id = ? ORDER BY idx", (blob_id,)))
+    return BlobInfo(blob_id, row[0], row[1], row[2], row[3], bool(row[4]), row[5], received)
 
 
 def _live_channel(conn: sqlite3.Connection, channel: str, now_ms: int) -> None:

@@ -25,7 +25,7 @@ json_values = st.recursive(
 field_names = st.sampled_from([
     "account_id", "account_key", "handle", "device_list", "device_id", "token", "message_id",
     "messages", "body", "message_ids", "signed_prekey", "kem_last_resort", "one_time",
-    "kem_one_time", "key_id", "public_key", "signature", "channel", "box"])
+    "kem_one_time", "key_id", "public_key", "signature", "channel", "box", "size"])
 shaped = st.dictionaries(field_names, json_values, max_size=8)
 
 # "@channel" stands for a live provisioning channel the fixture opened.
@@ -51,7 +51,8 @@ def test_random_json_never_5xx(fuzz_client, op, body, param, box, auth, query):
     client, ident, channel = fuzz_client
     param = param.replace("@channel", channel)
     path = (op.path.replace("{account_id}", param).replace("{device_id}", param)
-            .replace("{channel}", param).replace("{box}", box))
+            .replace("{channel}", param).replace("{box}", box)
+            .replace("{blob_id}", param).replace("{index}", param))
     headers = {"Content-Type": "application/json"}
     if auth:
         headers.update(ident.headers(2))  # device 2: keep device 1 for the fixture's account
