@@ -435,3 +435,86 @@ def test_parts_uploaded_concurrently(tmp_path):
         with httpx.Client(base_url=live.url) as c:
             alice = register(c)
         asyncio.run(main(live.url))
+
+
+def _proc_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(field)
+
+
+def _chunk(k):
+    return random.Random(k).randbytes(65536)
+
+
+def test_64_mib_blob_streams_through_a_relay_process_in_constant_memory(tmp_path):
+    """Upload 64 MiB in 8 MiB parts (streamed, chunked), read it back whole and in ranges;
+    the relay process's peak RSS grows by less than 20 MB over its warmed-up RSS."""
+    from .helpers import RelayProcess
+    total = 64 * 1024 * 1024
+    relay = RelayProcess(tmp_path / "relay").start()
+    try:
+        pid = relay.proc.pid
+        with httpx.Client(base_url=relay.url, timeout=60) as c:
+            alice = register(c)
+            # warm up every code path with a small blob first
+            small = create(c, alice, 10)
+            put_part(c, alice, small, 0, b"0123456789")
+            c.post(f"/v1/blobs/{small['blob_id']}/complete", headers=alice.headers())
+            assert c.get(f"/v1/blobs/{small['blob_id']}", headers=alice.headers(),
+                         ).content == b"0123456789"
+            before = _proc_kib(pid, "VmRSS")
+
+            blob = create(c, alice, total)
+            part = blob["part_size"]
+            assert part == 8 * 1024 * 1024 and blob["parts"] == 8
+            per_part = part // 65536
+            digest = hashlib.sha256()
+            for i in range(blob["parts"]):
+                for k in range(i * per_part, (i + 1) * per_part):
+                    digest.update(_chunk(k))
+
+                def body(i=i):
+                    for k in range(i * per_part, (i + 1) * per_part):
+                        yield _chunk(k)
+
+                r = c.put(f"/v1/blobs/{blob['blob_id']}/parts/{i}", content=body(),
+                          headers={**alice.headers(), **OCTET})
+                assert r.status_code == 200, r.text
+            r = c.post(f"/v1/blobs/{blob['blob_id']}/complete", headers=alice.headers())
+            assert r.json()["sha256"] == digest.hexdigest()
+            url = f"/v1/blobs/{blob['blob_id']}"
+            got = hashlib.sha256()
+            with c.stream("GET", url, headers=alice.headers()) as resp:
+                assert resp.headers["content-length"] == str(total)
+                for data in resp.iter_bytes():
+                    got.update(data)
+            assert got.hexdigest() == digest.hexdigest()
+            start = 5 * 65536 + 100  # a range across chunk boundaries, and the tail
+            r = c.get(url, headers={**alice.headers(), "Range": f"bytes={start}-{start + 99999}"})
+            expected = b"".join(_chunk(k) for k in range(5, 8))[100:100 + 100000]
+            assert r.status_code == 206 and r.content == expected
+            r = c.get(url, headers={**alice.headers(), "Range": "bytes=-1000"})
+            assert r.content == _chunk(total // 65536 - 1)[-1000:]
+            with c.stream("GET", url, headers={**alice.headers(),
+                                               "Range": f"bytes={total // 2}-"}) as resp:
+                assert resp.status_code == 206
+                assert sum(len(d) for d in resp.iter_bytes()) == total // 2
+            peak = _proc_kib(pid, "VmHWM")
+        assert (peak - before) < 20 * 1024, (before, peak)
+    finally:
+        relay.terminate()
+
+
+def test_openapi_describes_binary_bodies(bclient):
+    doc = bclient.get("/openapi.json").json()
+    put = doc["paths"]["/v1/blobs/{blob_id}/parts/{index}"]["put"]
+    assert list(put["requestBody"]["content"]) == ["application/octet-stream"]
+    get = doc["paths"]["/v1/blobs/{blob_id}"]["get"]
+    for status in ("200", "206"):
+        assert list(get["responses"][status]["content"]) == ["application/octet-stream"]
+    assert "416" in get["responses"]
+    assert doc["components"]["schemas"]["BlobBytes"] == {"type": "string", "format": "binary"}
+    assert "413" in doc["paths"]["/v1/blobs"]["post"]["responses"]

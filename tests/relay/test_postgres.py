@@ -225,3 +225,40 @@ def _tok():
 def _reg_payload(ident):
     from .helpers import registration
     return registration(ident)
+
+
+def test_blob_metadata_on_postgres(pg_schema):
+    from imsg_relay.storage.postgres import PostgresStorage
+
+    from .test_blob_storage import blob_storage_scenario
+
+    async def scenario():
+        s = PostgresStorage(PG, schema=pg_schema, pool_size=2)
+        await s.open()
+        try:
+            await blob_storage_scenario(s)
+        finally:
+            await s.close()
+
+    asyncio.run(scenario())
+
+
+def test_blob_upload_and_ranged_download_on_postgres(pg_live):
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    with httpx.Client(base_url=pg_live.url, timeout=30) as c:
+        alice, bob = register(c), register(c)
+        blob = c.post("/v1/blobs", json={"size": len(data)}, headers=alice.headers()).json()
+        assert blob["parts"] == 1
+        r = c.put(f"/v1/blobs/{blob['blob_id']}/parts/0", content=data,
+                  headers={**alice.headers(), "Content-Type": "application/octet-stream"})
+        assert r.json() == {"received": [0], "complete": True}
+        r = c.post(f"/v1/blobs/{blob['blob_id']}/complete", headers=alice.headers())
+        import hashlib
+        assert r.json()["sha256"] == hashlib.sha256(data).hexdigest()
+        url = f"/v1/blobs/{blob['blob_id']}"
+        assert c.get(url, headers=bob.headers()).content == data
+        r = c.get(url, headers={**bob.headers(), "Range": "bytes=10-19"})
+        assert r.status_code == 206 and r.content == data[10:20]
+        assert c.delete(url, headers=bob.headers()).status_code == 404
+        assert c.delete(url, headers=alice.headers()).status_code == 200
+        assert c.get(url, headers=bob.headers()).status_code == 404
