@@ -860,6 +860,20 @@ class Client:
             paths.append(path)
         return paths
 
+    def delete_messages(self, message_ids: list[str]) -> int:
+        """Delete messages from this home, with the attachment files saved for them.
+        (secure_delete overwrites the rows; other devices keep their own copies.)"""
+        self._account()
+        known = [m for m in message_ids if self.store.has_message(m)]
+        with self.store.transaction():
+            paths = self.store.delete_messages(known)
+        for path in paths:
+            try:
+                Path(path).unlink()
+            except FileNotFoundError:
+                pass
+        return len(known)
+
     # --- devices ---
 
     def devices(self, *, refresh: bool = True) -> list["DeviceInfo"]:

@@ -42,3 +42,17 @@ def history(
 def _preview(text: str, width: int = 40) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def delete(
+    ctx: typer.Context,
+    message_ids: Annotated[list[str], typer.Argument(help="Ids of messages to delete from this home.")],
+) -> None:
+    """Delete messages from this home, and the attachment files saved for them."""
+    state: State = ctx.obj
+    with state.client() as client:
+        n = client.delete_messages(message_ids)
+    if state.out.json:
+        state.out.record({"deleted": n})
+    else:
+        state.out.info(f"deleted {n} message(s)")

@@ -126,6 +126,10 @@ class MessageStore(Protocol):
         ...
 
     def mark_shown(self, message_ids: list[str]) -> None: ...
+    def delete_messages(self, message_ids: list[str]) -> list[str]:
+        """Delete messages and their attachment records; return the attachment files that
+        were saved for them (the caller removes those files)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -223,3 +223,14 @@ class MemoryStore:
 
     def remove_upload(self, blob_id: str) -> None:
         self._uploads.pop(blob_id, None)
+
+    def delete_messages(self, message_ids: list[str]) -> list[str]:
+        paths = []
+        for mid in message_ids:
+            self._messages.pop(mid, None)
+            self._shown.discard(mid)
+            for key in [k for k in self._attachments if k[0] == mid]:
+                saved = self._attachments.pop(key).saved_path
+                if saved:
+                    paths.append(saved)
+        return paths

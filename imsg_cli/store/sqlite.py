@@ -374,6 +374,16 @@ class SQLiteStore:
         self._db.execute("DELETE FROM uploads WHERE blob_id = ?", (blob_id,))
 
 
+    def delete_messages(self, message_ids: list[str]) -> list[str]:
+        paths = []
+        for mid in message_ids:
+            paths += [r[0] for r in self._db.execute(
+                "SELECT saved_path FROM attachments WHERE message_id = ? AND saved_path != ''", (mid,))]
+            self._db.execute("DELETE FROM attachments WHERE message_id = ?", (mid,))
+            self._db.execute("DELETE FROM messages WHERE message_id = ?", (mid,))
+        return paths
+
+
 def _pack_envelopes(envelopes: tuple[tuple[int, bytes], ...]) -> bytes:
     from imsg_cli.protocol.encoding import Writer
 

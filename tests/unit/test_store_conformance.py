@@ -296,3 +296,19 @@ def test_sqlite_file_is_private_and_survives_reopen(tmp_path: Path):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     finally:
         s2.close()
+
+
+def test_delete_messages_returns_saved_attachment_files(store):
+    from imsg_cli.protocol.stores import StoredAttachment, StoredMessage
+
+    with store.transaction():
+        for i in range(2):
+            store.add_message(StoredMessage(f"{i:032x}", "a" * 32, "bob@example.com", "in", "bob@example.com",
+                                            "me@example.com", f"m{i}", 1000 + i, 2000 + i))
+            store.add_attachments([StoredAttachment(f"{i:032x}", 0, "b" * 32, bytes(32), bytes(32), 16, "f", "t")])
+        store.set_saved_path(f"{0:032x}", 0, "/tmp/saved-file")
+    with store.transaction():
+        paths = store.delete_messages([f"{0:032x}", "f" * 32])
+    assert paths == ["/tmp/saved-file"]
+    assert not store.has_message(f"{0:032x}") and store.attachments(f"{0:032x}") == []
+    assert store.has_message(f"{1:032x}") and len(store.attachments(f"{1:032x}")) == 1
