@@ -84,28 +84,47 @@ class FilesystemBlobStore:
 
 
 class _Writer:
+    """Gathers received chunks into writes of about BLOB_READ_CHUNK bytes (`pwritev`, no
+    copy) and keeps one write in flight in a thread while the next one fills, so receiving
+    and writing overlap. At most two such buffers are held at once."""
+
     def __init__(self, fd: int, offset: int) -> None:
         self.fd = fd
         self.offset = offset
-        self.buffer = bytearray()
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.in_flight: asyncio.Future[None] | None = None
 
     async def write(self, data: bytes) -> None:
-        self.buffer += data
-        if len(self.buffer) >= BLOB_READ_CHUNK:
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        if self.pending_bytes >= BLOB_READ_CHUNK:
             await self._flush()
 
     async def _flush(self) -> None:
-        if self.buffer:
-            data, self.buffer = bytes(self.buffer), bytearray()
-            await asyncio.to_thread(_pwrite_all, self.fd, data, self.offset)
-            self.offset += len(data)
+        if self.in_flight is not None:
+            in_flight, self.in_flight = self.in_flight, None
+            await in_flight
+        if self.pending:
+            chunks, offset = self.pending, self.offset
+            self.pending, self.offset = [], self.offset + self.pending_bytes
+            self.pending_bytes = 0
+            loop = asyncio.get_running_loop()
+            self.in_flight = loop.run_in_executor(None, _pwritev_all, self.fd, chunks, offset)
 
     async def sync(self) -> None:
         await self._flush()
+        await self._flush()  # waits for the last write
         await asyncio.to_thread(os.fsync, self.fd)
 
     async def close(self) -> None:
-        self.buffer = bytearray()
+        self.pending = []
+        if self.in_flight is not None:  # never close the fd under a running write
+            in_flight, self.in_flight = self.in_flight, None
+            try:
+                await asyncio.shield(in_flight)
+            except Exception:
+                pass
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
             os.close(fd)
@@ -141,12 +160,20 @@ class _Reader:
             os.close(fd)
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
+def _pwritev_all(fd: int, chunks: list[bytes], offset: int) -> None:
+    views = [memoryview(c) for c in chunks if c]
+    while views:
+        n = os.pwritev(fd, views[:_IOV_MAX], offset)
         offset += n
+        while n:
+            if n >= len(views[0]):
+                n -= len(views.pop(0))
+            else:
+                views[0] = views[0][n:]
+                n = 0
+
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
 def _fsync_dir(path: Path) -> None:
