@@ -124,3 +124,36 @@ def test_filesystem_store(tmp_path):
 
     asyncio.run(main())
     assert not os.listdir(tmp_path / "blobs" / "ab")
+
+
+def test_sweep_of_1001_expired_blobs_runs_in_batches_of_1000(tmp_path):
+    """SECURITY-TESTS R4 for blobs: rows and files gone, never more than 1000 per batch."""
+    from imsg_relay.sweeper import SWEEP_BATCH, sweep_blobs
+
+    async def main():
+        s = SQLiteStorage(tmp_path)
+        store = FilesystemBlobStore(tmp_path / "blobs")
+        await s.open()
+        try:
+            ids = [os.urandom(16).hex() for _ in range(SWEEP_BATCH + 1)]
+            for i, bid in enumerate(ids):
+                await s.create_blob(bid, A, 1, 1024, now_ms=i, live_after_ms=0, quota=10**9)
+                await store.create(bid, 1)
+            await s.create_blob("f" * 32, A, 1, 1024, now_ms=5_000, live_after_ms=0, quota=10**9)
+            batches = []
+            real = s.expired_blobs
+
+            async def recording(live_after_ms, limit):
+                got = await real(live_after_ms, limit)
+                batches.append(len(got))
+                return got
+
+            s.expired_blobs = recording
+            assert await sweep_blobs(s, store, 4_999) == SWEEP_BATCH + 1
+            assert batches == [SWEEP_BATCH, 1]
+            assert await real(10**12, 10) == ["f" * 32]
+        finally:
+            await s.close()
+        assert [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()] == []
+
+    asyncio.run(main())
