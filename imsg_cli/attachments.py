@@ -190,18 +190,22 @@ def download(relay: RelayClient, attachment: StoredAttachment, out_dir: Path, *,
             temp.unlink()
             digest, have = hashlib.sha256(), 0
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(fd, "ab") as out:
-        if have < attachment.size:
-            for chunk in relay.download_blob(attachment.blob_id, start=have):
-                have += len(chunk)
-                if have > attachment.size:
-                    break  # longer than the sender said: stop reading, fail below
-                out.write(chunk)
-                digest.update(chunk)
-                if progress:
-                    progress(len(chunk))
-        out.flush()
-        os.fsync(out.fileno())
+    try:
+        with os.fdopen(fd, "ab") as out:
+            if have < attachment.size:
+                for chunk in relay.download_blob(attachment.blob_id, start=have):
+                    have += len(chunk)
+                    if have > attachment.size:
+                        break  # longer than the sender said: stop reading, fail below
+                    out.write(chunk)
+                    digest.update(chunk)
+                    if progress:
+                        progress(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+    except errors.RelayRefusedError:
+        temp.unlink(missing_ok=True)  # refused (e.g. purged): nothing to resume, leave nothing
+        raise
     if have != attachment.size or not constant_time_equal(digest.digest(), attachment.digest):
         temp.unlink(missing_ok=True)
         raise errors.SecurityError(
@@ -214,6 +218,7 @@ def download(relay: RelayClient, attachment: StoredAttachment, out_dir: Path, *,
             stream.decrypt_file(attachment.key, src, dst)
     except AuthenticationError:
         target.unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)  # it would fail the same way again
         raise errors.SecurityError(f"attachment {attachment.name!r} failed to decrypt: tampered") from None
     temp.unlink(missing_ok=True)
     return target
