@@ -983,6 +983,17 @@ class Client:
                 "history": self._history_for_link(history),
             }
             relay.put_box(channel_hex, prov.TO_NEW, prov.seal_box(pairing.secret, pairing.channel, prov.TO_NEW, 0, welcome))
+            # Closing the channel deletes what it holds: wait for the new device to say it
+            # has the welcome (or for a short timeout) before closing.
+            ack_deadline = time.monotonic() + min(60.0, max(5.0, deadline - time.monotonic()))
+            while time.monotonic() < ack_deadline:
+                ack = relay.get_box(channel_hex, prov.TO_EXISTING, wait=min(30, ack_deadline - time.monotonic()))
+                if ack is not None:
+                    try:
+                        prov.open_box(pairing.secret, pairing.channel, prov.TO_EXISTING, 1, ack)
+                        break
+                    except ProtocolError:
+                        continue  # not our peer's: keep waiting for the real acknowledgement
         finally:
             try:
                 relay.close_channel(channel_hex)
@@ -1040,6 +1051,11 @@ class Client:
                             "the other device did not accept this device: wrong code, or it expired",
                             hint="check the code, or run imsg device add again for a new one") from None
                     raise
+            try:  # tell the other device it may close the channel (closing drops its contents)
+                relay.put_box(channel.hex(), prov.TO_EXISTING,
+                              prov.seal_box(secret, channel, prov.TO_EXISTING, 1, {"v": 1, "received": True}))
+            except errors.ImsgError:
+                pass  # it closes after a timeout anyway
         finally:
             relay.close()
         try:

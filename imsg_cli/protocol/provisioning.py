@@ -13,6 +13,8 @@ device's) that never reaches the relay:
 2. The existing device signs it into the device list with the account key, registers it
    at the relay, and sends back the account: its key, the signed list, contacts and,
    if asked, recent history (box 0 to the new device).
+3. The new device acknowledges (box 1 to the existing device), and only then does the
+   existing device close the channel: closing deletes what the channel still holds.
 
 The relay sees ciphertext only. Without the secret it cannot read either box, and it cannot
 forge one: a box that fails authentication aborts the link on either side. The secret is

@@ -716,3 +716,21 @@ def test_device_ids_are_never_reused(make_client, relay):
     assert [(m.id, m.text) for m in bob2b.receive()] == [(sent.id, "after the swap")]
     assert problems(bob2b) == []
     assert texts(bob.receive()) == ["after the swap"]
+
+
+def test_a_slow_new_device_still_gets_the_welcome(make_client, relay, monkeypatch):
+    """Closing a pairing channel deletes its boxes, so the existing device must not close
+    it before the new device has fetched the welcome: it waits for the new device's
+    acknowledgement. (Found as a rare CI failure when the existing device closed first.)"""
+    alice = make_client("alice")
+    real_get_box = RelayClient.get_box
+
+    def slow_to_fetch_the_welcome(self, channel, box, *, wait=0):
+        if box == prov.TO_NEW:
+            time.sleep(1.0)  # the existing device has posted the welcome by now
+        return real_get_box(self, channel, box, wait=wait)
+
+    monkeypatch.setattr(RelayClient, "get_box", slow_to_fetch_the_welcome)
+    laptop, info = link(make_client, relay, alice, "alice-laptop")
+    assert laptop.whoami().device_id == info.device_id == 2
+    laptop.close()
