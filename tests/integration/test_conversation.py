@@ -106,7 +106,8 @@ def test_long_poll_returns_promptly_when_a_message_lands(make_client, relay, tmp
     th.join(10)
     assert texts(got) == ["ping"]
     assert returned - t0 >= 0.25  # it really waited for the send
-    assert returned - out["landed"] < 1.0, "long poll did not wake up when the envelope landed"
+    # Woken by the push (the wait was 20 s); the margin covers decrypt, store and ack on a busy machine.
+    assert returned - out["landed"] < 5.0, "long poll did not wake up when the envelope landed"
 
 
 def test_watch_yields_a_message_sent_from_another_thread(make_client, relay, tmp_path):
@@ -120,7 +121,7 @@ def test_watch_yields_a_message_sent_from_another_thread(make_client, relay, tmp
     returned = time.monotonic()
     th.join(10)
     assert texts(seen) == ["watched"] and seen[0].sender == "alice@example.com"
-    assert returned - out["landed"] < 1.0
+    assert returned - out["landed"] < 5.0  # woken by the push, not by the wait running out
 
 
 def test_history_and_chats(make_client):
