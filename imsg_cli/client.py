@@ -349,17 +349,10 @@ class Client:
             raise errors.UntrustedIdentityError("relay served a malformed account key") from None
         if account_id_for(account_key) != account_id:
             raise errors.UntrustedIdentityError("relay served an account key that does not match the account")
-        known = self.store.get_contact(account_id)
-        if known is not None and known.account_key != account_key:
-            raise errors.UntrustedIdentityError("account key changed")  # unreachable: ids derive from keys
-        try:
-            devices = verify_device_list(remote.device_list, account_key)
-        except (ProtocolUntrusted, DecodeError) as exc:
-            raise errors.UntrustedIdentityError(f"device list rejected: {exc}") from None
+        known = self.store.get_contact(account_id)  # same id, so the same key: ids derive from keys
+        old = verify_device_list(known.device_list, account_key) if known is not None else None
+        devices = _accept_device_list(remote.device_list, account_key, old, "the contact's")
         if known is not None:
-            old = verify_device_list(known.device_list, account_key)
-            if devices.serial < old.serial:
-                raise errors.UntrustedIdentityError("relay served an older device list than one already seen")
             added = set(devices.device_ids) - set(old.device_ids)
             if added and known.status == "ok":
                 # Signed by the same account key: shown, but the safety number is unchanged.
@@ -430,24 +423,12 @@ class Client:
         it and it is not older than the one we hold (the relay cannot add or roll back)."""
         account = self._account()
         remote = self.relay().get_account(account.account_id)
-        try:
-            devices = verify_device_list(remote.device_list, account.account_public)
-        except (ProtocolUntrusted, DecodeError) as exc:
-            raise errors.UntrustedIdentityError(f"our own device list from the relay is not ours: {exc}") from None
         current = self._own_devices(account)
-        if devices.serial < current.serial:
-            raise errors.UntrustedIdentityError("relay served an older device list of our own account")
+        devices = _accept_device_list(remote.device_list, account.account_public, current, "our own")
         if devices.serial > current.serial:
             with self.store.transaction():
                 self.store.save_account(replace(account, device_list=remote.device_list))
-        return devices if devices.serial >= current.serial else current
-
-    def safety_number(self, handle: str) -> str:
-        account = self._account()
-        contact = self.store.contact_by_handle(canonical_handle(handle))
-        if contact is None:
-            raise errors.UnknownContactError(f"no contact {handle}")
-        return safety_number(account.account_public, contact.account_key)
+        return devices
 
     # --- sending ---
 
@@ -755,9 +736,7 @@ class Client:
             self.problems.append(Problem(e.message_id, "rejected", "envelope names an unknown sender account"))
         except DuplicateMessageError as exc:
             self.problems.append(Problem(e.message_id, "duplicate", str(exc)))
-        except (RemoteProtocolError, errors.SecurityError) as exc:
-            self.problems.append(Problem(e.message_id, "rejected", str(exc)))
-        except ProtocolError as exc:
+        except (ProtocolError, errors.SecurityError) as exc:
             self.problems.append(Problem(e.message_id, "rejected", str(exc)))
         return False
 
@@ -1229,3 +1208,15 @@ def _stored_attachments(message_id: str, pointers) -> list:
 
     return [StoredAttachment(message_id, i, p.blob_id, p.key, p.digest, p.size, p.name, p.content_type)
             for i, p in enumerate(pointers)]
+
+
+def _accept_device_list(blob: bytes, account_key: bytes, seen: DeviceList | None, whose: str) -> DeviceList:
+    """A relay-served device list, only if `account_key` signed it and it is not older than
+    one already seen (the relay can neither add a device nor roll a removal back)."""
+    try:
+        devices = verify_device_list(blob, account_key)
+    except (ProtocolUntrusted, DecodeError) as exc:
+        raise errors.UntrustedIdentityError(f"{whose} device list from the relay is rejected: {exc}") from None
+    if seen is not None and devices.serial < seen.serial:
+        raise errors.UntrustedIdentityError(f"relay served an older device list of {whose} account than one seen")
+    return devices
