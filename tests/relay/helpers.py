@@ -183,3 +183,40 @@ class RelayProcess:
         import signal
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(10)
+
+
+def flood_until_answered(port: int, head: bytes, *, give_up_after: int = 64 * 1024 * 1024) -> tuple[bytes, int]:
+    """Open a raw connection, send `head` (request line and headers of a chunked request),
+    then stream 64 KiB chunks until the relay answers (or `give_up_after` bytes). Returns the
+    answer's head and how many body bytes were sent: a relay that checks its cap while
+    streaming answers 413 long before the end."""
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(head)
+    chunk = b"x" * 65536
+    sent = 0
+    answer = b""
+    sock.settimeout(0.05)
+    try:
+        while sent < give_up_after:
+            try:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            try:
+                answer += sock.recv(65536)
+            except socket.timeout:
+                continue
+            if answer:
+                break
+        sock.settimeout(5)
+        while b"\r\n\r\n" not in answer:
+            more = sock.recv(65536)
+            if not more:
+                break
+            answer += more
+    finally:
+        sock.close()
+    return answer, sent

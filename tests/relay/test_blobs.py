@@ -8,7 +8,6 @@ import hashlib
 import logging
 import os
 import random
-import socket
 import sqlite3
 import stat
 
@@ -19,7 +18,7 @@ from starlette.testclient import TestClient
 from imsg_relay.app import create_app
 from imsg_relay.sweeper import sweep_blobs
 
-from .helpers import register, relay_settings
+from .helpers import flood_until_answered, register, relay_settings
 
 PART = 4096
 DAY = 86_400.0
@@ -375,36 +374,11 @@ def test_part_streamed_past_its_size_is_refused_before_the_end(tmp_path):
     with LiveRelay(settings) as live, httpx.Client(base_url=live.url) as c:
         alice = register(c)
         blob = create(c, alice, 4 * 1024 * 1024)
-        sock = socket.create_connection(("127.0.0.1", live.port), timeout=10)
-        sock.sendall(f"PUT /v1/blobs/{blob['blob_id']}/parts/0 HTTP/1.1\r\nHost: x\r\n"
-                     f"Authorization: Bearer {alice.tokens[1]}\r\n"
-                     "Content-Type: application/octet-stream\r\n"
-                     "Transfer-Encoding: chunked\r\n\r\n".encode())
-        chunk = b"x" * 65536
-        sent = 0
-        answer = b""
-        sock.settimeout(0.05)
-        try:
-            while sent < 64 * 1024 * 1024:
-                try:
-                    sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                    sent += len(chunk)
-                except (BrokenPipeError, ConnectionResetError):
-                    break
-                try:
-                    answer += sock.recv(65536)
-                except socket.timeout:
-                    continue
-                if answer:
-                    break
-            sock.settimeout(5)
-            while b"\r\n\r\n" not in answer:
-                more = sock.recv(65536)
-                if not more:
-                    break
-                answer += more
-        finally:
-            sock.close()
+        answer, sent = flood_until_answered(
+            live.port, f"PUT /v1/blobs/{blob['blob_id']}/parts/0 HTTP/1.1\r\nHost: x\r\n"
+                       f"Authorization: Bearer {alice.tokens[1]}\r\n"
+                       "Content-Type: application/octet-stream\r\n"
+                       "Transfer-Encoding: chunked\r\n\r\n".encode())
         assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
         assert sent < 4 * 1024 * 1024
         status = c.get(f"/v1/blobs/{blob['blob_id']}/status", headers=alice.headers()).json()

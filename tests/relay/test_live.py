@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import httpx
 
-from .helpers import b64, new_message_id, register
+from .helpers import b64, flood_until_answered, new_message_id, register
 
 
 def _keys_body(n: int) -> dict:
@@ -96,33 +95,8 @@ def test_same_message_id_three_times_concurrently_r2(live):
 
 def test_streamed_body_past_the_cap_is_refused_before_the_end(live):
     """A chunked body with no Content-Length: 413 arrives while the client still sends."""
-    sock = socket.create_connection(("127.0.0.1", live.port), timeout=10)
-    sock.sendall(b"POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Transfer-Encoding: chunked\r\n\r\n")
-    chunk = b"x" * 65536
-    sent = 0
-    answer = b""
-    sock.settimeout(0.05)
-    try:
-        while sent < 64 * 1024 * 1024:  # give up after 64 MiB: the relay never answered
-            try:
-                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                sent += len(chunk)
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            try:
-                answer += sock.recv(65536)
-            except socket.timeout:
-                continue
-            if answer:
-                break
-        sock.settimeout(5)
-        while b"\r\n\r\n" not in answer:
-            more = sock.recv(65536)
-            if not more:
-                break
-            answer += more
-    finally:
-        sock.close()
+    answer, sent = flood_until_answered(
+        live.port, b"POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   b"Transfer-Encoding: chunked\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert sent < 4 * 1024 * 1024  # refused soon after the 1 MiB cap, not after the end
