@@ -380,8 +380,8 @@ def no_decrypt(monkeypatch):
 
 
 def _two_equal_blobs(alice, bob, tmp_path, n=3 * SEG + 100):
-    a = alice.send(BOB, attachments=[write(tmp_path / "src" / "a.bin", data(n, 1))])
-    b = alice.send(BOB, attachments=[write(tmp_path / "src" / "b.bin", data(n, 2))])
+    alice.send(BOB, attachments=[write(tmp_path / "src" / "a.bin", data(n, 1))])
+    alice.send(BOB, attachments=[write(tmp_path / "src" / "b.bin", data(n, 2))])
     ma, mb = bob.receive()
     return ma, mb
 

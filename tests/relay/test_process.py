@@ -10,7 +10,6 @@ import threading
 import time
 
 import httpx
-import pytest
 
 from .helpers import RelayProcess, b64, new_message_id, register
 
