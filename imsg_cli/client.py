@@ -278,6 +278,7 @@ class Client:
             account_public=account_key.public, account_private=account_key.private,
             device_id=1, identity_private=device.identity.private, signing_private=device.signing.private,
             device_list=device_list, relay_url=relay.base_url, token=token, created_at=now,
+            profile_key=self._rng(32),
         )
         self.store.save_account(account)
         self._relay = relay
@@ -362,7 +363,8 @@ class Client:
         contact = Contact(account_id, handle or (known.handle if known else ""), account_key, remote.device_list,
                           verified=known.verified if known else False,
                           first_seen=known.first_seen if known else self._now(),
-                          status=known.status if known else "ok")
+                          status=known.status if known else "ok",
+                          profile_key=known.profile_key if known else b"")
         return contact, devices
 
     def _resolve(self, handle: str, on_key_change: str = "hold") -> tuple[Contact, DeviceList]:
@@ -954,9 +956,11 @@ class Client:
                 "v": 1, "account_id": account.account_id, "handle": account.handle, "name": account.name,
                 "account_private": prov.b64(account.account_private), "device_id": device_id,
                 "device_list": prov.b64(blob), "relay": relay.base_url,
+                "profile_key": prov.b64(account.profile_key),
                 "contacts": [
                     {"account_id": c.account_id, "handle": c.handle, "account_key": prov.b64(c.account_key),
-                     "device_list": prov.b64(c.device_list), "verified": c.verified, "status": c.status}
+                     "device_list": prov.b64(c.device_list), "verified": c.verified, "status": c.status,
+                     "profile_key": prov.b64(c.profile_key)}
                     for c in self.store.contacts() if c.status != "replaced"
                 ],
                 "history": self._history_for_link(history),
@@ -1051,6 +1055,7 @@ class Client:
                 raise DecodeError("the account's device list does not hold this device")
             handle = canonical_handle(prov.field(welcome, "handle", str))
             contacts = [self._contact_from_link(c) for c in prov.field(welcome, "contacts", list)]
+            profile_key = _optional_key(welcome, "profile_key")
             history = prov.field(welcome, "history", list)
         except (ProtocolError, errors.UsageError) as exc:
             raise errors.SecurityError(f"pairing failed: {exc}") from None
@@ -1060,6 +1065,7 @@ class Client:
             account_public=account_key.public, account_private=account_private, device_id=device_id,
             identity_private=device.identity.private, signing_private=device.signing.private,
             device_list=blob, relay_url=self._relay_url, token=token, created_at=now,
+            profile_key=profile_key,
         )
         with self.store.transaction():
             self.store.save_account(account)
@@ -1085,7 +1091,7 @@ class Client:
         verify_device_list(blob, key)
         status = doc.get("status") if doc.get("status") in ("ok", "changed") else "ok"
         return Contact(account_id, canonical_handle(prov.field(doc, "handle", str)), key, blob,
-                       bool(doc.get("verified", False)), 0, status)
+                       bool(doc.get("verified", False)), 0, status, _optional_key(doc, "profile_key"))
 
     # --- contacts, verification and trust ---
 
@@ -1194,6 +1200,13 @@ def _message_from_link(doc, account: LocalAccount, now: int) -> StoredMessage | 
                              str(doc["from"]), str(doc["to"]), str(doc["text"]), int(doc["sent_at"]), now, 0)
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def _optional_key(doc: dict, name: str) -> bytes:
+    """A 32-byte key field that older peers may leave out (or send empty)."""
+    if not doc.get(name):
+        return b""
+    return prov.unb64(doc, name, 32)
 
 
 def _plain_size(ciphertext_size: int) -> int:

@@ -33,6 +33,9 @@ class LocalAccount:
     relay_url: str
     token: str  # relay bearer token for this device
     created_at: int
+    # 32 random bytes shared by all of the account's devices: it encrypts the name and
+    # photo on the relay and derives the unidentified-access key for sealed sender.
+    profile_key: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,7 @@ class Contact:
     # to this (new) account; nothing is sent to it until the user trusts it. "replaced":
     # an identity the user has moved on from (kept for its history).
     status: str = "ok"
+    profile_key: bytes = b""  # the contact's profile key, once they shared it with us
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +215,17 @@ class OutboxStore(Protocol):
     def remove_outgoing(self, message_id: str, account_id: str) -> None: ...
 
 
+class SettingsStore(Protocol):
+    """Small named settings of this home (retention, which handle starts conversations,
+    sharing policy...), as text; each feature owns its keys and their format."""
+
+    def get_setting(self, key: str) -> str | None: ...
+    def set_setting(self, key: str, value: str | None) -> None:
+        """Set a setting; None deletes it."""
+        ...
+
+
 class Store(AccountStore, PreKeyStore, SessionStore, ContactStore, MessageStore, OutboxStore, HeldStore,
-            AttachmentStore, Protocol):
+            AttachmentStore, SettingsStore, Protocol):
     def transaction(self) -> AbstractContextManager[None]: ...
     def close(self) -> None: ...

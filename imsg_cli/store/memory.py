@@ -37,11 +37,12 @@ class MemoryStore:
         self._held: dict[str, HeldMessage] = {}
         self._attachments: dict[tuple[str, int], StoredAttachment] = {}
         self._uploads: dict[str, Upload] = {}
+        self._settings: dict[str, str] = {}
         self._depth = 0
 
     _STATE = ("_account", "_signed", "_kem", "_one_time", "_next_id", "_sessions",
               "_contacts", "_messages", "_shown", "_outbox", "_held",
-              "_attachments", "_uploads")
+              "_attachments", "_uploads", "_settings")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -72,6 +73,16 @@ class MemoryStore:
 
     def save_account(self, account: LocalAccount) -> None:
         self._account = account
+
+    # settings
+    def get_setting(self, key: str) -> str | None:
+        return self._settings.get(key)
+
+    def set_setting(self, key: str, value: str | None) -> None:
+        if value is None:
+            self._settings.pop(key, None)
+        else:
+            self._settings[key] = value
 
     # prekeys
     def get_signed_prekey(self, key_id: int) -> SignedPreKey | None:

@@ -80,11 +80,18 @@ CREATE TABLE IF NOT EXISTS uploads (
     digest BLOB NOT NULL, complete INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS uploads_source ON uploads (path, plain_size, mtime_ns);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
     message_id TEXT NOT NULL, account_id TEXT NOT NULL, envelopes BLOB NOT NULL,
     created_at INTEGER NOT NULL, PRIMARY KEY (message_id, account_id)
 );
 """
+
+# (table, column, declaration) added after the table's first release; see _migrate.
+_ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("account", "profile_key", "BLOB NOT NULL DEFAULT x''"),
+    ("contacts", "profile_key", "BLOB NOT NULL DEFAULT x''"),
+)
 
 
 class SQLiteStore:
@@ -108,6 +115,15 @@ class SQLiteStore:
         self._db.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
         )
+        # Columns added after a table was first created: each feature lists its own here, so
+        # an older home gains them on open, and two features never fight over a version number.
+        for table, column, decl in _ADDED_COLUMNS:
+            self._ensure_column(table, column, decl)
+
+    def _ensure_column(self, table: str, column: str, decl: str) -> None:
+        names = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+        if column not in names:
+            self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -140,17 +156,31 @@ class SQLiteStore:
     def load_account(self) -> LocalAccount | None:
         row = self._one(
             "SELECT account_id, handle, name, account_public, account_private, device_id, "
-            "identity_private, signing_private, device_list, relay_url, token, created_at "
+            "identity_private, signing_private, device_list, relay_url, token, created_at, profile_key "
             "FROM account WHERE id = 1"
         )
         return LocalAccount(*row) if row else None
 
     def save_account(self, a: LocalAccount) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO account VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO account (id, account_id, handle, name, account_public, account_private, "
+            "device_id, identity_private, signing_private, device_list, relay_url, token, created_at, "
+            "profile_key) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (a.account_id, a.handle, a.name, a.account_public, a.account_private, a.device_id,
-             a.identity_private, a.signing_private, a.device_list, a.relay_url, a.token, a.created_at),
+             a.identity_private, a.signing_private, a.device_list, a.relay_url, a.token, a.created_at,
+             a.profile_key),
         )
+
+    # settings
+    def get_setting(self, key: str) -> str | None:
+        row = self._one("SELECT value FROM settings WHERE key = ?", (key,))
+        return row[0] if row else None
+
+    def set_setting(self, key: str, value: str | None) -> None:
+        if value is None:
+            self._db.execute("DELETE FROM settings WHERE key = ?", (key,))
+        else:
+            self._db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, value))
 
     # prekeys
     def _get_prekey(self, kind: str, key_id: int) -> bytes | None:
@@ -227,13 +257,14 @@ class SQLiteStore:
         )
 
     # contacts
-    _CONTACT = "SELECT account_id, handle, account_key, device_list, verified, first_seen, status FROM contacts"
+    _CONTACT = ("SELECT account_id, handle, account_key, device_list, verified, first_seen, status, profile_key "
+                "FROM contacts")
 
     @staticmethod
     def _contact(row) -> Contact | None:
         if row is None:
             return None
-        return Contact(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
+        return Contact(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6], row[7])
 
     def get_contact(self, account_id: str) -> Contact | None:
         return self._contact(self._one(self._CONTACT + " WHERE account_id = ?", (account_id,)))
@@ -249,8 +280,10 @@ class SQLiteStore:
 
     def save_contact(self, c: Contact) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO contacts VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (c.account_id, c.handle, c.account_key, c.device_list, int(c.verified), c.first_seen, c.status),
+            "INSERT OR REPLACE INTO contacts (account_id, handle, account_key, device_list, verified, "
+            "first_seen, status, profile_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (c.account_id, c.handle, c.account_key, c.device_list, int(c.verified), c.first_seen, c.status,
+             c.profile_key),
         )
 
     def contacts(self) -> list[Contact]:

@@ -179,6 +179,10 @@ def test_second_and_third_device_link_with_contacts_names_and_history(make_clien
         assert [d.device_id for d in listed] == [1, 2, 3]
         assert [d.this_device for d in listed] == [d == dev for d in (1, 2, 3)]
         assert [d.name for d in listed][1:] == ["Alice's laptop QX7", "Alice's tablet ZK9"]
+        # One profile key for the account, on every device (it derives the name-and-photo
+        # key and the unidentified-access key).
+        profile_key = c.store.load_account().profile_key
+        assert len(profile_key) == 32 and profile_key == alice.store.load_account().profile_key
 
     # history=3: the three most recent messages across conversations; history=0: none.
     assert [t for _, _, t in conversation(alice2, BOB)] == ["b1", "a2"]

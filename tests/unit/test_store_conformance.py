@@ -145,9 +145,31 @@ def test_contacts(store):
     assert store.get_contact(PEER) == c1
     assert store.contact_by_handle("@ann") == c2
     assert [c.handle for c in store.contacts()] == ["@ann", "@bob"]
-    c1b = Contact(PEER, "@bob", b"k" * 32, b"newlist", verified=True, first_seen=T0)
+    c1b = Contact(PEER, "@bob", b"k" * 32, b"newlist", verified=True, first_seen=T0, profile_key=b"p" * 32)
     store.save_contact(c1b)
     assert store.get_contact(PEER) == c1b and len(store.contacts()) == 2
+
+
+def test_account_profile_key_round_trips(store):
+    store.save_account(_account(profile_key=b"q" * 32))
+    assert store.load_account().profile_key == b"q" * 32
+
+
+def test_settings(store):
+    assert store.get_setting("retention") is None
+    store.set_setting("retention", "30d")
+    store.set_setting("start_from", "+14155550100")
+    assert store.get_setting("retention") == "30d"
+    store.set_setting("retention", "forever")
+    assert store.get_setting("retention") == "forever"
+    store.set_setting("retention", None)
+    store.set_setting("never-set", None)  # deleting what is not there is no error
+    assert store.get_setting("retention") is None and store.get_setting("start_from") == "+14155550100"
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.set_setting("start_from", "changed")
+            raise RuntimeError("rolled back")
+    assert store.get_setting("start_from") == "+14155550100"
 
 
 # --- messages ---
@@ -270,6 +292,26 @@ def test_transaction_commits(store):
 
 
 # --- SQLite specifics ---
+
+
+def test_sqlite_opens_a_home_made_before_later_columns(tmp_path: Path):
+    """A home whose tables predate a column (profile_key here) gains it on open, and the
+    rows it held read back with the column's default."""
+    import sqlite3
+
+    path = tmp_path / "old" / "imsg.db"
+    SQLiteStore(path).close()
+    db = sqlite3.connect(path)
+    db.executescript("DROP TABLE contacts; CREATE TABLE contacts (account_id TEXT PRIMARY KEY, handle TEXT NOT NULL, "
+                     "account_key BLOB NOT NULL, device_list BLOB NOT NULL, verified INTEGER NOT NULL DEFAULT 0, "
+                     "first_seen INTEGER NOT NULL, status TEXT NOT NULL DEFAULT 'ok');"
+                     "INSERT INTO contacts VALUES ('a', '@bob', x'00', x'01', 1, 5, 'ok');")
+    db.close()
+    store = SQLiteStore(path)
+    try:
+        assert store.get_contact("a") == Contact("a", "@bob", b"\x00", b"\x01", True, 5, "ok", b"")
+    finally:
+        store.close()
 
 
 def test_sqlite_file_is_private_and_survives_reopen(tmp_path: Path):
