@@ -144,10 +144,10 @@ class RelayClient:
         return self._request("GET", "/v1/health")
 
     def register(self, *, account_id: str, account_key: bytes, handle: str, device_list: bytes,
-                 device_id: int, token: str) -> dict:
+                 device_id: int, token: str, label: bytes = b"") -> dict:
         return self._request("POST", "/v1/accounts", json={
             "account_id": account_id, "account_key": b64e(account_key), "handle": handle,
-            "device_list": b64e(device_list), "device_id": device_id, "token": token,
+            "label": b64e(label), "device_list": b64e(device_list), "device_id": device_id, "token": token,
         })
 
     def get_account(self, account_id: str) -> RemoteAccount:
@@ -158,15 +158,51 @@ class RelayClient:
         except (KeyError, TypeError, ValueError):
             raise RelayRefusedError("relay sent a malformed account", relay_code="bad_response") from None
 
-    def lookup(self, handle: str) -> str:
+    # --- reachable handles and private discovery (docs/RELAY-API.md) ---
+
+    def evaluate(self, elements: list[bytes]) -> tuple[list[bytes], int]:
+        """RFC 9497 BlindEvaluate of each blinded element; and the bucket prefix length."""
+        body = self._request("POST", "/v1/discovery/evaluate", json={"elements": [b64e(e) for e in elements]})
         try:
-            body = self._request("POST", "/v1/lookup", json={"handle": handle})
-        except RelayRefusedError as exc:
-            if exc.status == 404:
-                raise NotRegisteredError(f"{handle} is not registered with imsg", status=404,
-                                         relay_code="not_found") from None
-            raise
-        return str(body.get("account_id", ""))
+            evaluated = [b64d(e) for e in body["evaluated"]]
+            bits = int(body["prefix_bits"])
+        except (KeyError, TypeError, ValueError):
+            raise RelayRefusedError("relay sent a malformed evaluation", relay_code="bad_response") from None
+        if len(evaluated) != len(elements) or not 0 <= bits <= 16:
+            raise RelayRefusedError("relay sent a malformed evaluation", relay_code="bad_response")
+        return evaluated, bits
+
+    def buckets(self, bits: int, prefixes: list[int]) -> dict[int, list[tuple[bytes, bytes]]]:
+        body = self._request("POST", "/v1/discovery/buckets", json={"prefix_bits": bits, "prefixes": prefixes})
+        try:
+            return {int(b["prefix"]): [(b64d(e["tag"]), b64d(e["record"])) for e in b["entries"]]
+                    for b in body["buckets"]}
+        except (KeyError, TypeError, ValueError):
+            raise RelayRefusedError("relay sent malformed buckets", relay_code="bad_response") from None
+
+    def add_handle(self, handle: str, label: bytes) -> dict:
+        return self._request("POST", "/v1/handles", json={"handle": handle, "label": b64e(label)})
+
+    def verify_handle(self, handle: str, code: str) -> dict:
+        return self._request("POST", "/v1/handles/verify", json={"handle": handle, "code": code})
+
+    def list_handles(self) -> list[dict]:
+        body = self._request("GET", "/v1/handles")
+        rows = body.get("handles")
+        if not isinstance(rows, list):
+            raise RelayRefusedError("relay sent a malformed handle list", relay_code="bad_response")
+        return rows
+
+    def update_handle(self, handle_id: str, *, receiving: bool | None = None, label: bytes | None = None) -> dict:
+        doc: dict = {}
+        if receiving is not None:
+            doc["receiving"] = receiving
+        if label is not None:
+            doc["label"] = b64e(label)
+        return self._request("PATCH", f"/v1/handles/{handle_id}", json=doc)
+
+    def remove_handle(self, handle_id: str) -> dict:
+        return self._request("DELETE", f"/v1/handles/{handle_id}")
 
     # --- prekeys ---
 

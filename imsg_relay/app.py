@@ -29,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 from imsg_relay import schema
 from imsg_relay.auth import bearer_token_hash, decode_token, token_hash
-from imsg_relay.blinding import blind_handle, load_or_create_secret
+from imsg_relay.blinding import load_or_create_secret
 from imsg_relay.blobs.base import BlobMissing, BlobReader, BlobStore
 from imsg_relay.errors import (
     RelayError,
@@ -44,6 +44,7 @@ from imsg_relay.jsonio import dumps, loads
 from imsg_relay.limits import BodyLimitMiddleware
 from imsg_relay.push import InProcessPush, Push
 from imsg_relay.ratelimit import RateLimiter
+from imsg_relay.reachable import ReachableRoutes
 from imsg_relay.settings import (
     BLOB_READ_CHUNK,
     MAX_FETCH_BYTES,
@@ -69,6 +70,7 @@ from imsg_relay.storage.base import (
     StorageConflict,
 )
 from imsg_relay.sweeper import run_sweeper
+from imsg_relay.verifiers import build_verifier
 
 log = logging.getLogger("imsg_relay")
 
@@ -134,12 +136,31 @@ _WAIT = ("wait", {"type": "integer", "minimum": 0, "maximum": 60, "default": 0},
 OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/v1/health", "health", "relay liveness", 200, "Health", auth=False),
     Operation("POST", "/v1/accounts", "register", "register an account and its first device",
-              201, "DeviceCreated", "RegisterRequest", auth=False, errors=(409, 429)),
+              201, "DeviceCreated", "RegisterRequest", auth=False, errors=(409, 429, 502)),
     Operation("GET", "/v1/accounts/{account_id}", "get_account",
               "an account's key, signed device list and devices", 200, "Account",
               errors=(404,), path_params=_ACCOUNT_PARAM),
-    Operation("POST", "/v1/lookup", "lookup", "which account holds a handle", 200,
-              "LookupResult", "LookupRequest", errors=(404, 429)),
+    # Reachable handles (blinded) and private discovery: routes in reachable.py.
+    Operation("POST", "/v1/handles", "add_handle",
+              "claim a handle for the caller's account; a verifying relay sends it a code", 201,
+              "Handle", "HandleRequest", errors=(409, 502)),
+    Operation("POST", "/v1/handles/verify", "verify_handle",
+              "confirm a pending handle with the code it received", 200, "Handle",
+              "VerifyHandleRequest", errors=(403, 404, 409)),
+    Operation("GET", "/v1/handles", "list_handles", "the caller's account's handles (blinded)",
+              200, "Handles"),
+    Operation("PATCH", "/v1/handles/{handle_id}", "update_handle",
+              "stop or resume receiving at a handle, or replace its sealed label", 200, "Handle",
+              "UpdateHandleRequest", errors=(404,), path_params=(("handle_id", schema.HANDLE_ID),)),
+    Operation("DELETE", "/v1/handles/{handle_id}", "remove_handle",
+              "remove a handle from the caller's account", 200, "HandleRemoved", errors=(404,),
+              path_params=(("handle_id", schema.HANDLE_ID),)),
+    Operation("POST", "/v1/discovery/evaluate", "evaluate",
+              "RFC 9497 OPRF evaluation of blinded elements (rate-limited per account; nothing "
+              "is recorded)", 200, "Evaluated", "EvaluateRequest", errors=(429,)),
+    Operation("POST", "/v1/discovery/buckets", "buckets",
+              "the blinded entries of discovery buckets, by tag prefix (nothing is recorded)",
+              200, "Buckets", "BucketsRequest", errors=(409,)),
     Operation("PUT", "/v1/devices/{device_id}", "add_device",
               "add a device to the caller's account", 201, "DeviceCreated", "AddDeviceRequest",
               errors=(409,), path_params=_DEVICE_PARAM),  # device_exists, too_many_devices
@@ -219,7 +240,7 @@ OPERATIONS: tuple[Operation, ...] = (
 )
 
 
-class Relay:
+class Relay(ReachableRoutes):
     def __init__(self, settings: Settings, storage: Storage, push: Push,
                  clock: Callable[[], float], blobs: BlobStore) -> None:
         self.settings = settings
@@ -238,6 +259,7 @@ class Relay:
         self.provisioning_global_limit = RateLimiter(settings.provisioning_global_rate,
                                                      settings.provisioning_global_burst)
         self.openapi_body = b""
+        self.init_reachable(build_verifier(settings))
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -298,13 +320,18 @@ class Relay:
         raw_token = decode_token(data["token"])
         if raw_token is None:
             raise bad_request("token must be 32 bytes, base64url without padding")
+        label = data.get("label", b"")
+        handle, code = await self.new_handle_row(data["account_id"], data["handle"], label)
         try:
             await self.storage.create_account(
-                data["account_id"], key, blind_handle(self.secret, data["handle"]),
-                data["device_list"], data["device_id"], token_hash(raw_token), self.now_ms())
+                data["account_id"], key, handle, data["device_list"], data["device_id"],
+                token_hash(raw_token), self.now_ms())
         except StorageConflict as exc:
             raise _conflict(exc) from None
-        return _json({"account_id": data["account_id"], "device_id": data["device_id"]}, 201)
+        if code is not None:  # registered either way; `POST /v1/handles` sends a new code
+            await self.send_code(data["handle"], code)
+        return _json({"account_id": data["account_id"], "device_id": data["device_id"],
+                      "handle_state": handle.state}, 201)
 
     async def get_account(self, request: Request) -> Response:
         await self.authenticate(request)
@@ -316,16 +343,6 @@ class Relay:
                       "account_key": schema.b64(account.account_key),
                       "device_list": schema.b64(account.device_list),
                       "devices": list(account.devices)})
-
-    async def lookup(self, request: Request) -> Response:
-        device = await self.authenticate(request)
-        self.lookup_limit.check(device)
-        data = await self.body(request, "LookupRequest")
-        # No record of the lookup is written anywhere, and the handle is never logged.
-        account_id = await self.storage.lookup_handle(blind_handle(self.secret, data["handle"]))
-        if account_id is None:
-            raise RelayError("not_found", "no account holds this handle")
-        return _json({"account_id": account_id})
 
     async def add_device(self, request: Request) -> Response:
         device = await self.authenticate(request)
@@ -885,6 +902,7 @@ def create_app(settings: Settings, storage: Storage | None = None, *,
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         relay.secret = load_or_create_secret(settings.secret_path)
+        relay.load_discovery_key()
         await relay.storage.open()
         await relay.push.start()
         sweeper = asyncio.create_task(run_sweeper(relay.storage, settings.retention_ms,

@@ -1,14 +1,13 @@
-"""Handles are stored only blinded: HMAC-SHA256(relay secret, handle).
+"""The relay's secrets: 32 random bytes made once, each in a 0600 file in the data directory
+(created with O_EXCL, so two workers starting together cannot make two different ones).
 
-The secret is 32 random bytes made once, in a 0600 file in the data directory (created with
-O_EXCL, so two workers starting together cannot make two different secrets). Without it a
-stolen database does not reveal handles even to a dictionary of phone numbers.
+`relay.secret` keys the hashes of pending verification codes; `discovery.key` seeds the
+OPRF key that blinds handles (imsg_relay/discovery.py). Without them a stolen database
+reveals neither codes nor handles, even to a dictionary of phone numbers.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import secrets
 from pathlib import Path
@@ -38,7 +37,3 @@ def load_or_create_secret(path: Path) -> bytes:
     if path.stat().st_mode & 0o077:
         raise SecretFileError(f"relay secret file {path} is readable by others; chmod 600 it")
     return data
-
-
-def blind_handle(secret: bytes, handle: str) -> bytes:
-    return hmac.new(secret, handle.encode("utf-8"), hashlib.sha256).digest()

@@ -18,6 +18,7 @@ log = logging.getLogger("imsg_relay")
 STATUS = {
     "bad_request": 400,
     "unauthorized": 401,
+    "wrong_code": 403,
     "not_found": 404,
     "method_not_allowed": 405,
     "account_exists": 409,
@@ -28,6 +29,9 @@ STATUS = {
     "too_many_channels": 409,
     "blob_complete": 409,
     "incomplete": 409,
+    "too_many_handles": 409,
+    "no_code": 409,
+    "prefix_bits_changed": 409,
     "payload_too_large": 413,
     "quota_exceeded": 413,
     "unsupported_media_type": 415,
@@ -35,6 +39,7 @@ STATUS = {
     "rate_limited": 429,
     "box_full": 429,
     "internal": 500,
+    "verifier_failed": 502,
     "unavailable": 503,
 }
 

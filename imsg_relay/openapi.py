@@ -14,11 +14,14 @@ _BINARY = {"application/octet-stream": {"schema": {"$ref": "#/components/schemas
 _ERROR_TEXT = {
     400: "malformed JSON, wrong types, bad base64 or out-of-range values (bad_request)",
     401: "missing, malformed or unknown token (unauthorized)",
+    403: "wrong verification code, with `tries_left` (wrong_code)",
     404: "unknown account, device, handle, unknown or expired provisioning channel, or "
          "unknown, expired, incomplete (download) or another account's (upload) blob "
          "(not_found)",
     409: "account_exists, handle_taken, device_exists, device_mismatch, too_many_devices, "
-         "too_many_channels, blob_complete, or incomplete (with `missing` parts)",
+         "too_many_channels, blob_complete, incomplete (with `missing` parts), "
+         "too_many_handles, no_code (no live verification code: send a new one), or "
+         "prefix_bits_changed (with the relay's current `prefix_bits`)",
     413: "request body, envelope, list, blob or blob part over its limit "
          "(payload_too_large), or the account's blob quota (quota_exceeded, with `limit` and "
          "`used`)",
@@ -26,6 +29,7 @@ _ERROR_TEXT = {
          "(unsupported_media_type)",
     416: "the Range is outside the blob (range_not_satisfiable); Content-Range: bytes */size",
     429: "rate limited, or a provisioning box full; see Retry-After (rate_limited, box_full)",
+    502: "the verification code could not be delivered; retry later (verifier_failed)",
     503: "storage temporarily unavailable; retry (unavailable)",
 }
 

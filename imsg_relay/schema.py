@@ -55,6 +55,8 @@ BLOB_ID = {"type": "string", "pattern": HEX32,
 PART_INDEX = {"type": "integer", "minimum": 0, "maximum": 2**31 - 1,
               "description": "0-based part number; below `parts` of the blob (else 400)"}
 TIME_MS = {"type": "integer", "minimum": 0}
+HANDLE_ID = {"type": "string", "pattern": r"^[0-9a-f]{64}$",
+             "description": "a handle's id: its blinded tag, 64 lowercase hex characters"}
 BOX = {"type": "string", "enum": ["new", "existing"],
        "description": "new: messages for the new device; existing: for the existing device"}
 
@@ -81,13 +83,17 @@ S["RegisterRequest"] = {
         "account_key": _b64(44, "0x06 || Ed25519 public key (33 bytes, so 44 base64 "
                                 "characters starting with B)"),
         "handle": HANDLE,
+        "label": _b64(1368, "the handle sealed by the account's devices for each other "
+                            "(opaque; see POST /v1/handles)"),
         "device_list": _b64(MAX_BLOB_B64, "opaque signed device list"),
         "device_id": DEVICE_ID,
         "token": TOKEN,
     },
 }
 S["DeviceCreated"] = {"type": "object", "required": ["account_id", "device_id"],
-                      "properties": {"account_id": ACCOUNT_ID, "device_id": DEVICE_ID}}
+                      "properties": {"account_id": ACCOUNT_ID, "device_id": DEVICE_ID,
+                                     "handle_state": {"type": "string",
+                                                      "enum": ["pending", "unverified"]}}}
 S["AddDeviceRequest"] = {
     "type": "object",
     "required": ["token", "device_list"],
@@ -109,9 +115,6 @@ S["Account"] = {
         "devices": {"type": "array", "items": DEVICE_ID},
     },
 }
-S["LookupRequest"] = {"type": "object", "required": ["handle"], "properties": {"handle": HANDLE}}
-S["LookupResult"] = {"type": "object", "required": ["account_id"],
-                     "properties": {"account_id": ACCOUNT_ID}}
 S["SignedPrekey"] = {
     "type": "object",
     "required": ["key_id", "public_key", "signature"],

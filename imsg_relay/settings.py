@@ -82,6 +82,33 @@ class Settings:
     blob_part_size: int = 8 * MIB
     blob_retention_days: int = 30
     secret_file: Path | None = field(default=None, repr=False)
+    # Reachable handles (docs/PROTOCOL.md §10). How codes are delivered: smtp, sms-webhook,
+    # file:PATH (one "HANDLE CODE" line per code) or none (handles claimed unverified).
+    verifier: str = "none"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 587
+    smtp_tls: str = "starttls"  # starttls | tls | none
+    smtp_user: str | None = field(default=None, repr=False)
+    smtp_password: str | None = field(default=None, repr=False)
+    smtp_from: str = "imsg <no-reply@localhost>"
+    webhook_url: str | None = field(default=None, repr=False)  # may carry a gateway key
+    webhook_template: str = '{"to": "{handle}", "text": "Your imsg code is {code}"}'
+    webhook_content_type: str = "application/json"
+    webhook_authorization: str | None = field(default=None, repr=False)
+    max_handles: int = 10  # handles one account may hold (pending included)
+    # OPRF evaluations per account: a burst for an address book, then one per 10 s. Each
+    # evaluation answers "is this one handle registered?", so this bounds enumeration.
+    discovery_rate: float = 0.1
+    discovery_burst: float = 1000.0
+    # Verification codes sent, per handle and per account (in memory), and code guesses
+    # per account: codes are 6 digits, so guesses are what protects them.
+    code_handle_rate: float = 6 / 3600
+    code_handle_burst: float = 6.0
+    code_account_rate: float = 10 / 3600
+    code_account_burst: float = 10.0
+    code_guess_rate: float = 30 / 3600
+    code_guess_burst: float = 30.0
+    discovery_key_file: Path | None = field(default=None, repr=False)
     # Scale-out: PostgreSQL instead of SQLite, Redis pub/sub for wake-ups across workers.
     # Connection strings may carry passwords, so they never appear in repr.
     database_url: str | None = field(default=None, repr=False)
@@ -113,6 +140,19 @@ class Settings:
         for name in ("max_body", "max_envelope"):
             if getattr(self, name) < 1024:
                 raise SettingsError(f"{name} must be at least 1024 bytes")
+        if not (self.verifier in ("none", "smtp", "sms-webhook") or
+                (self.verifier.startswith("file:") and len(self.verifier) > 5)):
+            raise SettingsError(f"verifier {self.verifier!r} is not smtp, sms-webhook, file:PATH or none")
+        if self.verifier == "sms-webhook" and not self.webhook_url:
+            raise SettingsError("the sms-webhook verifier needs a webhook url (IMSG_RELAY_WEBHOOK_URL)")
+        if self.smtp_tls not in ("starttls", "tls", "none"):
+            raise SettingsError(f"smtp tls {self.smtp_tls!r} is not starttls, tls or none")
+        if not 1 <= self.max_handles <= 100:
+            raise SettingsError(f"max handles {self.max_handles} is not between 1 and 100")
+        for name in ("discovery_rate", "discovery_burst", "code_handle_rate", "code_handle_burst",
+                     "code_account_rate", "code_account_burst", "code_guess_rate", "code_guess_burst"):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"{name} must be positive")
         for name in ("send_rate", "send_burst", "request_rate", "request_burst", "lookup_rate",
                      "lookup_burst", "register_rate", "register_burst", "provisioning_rate",
                      "provisioning_burst", "provisioning_global_rate",
@@ -131,6 +171,11 @@ class Settings:
     @property
     def provisioning_ttl_ms(self) -> int:
         return self.provisioning_ttl_seconds * 1000
+
+    @property
+    def discovery_key_path(self) -> Path:
+        return self.discovery_key_file if self.discovery_key_file is not None \
+            else self.data_dir / "discovery.key"
 
     @property
     def secret_path(self) -> Path:

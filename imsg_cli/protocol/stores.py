@@ -225,7 +225,29 @@ class SettingsStore(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class OwnHandle:
+    """A phone number or e-mail address this account is reachable at, as the relay last
+    reported it (every device lists the same: the handle itself travels sealed under the
+    account key, see protocol/discovery.py)."""
+
+    handle: str  # canonical
+    handle_id: str  # the relay's id for it: the blinded tag, hex
+    state: str  # pending | verified | unverified (claimed under a relay that does not verify)
+    receiving: bool  # discoverable and accepting new conversations
+    start_from: bool  # the handle new conversations start from
+    added_at: int
+
+
+class HandleStore(Protocol):
+    """This account's own handles, one row per handle."""
+
+    def own_handles(self) -> list[OwnHandle]: ...
+    def save_own_handle(self, handle: OwnHandle) -> None: ...
+    def remove_own_handle(self, handle: str) -> None: ...
+
+
 class Store(AccountStore, PreKeyStore, SessionStore, ContactStore, MessageStore, OutboxStore, HeldStore,
-            AttachmentStore, SettingsStore, Protocol):
+            AttachmentStore, SettingsStore, HandleStore, Protocol):
     def transaction(self) -> AbstractContextManager[None]: ...
     def close(self) -> None: ...

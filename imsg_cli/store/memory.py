@@ -16,6 +16,7 @@ from imsg_cli.protocol.stores import (
     HeldMessage,
     LocalAccount,
     OutgoingBatch,
+    OwnHandle,
     StoredAttachment,
     StoredMessage,
     Upload,
@@ -38,11 +39,12 @@ class MemoryStore:
         self._attachments: dict[tuple[str, int], StoredAttachment] = {}
         self._uploads: dict[str, Upload] = {}
         self._settings: dict[str, str] = {}
+        self._handles: dict[str, OwnHandle] = {}
         self._depth = 0
 
     _STATE = ("_account", "_signed", "_kem", "_one_time", "_next_id", "_sessions",
               "_contacts", "_messages", "_shown", "_outbox", "_held",
-              "_attachments", "_uploads", "_settings")
+              "_attachments", "_uploads", "_settings", "_handles")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -83,6 +85,16 @@ class MemoryStore:
             self._settings.pop(key, None)
         else:
             self._settings[key] = value
+
+    # own handles
+    def own_handles(self) -> list[OwnHandle]:
+        return sorted(self._handles.values(), key=lambda h: (h.added_at, h.handle))
+
+    def save_own_handle(self, handle: OwnHandle) -> None:
+        self._handles[handle.handle] = handle
+
+    def remove_own_handle(self, handle: str) -> None:
+        self._handles.pop(handle, None)
 
     # prekeys
     def get_signed_prekey(self, key_id: int) -> SignedPreKey | None:

@@ -24,6 +24,7 @@ from imsg_cli.protocol.stores import (
     HeldMessage,
     LocalAccount,
     OutgoingBatch,
+    OwnHandle,
     StoredAttachment,
     StoredMessage,
     Upload,
@@ -81,6 +82,10 @@ CREATE TABLE IF NOT EXISTS uploads (
 );
 CREATE INDEX IF NOT EXISTS uploads_source ON uploads (path, plain_size, mtime_ns);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS own_handles (
+    handle TEXT PRIMARY KEY, handle_id TEXT NOT NULL, state TEXT NOT NULL, receiving INTEGER NOT NULL,
+    start_from INTEGER NOT NULL, added_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     message_id TEXT NOT NULL, account_id TEXT NOT NULL, envelopes BLOB NOT NULL,
     created_at INTEGER NOT NULL, PRIMARY KEY (message_id, account_id)
@@ -181,6 +186,19 @@ class SQLiteStore:
             self._db.execute("DELETE FROM settings WHERE key = ?", (key,))
         else:
             self._db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, value))
+
+    # own handles
+    def own_handles(self) -> list[OwnHandle]:
+        return [OwnHandle(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5]) for r in self._db.execute(
+            "SELECT handle, handle_id, state, receiving, start_from, added_at FROM own_handles "
+            "ORDER BY added_at, handle")]
+
+    def save_own_handle(self, h: OwnHandle) -> None:
+        self._db.execute("INSERT OR REPLACE INTO own_handles VALUES (?, ?, ?, ?, ?, ?)",
+                         (h.handle, h.handle_id, h.state, int(h.receiving), int(h.start_from), h.added_at))
+
+    def remove_own_handle(self, handle: str) -> None:
+        self._db.execute("DELETE FROM own_handles WHERE handle = ?", (handle,))
 
     # prekeys
     def _get_prekey(self, kind: str, key_id: int) -> bytes | None:

@@ -1,8 +1,9 @@
 """The storage interface of the relay.
 
 Everything is opaque bytes: the relay never parses keys, device lists or envelopes. Handles
-arrive already blinded (HMAC under the relay secret) and tokens already hashed, so no
-implementation can keep either by mistake. Clock readings come in as arguments (`now_ms`,
+arrive already blinded (a hash of their OPRF output under the relay's discovery key, see
+imsg_relay/discovery.py) and tokens already hashed, so no implementation can keep either
+by mistake. Clock readings come in as arguments (`now_ms`,
 `not_before_ms`), so retention is testable with any clock.
 
 Every method that changes state commits durably before it returns: a caller that answers
@@ -82,6 +83,37 @@ class BlobInfo:
         return -(-self.size // self.part_size)
 
 
+HANDLE_STATES = ("pending", "verified", "unverified")
+
+
+@dataclass(frozen=True, slots=True)
+class HandleRow:
+    """One handle of one account, blinded. `tag` = SHA-256(label || OPRF output): the only
+    form of the handle the relay keeps. `record` is what contacts get in a discovery bucket
+    (the account id, sealed under a key from the same OPRF output); `label` is the handle
+    sealed by the account's own devices for each other (opaque here). Pending rows carry
+    the verification code's keyed hash, expiry and wrong tries."""
+    tag: bytes
+    account_id: str
+    state: str  # pending | verified | unverified (claimed under a relay that does not verify)
+    receiving: bool
+    label: bytes
+    created_at: int
+    record: bytes = b""
+    code_hash: bytes | None = None
+    code_expires_at: int = 0
+    code_tries: int = 0
+
+    @property
+    def bucket(self) -> int:
+        """The first 16 bits of the tag: buckets are ranges of this number."""
+        return int.from_bytes(self.tag[:2], "big")
+
+    @property
+    def discoverable(self) -> bool:
+        return self.state in ("verified", "unverified") and self.receiving
+
+
 class StorageConflict(Exception):
     """a unique value is already held: {code}"""
 
@@ -89,7 +121,7 @@ class StorageConflict(Exception):
         super().__init__(code)
         # "account_exists", "handle_taken", "device_exists", "token_taken",
         # "too_many_devices", "channel_exists", "too_many_channels", "box_full",
-        # "blob_exists", "blob_complete"
+        # "blob_exists", "blob_complete", "too_many_handles"
         self.code = code
 
 
@@ -128,10 +160,12 @@ class Storage(Protocol):
     async def close(self) -> None: ...
 
     # accounts and devices
-    async def create_account(self, account_id: str, account_key: bytes, handle_hmac: bytes,
+    async def create_account(self, account_id: str, account_key: bytes, handle: HandleRow | None,
                              device_list: bytes, device_id: int, token_hash: bytes,
                              now_ms: int) -> None:
-        """Raises StorageConflict("account_exists" | "handle_taken" | "token_taken")."""
+        """Creates the account, its first device and (in the same transaction) its first
+        handle row. Raises StorageConflict("account_exists" | "handle_taken": an unverified
+        claim of a handle another account holds | "token_taken")."""
 
     async def add_device(self, account_id: str, device_id: int, token_hash: bytes,
                          device_list: bytes, now_ms: int, max_devices: int | None = None) -> None:
@@ -147,7 +181,34 @@ class Storage(Protocol):
 
     async def get_account(self, account_id: str) -> Account | None: ...
 
-    async def lookup_handle(self, handle_hmac: bytes) -> str | None: ...
+    # reachable handles (blinded) and discovery. Nothing here is ever keyed by who asks:
+    # a discovery read names only a range of buckets, and writes come only from the
+    # account that owns the row.
+    async def put_handle(self, row: HandleRow, max_handles: int) -> HandleRow:
+        """Inserts or replaces `row` (same account and tag). An "unverified" claim of a tag
+        another account holds discoverable raises StorageConflict("handle_taken"); more
+        than `max_handles` rows for the account raises StorageConflict("too_many_handles")."""
+
+    async def get_handle(self, account_id: str, tag: bytes) -> HandleRow | None: ...
+
+    async def wrong_code(self, account_id: str, tag: bytes, max_tries: int) -> int:
+        """Counts a wrong code; at `max_tries` the code is cleared. Returns tries left."""
+
+    async def verify_handle(self, account_id: str, tag: bytes, record: bytes) -> None:
+        """Marks the row verified (code cleared) and takes the tag from any other account
+        that held it: whoever proves the number or address now holds it."""
+
+    async def account_handles(self, account_id: str) -> list[HandleRow]: ...
+
+    async def update_handle(self, account_id: str, tag: bytes, receiving: bool | None,
+                            label: bytes | None) -> HandleRow | None: ...
+
+    async def remove_handle(self, account_id: str, tag: bytes) -> bool: ...
+
+    async def discovery_bucket(self, low: int, high: int) -> list[tuple[bytes, bytes]]:
+        """(tag, record) of every discoverable row with `low <= bucket <= high`."""
+
+    async def discoverable_count(self) -> int: ...
 
     # prekeys
     async def put_keys(self, device: DeviceRef, signed_prekey: SignedKey | None,

@@ -20,6 +20,7 @@ from psycopg import sql
 
 from imsg_relay.auth import same_digest
 from imsg_relay.errors import StorageUnavailable
+from imsg_relay.storage import postgres_handles
 from imsg_relay.storage.base import (
     Account,
     AccountNotFound,
@@ -31,6 +32,7 @@ from imsg_relay.storage.base import (
     DeviceMismatch,
     DeviceRef,
     Envelope,
+    HandleRow,
     KeyCounts,
     OneTimeKey,
     SignedKey,
@@ -41,7 +43,6 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
     account_id  TEXT PRIMARY KEY,
     account_key BYTEA NOT NULL,
-    handle_hmac BYTEA NOT NULL CONSTRAINT accounts_handle_unique UNIQUE,
     device_list BYTEA NOT NULL,
     created_at  BIGINT NOT NULL
 );
@@ -115,7 +116,7 @@ CREATE TABLE IF NOT EXISTS blob_parts (
 """
 
 
-class PostgresStorage:
+class PostgresStorage(postgres_handles.PostgresHandles):
     def __init__(self, conninfo: str, *, pool_size: int = 8, schema: str | None = None) -> None:
         self.conninfo = conninfo
         self.pool_size = pool_size
@@ -145,6 +146,7 @@ class PostgresStorage:
             await setup.execute("SELECT pg_advisory_lock(7366218)")
             try:
                 await setup.execute(SCHEMA)
+                await setup.execute(postgres_handles.SCHEMA)
             finally:
                 await setup.execute("SELECT pg_advisory_unlock(7366218)")
         self._pool = asyncio.Queue()
@@ -189,13 +191,15 @@ class PostgresStorage:
 
     # accounts and devices
 
-    async def create_account(self, account_id: str, account_key: bytes, handle_hmac: bytes,
+    async def create_account(self, account_id: str, account_key: bytes, handle: HandleRow | None,
                              device_list: bytes, device_id: int, token_hash: bytes,
                              now_ms: int) -> None:
         try:
             async with self._tx() as conn:
-                await conn.execute("INSERT INTO accounts VALUES (%s, %s, %s, %s, %s)",
-                                   (account_id, account_key, handle_hmac, device_list, now_ms))
+                await conn.execute("INSERT INTO accounts (account_id, account_key, device_list, created_at)"
+                                   " VALUES (%s, %s, %s, %s)", (account_id, account_key, device_list, now_ms))
+                if handle is not None:
+                    await postgres_handles.insert_handle(conn, handle, None)
                 await conn.execute("INSERT INTO devices VALUES (%s, %s, %s, %s)",
                                    (account_id, device_id, token_hash, now_ms))
         except pg_errors.UniqueViolation as exc:
@@ -269,11 +273,6 @@ class PostgresStorage:
                 (account_id,))
             devices = tuple(r[0] for r in await cur.fetchall())
         return Account(account_id, bytes(row[0]), bytes(row[1]), devices)
-
-    async def lookup_handle(self, handle_hmac: bytes) -> str | None:
-        row = await self._one("SELECT account_id FROM accounts WHERE handle_hmac = %s",
-                              (handle_hmac,))
-        return row[0] if row else None
 
     # prekeys
 

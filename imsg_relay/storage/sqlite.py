@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from imsg_relay.errors import StorageUnavailable
+from imsg_relay.storage import sqlite_handles
 from imsg_relay.storage.base import (
     Account,
     AccountNotFound,
@@ -38,6 +39,7 @@ from imsg_relay.storage.base import (
     DeviceMismatch,
     DeviceRef,
     Envelope,
+    HandleRow,
     KeyCounts,
     OneTimeKey,
     SignedKey,
@@ -46,15 +48,14 @@ from imsg_relay.storage.base import (
 
 log = logging.getLogger("imsg_relay.storage")
 
-SCHEMA_VERSION = 3  # 2: provisioning channels; 3: attachment blobs
+SCHEMA_VERSION = 4  # 2: provisioning channels; 3: attachment blobs; 4: handles table (OPRF-blinded)
 
 # No sender column anywhere: an envelope row is (mailbox, message id, bytes, time).
-# Handles are kept only as HMAC-SHA256(relay secret, handle); tokens only as SHA-256.
+# Handles are kept only blinded, in `handles` (storage/sqlite_handles.py); tokens only as SHA-256.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
     account_id  TEXT PRIMARY KEY,
     account_key BLOB NOT NULL,
-    handle_hmac BLOB NOT NULL UNIQUE,
     device_list BLOB NOT NULL,
     created_at  INTEGER NOT NULL
 );
@@ -241,7 +242,7 @@ class _Writer(threading.Thread):
                 pass
 
 
-class SQLiteStorage:
+class SQLiteStorage(sqlite_handles.SQLiteHandles):
     """Storage in one SQLite file, `relay.db` in the data directory."""
 
     def __init__(self, data_dir: Path | str) -> None:
@@ -261,7 +262,8 @@ class SQLiteStorage:
         setup = sqlite3.connect(self.path, isolation_level=None)
         try:
             setup.execute("PRAGMA journal_mode = WAL")
-            setup.executescript(SCHEMA)
+            sqlite_handles.migrate_accounts(setup)
+            setup.executescript(SCHEMA + sqlite_handles.SCHEMA)
             setup.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         finally:
             setup.close()
@@ -322,18 +324,18 @@ class SQLiteStorage:
 
     # accounts and devices
 
-    async def create_account(self, account_id: str, account_key: bytes, handle_hmac: bytes,
+    async def create_account(self, account_id: str, account_key: bytes, handle: HandleRow | None,
                              device_list: bytes, device_id: int, token_hash: bytes,
                              now_ms: int) -> None:
         def op(conn: sqlite3.Connection) -> None:
             if conn.execute("SELECT 1 FROM accounts WHERE account_id = ?", (account_id,)).fetchone():
                 raise StorageConflict("account_exists")
-            if conn.execute("SELECT 1 FROM accounts WHERE handle_hmac = ?", (handle_hmac,)).fetchone():
-                raise StorageConflict("handle_taken")
             if conn.execute("SELECT 1 FROM devices WHERE token_hash = ?", (token_hash,)).fetchone():
                 raise StorageConflict("token_taken")
-            conn.execute("INSERT INTO accounts VALUES (?, ?, ?, ?, ?)",
-                         (account_id, account_key, handle_hmac, device_list, now_ms))
+            if handle is not None:  # raises handle_taken before anything is written
+                sqlite_handles.insert_handle(conn, handle, None)
+            conn.execute("INSERT INTO accounts VALUES (?, ?, ?, ?)",
+                         (account_id, account_key, device_list, now_ms))
             conn.execute("INSERT INTO devices VALUES (?, ?, ?, ?)",
                          (account_id, device_id, token_hash, now_ms))
 
@@ -396,11 +398,6 @@ class SQLiteStorage:
         devices = tuple(r[0] for r in conn.execute(
             "SELECT device_id FROM devices WHERE account_id = ? ORDER BY device_id", (account_id,)))
         return Account(account_id, row[0], row[1], devices)
-
-    async def lookup_handle(self, handle_hmac: bytes) -> str | None:
-        row = self._read().execute("SELECT account_id FROM accounts WHERE handle_hmac = ?",
-                                   (handle_hmac,)).fetchone()
-        return row[0] if row else None
 
     # prekeys
 

@@ -172,6 +172,29 @@ def test_settings(store):
     assert store.get_setting("start_from") == "+14155550100"
 
 
+def test_own_handles(store):
+    from imsg_cli.protocol.stores import OwnHandle
+
+    assert store.own_handles() == []
+    a = OwnHandle("alice@example.com", "aa" * 32, "verified", True, True, T0)
+    b = OwnHandle("+15551234567", "bb" * 32, "pending", True, False, T0 + 1)
+    store.save_own_handle(b)
+    store.save_own_handle(a)
+    assert store.own_handles() == [a, b]  # in the order they were added
+    b2 = OwnHandle("+15551234567", "bb" * 32, "verified", False, False, T0 + 1)
+    store.save_own_handle(b2)  # replaces the row for that handle
+    assert store.own_handles() == [a, b2]
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.remove_own_handle("alice@example.com")
+            store.save_own_handle(OwnHandle("c@example.com", "cc" * 32, "pending", True, False, T0 + 2))
+            raise RuntimeError("rolled back")
+    assert store.own_handles() == [a, b2]
+    store.remove_own_handle("alice@example.com")
+    store.remove_own_handle("never@example.com")  # removing what is not there is no error
+    assert store.own_handles() == [b2]
+
+
 # --- messages ---
 
 

@@ -1,0 +1,80 @@
+"""Blinded handles and discovery buckets, the relay's side (docs/PROTOCOL.md §10).
+
+The relay holds an OPRF key (RFC 9497, ristretto255-SHA512) derived from a 32-byte seed in
+a 0600 file of the data directory. For a handle H (canonical, UTF-8):
+
+    output = OPRF(skS, H)                        64 bytes, RFC 9497 Evaluate
+    tag    = SHA-256(LABEL_TAG || output)        the only form of H the relay stores
+    bucket = first 16 bits of tag                buckets are prefixes of this number
+    key    = SHA-256(LABEL_RECORD_KEY || output)
+    record = nonce(12) || AES-256-GCM(key, nonce, account_id(16) || flags(1), aad = LABEL_RECORD || tag)
+
+A client computes `output` through the oblivious protocol (the relay sees only a blinded
+element), then reads the one bucket its tag falls in and opens the record whose tag
+matches. The relay computes `output` itself only for a handle it is registering: it sees
+that handle in the clear while it sends (or, with no verifier, accepts) the claim, and keeps
+nothing but the tag and the sealed record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+import imsg_oprf
+from imsg_relay.blinding import load_or_create_secret
+
+LABEL_TAG = b"imsg/v1/discovery-tag"
+LABEL_RECORD_KEY = b"imsg/v1/discovery-record-key"
+LABEL_RECORD = b"imsg/v1/discovery-record"
+KEY_INFO = b"imsg/v1/relay-discovery-key"
+FLAG_VERIFIED = 0x01
+BUCKET_BITS = 16  # tags are bucketed by their first 16 bits
+# The relay picks the prefix length so that a bucket holds at least this many registered
+# handles on average: what a lookup reveals is "one of ~MIN_BUCKET registered handles".
+MIN_BUCKET = 256
+MAX_PREFIX_BITS = 12
+
+
+class DiscoveryKey:
+    def __init__(self, seed: bytes) -> None:
+        self.sk, self.pk = imsg_oprf.derive_key_pair(seed, KEY_INFO)
+
+    @classmethod
+    def load(cls, path: Path) -> "DiscoveryKey":
+        imsg_oprf.require_libsodium()
+        return cls(load_or_create_secret(path))
+
+    def evaluate_blinded(self, element: bytes) -> bytes:
+        return imsg_oprf.blind_evaluate(self.sk, element)
+
+    def output(self, handle: str) -> bytes:
+        return imsg_oprf.evaluate(self.sk, handle.encode("utf-8"))
+
+
+def tag_for(output: bytes) -> bytes:
+    return hashlib.sha256(LABEL_TAG + output).digest()
+
+
+def seal_record(output: bytes, account_id: str, verified: bool) -> bytes:
+    key = hashlib.sha256(LABEL_RECORD_KEY + output).digest()
+    nonce = os.urandom(12)
+    plain = bytes.fromhex(account_id) + bytes([FLAG_VERIFIED if verified else 0])
+    return nonce + AESGCM(key).encrypt(nonce, plain, LABEL_RECORD + tag_for(output))
+
+
+def prefix_bits(registered: int) -> int:
+    """The prefix length for `registered` discoverable handles: the largest b with
+    registered / 2^b >= MIN_BUCKET (0 below 2 * MIN_BUCKET: one bucket holds them all)."""
+    bits = 0
+    while bits < MAX_PREFIX_BITS and registered >> (bits + 1) >= MIN_BUCKET:
+        bits += 1
+    return bits
+
+
+def bucket_range(prefix: int, bits: int) -> tuple[int, int]:
+    shift = BUCKET_BITS - bits
+    return prefix << shift, ((prefix + 1) << shift) - 1
