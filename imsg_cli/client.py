@@ -26,6 +26,7 @@ from imsg_cli import attachments as attachment_io
 from imsg_cli import errors
 from imsg_cli.crypto import stream
 from imsg_cli.handles import canonical_handle
+from imsg_cli.reachable import ReachableMixin
 from imsg_cli.protocol import consts, envelope as env, provisioning as prov, session as sess
 from imsg_cli.protocol.content import KIND_SYNC, KIND_TEXT, Content
 from imsg_cli.protocol.encoding import KEY_ED25519, KEY_MLKEM768, KEY_X25519, decode_key, encode_key
@@ -150,6 +151,7 @@ class ContactInfo:
     devices: int
     fingerprint: str
     held: int
+    handle_verified: bool = True  # False: the holder only claimed the handle (relay without verifier)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +185,7 @@ def default_home() -> Path:
     return Path(user_data_dir("imsg", appauthor=False))
 
 
-class Client:
+class Client(ReachableMixin):
     def __init__(
         self,
         store: Store,
@@ -202,6 +204,7 @@ class Client:
         self._transport = relay_transport
         self._relay: RelayClient | None = None
         self.problems: list[Problem] = []  # filled by receive(); read and cleared by callers
+        self._from_checked: dict[tuple[str, str], bool] = {}  # (account, handle) -> holds it
 
     @classmethod
     def open(cls, home: str | os.PathLike | None = None, relay: str | None = None, **kwargs) -> "Client":
@@ -263,9 +266,12 @@ class Client:
         token = base64.urlsafe_b64encode(self._rng(32)).rstrip(b"=").decode("ascii")
         relay = RelayClient(self._relay_url, token, allow_insecure=self._allow_insecure, transport=self._transport)
         try:
+            from imsg_cli.protocol.discovery import seal_label
+
             relay.register(
                 account_id=account_key.account_id, account_key=encode_key(KEY_ED25519, account_key.public),
                 handle=handle, device_list=device_list, device_id=1, token=token,
+                label=seal_label(account_key.private, handle, self._rng, start=True),
             )
         except errors.RelayRefusedError as exc:
             relay.close()
@@ -283,6 +289,7 @@ class Client:
         self.store.save_account(account)
         self._relay = relay
         self.maintain_prekeys(force=True)
+        self.reachable_list()  # the handle, pending under a relay that verifies
         return self.whoami()
 
     def whoami(self) -> WhoAmI:
@@ -373,13 +380,15 @@ class Client:
         nothing is sent to the new identity until the user trusts it (or the caller said
         `on_key_change="accept"`)."""
         account = self._account()
-        if handle == account.handle:
+        if handle in self._own_handle_names(account):
             return self._own_contact(account), self._own_devices(account)
         pinned = self.store.contact_by_handle(handle)  # the "ok" identity first, if any
         if pinned is not None and pinned.status != "ok":
             pinned = None  # only changed/replaced identities: nothing pinned to compare with
         try:
-            account_id = self.relay().lookup(handle)
+            holder = self._holder(handle)  # the private lookup (OPRF + bucket)
+            account_id = holder.account_id
+            self._note_handle_verified(handle, holder.verified)
         except errors.RelayUnavailableError:
             if pinned is None:
                 raise
@@ -435,7 +444,7 @@ class Client:
     # --- sending ---
 
     def send(self, to: str, text: str = "", *, on_key_change: str = "hold", attachments=(), drafts=(),
-             progress: Callable[[str, int, int], None] | None = None) -> SentMessage:
+             progress: Callable[[str, int, int], None] | None = None, from_: str | None = None) -> SentMessage:
         """Send `text` to every device of `to`, and a copy to our own other devices.
 
         If the relay now maps `to` to a different account key, the message is held (kept
@@ -447,6 +456,7 @@ class Client:
         account = self._account()
         if not text and not attachments and not drafts:
             raise errors.UsageError("empty message")
+        sender_handle = self._sending_handle(account, from_)
         self.flush_outbox()
         pointers = [self._draft_pointer(d) for d in drafts]
         for path in attachments:  # each encrypted while it streams to the relay
@@ -459,13 +469,14 @@ class Client:
                 self.store.hold_message(HeldMessage(message_id, to, text, self._now()))
             exc.details["message_id"] = message_id
             raise
-        return self._send_to(account, contact, devices, message_id, text, tuple(pointers))
+        return self._send_to(account, contact, devices, message_id, text, tuple(pointers), sender_handle)
 
     def _send_to(self, account: LocalAccount, contact: Contact, devices: DeviceList, message_id: str,
-                 text: str, pointers: tuple = ()) -> SentMessage:
+                 text: str, pointers: tuple = (), sender_handle: str | None = None) -> SentMessage:
         now = self._now()
         to = contact.handle
-        content = Content(message_id, now, KIND_TEXT, account.handle, to, text, attachments=pointers)
+        sender_handle = sender_handle or self._sending_handle(account, None)
+        content = Content(message_id, now, KIND_TEXT, sender_handle, to, text, attachments=pointers)
         try:
             package, content_ct = env.seal_content(content.encode(), self._rng)
         except ValueError:
@@ -479,7 +490,7 @@ class Client:
         own_others = [] if to_self else [d for d in self._own_devices(account).devices
                                          if d.device_id != account.device_id]
         if own_others:  # sent-message sync: the same id, so every device stores it once
-            sync = Content(message_id, now, KIND_SYNC, account.handle, to, text, contact.account_id,
+            sync = Content(message_id, now, KIND_SYNC, sender_handle, to, text, contact.account_id,
                            encode_key(KEY_ED25519, contact.account_key), pointers)
             sync_package, sync_ct = env.seal_content(sync.encode(), self._rng)
             envelopes = self._encrypt_for(account, account.account_id, own_others, sync_package, sync_ct)
@@ -488,7 +499,7 @@ class Client:
             for batch, _, _ in batches:
                 self.store.add_outgoing(batch)
             self.store.add_message(StoredMessage(
-                message_id, contact.account_id, contact.handle, "out", account.handle, to, text, now, now,
+                message_id, contact.account_id, contact.handle, "out", sender_handle, to, text, now, now,
                 account.device_id,
             ))
             self.store.add_attachments(_stored_attachments(message_id, pointers))
@@ -708,11 +719,15 @@ class Client:
                     if content.kind != KIND_TEXT:
                         raise RemoteProtocolError("sync messages are accepted only from our own devices")
                     if fresh_contact or not contact.handle:
-                        contact = self._check_claimed_handle(contact, content.sender_handle)
+                        contact = self._check_claimed_handle(contact, content.sender_handle, e.message_id)
+                        from_handle = contact.handle
+                    else:
+                        from_handle = self._claimed_from(contact, content.sender_handle, e.message_id)
                     self.store.save_contact(contact)
                     message = StoredMessage(
-                        content.message_id, contact.account_id, contact.handle, "in", contact.handle,
-                        content.recipient_handle, content.text, content.sent_at, self._now(), sender.device_id,
+                        content.message_id, contact.account_id, contact.handle, "in", from_handle,
+                        _canonical_or(content.recipient_handle, content.recipient_handle), content.text,
+                        content.sent_at, self._now(), sender.device_id,
                     )
                 self.store.save_session(sender, result.record.encode())
                 if result.used_one_time_prekey is not None:
@@ -760,23 +775,49 @@ class Client:
                 raise RemoteProtocolError("sync message names a key that is not the account's")
             contact, _ = self._fetch_contact(content.destination, canonical_handle(content.recipient_handle))
             self.store.save_contact(contact)
-        return StoredMessage(content.message_id, contact.account_id, contact.handle, "out", account.handle,
+        return StoredMessage(content.message_id, contact.account_id, contact.handle, "out",
+                             _canonical_or(content.sender_handle, account.handle),
                              contact.handle, content.text, content.sent_at, now, sender.device_id)
 
-    def _check_claimed_handle(self, contact: Contact, claimed: str) -> Contact:
-        """A first message names its sender's handle; believe it only if the relay's
-        directory maps that handle to the same account."""
+    def _check_claimed_handle(self, contact: Contact, claimed: str, message_id: str = "") -> Contact:
+        """A first message names its sender's handle; believe it only if the private
+        lookup maps that handle to the same account."""
         try:
             handle = canonical_handle(claimed)
-            holder = self.relay().lookup(handle)
+            holder = self._private_lookup([handle])[handle]
         except (errors.UsageError, errors.RelayRefusedError):
             holder = None
-        if holder != contact.account_id:
+        if holder is None or holder.account_id != contact.account_id:
             raise errors.UntrustedIdentityError("sender claims a handle it does not hold")
+        self._note_handle_verified(handle, holder.verified)
         pinned = self.store.contact_by_handle(handle)
         status = "changed" if pinned is not None and pinned.status == "ok" and pinned.account_id != contact.account_id \
             else "ok"
         return replace(contact, handle=handle, status=status)
+
+    def _claimed_from(self, contact: Contact, claimed: str, message_id: str) -> str:
+        """Which of a known contact's handles wrote: the claim if the private lookup maps it
+        to the contact's account (checked once per handle and run), else their pinned one."""
+        try:
+            handle = canonical_handle(claimed)
+        except errors.UsageError:
+            handle = ""
+        if handle == contact.handle:
+            return handle
+        checked = self._from_checked
+        key = (contact.account_id, handle)
+        if key not in checked:
+            try:
+                holder = self._private_lookup([handle])[handle] if handle else None
+            except errors.RelayRefusedError:
+                holder = None
+            checked[key] = holder is not None and holder.account_id == contact.account_id
+        if checked[key]:
+            return handle
+        self.problems.append(Problem(message_id, "unverified_from",
+                                     f"{contact.handle} wrote as {claimed!r}, a handle their account does "
+                                     "not hold; shown as from their known handle"))
+        return contact.handle
 
     def watch(self, wait: float = 30) -> Iterator[Message]:
         """Yield messages as they arrive (long poll: the relay answers as soon as one lands)."""
@@ -1077,6 +1118,7 @@ class Client:
                     self.store.add_message(stored)
                     self.store.mark_shown([stored.message_id])
         self.maintain_prekeys(force=True)
+        self.reachable_list()  # the account's handles, as every device lists them
         return self.whoami()
 
     @staticmethod
@@ -1106,7 +1148,8 @@ class Client:
             devices = verify_device_list(c.device_list, c.account_key)
             state = "changed" if c.status == "changed" else ("verified" if c.verified else "unverified")
             out.append(ContactInfo(c.handle, c.account_id, state, c.verified, len(devices.devices),
-                                   fingerprint(c.account_key), len(self.store.held_messages(c.handle))))
+                                   fingerprint(c.account_key), len(self.store.held_messages(c.handle)),
+                                   self._handle_verified(c.handle)))
         return out
 
     def verify(self, handle: str, *, mark: bool = False) -> "Verification":
@@ -1157,7 +1200,7 @@ class Client:
     def history(self, handle: str, limit: int = 50) -> list[Message]:
         handle = canonical_handle(handle)
         account = self._account()
-        if handle == account.handle:  # notes to self
+        if handle in self._own_handle_names(account):  # notes to self
             return [self._message(m) for m in self.store.history(account.account_id, limit)]
         contact = self.store.contact_by_handle(handle)
         if contact is None:
@@ -1200,6 +1243,13 @@ def _message_from_link(doc, account: LocalAccount, now: int) -> StoredMessage | 
                              str(doc["from"]), str(doc["to"]), str(doc["text"]), int(doc["sent_at"]), now, 0)
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def _canonical_or(handle: str, fallback: str) -> str:
+    try:
+        return canonical_handle(handle)
+    except errors.UsageError:
+        return fallback
 
 
 def _optional_key(doc: dict, name: str) -> bytes:

@@ -178,9 +178,7 @@ class ReachableRoutes:
         tag = tag_for(self.discovery_key.output(data["handle"]))
         existing = await self.storage.get_handle(device.account_id, tag)
         if existing is not None and existing.state in ("verified", "unverified"):
-            if existing.label != data["label"]:
-                existing = await self.storage.update_handle(device.account_id, tag, None, data["label"])
-            return _json(_handle_json(existing, self.now_ms()), 200)
+            return _json(_handle_json(existing, self.now_ms()), 200)  # already held: no new code
         row, code = await self.new_handle_row(device.account_id, data["handle"], data["label"])
         try:
             await self.storage.put_handle(row, self.settings.max_handles)

@@ -18,7 +18,10 @@ def init(
     state: State = ctx.obj
     with state.client() as client:
         me = client.init(handle, name)
+        pending = [h for h in client.reachable_list(refresh=False) if h.state == "pending"]
     print_whoami(state, me)
+    for h in pending:
+        state.out.info(f"a code was sent to {h.handle}; confirm it with: imsg reachable verify {h.handle} CODE")
 
 
 def whoami(ctx: typer.Context) -> None:

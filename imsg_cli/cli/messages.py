@@ -23,6 +23,9 @@ def send(
         "--on-key-change", metavar="hold|accept",
         help="If the recipient's safety number changed: hold the message (default, exit 6) or accept "
              "the new key and send.")] = "hold",
+    from_: Annotated[Optional[str], typer.Option(
+        "--from", metavar="HANDLE", help="Send from this handle of yours, this once (default: the "
+                                         "start-from handle, see imsg reachable).")] = None,
 ) -> None:
     """Send an end-to-end encrypted message. Prints the message id."""
     from imsg_cli.errors import UsageError
@@ -43,7 +46,7 @@ def send(
 
     with state.client() as client, Transfers(state.out) as bars:
         sent = client.send(to, text, on_key_change=on_key_change, attachments=files, drafts=drafts,
-                           progress=bars.callback)
+                           progress=bars.callback, from_=from_)
         _report_problems(state, client)  # e.g. an earlier queued message the relay refused
     out = state.out
     if out.json:
@@ -66,7 +69,7 @@ def _report_problems(state: State, client) -> int:
         elif p.code == "identity_changed":
             rejected += 1
             state.out.error("identity_changed", p.message, message_id=p.message_id)
-        elif p.code == "devices_changed":
+        elif p.code in ("devices_changed", "unverified_handle", "unverified_from"):
             state.out.warning(p.code, p.message)
         else:
             state.out.warning(p.code, f"ignored message {p.message_id}: {p.message}", message_id=p.message_id)

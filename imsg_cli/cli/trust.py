@@ -21,12 +21,13 @@ def contacts(ctx: typer.Context) -> None:
         for c in rows:
             out.record({"handle": c.handle, "account_id": c.account_id, "state": c.state,
                         "verified": c.verified, "devices": c.devices, "fingerprint": c.fingerprint,
-                        "held": c.held})
+                        "held": c.held, "handle_verified": c.handle_verified})
     elif not rows:
         out.info("no contacts yet")
     else:
         out.table(["handle", "state", "devices", "held", "fingerprint"],
-                  [[c.handle, c.state.upper() if c.state == "changed" else c.state, str(c.devices),
+                  [[c.handle + ("" if c.handle_verified else " (unverified handle)"),
+                    c.state.upper() if c.state == "changed" else c.state, str(c.devices),
                     str(c.held) if c.held else "", c.fingerprint] for c in rows])
 
 

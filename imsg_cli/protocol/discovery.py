@@ -94,8 +94,10 @@ def _label_key(account_private: bytes) -> bytes:
     return hkdf(account_private, salt=None, info=LABEL_HANDLE_LABEL, length=32)
 
 
-def seal_label(account_private: bytes, handle: str, rng: Callable[[int], bytes]) -> bytes:
-    body = json.dumps({"handle": handle}).encode()
+def seal_label(account_private: bytes, handle: str, rng: Callable[[int], bytes], *, start: bool = False) -> bytes:
+    """The handle (and whether new conversations start from it), sealed for the account's
+    own devices: AES-256-GCM under HKDF(account key, LABEL_HANDLE_LABEL), padded."""
+    body = json.dumps({"handle": handle, "start": start}).encode()
     if len(body) > LABEL_PAD:
         raise ValueError("handle too long to seal")
     nonce = rng(12)
@@ -103,12 +105,14 @@ def seal_label(account_private: bytes, handle: str, rng: Callable[[int], bytes])
         nonce, body + b" " * (LABEL_PAD - len(body)), LABEL_HANDLE_LABEL)
 
 
-def open_label(account_private: bytes, label: bytes) -> str:
+def open_label(account_private: bytes, label: bytes) -> tuple[str, bool]:
+    """(handle, start) from a label this account sealed; DecodeError for any other."""
     try:
         plain = AESGCM(_label_key(account_private)).decrypt(label[:12], label[12:], LABEL_HANDLE_LABEL)
-        handle = json.loads(plain.decode())["handle"]
-    except (InvalidTag, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        doc = json.loads(plain.decode())
+        handle, start = doc["handle"], doc.get("start", False)
+    except (InvalidTag, ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError):
         raise DecodeError("a handle label that this account did not seal") from None
-    if not isinstance(handle, str):
+    if not isinstance(handle, str) or not isinstance(start, bool):
         raise DecodeError("malformed handle label")
-    return handle
+    return handle, start

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import sqlite3
 import subprocess
@@ -96,18 +97,20 @@ def account_id(home: Path) -> str:
 
 
 def map_handle_to(env, handle_owner: str, new_owner: str) -> None:
-    """The relay's directory now answers `handle_owner`'s handle with `new_owner`'s account."""
+    """The relay's directory now answers `handle_owner`'s handle with `new_owner`'s account
+    (and the other way round): the malicious relay re-seals its blinded rows."""
+    from conftest import swap_handle_owners
+
     db = relay_db(env)
     try:
-        db.execute("BEGIN IMMEDIATE")
-        (h_old,) = db.execute("SELECT handle_hmac FROM accounts WHERE account_id = ?", (handle_owner,)).fetchone()
-        (h_new,) = db.execute("SELECT handle_hmac FROM accounts WHERE account_id = ?", (new_owner,)).fetchone()
-        db.execute("UPDATE accounts SET handle_hmac = ? WHERE account_id = ?", (os.urandom(32), handle_owner))
-        db.execute("UPDATE accounts SET handle_hmac = ? WHERE account_id = ?", (h_old, new_owner))
-        db.execute("UPDATE accounts SET handle_hmac = ? WHERE account_id = ?", (h_new, handle_owner))
-        db.execute("COMMIT")
+        swap_handle_owners(Path(env["db"]).parent, db, handle_owner, new_owner, _HANDLES)
     finally:
         db.close()
+
+
+# Every handle this file registers: the relay keeps only tags, so the swap tries these.
+_HANDLES = sorted(set(re.findall(r"[a-z]+@example\.com", Path(__file__).read_text()))
+               | {f"{n}@example.com" for n in re.findall(r'init\(env, "([a-z]+)"\)', Path(__file__).read_text())})
 
 
 def test_add_link_list_sync_remove(env):

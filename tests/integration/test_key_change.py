@@ -2,13 +2,13 @@
 "identity change": pinned keys raise "safety number changed" and block sending).
 
 The key change is made the way a malicious (or compromised) relay would make it: its
-directory maps bob's handle to another account, mallory's, by swapping the two rows'
-`handle_hmac` in the relay's SQLite database (imsg_relay/storage/sqlite.py).
+directory maps bob's handle to another account, mallory's, by re-pointing the blinded rows
+of the relay's `handles` table (the operator holds the discovery key, so it can re-seal
+their records).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 
 import pytest
@@ -16,7 +16,6 @@ import pytest
 from imsg_cli import errors
 from imsg_cli.client import Client
 from imsg_cli.protocol.identity import safety_number
-from imsg_cli.relay_client import RelayClient
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
 
@@ -47,15 +46,13 @@ def link(relay, existing: Client, home) -> Client:
 
 
 def map_handle_to(relay, handle_owner: str, new_owner: str) -> None:
-    """The relay's directory now answers `handle_owner`'s handle with `new_owner`'s account."""
+    """The relay's directory now answers `handle_owner`'s handle with `new_owner`'s account
+    (and the other way round)."""
+    from conftest import swap_handle_owners
+
     with relay.db() as db:
-        db.execute("BEGIN")
-        (h_old,) = db.execute("SELECT handle_hmac FROM accounts WHERE account_id = ?", (handle_owner,)).fetchone()
-        (h_new,) = db.execute("SELECT handle_hmac FROM accounts WHERE account_id = ?", (new_owner,)).fetchone()
-        db.execute("UPDATE accounts SET handle_hmac = ? WHERE account_id = ?", (os.urandom(32), handle_owner))
-        db.execute("UPDATE accounts SET handle_hmac = ? WHERE account_id = ?", (h_old, new_owner))
-        db.execute("UPDATE accounts SET handle_hmac = ? WHERE account_id = ?", (h_new, handle_owner))
-        db.execute("COMMIT")
+        swap_handle_owners(relay.data_dir, db, handle_owner, new_owner,
+                           [f"{n}@example.com" for n in ("alice", "bob", "mallory", "carol")])
 
 
 def envelope_counts(relay) -> dict[str, int]:
@@ -129,8 +126,7 @@ def changed(make_client, relay):
     alice.verify(BOB, mark=True)
     ids = {n: c.whoami().account_id for n, c in (("alice", alice), ("bob", bob), ("mallory", mallory))}
     map_handle_to(relay, ids["bob"], ids["mallory"])
-    with RelayClient(relay.url, alice.store.load_account().token) as rc:
-        assert rc.lookup(BOB) == ids["mallory"]
+    assert alice.lookup([BOB])[0].account_id == ids["mallory"]
     return alice, bob, mallory, ids
 
 

@@ -71,6 +71,26 @@ def register(client: Any, handle: str | None = None, devices: int = 1) -> Identi
     return ident
 
 
+def private_lookup(client: Any, ident: Identity, handle: str) -> str | None:
+    """The account holding `handle`, found the way a client finds it: one OPRF evaluation
+    of a blinded element, then one bucket by tag prefix. None when nobody holds it."""
+    from imsg_cli.protocol import discovery
+
+    b = discovery.blind(handle, os.urandom)
+    r = client.post("/v1/discovery/evaluate", json={"elements": [b64(b.element)]}, headers=ident.headers())
+    assert r.status_code == 200, r.text
+    output = discovery.finalize(b, base64.b64decode(r.json()["evaluated"][0]))
+    bits = r.json()["prefix_bits"]
+    prefix = discovery.prefix_of(discovery.tag_of(output), bits)
+    r = client.post("/v1/discovery/buckets", json={"prefix_bits": bits, "prefixes": [prefix]},
+                    headers=ident.headers())
+    assert r.status_code == 200, r.text
+    entries = [(base64.b64decode(e["tag"]), base64.b64decode(e["record"]))
+               for e in r.json()["buckets"][0]["entries"]]
+    holder = discovery.open_record(output, entries)
+    return holder.account_id if holder else None
+
+
 def open_channel(client: Any, ident: Identity, device_id: int = 1) -> str:
     """Open a provisioning channel as a device of `ident`; returns the channel id."""
     r = client.post("/v1/provisioning", headers=ident.headers(device_id), json={})

@@ -7,6 +7,7 @@ import base64
 import pytest
 
 from .helpers import (
+    private_lookup,
     b64,
     new_identity,
     new_message_id,
@@ -85,15 +86,14 @@ def test_register_rejects_non_canonical_handles(client, handle):
     assert r.status_code == 400
 
 
-def test_lookup_finds_account_and_404s_unknown(client):
+def test_private_lookup_finds_account_and_nobody_for_unknown(client):
     alice = register(client, "alice@example.com")
     bob = register(client)
-    r = client.post("/v1/lookup", json={"handle": "alice@example.com"}, headers=bob.headers())
-    assert r.status_code == 200
-    assert r.json() == {"account_id": alice.account_id}
-    r = client.post("/v1/lookup", json={"handle": "nobody@example.com"}, headers=bob.headers())
-    assert r.status_code == 404
-    assert r.json()["error"] == "not_found"
+    assert private_lookup(client, bob, "alice@example.com") == alice.account_id
+    assert private_lookup(client, bob, "nobody@example.com") is None
+    # the plaintext lookup of earlier versions is gone
+    assert client.post("/v1/lookup", json={"handle": "alice@example.com"},
+                       headers=bob.headers()).status_code == 404
 
 
 def test_unknown_account_is_404(client):
@@ -318,7 +318,7 @@ def test_bad_path_and_query_values_are_400(client):
 
 def test_non_json_body_is_415(client):
     alice = register(client)
-    r = client.post("/v1/lookup", content=b"handle=x", headers={
+    r = client.post("/v1/handles", content=b"handle=x", headers={
         **alice.headers(), "Content-Type": "application/x-www-form-urlencoded"})
     assert r.status_code == 415 and r.json()["error"] == "unsupported_media_type"
 

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from .helpers import LiveRelay, b64, new_message_id, register, relay_settings, send
+from .helpers import LiveRelay, b64, new_message_id, private_lookup, register, relay_settings, send
 
 PG = os.environ.get("IMSG_TEST_POSTGRES", "host=127.0.0.1 port=5432 dbname=test user=postgres")
 REDIS = os.environ.get("IMSG_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -66,8 +66,7 @@ def test_conversation_and_ack_semantics_on_postgres(pg_live):
         alice, bob = register(c, "alice@example.com"), register(c, devices=3)
         r = c.post("/v1/accounts", json={**_reg_payload(alice), "token": _tok()})
         assert r.status_code == 409 and r.json()["error"] == "account_exists"
-        assert c.post("/v1/lookup", json={"handle": "alice@example.com"},
-                      headers=bob.headers()).json() == {"account_id": alice.account_id}
+        assert private_lookup(c, bob, "alice@example.com") == alice.account_id
         mid = new_message_id()
         assert send(c, alice, bob, b"x", mid).json() == {"message_id": mid, "stored": 3}
         assert send(c, alice, bob, b"x", mid).json() == {"message_id": mid, "stored": 3}

@@ -11,7 +11,7 @@ import time
 
 import httpx
 
-from .helpers import RelayProcess, b64, new_message_id, register
+from .helpers import RelayProcess, b64, new_message_id, private_lookup, register
 
 
 def test_serve_port_0_prints_url_and_stops_cleanly_on_sigterm(tmp_path):
@@ -111,10 +111,8 @@ def test_database_and_log_hold_no_handles_tokens_or_addresses(tmp_path):
     try:
         with httpx.Client(base_url=relay.url, timeout=10) as c:
             alice, bob = register(c, handles[0]), register(c, handles[1], devices=2)
-            assert c.post("/v1/lookup", json={"handle": handles[1]},
-                          headers=alice.headers()).status_code == 200
-            assert c.post("/v1/lookup", json={"handle": "carol@example.com"},
-                          headers=alice.headers()).status_code == 404
+            assert private_lookup(c, alice, handles[1]) == bob.account_id
+            assert private_lookup(c, alice, "carol@example.com") is None
             keys = {"signed_prekey": {"key_id": 1, "public_key": b64(b"k"), "signature": b64(b"s")},
                     "one_time": [{"key_id": 2, "public_key": b64(b"o")}]}
             c.put("/v1/keys", json=keys, headers=bob.headers())
@@ -130,7 +128,7 @@ def test_database_and_log_hold_no_handles_tokens_or_addresses(tmp_path):
             c.post("/v1/accounts", content=b'{"handle": "' + handles[0].encode() + b'"',
                    headers={"Content-Type": "application/json"})
             c.get("/v1/messages", headers={"Authorization": "Bearer " + alice.tokens[1][:-1] + "A"})
-            c.post("/v1/lookup", json={"handle": 5}, headers=bob.headers())
+            c.post("/v1/handles", json={"handle": 5}, headers=bob.headers())
     finally:
         assert relay.terminate() == 0
     secrets_ = [h.encode() for h in handles]

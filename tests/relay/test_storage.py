@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from imsg_relay.storage.base import AccountNotFound, DeviceMismatch, DeviceRef, StorageConflict
+from imsg_relay.storage.base import AccountNotFound, DeviceMismatch, DeviceRef, HandleRow, StorageConflict
 from imsg_relay.storage.sqlite import SQLiteStorage
 from imsg_relay.sweeper import sweep
 
@@ -28,7 +28,8 @@ async def _with_storage(path, fn):
 
 async def _account(storage, account_id="a" * 32, devices=(1,), handle=b"h" * 32):
     first, *rest = devices
-    await storage.create_account(account_id, b"\x06" + bytes(32), handle, b"list", first,
+    row = HandleRow(handle, account_id, "unverified", True, b"label", 0, b"record")
+    await storage.create_account(account_id, b"\x06" + bytes(32), row, b"list", first,
                                  account_id.encode()[:8] + bytes([first]) * 24, 0)
     for d in rest:
         await storage.add_device(account_id, d, account_id.encode()[:8] + bytes([d]) * 24,
