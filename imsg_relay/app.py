@@ -136,7 +136,7 @@ _WAIT = ("wait", {"type": "integer", "minimum": 0, "maximum": 60, "default": 0},
 OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/v1/health", "health", "relay liveness", 200, "Health", auth=False),
     Operation("POST", "/v1/accounts", "register", "register an account and its first device",
-              201, "DeviceCreated", "RegisterRequest", auth=False, errors=(409, 429, 502)),
+              201, "DeviceCreated", "RegisterRequest", auth=False, errors=(409, 429)),
     Operation("GET", "/v1/accounts/{account_id}", "get_account",
               "an account's key, signed device list and devices", 200, "Account",
               errors=(404,), path_params=_ACCOUNT_PARAM),
@@ -328,10 +328,14 @@ class Relay(ReachableRoutes):
                 token_hash(raw_token), self.now_ms())
         except StorageConflict as exc:
             raise _conflict(exc) from None
+        sent = code is not None
         if code is not None:  # registered either way; `POST /v1/handles` sends a new code
-            await self.send_code(data["handle"], code)
+            try:
+                await self.send_code(data["handle"], code)
+            except RelayError:
+                sent = False
         return _json({"account_id": data["account_id"], "device_id": data["device_id"],
-                      "handle_state": handle.state}, 201)
+                      "handle_state": handle.state, "code_sent": sent}, 201)
 
     async def get_account(self, request: Request) -> Response:
         await self.authenticate(request)

@@ -93,7 +93,8 @@ S["RegisterRequest"] = {
 S["DeviceCreated"] = {"type": "object", "required": ["account_id", "device_id"],
                       "properties": {"account_id": ACCOUNT_ID, "device_id": DEVICE_ID,
                                      "handle_state": {"type": "string",
-                                                      "enum": ["pending", "unverified"]}}}
+                                                      "enum": ["pending", "unverified"]},
+                                     "code_sent": {"type": "boolean"}}}
 S["AddDeviceRequest"] = {
     "type": "object",
     "required": ["token", "device_list"],
