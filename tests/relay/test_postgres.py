@@ -261,3 +261,61 @@ def test_blob_upload_and_ranged_download_on_postgres(pg_live):
         assert c.delete(url, headers=bob.headers()).status_code == 404
         assert c.delete(url, headers=alice.headers()).status_code == 200
         assert c.get(url, headers=bob.headers()).status_code == 404
+
+
+def test_handles_codes_and_private_lookup_on_postgres(tmp_path, pg_schema):
+    """The handles table on PostgreSQL: claims, codes (file verifier), wrong tries, transfer
+    by verification, receive off, removal; and lookups that leave no trace in any table."""
+    import psycopg
+
+    from imsg_relay.storage.postgres import PostgresStorage
+
+    from .test_reachable import codes_in, traces_of
+
+    codes = tmp_path / "codes.txt"
+    storage = PostgresStorage(PG, schema=pg_schema, pool_size=4)
+    settings = relay_settings(tmp_path / "data", verifier=f"file:{codes}")
+    with LiveRelay(settings, storage=storage) as relay, httpx.Client(base_url=relay.url, timeout=10) as c:
+        alice, bob, carol = register(c, "alice@example.com"), register(c), register(c)
+
+        def claim(who, handle):
+            r = c.post("/v1/handles", json={"handle": handle, "label": b64(b"l")}, headers=who.headers())
+            assert r.status_code == 201, r.text
+            return [code for h, code in codes_in(codes) if h == handle][-1]
+
+        code = claim(alice, "+15551239999")
+        wrong = f"{(int(code) + 1) % 1_000_000:06d}"
+        r = c.post("/v1/handles/verify", json={"handle": "+15551239999", "code": wrong}, headers=alice.headers())
+        assert r.status_code == 403 and r.json()["tries_left"] == 4
+        assert c.post("/v1/handles/verify", json={"handle": "+15551239999", "code": code},
+                      headers=alice.headers()).json()["state"] == "verified"
+        assert private_lookup(c, carol, "+15551239999") == alice.account_id
+        code = claim(bob, "+15551239999")  # the number went to bob
+        assert c.post("/v1/handles/verify", json={"handle": "+15551239999", "code": code},
+                      headers=bob.headers()).status_code == 200
+        assert private_lookup(c, carol, "+15551239999") == bob.account_id
+        [row] = [h for h in c.get("/v1/handles", headers=bob.headers()).json()["handles"] if h["state"] == "verified"]
+        c.patch(f"/v1/handles/{row['id']}", json={"receiving": False}, headers=bob.headers())
+        assert private_lookup(c, carol, "+15551239999") is None
+        assert c.delete(f"/v1/handles/{row['id']}", headers=bob.headers()).status_code == 200
+        with psycopg.connect(PG) as conn:
+            conn.execute(f'SET search_path TO "{pg_schema}"')
+            counts = lambda: {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]  # noqa: E731
+                              for (t,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s",
+                                                       (pg_schema,)).fetchall()}
+            before = counts()
+            for h in ("+15558880000", "nobody@example.com", "alice@example.com"):
+                private_lookup(c, carol, h)
+            assert counts() == before
+            dump = b"".join(repr(row).encode() for (t,) in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s", (pg_schema,)).fetchall()
+                for row in conn.execute(f'SELECT * FROM "{t}"').fetchall())
+            # bytea values come back as bytes; repr shows them escaped, so check hex too
+            hexdump = b"".join(bytes(v).hex().encode() for (t,) in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s", (pg_schema,)).fetchall()
+                for row in conn.execute(f'SELECT * FROM "{t}"').fetchall()
+                for v in row if isinstance(v, (bytes, memoryview)))
+        for h in ("+15558880000", "nobody@example.com"):
+            for trace in traces_of(h, tmp_path / "data"):
+                assert trace not in dump and trace.hex().encode() not in hexdump, (h, trace)
+        assert b"alice@example.com" not in dump and b"+15551239999" not in dump
