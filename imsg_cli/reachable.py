@@ -1,5 +1,5 @@
 """Reachable at: the account's phone numbers and e-mail addresses, and the private lookup
-(`Client` mixes this in; docs/PROTOCOL.md §10).
+(`Client` mixes this in; docs/PROTOCOL.md §8a).
 
 The relay keeps each handle only blinded. The account's devices learn their own handles
 back from the relay's list, where each row carries the handle sealed under a key from the

@@ -1,4 +1,4 @@
-"""Blinded handles and discovery buckets, the relay's side (docs/PROTOCOL.md §10).
+"""Blinded handles and discovery buckets, the relay's side (docs/PROTOCOL.md §8a).
 
 The relay holds an OPRF key (RFC 9497, ristretto255-SHA512) derived from a 32-byte seed in
 a 0600 file of the data directory. For a handle H (canonical, UTF-8):

@@ -1,5 +1,5 @@
 """Reachable handles and private discovery: the routes (a mixin of `Relay`) and their
-schemas. See docs/RELAY-API.md "Reachable handles" and docs/PROTOCOL.md §10.
+schemas. See docs/RELAY-API.md "Reachable handles" and docs/PROTOCOL.md §8a.
 
 What the relay learns, and keeps:
 - adding or verifying a handle: the handle in the clear for that one request (it must send

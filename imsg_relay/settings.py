@@ -82,7 +82,7 @@ class Settings:
     blob_part_size: int = 8 * MIB
     blob_retention_days: int = 30
     secret_file: Path | None = field(default=None, repr=False)
-    # Reachable handles (docs/PROTOCOL.md §10). How codes are delivered: smtp, sms-webhook,
+    # Reachable handles (docs/PROTOCOL.md §8a). How codes are delivered: smtp, sms-webhook,
     # file:PATH (one "HANDLE CODE" line per code) or none (handles claimed unverified).
     verifier: str = "none"
     smtp_host: str = "127.0.0.1"

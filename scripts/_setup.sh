@@ -20,4 +20,17 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
     fi
     touch "$STAMP"
 fi
+# Private contact discovery needs the system libsodium (>= 1.0.18, for ristretto255):
+# pysodium binds it with ctypes. Install it when missing and we may; else say what to do.
+if ! "$VENV/bin/python" -c "import imsg_oprf; imsg_oprf.require_libsodium()" 2>/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "setup: installing libsodium23 (apt-get)" >&2
+        { apt-get install -y libsodium23 || { apt-get update && apt-get install -y libsodium23; }; } >/dev/null 2>&1 || true
+    fi
+    "$VENV/bin/python" -c "import imsg_oprf; imsg_oprf.require_libsodium()" || {
+        echo "setup: libsodium >= 1.0.18 is missing: apt-get install libsodium23 (Debian/Ubuntu)," \
+             "dnf install libsodium, or brew install libsodium" >&2
+        exit 1
+    }
+fi
 export PATH="$VENV/bin:$PATH"

@@ -1,4 +1,4 @@
-"""Private contact discovery, the client's half (docs/PROTOCOL.md §10). Sans-I/O: the
+"""Private contact discovery, the client's half (docs/PROTOCOL.md §8a). Sans-I/O: the
 caller carries the messages to the relay.
 
     blind(handle)           -> (blind, element)         send element to /v1/discovery/evaluate
