@@ -19,7 +19,6 @@ from imsg_cli.protocol.errors import DecodeError
 from imsg_cli.protocol.stores import LocalAccount, OwnHandle
 
 MAX_BATCH = 1000  # elements per evaluation request and prefixes per bucket request
-START_FROM = "reachable.start_from"  # setting: the handle new conversations start from
 UNVERIFIED = "reachable.unverified:"  # setting prefix: a contact handle only claimed, not verified
 
 
@@ -118,7 +117,9 @@ class ReachableMixin:
                 self.store.remove_own_handle(h.handle)
             for h in fresh:
                 self.store.save_own_handle(h)
-            self.store.set_setting(START_FROM, start)
+            # The start-from handle is the account's handle: what whoami shows and sends use.
+            if start is not None and start != account.handle:
+                self.store.save_account(replace(self._account(), handle=start))
         return fresh
 
     def _own_handle(self, handle: str, *, refresh: bool = True) -> OwnHandle:
@@ -195,9 +196,9 @@ class ReachableMixin:
 
     def _sending_handle(self, account: LocalAccount, from_: str | None) -> str:
         """The handle a message is sent from: `from_` if given (one of ours, usable), else
-        the start-from handle, else the handle the account was made with."""
+        the start-from handle (kept as the account's handle)."""
         if from_ is None:
-            return self.store.get_setting(START_FROM) or account.handle
+            return account.handle
         own = self._own_handle(from_)
         if own.state == "pending":
             raise errors.LocalStateError(f"{own.handle} is not verified yet",

@@ -337,3 +337,52 @@ def test_sms_webhook_posts_the_template_to_the_gateway(tmp_path):
             assert private_lookup(c, bob, "+15551230010") == alice.account_id
     finally:
         server.shutdown()
+
+
+def test_verifier_settings_are_checked_and_secrets_kept_out_of_repr(tmp_path):
+    from imsg_relay.settings import Settings, SettingsError
+
+    for bad in ({"verifier": "carrier-pigeon"}, {"verifier": "file:"}, {"verifier": "sms-webhook"},
+                {"smtp_tls": "maybe"}, {"max_handles": 0}, {"discovery_rate": 0}):
+        with pytest.raises(SettingsError):
+            Settings(data_dir=tmp_path, **bad)
+    s = Settings.from_env({"IMSG_RELAY_VERIFIER": "smtp", "IMSG_RELAY_SMTP_HOST": "mail.example",
+                           "IMSG_RELAY_SMTP_PORT": "2525", "IMSG_RELAY_SMTP_PASSWORD": "hunter2",
+                           "IMSG_RELAY_DISCOVERY_BURST": "50"})
+    assert (s.verifier, s.smtp_host, s.smtp_port, s.discovery_burst) == ("smtp", "mail.example", 2525, 50.0)
+    assert "hunter2" not in repr(s)
+
+
+def test_serve_refuses_an_unknown_verifier(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "imsg_relay.cli", "serve", "--port", "0", "--data", str(tmp_path),
+                        "--verifier", "fax"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "verifier" in r.stderr
+
+
+def test_a_schema_3_database_loses_its_handle_hmac_column_and_keeps_its_accounts(tmp_path):
+    import asyncio
+
+    from imsg_relay.storage.sqlite import SQLiteStorage
+
+    tmp_path.mkdir(exist_ok=True)
+    with sqlite3.connect(tmp_path / "relay.db") as db:
+        db.execute("CREATE TABLE accounts (account_id TEXT PRIMARY KEY, account_key BLOB NOT NULL, "
+                   "handle_hmac BLOB NOT NULL UNIQUE, device_list BLOB NOT NULL, created_at INTEGER NOT NULL)")
+        db.execute("INSERT INTO accounts VALUES ('a', x'06', x'aa', x'01', 5)")
+
+    async def body():
+        s = SQLiteStorage(tmp_path)
+        await s.open()
+        try:
+            return await s.get_account("a")
+        finally:
+            await s.close()
+
+    account = asyncio.run(body())
+    assert account is not None and account.account_key == b"\x06" and account.device_list == b"\x01"
+    with sqlite3.connect(tmp_path / "relay.db") as db:
+        assert [r[1] for r in db.execute("PRAGMA table_info(accounts)")] == [
+            "account_id", "account_key", "device_list", "created_at"]
