@@ -785,7 +785,11 @@ class Client(ReachableMixin):
         try:
             handle = canonical_handle(claimed)
             holder = self._private_lookup([handle])[handle]
-        except (errors.UsageError, errors.RelayRefusedError):
+        except errors.UsageError:
+            holder = None
+        except errors.RelayRefusedError as exc:
+            if exc.status == 429:
+                raise  # out of lookups for now: leave the envelope for a later receive
             holder = None
         if holder is None or holder.account_id != contact.account_id:
             raise errors.UntrustedIdentityError("sender claims a handle it does not hold")
@@ -809,7 +813,9 @@ class Client(ReachableMixin):
         if key not in checked:
             try:
                 holder = self._private_lookup([handle])[handle] if handle else None
-            except errors.RelayRefusedError:
+            except errors.RelayRefusedError as exc:
+                if exc.status == 429:
+                    raise  # out of lookups for now: leave the envelope for a later receive
                 holder = None
             checked[key] = holder is not None and holder.account_id == contact.account_id
         if checked[key]:

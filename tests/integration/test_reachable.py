@@ -192,3 +192,24 @@ def test_lookups_are_rate_limited_per_account(tmp_path):
             assert exc.value.status == 429
     finally:
         r.stop()
+
+
+def test_a_first_message_waits_when_the_lookup_budget_is_spent(tmp_path):
+    """The sender check needs a lookup; out of budget, the envelope stays at the relay
+    (429, retry later) instead of being rejected and lost."""
+    import time
+
+    r = start_thread_relay(tmp_path / "data", discovery_burst=3, discovery_rate=1.0)  # 3 in any 3 s
+    try:
+        with Client.open(tmp_path / "a", relay=r.url) as a, Client.open(tmp_path / "b", relay=r.url) as b:
+            a.init(ALICE)
+            b.init(BOB)
+            a.send(BOB, "hi")
+            b.lookup(["+15550000001", "+15550000002", "+15550000003"])  # b spends its budget
+            with pytest.raises(errors.RelayRefusedError) as exc:
+                b.receive()
+            assert exc.value.status == 429 and b.problems == []
+            time.sleep(3.2)  # the window passes
+            assert [m.text for m in b.receive()] == ["hi"]
+    finally:
+        r.stop()
