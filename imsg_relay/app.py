@@ -142,7 +142,7 @@ OPERATIONS: tuple[Operation, ...] = (
               errors=(404,), path_params=_ACCOUNT_PARAM),
     # Reachable handles (blinded) and private discovery: routes in reachable.py.
     Operation("POST", "/v1/handles", "add_handle",
-              "claim a handle for the caller's account; a verifying relay sends it a code", 201,
+              "claim a handle for the caller's account; a verifying relay sends it a code", 200,
               "Handle", "HandleRequest", errors=(409, 502)),
     Operation("POST", "/v1/handles/verify", "verify_handle",
               "confirm a pending handle with the code it received", 200, "Handle",

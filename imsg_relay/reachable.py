@@ -178,7 +178,7 @@ class ReachableRoutes:
         tag = tag_for(self.discovery_key.output(data["handle"]))
         existing = await self.storage.get_handle(device.account_id, tag)
         if existing is not None and existing.state in ("verified", "unverified"):
-            return _json(_handle_json(existing, self.now_ms()), 200)  # already held: no new code
+            return _json(_handle_json(existing, self.now_ms()))  # already held: no new code
         row, code = await self.new_handle_row(device.account_id, data["handle"], data["label"])
         try:
             await self.storage.put_handle(row, self.settings.max_handles)
@@ -190,7 +190,7 @@ class ReachableRoutes:
             raise RelayError("handle_taken", "another account holds this handle") from None
         if code is not None:
             await self.send_code(data["handle"], code)
-        return _json(_handle_json(row, self.now_ms()), 201)
+        return _json(_handle_json(row, self.now_ms()))
 
     async def verify_handle(self, request: Request) -> Response:
         device = await self.authenticate(request)

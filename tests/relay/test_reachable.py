@@ -52,7 +52,7 @@ def test_file_verifier_code_single_use_and_verified_handle_is_discoverable(file_
     c, codes, _ = file_relay
     alice, bob = register(c), register(c)
     r = c.post("/v1/handles", json={"handle": "+15551230001", "label": _label()}, headers=alice.headers())
-    assert r.status_code == 201 and r.json()["state"] == "pending"
+    assert r.status_code == 200 and r.json()["state"] == "pending"
     [(handle, code)] = [x for x in codes_in(codes) if x[0] == "+15551230001"]
     assert len(code) == 6 and code.isdigit()
     assert private_lookup(c, bob, handle) is None  # pending: not discoverable
@@ -126,9 +126,9 @@ def test_codes_are_rate_limited_per_handle_and_per_account(tmp_path):
     with TestClient(create_app(settings)) as c:
         alice, bob = register(c), register(c)
         add = lambda who, h: c.post("/v1/handles", json={"handle": h, "label": _label()}, headers=who.headers())  # noqa: E731
-        assert [add(alice, "+15551230005").status_code for _ in range(3)] == [201, 201, 429]
+        assert [add(alice, "+15551230005").status_code for _ in range(3)] == [200, 200, 429]
         assert add(bob, "+15551230005").status_code == 429  # per handle, whoever asks
-        assert add(alice, "+15551230006").status_code == 201
+        assert add(alice, "+15551230006").status_code == 200
         r = add(alice, "+15551230007")  # alice's fifth code this hour (one went to her registration handle)
         assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
 
@@ -269,7 +269,7 @@ def test_smtp_verifier_delivers_the_code_to_a_real_smtp_server(tmp_path):
         with TestClient(create_app(settings)) as c:
             alice, bob = register(c), register(c)
             r = c.post("/v1/handles", json={"handle": "erin@example.com", "label": _label()}, headers=alice.headers())
-            assert r.status_code == 201
+            assert r.status_code == 200
             [(rcpt, body)] = [g for g in got if g[0] == ["erin@example.com"]]
             code = CODE.search(body).group(1)
             assert c.post("/v1/handles/verify", json={"handle": "erin@example.com", "code": code},
@@ -326,7 +326,7 @@ def test_sms_webhook_posts_the_template_to_the_gateway(tmp_path):
         with TestClient(create_app(settings)) as c:
             alice, bob = register(c), register(c)
             r = c.post("/v1/handles", json={"handle": "+15551230010", "label": _label()}, headers=alice.headers())
-            assert r.status_code == 201
+            assert r.status_code == 200
             [(path, headers, body)] = got  # the e-mail registrations got no text
             doc = json.loads(body)
             assert path == "/send?key=k" and headers["Authorization"] == "Bearer gw-secret"
