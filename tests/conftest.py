@@ -215,23 +215,36 @@ def module_relay_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc
         r.stop()
 
 
-def swap_handle_owners(data_dir: Path, db: sqlite3.Connection, a: str, b: str, handles) -> None:
-    """What a malicious relay can do to its directory: every discoverable row of `handles`
-    held by account `a` now names `b`, and the other way round. The operator holds the
-    discovery key, so it can re-seal the records; `handles` are the candidates to try
-    (the relay keeps only tags, so the test names the plaintexts)."""
-    from imsg_relay.discovery import DiscoveryKey, seal_record, tag_for
 
-    key = DiscoveryKey.load(data_dir / "discovery.key")
-    db.execute("BEGIN IMMEDIATE")
-    for handle in set(handles):
-        output = key.output(handle)
-        tag = tag_for(output)
-        row = db.execute("SELECT account_id, state FROM handles WHERE tag = ? AND state != 'pending'",
-                         (tag,)).fetchone()
-        if row is None or row[0] not in (a, b):
-            continue
-        new = b if row[0] == a else a
-        db.execute("UPDATE handles SET account_id = ?, record = ? WHERE tag = ? AND account_id = ?",
-                   (new, seal_record(output, new, row[1] == "verified"), tag, row[0]))
-    db.execute("COMMIT")
+@pytest.fixture
+def relay_factory(tmp_path: Path) -> Iterator[Callable[..., ThreadRelay]]:
+    """relay_factory(**settings) -> a ThreadRelay with those settings over FAST_LIMITS, in its
+    own data directory; all are stopped at teardown."""
+    started: list[ThreadRelay] = []
+
+    def start(**overrides: Any) -> ThreadRelay:
+        r = start_thread_relay(tmp_path / f"relay-{len(started)}", **overrides)
+        started.append(r)
+        return r
+
+    yield start
+    for r in started:
+        r.stop()
+
+
+@pytest.fixture(scope="module")
+def module_relay_proc_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ProcessRelay]]:
+    """module_relay_proc_factory(env) -> an `imsg-relay serve` subprocess with these extra
+    IMSG_RELAY_* variables, for a whole module; `.base` is its temp directory."""
+    started: list[ProcessRelay] = []
+
+    def start(env: dict[str, str] | None = None) -> ProcessRelay:
+        base = tmp_path_factory.mktemp("relay-proc")
+        r = start_process_relay(base / "data", base / "relay.log", env=env)
+        r.base = base  # type: ignore[attr-defined]
+        started.append(r)
+        return r
+
+    yield start
+    for r in started:
+        r.stop()

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from typer import TyperException
 
-from imsg_cli.cli import account, devices, history, messages, reachable, trust
+from imsg_cli.cli import account, contacts, devices, history, messages, profile, reachable, trust
 from imsg_cli.cli.output import Output
 from imsg_cli.cli.state import State
 
@@ -58,12 +58,13 @@ app.add_typer(messages.attachment_app, name="attachment")
 app.command()(history.chats)
 app.command()(history.history)
 app.command()(history.delete)
-app.command()(trust.contacts)
+app.add_typer(contacts.app, name="contacts")
 app.command()(trust.verify)
 app.command()(trust.trust)
 app.add_typer(devices.app, name="device")
 app.add_typer(reachable.app, name="reachable")
 app.command()(reachable.lookup)
+app.add_typer(profile.app, name="profile")
 
 
 def main(argv: list[str] | None = None) -> int:

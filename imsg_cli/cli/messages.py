@@ -26,6 +26,10 @@ def send(
     from_: Annotated[Optional[str], typer.Option(
         "--from", metavar="HANDLE", help="Send from this handle of yours, this once (default: the "
                                          "start-from handle, see imsg reachable).")] = None,
+    share_profile: Annotated[Optional[str], typer.Option(
+        "--share-profile", metavar="yes|no",
+        help="Share your name and photo with this person (remembered for them). With the ask "
+             "policy and no terminal, nothing is shared unless this says yes.")] = None,
 ) -> None:
     """Send an end-to-end encrypted message. Prints the message id."""
     from imsg_cli.errors import UsageError
@@ -44,9 +48,12 @@ def send(
         raise UsageError("empty message")
     from imsg_cli.cli.output import Transfers
 
+    from imsg_cli.cli.profile import share_answer
+
     with state.client() as client, Transfers(state.out) as bars:
+        share_profile = share_answer(client, to, share_profile)
         sent = client.send(to, text, on_key_change=on_key_change, attachments=files, drafts=drafts,
-                           progress=bars.callback, from_=from_)
+                           progress=bars.callback, share_profile=share_profile, from_=from_)
         _report_problems(state, client)  # e.g. an earlier queued message the relay refused
     out = state.out
     if out.json:

@@ -99,7 +99,7 @@ def account_id(home: Path) -> str:
 def map_handle_to(env, handle_owner: str, new_owner: str) -> None:
     """The relay's directory now answers `handle_owner`'s handle with `new_owner`'s account
     (and the other way round): the malicious relay re-seals its blinded rows."""
-    from conftest import swap_handle_owners
+    from handle_helpers import swap_handle_owners
 
     db = relay_db(env)
     try:

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import start_process_relay
-
 from .test_cli import assert_json_error, imsg, json_lines
 
 
@@ -19,14 +17,11 @@ def ok(r) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, module_relay_proc_factory):
     base = tmp_path_factory.mktemp("reach-e2e")
     codes = base / "codes.txt"
-    relay = start_process_relay(base / "data", base / "relay.log", env={"IMSG_RELAY_VERIFIER": f"file:{codes}"})
-    try:
-        yield {"url": relay.url, "base": base, "codes": codes}
-    finally:
-        relay.stop()
+    relay = module_relay_proc_factory({"IMSG_RELAY_VERIFIER": f"file:{codes}"})
+    return {"url": relay.url, "base": base, "codes": codes}
 
 
 def code(env, handle: str) -> str:

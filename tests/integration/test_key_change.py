@@ -48,7 +48,7 @@ def link(relay, existing: Client, home) -> Client:
 def map_handle_to(relay, handle_owner: str, new_owner: str) -> None:
     """The relay's directory now answers `handle_owner`'s handle with `new_owner`'s account
     (and the other way round)."""
-    from conftest import swap_handle_owners
+    from handle_helpers import swap_handle_owners
 
     with relay.db() as db:
         swap_handle_owners(relay.data_dir, db, handle_owner, new_owner,

@@ -9,7 +9,6 @@ import threading
 
 import pytest
 
-from conftest import start_thread_relay
 from imsg_cli import errors
 from imsg_cli.client import Client
 
@@ -22,15 +21,12 @@ def code_for(codes_path, handle: str) -> str:
 
 
 @pytest.fixture
-def vrelay(tmp_path):
+def vrelay(tmp_path, relay_factory):
     """A relay that verifies handles by writing codes to a file."""
     codes = tmp_path / "codes.txt"
-    r = start_thread_relay(tmp_path / "vrelay-data", verifier=f"file:{codes}")
+    r = relay_factory(verifier=f"file:{codes}")
     r.codes = codes
-    try:
-        yield r
-    finally:
-        r.stop()
+    return r
 
 
 @pytest.fixture
@@ -158,13 +154,13 @@ def test_a_claimed_sender_handle_is_checked_by_private_lookup(vclient):
     bob.receive()
     contact, devices = alice._resolve(BOB)
     account = alice._account()
-    alice._send_to(account, contact, devices, "a" * 32, "it is carol here", (), "carol@example.com")
+    alice._send_to(account, contact, devices, "a" * 32, "it is carol here", sender_handle="carol@example.com")
     [m] = bob.receive()
     assert (m.sender, m.text) == (ALICE, "it is carol here")
     assert [p.code for p in bob.problems] == ["unverified_from"]
     # first contact: mallory-ish carol claims alice's address -> rejected outright
     contact, devices = carol._resolve(BOB)
-    carol._send_to(carol._account(), contact, devices, "b" * 32, "hello, it's alice", (), ALICE)
+    carol._send_to(carol._account(), contact, devices, "b" * 32, "hello, it's alice", sender_handle=ALICE)
     bob.problems.clear()
     assert bob.receive() == []
     assert [p.code for p in bob.problems] == ["rejected"]
@@ -181,35 +177,29 @@ def test_unverified_claims_are_marked_for_contacts(make_client):
     assert (r.reachable, r.verified) == (True, False)
 
 
-def test_lookups_are_rate_limited_per_account(tmp_path):
-    r = start_thread_relay(tmp_path / "data", discovery_burst=3, discovery_rate=0.001)
-    try:
-        with Client.open(tmp_path / "a", relay=r.url) as a:
-            a.init(ALICE)
-            a.lookup(["+15550000001", "+15550000002"])
-            with pytest.raises(errors.RelayRefusedError) as exc:
-                a.lookup(["+15550000003", "+15550000004"])
-            assert exc.value.status == 429
-    finally:
-        r.stop()
+def test_lookups_are_rate_limited_per_account(tmp_path, relay_factory):
+    r = relay_factory(discovery_burst=3, discovery_rate=0.001)
+    with Client.open(tmp_path / "a", relay=r.url) as a:
+        a.init(ALICE)
+        a.lookup(["+15550000001", "+15550000002"])
+        with pytest.raises(errors.RelayRefusedError) as exc:
+            a.lookup(["+15550000003", "+15550000004"])
+        assert exc.value.status == 429
 
 
-def test_a_first_message_waits_when_the_lookup_budget_is_spent(tmp_path):
+def test_a_first_message_waits_when_the_lookup_budget_is_spent(tmp_path, relay_factory):
     """The sender check needs a lookup; out of budget, the envelope stays at the relay
     (429, retry later) instead of being rejected and lost."""
     import time
 
-    r = start_thread_relay(tmp_path / "data", discovery_burst=3, discovery_rate=1.0)  # 3 in any 3 s
-    try:
-        with Client.open(tmp_path / "a", relay=r.url) as a, Client.open(tmp_path / "b", relay=r.url) as b:
-            a.init(ALICE)
-            b.init(BOB)
-            a.send(BOB, "hi")
-            b.lookup(["+15550000001", "+15550000002", "+15550000003"])  # b spends its budget
-            with pytest.raises(errors.RelayRefusedError) as exc:
-                b.receive()
-            assert exc.value.status == 429 and b.problems == []
-            time.sleep(3.2)  # the window passes
-            assert [m.text for m in b.receive()] == ["hi"]
-    finally:
-        r.stop()
+    r = relay_factory(discovery_burst=3, discovery_rate=1.0)  # 3 in any 3 s
+    with Client.open(tmp_path / "a", relay=r.url) as a, Client.open(tmp_path / "b", relay=r.url) as b:
+        a.init(ALICE)
+        b.init(BOB)
+        a.send(BOB, "hi")
+        b.lookup(["+15550000001", "+15550000002", "+15550000003"])  # b spends its budget
+        with pytest.raises(errors.RelayRefusedError) as exc:
+            b.receive()
+        assert exc.value.status == 429 and b.problems == []
+        time.sleep(3.2)  # the window passes
+        assert [m.text for m in b.receive()] == ["hi"]
