@@ -51,7 +51,8 @@ def _setup_logging(level: str) -> None:
     root.setLevel(level)
     # uvicorn's INFO lines name the bound address ("Uvicorn running on http://127.0.0.1...")
     # and, for some protocol errors, the client's; only its warnings and errors pass.
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "asyncio"):
+    # httpx's INFO lines name every URL it posts to: the SMS gateway's may carry its key.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "asyncio", "httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").disabled = True
 
