@@ -273,11 +273,15 @@ class Client(ProfileMixin, ReachableMixin):
         try:
             from imsg_cli.protocol.discovery import seal_label
 
-            relay.register(
+            registered = relay.register(
                 account_id=account_key.account_id, account_key=encode_key(KEY_ED25519, account_key.public),
                 handle=handle, device_list=device_list, device_id=1, token=token,
                 label=seal_label(account_key.private, handle, self._rng, start=True),
             )
+            if registered.get("handle_state") == "pending" and registered.get("code_sent") is False:
+                # registered; the relay's verifier failed for now
+                self.problems.append(Problem("", "code_not_sent", f"the relay could not send a code to {handle} "
+                                                                  f"now; ask again with: imsg reachable add {handle}"))
         except errors.RelayRefusedError as exc:
             relay.close()
             if exc.relay_code == "handle_taken":

@@ -328,14 +328,15 @@ class Relay(ReachableRoutes):
                 token_hash(raw_token), self.now_ms())
         except StorageConflict as exc:
             raise _conflict(exc) from None
-        sent = code is not None
+        created = {"account_id": data["account_id"], "device_id": data["device_id"],
+                   "handle_state": handle.state}
         if code is not None:  # registered either way; `POST /v1/handles` sends a new code
             try:
                 await self.send_code(data["handle"], code)
+                created["code_sent"] = True
             except RelayError:
-                sent = False
-        return _json({"account_id": data["account_id"], "device_id": data["device_id"],
-                      "handle_state": handle.state, "code_sent": sent}, 201)
+                created["code_sent"] = False
+        return _json(created, 201)
 
     async def get_account(self, request: Request) -> Response:
         await self.authenticate(request)

@@ -19,8 +19,11 @@ def init(
     with state.client() as client:
         me = client.init(handle, name)
         pending = [h for h in client.reachable_list(refresh=False) if h.state == "pending"]
+        unsent = [p for p in client.problems if p.code == "code_not_sent"]
     print_whoami(state, me)
-    for h in pending:
+    for p in unsent:
+        state.out.warning(p.code, p.message)
+    for h in pending if not unsent else ():
         state.out.info(f"a code was sent to {h.handle}; confirm it with: imsg reachable verify {h.handle} CODE")
 
 

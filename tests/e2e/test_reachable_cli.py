@@ -81,3 +81,12 @@ def test_wrong_code_is_refused_with_tries_left(env):
                                 "000000" if right != "000000" else "111111"), 5, "wrong_code")
     assert doc["tries_left"] == 4
     assert_json_error(run(env, home, "send", "ann@example.com", "hi", "--from", "dee@example.com"), 3)
+
+
+def test_init_says_so_when_the_code_could_not_be_sent(tmp_path, module_relay_proc_factory):
+    relay = module_relay_proc_factory({"IMSG_RELAY_VERIFIER": "sms-webhook",
+                                       "IMSG_RELAY_WEBHOOK_URL": "http://127.0.0.1:9/unreachable"})
+    r = imsg(tmp_path / "fay", "init", "+15551230099", relay=relay.url, json_mode=True)
+    assert r.returncode == 0, r.stderr
+    warnings = [doc for doc in json_lines(r.stderr) if doc.get("warning") or doc.get("error")]
+    assert any("could not send a code" in doc.get("message", "") for doc in warnings), r.stderr
