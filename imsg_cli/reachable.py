@@ -147,7 +147,7 @@ class ReachableMixin:
     def reachable_verify(self, handle: str, code: str) -> OwnHandle:
         handle = canonical_handle(handle)
         code = code.strip().replace(" ", "").replace("-", "")
-        if len(code) != 6 or not code.isdigit():
+        if len(code) != 6 or not (code.isascii() and code.isdigit()):
             raise errors.UsageError("a verification code is 6 digits")
         self._account()
         try:

@@ -65,7 +65,8 @@ def test_init_pending_verify_list_lookup_and_send_from(env):
 
 @pytest.mark.parametrize("args", [("lookup", "not-a-handle"), ("lookup", "+1 555"), ("reachable", "add", "a@b@c"),
                                   ("send", "x@y", "hi"), ("reachable", "receive", "ann@example.com"),
-                                  ("reachable", "verify", "ann@example.com", "12345")])
+                                  ("reachable", "verify", "ann@example.com", "12345"),
+                                  ("reachable", "verify", "ann@example.com", "\u0661\u0662\u0663\u0664\u0665\u0666")])
 def test_malformed_input_is_a_usage_error(env, args):
     home = env["base"] / "cal"
     if not (home / "imsg.db").exists():
