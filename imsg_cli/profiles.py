@@ -208,7 +208,12 @@ class ProfileMixin:
         with self.store.transaction():
             self.store.save_account(replace(self._account(), name=new_name))
             self._bump_revision()
-        self._publish(pf.Profile(new_name, new_photo), required=True)
+        try:
+            self._publish(pf.Profile(new_name, new_photo), required=True)
+        except errors.RelayUnavailableError as exc:
+            raise errors.RelayUnavailableError(
+                f"{exc}; your name and photo are saved here",
+                hint="they go to the relay (and your other devices) before your next shared message") from None
         self._announce_profile(self._account())
         return self.profile_show()
 
@@ -286,6 +291,7 @@ class ProfileMixin:
                 self._bump_revision()
         try:
             self._publish(own, required=False)
+            self._announce_profile(self._account())  # the revision our other devices missed
         except (errors.RelayUnavailableError, errors.RelayRefusedError, errors.LocalStateError):
             pass
 

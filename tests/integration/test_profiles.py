@@ -267,3 +267,21 @@ def test_the_relay_database_holds_no_name_or_photo(make_client, relay, tmp_path)
         data = path.read_bytes()
         for needle in needles:
             assert needle not in data, (path, needle[:16])
+
+
+def test_a_change_made_while_the_relay_is_away_goes_out_with_the_next_share(make_client, relay, closed_url):
+    alice, bob = shared(make_client)
+    alice2, _ = link(make_client, relay, alice, "alice2")
+    alice.send(BOB, "first")
+    bob.receive()
+    offline = Client(alice.store, relay_url=closed_url)  # the same home, relay out of reach
+    with pytest.raises(errors.RelayUnavailableError, match="saved here"):
+        offline.profile_set("Ada offline")
+    assert alice.profile_show().name == "Ada offline" and not alice.profile_show().published
+    alice.send(BOB, "back online")  # publishes first, tells the other device, then shares
+    assert alice.profile_show().published
+    bob.receive()
+    assert row(bob, ALICE).profile_name == "Ada offline"
+    alice2.receive()
+    assert alice2.profile_show().name == "Ada offline"
+    assert alice2.profile_revision() == alice.profile_revision()
