@@ -192,6 +192,7 @@ class KeySource:
     passcode: str | None = None
     prompt: Callable[[str], str] | None = None
     use_agent: bool = True
+    use_keyring: bool = True
     sleep: Callable[[float], None] | None = None  # the failure delay; tests may record it
     from_agent: bool = field(default=False, init=False)  # set when the agent supplied the key
 
@@ -205,6 +206,12 @@ class KeySource:
         if interactive is None:
             interactive = _isatty(sys.stdin) and _isatty(sys.stderr)
         return cls(passcode=passcode, prompt=_getpass if interactive else None)
+
+    def passcode_only(self) -> "KeySource":
+        """This source without the agent and the keyring: for unlock, change and remove,
+        which must prove knowledge of the passcode (an unlocked session must not be enough
+        to set a passcode someone else knows, which would outlast `imsg lock`)."""
+        return replace(self, use_agent=False, use_keyring=False)
 
 
 def _isatty(stream) -> bool:
@@ -309,7 +316,7 @@ def storage_key(home: Path, kf: KeyFile, keys: KeySource) -> bytes:
         if key is not None and hmac.compare_digest(key_check(key), kf.check):
             keys.from_agent = True
             return key
-    if kf.keyring:
+    if kf.keyring and keys.use_keyring:
         key = keyring_get(home)
         if key is not None and hmac.compare_digest(key_check(key), kf.check):
             return key

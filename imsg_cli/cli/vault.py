@@ -92,13 +92,14 @@ def change(
         "--keyring/--no-keyring", help="Keep (or stop keeping) the storage key in the OS keyring; "
                                        "default: as before.")] = None,
 ) -> None:
-    """Change the passcode: the home is re-encrypted under a new storage key, so an old
-    copy of the key file with the old passcode opens nothing current."""
+    """Change the passcode (the current one is asked for even while unlocked): the home is
+    re-encrypted under a new storage key, so an old copy of the key file with the old
+    passcode opens nothing current."""
     from imsg_cli import vault
 
     state: State = ctx.obj
     home = state.home_path()
-    old_key = vault.current_key(home, state.keys())  # the current passcode is checked first
+    old_key = vault.current_key(home, state.keys().passcode_only())  # checked before asking for the new one
     passcode = _new_passcode(state, new_passcode_file, allow_current=False)
     vault.change_passcode(home, old_key, passcode, keyring=keyring)
     _done(state, "passcode changed", passcode=True, keyring=vault.read_keyfile(home).keyring)
@@ -106,12 +107,13 @@ def change(
 
 @passcode_app.command("remove")
 def remove(ctx: typer.Context) -> None:
-    """Remove the passcode: the home is decrypted back to a plain SQLite file."""
+    """Remove the passcode (asked for even while unlocked): the home is decrypted back to a
+    plain SQLite file."""
     from imsg_cli import vault
 
     state: State = ctx.obj
     home = state.home_path()
-    vault.remove_passcode(home, vault.current_key(home, state.keys()))
+    vault.remove_passcode(home, vault.current_key(home, state.keys().passcode_only()))
     _done(state, "passcode removed: this home is no longer encrypted at rest", passcode=False, keyring=False)
 
 
@@ -156,9 +158,7 @@ def unlock(
     state: State = ctx.obj
     seconds = parse_duration(for_)
     home = state.home_path()
-    keys = state.keys()
-    keys.use_agent = False  # a fresh unlock asks for the passcode, even if an agent runs
-    key = vault.current_key(home, keys)
+    key = vault.current_key(home, state.keys().passcode_only())
     until = int((time.time() + seconds) * 1000)
     vault_agent.start(home, key, until)
     if state.out.json:

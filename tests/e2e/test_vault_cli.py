@@ -179,7 +179,11 @@ def test_unlock_for_a_while_then_lock(cli: Env, tmp_path: Path):
     _error(cli(bob, "history", "alice@example.com"), 3, "locked")
     assert _ok(cli(bob, "lock")) == [{"locked": True, "was_unlocked": False}]
 
-    _ok(cli(bob, "unlock", "--for", "2s", env={"IMSG_PASSCODE": PASS}))
+    _ok(cli(bob, "unlock", "--for", "10m", env={"IMSG_PASSCODE": PASS}))
+    _error(cli(bob, "passcode", "remove"), 3, "locked")  # unlocked is not enough to remove it
+    _ok(cli(bob, "passcode", "change", env={"IMSG_PASSCODE": PASS, "IMSG_NEW_PASSCODE": "changed passcode"}))
+    _ok(cli(bob, "history", "alice@example.com"))  # still unlocked, under the new key
+    _ok(cli(bob, "unlock", "--for", "2s", env={"IMSG_PASSCODE": "changed passcode"}))
     _ok(cli(bob, "history", "alice@example.com"))
     time.sleep(3)
     _error(cli(bob, "history", "alice@example.com"), 3, "locked")
@@ -192,7 +196,11 @@ def test_keyring_opt_in(cli: Env, tmp_path: Path):
         {"passcode": True, "keyring": True}]
     assert _ok(cli(bob, "whoami", env=ring))[0]["handle"] == "bob@example.com"  # no passcode typed
     _error(cli(bob, "whoami"), 3, "locked")  # a keyring that does not have it: locked
-    _ok(cli(bob, "passcode", "change", "--no-keyring", env={**ring, "IMSG_NEW_PASSCODE": "another one"}))
+    # change, remove and unlock want the passcode itself: the keyring (or an agent) is not enough
+    _error(cli(bob, "passcode", "change", "--no-keyring", env={**ring, "IMSG_NEW_PASSCODE": "another one"}),
+           3, "locked")
+    _ok(cli(bob, "passcode", "change", "--no-keyring",
+            env={**ring, "IMSG_PASSCODE": PASS, "IMSG_NEW_PASSCODE": "another one"}))
     _error(cli(bob, "whoami", env=ring), 3, "locked")
 
 
