@@ -20,12 +20,14 @@ _ERROR_TEXT = {
          "(not_found)",
     409: "account_exists, handle_taken, device_exists, device_mismatch, too_many_devices, "
          "too_many_channels, blob_complete, incomplete (with `missing` parts), "
-         "too_many_handles, no_code (no live verification code: send a new one), or "
-         "prefix_bits_changed (with the relay's current `prefix_bits`)",
-    413: "request body, envelope, list, blob or blob part over its limit "
+         "too_many_handles, no_code (no live verification code: send a new one), "
+         "prefix_bits_changed (with the relay's current `prefix_bits`), or "
+         "stale_revision (a profile older than the one held)",
+    413: "request body, envelope, list, blob, blob part or profile over its limit "
          "(payload_too_large), or the account's blob quota (quota_exceeded, with `limit` and "
          "`used`)",
-    415: "request body is not application/json (application/octet-stream for a blob part) "
+    415: "request body is not application/json (application/octet-stream for a blob part or "
+         "a profile) "
          "(unsupported_media_type)",
     416: "the Range is outside the blob (range_not_satisfiable); Content-Range: bytes */size",
     429: "rate limited, or a provisioning box full; see Retry-After (rate_limited, box_full)",

@@ -148,6 +148,11 @@ class MessageStore(Protocol):
         were saved for them (the caller removes those files)."""
         ...
 
+    def messages_older_than(self, cutoff_ms: int, limit: int) -> list[str]:
+        """Ids of up to `limit` messages whose age, the earlier of `sent_at` (the sender's
+        clock) and `stored_at` (ours), is before `cutoff_ms` (retention)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class OutgoingBatch:
@@ -260,7 +265,27 @@ class HandleStore(Protocol):
     def remove_own_handle(self, handle: str) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class CachedProfile:
+    """A profile (name and photo) as last fetched and checked, for a contact or for our own
+    account: what `imsg contacts` shows, and what stays when its owner stops sharing."""
+
+    account_id: str
+    revision: int
+    name: str
+    photo: bytes  # the image file's bytes as the owner set them; never decoded
+    fetched_at: int
+
+
+class ProfileStore(Protocol):
+    def cached_profile(self, account_id: str) -> CachedProfile | None: ...
+    def save_cached_profile(self, profile: CachedProfile) -> None: ...
+
+
 class Store(AccountStore, PreKeyStore, SessionStore, ContactStore, MessageStore, OutboxStore, HeldStore,
-            AttachmentStore, SettingsStore, HandleStore, Protocol):
+            AttachmentStore, SettingsStore, ProfileStore, HandleStore, Protocol):
     def transaction(self) -> AbstractContextManager[None]: ...
     def close(self) -> None: ...
+    def checkpoint(self) -> None:
+        """After deleting: make sure no copy of the deleted rows is left in a journal."""
+        ...

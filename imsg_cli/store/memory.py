@@ -11,6 +11,7 @@ from typing import Iterator
 from imsg_cli.protocol.prekeys import KemPreKey, OneTimePreKey, SignedPreKey
 from imsg_cli.protocol.session import Address
 from imsg_cli.protocol.stores import (
+    CachedProfile,
     Contact,
     Conversation,
     HeldMessage,
@@ -40,11 +41,12 @@ class MemoryStore:
         self._uploads: dict[str, Upload] = {}
         self._settings: dict[str, str] = {}
         self._handles: dict[str, OwnHandle] = {}
+        self._profiles: dict[str, CachedProfile] = {}
         self._depth = 0
 
     _STATE = ("_account", "_signed", "_kem", "_one_time", "_next_id", "_sessions",
               "_contacts", "_messages", "_shown", "_outbox", "_held",
-              "_attachments", "_uploads", "_settings", "_handles")
+              "_attachments", "_uploads", "_settings", "_handles", "_profiles")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -75,6 +77,13 @@ class MemoryStore:
 
     def save_account(self, account: LocalAccount) -> None:
         self._account = account
+
+    # cached profiles
+    def cached_profile(self, account_id: str) -> CachedProfile | None:
+        return self._profiles.get(account_id)
+
+    def save_cached_profile(self, profile: CachedProfile) -> None:
+        self._profiles[profile.account_id] = profile
 
     # settings
     def get_setting(self, key: str) -> str | None:
@@ -246,6 +255,13 @@ class MemoryStore:
 
     def remove_upload(self, blob_id: str) -> None:
         self._uploads.pop(blob_id, None)
+
+    def messages_older_than(self, cutoff_ms: int, limit: int) -> list[str]:
+        old = [m.message_id for m in self._messages.values() if min(m.sent_at, m.stored_at) < cutoff_ms]
+        return old[:max(limit, 0)]
+
+    def checkpoint(self) -> None:
+        pass  # nothing on disk
 
     def delete_messages(self, message_ids: list[str]) -> list[str]:
         paths = []
