@@ -402,10 +402,14 @@ def set_passcode(home: str | os.PathLike, passcode: str, *, keyring: bool = Fals
                  rng: Callable[[int], bytes] = os.urandom, **argon2) -> None:
     """Encrypt a home that has no passcode yet."""
     home = Path(home).expanduser()
+    refuse_if_set(home)
+    _rewrite(home, None, rng(32), check_new_passcode(passcode), keyring=keyring, rng=rng, **argon2)
+
+
+def refuse_if_set(home: Path) -> None:
     if has_passcode(home):
         raise errors.LocalStateError("this home already has a passcode",
                                      hint="change it with: imsg passcode change")
-    _rewrite(home, None, rng(32), check_new_passcode(passcode), keyring=keyring, rng=rng, **argon2)
 
 
 def current_key(home: str | os.PathLike, keys: KeySource) -> bytes:

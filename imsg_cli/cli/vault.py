@@ -79,6 +79,7 @@ def set_(
 
     state: State = ctx.obj
     home = state.home_path()
+    vault.refuse_if_set(home)  # before asking for a new one
     passcode = _new_passcode(state, new_passcode_file, allow_current=True)
     vault.set_passcode(home, passcode, keyring=keyring)
     _done(state, "passcode set: this home is encrypted at rest", passcode=True, keyring=keyring)
