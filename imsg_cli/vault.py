@@ -228,11 +228,16 @@ def _getpass(prompt: str) -> str:
 
 
 def read_passcode_file(path: str) -> str:
-    """The first line of `path` (a trailing newline is not part of the passcode)."""
+    """The first line of `path` (a trailing newline is not part of the passcode). Refused,
+    like ssh refuses a private key, if other users may read it."""
+    p = Path(path).expanduser()
     try:
-        text = Path(path).expanduser().read_text(encoding="utf-8")
+        mode = p.stat().st_mode
+        text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise errors.UsageError(f"cannot read passcode file {path}: {getattr(exc, 'strerror', exc)}") from None
+    if mode & 0o077:
+        raise errors.UsageError(f"passcode file {path} is readable by other users", hint=f"chmod 600 {path}")
     return text.splitlines()[0] if text else ""
 
 

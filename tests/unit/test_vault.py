@@ -382,3 +382,19 @@ def test_runtime_dir_must_be_private(tmp_path: Path, monkeypatch):
 
     monkeypatch.setattr(tempfile, "tempdir", None)
     assert runtime_dir() == tmp_path / "tmp" / f"imsg-{os.getuid()}"
+
+
+def test_passcode_file_first_line_and_permissions(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("IMSG_PASSCODE", raising=False)
+    path = tmp_path / "pc"
+    path.write_text("line one passcode\nsecond line\n")
+    path.chmod(0o600)
+    assert vault.KeySource.from_environment(str(path), interactive=False).passcode == "line one passcode"
+    path.chmod(0o640)
+    with pytest.raises(errors.UsageError) as info:
+        vault.read_passcode_file(str(path))
+    assert "chmod 600" in info.value.hint
+    with pytest.raises(errors.UsageError):
+        vault.read_passcode_file(str(tmp_path / "missing"))
+    monkeypatch.setenv("IMSG_PASSCODE", "from the environment")
+    assert vault.KeySource.from_environment(str(path), interactive=False).passcode == "from the environment"
