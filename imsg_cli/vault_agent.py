@@ -176,6 +176,7 @@ def serve(path: Path, until_ms: int, key: bytearray) -> None:
                 elif request == b"status":
                     answer = {"until": until_ms}
                 elif request == b"lock":
+                    _unlink_own(path, ident)  # gone before the answer: `lock` returns with no socket left
                     _send(conn, {"locked": True})
                     return
                 else:
@@ -184,12 +185,17 @@ def serve(path: Path, until_ms: int, key: bytearray) -> None:
     finally:
         for i in range(len(key)):
             key[i] = 0
-        try:
-            if path.stat().st_ino == ident:
-                path.unlink()
-        except FileNotFoundError:
-            pass
+        _unlink_own(path, ident)
         server.close()
+
+
+def _unlink_own(path: Path, ident: int) -> None:
+    """Remove our socket, never one a newer agent has bound to the same name since."""
+    try:
+        if path.stat().st_ino == ident:
+            path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def _send(conn: socket.socket, answer: dict) -> None:
