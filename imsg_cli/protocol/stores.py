@@ -224,6 +224,10 @@ class SettingsStore(Protocol):
         """Set a setting; None deletes it."""
         ...
 
+    def settings(self) -> dict[str, str]:
+        """Every setting, by key (a backup carries them to a new device)."""
+        ...
+
 
 class Store(AccountStore, PreKeyStore, SessionStore, ContactStore, MessageStore, OutboxStore, HeldStore,
             AttachmentStore, SettingsStore, Protocol):

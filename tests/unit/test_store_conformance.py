@@ -172,6 +172,15 @@ def test_settings(store):
     assert store.get_setting("start_from") == "+14155550100"
 
 
+def test_settings_lists_every_setting_by_key(store):
+    assert store.settings() == {}
+    store.set_setting("retention", "1y")
+    store.set_setting("backup.state", "{}")
+    store.set_setting("gone", "x")
+    store.set_setting("gone", None)
+    assert store.settings() == {"backup.state": "{}", "retention": "1y"}
+
+
 # --- messages ---
 
 
