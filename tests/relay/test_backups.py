@@ -9,7 +9,6 @@ import hashlib
 import os
 
 import httpx
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from imsg_relay.backups import LABEL_RESTORE_DEVICE, restore_statement
