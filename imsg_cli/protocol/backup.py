@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, Callable
 
 from imsg_cli.crypto import aead, sign
@@ -211,9 +211,8 @@ def encode_document(c: BackupContents) -> bytes:
         "account": {"account_id": c.account_id, "handle": c.handle, "name": c.name,
                     "account_private": b64(c.account_private), "profile_key": b64(c.profile_key),
                     "device_list": b64(c.device_list)},
-        "contacts": [{"account_id": k.account_id, "handle": k.handle, "account_key": b64(k.account_key),
-                      "device_list": b64(k.device_list), "verified": k.verified, "first_seen": k.first_seen,
-                      "status": k.status, "profile_key": b64(k.profile_key)} for k in c.contacts],
+        # Every field of a contact, so one added to `Contact` later is backed up too.
+        "contacts": [{f.name: _json_value(getattr(k, f.name)) for f in fields(Contact)} for k in c.contacts],
         "messages": [{"id": m.message_id, "peer": m.peer_account_id, "peer_handle": m.peer_handle,
                       "dir": m.direction, "from": m.sender_handle, "to": m.recipient_handle, "text": m.text,
                       "sent_at": m.sent_at, "stored_at": m.stored_at, "sender_device": m.sender_device}
@@ -266,21 +265,39 @@ def decode_document(raw: bytes) -> BackupContents:
         raise DecodeError(f"malformed backup document: {exc}") from None
 
 
+def _json_value(v: Any) -> Any:
+    return b64(v) if isinstance(v, bytes) else v
+
+
+_KEY_FIELDS = ("profile_key", "shared_profile_key")  # 32 bytes, or empty when not (yet) known
+
+
 def _contact(doc: Any) -> Contact:
+    """A contact: the fields this version knows, each of its declared type (bytes as base64);
+    a field missing takes its default, an unknown one is ignored (a newer writer's)."""
     if not isinstance(doc, dict):
         raise DecodeError("malformed contact")
-    key = unb64(doc, "account_key", 32)
-    account_id = field(doc, "account_id", str)
-    if account_id_for(key) != account_id:
+    values: dict[str, Any] = {}
+    for f in fields(Contact):
+        if f.name not in doc:
+            if f.default is MISSING:
+                raise DecodeError(f"contact field {f.name!r} missing")
+            continue
+        default = f.default if f.default is not MISSING else None
+        kind = type(default) if default is not None else (bytes if f.name in ("account_key", "device_list") else str)
+        if kind is bytes:
+            values[f.name] = unb64(doc, f.name) if doc[f.name] else b""
+        else:
+            values[f.name] = field(doc, f.name, kind)
+    contact = Contact(**values)
+    if len(contact.account_key) != 32 or account_id_for(contact.account_key) != contact.account_id:
         raise DecodeError("a contact's key does not match its account id")
-    device_list = unb64(doc, "device_list")
-    verify_device_list(device_list, key)
-    status = field(doc, "status", str)
-    if status not in ("ok", "changed", "replaced"):
+    verify_device_list(contact.device_list, contact.account_key)
+    if contact.status not in ("ok", "changed", "replaced"):
         raise DecodeError("malformed contact status")
-    profile = doc.get("profile_key") or ""
-    return Contact(account_id, field(doc, "handle", str), key, device_list, bool(field(doc, "verified", bool)),
-                   int(field(doc, "first_seen", int)), status, unb64(doc, "profile_key", 32) if profile else b"")
+    if any(len(getattr(contact, name, b"")) not in (0, 32) for name in _KEY_FIELDS):
+        raise DecodeError("a contact's profile key is not 32 bytes")
+    return contact
 
 
 def _message(doc: Any) -> StoredMessage:

@@ -49,6 +49,7 @@ def _conversation(make_client):
 def test_restore_makes_a_new_device_that_reads_history_and_talks(make_client, relay, tmp_path):
     alice, bob = _conversation(make_client)
     alice.verify(BOB, mark=True)
+    alice.contacts_add(BOB, nickname="Bobby")
     alice.store.set_setting("retention", "1y")
     code = alice.backup_on()
     assert len(bk.parse_recovery_code(code)) == bk.SECRET_LEN
@@ -73,6 +74,9 @@ def test_restore_makes_a_new_device_that_reads_history_and_talks(make_client, re
     # Old history, contacts with their verification state.
     assert [m.text for m in new.history(BOB)] == ["hello bob", "hi alice"]
     assert [c.state for c in new.contacts()] == ["verified"]
+    restored = new.store.contact_by_handle(BOB)
+    assert (restored.in_contacts, restored.nickname) == (True, "Bobby")
+    assert restored == alice.store.contact_by_handle(BOB)  # every field, profile state included
     assert new.receive() == []  # old messages are not shown again as new
 
     # New messages both ways, with the new device and the old one.

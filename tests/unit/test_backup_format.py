@@ -31,7 +31,9 @@ def contents(rng=os.urandom, name: str = "Alice", text: str = "hello") -> bk.Bac
     blob = key.sign_device_list(DeviceList(key.public, 1, 1000, (device.entry(1000),)))
     bob = AccountKey.generate(rng)
     bob_list = bob.sign_device_list(DeviceList(bob.public, 3, 1000, (DeviceKeys.generate(2, rng).entry(5),)))
-    contact = Contact(bob.account_id, "bob@example.com", bob.public, bob_list, True, 7, "ok", rng(32))
+    contact = Contact(bob.account_id, "bob@example.com", bob.public, bob_list, True, 7, "ok", rng(32),
+                      in_contacts=True, nickname="Bobby", profile_revision=3, share_profile="yes",
+                      shared_profile_key=rng(32))
     message = StoredMessage("ab" * 16, bob.account_id, "bob@example.com", "in", "bob@example.com",
                             "alice@example.com", text, 10, 11, 2)
     attachment = StoredAttachment("ab" * 16, 0, "cd" * 16, rng(32), rng(32), 1234, "a.jpg", "image/jpeg")
@@ -225,6 +227,13 @@ def test_document_round_trips_without_device_secrets():
         assert forbidden not in raw.decode()
 
 
+def test_every_contact_field_is_backed_up():
+    from dataclasses import fields
+
+    doc = json.loads(bk.encode_document(contents()))
+    assert set(doc["contacts"][0]) == {f.name for f in fields(Contact)}
+
+
 def test_document_checks_keys_against_ids_and_signatures():
     c = contents()
     doc = json.loads(bk.encode_document(c))
@@ -233,6 +242,8 @@ def test_document_checks_keys_against_ids_and_signatures():
                         (("contacts", 0, "account_id"), account_id_for(other.public)),
                         (("contacts", 0, "device_list"), doc["account"]["device_list"]),
                         (("account", "device_list"), doc["contacts"][0]["device_list"]),
+                        (("contacts", 0, "profile_key"), "AAAA"), (("contacts", 0, "verified"), "yes"),
+                        (("contacts", 0, "status"), "gone"),
                         (("messages", 0, "dir"), "sideways"), (("v",), 2), (("format",), "zip")):
         changed = json.loads(json.dumps(doc))
         target = changed
