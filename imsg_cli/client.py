@@ -672,6 +672,7 @@ class Client(BackupMixin, ProfileMixin):
                 break
         if used_prekeys or self._signed_prekey_due():
             self.maintain_prekeys()
+        self._refresh_profiles()  # contacts who announced a new name or photo
         self._backup_quietly()
         return self.take_unshown()
 

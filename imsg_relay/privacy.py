@@ -73,6 +73,10 @@ SECTIONS: tuple[Section, ...] = (
             " (SELECT count(*) FROM blob_parts p WHERE p.blob_id = b.blob_id) FROM blobs b"
             " WHERE b.account_id = ? ORDER BY b.created_at, b.blob_id",
             ("blob_id", "size", "part_size", "created_at", "complete", "parts_received")),
+    # The profile ciphertext (name and photo under the profile key the relay never holds).
+    Section("profiles", ("profiles",),
+            "SELECT key_id, revision, length(body), updated_at FROM profiles WHERE account_id = ?",
+            ("key_id", "revision", "size", "updated_at")),
     Section("backups", ("backups",),
             "SELECT size, created_at, updated_at FROM backups WHERE account_id = ?",
             ("size", "created_at", "updated_at")),

@@ -60,6 +60,9 @@ def report(ctx: typer.Context) -> None:
     for c in doc["provisioning_channels"]:
         out.line(f"pairing channel {c['channel']}: {c['queued_messages']} messages queued, "
                  f"expires {local_time(c['expires_at'])}")
+    for p in doc.get("profiles", []):
+        out.line(f"profile (name and photo): {human_size(p['size'])} of ciphertext, revision {p['revision']}, "
+                 f"updated {local_time(p['updated_at'])} (kept until replaced)")
     for b in doc["backups"]:
         out.line(f"backup: {human_size(b['size'])} of ciphertext, updated {local_time(b['updated_at'])} "
                  "(kept until you turn backups off)")
@@ -71,4 +74,4 @@ def report(ctx: typer.Context) -> None:
 
 
 _KNOWN = {"account", "handles", "devices", "signed_prekeys", "one_time_prekeys", "mailboxes", "envelopes",
-          "provisioning_channels", "blobs", "backups"}
+          "provisioning_channels", "blobs", "backups", "profiles"}

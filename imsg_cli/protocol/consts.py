@@ -67,3 +67,19 @@ SIGNED_PREKEY_KEEP_MS = 30 * 24 * 3600 * 1000
 
 # Devices per account (a phone, a tablet, a laptop, a watch... with room to spare).
 MAX_DEVICES = 10
+
+# --- profiles (name and photo, docs/PROTOCOL.md §6c) ---
+LABEL_PROFILE_ID = b"imsg/v1/profile/id"
+LABEL_PROFILE_KEY = b"imsg/v1/profile/key"
+LABEL_PROFILE_AD = b"imsg/v1/profile/ad"
+
+# A profile name is at most this many UTF-8 bytes; it is padded to a fixed block, so every
+# name has the same ciphertext length.
+PROFILE_NAME_MAX_BYTES = 254
+PROFILE_NAME_BLOCK = 256  # u16 length + name + zero padding
+
+# A profile photo is at most 512 KiB (a contact photo is shown small; 512 KiB holds a
+# 1024x1024 JPEG) and padded to the next power of two, at least 4 KiB: the ciphertext tells
+# only which of 8 buckets (4 KiB .. 512 KiB) the photo falls in.
+PROFILE_PHOTO_MAX = 512 * 1024
+PROFILE_PHOTO_MIN_BUCKET = 4 * 1024

@@ -141,6 +141,15 @@ CREATE TABLE IF NOT EXISTS backups (
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
 );
+-- Profiles: one ciphertext per account (name and photo under the profile key, which the
+-- relay never holds), filed under an id derived from that key; replaced on each upload.
+CREATE TABLE IF NOT EXISTS profiles (
+    account_id TEXT PRIMARY KEY,
+    key_id     BLOB NOT NULL,
+    revision   INTEGER NOT NULL,
+    body       BLOB NOT NULL,
+    updated_at INTEGER NOT NULL
+);
 """
 
 CHECKPOINT_INTERVAL = 1.0  # seconds between PASSIVE checkpoints of the WAL
@@ -719,6 +728,25 @@ class SQLiteStorage:
 
     async def report_rows(self, query: str, params: Sequence[object]) -> list[tuple]:
         return self._read().execute(query, tuple(params)).fetchall()
+
+    # profiles
+
+    async def put_profile(self, account_id: str, key_id: bytes, revision: int, body: bytes,
+                          now_ms: int) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT INTO profiles VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE"
+                " SET key_id = excluded.key_id, revision = excluded.revision, body = excluded.body,"
+                " updated_at = excluded.updated_at WHERE profiles.revision <= excluded.revision",
+                (account_id, key_id, revision, body, now_ms))
+            return cur.rowcount == 1
+
+        return await self._write(op)
+
+    async def get_profile(self, account_id: str) -> tuple[bytes, bytes] | None:
+        row = self._read().execute("SELECT key_id, body FROM profiles WHERE account_id = ?",
+                                   (account_id,)).fetchone()
+        return (row[0], row[1]) if row else None
 
 
 def _blob(conn: sqlite3.Connection, blob_id: str, live_after_ms: int) -> BlobInfo | None:

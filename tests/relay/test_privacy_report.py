@@ -115,6 +115,11 @@ def test_report_matches_the_tables(backend):
                   params={"access_hash": os.urandom(32).hex()}, content=os.urandom(70_000))
         assert r.status_code == 200, r.text
 
+        key_id = os.urandom(32)
+        profile = b"\x01" + key_id + (7).to_bytes(8, "big") + os.urandom(400)
+        r = c.put(f"/v1/profile/{key_id.hex()}", headers={**h, "Content-Type": "application/octet-stream"},
+                  content=profile)
+        assert r.status_code == 200, r.text
         r = c.get("/v1/privacy/report", headers=me.headers(2))
         assert r.status_code == 200, r.text
         doc = r.json()
@@ -151,6 +156,9 @@ def test_report_matches_the_tables(backend):
             for b in doc["blobs"]] == [(blob, bsize, bcreated, False, 1, bcreated + 30 * DAY_MS)]
     assert [(b["size"], b["updated_at"]) for b in doc["backups"]] == \
         run("SELECT size, updated_at FROM backups WHERE account_id = ?", a) == [(70_000, now)]
+    assert [(p["key_id"], p["revision"], p["size"]) for p in doc["profiles"]] == [(b64(key_id), 7, len(profile))]
+    assert [(p["revision"], p["updated_at"]) for p in doc["profiles"]] == \
+        run("SELECT revision, updated_at FROM profiles WHERE account_id = ?", a)
     # Nothing of the other account leaks into mine.
     assert other.account_id not in json.dumps(doc)
     assert len(doc["blobs"]) == 1
