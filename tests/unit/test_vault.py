@@ -107,6 +107,17 @@ def test_set_passcode_leaves_nothing_readable_and_opens_with_it(tmp_path: Path):
         sqlite3.connect(home / "imsg.db").execute("SELECT * FROM messages").fetchall()
 
 
+def test_the_replaced_database_file_is_overwritten(tmp_path: Path):
+    """A hard link keeps the old file's inode visible: after set, its bytes are zeros."""
+    home = tmp_path / "home"
+    _fill(home)
+    os.link(home / "imsg.db", tmp_path / "old-inode")
+    size = (tmp_path / "old-inode").stat().st_size
+    vault.set_passcode(home, "correct horse", **FAST)
+    assert (tmp_path / "old-inode").read_bytes() == b"\0" * size
+    assert _leaks(home) == []
+
+
 def test_wrong_passcode_changes_nothing_and_waits_longer_each_time(tmp_path: Path, runtime: Path):
     home = tmp_path / "home"
     _fill(home)
