@@ -409,3 +409,16 @@ def test_passcode_file_first_line_and_permissions(tmp_path: Path, monkeypatch):
         vault.read_passcode_file(str(tmp_path / "missing"))
     monkeypatch.setenv("IMSG_PASSCODE", "from the environment")
     assert vault.KeySource.from_environment(str(path), interactive=False).passcode == "from the environment"
+
+
+def test_a_database_that_does_not_match_the_key_file_is_a_clear_error(tmp_path: Path):
+    home, other = tmp_path / "home", tmp_path / "other"
+    for h in (home, other):
+        _fill(h)
+        vault.set_passcode(h, "correct horse", **FAST)
+    shutil.copy(other / "imsg.db", home / "imsg.db")  # a database from elsewhere, same passcode
+    before = _snapshot(home)
+    with pytest.raises(errors.LocalStateError) as info:
+        vault.open_store(home, vault.KeySource(passcode="correct horse"))
+    assert "does not match" in str(info.value) and info.value.exit_code == 3
+    assert {k: v[0] for k, v in _snapshot(home).items()} == {k: v[0] for k, v in before.items()}
