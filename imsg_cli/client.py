@@ -219,9 +219,10 @@ class Client(BackupMixin, ProfileMixin):
 
     @classmethod
     def open(cls, home: str | os.PathLike | None = None, relay: str | None = None, *, keys=None,
-             **kwargs) -> "Client":
+             retention: bool = True, **kwargs) -> "Client":
         """Open a home (see imsg_cli.vault.open_store; `keys`: a vault.KeySource for a home
-        with a passcode) and apply its retention setting."""
+        with a passcode) and apply its retention setting (unless `retention` is False: about
+        to change that setting, a longer one must not lose what it would keep)."""
         from imsg_cli.vault import KeySource, open_store
 
         path = Path(home).expanduser() if home else default_home()
@@ -230,7 +231,8 @@ class Client(BackupMixin, ProfileMixin):
         if keys.from_agent:
             client.still_unlocked = lambda: _agent_alive(path)
         try:
-            client.apply_retention()
+            if retention:
+                client.apply_retention()
         except BaseException:
             client.close()
             raise
