@@ -32,6 +32,7 @@ STATUS = {
     "too_many_handles": 409,
     "no_code": 409,
     "prefix_bits_changed": 409,
+    "backup_access_taken": 409,
     "stale_revision": 409,
     "payload_too_large": 413,
     "quota_exceeded": 413,

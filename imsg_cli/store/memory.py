@@ -95,6 +95,9 @@ class MemoryStore:
         else:
             self._settings[key] = value
 
+    def settings(self) -> dict[str, str]:
+        return dict(sorted(self._settings.items()))
+
     # own handles
     def own_handles(self) -> list[OwnHandle]:
         return sorted(self._handles.values(), key=lambda h: (h.added_at, h.handle))

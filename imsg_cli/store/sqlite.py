@@ -235,6 +235,9 @@ class SQLiteStore:
         else:
             self._db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, value))
 
+    def settings(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT key, value FROM settings ORDER BY key").fetchall())
+
     # own handles
     def own_handles(self) -> list[OwnHandle]:
         return [OwnHandle(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5]) for r in self._db.execute(
