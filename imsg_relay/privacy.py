@@ -143,10 +143,10 @@ class PrivacyRoutes:
             row["bytes"] = int(row["bytes"] or 0)
         for row in report["blobs"]:
             row["complete"] = bool(row["complete"])
-        for row in report["handles"]:
-            row["receiving"] = bool(row["receiving"])
             row["expires_at"] = row["created_at"] + blob_ms
             row["expired"] = row["expires_at"] <= now
+        for row in report["handles"]:
+            row["receiving"] = bool(row["receiving"])
         for row in report["provisioning_channels"]:
             row["queued_bytes"] = int(row["queued_bytes"] or 0)
             row["expired"] = row["expires_at"] <= now
