@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from typer import TyperException
 
-from imsg_cli.cli import account, devices, history, messages, trust
+from imsg_cli.cli import account, devices, history, messages, sealed, trust
 from imsg_cli.cli.output import Output
 from imsg_cli.cli.state import State
 
@@ -62,6 +62,7 @@ app.command()(trust.contacts)
 app.command()(trust.verify)
 app.command()(trust.trust)
 app.add_typer(devices.app, name="device")
+app.add_typer(sealed.app, name="sealed")
 
 
 def main(argv: list[str] | None = None) -> int:

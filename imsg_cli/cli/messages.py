@@ -49,10 +49,11 @@ def send(
     if out.json:
         from imsg_cli.cli.output import iso
 
-        out.record({"id": sent.id, "to": sent.to, "sent_at": iso(sent.sent_at), "devices": sent.devices})
+        out.record({"id": sent.id, "to": sent.to, "sent_at": iso(sent.sent_at), "devices": sent.devices,
+                    "sealed": sent.sealed})
     else:
         out.line(sent.id)
-        out.info(f"sent to {sent.to}")
+        out.info(f"sent to {sent.to}" + (" (sealed sender)" if sent.sealed else ""))
 
 
 def _report_problems(state: State, client) -> int:
