@@ -67,7 +67,7 @@ def _report_problems(state: State, client) -> int:
         elif p.code == "identity_changed":
             rejected += 1
             state.out.error("identity_changed", p.message, message_id=p.message_id)
-        elif p.code == "devices_changed":
+        elif p.code in ("devices_changed", "sealed_only_waiting"):
             state.out.warning(p.code, p.message)
         else:
             state.out.warning(p.code, f"ignored message {p.message_id}: {p.message}", message_id=p.message_id)
