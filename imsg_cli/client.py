@@ -26,8 +26,9 @@ from imsg_cli import attachments as attachment_io
 from imsg_cli import errors
 from imsg_cli.crypto import stream
 from imsg_cli.handles import canonical_handle
+from imsg_cli.profiles import ProfileMixin
 from imsg_cli.protocol import consts, envelope as env, provisioning as prov, session as sess
-from imsg_cli.protocol.content import KIND_SYNC, KIND_TEXT, Content
+from imsg_cli.protocol.content import KIND_PROFILE, KIND_SYNC, KIND_TEXT, Content
 from imsg_cli.protocol.encoding import KEY_ED25519, KEY_MLKEM768, KEY_X25519, decode_key, encode_key
 from imsg_cli.protocol.errors import (
     DecodeError,
@@ -153,6 +154,10 @@ class ContactInfo:
     devices: int
     fingerprint: str
     held: int
+    in_contacts: bool = False
+    nickname: str = ""  # the name we gave them
+    profile_name: str = ""  # the name they share with us (their profile), if any
+    sharing: bool = False  # they hold our current profile key
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +191,7 @@ def default_home() -> Path:
     return Path(user_data_dir("imsg", appauthor=False))
 
 
-class Client:
+class Client(ProfileMixin):
     def __init__(
         self,
         store: Store,
@@ -380,11 +385,10 @@ class Client:
                 self.problems.append(Problem("", "devices_changed",
                                              f"{known.handle} added a device (now {len(devices.devices)}); "
                                              "their safety number is unchanged"))
-        contact = Contact(account_id, handle or (known.handle if known else ""), account_key, remote.device_list,
-                          verified=known.verified if known else False,
-                          first_seen=known.first_seen if known else self._now(),
-                          status=known.status if known else "ok",
-                          profile_key=known.profile_key if known else b"")
+        if known is not None:  # everything else we know of them (nickname, profile...) stays
+            contact = replace(known, handle=handle or known.handle, device_list=remote.device_list)
+        else:
+            contact = Contact(account_id, handle, account_key, remote.device_list, first_seen=self._now())
         return contact, devices
 
     def _resolve(self, handle: str, on_key_change: str = "hold") -> tuple[Contact, DeviceList]:
@@ -455,8 +459,11 @@ class Client:
     # --- sending ---
 
     def send(self, to: str, text: str = "", *, on_key_change: str = "hold", attachments=(), drafts=(),
-             progress: Callable[[str, int, int], None] | None = None) -> SentMessage:
+             progress: Callable[[str, int, int], None] | None = None,
+             share_profile: str | None = None) -> SentMessage:
         """Send `text` to every device of `to`, and a copy to our own other devices.
+        Our profile key goes with it as the share policy says; `share_profile` ("yes" or
+        "no") answers for this person and is remembered (see `imsg_cli.profiles`).
 
         If the relay now maps `to` to a different account key, the message is held (kept
         locally, not sent) and IdentityChangedError is raised, unless `on_key_change` is
@@ -479,13 +486,15 @@ class Client:
                 self.store.hold_message(HeldMessage(message_id, to, text, self._now()))
             exc.details["message_id"] = message_id
             raise
-        return self._send_to(account, contact, devices, message_id, text, tuple(pointers))
+        return self._send_to(account, contact, devices, message_id, text, tuple(pointers), share_profile)
 
     def _send_to(self, account: LocalAccount, contact: Contact, devices: DeviceList, message_id: str,
-                 text: str, pointers: tuple = ()) -> SentMessage:
+                 text: str, pointers: tuple = (), share_profile: str | None = None) -> SentMessage:
         now = self._now()
         to = contact.handle
-        content = Content(message_id, now, KIND_TEXT, account.handle, to, text, attachments=pointers)
+        profile, contact = self._profile_for(account, contact, share_profile)
+        content = Content(message_id, now, KIND_TEXT, account.handle, to, text, attachments=pointers,
+                          profile=profile)
         try:
             package, content_ct = env.seal_content(content.encode(), self._rng)
         except ValueError:
@@ -500,11 +509,13 @@ class Client:
                                          if d.device_id != account.device_id]
         if own_others:  # sent-message sync: the same id, so every device stores it once
             sync = Content(message_id, now, KIND_SYNC, account.handle, to, text, contact.account_id,
-                           encode_key(KEY_ED25519, contact.account_key), pointers)
+                           encode_key(KEY_ED25519, contact.account_key), pointers, profile)
             sync_package, sync_ct = env.seal_content(sync.encode(), self._rng)
             envelopes = self._encrypt_for(account, account.account_id, own_others, sync_package, sync_ct)
             batches.append((OutgoingBatch(message_id, account.account_id, tuple(envelopes), now), sync_package, sync_ct))
         with self.store.transaction():
+            if not to_self:  # an answer given now, and the key given to them
+                self.store.save_contact(replace(contact, shared_profile_key=profile.key) if profile else contact)
             for batch, _, _ in batches:
                 self.store.add_outgoing(batch)
             self.store.add_message(StoredMessage(
@@ -737,6 +748,7 @@ class Client:
                         raise RemoteProtocolError("sync messages are accepted only from our own devices")
                     if fresh_contact or not contact.handle:
                         contact = self._check_claimed_handle(contact, content.sender_handle)
+                    contact = self._received_profile(contact, content)
                     self.store.save_contact(contact)
                     message = StoredMessage(
                         content.message_id, contact.account_id, contact.handle, "in", contact.handle,
@@ -747,8 +759,9 @@ class Client:
                     self.store.remove_one_time_prekey(result.used_one_time_prekey)
                 if result.used_kem_prekey is not None:
                     self.store.remove_kem_prekey(result.used_kem_prekey)
-                self.store.add_message(message)
-                self.store.add_attachments(_stored_attachments(content.message_id, content.attachments))
+                if message is not None:  # None: a profile update from our own device
+                    self.store.add_message(message)
+                    self.store.add_attachments(_stored_attachments(content.message_id, content.attachments))
             if contact is not None and contact.status == "changed":
                 self.problems.append(Problem(e.message_id, "identity_changed",
                                              f"{contact.handle} now writes from a new account key (safety number changed)"))
@@ -770,9 +783,13 @@ class Client:
             self.problems.append(Problem(e.message_id, "rejected", str(exc)))
         return False
 
-    def _from_own_device(self, account: LocalAccount, content: Content, sender: Address) -> StoredMessage:
-        """A sync copy of a message another of our devices sent, or a note to self."""
+    def _from_own_device(self, account: LocalAccount, content: Content, sender: Address) -> StoredMessage | None:
+        """A sync copy of a message another of our devices sent, a note to self, or (None)
+        a change of our profile key or policy."""
         now = self._now()
+        if content.kind == KIND_PROFILE:
+            self._own_profile_update(account, content)
+            return None
         if content.kind != KIND_SYNC:  # a note to self, written on another of our devices
             return StoredMessage(content.message_id, account.account_id, account.handle, "out", account.handle,
                                  account.handle, content.text, content.sent_at, now, sender.device_id)
@@ -787,6 +804,9 @@ class Client:
             if account_id_for(key) != content.destination:
                 raise RemoteProtocolError("sync message names a key that is not the account's")
             contact, _ = self._fetch_contact(content.destination, canonical_handle(content.recipient_handle))
+            self.store.save_contact(contact)
+        if content.profile is not None and content.profile.key != contact.shared_profile_key:
+            contact = replace(contact, shared_profile_key=content.profile.key)  # what we gave them
             self.store.save_contact(contact)
         return StoredMessage(content.message_id, contact.account_id, contact.handle, "out", account.handle,
                              contact.handle, content.text, content.sent_at, now, sender.device_id)
@@ -989,9 +1009,10 @@ class Client:
                 "contacts": [
                     {"account_id": c.account_id, "handle": c.handle, "account_key": prov.b64(c.account_key),
                      "device_list": prov.b64(c.device_list), "verified": c.verified, "status": c.status,
-                     "profile_key": prov.b64(c.profile_key)}
+                     "profile_key": prov.b64(c.profile_key), **self._profile_link_fields(c)}
                     for c in self.store.contacts() if c.status != "replaced"
                 ],
+                **self._profile_link_settings(),
                 "history": self._history_for_link(history),
             }
             relay.put_box(channel_hex, prov.TO_NEW, prov.seal_box(pairing.secret, pairing.channel, prov.TO_NEW, 0, welcome))
@@ -1087,6 +1108,7 @@ class Client:
             handle = canonical_handle(prov.field(welcome, "handle", str))
             contacts = [self._contact_from_link(c) for c in prov.field(welcome, "contacts", list)]
             profile_key = _optional_key(welcome, "profile_key")
+            profile_settings = self._profile_settings_from_link(welcome)
             history = prov.field(welcome, "history", list)
         except (ProtocolError, errors.UsageError) as exc:
             raise errors.SecurityError(f"pairing failed: {exc}") from None
@@ -1100,6 +1122,8 @@ class Client:
         )
         with self.store.transaction():
             self.store.save_account(account)
+            for name, value in profile_settings.items():
+                self.store.set_setting(name, value)
             for contact in contacts:
                 self.store.save_contact(contact)
             for m in history:
@@ -1122,13 +1146,14 @@ class Client:
             raise DecodeError("contact key does not match its account")
         verify_device_list(blob, key)
         status = doc.get("status") if doc.get("status") in ("ok", "changed") else "ok"
-        return Contact(account_id, canonical_handle(prov.field(doc, "handle", str)), key, blob,
-                       bool(doc.get("verified", False)), 0, status, _optional_key(doc, "profile_key"))
+        contact = Contact(account_id, canonical_handle(prov.field(doc, "handle", str)), key, blob,
+                          bool(doc.get("verified", False)), 0, status, _optional_key(doc, "profile_key"))
+        return Client._profile_fields_from_link(contact, doc)
 
     # --- contacts, verification and trust ---
 
     def contacts(self) -> list["ContactInfo"]:
-        self._account()
+        account = self._account()
         out = []
         changed = {c.handle for c in self.store.contacts() if c.status == "changed"}
         for c in self.store.contacts():
@@ -1138,7 +1163,9 @@ class Client:
             devices = verify_device_list(c.device_list, c.account_key)
             state = "changed" if c.status == "changed" else ("verified" if c.verified else "unverified")
             out.append(ContactInfo(c.handle, c.account_id, state, c.verified, len(devices.devices),
-                                   fingerprint(c.account_key), len(self.store.held_messages(c.handle))))
+                                   fingerprint(c.account_key), len(self.store.held_messages(c.handle)),
+                                   c.in_contacts, c.nickname, self._profile_name(c),
+                                   bool(c.shared_profile_key) and c.shared_profile_key == account.profile_key))
         return out
 
     def verify(self, handle: str, *, mark: bool = False) -> "Verification":

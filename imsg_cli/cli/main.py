@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from typer import TyperException
 
-from imsg_cli.cli import account, devices, history, messages, sealed, trust
+from imsg_cli.cli import account, contacts, devices, history, messages, profile, sealed, trust
 from imsg_cli.cli.output import Output
 from imsg_cli.cli.state import State
 
@@ -58,10 +58,11 @@ app.add_typer(messages.attachment_app, name="attachment")
 app.command()(history.chats)
 app.command()(history.history)
 app.command()(history.delete)
-app.command()(trust.contacts)
+app.add_typer(contacts.app, name="contacts")
 app.command()(trust.verify)
 app.command()(trust.trust)
 app.add_typer(devices.app, name="device")
+app.add_typer(profile.app, name="profile")
 app.add_typer(sealed.app, name="sealed")
 
 

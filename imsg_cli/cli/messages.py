@@ -23,6 +23,10 @@ def send(
         "--on-key-change", metavar="hold|accept",
         help="If the recipient's safety number changed: hold the message (default, exit 6) or accept "
              "the new key and send.")] = "hold",
+    share_profile: Annotated[Optional[str], typer.Option(
+        "--share-profile", metavar="yes|no",
+        help="Share your name and photo with this person (remembered for them). With the ask "
+             "policy and no terminal, nothing is shared unless this says yes.")] = None,
 ) -> None:
     """Send an end-to-end encrypted message. Prints the message id."""
     from imsg_cli.errors import UsageError
@@ -41,9 +45,12 @@ def send(
         raise UsageError("empty message")
     from imsg_cli.cli.output import Transfers
 
+    from imsg_cli.cli.profile import share_answer
+
     with state.client() as client, Transfers(state.out) as bars:
+        share_profile = share_answer(client, to, share_profile)
         sent = client.send(to, text, on_key_change=on_key_change, attachments=files, drafts=drafts,
-                           progress=bars.callback)
+                           progress=bars.callback, share_profile=share_profile)
         _report_problems(state, client)  # e.g. an earlier queued message the relay refused
     out = state.out
     if out.json:

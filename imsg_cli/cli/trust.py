@@ -1,5 +1,5 @@
-"""`imsg contacts`, `imsg verify`, `imsg trust`: who you talk to, and whether their keys
-are the ones you compared."""
+"""`imsg verify`, `imsg trust`: whether your contacts' keys are the ones you compared
+(`imsg contacts` lists them: `imsg_cli/cli/contacts.py`)."""
 
 from __future__ import annotations
 
@@ -9,25 +9,6 @@ import typer
 
 from imsg_cli.cli.output import iso, print_qr
 from imsg_cli.cli.state import State
-
-
-def contacts(ctx: typer.Context) -> None:
-    """List contacts: verified, unverified, or changed (safety number changed)."""
-    state: State = ctx.obj
-    with state.client() as client:
-        rows = client.contacts()
-    out = state.out
-    if out.json:
-        for c in rows:
-            out.record({"handle": c.handle, "account_id": c.account_id, "state": c.state,
-                        "verified": c.verified, "devices": c.devices, "fingerprint": c.fingerprint,
-                        "held": c.held})
-    elif not rows:
-        out.info("no contacts yet")
-    else:
-        out.table(["handle", "state", "devices", "held", "fingerprint"],
-                  [[c.handle, c.state.upper() if c.state == "changed" else c.state, str(c.devices),
-                    str(c.held) if c.held else "", c.fingerprint] for c in rows])
 
 
 def verify(

@@ -19,7 +19,12 @@ KIND_TEXT = "text"
 # from the account's own signed devices. It names the recipient's account and key, so the
 # other devices can pin the same identity without asking the relay.
 KIND_SYNC = "sync"
-KINDS = frozenset({KIND_TEXT, KIND_SYNC})
+# The account's own profile key, revision and share policy, for the account's other
+# devices after any of them changed (a rotation, a new name or photo, a policy). Accepted
+# only from the account's own signed devices; never stored as a message.
+KIND_PROFILE = "profile"
+KINDS = frozenset({KIND_TEXT, KIND_SYNC, KIND_PROFILE})
+SHARE_POLICIES = ("contacts", "ask", "off")
 MAX_TEXT_LEN = 60_000
 MAX_HANDLE_LEN = 254
 
@@ -64,6 +69,35 @@ class AttachmentPointer:
 
 
 @dataclass(frozen=True, slots=True)
+class ProfileShare:
+    """The sender's profile key and the revision of the profile it encrypts, given to a
+    recipient (and to the sender's own devices in the sync copy). `share` is set only in a
+    `profile` message to the account's own devices: the share policy they follow."""
+
+    key: bytes  # 32, the profile key
+    revision: int  # grows with every change of name, photo or key
+    share: str = ""
+
+    def to_json(self) -> dict:
+        doc = {"key": base64.b64encode(self.key).decode(), "rev": self.revision}
+        if self.share:
+            doc["share"] = self.share
+        return doc
+
+    @classmethod
+    def from_json(cls, doc) -> "ProfileShare":
+        if not isinstance(doc, dict):
+            raise DecodeError("profile must be an object")
+        revision = _field(doc, "rev", int)
+        if isinstance(revision, bool) or not 0 <= revision < 1 << 63:
+            raise DecodeError("profile revision out of range")
+        share = doc.get("share", "")
+        if share != "" and share not in SHARE_POLICIES:
+            raise DecodeError("unknown profile share policy")
+        return cls(_b64(doc, "key", 32), revision, share)
+
+
+@dataclass(frozen=True, slots=True)
 class Content:
     message_id: str  # 32 hex: the same id the relay de-duplicates on
     sent_at: int  # ms since the epoch, the sender's clock
@@ -74,6 +108,7 @@ class Content:
     destination: str = ""  # sync: the recipient's account id
     destination_key: bytes = b""  # sync: the recipient's type-tagged account key
     attachments: tuple[AttachmentPointer, ...] = ()
+    profile: ProfileShare | None = None
 
     def encode(self) -> bytes:
         doc = {
@@ -87,6 +122,8 @@ class Content:
         }
         if self.attachments:
             doc["attachments"] = [a.to_json() for a in self.attachments]
+        if self.profile is not None:
+            doc["profile"] = self.profile.to_json()
         if self.kind == KIND_SYNC:
             doc["sync"] = {"dest": self.destination, "dest_key": base64.b64encode(self.destination_key).decode()}
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
@@ -120,8 +157,13 @@ class Content:
             if len(raw) > MAX_ATTACHMENTS:
                 raise DecodeError("too many attachments")
             attachments = tuple(AttachmentPointer.from_json(a) for a in raw)
+        profile = ProfileShare.from_json(doc["profile"]) if "profile" in doc else None
+        if kind == KIND_PROFILE and (profile is None or not profile.share):
+            raise DecodeError("profile message without a profile and share policy")
+        if kind != KIND_PROFILE and profile is not None and profile.share:
+            raise DecodeError("a share policy travels only in a profile message")
         if kind != KIND_SYNC:
-            return cls(message_id, sent_at, kind, sender, recipient, text, attachments=attachments)
+            return cls(message_id, sent_at, kind, sender, recipient, text, attachments=attachments, profile=profile)
         sync = _field(doc, "sync", dict)
         dest = _field(sync, "dest", str)
         if len(dest) != 32 or not _is_hex(dest):
@@ -132,7 +174,7 @@ class Content:
             raise DecodeError("sync destination key is not base64") from None
         if len(dest_key) != 33:
             raise DecodeError("sync destination key has the wrong length")
-        return cls(message_id, sent_at, kind, sender, recipient, text, dest, dest_key, attachments)
+        return cls(message_id, sent_at, kind, sender, recipient, text, dest, dest_key, attachments, profile)
 
 
 def _field(doc: dict, name: str, kind: type):

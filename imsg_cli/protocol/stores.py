@@ -51,6 +51,19 @@ class Contact:
     # an identity the user has moved on from (kept for its history).
     status: str = "ok"
     profile_key: bytes = b""  # the contact's profile key, once they shared it with us
+    # The address book (`imsg contacts add`): who the `contacts` share policy reaches, and
+    # the name the user gave them. A Contact row exists for everyone we exchanged a message
+    # with; only rows with in_contacts=True are "in your contacts".
+    in_contacts: bool = False
+    nickname: str = ""
+    # The revision of their profile they last announced (it travels with their key); a
+    # cached profile of a lower revision is refetched.
+    profile_revision: int = 0
+    # Our answer for sharing our name and photo with them: "" (not asked), "yes", "no".
+    share_profile: str = ""
+    # Our profile key as last given to them (b"" if never): what they can read. Every
+    # device learns it from the sync copy of the message that carried it.
+    shared_profile_key: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,6 +91,11 @@ CREATE TABLE IF NOT EXISTS outbox (
 _ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("account", "profile_key", "BLOB NOT NULL DEFAULT x''"),
     ("contacts", "profile_key", "BLOB NOT NULL DEFAULT x''"),
+    ("contacts", "in_contacts", "INTEGER NOT NULL DEFAULT 0"),
+    ("contacts", "nickname", "TEXT NOT NULL DEFAULT ''"),
+    ("contacts", "profile_revision", "INTEGER NOT NULL DEFAULT 0"),
+    ("contacts", "share_profile", "TEXT NOT NULL DEFAULT ''"),
+    ("contacts", "shared_profile_key", "BLOB NOT NULL DEFAULT x''"),
 )
 
 
@@ -257,14 +262,15 @@ class SQLiteStore:
         )
 
     # contacts
-    _CONTACT = ("SELECT account_id, handle, account_key, device_list, verified, first_seen, status, profile_key "
-                "FROM contacts")
+    _CONTACT = ("SELECT account_id, handle, account_key, device_list, verified, first_seen, status, profile_key, "
+                "in_contacts, nickname, profile_revision, share_profile, shared_profile_key FROM contacts")
 
     @staticmethod
     def _contact(row) -> Contact | None:
         if row is None:
             return None
-        return Contact(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6], row[7])
+        return Contact(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6], row[7], bool(row[8]),
+                       row[9], row[10], row[11], row[12])
 
     def get_contact(self, account_id: str) -> Contact | None:
         return self._contact(self._one(self._CONTACT + " WHERE account_id = ?", (account_id,)))
@@ -281,9 +287,11 @@ class SQLiteStore:
     def save_contact(self, c: Contact) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO contacts (account_id, handle, account_key, device_list, verified, "
-            "first_seen, status, profile_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "first_seen, status, profile_key, in_contacts, nickname, profile_revision, share_profile, "
+            "shared_profile_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (c.account_id, c.handle, c.account_key, c.device_list, int(c.verified), c.first_seen, c.status,
-             c.profile_key),
+             c.profile_key, int(c.in_contacts), c.nickname, c.profile_revision, c.share_profile,
+             c.shared_profile_key),
         )
 
     def contacts(self) -> list[Contact]:

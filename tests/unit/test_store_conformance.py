@@ -150,6 +150,13 @@ def test_contacts(store):
     assert store.get_contact(PEER) == c1b and len(store.contacts()) == 2
 
 
+def test_contact_address_book_and_sharing_fields_round_trip(store):
+    c = Contact(PEER, "@bob", b"k" * 32, b"list", profile_key=b"p" * 32, in_contacts=True, nickname="Bobby",
+                profile_revision=7, share_profile="yes", shared_profile_key=b"s" * 32)
+    store.save_contact(c)
+    assert store.get_contact(PEER) == c and store.contact_by_handle("@bob") == c and store.contacts() == [c]
+
+
 def test_account_profile_key_round_trips(store):
     store.save_account(_account(profile_key=b"q" * 32))
     assert store.load_account().profile_key == b"q" * 32

@@ -1,0 +1,86 @@
+"""`imsg contacts [add|remove]`, `imsg profile share|set|show`, `imsg send --share-profile`
+and `imsg contacts photo` in real subprocesses against a relay subprocess (issue 7).
+
+Exit codes: 0 ok, 2 usage, 3 local state, 5 relay refused, 6 security.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imsg_cli.client import Client
+from tests.e2e.test_devices_cli import imsg, json_error, ok
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(256)) * 8
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, module_relay_proc):
+    return {"url": module_relay_proc.url, "base": tmp_path_factory.mktemp("profile-homes"),
+            "db": module_relay_proc.db_path}
+
+
+def init(env, name: str) -> Path:
+    home = env["base"] / name
+    ok(imsg(home, "init", f"{name}@example.com", relay=env["url"]))
+    return home
+
+
+def held_key(home: Path, owner: Path) -> bytes:
+    """The profile key `home` holds for `owner`'s account, read from its store."""
+    with Client.open(home) as reader, Client.open(owner) as who:
+        contact = reader.store.get_contact(who.whoami().account_id)
+        return contact.profile_key if contact else b""
+
+
+def own_key(home: Path) -> bytes:
+    with Client.open(home) as c:
+        return c.store.load_account().profile_key
+
+
+def test_contacts_group_add_list_remove(env):
+    ann, ben = init(env, "ann"), init(env, "ben")
+    json_error(imsg(ann, "contacts", "add", "nobody@example.com"), 5)
+    json_error(imsg(ann, "contacts", "add", "not a handle"), 2)
+    json_error(imsg(ann, "contacts", "remove", "ben@example.com"), 3)
+    row = ok(imsg(ann, "contacts", "add", "ben@example.com", "--nickname", "Benny"))[0]
+    assert row["handle"] == "ben@example.com" and row["in_contacts"] is True
+    assert row["name"] == "Benny" and row["name_source"] == "nickname" and row["verified"] is False
+    rows = ok(imsg(ann, "contacts"))
+    assert [(r["handle"], r["name"], r["name_source"], r["state"]) for r in rows] == \
+        [("ben@example.com", "Benny", "nickname", "unverified")]
+    human = imsg(ann, "contacts", json_mode=False)
+    assert human.returncode == 0 and "Benny" in human.stdout and "ben@example.com" in human.stdout
+    ok(imsg(ann, "contacts", "remove", "ben@example.com"))
+    rows = ok(imsg(ann, "contacts"))
+    assert rows[0]["in_contacts"] is False and rows[0]["name"] == ""
+    del ben
+
+
+def test_share_policies_through_the_command(env):
+    cat, dan, eve = init(env, "cat"), init(env, "dan"), init(env, "eve")
+    json_error(imsg(cat, "profile", "share", "everyone"), 2)
+    ok(imsg(cat, "contacts", "add", "dan@example.com"))
+    ok(imsg(cat, "send", "dan@example.com", "contacts: dan gets my key"))
+    ok(imsg(cat, "send", "eve@example.com", "eve is not a contact"))
+    ok(imsg(dan, "receive"))
+    ok(imsg(eve, "receive"))
+    assert held_key(dan, cat) == own_key(cat) and held_key(eve, cat) == b""
+
+    assert ok(imsg(cat, "profile", "share", "ask")) == [{"share": "ask"}]
+    ok(imsg(cat, "send", "eve@example.com", "no terminal, no flag: nothing shared"))  # stdin is /dev/null
+    ok(imsg(eve, "receive"))
+    assert held_key(eve, cat) == b""
+    json_error(imsg(cat, "send", "eve@example.com", "x", "--share-profile", "maybe"), 2)
+    ok(imsg(cat, "send", "eve@example.com", "now yes", "--share-profile", "yes"))
+    ok(imsg(eve, "receive"))
+    assert held_key(eve, cat) == own_key(cat)
+
+    old = own_key(cat)
+    ok(imsg(cat, "profile", "share", "off"))
+    assert own_key(cat) != old
+    ok(imsg(cat, "send", "dan@example.com", "off: nothing new"))
+    ok(imsg(dan, "receive"))
+    assert held_key(dan, cat) == old  # what dan saved stays
