@@ -134,6 +134,10 @@ class ProfileMixin:
             self.store.save_account(account)
             self.store.set_setting(SETTING_REVISION, str(self.profile_revision() + 1))
         self._announce_profile(account)
+        try:  # the relay's access check follows the key: the old key's holders get 401
+            self.publish_sealed_access()
+        except errors.RelayUnavailableError:
+            pass  # published before our next send (imsg_cli/sealed.py, ensure_access_published)
         return account.profile_key
 
     def _bump_revision(self) -> int:
