@@ -182,6 +182,12 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _agent_alive(home: Path) -> bool:
+    from imsg_cli import vault_agent
+
+    return vault_agent.deadline(home) is not None
+
+
 def default_home() -> Path:
     env_home = os.environ.get("IMSG_HOME")
     if env_home:
@@ -211,14 +217,27 @@ class Client(ProfileMixin):
         self._relay: RelayClient | None = None
         self._sealed = None  # imsg_cli.sealed.SealedSender, made on first use
         self.problems: list[Problem] = []  # filled by receive(); read and cleared by callers
+        # Set when the key came from the unlock agent: `watch` stops once `imsg lock` ran.
+        self.still_unlocked: Callable[[], bool] | None = None
 
     @classmethod
-    def open(cls, home: str | os.PathLike | None = None, relay: str | None = None, **kwargs) -> "Client":
-        from imsg_cli.store.sqlite import SQLiteStore
+    def open(cls, home: str | os.PathLike | None = None, relay: str | None = None, *, keys=None,
+             **kwargs) -> "Client":
+        """Open a home (see imsg_cli.vault.open_store; `keys`: a vault.KeySource for a home
+        with a passcode) and apply its retention setting."""
+        from imsg_cli.vault import KeySource, open_store
 
         path = Path(home).expanduser() if home else default_home()
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return cls(SQLiteStore(path / STORE_FILE), relay_url=relay or os.environ.get("IMSG_RELAY"), **kwargs)
+        keys = keys if keys is not None else KeySource.from_environment(interactive=False)
+        client = cls(open_store(path, keys), relay_url=relay or os.environ.get("IMSG_RELAY"), **kwargs)
+        if keys.from_agent:
+            client.still_unlocked = lambda: _agent_alive(path)
+        try:
+            client.apply_retention()
+        except BaseException:
+            client.close()
+            raise
+        return client
 
     def close(self) -> None:
         if self._sealed is not None:
@@ -830,7 +849,34 @@ class Client(ProfileMixin):
         """Yield messages as they arrive (long poll: the relay answers as soon as one lands)."""
         yield from self.take_unshown()
         while True:
+            if self.still_unlocked is not None and not self.still_unlocked():
+                from imsg_cli.vault import LockedError
+
+                raise LockedError("this home was locked (imsg lock, or the unlock period ended)")
+            self.apply_retention()
             yield from self.receive(wait=wait)
+
+    # --- retention ---
+
+    def apply_retention(self) -> int:
+        """Delete messages older than the retention setting (imsg_cli.retention); cheap when
+        none are due. Returns how many were deleted."""
+        from imsg_cli import retention
+
+        return retention.sweep(self.store, self._now())
+
+    def retention(self) -> str:
+        from imsg_cli import retention
+
+        return retention.current(self.store)
+
+    def set_retention(self, period: str) -> int:
+        """Set how long messages are kept (30d, 1y, forever) and apply it now; returns how
+        many messages that deleted."""
+        from imsg_cli import retention
+
+        retention.set_period(self.store, period)
+        return self.apply_retention()
 
     # --- attachments ---
 
@@ -894,13 +940,12 @@ class Client(ProfileMixin):
         (secure_delete overwrites the rows; other devices keep their own copies.)"""
         self._account()
         known = [m for m in message_ids if self.store.has_message(m)]
+        from imsg_cli.retention import remove_files
+
         with self.store.transaction():
             paths = self.store.delete_messages(known)
-        for path in paths:
-            try:
-                Path(path).unlink()
-            except FileNotFoundError:
-                pass
+        remove_files(paths)
+        self.store.checkpoint()
         return len(known)
 
     # --- devices ---

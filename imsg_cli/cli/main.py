@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from typer import TyperException
 
-from imsg_cli.cli import account, contacts, devices, history, messages, profile, sealed, trust
+from imsg_cli.cli import account, contacts, devices, history, messages, profile, retention, sealed, trust, vault
 from imsg_cli.cli.output import Output
 from imsg_cli.cli.state import State
 
@@ -44,8 +44,11 @@ def _global(
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow plain http to a non-loopback relay.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Show the version and exit.")] = False,
+    passcode_file: Annotated[Optional[str], typer.Option(
+        "--passcode-file", metavar="PATH",
+        help="Read a locked home's passcode from the first line of PATH (or set IMSG_PASSCODE).")] = None,
 ) -> None:
-    ctx.obj = State(home=home, relay=relay, json=json_, insecure=insecure)
+    ctx.obj = State(home=home, relay=relay, json=json_, insecure=insecure, passcode_file=passcode_file)
 
 
 app.command()(account.init)
@@ -63,6 +66,10 @@ app.command()(trust.verify)
 app.command()(trust.trust)
 app.add_typer(devices.app, name="device")
 app.add_typer(profile.app, name="profile")
+app.add_typer(retention.app, name="retention")
+app.add_typer(vault.passcode_app, name="passcode")
+app.command()(vault.lock)
+app.command()(vault.unlock)
 app.add_typer(sealed.app, name="sealed")
 
 

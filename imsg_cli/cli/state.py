@@ -13,12 +13,26 @@ class State:
     relay: str | None
     json: bool
     insecure: bool
+    passcode_file: str | None = None
 
     @property
     def out(self) -> Output:
         return Output(self.json)
 
+    def keys(self):
+        """Where this command may get a locked home's passcode (imsg_cli.vault.KeySource)."""
+        from imsg_cli.vault import KeySource
+
+        return KeySource.from_environment(self.passcode_file)
+
+    def home_path(self):
+        from pathlib import Path
+
+        from imsg_cli.client import default_home
+
+        return Path(self.home).expanduser() if self.home else default_home()
+
     def client(self):
         from imsg_cli.client import Client
 
-        return Client.open(self.home, self.relay, allow_insecure=self.insecure)
+        return Client.open(self.home, self.relay, allow_insecure=self.insecure, keys=self.keys())

@@ -148,6 +148,11 @@ class MessageStore(Protocol):
         were saved for them (the caller removes those files)."""
         ...
 
+    def messages_older_than(self, cutoff_ms: int, limit: int) -> list[str]:
+        """Ids of up to `limit` messages whose age, the earlier of `sent_at` (the sender's
+        clock) and `stored_at` (ours), is before `cutoff_ms` (retention)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class OutgoingBatch:
@@ -242,3 +247,6 @@ class Store(AccountStore, PreKeyStore, SessionStore, ContactStore, MessageStore,
             AttachmentStore, SettingsStore, Protocol):
     def transaction(self) -> AbstractContextManager[None]: ...
     def close(self) -> None: ...
+    def checkpoint(self) -> None:
+        """After deleting: make sure no copy of the deleted rows is left in a journal."""
+        ...

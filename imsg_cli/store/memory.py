@@ -235,6 +235,13 @@ class MemoryStore:
     def remove_upload(self, blob_id: str) -> None:
         self._uploads.pop(blob_id, None)
 
+    def messages_older_than(self, cutoff_ms: int, limit: int) -> list[str]:
+        old = [m.message_id for m in self._messages.values() if min(m.sent_at, m.stored_at) < cutoff_ms]
+        return old[:max(limit, 0)]
+
+    def checkpoint(self) -> None:
+        pass  # nothing on disk
+
     def delete_messages(self, message_ids: list[str]) -> list[str]:
         paths = []
         for mid in message_ids:

@@ -65,6 +65,9 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_peer ON messages (peer_account_id, sent_at);
 CREATE INDEX IF NOT EXISTS messages_unshown ON messages (shown) WHERE shown = 0;
+-- retention: age is the earlier of the sender's and our clock (a sender can make its
+-- message look older, never younger than it is here)
+CREATE INDEX IF NOT EXISTS messages_age ON messages (min(sent_at, stored_at));
 CREATE TABLE IF NOT EXISTS held (
     message_id TEXT PRIMARY KEY, handle TEXT NOT NULL, text TEXT NOT NULL, created_at INTEGER NOT NULL
 );
@@ -100,13 +103,25 @@ _ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
 
 
 class SQLiteStore:
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, key: bytes | None = None, lock_fd: int | None = None):
+        """`key`: the 32-byte storage key of a passcode-protected home (SQLCipher; see
+        imsg_cli/vault.py, which opens homes). `lock_fd`: the home's lock, released on close."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fresh = not self.path.exists()
         if fresh:  # create the file 0600 before SQLite writes anything into it
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        if key is None:
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        else:
+            import sqlcipher3
+
+            self._db = sqlcipher3.connect(str(self.path), isolation_level=None, timeout=30.0)
+            self._db.execute("PRAGMA cipher_log_level = NONE")
+            self._db.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+        self._lock_fd = lock_fd
+        # Sorts and temporary indexes in memory: a temp file would hold plaintext rows.
+        self._db.execute("PRAGMA temp_store=MEMORY")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA secure_delete=ON")
@@ -153,6 +168,19 @@ class SQLiteStore:
 
     def close(self) -> None:
         self._db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def checkpoint(self) -> None:
+        """Move the WAL into the database and truncate it: after a deletion, the old page
+        images (secure_delete zeroes only the new ones) leave the WAL file."""
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def messages_older_than(self, cutoff_ms: int, limit: int) -> list[str]:
+        rows = self._db.execute(
+            "SELECT message_id FROM messages WHERE min(sent_at, stored_at) < ? LIMIT ?", (cutoff_ms, limit))
+        return [r[0] for r in rows]
 
     def _one(self, sql: str, args: tuple = ()):
         return self._db.execute(sql, args).fetchone()

@@ -39,21 +39,26 @@ def timed(cmd: list[str], env: dict[str, str], runs: int, warmup: int = WARMUP) 
     return out
 
 
+def start_relay(work: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """A relay subprocess on a free loopback port, data in `work/relay`, rate limits off."""
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "imsg_relay.cli", "serve", "--port", "0", "--data", str(work / "relay")],
+        stdout=subprocess.PIPE, stderr=open(work / "relay.log", "wb"),
+        env={**env, "IMSG_RELAY_SEND_RATE": "100000", "IMSG_RELAY_REQUEST_RATE": "100000",
+             "IMSG_RELAY_LOOKUP_RATE": "100000", "IMSG_RELAY_REGISTER_RATE": "100000"})
+    line = relay.stdout.readline().decode()
+    if "listening on" not in line:
+        raise SystemExit(f"bench: relay did not start: {line!r}")
+    return relay, line.split()[-1]
+
+
 def main() -> int:
     imsg = [IMSG] if IMSG else [sys.executable, "-m", "imsg_cli.cli.main"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMSG_")}
     work = Path(tempfile.mkdtemp(prefix="imsg-bench-"))
     relay = None
     try:
-        relay = subprocess.Popen(
-            [sys.executable, "-m", "imsg_relay.cli", "serve", "--port", "0", "--data", str(work / "relay")],
-            stdout=subprocess.PIPE, stderr=open(work / "relay.log", "wb"),
-            env={**env, "IMSG_RELAY_SEND_RATE": "100000", "IMSG_RELAY_REQUEST_RATE": "100000",
-                 "IMSG_RELAY_LOOKUP_RATE": "100000", "IMSG_RELAY_REGISTER_RATE": "100000"})
-        line = relay.stdout.readline().decode()
-        if "listening on" not in line:
-            raise SystemExit(f"bench: relay did not start: {line!r}")
-        url = line.split()[-1]
+        relay, url = start_relay(work, env)
         alice, bob = work / "alice", work / "bob"
         for home, handle in ((alice, "alice@example.com"), (bob, "bob@example.com")):
             subprocess.run(imsg + ["--home", str(home), "--relay", url, "init", handle], env=env,

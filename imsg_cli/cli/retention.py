@@ -1,0 +1,51 @@
+"""`imsg retention set|show`: how long this home keeps messages."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from imsg_cli.cli.state import State
+
+app = typer.Typer(
+    help="How long this home keeps messages: 30d, 1y or forever (the default, as in iMessage). "
+         "Older messages are deleted, with their saved attachment files, whenever imsg runs.",
+    no_args_is_help=True)
+
+
+@app.command("set")
+def set_(
+    ctx: typer.Context,
+    period: Annotated[str, typer.Argument(metavar="30d|1y|forever", help="Keep messages this long.")],
+) -> None:
+    """Keep messages for PERIOD (30d, 1y, forever); older ones are deleted now and from
+    then on whenever imsg runs, with their attachment files. Age counts from when a
+    message was sent or stored here, whichever is earlier."""
+    from imsg_cli import retention
+
+    period = retention.parse(period)  # a usage error before anything is opened
+    state: State = ctx.obj
+    with state.client() as client:
+        deleted = client.set_retention(period)
+    if state.out.json:
+        state.out.record({"retention": period, "deleted": deleted})
+    else:
+        state.out.line(period)
+        state.out.info(f"keeping messages {_phrase(period)}; deleted {deleted} older message(s)")
+
+
+@app.command("show")
+def show(ctx: typer.Context) -> None:
+    """Print how long messages are kept (forever unless set)."""
+    state: State = ctx.obj
+    with state.client() as client:
+        period = client.retention()
+    if state.out.json:
+        state.out.record({"retention": period})
+    else:
+        state.out.line(period)
+
+
+def _phrase(period: str) -> str:
+    return {"30d": "for 30 days", "1y": "for 1 year"}.get(period, "forever")
