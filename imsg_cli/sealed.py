@@ -5,7 +5,7 @@ Settings this module owns (Store.get_setting/set_setting):
 
     sealed.only          "on": never fall back to an identified send (the message waits)
     sealed.relay_keys    JSON list of base64 Ed25519 relay keys this home trusts
-    sealed.certificate   base64 of this device's current sender certificate
+    sealed.certificate   "<base64 certificate>:<our clock when fetched, ms>"
     sealed.access        hex SHA-256 of the access key last published, and the
                          allow-anyone flag ("<hex>:<0|1>"), to notice a profile-key rotation
 
@@ -127,27 +127,35 @@ class SealedSender:
         verify under a trusted relay key and name exactly this device and identity key."""
         account = self.client._account()
         now = self.client._now()
-        raw = self.store.get_setting(SETTING_CERTIFICATE)
-        if raw:
-            cert = base64.b64decode(raw)
-            try:
-                parsed = proto.SenderCertificate.decode(cert)
-                if parsed.expires_at - now > consts.SENDER_CERTIFICATE_REFRESH_MS:
-                    return cert
-            except DecodeError:
-                pass
+        cached = self._cached_certificate()
+        if cached is not None:
+            cert, fetched_at = cached
+            # Reused for an hour of our clock (it lives 24 at the relay): a skewed or stepped
+            # clock never makes us send one the relay's clock has already expired.
+            if 0 <= now - fetched_at < consts.SENDER_CERTIFICATE_REFRESH_MS:
+                return cert
         device = self.client._device(account)
         cert = self.client.relay().sender_certificate(encode_key(KEY_X25519, device.identity.public))
         try:
             parsed = proto.SenderCertificate.decode(cert)
-            self._verify(parsed, now)
+            # Signature and key only: expiry is the relay's clock against the relay's clock
+            # (recipients check it against the envelope's received_at), never ours.
+            self._verify(parsed, 0)
         except (CertificateError, DecodeError) as exc:
             raise errors.SecurityError(f"the relay issued an unusable sender certificate: {exc}") from None
         if parsed.sender != Address(account.account_id, account.device_id) or parsed.identity_key != device.identity.public:
             raise errors.SecurityError("the relay issued a sender certificate for another device")
         with self.store.transaction():
-            self.store.set_setting(SETTING_CERTIFICATE, base64.b64encode(cert).decode())
+            self.store.set_setting(SETTING_CERTIFICATE, f"{base64.b64encode(cert).decode()}:{now}")
         return cert
+
+    def _cached_certificate(self) -> tuple[bytes, int] | None:
+        raw = self.store.get_setting(SETTING_CERTIFICATE) or ""
+        encoded, _, fetched_at = raw.partition(":")
+        try:
+            return base64.b64decode(encoded, validate=True), int(fetched_at)
+        except ValueError:
+            return None
 
     def _verify(self, cert: proto.SenderCertificate, not_after: int) -> None:
         trusted = self.trusted_relay_keys()
@@ -189,11 +197,11 @@ class SealedSender:
     def status(self) -> SealedStatus:
         remote = self.client.relay().sealed_access()
         published = self._published()
-        cert = self.store.get_setting(SETTING_CERTIFICATE)
+        cached = self._cached_certificate()
         expires = 0
-        if cert:
+        if cached is not None:
             try:
-                expires = proto.SenderCertificate.decode(base64.b64decode(cert)).expires_at
+                expires = proto.SenderCertificate.decode(cached[0]).expires_at
             except DecodeError:
                 expires = 0
         return SealedStatus(self.sealed_only, bool(remote.get("allow_anyone", published and published[1])),

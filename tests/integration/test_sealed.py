@@ -441,3 +441,18 @@ def test_sealed_send_wakes_a_long_poll(make_client, relay):
     sent = alice.send(BOB, "wake up")
     th.join(25)
     assert sent.sealed and texts(out["got"]) == ["wake up"] and out["elapsed"] < 5.5
+
+
+@pytest.mark.parametrize("skew_days", [-3, 3])
+def test_a_skewed_sender_clock_still_sends_sealed_and_is_accepted(make_client, relay, tmp_path, skew_days):
+    bob = make_client("bob")
+    skew = skew_days * 86_400_000
+    alice = Client.open(tmp_path / "skewed", relay=relay.url, now_ms=lambda: int(time.time() * 1000) + skew)
+    try:
+        alice.init(ALICE)
+        share(alice, bob)
+        for text in ("one", "two"):
+            assert alice.send(BOB, text).sealed
+        assert texts(bob.receive()) == ["one", "two"] and bob.problems == []
+    finally:
+        alice.close()
