@@ -698,6 +698,7 @@ class Client(ProfileMixin):
                 break
         if used_prekeys or self._signed_prekey_due():
             self.maintain_prekeys()
+        self._refresh_profiles()  # contacts who announced a new name or photo
         return self.take_unshown()
 
     def _signed_prekey_due(self) -> bool:

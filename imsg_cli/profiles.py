@@ -22,19 +22,41 @@ from __future__ import annotations
 import base64
 import os
 import secrets
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from imsg_cli import errors
 from imsg_cli.handles import canonical_handle
 from imsg_cli.protocol import envelope as env
 from imsg_cli.protocol.content import KIND_PROFILE, SHARE_POLICIES, Content, ProfileShare
-from imsg_cli.protocol.stores import Contact, LocalAccount, OutgoingBatch
+from imsg_cli.protocol import profile as pf
+from imsg_cli.protocol.errors import ProtocolError
+from imsg_cli.protocol.stores import CachedProfile, Contact, LocalAccount, OutgoingBatch
 
 SETTING_SHARE = "profile.share"
 SETTING_REVISION = "profile.revision"
+SETTING_PUBLISHED = "profile.published"  # the revision the relay holds (0: none)
 DEFAULT_SHARE = "contacts"
 SHARE_ANSWERS = ("yes", "no")
 MAX_NICKNAME_LEN = 64
+
+
+@dataclass(frozen=True, slots=True)
+class OwnProfile:
+    name: str
+    photo_type: str  # "" without a photo
+    photo_size: int
+    revision: int
+    share: str  # contacts | ask | off
+    published: bool  # the relay holds this revision
+    shared_with: tuple[str, ...]  # handles holding our current profile key
+
+
+@dataclass(frozen=True, slots=True)
+class SavedPhoto:
+    path: Path
+    type: str
+    size: int
 
 
 class ProfileMixin:
@@ -67,6 +89,7 @@ class ProfileMixin:
         with self.store.transaction():  # a new revision, so our other devices take the change
             self.store.set_setting(SETTING_SHARE, policy)
             self._bump_revision()
+        self._publish_quietly()
         self._announce_profile(self._account())
         return policy
 
@@ -96,6 +119,7 @@ class ProfileMixin:
         if policy == "off" or contact.share_profile == "no":
             return None, contact
         if contact.share_profile == "yes" or (policy == "contacts" and contact.in_contacts):
+            self._publish_quietly()
             return ProfileShare(account.profile_key, self.profile_revision()), contact
         return None, contact
 
@@ -127,13 +151,16 @@ class ProfileMixin:
     # --- our own key ---
 
     def rotate_profile_key(self) -> bytes:
-        """A new profile key (and revision), told to our other devices."""
-        account = self._account()
+        """A new profile key (and revision): the relay's copy is re-encrypted under it (which
+        replaces the old one, so the old key opens nothing there any more), and our other
+        devices are told."""
+        current = self._own_profile()  # before the key changes: it may come from the relay
         with self.store.transaction():
             account = replace(self._account(), profile_key=self._rng(32))
             self.store.save_account(account)
-            self.store.set_setting(SETTING_REVISION, str(self.profile_revision() + 1))
-        self._announce_profile(account)
+            self._bump_revision()
+        self._publish(current, required=False)
+        self._announce_profile(self._account())
         try:  # the relay's access check follows the key: the old key's holders get 401
             self.publish_sealed_access()
         except errors.RelayUnavailableError:
@@ -164,6 +191,188 @@ class ProfileMixin:
             self._deliver(batch, package, content_ct)
         except errors.RelayUnavailableError:
             pass  # queued: flush_outbox sends it
+
+    # --- our name and photo ---
+
+    def profile_set(self, name: str | None = None, photo: str | os.PathLike | None = None, *,
+                    remove_photo: bool = False) -> OwnProfile:
+        """Change our name and/or photo: encrypted under our profile key, stored at the relay
+        (replacing the old copy), and told to our other devices; everyone we share with gets
+        the new revision with our next message to them. A photo must be a JPEG, PNG, WebP or
+        HEIC file of at most 512 KiB; it is never decoded."""
+        if photo is not None and remove_photo:
+            raise errors.UsageError("give --photo or --no-photo, not both")
+        current = self._own_profile()
+        new_name = current.name if name is None else name
+        try:
+            pf.check_name(new_name)
+        except ValueError as exc:
+            raise errors.UsageError(f"cannot use that name: {exc}") from None
+        new_photo = b"" if remove_photo else (current.photo if photo is None else _read_photo(Path(photo)))
+        with self.store.transaction():
+            self.store.save_account(replace(self._account(), name=new_name))
+            self._bump_revision()
+        try:
+            self._publish(pf.Profile(new_name, new_photo), required=True)
+        except errors.RelayUnavailableError as exc:
+            raise errors.RelayUnavailableError(
+                f"{exc}; your name and photo are saved here",
+                hint="they go to the relay (and your other devices) before your next shared message") from None
+        self._announce_profile(self._account())
+        return self.profile_show()
+
+    def profile_show(self) -> OwnProfile:
+        account = self._account()
+        own = self._own_profile()
+        revision = self.profile_revision()
+        shared = tuple(sorted(c.handle for c in self.store.contacts()
+                              if c.status != "replaced" and c.shared_profile_key
+                              and c.shared_profile_key == account.profile_key))
+        return OwnProfile(own.name, own.photo_type, len(own.photo), revision, self.share_policy(),
+                          self._published() == revision and revision > 0, shared)
+
+    def _published(self) -> int:
+        try:
+            return int(self.store.get_setting(SETTING_PUBLISHED) or 0)
+        except ValueError:
+            return 0
+
+    def _own_profile(self) -> pf.Profile:
+        """Our name and photo as of our current revision: from this home, or (after another
+        of our devices changed them) from the relay, checked under our own key."""
+        account = self._account()
+        cached = self.store.cached_profile(account.account_id)
+        revision = self.profile_revision()
+        if (cached is None or cached.revision < revision) and revision > 0 and account.profile_key:
+            try:
+                fetched = self._fetch_profile(account.account_id, account.profile_key, revision)
+            except errors.RelayUnavailableError:
+                fetched = None
+            except errors.SecurityError as exc:  # ours, tampered with: keep what this home holds
+                self.problems.append(_profile_problem(account.handle, str(exc)))
+                fetched = None
+            if fetched is not None:
+                with self.store.transaction():
+                    self.store.save_cached_profile(fetched)
+                    self.store.save_account(replace(self._account(), name=fetched.name))
+                return pf.Profile(fetched.name, fetched.photo)
+        return pf.Profile(account.name, cached.photo if cached is not None else b"")
+
+    def _publish(self, profile: pf.Profile, *, required: bool) -> None:
+        """Store `profile` at the relay under our current key and revision; remember it here
+        first, so a relay out of reach loses nothing (the next share publishes it). Without
+        `required`, an empty profile never published before is not published at all."""
+        account = self._account()
+        revision = self.profile_revision()
+        with self.store.transaction():
+            self.store.save_cached_profile(CachedProfile(account.account_id, revision, profile.name,
+                                                         profile.photo, self._now()))
+        if not required and not profile.name and not profile.photo and not self._published():
+            return
+        blob = pf.seal(account.profile_key, account.account_id, revision, profile, self._rng)
+        try:
+            self.relay().put_profile(pf.key_id(account.profile_key, account.account_id).hex(), blob)
+        except errors.RelayRefusedError as exc:
+            if exc.relay_code == "stale_revision":
+                raise errors.LocalStateError(
+                    "another of your devices changed your profile since this one last heard of it",
+                    hint="run imsg receive, then try again") from None
+            raise
+        with self.store.transaction():
+            self.store.set_setting(SETTING_PUBLISHED, str(revision))
+
+    def _publish_quietly(self) -> None:
+        """Publish the current revision if the relay lacks it (before sharing it, after a
+        policy change); a relay out of reach is retried on the next share."""
+        revision = self.profile_revision()
+        if revision and self._published() == revision:
+            return
+        own = self._own_profile()
+        if not revision:  # a name from `init` never published: it gets a first revision
+            if not own.name and not own.photo:
+                return
+            with self.store.transaction():
+                self._bump_revision()
+        try:
+            self._publish(own, required=False)
+            self._announce_profile(self._account())  # the revision our other devices missed
+        except (errors.RelayUnavailableError, errors.RelayRefusedError, errors.LocalStateError):
+            pass
+
+    # --- their names and photos ---
+
+    def _fetch_profile(self, account_id: str, profile_key: bytes, min_revision: int) -> CachedProfile | None:
+        """Fetch and open an account's profile; None if the relay has none under this key,
+        or only an older revision than `min_revision` (not yet uploaded: retried later). A
+        blob that fails any check is a security failure."""
+        blob = self.relay().get_profile(account_id, pf.key_id(profile_key, account_id).hex(), max_bytes=pf.MAX_BLOB)
+        if blob is None:
+            return None
+        try:
+            revision, profile = pf.open_(profile_key, account_id, blob)
+        except ProtocolError as exc:
+            raise errors.SecurityError(f"the relay served a profile that fails its checks: {exc}") from None
+        if revision < min_revision:  # authentic but older than announced: not taken
+            return None
+        return CachedProfile(account_id, revision, profile.name, profile.photo, self._now())
+
+    def _refresh_profile(self, contact: Contact) -> CachedProfile | None:
+        """The contact's profile, refetched if they announced a newer revision than the copy
+        held. Without their key (or once they rotated it away) the copy held stays."""
+        cached = self.store.cached_profile(contact.account_id)
+        if not contact.profile_key or contact.profile_revision == 0 or \
+                (cached is not None and cached.revision >= contact.profile_revision):
+            return cached
+        fetched = self._fetch_profile(contact.account_id, contact.profile_key, contact.profile_revision)
+        if fetched is None:
+            return cached
+        with self.store.transaction():
+            self.store.save_cached_profile(fetched)
+        return fetched
+
+    def _refresh_profiles(self) -> None:
+        """After receiving: fetch the profiles whose owners announced a new revision. A
+        tampered one is reported (as a rejected message is); a relay out of reach, retried."""
+        for contact in self.store.contacts():
+            if contact.status == "replaced" or not contact.profile_key:
+                continue
+            try:
+                self._refresh_profile(contact)
+            except errors.SecurityError as exc:
+                self.problems.append(_profile_problem(contact.handle, str(exc)))
+            except (errors.RelayUnavailableError, errors.RelayRefusedError):
+                return
+
+    def _profile_name(self, contact: Contact) -> str:
+        """The name `contact` shares with us, from their profile as last fetched."""
+        cached = self.store.cached_profile(contact.account_id)
+        return cached.name if cached is not None else ""
+
+    def contact_photo(self, handle: str, out: str | os.PathLike) -> SavedPhoto:
+        """Write the photo `handle` shares with us to `out` (0600, never over an existing
+        file), refetching it first if they announced a newer one. Its bytes are written as
+        they came, after the type check; nothing decodes them."""
+        handle = canonical_handle(handle)
+        self._account()
+        contact = self.store.contact_by_handle(handle)
+        if contact is None:
+            raise errors.UnknownContactError(f"no contact {handle}")
+        try:
+            cached = self._refresh_profile(contact)
+        except errors.RelayUnavailableError:
+            cached = self.store.cached_profile(contact.account_id)
+        if cached is None or not cached.photo:
+            raise errors.LocalStateError(f"{handle} shares no photo with you")
+        path = Path(out).expanduser()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise errors.LocalStateError(f"{path} exists; not overwriting it") from None
+        except OSError as exc:
+            raise errors.LocalStateError(f"cannot write {path}: {exc.strerror}") from None
+        with os.fdopen(fd, "wb") as f:
+            f.write(cached.photo)
+        return SavedPhoto(path, pf.photo_type(cached.photo) or "", len(cached.photo))
 
     # --- linking a device: the address book and sharing state go with the account ---
 
@@ -236,6 +445,23 @@ class ProfileMixin:
             self.store.save_contact(contact)
         return contact
 
-    def _profile_name(self, contact: Contact) -> str:
-        """The name `contact` shares with us, from their profile as last fetched."""
-        return ""
+
+def _read_photo(path: Path) -> bytes:
+    """A photo file's bytes, refused (before reading it all) when too large, and refused
+    unless it starts like a JPEG, PNG, WebP or HEIC image."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(pf.consts.PROFILE_PHOTO_MAX + 1)
+    except OSError as exc:
+        raise errors.UsageError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        pf.check_photo(data)
+    except ValueError as exc:
+        raise errors.UsageError(f"cannot use {path} as a photo: {exc}") from None
+    return data
+
+
+def _profile_problem(handle: str, message: str):
+    from imsg_cli.client import Problem
+
+    return Problem("", "profile_rejected", f"profile of {handle}: {message}")

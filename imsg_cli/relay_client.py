@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -316,5 +317,47 @@ class RelayClient:
                 yield from r.iter_bytes(1 << 20)
         except httpx.TimeoutException:
             raise RelayUnavailableError(f"relay at {self.base_url} timed out during a download") from None
+        except httpx.HTTPError as exc:
+            raise RelayUnavailableError(f"relay at {self.base_url} unreachable ({type(exc).__name__})") from None
+
+    # --- profiles ---
+
+    def put_profile(self, key_id: str, blob: bytes) -> dict:
+        """Store our profile ciphertext (replacing the one held) under `key_id` (hex)."""
+        with self._network():
+            response = self._http.request("PUT", f"/v1/profile/{key_id}", content=blob,
+                                          headers={"Content-Type": "application/octet-stream"})
+        return self._answer(response)
+
+    def get_profile(self, account_id: str, key_id: str, *, max_bytes: int) -> bytes | None:
+        """An account's profile ciphertext, or None (none under that key id). Sent without
+        our credential, so the relay does not learn who reads whose profile; a body longer
+        than `max_bytes` is refused while it streams."""
+        request = self._http.build_request("GET", f"/v1/profile/{account_id}/{key_id}")
+        request.headers.pop("Authorization", None)
+        with self._network():
+            response = self._http.send(request, stream=True)
+            try:
+                if response.status_code == 404:
+                    return None
+                if response.status_code >= 400:
+                    response.read()
+                    self._answer(response)
+                data = bytearray()
+                for chunk in response.iter_bytes(1 << 16):
+                    data += chunk
+                    if len(data) > max_bytes:
+                        raise RelayRefusedError("relay sent a profile larger than any profile can be",
+                                                relay_code="bad_response")
+                return bytes(data)
+            finally:
+                response.close()
+
+    @contextmanager
+    def _network(self):
+        try:
+            yield
+        except httpx.TimeoutException:
+            raise RelayUnavailableError(f"relay at {self.base_url} timed out") from None
         except httpx.HTTPError as exc:
             raise RelayUnavailableError(f"relay at {self.base_url} unreachable ({type(exc).__name__})") from None

@@ -42,6 +42,7 @@ from imsg_relay.errors import (
 )
 from imsg_relay.jsonio import dumps, loads
 from imsg_relay.limits import BodyLimitMiddleware
+from imsg_relay.profiles import PROFILE_PARAMS, PROFILE_READ_PARAMS, ProfileRoutes
 from imsg_relay.push import InProcessPush, Push
 from imsg_relay.ratelimit import RateLimiter
 from imsg_relay.sealed import SealedRoutes
@@ -238,10 +239,19 @@ OPERATIONS: tuple[Operation, ...] = (
               "SendRequest", auth=False, errors=(401, 409, 429), path_params=_ACCOUNT_PARAM,
               headers=(("Unidentified-Access-Key", {"type": "string", "format": "byte"},
                         "base64 of the recipient's 16-byte unidentified access key"),)),
+    # Profiles: one ciphertext per account, filed under a key id only holders of the
+    # profile key can compute; reading needs no credential (the key id is the capability).
+    Operation("PUT", "/v1/profile/{key_id}", "put_profile",
+              "store (replace) the caller's account's profile ciphertext", 200, "ProfileStored",
+              "ProfileBytes", errors=(409, 413, 415), path_params=PROFILE_PARAMS, binary_request=True),
+    Operation("GET", "/v1/profile/{account_id}/{key_id}", "get_profile",
+              "an account's profile ciphertext, if it is filed under this key id; no "
+              "authentication", 200, "ProfileBytes", auth=False, errors=(404, 429),
+              path_params=PROFILE_READ_PARAMS, binary_response=True),
 )
 
 
-class Relay(SealedRoutes):
+class Relay(SealedRoutes, ProfileRoutes):
     def __init__(self, settings: Settings, storage: Storage, push: Push,
                  clock: Callable[[], float], blobs: BlobStore) -> None:
         self.settings = settings

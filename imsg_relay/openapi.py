@@ -18,11 +18,13 @@ _ERROR_TEXT = {
          "unknown, expired, incomplete (download) or another account's (upload) blob "
          "(not_found)",
     409: "account_exists, handle_taken, device_exists, device_mismatch, too_many_devices, "
-         "too_many_channels, blob_complete, or incomplete (with `missing` parts)",
-    413: "request body, envelope, list, blob or blob part over its limit "
+         "too_many_channels, blob_complete, incomplete (with `missing` parts), or "
+         "stale_revision (a profile older than the one held)",
+    413: "request body, envelope, list, blob, blob part or profile over its limit "
          "(payload_too_large), or the account's blob quota (quota_exceeded, with `limit` and "
          "`used`)",
-    415: "request body is not application/json (application/octet-stream for a blob part) "
+    415: "request body is not application/json (application/octet-stream for a blob part or "
+         "a profile) "
          "(unsupported_media_type)",
     416: "the Range is outside the blob (range_not_satisfiable); Content-Range: bytes */size",
     429: "rate limited, or a provisioning box full; see Retry-After (rate_limited, box_full)",

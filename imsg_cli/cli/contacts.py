@@ -11,7 +11,7 @@ import typer
 from imsg_cli.cli.state import State
 
 app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
-                  help="Your contacts: list (no subcommand), add, remove.")
+                  help="Your contacts: list (no subcommand), add, remove, photo.")
 
 
 @app.callback()
@@ -92,3 +92,22 @@ def _canonical(handle: str) -> str:
     from imsg_cli.handles import canonical_handle
 
     return canonical_handle(handle)
+
+
+@app.command()
+def photo(
+    ctx: typer.Context,
+    handle: Annotated[str, typer.Argument(help="The contact whose photo to save.")],
+    out_file: Annotated[str, typer.Option("--out", metavar="FILE", help="Where to write it (never overwritten).")],
+) -> None:
+    """Save the photo a contact shares with you, as they set it (JPEG, PNG, WebP or HEIC;
+    checked by its first bytes, never decoded or shown by imsg)."""
+    state: State = ctx.obj
+    with state.client() as client:
+        saved = client.contact_photo(handle, out_file)
+    if state.out.json:
+        state.out.record({"handle": _canonical(handle), "path": str(saved.path), "type": saved.type,
+                          "size": saved.size})
+    else:
+        state.out.line(str(saved.path))
+        state.out.info(f"{saved.type}, {saved.size} bytes")

@@ -71,9 +71,9 @@ def _report_problems(state: State, client) -> int:
             rejected += 1
             state.out.error("rejected_message", f"rejected message {p.message_id}: {p.message}",
                             message_id=p.message_id)
-        elif p.code == "identity_changed":
+        elif p.code in ("identity_changed", "profile_rejected"):  # the latter: a tampered profile
             rejected += 1
-            state.out.error("identity_changed", p.message, message_id=p.message_id)
+            state.out.error(p.code, p.message, message_id=p.message_id)
         elif p.code in ("devices_changed", "sealed_only_waiting"):
             state.out.warning(p.code, p.message)
         else:

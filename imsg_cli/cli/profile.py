@@ -4,7 +4,7 @@ puts before a first message to someone."""
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -48,3 +48,48 @@ def share(
         state.out.record({"share": policy})
     else:
         state.out.info(f"sharing your name and photo: {policy}")
+
+
+@app.command("set")
+def set_(
+    ctx: typer.Context,
+    name: Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="Your name, as people you share with see it.")] = None,
+    photo: Annotated[Optional[str], typer.Option("--photo", metavar="FILE",
+                                                 help="A JPEG, PNG, WebP or HEIC image of at most 512 KiB.")] = None,
+    no_photo: Annotated[bool, typer.Option("--no-photo", help="Remove your photo.")] = False,
+) -> None:
+    """Set your name and/or photo. They are encrypted under your profile key before they
+    reach the relay, and go to the people you share with (imsg profile share) with your
+    next message to each of them."""
+    from imsg_cli.errors import UsageError
+
+    if name is None and photo is None and not no_photo:
+        raise UsageError("nothing to change", hint="give --name, --photo FILE or --no-photo")
+    state: State = ctx.obj
+    with state.client() as client:
+        shown = client.profile_set(name, photo, remove_photo=no_photo)
+    _show(state, shown)
+
+
+@app.command()
+def show(ctx: typer.Context) -> None:
+    """Show your name, photo (type and size; never displayed), revision, share policy and
+    who holds your current profile key."""
+    state: State = ctx.obj
+    with state.client() as client:
+        shown = client.profile_show()
+    _show(state, shown)
+
+
+def _show(state: State, p) -> None:
+    out = state.out
+    if out.json:
+        out.record({"name": p.name, "photo": {"type": p.photo_type, "size": p.photo_size} if p.photo_size else None,
+                    "revision": p.revision, "share": p.share, "published": p.published,
+                    "shared_with": list(p.shared_with)})
+        return
+    out.line(f"name:     {p.name or '(none)'}")
+    out.line(f"photo:    {f'{p.photo_type}, {p.photo_size} bytes' if p.photo_size else '(none)'}")
+    out.line(f"sharing:  {p.share}")
+    out.line(f"revision: {p.revision}" + ("" if p.published or not p.revision else " (not yet on the relay)"))
+    out.line(f"shared with: {', '.join(p.shared_with) if p.shared_with else 'nobody yet'}")

@@ -14,7 +14,7 @@ LABEL_CONTENT_KEY = b"imsg/v1/content"
 LABEL_DEVICE_NAME = b"imsg/v1/device-name"
 LABEL_PROVISIONING = b"imsg/v1/provisioning"
 LABEL_SYNC = b"imsg/v1/sync"
-# Sealed sender (§6c): a device's HPKE seed from its identity key, the HPKE info of the
+# Sealed sender (§6d): a device's HPKE seed from its identity key, the HPKE info of the
 # sealed layer, and the unidentified-access key from the profile key.
 LABEL_SEALED_DEVICE_KEY = b"imsg/v1/sealed/device-key"
 LABEL_SEALED_ENVELOPE = b"imsg/v1/sealed/envelope"
@@ -83,3 +83,18 @@ SEALED_BUCKETS = (2048, 4096, 8192, 16384, 32768, 65536, 98304)
 # A sender certificate is fetched again after this long on our clock (they live 24 hours
 # on the relay's), so clock skew never makes a client send an expired one.
 SENDER_CERTIFICATE_REFRESH_MS = 3600 * 1000
+# --- profiles (name and photo, docs/PROTOCOL.md §6c) ---
+LABEL_PROFILE_ID = b"imsg/v1/profile/id"
+LABEL_PROFILE_KEY = b"imsg/v1/profile/key"
+LABEL_PROFILE_AD = b"imsg/v1/profile/ad"
+
+# A profile name is at most this many UTF-8 bytes; it is padded to a fixed block, so every
+# name has the same ciphertext length.
+PROFILE_NAME_MAX_BYTES = 254
+PROFILE_NAME_BLOCK = 256  # u16 length + name + zero padding
+
+# A profile photo is at most 512 KiB (a contact photo is shown small; 512 KiB holds a
+# 1024x1024 JPEG) and padded to the next power of two, at least 4 KiB: the ciphertext tells
+# only which of 8 buckets (4 KiB .. 512 KiB) the photo falls in.
+PROFILE_PHOTO_MAX = 512 * 1024
+PROFILE_PHOTO_MIN_BUCKET = 4 * 1024

@@ -243,8 +243,25 @@ class SettingsStore(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class CachedProfile:
+    """A profile (name and photo) as last fetched and checked, for a contact or for our own
+    account: what `imsg contacts` shows, and what stays when its owner stops sharing."""
+
+    account_id: str
+    revision: int
+    name: str
+    photo: bytes  # the image file's bytes as the owner set them; never decoded
+    fetched_at: int
+
+
+class ProfileStore(Protocol):
+    def cached_profile(self, account_id: str) -> CachedProfile | None: ...
+    def save_cached_profile(self, profile: CachedProfile) -> None: ...
+
+
 class Store(AccountStore, PreKeyStore, SessionStore, ContactStore, MessageStore, OutboxStore, HeldStore,
-            AttachmentStore, SettingsStore, Protocol):
+            AttachmentStore, SettingsStore, ProfileStore, Protocol):
     def transaction(self) -> AbstractContextManager[None]: ...
     def close(self) -> None: ...
     def checkpoint(self) -> None:

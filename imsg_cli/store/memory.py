@@ -11,6 +11,7 @@ from typing import Iterator
 from imsg_cli.protocol.prekeys import KemPreKey, OneTimePreKey, SignedPreKey
 from imsg_cli.protocol.session import Address
 from imsg_cli.protocol.stores import (
+    CachedProfile,
     Contact,
     Conversation,
     HeldMessage,
@@ -38,11 +39,12 @@ class MemoryStore:
         self._attachments: dict[tuple[str, int], StoredAttachment] = {}
         self._uploads: dict[str, Upload] = {}
         self._settings: dict[str, str] = {}
+        self._profiles: dict[str, CachedProfile] = {}
         self._depth = 0
 
     _STATE = ("_account", "_signed", "_kem", "_one_time", "_next_id", "_sessions",
               "_contacts", "_messages", "_shown", "_outbox", "_held",
-              "_attachments", "_uploads", "_settings")
+              "_attachments", "_uploads", "_settings", "_profiles")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -73,6 +75,13 @@ class MemoryStore:
 
     def save_account(self, account: LocalAccount) -> None:
         self._account = account
+
+    # cached profiles
+    def cached_profile(self, account_id: str) -> CachedProfile | None:
+        return self._profiles.get(account_id)
+
+    def save_cached_profile(self, profile: CachedProfile) -> None:
+        self._profiles[profile.account_id] = profile
 
     # settings
     def get_setting(self, key: str) -> str | None:

@@ -19,6 +19,7 @@ from typing import Iterator
 from imsg_cli.protocol.prekeys import KemPreKey, OneTimePreKey, SignedPreKey
 from imsg_cli.protocol.session import Address
 from imsg_cli.protocol.stores import (
+    CachedProfile,
     Contact,
     Conversation,
     HeldMessage,
@@ -84,6 +85,10 @@ CREATE TABLE IF NOT EXISTS uploads (
 );
 CREATE INDEX IF NOT EXISTS uploads_source ON uploads (path, plain_size, mtime_ns);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS profiles (
+    account_id TEXT PRIMARY KEY, revision INTEGER NOT NULL, name TEXT NOT NULL, photo BLOB NOT NULL,
+    fetched_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     message_id TEXT NOT NULL, account_id TEXT NOT NULL, envelopes BLOB NOT NULL,
     created_at INTEGER NOT NULL, PRIMARY KEY (message_id, account_id)
@@ -203,6 +208,16 @@ class SQLiteStore:
              a.identity_private, a.signing_private, a.device_list, a.relay_url, a.token, a.created_at,
              a.profile_key),
         )
+
+    # cached profiles
+    def cached_profile(self, account_id: str) -> CachedProfile | None:
+        row = self._one("SELECT account_id, revision, name, photo, fetched_at FROM profiles WHERE account_id = ?",
+                        (account_id,))
+        return CachedProfile(*row) if row else None
+
+    def save_cached_profile(self, p: CachedProfile) -> None:
+        self._db.execute("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?, ?)",
+                         (p.account_id, p.revision, p.name, p.photo, p.fetched_at))
 
     # settings
     def get_setting(self, key: str) -> str | None:

@@ -231,6 +231,18 @@ class Storage(Protocol):
     async def expired_blobs(self, live_after_ms: int, limit: int) -> list[str]:
         """At most `limit` ids of blobs created at or before `live_after_ms`, oldest first."""
 
+    # profiles: one opaque ciphertext per account, replaced on each upload
+
+    async def put_profile(self, account_id: str, key_id: bytes, revision: int, body: bytes,
+                          now_ms: int) -> bool:
+        """Store (replacing) the account's profile, unless the one held has a higher
+        revision: then nothing changes and the answer is False."""
+        ...
+
+    async def get_profile(self, account_id: str) -> tuple[bytes, bytes] | None:
+        """(key_id, body) of the account's profile, if any."""
+        ...
+
     async def delete_blobs(self, blob_ids: Sequence[str]) -> int:
         """Deletes these rows and their parts; returns how many blobs."""
 

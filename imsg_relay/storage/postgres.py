@@ -117,6 +117,13 @@ CREATE TABLE IF NOT EXISTS sealed_access (
     access_verifier BYTEA,
     allow_anyone    BOOLEAN NOT NULL DEFAULT FALSE
 );
+CREATE TABLE IF NOT EXISTS profiles (
+    account_id TEXT PRIMARY KEY,
+    key_id     BYTEA NOT NULL,
+    revision   BIGINT NOT NULL,
+    body       BYTEA NOT NULL,
+    updated_at BIGINT NOT NULL
+);
 """
 
 
@@ -534,6 +541,22 @@ class PostgresStorage:
             deleted = cur.rowcount
             await conn.execute("DELETE FROM blob_parts WHERE blob_id = ANY(%s)", (ids,))
             return deleted
+
+    # profiles
+
+    async def put_profile(self, account_id: str, key_id: bytes, revision: int, body: bytes,
+                          now_ms: int) -> bool:
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                "INSERT INTO profiles VALUES (%s, %s, %s, %s, %s) ON CONFLICT (account_id) DO UPDATE"
+                " SET key_id = excluded.key_id, revision = excluded.revision, body = excluded.body,"
+                " updated_at = excluded.updated_at WHERE profiles.revision <= excluded.revision",
+                (account_id, key_id, revision, body, now_ms))
+            return cur.rowcount == 1
+
+    async def get_profile(self, account_id: str) -> tuple[bytes, bytes] | None:
+        row = await self._one("SELECT key_id, body FROM profiles WHERE account_id = %s", (account_id,))
+        return (bytes(row[0]), bytes(row[1])) if row else None
 
 
     # sealed sender

@@ -46,7 +46,7 @@ from imsg_relay.storage.base import (
 
 log = logging.getLogger("imsg_relay.storage")
 
-SCHEMA_VERSION = 4  # 2: provisioning channels; 3: attachment blobs; 4: sealed access
+SCHEMA_VERSION = 4  # 2: provisioning channels; 3: attachment blobs; 4: sealed access, profiles
 
 # No sender column anywhere: an envelope row is (mailbox, message id, bytes, time).
 # Handles are kept only as HMAC-SHA256(relay secret, handle); tokens only as SHA-256.
@@ -133,6 +133,15 @@ CREATE TABLE IF NOT EXISTS sealed_access (
     account_id      TEXT PRIMARY KEY,
     access_verifier BLOB,
     allow_anyone    INTEGER NOT NULL DEFAULT 0
+);
+-- Profiles: one ciphertext per account (name and photo under the profile key, which the
+-- relay never holds), filed under an id derived from that key; replaced on each upload.
+CREATE TABLE IF NOT EXISTS profiles (
+    account_id TEXT PRIMARY KEY,
+    key_id     BLOB NOT NULL,
+    revision   INTEGER NOT NULL,
+    body       BLOB NOT NULL,
+    updated_at INTEGER NOT NULL
 );
 """
 
@@ -666,6 +675,25 @@ class SQLiteStorage:
             return deleted
 
         return await self._write(op)
+
+    # profiles
+
+    async def put_profile(self, account_id: str, key_id: bytes, revision: int, body: bytes,
+                          now_ms: int) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT INTO profiles VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE"
+                " SET key_id = excluded.key_id, revision = excluded.revision, body = excluded.body,"
+                " updated_at = excluded.updated_at WHERE profiles.revision <= excluded.revision",
+                (account_id, key_id, revision, body, now_ms))
+            return cur.rowcount == 1
+
+        return await self._write(op)
+
+    async def get_profile(self, account_id: str) -> tuple[bytes, bytes] | None:
+        row = self._read().execute("SELECT key_id, body FROM profiles WHERE account_id = ?",
+                                   (account_id,)).fetchone()
+        return (row[0], row[1]) if row else None
 
 
     # sealed sender

@@ -84,3 +84,92 @@ def test_share_policies_through_the_command(env):
     ok(imsg(cat, "send", "dan@example.com", "off: nothing new"))
     ok(imsg(dan, "receive"))
     assert held_key(dan, cat) == old  # what dan saved stays
+
+
+def test_profile_set_show_and_contacts_photo(env, tmp_path):
+    fay, gus = init(env, "fay"), init(env, "gus")
+    (tmp_path / "fay.png").write_bytes(PNG)
+    (tmp_path / "not-an-image.txt").write_text("hello")
+    json_error(imsg(fay, "profile", "set"), 2)
+    json_error(imsg(fay, "profile", "set", "--photo", str(tmp_path / "not-an-image.txt")), 2)
+    json_error(imsg(fay, "profile", "set", "--name", "bad\x1bname"), 2)
+    shown = ok(imsg(fay, "profile", "set", "--name", "Fay Wray", "--photo", str(tmp_path / "fay.png")))[0]
+    assert shown["name"] == "Fay Wray" and shown["photo"] == {"type": "image/png", "size": len(PNG)}
+    assert shown["share"] == "contacts" and shown["published"] is True and shown["shared_with"] == []
+    ok(imsg(fay, "contacts", "add", "gus@example.com"))
+    ok(imsg(fay, "send", "gus@example.com", "hello gus"))
+    ok(imsg(gus, "receive"))
+    row = next(r for r in ok(imsg(gus, "contacts")) if r["handle"] == "fay@example.com")
+    assert (row["name"], row["name_source"], row["shared_name"]) == ("Fay Wray", "shared", "Fay Wray")
+    assert ok(imsg(fay, "profile", "show"))[0]["shared_with"] == ["gus@example.com"]
+    human = imsg(fay, "profile", "show", json_mode=False)
+    assert human.returncode == 0 and "Fay Wray" in human.stdout and "image/png" in human.stdout
+
+    out = tmp_path / "saved.png"
+    saved = ok(imsg(gus, "contacts", "photo", "fay@example.com", "--out", str(out)))[0]
+    assert saved == {"handle": "fay@example.com", "path": str(out), "type": "image/png", "size": len(PNG)}
+    assert out.read_bytes() == PNG
+    json_error(imsg(gus, "contacts", "photo", "fay@example.com", "--out", str(out)), 3)  # exists
+    json_error(imsg(gus, "contacts", "photo", "nobody@example.com", "--out", str(tmp_path / "n.png")), 3)
+    json_error(imsg(fay, "contacts", "photo", "gus@example.com", "--out", str(tmp_path / "g.png")), 3)  # no photo
+
+    ok(imsg(fay, "profile", "set", "--no-photo", "--name", "Fay"))
+    ok(imsg(fay, "send", "gus@example.com", "renamed"))
+    ok(imsg(gus, "receive"))
+    row = next(r for r in ok(imsg(gus, "contacts")) if r["handle"] == "fay@example.com")
+    assert row["name"] == "Fay"
+    ok(imsg(gus, "contacts", "add", "fay@example.com", "--nickname", "Auntie"))
+    row = next(r for r in ok(imsg(gus, "contacts")) if r["handle"] == "fay@example.com")
+    assert (row["name"], row["name_source"], row["shared_name"]) == ("Auntie", "nickname", "Fay")
+
+
+def test_ask_policy_asks_at_a_terminal_and_remembers(env):
+    import os
+    import pty
+    import select
+    import subprocess
+    import time
+
+    from tests.e2e.test_devices_cli import IMSG, _env
+
+    hal, ivy = init(env, "hal"), init(env, "ivy")
+    ok(imsg(hal, "profile", "share", "ask"))
+
+    def send_at_terminal(text: str, answer: bytes) -> tuple[int, bytes]:
+        """`imsg send` with a terminal on stdin and stderr; answers the question if asked."""
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen([*IMSG, "--home", str(hal), "send", "ivy@example.com", text],
+                                stdin=follower, stdout=subprocess.PIPE, stderr=follower, env=_env())
+        os.close(follower)
+        seen, answered = b"", False
+        deadline = time.monotonic() + 60
+        try:
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([leader], [], [], 0.2)
+                if ready:
+                    try:
+                        chunk = os.read(leader, 1024)
+                    except OSError:  # EIO: the process closed the terminal
+                        break
+                    if not chunk:
+                        break
+                    seen += chunk
+                if not answered and b"share your name and photo" in seen:
+                    os.write(leader, answer)
+                    answered = True
+                if proc.poll() is not None and not ready:
+                    break
+            proc.wait(timeout=60)
+        finally:
+            os.close(leader)
+        return proc.returncode, seen
+
+    code, seen = send_at_terminal("asked: no", b"n\n")
+    assert code == 0 and b"share your name and photo with ivy@example.com?" in seen, seen
+    ok(imsg(ivy, "receive"))
+    assert held_key(ivy, hal) == b""
+    code, seen = send_at_terminal("asked again: the no was remembered", b"")
+    assert code == 0 and b"share your name" not in seen
+    ok(imsg(hal, "send", "ivy@example.com", "changed my mind", "--share-profile", "yes"))
+    ok(imsg(ivy, "receive"))
+    assert held_key(ivy, hal) == own_key(hal)

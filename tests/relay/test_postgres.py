@@ -288,3 +288,44 @@ def test_sealed_access_and_sealed_sends_on_postgres(pg_live, pg_schema):
         conn.execute(f'SET search_path TO "{pg_schema}"')
         rows = conn.execute("SELECT account_id, access_verifier, allow_anyone FROM sealed_access").fetchall()
     assert rows == [(bob.account_id, access_verifier(key), True)]
+
+
+def test_profiles_on_postgres_hold_no_name_or_photo(pg_live, pg_schema, tmp_path):
+    """Issue 7 on PostgreSQL: real clients share a name and photo through the relay; the
+    profile row is replaced on rotation and no table of the schema holds a name or photo
+    byte in the clear (every column of every row, searched)."""
+    import psycopg
+
+    from imsg_cli.client import Client
+    from imsg_cli.protocol import profile as pf
+
+    name, photo = "Hypatia Unmistakable-Name", b"\xff\xd8\xff\xe0" + os.urandom(6000)
+    (tmp_path / "p.jpg").write_bytes(photo)
+    with Client.open(tmp_path / "a", relay=pg_live.url) as alice, Client.open(tmp_path / "b", relay=pg_live.url) as bob:
+        alice.init("alice@example.com")
+        bob.init("bob@example.com")
+        alice.contacts_add("bob@example.com")
+        alice.profile_set(name, tmp_path / "p.jpg")
+        alice.send("bob@example.com", "hello")
+        bob.receive()
+        assert next(c for c in bob.contacts() if c.handle == "alice@example.com").profile_name == name
+        old_key = bob.store.contact_by_handle("alice@example.com").profile_key
+        alice.set_share_policy("off")
+        alice_id = alice.whoami().account_id
+        new_key = alice.store.load_account().profile_key
+    with psycopg.connect(PG, autocommit=True) as conn:
+        conn.execute(f'SET search_path TO "{pg_schema}"')
+        rows = conn.execute("SELECT account_id, key_id, body FROM profiles").fetchall()
+        assert [(r[0], bytes(r[1])) for r in rows] == [(alice_id, pf.key_id(new_key, alice_id))]
+        with pytest.raises(pf.DecryptionError):
+            pf.open_(old_key, alice_id, bytes(rows[0][2]))
+        assert pf.open_(new_key, alice_id, bytes(rows[0][2]))[1] == pf.Profile(name, photo)
+        tables = [r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (pg_schema,))]
+        assert "profiles" in tables
+        needles = [name.encode(), photo[:48], photo[3000:3048], photo[-48:]]
+        for table in tables:
+            for record in conn.execute(f'SELECT * FROM "{table}"').fetchall():
+                for value in record:
+                    data = bytes(value) if isinstance(value, (bytes, memoryview)) else str(value).encode()
+                    assert not any(n in data for n in needles), (table, value)

@@ -157,6 +157,24 @@ def test_contact_address_book_and_sharing_fields_round_trip(store):
     assert store.get_contact(PEER) == c and store.contact_by_handle("@bob") == c and store.contacts() == [c]
 
 
+def test_cached_profiles(store):
+    from imsg_cli.protocol.stores import CachedProfile
+
+    assert store.cached_profile(PEER) is None
+    first = CachedProfile(PEER, 3, "Bob", b"\x89PNG", T0)
+    store.save_cached_profile(first)
+    store.save_cached_profile(CachedProfile(OTHER, 1, "Ann", b"", T0))
+    assert store.cached_profile(PEER) == first
+    newer = CachedProfile(PEER, 4, "Robert", b"", T0 + 1)
+    store.save_cached_profile(newer)
+    assert store.cached_profile(PEER) == newer and store.cached_profile(OTHER).name == "Ann"
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.save_cached_profile(CachedProfile(PEER, 5, "rolled back", b"", T0))
+            raise RuntimeError("abort")
+    assert store.cached_profile(PEER) == newer
+
+
 def test_account_profile_key_round_trips(store):
     store.save_account(_account(profile_key=b"q" * 32))
     assert store.load_account().profile_key == b"q" * 32
