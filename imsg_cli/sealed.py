@@ -127,14 +127,16 @@ class SealedSender:
         verify under a trusted relay key and name exactly this device and identity key."""
         account = self.client._account()
         now = self.client._now()
+        device = self.client._device(account)
+        me = Address(account.account_id, account.device_id)
         cached = self._cached_certificate()
         if cached is not None:
             cert, fetched_at = cached
             # Reused for an hour of our clock (it lives 24 at the relay): a skewed or stepped
-            # clock never makes us send one the relay's clock has already expired.
-            if 0 <= now - fetched_at < consts.SENDER_CERTIFICATE_REFRESH_MS:
+            # clock never makes us send one the relay's clock has already expired. And only
+            # if it is this device's (a restored backup brings its old device's settings).
+            if 0 <= now - fetched_at < consts.SENDER_CERTIFICATE_REFRESH_MS and self._names(cert, me, device):
                 return cert
-        device = self.client._device(account)
         cert = self.client.relay().sender_certificate(encode_key(KEY_X25519, device.identity.public))
         try:
             parsed = proto.SenderCertificate.decode(cert)
@@ -143,11 +145,19 @@ class SealedSender:
             self._verify(parsed, 0)
         except (CertificateError, DecodeError) as exc:
             raise errors.SecurityError(f"the relay issued an unusable sender certificate: {exc}") from None
-        if parsed.sender != Address(account.account_id, account.device_id) or parsed.identity_key != device.identity.public:
+        if not self._names(cert, me, device):
             raise errors.SecurityError("the relay issued a sender certificate for another device")
         with self.store.transaction():
             self.store.set_setting(SETTING_CERTIFICATE, f"{base64.b64encode(cert).decode()}:{now}")
         return cert
+
+    @staticmethod
+    def _names(cert: bytes, me: Address, device) -> bool:
+        try:
+            parsed = proto.SenderCertificate.decode(cert)
+        except DecodeError:
+            return False
+        return parsed.sender == me and parsed.identity_key == device.identity.public
 
     def _cached_certificate(self) -> tuple[bytes, int] | None:
         raw = self.store.get_setting(SETTING_CERTIFICATE) or ""

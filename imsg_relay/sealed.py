@@ -1,7 +1,7 @@
 """Sealed sender at the relay: sender certificates, its signing keys, unidentified access.
 
 The relay signs short-lived sender certificates for the device a request authenticates
-(docs/PROTOCOL.md §6d), and accepts sealed envelopes - which name no sender - for an
+(docs/PROTOCOL.md §6e), and accepts sealed envelopes - which name no sender - for an
 account only with the account's unidentified-access key, or when the account allows sealed
 messages from anyone. It keeps per account only SHA-256(LABEL_ACCESS_VERIFIER || key) and
 the allow-anyone flag; a sealed send is counted per recipient (there is no credential), in

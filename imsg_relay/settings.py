@@ -88,6 +88,8 @@ class Settings:
     blob_quota: int = 1 * GIB
     blob_part_size: int = 8 * MIB
     blob_retention_days: int = 30
+    # The largest backup (ciphertext) one account may keep; one backup per account.
+    max_backup: int = 256 * MIB
     secret_file: Path | None = field(default=None, repr=False)
     # Scale-out: PostgreSQL instead of SQLite, Redis pub/sub for wake-ups across workers.
     # Connection strings may carry passwords, so they never appear in repr.
@@ -119,7 +121,7 @@ class Settings:
                                 "not between 1 and 168")
         if not (self.sealed_rate > 0 and self.sealed_burst > 0):
             raise SettingsError("sealed_rate and sealed_burst must be positive")
-        for name in ("max_blob", "blob_quota"):
+        for name in ("max_blob", "blob_quota", "max_backup"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1 byte")
         for name in ("max_body", "max_envelope"):

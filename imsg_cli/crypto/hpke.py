@@ -5,7 +5,7 @@ ChaCha20-Poly1305 (0x0003), from pyca `cryptography`'s `hpke` module.
 Why the hybrid: the sealed-sender layer hides who wrote to whom, and a recording of
 today's envelopes is worth decrypting later ("harvest now, decrypt later"). With the hybrid
 KEM the outer layer stays closed unless both ML-KEM-768 and X25519 fall. The cost is size:
-an encapsulation is 1120 bytes instead of 32 (docs/PROTOCOL.md §6d gives the figures).
+an encapsulation is 1120 bytes instead of 32 (docs/PROTOCOL.md §6e gives the figures).
 
 A private key is the KEM's 32-byte seed (draft-ietf-hpke-pq §4: Nsk = 32), expanded as
 the hybrid KEM draft says: SHAKE256(seed, 96) = ML-KEM seed (64) || X25519 scalar (32).

@@ -14,7 +14,7 @@ LABEL_CONTENT_KEY = b"imsg/v1/content"
 LABEL_DEVICE_NAME = b"imsg/v1/device-name"
 LABEL_PROVISIONING = b"imsg/v1/provisioning"
 LABEL_SYNC = b"imsg/v1/sync"
-# Sealed sender (§6d): a device's HPKE seed from its identity key, the HPKE info of the
+# Sealed sender (§6e): a device's HPKE seed from its identity key, the HPKE info of the
 # sealed layer, and the unidentified-access key from the profile key.
 LABEL_SEALED_DEVICE_KEY = b"imsg/v1/sealed/device-key"
 LABEL_SEALED_ENVELOPE = b"imsg/v1/sealed/envelope"

@@ -1,4 +1,4 @@
-"""Sealed sender: envelopes whose sender only the recipient learns (docs/PROTOCOL.md §6d).
+"""Sealed sender: envelopes whose sender only the recipient learns (docs/PROTOCOL.md §6e).
 
     SenderCertificate = CertBody || Sig(relay key, LABEL_SENDER_CERTIFICATE, CertBody)
     CertBody          = u8(1) || key_id (8) || account_id (16) || u32(device_id)

@@ -456,3 +456,30 @@ def test_a_skewed_sender_clock_still_sends_sealed_and_is_accepted(make_client, r
         assert texts(bob.receive()) == ["one", "two"] and bob.problems == []
     finally:
         alice.close()
+
+
+def test_a_restored_device_has_a_sealed_key_and_its_own_certificate(make_client, relay, tmp_path):
+    """A backup restore makes a new device (imsg_cli/backup.py): it gets a sealed-sender key
+    in the signed list, and the old device's certificate in the restored settings is not used."""
+    alice, bob = make_client("alice"), make_client("bob")
+    share(alice, bob)
+    share(bob, alice)
+    assert alice.send(BOB, "before the backup").sealed  # alice now holds a certificate
+    bob.receive()
+    code = alice.backup_on()
+    restored = Client.open(tmp_path / "restored", relay=relay.url)
+    try:
+        restored.backup_restore(ALICE, code, "phone2")
+        me = restored.store.load_account()
+        entry = verify_device_list(me.device_list, me.account_public).device(me.device_id)
+        assert entry.sealed_key == restored._device(me).sealed.public
+        sent = restored.send(BOB, "from the restored device")
+        assert sent.sealed
+        got = bob.receive()
+        assert [(m.text, m.sender) for m in got] == [("from the restored device", ALICE)]
+        assert [p.code for p in bob.problems] == ["devices_changed"]  # shown, not a failure
+        reply = bob.send(ALICE, "to every device of alice")  # 409, refetch, sealed to the new one too
+        assert reply.sealed and reply.devices == 2
+        assert texts(restored.receive()) == ["to every device of alice"] and restored.problems == []
+    finally:
+        restored.close()

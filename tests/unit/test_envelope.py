@@ -204,7 +204,7 @@ def _contexts():
     ratchet_msg = live.send("alice", b"r" * 65)
     mid, envelope = live.send_envelope("alice", "enveloped")
     package, content_ct = env.seal_content(b"content", seeded_rng(4))
-    # Sealed sender (§6d): a relay-signed certificate, and an envelope sealed to bob's device.
+    # Sealed sender (§6e): a relay-signed certificate, and an envelope sealed to bob's device.
     relay_key = sign.SigningKey(bytes(range(32)))
     cert_body = sealed.certificate_body(sealed.relay_key_id(relay_key.public), live.alice.address,
                                         live.alice.device.identity.public, 2**40)
