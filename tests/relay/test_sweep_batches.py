@@ -44,7 +44,7 @@ def _fill_postgres(schema: str) -> None:
 async def _sweep_while_sending(storage) -> tuple[list[int], int, int, int]:
     """Sweep with a sender running; returns (batch sizes, sends done during the sweep,
     envelopes left, live envelopes stored)."""
-    await storage.create_account(ACCOUNT, b"\x06" + bytes(32), secrets.token_bytes(32), b"list", 1,
+    await storage.create_account(ACCOUNT, b"\x06" + bytes(32), None, b"list", 1,
                                  secrets.token_bytes(32), 0)
     batches: list[int] = []
     real = storage.delete_expired
