@@ -10,6 +10,8 @@ go in batches, each in its own short transaction, so a large first sweep never h
 write lock long enough to stall a concurrent send. Deleted rows are overwritten
 (`secure_delete`) and the WAL is checkpointed and truncated afterwards, so the old page
 images do not linger there; the attachment files saved for the messages are removed too.
+Upload records of drafts the relay has purged (30 days) go at the same time, whatever the
+setting: they hold a source path and an attachment key and can no longer be used.
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ def set_period(store, value: str) -> str:
 
 def sweep(store, now_ms: int) -> int:
     """Delete every message older than the setting, with its attachment records and the
-    files saved for it. Returns how many messages were deleted."""
+    files saved for it, and the records of drafts the relay has purged. Returns how many
+    messages were deleted."""
+    purge_expired_uploads(store, now_ms)
     length = PERIODS[current(store)]
     if length is None:
         return 0
@@ -63,6 +67,18 @@ def sweep(store, now_ms: int) -> int:
     if deleted:
         store.checkpoint()
     return deleted
+
+
+def purge_expired_uploads(store, now_ms: int) -> int:
+    """Drop upload records (source path, attachment key) whose blob the relay has purged
+    (30 days after upload): they can neither resume nor be sent, whatever the setting.
+    Sent uploads are dropped at send time; this table holds only drafts, so it is small."""
+    expired = [u.blob_id for u in store.uploads() if u.expires_at <= now_ms]
+    if expired:
+        with store.transaction():
+            for blob_id in expired:
+                store.remove_upload(blob_id)
+    return len(expired)
 
 
 def remove_files(paths: list[str]) -> None:

@@ -228,11 +228,16 @@ def _getpass(prompt: str) -> str:
 
 
 def read_passcode_file(path: str) -> str:
-    """The first line of `path` (a trailing newline is not part of the passcode)."""
+    """The first line of `path` (a trailing newline is not part of the passcode). Refused,
+    like ssh refuses a private key, if other users may read it."""
+    p = Path(path).expanduser()
     try:
-        text = Path(path).expanduser().read_text(encoding="utf-8")
+        mode = p.stat().st_mode
+        text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise errors.UsageError(f"cannot read passcode file {path}: {getattr(exc, 'strerror', exc)}") from None
+    if mode & 0o077:
+        raise errors.UsageError(f"passcode file {path} is readable by other users", hint=f"chmod 600 {path}")
     return text.splitlines()[0] if text else ""
 
 
@@ -402,10 +407,14 @@ def set_passcode(home: str | os.PathLike, passcode: str, *, keyring: bool = Fals
                  rng: Callable[[int], bytes] = os.urandom, **argon2) -> None:
     """Encrypt a home that has no passcode yet."""
     home = Path(home).expanduser()
+    refuse_if_set(home)
+    _rewrite(home, None, rng(32), check_new_passcode(passcode), keyring=keyring, rng=rng, **argon2)
+
+
+def refuse_if_set(home: Path) -> None:
     if has_passcode(home):
         raise errors.LocalStateError("this home already has a passcode",
                                      hint="change it with: imsg passcode change")
-    _rewrite(home, None, rng(32), check_new_passcode(passcode), keyring=keyring, rng=rng, **argon2)
 
 
 def current_key(home: str | os.PathLike, keys: KeySource) -> bytes:

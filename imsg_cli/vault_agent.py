@@ -94,7 +94,10 @@ def start(home: Path, key: bytes, until_ms: int) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "imsg_cli.vault_agent", str(path), str(until_ms)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        start_new_session=True, close_fds=True)  # survives this command and its terminal
+        start_new_session=True, close_fds=True, cwd="/",  # survives this command and its terminal
+        # without IMSG_PASSCODE & co: the agent outlives this command, its environment must not
+        # carry the passcode for hours
+        env={k: v for k, v in os.environ.items() if not k.startswith("IMSG_")})
     try:
         proc.stdin.write(key.hex().encode() + b"\n")
         proc.stdin.close()  # through a pipe: never on a command line or in the environment
@@ -173,6 +176,7 @@ def serve(path: Path, until_ms: int, key: bytearray) -> None:
                 elif request == b"status":
                     answer = {"until": until_ms}
                 elif request == b"lock":
+                    _unlink_own(path, ident)  # gone before the answer: `lock` returns with no socket left
                     _send(conn, {"locked": True})
                     return
                 else:
@@ -181,12 +185,17 @@ def serve(path: Path, until_ms: int, key: bytearray) -> None:
     finally:
         for i in range(len(key)):
             key[i] = 0
-        try:
-            if path.stat().st_ino == ident:
-                path.unlink()
-        except FileNotFoundError:
-            pass
+        _unlink_own(path, ident)
         server.close()
+
+
+def _unlink_own(path: Path, ident: int) -> None:
+    """Remove our socket, never one a newer agent has bound to the same name since."""
+    try:
+        if path.stat().st_ino == ident:
+            path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def _send(conn: socket.socket, answer: dict) -> None:

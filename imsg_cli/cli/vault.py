@@ -10,7 +10,6 @@ deadline or on `imsg lock`.
 from __future__ import annotations
 
 import os
-import re
 from typing import Annotated, Optional
 
 import typer
@@ -26,16 +25,17 @@ NewPasscodeFile = Annotated[Optional[str], typer.Option(
     "--new-passcode-file", metavar="PATH",
     help="Read the new passcode from the first line of PATH (or set IMSG_NEW_PASSCODE).")]
 
-_DURATION = re.compile(r"^(\d{1,6})([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_UNLOCK_S = 30 * 86400
 
 
 def parse_duration(text: str) -> int:
     """'90s', '15m', '8h', '7d' -> seconds (at most 30 days)."""
+    import re
+
     from imsg_cli.errors import UsageError
 
-    m = _DURATION.match(text.strip().lower())
+    m = re.fullmatch(r"(\d{1,6})([smhd])", text.strip().lower())
     seconds = int(m.group(1)) * _UNIT_S[m.group(2)] if m else 0
     if not 0 < seconds <= MAX_UNLOCK_S:
         raise UsageError(f"not a duration: {text!r}", hint="e.g. 90s, 15m, 8h, 7d (at most 30d)")
@@ -79,6 +79,7 @@ def set_(
 
     state: State = ctx.obj
     home = state.home_path()
+    vault.refuse_if_set(home)  # before asking for a new one
     passcode = _new_passcode(state, new_passcode_file, allow_current=True)
     vault.set_passcode(home, passcode, keyring=keyring)
     _done(state, "passcode set: this home is encrypted at rest", passcode=True, keyring=keyring)

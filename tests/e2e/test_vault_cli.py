@@ -227,3 +227,50 @@ def test_retention_commands(cli: Env, tmp_path: Path):
     assert r.returncode == 0 and "forever" in r.stdout and "default" in r.stdout
     r = cli(bob, "unlock", "--help", json_mode=False)
     assert r.returncode == 0 and "agent" in r.stdout and "imsg lock" in r.stdout
+
+
+def _on_a_terminal(cli: Env, home: Path, args: list[str], typed: list[str], timeout: float = 60) -> tuple[int, str]:
+    """Run `imsg` with a pseudo-terminal as stdin/stdout/stderr and type `typed`, one line
+    at each prompt it shows; returns (exit code, everything it wrote)."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*IMSG, "--home", str(home), *args], stdin=slave, stdout=slave, stderr=slave,
+                            env=cli.base, start_new_session=True)
+    os.close(slave)
+    seen, fresh, deadline, answers = b"", b"", time.monotonic() + timeout, list(typed)
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # the child closed its side
+                    break
+                seen, fresh = seen + chunk, fresh + chunk
+                if answers and fresh.endswith(b": "):  # a prompt: answer it once
+                    os.write(master, answers.pop(0).encode() + b"\n")
+                    fresh = b""
+            elif proc.poll() is not None:
+                break
+        return proc.wait(max(5.0, deadline - time.monotonic())), seen.decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+
+
+def test_passcode_prompts_on_a_terminal(cli: Env, tmp_path: Path):
+    home = tmp_path / "tty"
+    code, out = _on_a_terminal(cli, home, ["passcode", "set"], ["typed passcode", "typed passcode"])
+    assert code == 0, out
+    assert "typed passcode" not in out  # not echoed
+    code, out = _on_a_terminal(cli, home, ["retention", "show"], ["wrong one", "typed passcode"])
+    assert code == 0 and "forever" in out and "wrong passcode" not in out.split("forever")[-1], out
+    code, out = _on_a_terminal(cli, home, ["passcode", "set"], [])
+    assert code == 3, out  # already set
+    code, out = _on_a_terminal(cli, home, ["passcode", "change"], ["typed passcode", "new one 1", "new one 2"])
+    assert code == 2 and "differ" in out, out  # the two new passcodes differ: nothing changed
+    _ok(cli(home, "retention", "show", env={"IMSG_PASSCODE": "typed passcode"}))

@@ -123,3 +123,19 @@ def test_bad_periods_are_usage_errors(pair):
         with pytest.raises(UsageError):
             bob.set_retention(bad)
     assert bob.retention() == "forever"
+
+
+def test_records_of_drafts_the_relay_purged_are_dropped(pair, tmp_path: Path):
+    """Whatever the setting: a draft upload past the relay's 30 days can neither resume nor
+    be sent, so its record (source path, attachment key) goes."""
+    alice, _, clock = pair
+    draft_file = tmp_path / "draft.txt"
+    draft_file.write_bytes(b"a draft never sent")
+    draft = alice.attach(draft_file)
+    assert [d.id for d in alice.drafts()] == [draft.id] and alice.retention() == "forever"
+    clock.ms = draft.expires_at - 1
+    alice.apply_retention()
+    assert alice.store.get_upload(draft.id) is not None
+    clock.ms = draft.expires_at
+    alice.apply_retention()
+    assert alice.store.get_upload(draft.id) is None and alice.store.uploads() == []

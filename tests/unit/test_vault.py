@@ -292,6 +292,27 @@ def test_unlock_agent_serves_the_key_until_locked(tmp_path: Path, runtime: Path)
         vault.open_store(home, vault.KeySource())
 
 
+def test_unlock_agent_does_not_inherit_the_passcode(tmp_path: Path, monkeypatch):
+    home = tmp_path / "home"
+    vault.set_passcode(home, "correct horse", **FAST)
+    monkeypatch.setenv("IMSG_PASSCODE", "correct horse")
+    key = vault.current_key(home, vault.KeySource.from_environment(interactive=False))
+    vault_agent.start(home, key, int((time.time() + 60) * 1000))
+    try:
+        import subprocess
+
+        pids = subprocess.run(["pgrep", "-f", str(vault_agent.socket_path(home))], capture_output=True,
+                              text=True).stdout.split()
+        assert len(pids) == 1
+        if os.getuid() != 0:  # non-dumpable: /proc/PID/environ belongs to root now; we cannot even read it
+            with pytest.raises(PermissionError):
+                Path(f"/proc/{pids[0]}/environ").read_bytes()
+        else:
+            assert b"IMSG_PASSCODE" not in Path(f"/proc/{pids[0]}/environ").read_bytes()
+    finally:
+        vault_agent.stop(home)
+
+
 def test_unlock_agent_exits_at_its_deadline(tmp_path: Path):
     home = tmp_path / "home"
     vault.set_passcode(home, "correct horse", **FAST)
@@ -361,3 +382,19 @@ def test_runtime_dir_must_be_private(tmp_path: Path, monkeypatch):
 
     monkeypatch.setattr(tempfile, "tempdir", None)
     assert runtime_dir() == tmp_path / "tmp" / f"imsg-{os.getuid()}"
+
+
+def test_passcode_file_first_line_and_permissions(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("IMSG_PASSCODE", raising=False)
+    path = tmp_path / "pc"
+    path.write_text("line one passcode\nsecond line\n")
+    path.chmod(0o600)
+    assert vault.KeySource.from_environment(str(path), interactive=False).passcode == "line one passcode"
+    path.chmod(0o640)
+    with pytest.raises(errors.UsageError) as info:
+        vault.read_passcode_file(str(path))
+    assert "chmod 600" in info.value.hint
+    with pytest.raises(errors.UsageError):
+        vault.read_passcode_file(str(tmp_path / "missing"))
+    monkeypatch.setenv("IMSG_PASSCODE", "from the environment")
+    assert vault.KeySource.from_environment(str(path), interactive=False).passcode == "from the environment"
