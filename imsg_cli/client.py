@@ -24,6 +24,7 @@ from typing import Callable, Iterator
 
 from imsg_cli import attachments as attachment_io
 from imsg_cli import errors
+from imsg_cli.backup import BackupMixin
 from imsg_cli.crypto import stream
 from imsg_cli.handles import canonical_handle
 from imsg_cli.profiles import ProfileMixin
@@ -194,7 +195,7 @@ def default_home() -> Path:
     return Path(user_data_dir("imsg", appauthor=False))
 
 
-class Client(ProfileMixin):
+class Client(BackupMixin, ProfileMixin):
     def __init__(
         self,
         store: Store,
@@ -218,9 +219,10 @@ class Client(ProfileMixin):
 
     @classmethod
     def open(cls, home: str | os.PathLike | None = None, relay: str | None = None, *, keys=None,
-             **kwargs) -> "Client":
+             retention: bool = True, **kwargs) -> "Client":
         """Open a home (see imsg_cli.vault.open_store; `keys`: a vault.KeySource for a home
-        with a passcode) and apply its retention setting."""
+        with a passcode) and apply its retention setting (unless `retention` is False: about
+        to change that setting, a longer one must not lose what it would keep)."""
         from imsg_cli.vault import KeySource, open_store
 
         path = Path(home).expanduser() if home else default_home()
@@ -229,7 +231,8 @@ class Client(ProfileMixin):
         if keys.from_agent:
             client.still_unlocked = lambda: _agent_alive(path)
         try:
-            client.apply_retention()
+            if retention:
+                client.apply_retention()
         except BaseException:
             client.close()
             raise
@@ -672,7 +675,15 @@ class Client(ProfileMixin):
         if used_prekeys or self._signed_prekey_due():
             self.maintain_prekeys()
         self._refresh_profiles()  # contacts who announced a new name or photo
+        self._backup_quietly()
         return self.take_unshown()
+
+    def _backup_quietly(self) -> None:
+        """The automatic daily backup (imsg_cli/backup.py); a failure is reported, never raised."""
+        try:
+            self.backup_if_due()
+        except errors.ImsgError as exc:
+            self.problems.append(Problem("", "backup_failed", f"automatic backup failed: {exc}"))
 
     def _signed_prekey_due(self) -> bool:
         signed = self.store.signed_prekeys()
@@ -1007,14 +1018,9 @@ class Client(ProfileMixin):
             account = self._account()
             current = self._refresh_own_devices()
             account = self._account()
-            # Never reuse a removed device's id: a contact holding the older list would see
-            # the same ids, get no 409, and encrypt to the removed device's key. Every id ever
-            # added is at most the serial of the list that added it, and serials only grow.
-            device_id = max(max(current.device_ids), current.serial) + 1
             now = self._now()
-            entry = DeviceEntry(device_id, identity_key, signing_key, now,
-                                seal_device_name(account.account_private, device_id, name, self._rng))
-            blob = self._sign_devices(account, current.devices + (entry,), current)
+            device_id, blob = self._list_with_device(account.account_private, current, identity_key, signing_key,
+                                                     name)
             relay.add_device(device_id, token, blob)
             with self.store.transaction():
                 self.store.save_account(replace(account, device_list=blob))
@@ -1050,6 +1056,39 @@ class Client(ProfileMixin):
             except errors.ImsgError:
                 pass  # it expires on its own
         return DeviceInfo(device_id, name, device_fingerprint(identity_key), now, False)
+
+    def _list_with_device(self, account_private: bytes, current: DeviceList, identity_key: bytes,
+                          signing_key: bytes, name: str) -> tuple[int, bytes]:
+        """`current` with one new device, signed by the account key: (its id, the list).
+        Never reuses a removed device's id: a contact holding the older list would see
+        the same ids, get no 409, and encrypt to the removed device's key. Every id ever
+        added is at most the serial of the list that added it, and serials only grow."""
+        device_id = max(max(current.device_ids), current.serial) + 1
+        entry = DeviceEntry(device_id, identity_key, signing_key, self._now(),
+                            seal_device_name(account_private, device_id, name, self._rng))
+        key = AccountKey(account_private)
+        devices = DeviceList(key.public, current.serial + 1, self._now(), current.devices + (entry,))
+        return device_id, key.sign_device_list(devices)
+
+    def _install_account(self, account: LocalAccount, contacts, messages, attachments=(),
+                         settings: dict[str, str] | None = None) -> WhoAmI:
+        """A new device's first state (linked or restored), in one transaction; then its
+        prekeys go to the relay. Old messages arrive already shown."""
+        with self.store.transaction():
+            self.store.save_account(account)
+            for contact in contacts:
+                self.store.save_contact(contact)
+            for m in messages:
+                self.store.add_message(m)
+            self.store.mark_shown([m.message_id for m in messages])
+            self.store.add_attachments(list(attachments))
+            for key, value in (settings or {}).items():
+                self.store.set_setting(key, value)
+        if self._relay is not None:  # the next relay() carries this device's token
+            self._relay.close()
+            self._relay = None
+        self.maintain_prekeys(force=True)
+        return self.whoami()
 
     def _history_for_link(self, limit: int) -> list[dict]:
         if limit <= 0:
@@ -1135,19 +1174,8 @@ class Client(ProfileMixin):
             device_list=blob, relay_url=self._relay_url, token=token, created_at=now,
             profile_key=profile_key,
         )
-        with self.store.transaction():
-            self.store.save_account(account)
-            for name, value in profile_settings.items():
-                self.store.set_setting(name, value)
-            for contact in contacts:
-                self.store.save_contact(contact)
-            for m in history:
-                stored = _message_from_link(m, account, now)
-                if stored is not None:
-                    self.store.add_message(stored)
-                    self.store.mark_shown([stored.message_id])
-        self.maintain_prekeys(force=True)
-        return self.whoami()
+        messages = [m for m in (_message_from_link(doc, account, now) for doc in history) if m is not None]
+        return self._install_account(account, contacts, messages, settings=profile_settings)
 
     @staticmethod
     def _contact_from_link(doc) -> Contact:
@@ -1236,6 +1264,13 @@ class Client(ProfileMixin):
         if contact is None:
             raise errors.UnknownContactError(f"no conversation with {handle}")
         return [self._message(m) for m in self.store.history(contact.account_id, limit)]
+
+    # --- privacy ---
+
+    def privacy_report(self) -> dict:
+        """Everything the relay holds about this account, from its tables (GET /v1/privacy/report)."""
+        self._account()
+        return self.relay().privacy_report()
 
 
 def _kem_json(k: KemPreKey) -> dict:

@@ -322,3 +322,67 @@ class RelayClient:
             raise RelayUnavailableError(f"relay at {self.base_url} timed out") from None
         except httpx.HTTPError as exc:
             raise RelayUnavailableError(f"relay at {self.base_url} unreachable ({type(exc).__name__})") from None
+
+    # --- backups (the bytes are ciphertext sealed under the recovery code) ---
+
+    def put_backup(self, data: bytes, access_hash: bytes) -> dict:
+        try:
+            response = self._http.request(
+                "PUT", "/v1/backup", content=data, params={"access_hash": access_hash.hex()},
+                headers={"Content-Type": "application/octet-stream"}, timeout=TRANSFER_TIMEOUT)
+        except httpx.TimeoutException:
+            raise RelayUnavailableError(f"relay at {self.base_url} timed out during a backup upload") from None
+        except httpx.HTTPError as exc:
+            raise RelayUnavailableError(f"relay at {self.base_url} unreachable ({type(exc).__name__})") from None
+        return self._answer(response)
+
+    def backup_status(self) -> dict | None:
+        try:
+            return self._request("GET", "/v1/backup")
+        except RelayRefusedError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def delete_backup(self) -> bool:
+        return bool(self._request("DELETE", "/v1/backup").get("deleted"))
+
+    # A RelayClient made with the backup access token as its bearer token restores.
+
+    def restore_account(self) -> RemoteAccount:
+        body = self._request("GET", "/v1/restore/account")
+        try:
+            return RemoteAccount(str(body["account_id"]), b64d(body["account_key"]),
+                                 b64d(body["device_list"]), [int(d) for d in body["devices"]])
+        except (KeyError, TypeError, ValueError):
+            raise RelayRefusedError("relay sent a malformed account", relay_code="bad_response") from None
+
+    def restore_backup(self, max_size: int) -> bytes:
+        """The backup's bytes; more than `max_size` is refused as it streams in."""
+        out = bytearray()
+        try:
+            with self._http.stream("GET", "/v1/restore/backup", timeout=TRANSFER_TIMEOUT) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    self._answer(r)
+                for chunk in r.iter_bytes(1 << 20):
+                    out += chunk
+                    if len(out) > max_size:
+                        raise RelayRefusedError("relay sent a backup larger than any imsg makes",
+                                                relay_code="bad_response")
+        except httpx.TimeoutException:
+            raise RelayUnavailableError(f"relay at {self.base_url} timed out during a download") from None
+        except httpx.HTTPError as exc:
+            raise RelayUnavailableError(f"relay at {self.base_url} unreachable ({type(exc).__name__})") from None
+        return bytes(out)
+
+    def restore_device(self, device_id: int, *, token: str, device_list: bytes, signed_at: int,
+                       signature: bytes) -> dict:
+        return self._request("PUT", f"/v1/restore/devices/{device_id}", json={
+            "token": token, "device_list": b64e(device_list), "signed_at": signed_at,
+            "signature": b64e(signature)})
+
+    # --- privacy report ---
+
+    def privacy_report(self) -> dict:
+        return self._request("GET", "/v1/privacy/report")

@@ -305,11 +305,27 @@ def open_store(home: str | os.PathLike, keys: KeySource | None = None):
     try:
         _recover(home)
         kf = read_keyfile(home)
-        key = None if kf is None else storage_key(home, kf, keys or KeySource())
-        return SQLiteStore(home / STORE_FILE, key=key, lock_fd=fd)
+        if kf is None:
+            return SQLiteStore(home / STORE_FILE, lock_fd=fd)
+        key = storage_key(home, kf, keys or KeySource())
+        return _open_encrypted(home, key, fd)
     except BaseException:
         os.close(fd)
         raise
+
+
+def _open_encrypted(home: Path, key: bytes, fd: int):
+    import sqlcipher3
+
+    from imsg_cli.store.sqlite import SQLiteStore
+
+    try:
+        return SQLiteStore(home / STORE_FILE, key=key, lock_fd=fd)
+    except sqlcipher3.DatabaseError:
+        # The key is right for `storage-key` (checked) but not for this database: one of the
+        # two was replaced or damaged. Nothing was written.
+        raise errors.LocalStateError(f"{STORE_FILE} does not match {KEY_FILE}: one of them was replaced or "
+                                     "is damaged", hint="restore both from the same backup") from None
 
 
 def storage_key(home: Path, kf: KeyFile, keys: KeySource) -> bytes:

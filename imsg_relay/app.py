@@ -27,7 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from imsg_relay import schema
+from imsg_relay import backups, privacy, schema
 from imsg_relay.auth import bearer_token_hash, decode_token, token_hash
 from imsg_relay.blinding import blind_handle, load_or_create_secret
 from imsg_relay.blobs.base import BlobMissing, BlobReader, BlobStore
@@ -227,9 +227,11 @@ OPERATIONS: tuple[Operation, ...] = (
               "authentication", 200, "ProfileBytes", auth=False, errors=(404, 429),
               path_params=PROFILE_READ_PARAMS, binary_response=True),
 )
+# Backups and restore (backups.py), the privacy report (privacy.py).
+OPERATIONS += tuple(Operation(**spec) for spec in backups.OPERATION_SPECS + privacy.OPERATION_SPECS)
 
 
-class Relay(ProfileRoutes):
+class Relay(ProfileRoutes, backups.BackupRoutes, privacy.PrivacyRoutes):
     def __init__(self, settings: Settings, storage: Storage, push: Push,
                  clock: Callable[[], float], blobs: BlobStore) -> None:
         self.settings = settings
@@ -918,7 +920,9 @@ def create_app(settings: Settings, storage: Storage | None = None, *,
                                overrides=(("PUT", "/v1/provisioning/",
                                            MAX_PROVISIONING_REQUEST),
                                           # blob parts stream to disk: capped at a part
-                                          ("PUT", "/v1/blobs/", settings.blob_part_size)))],
+                                          ("PUT", "/v1/blobs/", settings.blob_part_size),
+                                          # a backup streams to the blob store
+                                          ("PUT", "/v1/backup", settings.max_backup)))],
         exception_handlers={
             RelayError: relay_error_handler,
             HTTPException: http_exception_handler,

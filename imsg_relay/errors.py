@@ -28,6 +28,7 @@ STATUS = {
     "too_many_channels": 409,
     "blob_complete": 409,
     "incomplete": 409,
+    "backup_access_taken": 409,
     "stale_revision": 409,
     "payload_too_large": 413,
     "quota_exceeded": 413,

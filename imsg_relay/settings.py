@@ -81,6 +81,8 @@ class Settings:
     blob_quota: int = 1 * GIB
     blob_part_size: int = 8 * MIB
     blob_retention_days: int = 30
+    # The largest backup (ciphertext) one account may keep; one backup per account.
+    max_backup: int = 256 * MIB
     secret_file: Path | None = field(default=None, repr=False)
     # Scale-out: PostgreSQL instead of SQLite, Redis pub/sub for wake-ups across workers.
     # Connection strings may carry passwords, so they never appear in repr.
@@ -107,7 +109,7 @@ class Settings:
         if not 1024 <= self.blob_part_size <= MAX_BLOB_PART_SIZE:
             raise SettingsError(f"blob part size {self.blob_part_size} is not between 1024 and "
                                 f"{MAX_BLOB_PART_SIZE} bytes")
-        for name in ("max_blob", "blob_quota"):
+        for name in ("max_blob", "blob_quota", "max_backup"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1 byte")
         for name in ("max_body", "max_envelope"):

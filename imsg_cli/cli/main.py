@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 import typer
 from typer import TyperException
 
-from imsg_cli.cli import account, contacts, devices, history, messages, profile, retention, trust, vault
+from imsg_cli.cli import (account, backup, contacts, devices, history, messages, privacy, profile,
+                          retention, trust, vault)
 from imsg_cli.cli.output import Output
 from imsg_cli.cli.state import State
 
@@ -70,6 +71,8 @@ app.add_typer(retention.app, name="retention")
 app.add_typer(vault.passcode_app, name="passcode")
 app.command()(vault.lock)
 app.command()(vault.unlock)
+app.add_typer(backup.app, name="backup")
+app.add_typer(privacy.app, name="privacy")
 
 
 def main(argv: list[str] | None = None) -> int:

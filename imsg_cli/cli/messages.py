@@ -73,7 +73,7 @@ def _report_problems(state: State, client) -> int:
         elif p.code in ("identity_changed", "profile_rejected"):  # the latter: a tampered profile
             rejected += 1
             state.out.error(p.code, p.message, message_id=p.message_id)
-        elif p.code == "devices_changed":
+        elif p.code in ("devices_changed", "backup_failed"):  # notes, not dropped messages
             state.out.warning(p.code, p.message)
         else:
             state.out.warning(p.code, f"ignored message {p.message_id}: {p.message}", message_id=p.message_id)

@@ -26,7 +26,7 @@ def set_(
 
     period = retention.parse(period)  # a usage error before anything is opened
     state: State = ctx.obj
-    with state.client() as client:
+    with state.client(retention=False) as client:  # the old setting must not sweep first
         deleted = client.set_retention(period)
     if state.out.json:
         state.out.record({"retention": period, "deleted": deleted})
@@ -39,7 +39,7 @@ def set_(
 def show(ctx: typer.Context) -> None:
     """Print how long messages are kept (forever unless set)."""
     state: State = ctx.obj
-    with state.client() as client:
+    with state.client(retention=False) as client:
         period = client.retention()
     if state.out.json:
         state.out.record({"retention": period})

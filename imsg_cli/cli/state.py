@@ -32,7 +32,8 @@ class State:
 
         return Path(self.home).expanduser() if self.home else default_home()
 
-    def client(self):
+    def client(self, *, retention: bool = True):
         from imsg_cli.client import Client
 
-        return Client.open(self.home, self.relay, allow_insecure=self.insecure, keys=self.keys())
+        return Client.open(self.home, self.relay, allow_insecure=self.insecure, keys=self.keys(),
+                           retention=retention)

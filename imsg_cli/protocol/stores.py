@@ -242,6 +242,10 @@ class SettingsStore(Protocol):
         """Set a setting; None deletes it."""
         ...
 
+    def settings(self) -> dict[str, str]:
+        """Every setting, by key (a backup carries them to a new device)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class CachedProfile:

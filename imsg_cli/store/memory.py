@@ -93,6 +93,9 @@ class MemoryStore:
         else:
             self._settings[key] = value
 
+    def settings(self) -> dict[str, str]:
+        return dict(sorted(self._settings.items()))
+
     # prekeys
     def get_signed_prekey(self, key_id: int) -> SignedPreKey | None:
         return self._signed.get(key_id)

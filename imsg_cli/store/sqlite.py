@@ -230,6 +230,9 @@ class SQLiteStore:
         else:
             self._db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, value))
 
+    def settings(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT key, value FROM settings ORDER BY key").fetchall())
+
     # prekeys
     def _get_prekey(self, kind: str, key_id: int) -> bytes | None:
         row = self._one("SELECT record FROM prekeys WHERE kind = ? AND key_id = ?", (kind, key_id))

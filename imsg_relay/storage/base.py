@@ -82,6 +82,17 @@ class BlobInfo:
         return -(-self.size // self.part_size)
 
 
+@dataclass(frozen=True, slots=True)
+class BackupInfo:
+    """An account's backup: its ciphertext is in the blob store under `blob_id` (not a row
+    of `blobs`: a backup is kept until the account deletes it, it does not expire)."""
+    account_id: str
+    blob_id: str
+    size: int
+    created_at: int  # when backups were first uploaded (turned on)
+    updated_at: int  # the latest upload
+
+
 class StorageConflict(Exception):
     """a unique value is already held: {code}"""
 
@@ -89,7 +100,7 @@ class StorageConflict(Exception):
         super().__init__(code)
         # "account_exists", "handle_taken", "device_exists", "token_taken",
         # "too_many_devices", "channel_exists", "too_many_channels", "box_full",
-        # "blob_exists", "blob_complete"
+        # "blob_exists", "blob_complete", "backup_access_taken"
         self.code = code
 
 
@@ -245,3 +256,21 @@ class Storage(Protocol):
 
     async def delete_blobs(self, blob_ids: Sequence[str]) -> int:
         """Deletes these rows and their parts; returns how many blobs."""
+
+    # backups (imsg_relay/backups.py). One row per account; `access_hash` is SHA-256 of a
+    # token only the holder of the recovery code can derive.
+    async def put_backup(self, account_id: str, access_hash: bytes, blob_id: str, size: int,
+                         now_ms: int) -> str | None:
+        """Records (or replaces) the account's backup; returns the blob id it replaced.
+        Raises StorageConflict("backup_access_taken") if another account has that hash."""
+
+    async def get_backup(self, account_id: str) -> BackupInfo | None: ...
+
+    async def backup_by_access(self, access_hash: bytes) -> BackupInfo | None: ...
+
+    async def delete_backup(self, account_id: str) -> str | None:
+        """Deletes the row; returns its blob id (None when there was none)."""
+
+    # the privacy report (imsg_relay/privacy.py): its read-only queries, written with `?`
+    # placeholders, run against the real tables.
+    async def report_rows(self, query: str, params: Sequence[object]) -> list[tuple]: ...

@@ -26,6 +26,7 @@ from imsg_relay.storage.base import (
     BlobInfo,
     BlobNotFound,
     BlobQuotaExceeded,
+    BackupInfo,
     Bundle,
     ChannelNotFound,
     DeviceMismatch,
@@ -111,6 +112,14 @@ CREATE TABLE IF NOT EXISTS blob_parts (
     blob_id TEXT NOT NULL,
     idx     INTEGER NOT NULL,
     PRIMARY KEY (blob_id, idx)
+);
+CREATE TABLE IF NOT EXISTS backups (
+    account_id  TEXT PRIMARY KEY,
+    access_hash BYTEA NOT NULL CONSTRAINT backups_access_unique UNIQUE,
+    blob_id     TEXT NOT NULL,
+    size        BIGINT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    updated_at  BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS profiles (
     account_id TEXT PRIMARY KEY,
@@ -536,6 +545,49 @@ class PostgresStorage:
             deleted = cur.rowcount
             await conn.execute("DELETE FROM blob_parts WHERE blob_id = ANY(%s)", (ids,))
             return deleted
+
+    # backups
+
+    async def put_backup(self, account_id: str, access_hash: bytes, blob_id: str, size: int,
+                         now_ms: int) -> str | None:
+        try:
+            async with self._tx() as conn:
+                cur = await conn.execute("SELECT blob_id FROM backups WHERE account_id = %s"
+                                         " FOR UPDATE", (account_id,))
+                old = await cur.fetchone()
+                await conn.execute(
+                    "INSERT INTO backups VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (account_id)"
+                    " DO UPDATE SET access_hash = EXCLUDED.access_hash, blob_id = EXCLUDED.blob_id,"
+                    " size = EXCLUDED.size, updated_at = EXCLUDED.updated_at",
+                    (account_id, access_hash, blob_id, size, now_ms, now_ms))
+        except pg_errors.UniqueViolation:
+            raise StorageConflict("backup_access_taken") from None
+        return None if old is None else old[0]
+
+    async def get_backup(self, account_id: str) -> BackupInfo | None:
+        row = await self._one("SELECT account_id, blob_id, size, created_at, updated_at"
+                              " FROM backups WHERE account_id = %s", (account_id,))
+        return None if row is None else BackupInfo(*row)
+
+    async def backup_by_access(self, access_hash: bytes) -> BackupInfo | None:
+        row = await self._one("SELECT account_id, blob_id, size, created_at, updated_at,"
+                              " access_hash FROM backups WHERE access_hash = %s", (access_hash,))
+        if row is None or not same_digest(bytes(row[5]), access_hash):
+            return None
+        return BackupInfo(*row[:5])
+
+    async def delete_backup(self, account_id: str) -> str | None:
+        row = await self._one("DELETE FROM backups WHERE account_id = %s RETURNING blob_id",
+                              (account_id,))
+        return None if row is None else row[0]
+
+    # the privacy report
+
+    async def report_rows(self, query: str, params: Sequence[object]) -> list[tuple]:
+        async with self._tx() as conn:
+            cur = await conn.execute(query.replace("?", "%s"), tuple(params))
+            return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+                    for row in await cur.fetchall()]
 
     # profiles
 

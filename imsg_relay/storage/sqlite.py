@@ -26,6 +26,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from imsg_relay.auth import same_digest
 from imsg_relay.errors import StorageUnavailable
 from imsg_relay.storage.base import (
     Account,
@@ -33,6 +34,7 @@ from imsg_relay.storage.base import (
     BlobInfo,
     BlobNotFound,
     BlobQuotaExceeded,
+    BackupInfo,
     Bundle,
     ChannelNotFound,
     DeviceMismatch,
@@ -127,6 +129,17 @@ CREATE TABLE IF NOT EXISTS blob_parts (
     blob_id TEXT NOT NULL,
     idx     INTEGER NOT NULL,
     PRIMARY KEY (blob_id, idx)
+);
+-- Backups: one per account. The ciphertext is in the blob store under blob_id (no row in
+-- blobs: a backup lives until the account deletes it). access_hash is SHA-256 of a token
+-- derived from the recovery code: it lets a new device fetch the backup and enrol itself.
+CREATE TABLE IF NOT EXISTS backups (
+    account_id  TEXT PRIMARY KEY,
+    access_hash BLOB NOT NULL UNIQUE,
+    blob_id     TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
 );
 -- Profiles: one ciphertext per account (name and photo under the profile key, which the
 -- relay never holds), filed under an id derived from that key; replaced on each upload.
@@ -669,6 +682,52 @@ class SQLiteStorage:
             return deleted
 
         return await self._write(op)
+
+    # backups
+
+    async def put_backup(self, account_id: str, access_hash: bytes, blob_id: str, size: int,
+                         now_ms: int) -> str | None:
+        def op(conn: sqlite3.Connection) -> str | None:
+            holder = conn.execute("SELECT account_id FROM backups WHERE access_hash = ?",
+                                  (access_hash,)).fetchone()
+            if holder is not None and holder[0] != account_id:
+                raise StorageConflict("backup_access_taken")
+            old = conn.execute("SELECT blob_id FROM backups WHERE account_id = ?",
+                               (account_id,)).fetchone()
+            conn.execute(
+                "INSERT INTO backups VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE"
+                " SET access_hash = excluded.access_hash, blob_id = excluded.blob_id,"
+                " size = excluded.size, updated_at = excluded.updated_at",
+                (account_id, access_hash, blob_id, size, now_ms, now_ms))
+            return None if old is None else old[0]
+
+        return await self._write(op)
+
+    async def get_backup(self, account_id: str) -> BackupInfo | None:
+        row = self._read().execute("SELECT account_id, blob_id, size, created_at, updated_at"
+                                   " FROM backups WHERE account_id = ?", (account_id,)).fetchone()
+        return None if row is None else BackupInfo(*row)
+
+    async def backup_by_access(self, access_hash: bytes) -> BackupInfo | None:
+        row = self._read().execute("SELECT account_id, blob_id, size, created_at, updated_at,"
+                                   " access_hash FROM backups WHERE access_hash = ?",
+                                   (access_hash,)).fetchone()
+        if row is None or not same_digest(bytes(row[5]), access_hash):
+            return None
+        return BackupInfo(*row[:5])
+
+    async def delete_backup(self, account_id: str) -> str | None:
+        def op(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("DELETE FROM backups WHERE account_id = ? RETURNING blob_id",
+                               (account_id,)).fetchone()
+            return None if row is None else row[0]
+
+        return await self._write(op)
+
+    # the privacy report
+
+    async def report_rows(self, query: str, params: Sequence[object]) -> list[tuple]:
+        return self._read().execute(query, tuple(params)).fetchall()
 
     # profiles
 

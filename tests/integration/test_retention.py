@@ -139,3 +139,19 @@ def test_records_of_drafts_the_relay_purged_are_dropped(pair, tmp_path: Path):
     clock.ms = draft.expires_at
     alice.apply_retention()
     assert alice.store.get_upload(draft.id) is None and alice.store.uploads() == []
+
+
+def test_lengthening_the_setting_keeps_what_the_new_one_keeps(pair, tmp_path: Path, relay):
+    """30d, then a long pause, then `retention set 1y`: the open for that command does not
+    sweep with the old setting first (imsg retention opens with retention=False)."""
+    alice, bob, clock = pair
+    sent = alice.send("bob@example.com", "keep me for a year")
+    bob.receive()
+    bob.set_retention("30d")
+    bob.close()
+    clock.ms += 40 * DAY
+    again = Client.open(tmp_path / "bob", relay=relay.url, now_ms=clock, retention=False)
+    try:
+        assert again.set_retention("1y") == 0 and again.store.has_message(sent.id)
+    finally:
+        again.close()

@@ -197,6 +197,15 @@ def test_settings(store):
     assert store.get_setting("start_from") == "+14155550100"
 
 
+def test_settings_lists_every_setting_by_key(store):
+    assert store.settings() == {}
+    store.set_setting("retention", "1y")
+    store.set_setting("backup.state", "{}")
+    store.set_setting("gone", "x")
+    store.set_setting("gone", None)
+    assert store.settings() == {"backup.state": "{}", "retention": "1y"}
+
+
 # --- messages ---
 
 
@@ -403,3 +412,18 @@ def test_sqlite_retention_query_uses_the_age_index(tmp_path: Path):
         assert any("messages_age" in row[-1] for row in plan), plan
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("key", [None, bytes(range(32))])
+def test_sqlite_keeps_temporary_data_in_memory(tmp_path: Path, key):
+    """Sorts and temporary indexes never go to a temp file (it would hold plaintext rows,
+    outside the encrypted database and outside the home); deletions overwrite."""
+    s = SQLiteStore(tmp_path / "home" / "imsg.db", key=key)
+    try:
+        assert s._db.execute("PRAGMA temp_store").fetchone()[0] == 2  # MEMORY
+        assert s._db.execute("PRAGMA secure_delete").fetchone()[0] == 1
+        assert s._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        s.close()
+    header = (tmp_path / "home" / "imsg.db").read_bytes()[:16]
+    assert (header == b"SQLite format 3\x00") == (key is None)

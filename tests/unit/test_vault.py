@@ -107,6 +107,17 @@ def test_set_passcode_leaves_nothing_readable_and_opens_with_it(tmp_path: Path):
         sqlite3.connect(home / "imsg.db").execute("SELECT * FROM messages").fetchall()
 
 
+def test_the_replaced_database_file_is_overwritten(tmp_path: Path):
+    """A hard link keeps the old file's inode visible: after set, its bytes are zeros."""
+    home = tmp_path / "home"
+    _fill(home)
+    os.link(home / "imsg.db", tmp_path / "old-inode")
+    size = (tmp_path / "old-inode").stat().st_size
+    vault.set_passcode(home, "correct horse", **FAST)
+    assert (tmp_path / "old-inode").read_bytes() == b"\0" * size
+    assert _leaks(home) == []
+
+
 def test_wrong_passcode_changes_nothing_and_waits_longer_each_time(tmp_path: Path, runtime: Path):
     home = tmp_path / "home"
     _fill(home)
@@ -398,3 +409,16 @@ def test_passcode_file_first_line_and_permissions(tmp_path: Path, monkeypatch):
         vault.read_passcode_file(str(tmp_path / "missing"))
     monkeypatch.setenv("IMSG_PASSCODE", "from the environment")
     assert vault.KeySource.from_environment(str(path), interactive=False).passcode == "from the environment"
+
+
+def test_a_database_that_does_not_match_the_key_file_is_a_clear_error(tmp_path: Path):
+    home, other = tmp_path / "home", tmp_path / "other"
+    for h in (home, other):
+        _fill(h)
+        vault.set_passcode(h, "correct horse", **FAST)
+    shutil.copy(other / "imsg.db", home / "imsg.db")  # a database from elsewhere, same passcode
+    before = _snapshot(home)
+    with pytest.raises(errors.LocalStateError) as info:
+        vault.open_store(home, vault.KeySource(passcode="correct horse"))
+    assert "does not match" in str(info.value) and info.value.exit_code == 3
+    assert {k: v[0] for k, v in _snapshot(home).items()} == {k: v[0] for k, v in before.items()}
