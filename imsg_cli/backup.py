@@ -247,4 +247,12 @@ class BackupMixin:
                                           "size": len(sealed), "last_error": None, "last_attempt_at": now},
                                          sort_keys=True)
         contacts = [c for c in contents.contacts if c.account_id != contents.account_id]
-        return self._install_account(account, contacts, contents.messages, contents.attachments, settings)
+        me = self._install_account(account, contacts, contents.messages, contents.attachments, settings)
+        # Our other devices did not sign this device in (the backup's account key did), so
+        # they hold the older list. A message from us makes each of them refetch the signed
+        # list at its next receive, and from then on they sync what they send to us too.
+        try:
+            self._announce_profile(self._account())
+        except errors.ImsgError:
+            pass  # best effort: their next send to us, or ours to them, does the same
+        return me

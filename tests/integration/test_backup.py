@@ -271,3 +271,40 @@ def test_backup_on_needs_the_account_key_and_is_not_turned_on_twice(make_client,
     alice.backup_off()
     with pytest.raises(errors.LocalStateError, match="off"):
         alice.backup_now()
+
+
+def test_restored_device_saves_an_attachment_sent_before_the_backup(make_client, relay, tmp_path):
+    """Attachment records (blob id, key, digest) come back: the file is still on the relay
+    (30 days), so the new device downloads, checks and decrypts it."""
+    alice, bob = make_client("alice"), make_client("bob")
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(os.urandom(150_000))
+    sent = bob.send(ALICE, "a photo", attachments=[photo])
+    (got,) = alice.receive()
+    assert got.id == sent.id and [a.name for a in got.attachments] == ["photo.jpg"]
+    alice.save_attachments(got.id, tmp_path / "alice-out")  # saved paths stay on the old device
+    code = alice.backup_on()
+    new = _restore(tmp_path, relay, ALICE, code)
+    (m,) = [m for m in new.history(BOB) if m.id == sent.id]
+    assert [(a.name, a.saved_path) for a in m.attachments] == [("photo.jpg", "")]
+    (path,) = new.save_attachments(sent.id, tmp_path / "new-out")
+    assert path.read_bytes() == photo.read_bytes()
+
+
+def test_old_device_first_then_new_one_no_forked_session(make_client, relay, tmp_path):
+    """SECURITY-TESTS 13: restore, the old device sends, then the new one; every message
+    decrypts once, on every device (sent messages synced both ways), nothing is rejected."""
+    alice, bob = _conversation(make_client)
+    code = alice.backup_on()
+    new = _restore(tmp_path, relay, ALICE, code)
+    # The restored device announced itself: at its next receive the old device knows it.
+    assert alice.receive() == [] and alice.whoami().devices == 2
+    for sender, text in ((alice, "old first"), (new, "new second"), (alice, "old third"), (new, "new fourth")):
+        sender.send(BOB, text)
+    assert [m.text for m in bob.receive()] == ["old first", "new second", "old third", "new fourth"]
+    bob.send(ALICE, "reply")
+    assert [m.text for m in alice.receive()] == ["reply"] and [m.text for m in new.receive()] == ["reply"]
+    assert [m.text for m in alice.history(BOB)][-5:] == [m.text for m in new.history(BOB)][-5:] == \
+        ["old first", "new second", "old third", "new fourth", "reply"]
+    assert alice.problems == [] and new.problems == []
+    assert {p.code for p in bob.problems} <= {"devices_changed"}
