@@ -222,7 +222,8 @@ class BackupMixin:
                                           verify_device_list(contents.device_list, contents.account_public), "our own")
             keys = DeviceKeys.generate(0, self._rng)  # its id comes from the list
             device_id, device_list = self._list_with_device(contents.account_private, current, keys.identity.public,
-                                                            keys.signing.public, name or "restored device")
+                                                            keys.signing.public, name or "restored device",
+                                                            keys.sealed.public)
             raw_token = self._rng(32)
             signed_at = self._now()
             statement = bk.restore_statement(contents.account_id, device_id, raw_token, device_list, signed_at)

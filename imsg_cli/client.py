@@ -63,7 +63,9 @@ from imsg_cli.protocol.stores import (
     StoredMessage,
     Upload,
 )
+from imsg_cli.protocol.sealed import is_sealed
 from imsg_cli.relay_client import RelayClient, b64d, b64e
+from imsg_cli.sealed import check_certified_identity
 
 STORE_FILE = "imsg.db"
 
@@ -85,6 +87,7 @@ class SentMessage:
     to: str
     sent_at: int
     devices: int
+    sealed: bool = False  # the relay was not told who sent it (sealed sender)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +216,7 @@ class Client(BackupMixin, ProfileMixin):
         self._allow_insecure = allow_insecure
         self._transport = relay_transport
         self._relay: RelayClient | None = None
+        self._sealed = None  # imsg_cli.sealed.SealedSender, made on first use
         self.problems: list[Problem] = []  # filled by receive(); read and cleared by callers
         # Set when the key came from the unlock agent: `watch` stops once `imsg lock` ran.
         self.still_unlocked: Callable[[], bool] | None = None
@@ -239,6 +243,8 @@ class Client(BackupMixin, ProfileMixin):
         return client
 
     def close(self) -> None:
+        if self._sealed is not None:
+            self._sealed.close()
         if self._relay is not None:
             self._relay.close()
         self.store.close()
@@ -269,6 +275,18 @@ class Client(BackupMixin, ProfileMixin):
 
     def _device(self, account: LocalAccount) -> DeviceKeys:
         return DeviceKeys(account.device_id, account.identity_private, account.signing_private)
+
+    def sealed(self):
+        """Sealed sender: settings, certificate, relay keys (imsg_cli/sealed.py)."""
+        if self._sealed is None:
+            from imsg_cli.sealed import SealedSender
+
+            self._sealed = SealedSender(self)
+        return self._sealed
+
+    def publish_sealed_access(self) -> None:
+        """Tell the relay the access key of the current profile key: call after rotating it."""
+        self.sealed().publish_access()
 
     # --- account ---
 
@@ -310,6 +328,8 @@ class Client(BackupMixin, ProfileMixin):
         self.store.save_account(account)
         self._relay = relay
         self.maintain_prekeys(force=True)
+        self.sealed().pin_relay_keys()
+        self.sealed().publish_access()
         return self.whoami()
 
     def whoami(self) -> WhoAmI:
@@ -544,7 +564,7 @@ class Client(BackupMixin, ProfileMixin):
                 hint="the next imsg send or receive that reaches the relay delivers it: do not send it again",
                 message_id=message_id,
             ) from None
-        return SentMessage(message_id, to, now, reached)
+        return SentMessage(message_id, to, now, reached, message_id in self.sealed().sent_sealed)
 
     def _encrypt_for(self, account: LocalAccount, account_id: str, targets, package: bytes,
                      content_ct: bytes) -> list[tuple[int, bytes]]:
@@ -589,9 +609,8 @@ class Client(BackupMixin, ProfileMixin):
         """Send a batch; on a device mismatch refetch the signed list, keep the envelopes of
         devices still present, encrypt for new ones, and retry once. Returns the number of
         devices the relay accepted envelopes for."""
-        relay = self.relay()
         try:
-            relay.send(batch.account_id, batch.message_id, list(batch.envelopes))
+            self._send_batch(batch)
         except errors.RelayRefusedError as exc:
             if exc.relay_code != "device_mismatch":
                 raise
@@ -623,10 +642,15 @@ class Client(BackupMixin, ProfileMixin):
                 for gone in sent_to - {d.device_id for d in devices.devices}:  # removed devices
                     self.store.delete_session(Address(batch.account_id, gone))
                 self.store.add_outgoing(batch)
-            relay.send(batch.account_id, batch.message_id, list(batch.envelopes))
+            self._send_batch(batch)
         with self.store.transaction():
             self.store.remove_outgoing(batch.message_id, batch.account_id)
         return len(batch.envelopes)
+
+    def _send_batch(self, batch: OutgoingBatch) -> None:
+        """Sealed when the recipient lets us (imsg_cli/sealed.py), else identified."""
+        if not self.sealed().deliver(batch):
+            self.relay().send(batch.account_id, batch.message_id, list(batch.envelopes))
 
     def flush_outbox(self) -> int:
         """Re-send envelopes a previous run encrypted but could not hand to the relay."""
@@ -634,6 +658,9 @@ class Client(BackupMixin, ProfileMixin):
         for batch in self.store.outgoing():
             try:
                 self._deliver(batch)
+            except errors.SealedOnlyError as exc:  # kept queued until it can go sealed
+                self.problems.append(Problem(batch.message_id, "sealed_only_waiting", str(exc)))
+                continue
             except errors.RelayRefusedError as exc:
                 if exc.status == 429 or exc.status == 0:
                     raise  # retry later, in order
@@ -713,7 +740,7 @@ class Client(BackupMixin, ProfileMixin):
         if self.store.has_message(e.message_id):
             return False  # redelivery of a message already stored: just ack it
         try:
-            envelope = env.Envelope.decode(e.body)
+            envelope = self.sealed().open(account, e) if is_sealed(e.body) else env.Envelope.decode(e.body)
             sender = envelope.sender
             own = sender.account_id == account.account_id
             contact = None if own else self.store.get_contact(sender.account_id)
@@ -733,6 +760,7 @@ class Client(BackupMixin, ProfileMixin):
             entry = devices.device(sender.device_id)
             if entry is None:
                 raise errors.UntrustedIdentityError("sender device is not in its account's signed device list")
+            check_certified_identity(envelope, entry.identity_key)
             with self.store.transaction():
                 stored = self.store.load_session(sender)
                 result = sess.decrypt(
@@ -1013,6 +1041,7 @@ class Client(BackupMixin, ProfileMixin):
                 signing_key = prov.unb64(hello, "signing_key", 32)
                 token = prov.field(hello, "token", str)
                 name = prov.field(hello, "name", str)[:64] or name_hint
+                sealed_key = prov.unb64(hello, "sealed_key", 1216) if hello.get("sealed_key") else b""
             except ProtocolError as exc:
                 raise errors.SecurityError(f"pairing failed: {exc}") from None
             account = self._account()
@@ -1020,7 +1049,7 @@ class Client(BackupMixin, ProfileMixin):
             account = self._account()
             now = self._now()
             device_id, blob = self._list_with_device(account.account_private, current, identity_key, signing_key,
-                                                     name)
+                                                     name, sealed_key)
             relay.add_device(device_id, token, blob)
             with self.store.transaction():
                 self.store.save_account(replace(account, device_list=blob))
@@ -1058,14 +1087,14 @@ class Client(BackupMixin, ProfileMixin):
         return DeviceInfo(device_id, name, device_fingerprint(identity_key), now, False)
 
     def _list_with_device(self, account_private: bytes, current: DeviceList, identity_key: bytes,
-                          signing_key: bytes, name: str) -> tuple[int, bytes]:
+                          signing_key: bytes, name: str, sealed_key: bytes = b"") -> tuple[int, bytes]:
         """`current` with one new device, signed by the account key: (its id, the list).
         Never reuses a removed device's id: a contact holding the older list would see
         the same ids, get no 409, and encrypt to the removed device's key. Every id ever
         added is at most the serial of the list that added it, and serials only grow."""
         device_id = max(max(current.device_ids), current.serial) + 1
         entry = DeviceEntry(device_id, identity_key, signing_key, self._now(),
-                            seal_device_name(account_private, device_id, name, self._rng))
+                            seal_device_name(account_private, device_id, name, self._rng), sealed_key)
         key = AccountKey(account_private)
         devices = DeviceList(key.public, current.serial + 1, self._now(), current.devices + (entry,))
         return device_id, key.sign_device_list(devices)
@@ -1088,6 +1117,7 @@ class Client(BackupMixin, ProfileMixin):
             self._relay.close()
             self._relay = None
         self.maintain_prekeys(force=True)
+        self.sealed().pin_relay_keys()
         return self.whoami()
 
     def _history_for_link(self, limit: int) -> list[dict]:
@@ -1119,7 +1149,8 @@ class Client(BackupMixin, ProfileMixin):
         relay = RelayClient(self._relay_url, None, allow_insecure=self._allow_insecure, transport=self._transport)
         try:
             hello = {"v": 1, "identity_key": prov.b64(device.identity.public),
-                     "signing_key": prov.b64(device.signing.public), "token": token, "name": name}
+                     "signing_key": prov.b64(device.signing.public), "token": token, "name": name,
+                     "sealed_key": prov.b64(device.sealed.public)}
             try:
                 relay.put_box(channel.hex(), prov.TO_EXISTING, prov.seal_box(secret, channel, prov.TO_EXISTING, 0, hello))
             except errors.RelayRefusedError as exc:
@@ -1157,7 +1188,8 @@ class Client(BackupMixin, ProfileMixin):
             devices = verify_device_list(blob, account_key.public)
             entry = devices.device(device_id)
             if account_id != account_key.account_id or entry is None or entry.identity_key != device.identity.public \
-                    or entry.signing_key != device.signing.public:
+                    or entry.signing_key != device.signing.public \
+                    or (entry.sealed_key and entry.sealed_key != device.sealed.public):
                 raise DecodeError("the account's device list does not hold this device")
             handle = canonical_handle(prov.field(welcome, "handle", str))
             contacts = [self._contact_from_link(c) for c in prov.field(welcome, "contacts", list)]

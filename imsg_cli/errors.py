@@ -84,6 +84,16 @@ class NotRegisteredError(RelayRefusedError):
     """that handle is not registered with imsg"""
 
 
+class SealedOnlyError(RelayRefusedError):
+    """sealed-only delivery is on and this message cannot go sealed: it is kept, not sent"""
+
+    hint = ("it is sent once they share their profile with you (or allow sealed messages from anyone), "
+            "or turn sealed-only off: imsg sealed only off")
+
+    def __init__(self, message: str | None = None, **details):
+        super().__init__(message, status=401, relay_code="sealed_only", **details)
+
+
 class InsecureRelayError(UsageError):
     """refusing plain http to a relay that is not on this machine"""
 

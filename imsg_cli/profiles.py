@@ -161,6 +161,10 @@ class ProfileMixin:
             self._bump_revision()
         self._publish(current, required=False)
         self._announce_profile(self._account())
+        try:  # the relay's access check follows the key: the old key's holders get 401
+            self.publish_sealed_access()
+        except errors.RelayUnavailableError:
+            pass  # published before our next send (imsg_cli/sealed.py, ensure_access_published)
         return account.profile_key
 
     def _bump_revision(self) -> int:

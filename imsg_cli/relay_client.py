@@ -89,6 +89,7 @@ class RelayClient:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout,
                                   transport=transport)
+        self._transport_for_copy = transport
 
     def close(self) -> None:
         self._http.close()
@@ -99,9 +100,9 @@ class RelayClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, *, json=None, params=None, timeout=None) -> dict:
+    def _request(self, method: str, path: str, *, json=None, params=None, timeout=None, headers=None) -> dict:
         try:
-            kwargs = {"json": json, "params": params}
+            kwargs = {"json": json, "params": params, "headers": headers}
             if timeout is not None:
                 kwargs["timeout"] = timeout
             response = self._http.request(method, path, **kwargs)
@@ -207,6 +208,44 @@ class RelayClient:
     def ack(self, message_ids: list[str]) -> None:
         for i in range(0, len(message_ids), 500):
             self._request("POST", "/v1/messages/ack", json={"message_ids": message_ids[i:i + 500]})
+
+    # --- sealed sender ---
+
+    def unauthenticated(self) -> "RelayClient":
+        """A client with no credential and its own connections, for sealed sends: nothing
+        in such a request (token, connection) ties it to this device's other requests."""
+        return RelayClient(self.base_url, None, transport=self._transport_for_copy,
+                           allow_insecure=True)
+
+    def sealed_keys(self) -> list[tuple[bytes, bytes | None]]:
+        """The relay's certificate keys [(type-tagged public key, endorsement)], oldest first."""
+        body = self._request("GET", "/v1/sealed/keys")
+        try:
+            return [(b64d(k["public_key"]), b64d(k["endorsement"]) if k.get("endorsement") else None)
+                    for k in body["keys"]]
+        except (KeyError, TypeError):
+            raise RelayRefusedError("relay sent malformed sealed-sender keys", relay_code="bad_response") from None
+
+    def sender_certificate(self, identity_key: bytes) -> bytes:
+        body = self._request("POST", "/v1/sealed/certificate", json={"identity_key": b64e(identity_key)})
+        return b64d(str(body.get("certificate", "")))
+
+    def sealed_access(self) -> dict:
+        return self._request("GET", "/v1/sealed/access")
+
+    def set_sealed_access(self, access_key: bytes | None, allow_anyone: bool) -> dict:
+        body: dict = {"allow_anyone": allow_anyone}
+        if access_key is not None:
+            body["access_key"] = b64e(access_key)
+        return self._request("PUT", "/v1/sealed/access", json=body)
+
+    def send_sealed(self, account_id: str, message_id: str, envelopes: list[tuple[int, bytes]],
+                    access_key: bytes | None) -> dict:
+        headers = {"Unidentified-Access-Key": b64e(access_key)} if access_key else None
+        return self._request("PUT", f"/v1/sealed/messages/{account_id}", headers=headers, json={
+            "message_id": message_id,
+            "messages": [{"device_id": d, "body": b64e(b)} for d, b in envelopes],
+        })
 
     # --- devices ---
 

@@ -45,6 +45,7 @@ from imsg_relay.limits import BodyLimitMiddleware
 from imsg_relay.profiles import PROFILE_PARAMS, PROFILE_READ_PARAMS, ProfileRoutes
 from imsg_relay.push import InProcessPush, Push
 from imsg_relay.ratelimit import RateLimiter
+from imsg_relay.sealed import SealedRoutes
 from imsg_relay.settings import (
     BLOB_READ_CHUNK,
     MAX_FETCH_BYTES,
@@ -121,6 +122,8 @@ class Operation:
     # the response of a blob download (which also answers 206 to a Range).
     binary_request: bool = False
     binary_response: bool = False
+    # Request headers a route reads: (name, schema, description).
+    headers: tuple[tuple[str, dict[str, Any], str], ...] = ()
 
 
 _ACCOUNT_PARAM = (("account_id", schema.ACCOUNT_ID),)
@@ -217,6 +220,25 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("DELETE", "/v1/blobs/{blob_id}", "delete_blob",
               "delete a blob of the caller's account, row and bytes, at once", 200,
               "BlobDeleted", errors=(404,), path_params=_BLOB_PARAM),
+    # Sealed sender (imsg_relay/sealed.py): certificates, access settings, sealed sends.
+    Operation("GET", "/v1/sealed/keys", "sealed_keys",
+              "the relay's sender-certificate keys, oldest first, each endorsed by the one "
+              "before", 200, "SealedKeys", auth=False),
+    Operation("POST", "/v1/sealed/certificate", "sender_certificate",
+              "a short-lived sender certificate for the calling device", 200,
+              "SenderCertificate", "CertificateRequest"),
+    Operation("GET", "/v1/sealed/access", "get_sealed_access",
+              "whether the caller's account has an access key set and allows anyone", 200,
+              "SealedAccess"),
+    Operation("PUT", "/v1/sealed/access", "put_sealed_access",
+              "set the caller's account's unidentified access key and allow-anyone flag", 200,
+              "SealedAccess", "SealedAccessRequest"),
+    Operation("PUT", "/v1/sealed/messages/{account_id}", "send_sealed",
+              "store sealed envelopes (no sender) for every device of an account; no "
+              "credential, the recipient's access key instead", 200, "SendResult",
+              "SendRequest", auth=False, errors=(401, 409, 429), path_params=_ACCOUNT_PARAM,
+              headers=(("Unidentified-Access-Key", {"type": "string", "format": "byte"},
+                        "base64 of the recipient's 16-byte unidentified access key"),)),
     # Profiles: one ciphertext per account, filed under a key id only holders of the
     # profile key can compute; reading needs no credential (the key id is the capability).
     Operation("PUT", "/v1/profile/{key_id}", "put_profile",
@@ -231,7 +253,7 @@ OPERATIONS: tuple[Operation, ...] = (
 OPERATIONS += tuple(Operation(**spec) for spec in backups.OPERATION_SPECS + privacy.OPERATION_SPECS)
 
 
-class Relay(ProfileRoutes, backups.BackupRoutes, privacy.PrivacyRoutes):
+class Relay(SealedRoutes, ProfileRoutes, backups.BackupRoutes, privacy.PrivacyRoutes):
     def __init__(self, settings: Settings, storage: Storage, push: Push,
                  clock: Callable[[], float], blobs: BlobStore) -> None:
         self.settings = settings
@@ -244,6 +266,8 @@ class Relay(ProfileRoutes, backups.BackupRoutes, privacy.PrivacyRoutes):
         self.request_limit = RateLimiter(settings.request_rate, settings.request_burst)
         self.lookup_limit = RateLimiter(settings.lookup_rate, settings.lookup_burst)
         self.register_limit = RateLimiter(settings.register_rate, settings.register_burst)
+        # Sealed sends have no credential: counted per recipient account instead.
+        self.sealed_limit = RateLimiter(settings.sealed_rate, settings.sealed_burst)
         # Unauthenticated provisioning requests: per channel id, and relay-wide.
         self.provisioning_limit = RateLimiter(settings.provisioning_rate,
                                               settings.provisioning_burst)
@@ -404,16 +428,7 @@ class Relay(ProfileRoutes, backups.BackupRoutes, privacy.PrivacyRoutes):
         self.send_limit.check(device)
         account_id = self.path_param(request, "account_id", schema.ACCOUNT_ID)
         data = await self.body(request, "SendRequest")
-        limit = self.settings.max_envelope
-        bodies: dict[int, bytes] = {}
-        for m in data["messages"]:
-            if m["device_id"] in bodies:
-                raise bad_request(f"device {m['device_id']} is addressed twice")
-            if len(m["body"]) > limit:
-                raise RelayError("payload_too_large",
-                                 f"envelope for device {m['device_id']} is over {limit} bytes",
-                                 limit=limit)
-            bodies[m["device_id"]] = m["body"]
+        bodies = self.envelope_bodies(data)
         exclude = device.device_id if account_id == device.account_id else None
         try:
             stored = await self.storage.store_envelopes(account_id, data["message_id"], bodies,
@@ -426,6 +441,19 @@ class Relay(ProfileRoutes, backups.BackupRoutes, privacy.PrivacyRoutes):
         if bodies:
             await self.push.notify([(account_id, d) for d in bodies])
         return _json({"message_id": data["message_id"], "stored": stored})
+
+    def envelope_bodies(self, data: dict[str, Any]) -> dict[int, bytes]:
+        limit = self.settings.max_envelope
+        bodies: dict[int, bytes] = {}
+        for m in data["messages"]:
+            if m["device_id"] in bodies:
+                raise bad_request(f"device {m['device_id']} is addressed twice")
+            if len(m["body"]) > limit:
+                raise RelayError("payload_too_large",
+                                 f"envelope for device {m['device_id']} is over {limit} bytes",
+                                 limit=limit)
+            bodies[m["device_id"]] = m["body"]
+        return bodies
 
     async def fetch(self, request: Request) -> Response:
         device = await self.authenticate(request)

@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -102,6 +103,21 @@ def serve(settings: Settings, log_level: str = "INFO", tls: tuple[str, str] | No
     return 0
 
 
+def _rotate_sealed_key(data: str | None) -> int:
+    from imsg_relay.sealed import KEYS_FILE, SealedKeyFileError, key_chain, rotate_keys
+
+    try:
+        settings = Settings.from_env(data_dir=data)
+        keys = rotate_keys(Path(settings.sealed_keys_file or settings.data_dir / KEYS_FILE))
+    except (SettingsError, SealedKeyFileError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    newest = key_chain(keys)[-1]
+    print(f"sealed-sender key {newest['key_id']} added ({len(keys)} in the chain); "
+          "restart the relay to sign with it")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="imsg-relay", description="the imsg relay server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,7 +131,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="PEM private key for --tls-cert (IMSG_RELAY_TLS_KEY)")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="stderr log level")
+    r = sub.add_parser("rotate-sealed-key",
+                       help="add a sender-certificate signing key, endorsed by the current one "
+                            "(restart the relay's workers to use it)")
+    r.add_argument("--data", help="data directory (IMSG_RELAY_DATA)")
     args = parser.parse_args(argv)
+    if args.command == "rotate-sealed-key":
+        return _rotate_sealed_key(args.data)
     try:
         settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data)
     except (SettingsError, TypeError) as exc:

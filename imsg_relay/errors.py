@@ -18,6 +18,7 @@ log = logging.getLogger("imsg_relay")
 STATUS = {
     "bad_request": 400,
     "unauthorized": 401,
+    "access_denied": 401,  # a sealed send without the recipient's access key
     "not_found": 404,
     "method_not_allowed": 405,
     "account_exists": 409,

@@ -67,6 +67,9 @@ def build_openapi(operations: Iterable[Any], settings: Settings) -> dict[str, An
         for name, spec, text in op.query:
             parameters.append({"name": name, "in": "query", "required": False,
                                "description": text, "schema": _param_schema(spec)})
+        for name, spec, text in op.headers:
+            parameters.append({"name": name, "in": "header", "required": False,
+                               "description": text, "schema": _param_schema(spec)})
         ok: dict[str, Any] = {str(op.ok): {
             "description": "success",
             "content": {"application/json": {

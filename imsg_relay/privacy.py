@@ -80,6 +80,12 @@ SECTIONS: tuple[Section, ...] = (
     Section("backups", ("backups",),
             "SELECT size, created_at, updated_at FROM backups WHERE account_id = ?",
             ("size", "created_at", "updated_at")),
+    # Sealed sender: whether a verifier of the access key is held (the verifier itself is
+    # a credential's hash, not returned) and whether anyone may send sealed.
+    Section("sealed_access", ("sealed_access",),
+            "SELECT CASE WHEN access_verifier IS NULL THEN 0 ELSE 1 END,"
+            " CASE WHEN allow_anyone THEN 1 ELSE 0 END FROM sealed_access WHERE account_id = ?",
+            ("access_key_set", "allow_anyone")),
 )
 
 # Tables that hold nothing about any account, each with the reason.

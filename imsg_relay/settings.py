@@ -71,6 +71,13 @@ class Settings:
     provisioning_global_rate: float = 200.0
     provisioning_global_burst: float = 400.0
     provisioning_ttl_seconds: int = 600
+    # Sealed sender: sealed sends per recipient account per second (they carry no
+    # credential), the lifetime of a sender certificate, and the signing-key file
+    # (default: sealed-sender.keys in the data directory).
+    sealed_rate: float = 20.0
+    sealed_burst: float = 100.0
+    sender_certificate_hours: int = 24
+    sealed_keys_file: Path | None = field(default=None, repr=False)
     max_devices: int = 10
     retention_days: int = 30
     sweep_interval: float = 300.0
@@ -109,6 +116,11 @@ class Settings:
         if not 1024 <= self.blob_part_size <= MAX_BLOB_PART_SIZE:
             raise SettingsError(f"blob part size {self.blob_part_size} is not between 1024 and "
                                 f"{MAX_BLOB_PART_SIZE} bytes")
+        if not 1 <= self.sender_certificate_hours <= 168:
+            raise SettingsError(f"sender certificate lifetime {self.sender_certificate_hours} h is "
+                                "not between 1 and 168")
+        if not (self.sealed_rate > 0 and self.sealed_burst > 0):
+            raise SettingsError("sealed_rate and sealed_burst must be positive")
         for name in ("max_blob", "blob_quota", "max_backup"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1 byte")

@@ -10,7 +10,9 @@ import json
 from pathlib import Path
 
 from imsg_cli.crypto import dh
-from imsg_cli.protocol import envelope, pqxdh, ratchet
+from imsg_cli.crypto import sign
+from imsg_cli.protocol import envelope, pqxdh, ratchet, sealed
+from imsg_cli.protocol.consts import LABEL_SENDER_CERTIFICATE
 from imsg_cli.protocol.identity import AccountKey, DeviceKeys, DeviceList, account_id_for, safety_number
 from imsg_cli.protocol.session import Address, associated_data
 
@@ -38,6 +40,9 @@ def build() -> dict:
     a = ratchet.RatchetState.initiator(sk, spk.public, b"ad-a", b"ad-b")
     first = a.encrypt(b"hello", counter_rng(200))
     content_pkg, content_ct = envelope.seal_content(b"hello", counter_rng(7))
+    relay_key = sign.SigningKey(bytes(range(192, 224)))
+    cert_body = sealed.certificate_body(sealed.relay_key_id(relay_key.public), Address(account_id_for(alice_key.public), 1),
+                                        device.identity.public, 1_700_086_400_000)
     return {
         "account_key_private": alice_key.private.hex(),
         "account_key_public": alice_key.public.hex(),
@@ -50,6 +55,10 @@ def build() -> dict:
         "ratchet_first_message": first.hex(),
         "content_key_package": content_pkg.hex(),
         "content_ciphertext": content_ct.hex(),
+        "sealed_device_key_public": device.sealed.public.hex(),
+        "access_key": sealed.access_key(bytes(range(224, 256))).hex(),
+        "relay_key_public": relay_key.public.hex(),
+        "sender_certificate": (cert_body + relay_key.sign(LABEL_SENDER_CERTIFICATE, cert_body)).hex(),
         "associated_data": associated_data(Address("00" * 16, 1), bytes(32), Address("11" * 16, 2), bytes([9]) * 32).hex(),
     }
 

@@ -11,7 +11,7 @@ import typer
 from typer import TyperException
 
 from imsg_cli.cli import (account, backup, contacts, devices, history, messages, privacy, profile,
-                          retention, trust, vault)
+                          retention, sealed, trust, vault)
 from imsg_cli.cli.output import Output
 from imsg_cli.cli.state import State
 
@@ -73,6 +73,7 @@ app.command()(vault.lock)
 app.command()(vault.unlock)
 app.add_typer(backup.app, name="backup")
 app.add_typer(privacy.app, name="privacy")
+app.add_typer(sealed.app, name="sealed")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,10 +56,11 @@ def send(
     if out.json:
         from imsg_cli.cli.output import iso
 
-        out.record({"id": sent.id, "to": sent.to, "sent_at": iso(sent.sent_at), "devices": sent.devices})
+        out.record({"id": sent.id, "to": sent.to, "sent_at": iso(sent.sent_at), "devices": sent.devices,
+                    "sealed": sent.sealed})
     else:
         out.line(sent.id)
-        out.info(f"sent to {sent.to}")
+        out.info(f"sent to {sent.to}" + (" (sealed sender)" if sent.sealed else ""))
 
 
 def _report_problems(state: State, client) -> int:
@@ -73,7 +74,7 @@ def _report_problems(state: State, client) -> int:
         elif p.code in ("identity_changed", "profile_rejected"):  # the latter: a tampered profile
             rejected += 1
             state.out.error(p.code, p.message, message_id=p.message_id)
-        elif p.code in ("devices_changed", "backup_failed"):  # notes, not dropped messages
+        elif p.code in ("devices_changed", "backup_failed", "sealed_only_waiting"):  # notes, not dropped messages
             state.out.warning(p.code, p.message)
         else:
             state.out.warning(p.code, f"ignored message {p.message_id}: {p.message}", message_id=p.message_id)

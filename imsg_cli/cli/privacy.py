@@ -68,10 +68,13 @@ def report(ctx: typer.Context) -> None:
                  "(kept until you turn backups off)")
     if not doc["backups"]:
         out.line("backup: none")
+    for a in doc.get("sealed_access", []):
+        out.line("sealed sender: " + ("a hash of your access key" if a["access_key_set"] else "no access key")
+                 + (", sealed messages from anyone allowed" if a["allow_anyone"] else ""))
     for name, rows in doc.items():  # sections a newer relay reports that this client does not know
         if isinstance(rows, list) and name not in _KNOWN:
             out.line(f"{name}: {len(rows)} records")
 
 
 _KNOWN = {"account", "handles", "devices", "signed_prekeys", "one_time_prekeys", "mailboxes", "envelopes",
-          "provisioning_channels", "blobs", "backups", "profiles"}
+          "provisioning_channels", "blobs", "backups", "profiles", "sealed_access"}

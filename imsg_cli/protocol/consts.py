@@ -14,6 +14,11 @@ LABEL_CONTENT_KEY = b"imsg/v1/content"
 LABEL_DEVICE_NAME = b"imsg/v1/device-name"
 LABEL_PROVISIONING = b"imsg/v1/provisioning"
 LABEL_SYNC = b"imsg/v1/sync"
+# Sealed sender (§6e): a device's HPKE seed from its identity key, the HPKE info of the
+# sealed layer, and the unidentified-access key from the profile key.
+LABEL_SEALED_DEVICE_KEY = b"imsg/v1/sealed/device-key"
+LABEL_SEALED_ENVELOPE = b"imsg/v1/sealed/envelope"
+LABEL_ACCESS_KEY = b"imsg/v1/sealed/access-key"
 
 # --- associated data ---
 LABEL_MESSAGE_AD = b"imsg/v1/ratchet/ad"
@@ -23,6 +28,8 @@ LABEL_CONTENT_AD = b"imsg/v1/content/ad"
 LABEL_DEVICE_LIST = b"imsg/v1/sig/device-list"
 LABEL_SIGNED_PREKEY = b"imsg/v1/sig/signed-prekey"
 LABEL_KEM_PREKEY = b"imsg/v1/sig/kem-prekey"
+LABEL_SENDER_CERTIFICATE = b"imsg/v1/sig/sender-certificate"  # by the relay
+LABEL_RELAY_KEY = b"imsg/v1/sig/relay-key"  # a relay key endorsing its successor
 
 # --- identifiers and fingerprints ---
 LABEL_ACCOUNT_ID = b"imsg/v1/account-id"
@@ -68,6 +75,14 @@ SIGNED_PREKEY_KEEP_MS = 30 * 24 * 3600 * 1000
 # Devices per account (a phone, a tablet, a laptop, a watch... with room to spare).
 MAX_DEVICES = 10
 
+# Sealed envelopes are padded to one of these total sizes (bytes), so the relay sees the
+# size class only: powers of two from 2 KiB (a prekey message with its certificate fits in
+# 4 KiB, a plain one in 2 KiB) to 64 KiB, then the relay's 96 KiB envelope cap.
+SEALED_BUCKETS = (2048, 4096, 8192, 16384, 32768, 65536, 98304)
+
+# A sender certificate is fetched again after this long on our clock (they live 24 hours
+# on the relay's), so clock skew never makes a client send an expired one.
+SENDER_CERTIFICATE_REFRESH_MS = 3600 * 1000
 # --- profiles (name and photo, docs/PROTOCOL.md §6c) ---
 LABEL_PROFILE_ID = b"imsg/v1/profile/id"
 LABEL_PROFILE_KEY = b"imsg/v1/profile/key"

@@ -44,3 +44,7 @@ class UntrustedIdentityError(RemoteProtocolError):
 
 class NoSessionError(LocalProtocolError):
     """no session with that device"""
+
+
+class CertificateError(RemoteProtocolError):
+    """sender certificate rejected: not signed by a trusted relay key, expired, or not the sender's"""

@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Callable
 
-from imsg_cli.crypto import aead, dh, sign
+from imsg_cli.crypto import aead, dh, hpke, sign
 from imsg_cli.crypto.errors import AuthenticationError, BadSignatureError
 from imsg_cli.crypto.kdf import hkdf
 from imsg_cli.protocol.consts import (
@@ -20,10 +20,19 @@ from imsg_cli.protocol.consts import (
     LABEL_DEVICE_LIST,
     LABEL_DEVICE_NAME,
     LABEL_SAFETY_NUMBER,
+    LABEL_SEALED_DEVICE_KEY,
     MAX_DEVICES,
     WIRE_VERSION,
 )
-from imsg_cli.protocol.encoding import KEY_ED25519, KEY_X25519, Reader, Writer, encode_key
+from imsg_cli.protocol.encoding import (
+    KEY_ED25519,
+    KEY_HPKE_MLKEM768_X25519,
+    KEY_X25519,
+    Reader,
+    Writer,
+    decode_key,
+    encode_key,
+)
 from imsg_cli.protocol.errors import DecodeError, UntrustedIdentityError
 
 Rng = Callable[[int], bytes]
@@ -73,6 +82,9 @@ class DeviceEntry:
     # The device's name, encrypted under a key only the account's own devices hold
     # (derived from the account key): the relay and contacts see only ciphertext.
     name_ciphertext: bytes = b""
+    # The device's sealed-sender key (HPKE, ML-KEM-768 + X25519), raw; b"" for a device
+    # that has none (then nobody can send it sealed envelopes, only identified ones).
+    sealed_key: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +100,7 @@ class DeviceList:
         for d in self.devices:
             w.u32(d.device_id).key(KEY_X25519, d.identity_key).key(KEY_ED25519, d.signing_key)
             w.u64(d.added_at).var(d.name_ciphertext)
+            w.var(encode_key(KEY_HPKE_MLKEM768_X25519, d.sealed_key) if d.sealed_key else b"")
         return w.bytes()
 
     def device(self, device_id: int) -> DeviceEntry | None:
@@ -115,8 +128,11 @@ def decode_device_list(blob: bytes) -> tuple[DeviceList, bytes, bytes]:
         raise DecodeError("device list must hold 1 to MAX_DEVICES devices")
     devices = []
     for _ in range(count):
-        devices.append(DeviceEntry(r.u32(), r.key(KEY_X25519), r.key(KEY_ED25519), r.u64(),
-                                   r.var(max_len=MAX_DEVICE_NAME_CIPHERTEXT)))
+        device_id, identity, signing, added = r.u32(), r.key(KEY_X25519), r.key(KEY_ED25519), r.u64()
+        name = r.var(max_len=MAX_DEVICE_NAME_CIPHERTEXT)
+        sealed = r.var(max_len=1 + hpke.PUBLIC_KEY_LEN)
+        devices.append(DeviceEntry(device_id, identity, signing, added, name,
+                                   decode_key(KEY_HPKE_MLKEM768_X25519, sealed) if sealed else b""))
     r.end()
     ids = [d.device_id for d in devices]
     if ids != sorted(set(ids)) or ids[0] < 1:
@@ -137,22 +153,37 @@ def verify_device_list(blob: bytes, pinned_account_key: bytes) -> DeviceList:
 
 
 class DeviceKeys:
-    """This device's private identity: X25519 for key agreement, Ed25519 for prekeys."""
+    """This device's private identity: X25519 for key agreement, Ed25519 for prekeys, and
+    the HPKE key sealed envelopes are addressed to.
 
-    __slots__ = ("device_id", "identity", "signing")
+    Every way a device comes to exist (init, linking, a restored backup) goes through
+    `generate` or this constructor, and the sealed-sender key derives from the identity key
+    (HKDF with its own label), so no device can lack one and there is no extra secret to
+    store, copy or back up."""
+
+    __slots__ = ("device_id", "identity", "signing", "_sealed")
 
     def __init__(self, device_id: int, identity_private: bytes, signing_private: bytes):
         self.device_id = device_id
         self.identity = dh.KeyPair(identity_private)
         self.signing = sign.SigningKey(signing_private)
+        self._sealed: hpke.HpkeKeyPair | None = None
 
     @classmethod
     def generate(cls, device_id: int, rng: Rng) -> "DeviceKeys":
         return cls(device_id, rng(32), rng(32))
 
+    @property
+    def sealed(self) -> hpke.HpkeKeyPair:
+        """The sealed-sender key pair (expanded on first use: ML-KEM key generation costs)."""
+        if self._sealed is None:
+            seed = hkdf(self.identity.private, salt=None, info=LABEL_SEALED_DEVICE_KEY, length=hpke.SEED_LEN)
+            self._sealed = hpke.HpkeKeyPair(seed)
+        return self._sealed
+
     def entry(self, added_at: int, name_ciphertext: bytes = b"") -> DeviceEntry:
         return DeviceEntry(self.device_id, self.identity.public, self.signing.public, added_at,
-                           name_ciphertext)
+                           name_ciphertext, self.sealed.public)
 
 
 MAX_DEVICE_NAME = 64  # characters

@@ -257,6 +257,15 @@ class Storage(Protocol):
     async def delete_blobs(self, blob_ids: Sequence[str]) -> int:
         """Deletes these rows and their parts; returns how many blobs."""
 
+    # sealed sender: per account, SHA-256 of its unidentified-access key (a verifier, so a
+    # copy of the database cannot send sealed messages) and whether anyone may send sealed.
+    async def get_sealed_access(self, account_id: str) -> tuple[bytes | None, bool]:
+        """(verifier or None, allow_anyone); (None, False) for an account with no row."""
+
+    async def set_sealed_access(self, account_id: str, verifier: bytes | None,
+                                allow_anyone: bool) -> None:
+        """Upsert; a None verifier keeps the stored one."""
+
     # backups (imsg_relay/backups.py). One row per account; `access_hash` is SHA-256 of a
     # token only the holder of the recovery code can derive.
     async def put_backup(self, account_id: str, access_hash: bytes, blob_id: str, size: int,

@@ -113,6 +113,11 @@ CREATE TABLE IF NOT EXISTS blob_parts (
     idx     INTEGER NOT NULL,
     PRIMARY KEY (blob_id, idx)
 );
+CREATE TABLE IF NOT EXISTS sealed_access (
+    account_id      TEXT PRIMARY KEY,
+    access_verifier BYTEA,
+    allow_anyone    BOOLEAN NOT NULL DEFAULT FALSE
+);
 CREATE TABLE IF NOT EXISTS backups (
     account_id  TEXT PRIMARY KEY,
     access_hash BYTEA NOT NULL CONSTRAINT backups_access_unique UNIQUE,
@@ -604,6 +609,26 @@ class PostgresStorage:
     async def get_profile(self, account_id: str) -> tuple[bytes, bytes] | None:
         row = await self._one("SELECT key_id, body FROM profiles WHERE account_id = %s", (account_id,))
         return (bytes(row[0]), bytes(row[1])) if row else None
+
+
+    # sealed sender
+
+    async def get_sealed_access(self, account_id: str) -> tuple[bytes | None, bool]:
+        row = await self._one("SELECT access_verifier, allow_anyone FROM sealed_access"
+                              " WHERE account_id = %s", (account_id,))
+        if row is None:
+            return None, False
+        return (bytes(row[0]) if row[0] is not None else None), bool(row[1])
+
+    async def set_sealed_access(self, account_id: str, verifier: bytes | None,
+                                allow_anyone: bool) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                "INSERT INTO sealed_access (account_id, access_verifier, allow_anyone)"
+                " VALUES (%s, %s, %s) ON CONFLICT (account_id) DO UPDATE SET"
+                " access_verifier = COALESCE(EXCLUDED.access_verifier,"
+                " sealed_access.access_verifier), allow_anyone = EXCLUDED.allow_anyone",
+                (account_id, verifier, allow_anyone))
 
 
 async def _blob(conn: psycopg.AsyncConnection, blob_id: str, live_after_ms: int,

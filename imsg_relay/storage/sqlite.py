@@ -48,7 +48,7 @@ from imsg_relay.storage.base import (
 
 log = logging.getLogger("imsg_relay.storage")
 
-SCHEMA_VERSION = 3  # 2: provisioning channels; 3: attachment blobs
+SCHEMA_VERSION = 4  # 2: provisioning channels; 3: attachment blobs; 4: sealed access, profiles
 
 # No sender column anywhere: an envelope row is (mailbox, message id, bytes, time).
 # Handles are kept only as HMAC-SHA256(relay secret, handle); tokens only as SHA-256.
@@ -129,6 +129,12 @@ CREATE TABLE IF NOT EXISTS blob_parts (
     blob_id TEXT NOT NULL,
     idx     INTEGER NOT NULL,
     PRIMARY KEY (blob_id, idx)
+);
+-- Sealed sender: the recipient's access-key verifier (SHA-256, never the key) and flag.
+CREATE TABLE IF NOT EXISTS sealed_access (
+    account_id      TEXT PRIMARY KEY,
+    access_verifier BLOB,
+    allow_anyone    INTEGER NOT NULL DEFAULT 0
 );
 -- Backups: one per account. The ciphertext is in the blob store under blob_id (no row in
 -- blobs: a backup lives until the account deletes it). access_hash is SHA-256 of a token
@@ -747,6 +753,26 @@ class SQLiteStorage:
         row = self._read().execute("SELECT key_id, body FROM profiles WHERE account_id = ?",
                                    (account_id,)).fetchone()
         return (row[0], row[1]) if row else None
+
+
+    # sealed sender
+
+    async def get_sealed_access(self, account_id: str) -> tuple[bytes | None, bool]:
+        row = self._read().execute(
+            "SELECT access_verifier, allow_anyone FROM sealed_access WHERE account_id = ?",
+            (account_id,)).fetchone()
+        return (row[0], bool(row[1])) if row else (None, False)
+
+    async def set_sealed_access(self, account_id: str, verifier: bytes | None,
+                                allow_anyone: bool) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO sealed_access (account_id, access_verifier, allow_anyone)"
+                " VALUES (?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET"
+                " access_verifier = COALESCE(excluded.access_verifier, access_verifier),"
+                " allow_anyone = excluded.allow_anyone", (account_id, verifier, int(allow_anyone)))
+
+        await self._write(op)
 
 
 def _blob(conn: sqlite3.Connection, blob_id: str, live_after_ms: int) -> BlobInfo | None:

@@ -264,6 +264,32 @@ def test_blob_upload_and_ranged_download_on_postgres(pg_live):
         assert c.get(url, headers=bob.headers()).status_code == 404
 
 
+def test_sealed_access_and_sealed_sends_on_postgres(pg_live, pg_schema):
+    """The sealed_access table: a verifier (never the key), the flag, COALESCE on update."""
+    import psycopg
+
+    from imsg_relay.sealed import access_verifier
+
+    key = bytes(range(16))
+    with httpx.Client(base_url=pg_live.url, timeout=10) as c:
+        bob = register(c, devices=2)
+        r = c.put("/v1/sealed/access", headers=bob.headers(), json={"access_key": b64(key), "allow_anyone": False})
+        assert r.json() == {"access_key_set": True, "allow_anyone": False}
+        body = {"message_id": new_message_id(), "messages": [{"device_id": d, "body": b64(b"s")} for d in (1, 2)]}
+        url = f"/v1/sealed/messages/{bob.account_id}"
+        assert c.put(url, json=body).status_code == 401
+        assert c.put(url, json=body, headers={"Unidentified-Access-Key": b64(bytes(16))}).status_code == 401
+        assert c.put(url, json=body, headers={"Unidentified-Access-Key": b64(key)}).json()["stored"] == 2
+        assert c.put("/v1/sealed/access", headers=bob.headers(),
+                     json={"allow_anyone": True}).json() == {"access_key_set": True, "allow_anyone": True}
+        assert c.put(url, json={**body, "message_id": new_message_id()}).json()["stored"] == 2
+        assert len(c.get("/v1/messages", headers=bob.headers()).json()["messages"]) == 2
+    with psycopg.connect(PG) as conn:
+        conn.execute(f'SET search_path TO "{pg_schema}"')
+        rows = conn.execute("SELECT account_id, access_verifier, allow_anyone FROM sealed_access").fetchall()
+    assert rows == [(bob.account_id, access_verifier(key), True)]
+
+
 def test_profiles_on_postgres_hold_no_name_or_photo(pg_live, pg_schema, tmp_path):
     """Issue 7 on PostgreSQL: real clients share a name and photo through the relay; the
     profile row is replaced on rotation and no table of the schema holds a name or photo

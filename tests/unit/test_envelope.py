@@ -15,7 +15,14 @@ from imsg_cli.crypto import aead, sign
 from imsg_cli.crypto.errors import CryptoError
 from imsg_cli.protocol import envelope as env
 from imsg_cli.protocol import session as sess
-from imsg_cli.protocol.consts import LABEL_CONTENT_AD, LABEL_KEM_PREKEY, LABEL_SIGNED_PREKEY, PAD_BLOCK
+from imsg_cli.protocol import sealed
+from imsg_cli.protocol.consts import (
+    LABEL_CONTENT_AD,
+    LABEL_KEM_PREKEY,
+    LABEL_SENDER_CERTIFICATE,
+    LABEL_SIGNED_PREKEY,
+    PAD_BLOCK,
+)
 from imsg_cli.protocol.content import KIND_TEXT, Content
 from imsg_cli.protocol.encoding import KEY_MLKEM768, KEY_X25519, encode_key
 from imsg_cli.protocol.errors import (
@@ -197,6 +204,15 @@ def _contexts():
     ratchet_msg = live.send("alice", b"r" * 65)
     mid, envelope = live.send_envelope("alice", "enveloped")
     package, content_ct = env.seal_content(b"content", seeded_rng(4))
+    # Sealed sender (§6e): a relay-signed certificate, and an envelope sealed to bob's device.
+    relay_key = sign.SigningKey(bytes(range(32)))
+    cert_body = sealed.certificate_body(sealed.relay_key_id(relay_key.public), live.alice.address,
+                                        live.alice.device.identity.public, 2**40)
+    certificate = cert_body + relay_key.sign(LABEL_SENDER_CERTIFICATE, cert_body)
+    _, inner = live.send_envelope("alice", "sealed")
+    inner = env.Envelope.decode(inner)
+    sealed_envelope = sealed.seal_envelope(live.bob.address, live.bob.device.sealed.public, certificate,
+                                           inner.session_message, inner.content_ciphertext)
 
     fresh = SessionPair(seed=4)
     prekey_msg = fresh.send("alice", b"p" * 65)
@@ -211,6 +227,8 @@ def _contexts():
         "device-list": bob.device_list,
         "signed-prekey": encode_key(KEY_X25519, bundle.signed_prekey) + bundle.signed_prekey_signature,
         "kem-prekey": encode_key(KEY_MLKEM768, bundle.kem_prekey) + bundle.kem_prekey_signature,
+        "sealed": sealed_envelope,
+        "certificate": certificate,
     }
 
     def ratchet(blob):
@@ -242,9 +260,21 @@ def _contexts():
     def kem_prekey(blob):
         sign.verify(bob.device.signing.public, LABEL_KEM_PREKEY, blob[:-64], blob[-64:])
 
+    def certificate_(blob):
+        sealed.SenderCertificate.decode(blob).verify([relay_key.public], 0)
+
+    def sealed_(blob):
+        opened = sealed.open_envelope(blob, live.bob.address, live.bob.device.sealed)
+        certificate_(opened.certificate.body + opened.certificate.signature)
+        if opened.certificate.sender != live.alice.address:
+            raise UntrustedIdentityError()
+        r = live._decrypt(live.bob, live.alice, opened.session_message)
+        Content.decode(env.open_content(r.plaintext, opened.content_ciphertext))
+
     decoders = {
         "ratchet": ratchet, "prekey": prekey, "envelope": envelope_, "content": content,
         "device-list": device_list, "signed-prekey": signed_prekey, "kem-prekey": kem_prekey,
+        "sealed": sealed_, "certificate": certificate_,
     }
     states = lambda: (live.state("bob"), fresh.state("bob"))  # noqa: E731
     return samples, decoders, states
@@ -264,4 +294,4 @@ def test_cross_context_matrix_only_the_diagonal_succeeds():
     assert states() == before
     wrong = {k: v for k, v in results.items() if v != (k[0] == k[1])}
     assert wrong == {}
-    assert len(results) == 49
+    assert len(results) == 81

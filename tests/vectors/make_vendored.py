@@ -102,5 +102,17 @@ def main(pycryptodome_vectors: Path, cryptography_vectors: Path) -> None:
     (HERE / "ed25519-sign-input" / "sign.input.subset").write_text("\n".join(lines[:64] + [lines[1023]]) + "\n")
 
 
+    # HPKE (cryptography-vectors HPKE/): whole entries only, unmodified, as a JSON list.
+    # RFC 9180 (A.1/A.2 base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-128-GCM and
+    # ChaCha20Poly1305) and draft-ietf-hpke-pq's MLKEM768-X25519 entries (KEM 0x647a).
+    hpke_dir = HERE / "hpke"
+    hpke_dir.mkdir(exist_ok=True)
+    rfc = json.loads((cryptography_vectors / "HPKE/test-vectors.json").read_text())
+    keep = [v for v in rfc if (v["mode"], v["kem_id"], v["kdf_id"]) == (0, 32, 1) and v["aead_id"] in (1, 3)]
+    (hpke_dir / "rfc9180_x25519_base.json").write_text(json.dumps(keep, indent=2) + "\n")
+    pq = json.loads((cryptography_vectors / "HPKE/hpke-pq-test-vectors.json").read_text())
+    keep = [v for v in pq if v["kem_id"] == 0x647A]
+    (hpke_dir / "hpke_pq_mlkem768_x25519.json").write_text(json.dumps(keep, indent=2) + "\n")
+
 if __name__ == "__main__":
     main(Path(sys.argv[1]), Path(sys.argv[2]))
