@@ -36,8 +36,9 @@ from imsg_cli.protocol.stores import LocalAccount
 
 STATE_KEY = "backup.state"
 # Settings that belong to one device, never carried to another: backup state (it holds the
-# recovery secret) and anything about how this home is locked.
-DEVICE_LOCAL_PREFIXES = ("backup.", "passcode.", "vault.", "lock.")
+# recovery secret), anything about how this home is locked, and the relay's short-lived
+# sender certificate, which names this device.
+DEVICE_LOCAL_PREFIXES = ("backup.", "passcode.", "vault.", "lock.", "sealed.certificate")
 BACKUP_INTERVAL_MS = 24 * 3600 * 1000  # a day, as phones back up nightly
 RETRY_AFTER_MS = 3600 * 1000  # after a failed automatic backup
 MAX_DOWNLOAD = bk.padded_length(bk.MAX_PLAINTEXT + 8) + bk.HEADER_LEN + 16

@@ -70,6 +70,9 @@ def test_restore_makes_a_new_device_that_reads_history_and_talks(make_client, re
     assert new.store.signed_prekeys()[0].key_id not in [k.key_id for k in alice.store.signed_prekeys()] or \
         new.store.signed_prekeys()[0].public != alice.store.signed_prekeys()[0].public
     assert new.store.get_setting("retention") == "1y"
+    old_certificate = alice.store.get_setting("sealed.certificate")
+    assert old_certificate is not None  # alice sent sealed: a certificate naming device 1
+    assert new.store.get_setting("sealed.certificate") != old_certificate  # never carried over
     assert json.loads(new.store.get_setting(STATE_KEY))["secret"]  # backups stay on
     # Old history, contacts with their verification state.
     assert [m.text for m in new.history(BOB)] == ["hello bob", "hi alice"]
