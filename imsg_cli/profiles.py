@@ -323,8 +323,15 @@ class ProfileMixin:
         if not contact.profile_key or contact.profile_revision == 0 or \
                 (cached is not None and cached.revision >= contact.profile_revision):
             return cached
+        # A revision the relay did not have yet is asked for again by the next process, not
+        # on every receive of a long `watch`.
+        misses = self.__dict__.setdefault("_profile_misses", set())
+        wanted = (contact.account_id, contact.profile_key, contact.profile_revision)
+        if wanted in misses:
+            return cached
         fetched = self._fetch_profile(contact.account_id, contact.profile_key, contact.profile_revision)
         if fetched is None:
+            misses.add(wanted)
             return cached
         with self.store.transaction():
             self.store.save_cached_profile(fetched)

@@ -19,7 +19,7 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(256)) * 8
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, module_relay_proc):
     return {"url": module_relay_proc.url, "base": tmp_path_factory.mktemp("profile-homes"),
-            "db": module_relay_proc.db_path}
+            "db": module_relay_proc.db_path, "relay": module_relay_proc}
 
 
 def init(env, name: str) -> Path:
@@ -173,3 +173,22 @@ def test_ask_policy_asks_at_a_terminal_and_remembers(env):
     ok(imsg(hal, "send", "ivy@example.com", "changed my mind", "--share-profile", "yes"))
     ok(imsg(ivy, "receive"))
     assert held_key(ivy, hal) == own_key(hal)
+
+
+def test_relay_database_and_log_hold_no_name_or_photo(env, tmp_path):
+    jon, kim = init(env, "jon"), init(env, "kim")
+    photo = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 40
+    (tmp_path / "jon.jpg").write_bytes(photo)
+    ok(imsg(jon, "profile", "set", "--name", "Jonquil Peregrine-Astor", "--photo", str(tmp_path / "jon.jpg")))
+    ok(imsg(jon, "contacts", "add", "kim@example.com", "--nickname", "Kimberly Nickname"))
+    ok(imsg(jon, "send", "kim@example.com", "hello"))
+    ok(imsg(kim, "receive"))
+    assert next(r for r in ok(imsg(kim, "contacts")) if r["handle"] == "jon@example.com")["name"] == \
+        "Jonquil Peregrine-Astor"
+    relay = env["relay"]
+    needles = [b"Jonquil", "Jonquil".encode("utf-16-le"), b"Kimberly Nickname", photo[:40], photo[2000:2040]]
+    files = [p for p in relay.data_dir.rglob("*") if p.is_file()] + [relay.log_path]
+    assert relay.db_path in files
+    for path in files:
+        data = path.read_bytes()
+        assert not [n for n in needles if n in data], path

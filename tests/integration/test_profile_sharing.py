@@ -10,7 +10,15 @@ import pytest
 
 from imsg_cli import errors
 from imsg_cli.client import Client
-from tests.integration.test_devices import _homes_dir, link  # noqa: F401 - _homes_dir is an autouse fixture
+from tests.integration import test_devices
+from tests.integration.test_devices import link
+
+
+@pytest.fixture(autouse=True)
+def _homes(tmp_path):
+    """Where test_devices.link puts the homes of linked devices (beside make_client's)."""
+    test_devices._HOMES[:] = [tmp_path / "homes"]
+
 
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
 
@@ -181,7 +189,8 @@ def test_an_older_profile_message_from_an_own_device_changes_nothing(make_client
 
 
 def test_a_linked_device_gets_the_address_book_and_sharing_state(make_client, relay):
-    alice, bob = make_client("alice"), make_client("bob")
+    alice = make_client("alice")
+    make_client("bob")
     alice.contacts_add(BOB, nickname="Bobby")
     alice.set_share_policy("ask")
     alice.send(BOB, "hi", share_profile="yes")

@@ -17,7 +17,15 @@ from imsg_cli import errors
 from imsg_cli.client import Client
 from imsg_cli.protocol import consts
 from imsg_cli.protocol import profile as pf
-from tests.integration.test_devices import _homes_dir, link  # noqa: F401 - _homes_dir is an autouse fixture
+from tests.integration import test_devices
+from tests.integration.test_devices import link
+
+
+@pytest.fixture(autouse=True)
+def _homes(tmp_path):
+    """Where test_devices.link puts the homes of linked devices (beside make_client's)."""
+    test_devices._HOMES[:] = [tmp_path / "homes"]
+
 
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + os.urandom(3000)
@@ -285,3 +293,21 @@ def test_a_change_made_while_the_relay_is_away_goes_out_with_the_next_share(make
     alice2.receive()
     assert alice2.profile_show().name == "Ada offline"
     assert alice2.profile_revision() == alice.profile_revision()
+
+
+def test_a_revision_the_relay_lacks_is_asked_for_once_per_process(make_client, relay):
+    alice, bob = shared(make_client)
+    alice.profile_set("Ada")
+    alice.send(BOB, "hi")
+    bob.receive()
+    assert row(bob, ALICE).profile_name == "Ada"
+    contact = bob.store.contact_by_handle(ALICE)
+    with bob.store.transaction():  # announced, but never uploaded
+        bob.store.save_contact(contact.__class__(**{**{f: getattr(contact, f) for f in contact.__slots__},
+                                                     "profile_revision": contact.profile_revision + 5}))
+    asked = []
+    real = bob.relay().get_profile
+    bob.relay().get_profile = lambda *a, **k: asked.append(a) or real(*a, **k)
+    for _ in range(3):
+        bob.receive()
+    assert len(asked) == 1 and row(bob, ALICE).profile_name == "Ada"

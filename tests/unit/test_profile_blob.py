@@ -171,3 +171,23 @@ def test_forged_random_plaintexts_raise_only_decode_errors():
             pf.open_(KEY, ACCOUNT, _forge(plain))
         except DecodeError:
             pass
+
+
+def test_profile_blobs_join_the_cross_context_matrix():
+    """SECURITY-TESTS 6: a profile blob opens only as a profile, and no other context's
+    output (ratchet, envelope, content, device list, signatures...) opens as one."""
+    from test_envelope import _contexts  # the matrix of every other context
+
+    from imsg_cli.crypto.errors import CryptoError
+
+    samples, decoders, states = _contexts()
+    profile_blob = pf.seal(KEY, ACCOUNT, 1, pf.Profile("Ada", PNG), rng)
+    before = states()
+    assert pf.open_(KEY, ACCOUNT, profile_blob)[1].name == "Ada"
+    for name, decode in decoders.items():
+        with pytest.raises((ProtocolError, CryptoError)):
+            decode(profile_blob)
+    for name, blob in samples.items():
+        with pytest.raises(ProtocolError):
+            pf.open_(KEY, ACCOUNT, blob)
+    assert states() == before
