@@ -237,6 +237,13 @@ class _Writer(threading.Thread):
         finally:
             conn.close()
 
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # no transaction was open
+
     def _run_group(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         # Every operation raises its refusals (conflict, mismatch, not found) before it
         # writes anything, so a refused operation leaves nothing to undo and needs no
@@ -254,11 +261,17 @@ class _Writer(threading.Thread):
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             log.error("storage transaction failed: %s", type(exc).__name__)
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+            self._rollback(conn)
             results = [(op, False, StorageUnavailable(type(exc).__name__)) for op in batch]
+        except Exception as exc:  # a bug in one operation must not kill the writer thread
+            # Nothing after this thread would ever answer again: every caller would wait
+            # forever. Roll the group back (the buggy operation may have written half),
+            # give that operation its own error and the others a retryable 503.
+            log.error("storage operation failed: %s", type(exc).__name__)
+            self._rollback(conn)
+            failed = batch[len(results)] if len(results) < len(batch) else None
+            results = [(op, False, exc if op is failed else StorageUnavailable("group rolled back"))
+                       for op in batch]
         self.groups += 1
         self.ops += len(batch)
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Op, bool, Any]]] = {}

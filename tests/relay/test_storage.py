@@ -86,6 +86,26 @@ def test_group_commit_shares_transactions(tmp_path):
     run(_with_storage(tmp_path, body))
 
 
+def test_a_bug_in_one_write_fails_its_group_but_not_the_writer(tmp_path):
+    """An operation raising something unexpected (a bug, not a refusal) rolls its group
+    back, reaches its caller, and leaves the writer thread serving later writes: before,
+    the thread died and every later caller waited forever."""
+    async def body(s):
+        await _account(s)
+
+        def half_then_bug(conn):
+            conn.execute("DELETE FROM devices")  # must be rolled back
+            raise TypeError("bug")
+
+        with pytest.raises(TypeError):
+            await asyncio.wait_for(s._write(half_then_bug), 10)
+        # The writer is alive and the half-done delete did not commit.
+        await asyncio.wait_for(s.store_envelopes("a" * 32, "1" * 32, {1: b"x"}, None, 1), 10)
+        msgs, _ = await s.fetch(DeviceRef("a" * 32, 1), 10, 0, 1 << 30)
+        assert len(msgs) == 1
+    run(_with_storage(tmp_path, body))
+
+
 def test_fetch_filters_rows_older_than_the_cutoff(tmp_path):
     async def body(s):
         await _account(s)
