@@ -19,18 +19,23 @@ class SecretFileError(Exception):
     """the relay secret file is unusable"""
 
 
-def load_or_create_secret(path: Path) -> bytes:
+def create_once(path: Path, make) -> None:
+    """Write `make()` to a new 0600 file at `path` unless it exists. O_EXCL: of two workers
+    starting together one writes and the other reads what it wrote, never a second value."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        pass
-    else:
-        try:
-            os.write(fd, secrets.token_bytes(SECRET_BYTES))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        return
+    try:
+        os.write(fd, make())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    create_once(path, lambda: secrets.token_bytes(SECRET_BYTES))
     data = path.read_bytes()
     if len(data) != SECRET_BYTES:
         raise SecretFileError(f"relay secret file {path} does not hold {SECRET_BYTES} bytes")

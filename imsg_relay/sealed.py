@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from imsg_relay import schema
+from imsg_relay.blinding import create_once
 from imsg_relay.errors import RelayError, bad_request
 from imsg_relay.storage.base import AccountNotFound, DeviceMismatch
 
@@ -55,17 +56,7 @@ def _key_line(key: Ed25519PrivateKey) -> bytes:
 def load_or_create_keys(path: Path) -> list[Ed25519PrivateKey]:
     """The relay's certificate signing keys, oldest first; made on first start (O_EXCL, so
     two workers starting together cannot make two different first keys)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        try:
-            os.write(fd, _key_line(Ed25519PrivateKey.generate()))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    create_once(path, lambda: _key_line(Ed25519PrivateKey.generate()))
     if path.stat().st_mode & 0o077:
         raise SealedKeyFileError(f"sealed-sender key file {path} is readable by others; chmod 600 it")
     keys = []

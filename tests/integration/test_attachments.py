@@ -34,6 +34,7 @@ from imsg_cli.client import Client
 from imsg_cli.crypto import stream
 from imsg_cli.protocol.content import MAX_NAME_LEN
 from imsg_cli.relay_client import RelayClient
+from device_helpers import link_device
 
 KIB, MIB = 1024, 1024 * 1024
 PART = 1 * MIB
@@ -266,24 +267,7 @@ def test_drafts_and_files_in_one_message(pair, tmp_path):
 
 
 def _link(make_client, relay, existing: Client, home: Path, name: str) -> Client:
-    """Link a new device (as tests/integration/test_devices.py does)."""
-    pairing = existing.device_add_start()
-    out: dict = {}
-
-    def run() -> None:
-        try:
-            with Client.open(home, relay=relay.url) as c:
-                out["who"] = c.device_link(pairing.code, "")
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            out["exc"] = exc
-
-    th = threading.Thread(target=run)
-    th.start()
-    try:
-        existing.device_add_finish(pairing, timeout=30)
-    finally:
-        th.join(40)
-    assert not th.is_alive() and "exc" not in out, out
+    link_device(relay.url, existing, home)
     return make_client(name, home=home)
 
 

@@ -31,6 +31,7 @@ from imsg_cli.protocol.content import KIND_SYNC, KIND_TEXT, Content
 from imsg_cli.protocol.encoding import KEY_ED25519, encode_key
 from imsg_cli.protocol.identity import AccountKey, DeviceKeys, DeviceList, decode_device_list
 from imsg_cli.relay_client import RelayClient
+from device_helpers import link_device
 
 BOB = "bob@example.com"
 ALICE = "alice@example.com"
@@ -44,25 +45,7 @@ def link(make_client, relay, existing: Client, name: str, *, history: int = 0,
          device_name: str = "") -> tuple[Client, object]:
     """Link a new device (home tmp/homes/NAME) to `existing`'s account; return it reopened
     in this thread, with the DeviceInfo `device_add_finish` returned."""
-    home = _home(make_client, name)
-    pairing = existing.device_add_start()
-    out: dict = {}
-
-    def run() -> None:
-        try:
-            with Client.open(home, relay=relay.url) as c:
-                out["who"] = c.device_link(pairing.code, device_name)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            out["exc"] = exc
-
-    th = threading.Thread(target=run, name=f"link-{name}")
-    th.start()
-    try:
-        info = existing.device_add_finish(pairing, timeout=30, history=history)
-    finally:
-        th.join(40)
-    assert not th.is_alive()
-    assert "exc" not in out, out
+    info = link_device(relay.url, existing, _home(make_client, name), device_name, history=history)
     return make_client(name), info
 
 

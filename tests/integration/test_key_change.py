@@ -9,13 +9,13 @@ their records).
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 
 from imsg_cli import errors
 from imsg_cli.client import Client
 from imsg_cli.protocol.identity import safety_number
+from device_helpers import link_device
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
 
@@ -25,23 +25,7 @@ def texts(messages) -> list[str]:
 
 
 def link(relay, existing: Client, home) -> Client:
-    pairing = existing.device_add_start()
-    out: dict = {}
-
-    def run() -> None:
-        try:
-            with Client.open(home, relay=relay.url) as c:
-                out["who"] = c.device_link(pairing.code, "linked")
-        except BaseException as exc:  # noqa: BLE001
-            out["exc"] = exc
-
-    th = threading.Thread(target=run)
-    th.start()
-    try:
-        existing.device_add_finish(pairing, timeout=30)
-    finally:
-        th.join(40)
-    assert "exc" not in out, out
+    link_device(relay.url, existing, home, "linked")
     return Client.open(home, relay=relay.url)
 
 

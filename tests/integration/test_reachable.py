@@ -5,12 +5,12 @@ private lookup, receive off, and a sender claiming a handle it does not hold."""
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 
 from imsg_cli import errors
 from imsg_cli.client import Client
+from device_helpers import link_device
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
 ALICE_PHONE = "+15551234567"
@@ -48,23 +48,7 @@ def vclient(tmp_path, vrelay):
 
 
 def link(relay_url: str, existing: Client, home) -> Client:
-    pairing = existing.device_add_start()
-    out: dict = {}
-
-    def run() -> None:
-        try:
-            with Client.open(home, relay=relay_url) as c:
-                out["who"] = c.device_link(pairing.code, "second")
-        except BaseException as exc:  # noqa: BLE001
-            out["exc"] = exc
-
-    th = threading.Thread(target=run)
-    th.start()
-    try:
-        existing.device_add_finish(pairing, timeout=30)
-    finally:
-        th.join(40)
-    assert "exc" not in out, out
+    link_device(relay_url, existing, home, "second")
     return Client.open(home, relay=relay_url)
 
 
