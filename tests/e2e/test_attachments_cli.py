@@ -10,84 +10,25 @@ Exit codes: 0 ok, 2 usage, 3 local state, 4 relay unreachable, 5 relay refused, 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from imsg_cli.crypto import stream
+from transfer_helpers import Recorder, _root_conftest
 
 IMSG = [sys.executable, "-m", "imsg_cli.cli.main"]
 KIB, MIB = 1024, 1024 * 1024
 PART = 1 * MIB
 BOB = "bob@example.com"
-
-
-def _root_conftest():
-    """tests/conftest.py as a module (its name `conftest` is ambiguous with tests/unit's)."""
-    name = "imsg_tests_root_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "conftest.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-class Recorder:
-    """ASGI middleware: logs (method, path, range) of every HTTP request; optionally delays
-    each part upload (`put_delay` s before the relay sees it) and each chunk of a blob
-    download (`get_chunk_delay` s)."""
-
-    def __init__(self, app):
-        self.app = app
-        self.log: list[tuple[str, str, str]] = []
-        self.lock = threading.Lock()
-        self.put_delay = 0.0
-        self.get_chunk_delay = 0.0
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        method, path = scope["method"], scope["path"]
-        headers = dict(scope.get("headers") or [])
-        with self.lock:
-            self.log.append((method, path, headers.get(b"range", b"").decode()))
-        if method == "PUT" and "/parts/" in path and self.put_delay:
-            await asyncio.sleep(self.put_delay)
-        if method == "GET" and path.startswith("/v1/blobs/") and self.get_chunk_delay:
-            delay = self.get_chunk_delay
-            inner = send
-
-            async def send(message):
-                if message["type"] == "http.response.body" and message.get("body"):
-                    await asyncio.sleep(delay)
-                await inner(message)
-
-        await self.app(scope, receive, send)
-
-    def clear(self) -> None:
-        with self.lock:
-            self.log.clear()
-
-    def blob_gets(self) -> list[tuple[str, str]]:
-        with self.lock:
-            return [(p, r) for m, p, r in self.log if m == "GET" and p.startswith("/v1/blobs/")
-                    and not p.endswith("/status")]
-
-    def part_puts(self, blob_id: str) -> list[int]:
-        with self.lock:
-            return [int(p.rsplit("/", 1)[1]) for m, p, _ in self.log if m == "PUT" and f"/{blob_id}/parts/" in p]
 
 
 @pytest.fixture(scope="module")

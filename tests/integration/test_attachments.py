@@ -18,12 +18,9 @@ is how these tests count blob GETs and part PUTs without reading any log.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import shutil
 import stat
-import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -35,48 +32,12 @@ from imsg_cli.crypto import stream
 from imsg_cli.protocol.content import MAX_NAME_LEN
 from imsg_cli.relay_client import RelayClient
 from device_helpers import link_device
+from transfer_helpers import Recorder, _root_conftest
 
 KIB, MIB = 1024, 1024 * 1024
 PART = 1 * MIB
 BOB = "bob@example.com"
 SEG = stream.SEGMENT
-
-
-def _root_conftest():
-    """tests/conftest.py as a module (its name `conftest` is ambiguous with tests/unit's)."""
-    name = "imsg_tests_root_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "conftest.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-class Recorder:
-    """ASGI middleware: logs (method, path, range) of every HTTP request."""
-
-    def __init__(self, app):
-        self.app = app
-        self.log: list[tuple[str, str, str]] = []
-        self.lock = threading.Lock()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            headers = dict(scope.get("headers") or [])
-            with self.lock:
-                self.log.append((scope["method"], scope["path"], headers.get(b"range", b"").decode()))
-        await self.app(scope, receive, send)
-
-    def blob_gets(self) -> list[tuple[str, str]]:
-        with self.lock:
-            return [(p, r) for m, p, r in self.log if m == "GET" and p.startswith("/v1/blobs/")
-                    and not p.endswith("/status")]
-
-    def part_puts(self, blob_id: str | None = None) -> list[int]:
-        with self.lock:
-            return [int(p.rsplit("/", 1)[1]) for m, p, _ in self.log
-                    if m == "PUT" and "/parts/" in p and (blob_id is None or f"/{blob_id}/" in p)]
 
 
 def start_recorded_relay(data_dir: Path, monkeypatch, **overrides):
