@@ -1,92 +1,51 @@
-"""How long this home keeps messages: 30 days, 1 year, or forever (the default, as in
-iMessage's "Keep Messages").
-
-A message's age is the earlier of the sender's timestamp and the time we stored it: a
-sender can make its message look older (deleted sooner) but never keep it here longer
-than the setting by claiming a future time. The sweep runs whenever a client opens a home
-and between polls of `watch`; when nothing is due it costs one read of the settings table
-and one probe of the `messages_age` index (scripts/bench_vault measures it). Due messages
-go in batches, each in its own short transaction, so a large first sweep never holds the
-write lock long enough to stall a concurrent send. Deleted rows are overwritten
-(`secure_delete`) and the WAL is checkpointed and truncated afterwards, so the old page
-images do not linger there; the attachment files saved for the messages are removed too.
-Upload records of drafts the relay has purged (30 days) go at the same time, whatever the
-setting: they hold a source path and an attachment key and can no longer be used.
-"""
+"""`imsg retention set|show`: how long this home keeps messages."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Annotated
 
-from imsg_cli import errors
+import typer
 
-SETTING = "retention"
-DAY_MS = 24 * 3600 * 1000
-PERIODS: dict[str, int | None] = {"30d": 30 * DAY_MS, "1y": 365 * DAY_MS, "forever": None}
-DEFAULT = "forever"
-BATCH = 500
+from imsg_cli.state import State
 
-
-def parse(value: str) -> str:
-    period = value.strip().lower()
-    if period not in PERIODS:
-        raise errors.UsageError(f"not a retention period: {value!r}", hint="use 30d, 1y or forever")
-    return period
+app = typer.Typer(
+    help="How long this home keeps messages: 30d, 1y or forever (the default, as in iMessage). "
+         "Older messages are deleted, with their saved attachment files, whenever imsg runs.",
+    no_args_is_help=True)
 
 
-def current(store) -> str:
-    value = store.get_setting(SETTING)
-    return value if value in PERIODS else DEFAULT
+@app.command("set")
+def set_(
+    ctx: typer.Context,
+    period: Annotated[str, typer.Argument(metavar="30d|1y|forever", help="Keep messages this long.")],
+) -> None:
+    """Keep messages for PERIOD (30d, 1y, forever); older ones are deleted now and from
+    then on whenever imsg runs, with their attachment files. Age counts from when a
+    message was sent or stored here, whichever is earlier."""
+    from imsg.client import retention
+
+    period = retention.parse(period)  # a usage error before anything is opened
+    state: State = ctx.obj
+    with state.client(retention=False) as client:  # the old setting must not sweep first
+        deleted = client.set_retention(period)
+    if state.out.json:
+        state.out.record({"retention": period, "deleted": deleted})
+    else:
+        state.out.line(period)
+        state.out.info(f"keeping messages {_phrase(period)}; deleted {deleted} older message(s)")
 
 
-def set_period(store, value: str) -> str:
-    period = parse(value)
-    with store.transaction():
-        store.set_setting(SETTING, None if period == DEFAULT else period)
-    return period
+@app.command("show")
+def show(ctx: typer.Context) -> None:
+    """Print how long messages are kept (forever unless set)."""
+    state: State = ctx.obj
+    with state.client(retention=False) as client:
+        period = client.retention()
+    if state.out.json:
+        state.out.record({"retention": period})
+    else:
+        state.out.line(period)
 
 
-def sweep(store, now_ms: int) -> int:
-    """Delete every message older than the setting, with its attachment records and the
-    files saved for it, and the records of drafts the relay has purged. Returns how many
-    messages were deleted."""
-    purge_expired_uploads(store, now_ms)
-    length = PERIODS[current(store)]
-    if length is None:
-        return 0
-    cutoff = now_ms - length
-    deleted = 0
-    while True:
-        due = store.messages_older_than(cutoff, BATCH)
-        if not due:
-            break
-        with store.transaction():
-            paths = store.delete_messages(due)
-        remove_files(paths)
-        deleted += len(due)
-    if deleted:
-        store.checkpoint()
-    return deleted
-
-
-def purge_expired_uploads(store, now_ms: int) -> int:
-    """Drop upload records (source path, attachment key) whose blob the relay has purged
-    (30 days after upload): they can neither resume nor be sent, whatever the setting.
-    Sent uploads are dropped at send time; this table holds only drafts, so it is small."""
-    expired = [u.blob_id for u in store.uploads() if u.expires_at <= now_ms]
-    if expired:
-        with store.transaction():
-            for blob_id in expired:
-                store.remove_upload(blob_id)
-    return len(expired)
-
-
-def remove_files(paths: list[str]) -> None:
-    for path in paths:
-        p = Path(path)
-        try:
-            p.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError:
-            pass  # e.g. a directory the user made read-only: the record is gone; the file is theirs
+def _phrase(period: str) -> str:
+    return {"30d": "for 30 days", "1y": "for 1 year"}.get(period, "forever")

@@ -1,5 +1,7 @@
-# Sourced by scripts/demo and scripts/test: make .venv if missing and install the project
-# (with its test extras) into it. Idempotent and quiet when nothing changed.
+# Sourced by scripts/demo and scripts/test: make .venv if missing and install the three
+# distributions (imsg-oprf, imsg-relay, imsg with its test and dev extras) into it, every
+# third-party version pinned by constraints.txt (regenerate: scripts/lock).
+# Idempotent and quiet when nothing changed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -8,12 +10,18 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "setup: creating $VENV" >&2
     "$PY" -m venv "$VENV"
 fi
-# Reinstall only when pyproject.toml changed since the last install.
+# Reinstall only when a pyproject.toml or the pins changed since the last install.
 STAMP="$VENV/.imsg-installed"
-if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
+stale=0
+[ -f "$STAMP" ] || stale=1
+for f in "$ROOT/pyproject.toml" "$ROOT/server/pyproject.toml" "$ROOT/oprf/pyproject.toml" "$ROOT/constraints.txt"; do
+    [ "$f" -nt "$STAMP" ] && stale=1
+done
+if [ "$stale" = 1 ]; then
     echo "setup: installing imsg and its dependencies into .venv" >&2
     LOG="$VENV/pip-install.log"
-    if ! "$VENV/bin/python" -m pip install --disable-pip-version-check -e "$ROOT[test]" >"$LOG" 2>&1; then
+    if ! "$VENV/bin/python" -m pip install --disable-pip-version-check -c "$ROOT/constraints.txt" \
+            -e "$ROOT/oprf" -e "$ROOT/server[postgres,redis]" -e "$ROOT[test,dev]" >"$LOG" 2>&1; then
         tail -40 "$LOG" >&2
         echo "setup: pip install failed (full log: $LOG)" >&2
         exit 1

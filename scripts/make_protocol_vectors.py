@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from imsg_cli.crypto import dh
-from imsg_cli.crypto import sign
-from imsg_cli.protocol import envelope, pqxdh, ratchet, sealed
-from imsg_cli.protocol.consts import LABEL_SENDER_CERTIFICATE
-from imsg_cli.protocol.identity import AccountKey, DeviceKeys, DeviceList, account_id_for, safety_number
-from imsg_cli.protocol.session import Address, associated_data
+from imsg.crypto import dh
+from imsg.crypto import sign
+from imsg.protocol import envelope, pqxdh, ratchet, sealed
+from imsg.protocol.consts import LABEL_SENDER_CERTIFICATE
+from imsg.protocol.identity import AccountKey, DeviceKeys, DeviceList, account_id_for, safety_number
+from imsg.protocol.session import Address, associated_data
 
 
 def counter_rng(seed: int):

@@ -53,7 +53,7 @@ def start_relay(work: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]
 
 
 def main() -> int:
-    imsg = [IMSG] if IMSG else [sys.executable, "-m", "imsg_cli.cli.main"]
+    imsg = [IMSG] if IMSG else [sys.executable, "-m", "imsg_cli.main"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMSG_")}
     work = Path(tempfile.mkdtemp(prefix="imsg-bench-"))
     relay = None

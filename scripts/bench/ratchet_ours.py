@@ -19,12 +19,12 @@ import os
 import sys
 import time
 
-from imsg_cli.protocol import envelope as env
-from imsg_cli.protocol import session as sess
-from imsg_cli.protocol.content import KIND_TEXT, Content
-from imsg_cli.protocol.identity import AccountKey, DeviceKeys, DeviceList
-from imsg_cli.protocol.prekeys import KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey
-from imsg_cli.store.memory import MemoryStore
+from imsg.protocol import envelope as env
+from imsg.protocol import session as sess
+from imsg.protocol.content import KIND_TEXT, Content
+from imsg.protocol.identity import AccountKey, DeviceKeys, DeviceList
+from imsg.protocol.prekeys import KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey
+from imsg.store.memory import MemoryStore
 
 NOW = int(time.time() * 1000)
 MSG = os.urandom(200)

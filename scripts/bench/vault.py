@@ -14,7 +14,7 @@ from pathlib import Path
 
 RUNS = int(os.environ.get("BENCH_RUNS", "15"))
 BIN = Path(sys.executable).parent
-IMSG = [str(BIN / "imsg")] if (BIN / "imsg").exists() else [sys.executable, "-m", "imsg_cli.cli.main"]
+IMSG = [str(BIN / "imsg")] if (BIN / "imsg").exists() else [sys.executable, "-m", "imsg_cli.main"]
 PASS = "bench passcode 1"
 DAY = 24 * 3600 * 1000
 
@@ -33,8 +33,8 @@ def row(label: str, stats: tuple[float, float, float]) -> None:
 
 
 def main() -> int:
-    from imsg_cli import vault, vault_agent
-    from imsg_cli.client import Client
+    from imsg.store import vault, vault_agent
+    from imsg.client.core import Client
 
     work = Path(tempfile.mkdtemp(prefix="imsg-bench-vault-"))
     run_dir = work / "run"
@@ -100,9 +100,9 @@ def main() -> int:
 
 
 def retention_rows(work: Path) -> None:
-    from imsg_cli import retention
-    from imsg_cli.protocol.stores import StoredMessage
-    from imsg_cli.store.sqlite import SQLiteStore
+    from imsg.client import retention
+    from imsg.protocol.stores import StoredMessage
+    from imsg.store.sqlite import SQLiteStore
 
     store = SQLiteStore(work / "big" / "imsg.db")
     now = 1_800_000_000_000

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from imsg_cli.crypto import stream
+from imsg.crypto import stream
 from transfer_helpers import Recorder, _root_conftest
 
-IMSG = [sys.executable, "-m", "imsg_cli.cli.main"]
+IMSG = [sys.executable, "-m", "imsg_cli.main"]
 KIB, MIB = 1024, 1024 * 1024
 PART = 1 * MIB
 BOB = "bob@example.com"

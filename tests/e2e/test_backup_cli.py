@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from imsg_cli.protocol import backup as bk
+from imsg.protocol import backup as bk
 
 from .test_devices_cli import imsg, json_error, ok
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-IMSG = [sys.executable, "-m", "imsg_cli.cli.main"]
+IMSG = [sys.executable, "-m", "imsg_cli.main"]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -302,7 +302,7 @@ def test_cli_runner_in_process(homes, monkeypatch):
     """A few checks in process with Typer's CliRunner (no subprocess)."""
     from typer.testing import CliRunner
 
-    from imsg_cli.cli.main import app
+    from imsg_cli.main import app
 
     monkeypatch.delenv("IMSG_HOME", raising=False)
     monkeypatch.delenv("IMSG_RELAY", raising=False)
@@ -315,7 +315,7 @@ def test_cli_runner_in_process(homes, monkeypatch):
 
 
 def test_main_maps_errors_to_exit_codes_in_process(tmp_path, capsys, monkeypatch):
-    from imsg_cli.cli.main import main
+    from imsg_cli.main import main
 
     monkeypatch.delenv("IMSG_RELAY", raising=False)
     assert main(["--home", str(tmp_path / "x"), "--json", "whoami"]) == 3

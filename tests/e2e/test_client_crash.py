@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from imsg_cli.protocol import envelope as env
-from imsg_cli.protocol import ratchet, session
-from imsg_cli.store.sqlite import SQLiteStore
+from imsg.protocol import envelope as env
+from imsg.protocol import ratchet, session
+from imsg.store.sqlite import SQLiteStore
 
-IMSG = [sys.executable, "-m", "imsg_cli.cli.main"]
+IMSG = [sys.executable, "-m", "imsg_cli.main"]
 KILLS = 30
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from imsg_cli.protocol import provisioning as prov
+from imsg.protocol import provisioning as prov
 
-IMSG = [sys.executable, "-m", "imsg_cli.cli.main"]
+IMSG = [sys.executable, "-m", "imsg_cli.main"]
 
 
 def _env() -> dict[str, str]:
@@ -254,7 +254,7 @@ def test_receive_from_a_changed_key_exits_6(env):
     stored and shown, but `receive` exits 6 with an identity_changed error."""
     from dataclasses import replace
 
-    from imsg_cli.client import Client
+    from imsg.client.core import Client
 
     alice, bob, mallory = init(env, "jill"), init(env, "ivan"), init(env, "otto")
     ok(imsg(alice, "send", "ivan@example.com", "hi ivan"))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-IMSG = [sys.executable, "-m", "imsg_cli.cli.main"]
+IMSG = [sys.executable, "-m", "imsg_cli.main"]
 PASS = "correct horse battery"
 SECRET = "meet me at the old mill at nine"
 

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import pytest
 
-from imsg_cli import attachments as attachment_io
-from imsg_cli import errors
-from imsg_cli.client import Client
-from imsg_cli.crypto import stream
-from imsg_cli.protocol.content import MAX_NAME_LEN
-from imsg_cli.relay_client import RelayClient
+from imsg.client import attachments as attachment_io
+from imsg import errors
+from imsg.client.core import Client
+from imsg.crypto import stream
+from imsg.protocol.content import MAX_NAME_LEN
+from imsg.relay_client import RelayClient
 from device_helpers import link_device
 from transfer_helpers import Recorder, _root_conftest
 

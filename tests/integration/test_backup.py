@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from imsg_cli import errors
-from imsg_cli.backup import BACKUP_INTERVAL_MS, STATE_KEY
-from imsg_cli.client import Client
-from imsg_cli.protocol import backup as bk
-from imsg_cli.protocol.identity import verify_device_list
-from imsg_cli.protocol.session import Address
-from imsg_cli.relay_client import RelayClient
+from imsg import errors
+from imsg.client.backup import BACKUP_INTERVAL_MS, STATE_KEY
+from imsg.client.core import Client
+from imsg.protocol import backup as bk
+from imsg.protocol.identity import verify_device_list
+from imsg.protocol.session import Address
+from imsg.relay_client import RelayClient
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"

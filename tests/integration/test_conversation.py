@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from imsg_cli import errors
-from imsg_cli.protocol import consts
-from imsg_cli.relay_client import RelayClient
+from imsg import errors
+from imsg.protocol import consts
+from imsg.relay_client import RelayClient
 
 
 def texts(messages) -> list[str]:
@@ -78,7 +78,7 @@ def test_three_parties(make_client):
 def _send_from_thread(home, relay_url, to, text, delay=0.3) -> tuple[threading.Thread, dict]:
     """Send from another thread, with its own Client on the sender's home (a Client, like
     its SQLite connection, belongs to the thread that opened it)."""
-    from imsg_cli.client import Client
+    from imsg.client.core import Client
 
     out: dict = {}
 

@@ -21,16 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from imsg_cli import errors
-from imsg_cli.client import Client, _parse_bundle
-from imsg_cli.protocol import consts
-from imsg_cli.protocol import envelope as env
-from imsg_cli.protocol import provisioning as prov
-from imsg_cli.protocol import session as sess
-from imsg_cli.protocol.content import KIND_SYNC, KIND_TEXT, Content
-from imsg_cli.protocol.encoding import KEY_ED25519, encode_key
-from imsg_cli.protocol.identity import AccountKey, DeviceKeys, DeviceList, decode_device_list
-from imsg_cli.relay_client import RelayClient
+from imsg import errors
+from imsg.client.core import Client, _parse_bundle
+from imsg.protocol import consts
+from imsg.protocol import envelope as env
+from imsg.protocol import provisioning as prov
+from imsg.protocol import session as sess
+from imsg.protocol.content import KIND_SYNC, KIND_TEXT, Content
+from imsg.protocol.encoding import KEY_ED25519, encode_key
+from imsg.protocol.identity import AccountKey, DeviceKeys, DeviceList, decode_device_list
+from imsg.relay_client import RelayClient
 from device_helpers import link_device
 
 BOB = "bob@example.com"
@@ -191,7 +191,7 @@ def test_second_and_third_device_link_with_contacts_names_and_history(make_clien
     alice_contact = bob.store.get_contact(me.account_id)
     bob.send(ALICE, "hello all of you")
     alice_contact = bob.store.get_contact(me.account_id)
-    from imsg_cli.protocol.identity import open_device_name, verify_device_list
+    from imsg.protocol.identity import open_device_name, verify_device_list
     listed = verify_device_list(alice_contact.device_list, alice_contact.account_key)
     assert len(listed.devices) == 3
     assert all(open_device_name(bob.store.load_account().account_private, d) == "" for d in listed.devices)
@@ -526,7 +526,7 @@ def test_removed_device_receives_nothing_and_contacts_refetch(make_client, relay
     assert sends[0][3].get("extra") == [2]
     assert envelope_counts(relay, bob_id) == {1: 1, 3: 1}
     assert alice.store.load_session(sess.Address(bob_id, 2)) is None
-    from imsg_cli.protocol.identity import verify_device_list
+    from imsg.protocol.identity import verify_device_list
     contact = alice.store.get_contact(bob_id)
     assert verify_device_list(contact.device_list, contact.account_key).device_ids == [1, 3]
     # Bob's own sync copies skip the removed device too.

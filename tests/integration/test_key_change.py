@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import pytest
 
-from imsg_cli import errors
-from imsg_cli.client import Client
-from imsg_cli.protocol.identity import safety_number
+from imsg import errors
+from imsg.client.core import Client
+from imsg.protocol.identity import safety_number
 from device_helpers import link_device
 
 ALICE, BOB = "alice@example.com", "bob@example.com"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from imsg_cli import errors
-from imsg_cli.client import Client
+from imsg import errors
+from imsg.client.core import Client
 from tests.integration import test_devices
 from tests.integration.test_devices import link
 
@@ -175,7 +175,7 @@ def test_contacts_add_checks_its_input(make_client):
 
 
 def test_an_older_profile_message_from_an_own_device_changes_nothing(make_client, relay):
-    from imsg_cli.protocol.content import KIND_PROFILE, Content, ProfileShare
+    from imsg.protocol.content import KIND_PROFILE, Content, ProfileShare
 
     alice = make_client("alice")
     alice.set_share_policy("ask")

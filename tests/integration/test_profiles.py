@@ -13,10 +13,10 @@ import stat
 
 import pytest
 
-from imsg_cli import errors
-from imsg_cli.client import Client
-from imsg_cli.protocol import consts
-from imsg_cli.protocol import profile as pf
+from imsg import errors
+from imsg.client.core import Client
+from imsg.protocol import consts
+from imsg.protocol import profile as pf
 from tests.integration import test_devices
 from tests.integration.test_devices import link
 
@@ -240,7 +240,7 @@ def test_a_profile_owner_cannot_make_a_contact_store_a_wrong_type_or_hostile_nam
         alice.store.set_setting("profile.published", str(revision))
 
     def forged(plain: bytes) -> bytes:
-        from imsg_cli.crypto import aead
+        from imsg.crypto import aead
 
         kid = pf.key_id(account.profile_key, account.account_id)
         nonce = os.urandom(12)

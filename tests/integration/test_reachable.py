@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from imsg_cli import errors
-from imsg_cli.client import Client
+from imsg import errors
+from imsg.client.core import Client
 from device_helpers import link_device
 
 ALICE, BOB = "alice@example.com", "bob@example.com"

@@ -15,10 +15,10 @@ import time
 
 import pytest
 
-from imsg_cli import errors
-from imsg_cli.protocol import session as sess
-from imsg_cli.protocol.identity import AccountKey, DeviceKeys, DeviceList, decode_device_list
-from imsg_cli.relay_client import RelayClient
+from imsg import errors
+from imsg.protocol import session as sess
+from imsg.protocol.identity import AccountKey, DeviceKeys, DeviceList, decode_device_list
+from imsg.relay_client import RelayClient
 
 
 def _now_ms() -> int:
@@ -49,8 +49,8 @@ def inject_device(relay, account_id: str, device_id: int = 2, device_list: bytes
 def publish_prekeys_as(relay_url: str, token: str, device: DeviceKeys) -> None:
     """The injected device publishes prekeys signed by its own device key, so a careless
     client could start a session with it."""
-    from imsg_cli.protocol.encoding import KEY_MLKEM768, KEY_X25519, encode_key
-    from imsg_cli.protocol.prekeys import KemPreKey, OneTimePreKey, SignedPreKey
+    from imsg.protocol.encoding import KEY_MLKEM768, KEY_X25519, encode_key
+    from imsg.protocol.prekeys import KemPreKey, OneTimePreKey, SignedPreKey
 
     spk = SignedPreKey.generate(device, 1, 0, os.urandom)
     kpk = KemPreKey.generate(device, 2, 0, os.urandom, last_resort=True)

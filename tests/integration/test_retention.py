@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from imsg_cli.client import Client
-from imsg_cli.errors import UsageError
+from imsg.client.core import Client
+from imsg.errors import UsageError
 
 DAY = 24 * 3600 * 1000
 

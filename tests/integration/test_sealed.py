@@ -2,7 +2,7 @@
 accepts them only with the recipient's access key (or allow-anyone), and the recipient
 checks the relay-signed certificate against the sender's signed device list and session.
 
-A contact's profile key arrives inside end-to-end messages (imsg_cli/profiles.py):
+A contact's profile key arrives inside end-to-end messages (imsg/client/profiles.py):
 `share(a, b)` has b add a to its contacts and write to a."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from imsg_cli import errors
-from imsg_cli.client import Client
-from imsg_cli.protocol import sealed as proto
-from imsg_cli.protocol.consts import SEALED_BUCKETS
-from imsg_cli.protocol.encoding import KEY_X25519, encode_key
-from imsg_cli.protocol.identity import verify_device_list
-from imsg_cli.protocol.session import Address
-from imsg_cli.relay_client import RelayClient
+from imsg import errors
+from imsg.client.core import Client
+from imsg.protocol import sealed as proto
+from imsg.protocol.consts import SEALED_BUCKETS
+from imsg.protocol.encoding import KEY_X25519, encode_key
+from imsg.protocol.identity import verify_device_list
+from imsg.protocol.session import Address
+from imsg.relay_client import RelayClient
 from imsg_relay.sealed import KEYS_FILE, load_or_create_keys, sign_certificate
 
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
@@ -272,7 +272,7 @@ def relay_key(relay) -> Ed25519PrivateKey:
 
 
 def post_sealed(relay, recipient: Client, batch, certificate: bytes) -> None:
-    from imsg_cli.protocol import envelope as env
+    from imsg.protocol import envelope as env
 
     account = recipient.store.load_account()
     devices = verify_device_list(account.device_list, account.account_public)
@@ -459,7 +459,7 @@ def test_a_skewed_sender_clock_still_sends_sealed_and_is_accepted(make_client, r
 
 
 def test_a_restored_device_has_a_sealed_key_and_its_own_certificate(make_client, relay, tmp_path):
-    """A backup restore makes a new device (imsg_cli/backup.py): it gets a sealed-sender key
+    """A backup restore makes a new device (imsg/client/backup.py): it gets a sealed-sender key
     in the signed list, and the old device's certificate in the restored settings is not used."""
     alice, bob = make_client("alice"), make_client("bob")
     share(alice, bob)

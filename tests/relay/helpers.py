@@ -74,7 +74,7 @@ def register(client: Any, handle: str | None = None, devices: int = 1) -> Identi
 def private_lookup(client: Any, ident: Identity, handle: str) -> str | None:
     """The account holding `handle`, found the way a client finds it: one OPRF evaluation
     of a blinded element, then one bucket by tag prefix. None when nobody holds it."""
-    from imsg_cli.protocol import discovery
+    from imsg.protocol import discovery
 
     b = discovery.blind(handle, os.urandom)
     r = client.post("/v1/discovery/evaluate", json={"elements": [b64(b.element)]}, headers=ident.headers())

@@ -59,7 +59,7 @@ def test_relay_serves_https_and_the_client_uses_it(tmp_path):
         assert httpx.get(url + "/v1/health", verify=ssl.create_default_context(cafile=str(cert)), timeout=5).json()["status"] == "ok"
         env = dict(os.environ, SSL_CERT_FILE=str(cert))
         out = subprocess.run(
-            [sys.executable, "-m", "imsg_cli.cli.main", "--home", str(tmp_path / "alice"), "--relay", url,
+            [sys.executable, "-m", "imsg_cli.main", "--home", str(tmp_path / "alice"), "--relay", url,
              "--json", "init", "alice@example.com"],
             env=env, capture_output=True, text=True, timeout=60,
         )
@@ -80,7 +80,7 @@ def test_tls_cert_without_key_is_a_usage_error(tmp_path):
 def test_plain_http_to_a_remote_relay_is_refused(tmp_path):
     start = time.monotonic()
     out = subprocess.run(
-        [sys.executable, "-m", "imsg_cli.cli.main", "--home", str(tmp_path / "a"), "--relay",
+        [sys.executable, "-m", "imsg_cli.main", "--home", str(tmp_path / "a"), "--relay",
          "http://relay.example.org", "init", "a@example.com"],
         capture_output=True, text=True, timeout=30,
     )

@@ -1,7 +1,7 @@
 """A `SessionPair`: Alice and Bob on in-memory stores with a seeded RNG and an injected
 clock, joined by a fake link (as h11's ConnectionPair). Nothing here touches a network.
 
-The send and receive paths follow `imsg_cli.client` (`_encrypt_for` and `_accept`): the
+The send and receive paths follow `imsg.client.core` (`_encrypt_for` and `_accept`): the
 sender promotes a fresh `session.initiate` into its record when it has no session, then
 `Session.encrypt`s and saves the record; the receiver runs `session.decrypt`, opens the
 content, and only then saves the record and removes the used prekeys, in one transaction.
@@ -12,15 +12,15 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from imsg_cli.crypto import dh
-from imsg_cli.protocol import envelope as env
-from imsg_cli.protocol import ratchet as rt
-from imsg_cli.protocol import session as sess
-from imsg_cli.protocol.content import KIND_TEXT, Content
-from imsg_cli.protocol.errors import UntrustedIdentityError
-from imsg_cli.protocol.identity import AccountKey, DeviceKeys, DeviceList, verify_device_list
-from imsg_cli.protocol.prekeys import KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey
-from imsg_cli.store.memory import MemoryStore
+from imsg.crypto import dh
+from imsg.protocol import envelope as env
+from imsg.protocol import ratchet as rt
+from imsg.protocol import session as sess
+from imsg.protocol.content import KIND_TEXT, Content
+from imsg.protocol.errors import UntrustedIdentityError
+from imsg.protocol.identity import AccountKey, DeviceKeys, DeviceList, verify_device_list
+from imsg.protocol.prekeys import KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey
+from imsg.store.memory import MemoryStore
 
 T0 = 1_700_000_000_000  # ms: a fixed "now" so that runs are reproducible
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imsg_cli import attachments as att
-from imsg_cli.crypto import stream
+from imsg.client import attachments as att
+from imsg.crypto import stream
 
 
 @pytest.mark.parametrize("name, expected", [

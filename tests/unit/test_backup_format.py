@@ -1,4 +1,4 @@
-"""The backup format (imsg_cli/protocol/backup.py): recovery codes and their checksum,
+"""The backup format (imsg/protocol/backup.py): recovery codes and their checksum,
 Padmé buckets, sealing and what opening MUST reject, equal sizes for equal-length secrets
 (SECURITY-TESTS 14), a decoder that raises only DecodeError on junk (R9), and key
 separation from the other contexts (SECURITY-TESTS 6)."""
@@ -13,11 +13,11 @@ import random
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from imsg_cli.crypto import aead
-from imsg_cli.protocol import backup as bk
-from imsg_cli.protocol.errors import DecodeError, DecryptionError
-from imsg_cli.protocol.identity import AccountKey, DeviceKeys, DeviceList, account_id_for
-from imsg_cli.protocol.stores import Contact, StoredAttachment, StoredMessage
+from imsg.crypto import aead
+from imsg.protocol import backup as bk
+from imsg.protocol.errors import DecodeError, DecryptionError
+from imsg.protocol.identity import AccountKey, DeviceKeys, DeviceList, account_id_for
+from imsg.protocol.stores import Contact, StoredAttachment, StoredMessage
 
 
 def seeded(seed: int):

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from imsg_cli.protocol import discovery
-from imsg_cli.protocol.errors import DecodeError
+from imsg.protocol import discovery
+from imsg.protocol.errors import DecodeError
 from imsg_relay import discovery as relay_discovery
 
 KEY = relay_discovery.DiscoveryKey(bytes(range(32)))

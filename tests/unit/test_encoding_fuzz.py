@@ -12,13 +12,13 @@ import functools
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from imsg_cli.protocol import envelope as env
-from imsg_cli.protocol import ratchet as rt
-from imsg_cli.protocol import session as sess
-from imsg_cli.protocol.content import Content
-from imsg_cli.protocol.encoding import KEY_ED25519, KEY_MLKEM768, KEY_X25519, Reader, decode_key
-from imsg_cli.protocol.errors import ProtocolError
-from imsg_cli.protocol.identity import decode_device_list, verify_device_list
+from imsg.protocol import envelope as env
+from imsg.protocol import ratchet as rt
+from imsg.protocol import session as sess
+from imsg.protocol.content import Content
+from imsg.protocol.encoding import KEY_ED25519, KEY_MLKEM768, KEY_X25519, Reader, decode_key
+from imsg.protocol.errors import ProtocolError
+from imsg.protocol.identity import decode_device_list, verify_device_list
 
 from protocol_helpers import SessionPair
 

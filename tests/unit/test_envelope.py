@@ -1,4 +1,4 @@
-"""Envelopes, the content layer and message content (imsg_cli.protocol.envelope,
+"""Envelopes, the content layer and message content (imsg.protocol.envelope,
 content), and the cross-context matrix.
 
 SECURITY-TESTS rows 1, 6, 10, 15 and R9 (strict content decoding).
@@ -11,28 +11,28 @@ import json
 
 import pytest
 
-from imsg_cli.crypto import aead, sign
-from imsg_cli.crypto.errors import CryptoError
-from imsg_cli.protocol import envelope as env
-from imsg_cli.protocol import session as sess
-from imsg_cli.protocol import sealed
-from imsg_cli.protocol.consts import (
+from imsg.crypto import aead, sign
+from imsg.crypto.errors import CryptoError
+from imsg.protocol import envelope as env
+from imsg.protocol import session as sess
+from imsg.protocol import sealed
+from imsg.protocol.consts import (
     LABEL_CONTENT_AD,
     LABEL_KEM_PREKEY,
     LABEL_SENDER_CERTIFICATE,
     LABEL_SIGNED_PREKEY,
     PAD_BLOCK,
 )
-from imsg_cli.protocol.content import KIND_TEXT, Content
-from imsg_cli.protocol.encoding import KEY_MLKEM768, KEY_X25519, encode_key
-from imsg_cli.protocol.errors import (
+from imsg.protocol.content import KIND_TEXT, Content
+from imsg.protocol.encoding import KEY_MLKEM768, KEY_X25519, encode_key
+from imsg.protocol.errors import (
     DecodeError,
     DecryptionError,
     DuplicateMessageError,
     ProtocolError,
     UntrustedIdentityError,
 )
-from imsg_cli.protocol.identity import verify_device_list
+from imsg.protocol.identity import verify_device_list
 
 from protocol_helpers import SessionPair, flip, seeded_rng
 

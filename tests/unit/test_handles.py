@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from imsg_cli.errors import InvalidHandleError
-from imsg_cli.handles import canonical_handle
+from imsg.errors import InvalidHandleError
+from imsg.handles import canonical_handle
 
 
 @pytest.mark.parametrize("raw, canonical", [

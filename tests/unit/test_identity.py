@@ -1,4 +1,4 @@
-"""Accounts, signed device lists and safety numbers (imsg_cli.protocol.identity).
+"""Accounts, signed device lists and safety numbers (imsg.protocol.identity).
 
 SECURITY-TESTS rows 4 (relay device injection) and 5 (IDs confused with keys).
 """
@@ -11,10 +11,10 @@ import inspect
 
 import pytest
 
-from imsg_cli.protocol.consts import LABEL_DEVICE_LIST, MAX_DEVICES
-from imsg_cli.protocol.encoding import KEY_ED25519, encode_key
-from imsg_cli.protocol.errors import DecodeError, UntrustedIdentityError
-from imsg_cli.protocol.identity import (
+from imsg.protocol.consts import LABEL_DEVICE_LIST, MAX_DEVICES
+from imsg.protocol.encoding import KEY_ED25519, encode_key
+from imsg.protocol.errors import DecodeError, UntrustedIdentityError
+from imsg.protocol.identity import (
     AccountKey,
     DeviceEntry,
     DeviceKeys,

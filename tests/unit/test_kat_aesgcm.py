@@ -1,4 +1,4 @@
-"""AES-256-GCM known-answer tests through imsg_cli.crypto.aead.
+"""AES-256-GCM known-answer tests through imsg.crypto.aead.
 
 Every Wycheproof aes_gcm_test.json case with a 256-bit key, 96-bit nonce and 128-bit
 tag (the only parameters aead.py accepts). Invalid cases, and any change of length,
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from imsg_cli.crypto import aead
-from imsg_cli.crypto.errors import AuthenticationError, InvalidKeyError
+from imsg.crypto import aead
+from imsg.crypto.errors import AuthenticationError, InvalidKeyError
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 h = bytes.fromhex

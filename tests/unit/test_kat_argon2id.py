@@ -1,4 +1,4 @@
-"""Argon2id (pyca `cryptography`), the passcode KDF of imsg_cli/vault.py, against the
+"""Argon2id (pyca `cryptography`), the passcode KDF of imsg/store/vault.py, against the
 known answer of RFC 9106 §5.3, and our wrapping of it (parameters from the key file)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
-from imsg_cli import vault
+from imsg.store import vault
 
 h = bytes.fromhex
 

@@ -1,4 +1,4 @@
-"""Ed25519 known-answer tests through imsg_cli.crypto.sign.
+"""Ed25519 known-answer tests through imsg.crypto.sign.
 
 RFC 8032 §7.1 vectors (signing and verifying), the first 64 lines of the Ed25519
 reference implementation's sign.input (plus its line 1024, RFC 8032 TEST 1024), and
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from imsg_cli.crypto import sign
-from imsg_cli.crypto.errors import BadSignatureError, InvalidKeyError
+from imsg.crypto import sign
+from imsg.crypto.errors import BadSignatureError, InvalidKeyError
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 h = bytes.fromhex
@@ -144,7 +144,7 @@ def test_signature_under_one_context_fails_under_another():
 def test_signature_context_labels_are_prefix_free():
     # Because the context is a bare prefix (see above), no signing label may be a prefix
     # of another, or a signature from one context could be re-read in the other.
-    consts = pytest.importorskip("imsg_cli.protocol.consts")
+    consts = pytest.importorskip("imsg.protocol.consts")
     labels = [v for k, v in vars(consts).items() if k.startswith("LABEL_") and b"/sig/" in v]
     assert len(labels) >= 2
     for a in labels:

@@ -1,4 +1,4 @@
-"""HKDF-SHA256 known-answer tests through imsg_cli.crypto.kdf.hkdf.
+"""HKDF-SHA256 known-answer tests through imsg.crypto.kdf.hkdf.
 
 RFC 5869 Appendix A.1-A.3 and every case of Wycheproof hkdf_sha256_test.json.
 """
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from imsg_cli.crypto import kdf
-from imsg_cli.crypto.errors import CryptoError
+from imsg.crypto import kdf
+from imsg.crypto.errors import CryptoError
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 h = bytes.fromhex

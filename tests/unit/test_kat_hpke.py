@@ -21,8 +21,8 @@ from cryptography.hazmat.bindings._rust import openssl as rust_openssl
 from cryptography.hazmat.primitives import hpke as chpke
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from imsg_cli.crypto import hpke
-from imsg_cli.crypto.errors import AuthenticationError
+from imsg.crypto import hpke
+from imsg.crypto.errors import AuthenticationError
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "hpke"
 _AEADS = {1: chpke.AEAD.AES_128_GCM, 2: chpke.AEAD.AES_256_GCM, 3: chpke.AEAD.CHACHA20_POLY1305}
@@ -62,7 +62,7 @@ PQ = json.loads((VECTORS / "hpke_pq_mlkem768_x25519.json").read_text())
 
 @pytest.mark.parametrize("v", PQ, ids=lambda v: f"kdf{v['kdf_id']}")
 def test_hpke_pq_mlkem768_x25519(v):
-    """Our key expansion (imsg_cli.crypto.hpke) gives the published pkRm from the 32-byte skRm."""
+    """Our key expansion (imsg.crypto.hpke) gives the published pkRm from the 32-byte skRm."""
     assert v["kem_id"] == 0x647A and len(bytes.fromhex(v["skRm"])) == hpke.SEED_LEN
     pair = hpke.HpkeKeyPair(bytes.fromhex(v["skRm"]))
     assert pair.public.hex() == v["pkRm"]
@@ -78,7 +78,7 @@ def _draft_field(text: str, name: str) -> str:
 
 def test_draft_ietf_hpke_pq_05_appendix_a5_is_our_exact_suite():
     """A.5 of draft-ietf-hpke-pq-05: MLKEM768-X25519, HKDF-SHA256, ChaCha20Poly1305, which
-    is `imsg_cli.crypto.hpke.SUITE`."""
+    is `imsg.crypto.hpke.SUITE`."""
     text = (VECTORS / "draft-ietf-hpke-pq-05.A.5.txt").read_text()
     assert (_draft_field(text, "kem_id"), _draft_field(text, "kdf_id"), _draft_field(text, "aead_id")) == ("25722", "1", "3")
     v = {k: _draft_field(text, k) for k in ("info", "skRm", "pkRm", "enc")}

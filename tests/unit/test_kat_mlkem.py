@@ -1,4 +1,4 @@
-"""ML-KEM-768 (FIPS 203) known-answer tests through imsg_cli.crypto.kem.
+"""ML-KEM-768 (FIPS 203) known-answer tests through imsg.crypto.kem.
 
 - Wycheproof mlkem_768_test.json (subset): keygen from the 64-byte seed d||z gives the
   published encapsulation key; decapsulation gives the published K, including for
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from imsg_cli.crypto import kem
-from imsg_cli.crypto.errors import InvalidKeyError
+from imsg.crypto import kem
+from imsg.crypto.errors import InvalidKeyError
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 h = bytes.fromhex

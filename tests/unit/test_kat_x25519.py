@@ -1,4 +1,4 @@
-"""X25519 known-answer tests through imsg_cli.crypto.dh.
+"""X25519 known-answer tests through imsg.crypto.dh.
 
 RFC 7748 §5.2 and §6.1 vectors, and every case of Wycheproof x25519_test.json. Cases
 whose public key is low-order (all-zero shared secret) must raise ZeroSharedSecretError:
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from imsg_cli.crypto import dh
-from imsg_cli.crypto.errors import InvalidKeyError, ZeroSharedSecretError
+from imsg.crypto import dh
+from imsg.crypto.errors import InvalidKeyError, ZeroSharedSecretError
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 h = bytes.fromhex

@@ -1,4 +1,4 @@
-"""PQXDH (imsg_cli.protocol.pqxdh) and prekey bundles: agreement, signatures, type-tagged
+"""PQXDH (imsg.protocol.pqxdh) and prekey bundles: agreement, signatures, type-tagged
 key encodings, KEM implicit rejection and low-order keys.
 
 SECURITY-TESTS rows 8, 16 and 18.
@@ -10,12 +10,12 @@ import dataclasses
 
 import pytest
 
-from imsg_cli.crypto import kem
-from imsg_cli.crypto.errors import CryptoError
-from imsg_cli.protocol import pqxdh
-from imsg_cli.protocol import session as sess
-from imsg_cli.protocol.consts import LABEL_DEVICE_LIST, LABEL_KEM_PREKEY, LABEL_SIGNED_PREKEY
-from imsg_cli.protocol.encoding import (
+from imsg.crypto import kem
+from imsg.crypto.errors import CryptoError
+from imsg.protocol import pqxdh
+from imsg.protocol import session as sess
+from imsg.protocol.consts import LABEL_DEVICE_LIST, LABEL_KEM_PREKEY, LABEL_SIGNED_PREKEY
+from imsg.protocol.encoding import (
     KEY_ED25519,
     KEY_MLKEM768,
     KEY_X25519,
@@ -24,9 +24,9 @@ from imsg_cli.protocol.encoding import (
     encode_key,
     is_canonical_x25519,
 )
-from imsg_cli.protocol.errors import DecodeError, RemoteProtocolError, UntrustedIdentityError
-from imsg_cli.protocol.identity import DeviceKeys
-from imsg_cli.protocol.prekeys import KemPreKey, SignedPreKey
+from imsg.protocol.errors import DecodeError, RemoteProtocolError, UntrustedIdentityError
+from imsg.protocol.identity import DeviceKeys
+from imsg.protocol.prekeys import KemPreKey, SignedPreKey
 
 from protocol_helpers import LOW_ORDER_POINTS, T0, SessionPair, seeded_rng
 

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imsg_cli.protocol import consts
-from imsg_cli.protocol import profile as pf
-from imsg_cli.protocol.errors import DecodeError, DecryptionError, ProtocolError
+from imsg.protocol import consts
+from imsg.protocol import profile as pf
+from imsg.protocol.errors import DecodeError, DecryptionError, ProtocolError
 
 KEY = bytes(range(32))
 ACCOUNT = "0062903c0de3f99a6473ac1f4be83084"
@@ -82,7 +82,7 @@ def test_names_unfit_for_a_terminal_are_refused(name):
 
 def _forge(plain: bytes, revision: int = 1, account: str = ACCOUNT, key: bytes = KEY) -> bytes:
     """A correctly encrypted blob around any plaintext: what a malicious profile owner can make."""
-    from imsg_cli.crypto import aead
+    from imsg.crypto import aead
 
     kid = pf.key_id(key, account)
     nonce = b"\x00" * 12
@@ -178,7 +178,7 @@ def test_profile_blobs_join_the_cross_context_matrix():
     output (ratchet, envelope, content, device list, signatures...) opens as one."""
     from test_envelope import _contexts  # the matrix of every other context
 
-    from imsg_cli.crypto.errors import CryptoError
+    from imsg.crypto.errors import CryptoError
 
     samples, decoders, states = _contexts()
     profile_blob = pf.seal(KEY, ACCOUNT, 1, pf.Profile("Ada", PNG), rng)

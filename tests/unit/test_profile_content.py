@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from imsg_cli.protocol.content import KIND_PROFILE, KIND_SYNC, KIND_TEXT, Content, ProfileShare
-from imsg_cli.protocol.errors import DecodeError
+from imsg.protocol.content import KIND_PROFILE, KIND_SYNC, KIND_TEXT, Content, ProfileShare
+from imsg.protocol.errors import DecodeError
 
 MID = "ab" * 16
 

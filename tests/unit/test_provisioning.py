@@ -1,4 +1,4 @@
-"""Pairing codes and provisioning boxes (imsg_cli/protocol/provisioning.py): the only
+"""Pairing codes and provisioning boxes (imsg/protocol/provisioning.py): the only
 protection of a device link against the relay that carries it."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imsg_cli.protocol import provisioning as prov
-from imsg_cli.protocol.errors import DecodeError, DecryptionError, ProtocolError
+from imsg.protocol import provisioning as prov
+from imsg.protocol.errors import DecodeError, DecryptionError, ProtocolError
 
 CH, SECRET = bytes(range(8)), bytes(range(100, 110))
 DOC = {"v": 1, "identity_key": "AAAA", "name": "laptop ✓", "n": [1, 2, 3]}
@@ -104,7 +104,7 @@ def test_every_single_byte_tamper_fails():
 
 def _seal_raw(plaintext: bytes, direction: str = prov.TO_NEW) -> bytes:
     """A correctly authenticated box holding arbitrary bytes (as a buggy peer would send)."""
-    from imsg_cli.crypto import aead
+    from imsg.crypto import aead
 
     return aead.seal(prov._key(SECRET, CH, direction), (0).to_bytes(12, "big"), plaintext,
                      prov.LABEL_PROVISIONING + CH)

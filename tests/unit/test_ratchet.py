@@ -1,4 +1,4 @@
-"""The Double Ratchet on its own (imsg_cli.protocol.ratchet): ordering, skipped keys and
+"""The Double Ratchet on its own (imsg.protocol.ratchet): ordering, skipped keys and
 their limits, replay, tampering and low-order keys.
 
 SECURITY-TESTS rows 1, 11, 12, 15, 19, 20 and 8 (ratchet keys).
@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from imsg_cli.protocol import ratchet as rt
-from imsg_cli.protocol.consts import MAX_FORWARD_JUMPS, MAX_MESSAGE_KEYS, MAX_SKIPPED_KEY_AGE_MS
-from imsg_cli.protocol.errors import (
+from imsg.protocol import ratchet as rt
+from imsg.protocol.consts import MAX_FORWARD_JUMPS, MAX_MESSAGE_KEYS, MAX_SKIPPED_KEY_AGE_MS
+from imsg.protocol.errors import (
     DecodeError,
     DecryptionError,
     DuplicateMessageError,

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from imsg_cli.protocol import session as sess
-from imsg_cli.protocol.consts import MAX_MESSAGE_KEYS
-from imsg_cli.protocol.errors import DecryptionError, DuplicateMessageError, ProtocolError
+from imsg.protocol import session as sess
+from imsg.protocol.consts import MAX_MESSAGE_KEYS
+from imsg.protocol.errors import DecryptionError, DuplicateMessageError, ProtocolError
 
 from protocol_helpers import SessionPair, flip
 

@@ -1,4 +1,4 @@
-"""Sealed sender's wire pieces (imsg_cli/protocol/sealed.py): certificates, the relay-key
+"""Sealed sender's wire pieces (imsg/protocol/sealed.py): certificates, the relay-key
 chain, sealed envelopes and their padding, the access key, device lists with sealed keys."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from imsg_cli.crypto import hpke, sign
-from imsg_cli.protocol import sealed
-from imsg_cli.protocol.consts import LABEL_RELAY_KEY, LABEL_SENDER_CERTIFICATE, SEALED_BUCKETS
-from imsg_cli.protocol.encoding import KEY_ED25519, KEY_HPKE_MLKEM768_X25519, encode_key
-from imsg_cli.protocol.errors import CertificateError, DecodeError, DecryptionError, ProtocolError
-from imsg_cli.protocol.identity import AccountKey, DeviceKeys, DeviceList, decode_device_list, verify_device_list
-from imsg_cli.protocol.session import Address
+from imsg.crypto import hpke, sign
+from imsg.protocol import sealed
+from imsg.protocol.consts import LABEL_RELAY_KEY, LABEL_SENDER_CERTIFICATE, SEALED_BUCKETS
+from imsg.protocol.encoding import KEY_ED25519, KEY_HPKE_MLKEM768_X25519, encode_key
+from imsg.protocol.errors import CertificateError, DecodeError, DecryptionError, ProtocolError
+from imsg.protocol.identity import AccountKey, DeviceKeys, DeviceList, decode_device_list, verify_device_list
+from imsg.protocol.session import Address
 
 VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "imsg" / "protocol-v1.json").read_text())
 RELAY = sign.SigningKey(bytes(range(192, 224)))
@@ -131,7 +131,7 @@ def test_sealed_envelope_tampering_and_misdelivery_fail_uniformly(bob_keys):
 
 
 def test_nonzero_padding_and_bad_inner_framing_are_rejected(bob_keys):
-    from imsg_cli.protocol.encoding import Writer
+    from imsg.protocol.encoding import Writer
 
     info = b"imsg/v1/sealed/envelope" + BOB.encode()
     inner = Writer().u8(1).var(cert()).var(b"s").var(b"c").bytes()

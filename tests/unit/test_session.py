@@ -1,4 +1,4 @@
-"""Sessions (imsg_cli.protocol.session) through a SessionPair: prekey messages, records,
+"""Sessions (imsg.protocol.session) through a SessionPair: prekey messages, records,
 replay, reflection, tampering and simultaneous initiation.
 
 SECURITY-TESTS rows 1, 8, 12, 15, 18 and 20.
@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from imsg_cli.crypto import kem
-from imsg_cli.protocol import ratchet as rt
-from imsg_cli.protocol import session as sess
-from imsg_cli.protocol.consts import MAX_PREVIOUS_SESSIONS
-from imsg_cli.protocol.encoding import Reader, is_canonical_x25519
-from imsg_cli.protocol.errors import (
+from imsg.crypto import kem
+from imsg.protocol import ratchet as rt
+from imsg.protocol import session as sess
+from imsg.protocol.consts import MAX_PREVIOUS_SESSIONS
+from imsg.protocol.encoding import Reader, is_canonical_x25519
+from imsg.protocol.errors import (
     DecodeError,
     DecryptionError,
     DuplicateMessageError,

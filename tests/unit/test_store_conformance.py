@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from imsg_cli.protocol.prekeys import KemPreKey, OneTimePreKey, SignedPreKey
-from imsg_cli.protocol.session import Address
-from imsg_cli.protocol.stores import Contact, LocalAccount, OutgoingBatch, StoredMessage
-from imsg_cli.store.memory import MemoryStore
-from imsg_cli.store.sqlite import SQLiteStore
+from imsg.protocol.prekeys import KemPreKey, OneTimePreKey, SignedPreKey
+from imsg.protocol.session import Address
+from imsg.protocol.stores import Contact, LocalAccount, OutgoingBatch, StoredMessage
+from imsg.store.memory import MemoryStore
+from imsg.store.sqlite import SQLiteStore
 
 from protocol_helpers import T0, SessionPair, seeded_rng
 
@@ -158,7 +158,7 @@ def test_contact_address_book_and_sharing_fields_round_trip(store):
 
 
 def test_cached_profiles(store):
-    from imsg_cli.protocol.stores import CachedProfile
+    from imsg.protocol.stores import CachedProfile
 
     assert store.cached_profile(PEER) is None
     first = CachedProfile(PEER, 3, "Bob", b"\x89PNG", T0)
@@ -198,7 +198,7 @@ def test_settings(store):
 
 
 def test_own_handles(store):
-    from imsg_cli.protocol.stores import OwnHandle
+    from imsg.protocol.stores import OwnHandle
 
     assert store.own_handles() == []
     a = OwnHandle("alice@example.com", "aa" * 32, "verified", True, True, T0)
@@ -398,7 +398,7 @@ def test_sqlite_file_is_private_and_survives_reopen(tmp_path: Path):
 
 
 def test_delete_messages_returns_saved_attachment_files(store):
-    from imsg_cli.protocol.stores import StoredAttachment, StoredMessage
+    from imsg.protocol.stores import StoredAttachment, StoredMessage
 
     with store.transaction():
         for i in range(2):

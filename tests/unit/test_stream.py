@@ -1,4 +1,4 @@
-"""The attachment stream (imsg_cli.crypto.stream): age's STREAM over AES-256-GCM.
+"""The attachment stream (imsg.crypto.stream): age's STREAM over AES-256-GCM.
 
 Round trips at the segment boundaries, the length formulas against reality, every way of
 cutting, reordering, swapping, appending or flipping the blob rejected, resumable
@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imsg_cli.crypto import stream
-from imsg_cli.crypto.errors import AuthenticationError, InvalidKeyError
-from imsg_cli.crypto.kdf import hkdf
-from imsg_cli.crypto.stream import (
+from imsg.crypto import stream
+from imsg.crypto.errors import AuthenticationError, InvalidKeyError
+from imsg.crypto.kdf import hkdf
+from imsg.crypto.stream import (
     ENCRYPTED_SEGMENT,
     SEGMENT,
     TAG,
@@ -399,7 +399,7 @@ def test_known_answer():
 MEMORY_PROBE = textwrap.dedent(
     """
     import json, os, resource, sys, tracemalloc
-    from imsg_cli.crypto.stream import decrypt_file, encrypt_file
+    from imsg.crypto.stream import decrypt_file, encrypt_file
     d, size = sys.argv[1], int(sys.argv[2])
     plain, blob, back = (os.path.join(d, n) for n in ("plain", "blob", "back"))
     with open(plain, "wb") as f:

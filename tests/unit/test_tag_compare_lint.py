@@ -1,4 +1,4 @@
-"""Lint: MAC tags and digests in imsg_cli are never compared with == or != (SECURITY-TESTS
+"""Lint: MAC tags and digests in imsg are never compared with == or != (SECURITY-TESTS
 row 15); use hmac.compare_digest or kdf.constant_time_equal.
 
 A comparison is flagged when an operand's name (a variable, attribute, function called,
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCANNED = [ROOT / "imsg_cli"]
+SCANNED = [ROOT / "imsg"]
 _WORDS = ("tag", "mac", "digest")
 _ALLOWED_CALLS = {"compare_digest", "constant_time_equal"}
 
@@ -113,7 +113,7 @@ def test_lint_allows(snippet):
     assert find_tag_comparisons(snippet) == []
 
 
-def test_no_eq_comparison_of_tags_in_imsg_cli():
+def test_no_eq_comparison_of_tags_in_imsg():
     files = [p for root in SCANNED for p in sorted(root.rglob("*.py"))]
     assert files, "nothing scanned"
     found = [f for p in files for f in find_tag_comparisons(p.read_text(), str(p.relative_to(ROOT)))]

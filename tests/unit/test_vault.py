@@ -1,4 +1,4 @@
-"""Passcode-locked homes (imsg_cli/vault.py): nothing readable on disk, wrong passcodes
+"""Passcode-locked homes (imsg/store/vault.py): nothing readable on disk, wrong passcodes
 change nothing and wait longer each time, set/change/remove round trips, interrupted
 changes recover, the unlock agent and the (file-backed, real) keyring.
 
@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from imsg_cli import errors, vault, vault_agent
-from imsg_cli.protocol.stores import Contact, LocalAccount, StoredAttachment, StoredMessage, Upload
-from imsg_cli.runtime import FailureCounter, _private_dir, failure_delay, runtime_dir
+from imsg import errors
+from imsg.store import vault, vault_agent
+from imsg.protocol.stores import Contact, LocalAccount, StoredAttachment, StoredMessage, Upload
+from imsg.store.runtime import FailureCounter, _private_dir, failure_delay, runtime_dir
 
 FAST = {"memory_kib": 1024, "iterations": 1, "lanes": 1}
 TEXT = "the eagle lands at midnight"
@@ -39,7 +40,7 @@ def runtime(tmp_path: Path, monkeypatch) -> Path:
 
 def _fill(home: Path) -> None:
     """A home holding one of everything sensitive (keys, contact, message, attachment, upload)."""
-    from imsg_cli.store.sqlite import SQLiteStore
+    from imsg.store.sqlite import SQLiteStore
 
     s = SQLiteStore(home / vault.STORE_FILE)
     with s.transaction():
@@ -184,7 +185,7 @@ def test_change_passcode_rekeys_under_a_new_storage_key(tmp_path: Path):
     assert new_key != old_key
     # An old copy of the key file with the old passcode unwraps the OLD key, which opens nothing now.
     assert vault.unwrap(vault.KeyFile.loads(old_keyfile), "first passcode") == old_key
-    from imsg_cli.store.sqlite import SQLiteStore
+    from imsg.store.sqlite import SQLiteStore
 
     with pytest.raises(Exception):
         SQLiteStore(home / "imsg.db", key=old_key)

@@ -1,0 +1,302 @@
+"""Sealed sender for `Client`: which relay keys this home trusts, its sender certificate,
+the account's unidentified-access settings at the relay, and sealing/opening envelopes.
+
+Settings this module owns (Store.get_setting/set_setting):
+
+    sealed.only          "on": never fall back to an identified send (the message waits)
+    sealed.relay_keys    JSON list of base64 Ed25519 relay keys this home trusts
+    sealed.certificate   "<base64 certificate>:<our clock when fetched, ms>"
+    sealed.access        hex SHA-256 of the access key last published, and the
+                         allow-anyone flag ("<hex>:<0|1>"), to notice a profile-key rotation
+
+The outbox keeps identified envelopes; a batch is sealed just before it is sent, so a 401
+(no access) falls back to the very same ratchet messages sent identified — nothing is
+re-encrypted and no message key is spent twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from imsg import errors
+from imsg.crypto.kdf import constant_time_equal
+from imsg.protocol import consts, envelope as env, sealed as proto
+from imsg.protocol.encoding import KEY_ED25519, KEY_X25519, decode_key, encode_key
+from imsg.protocol.errors import CertificateError, DecodeError, ProtocolError
+from imsg.protocol.identity import verify_device_list
+from imsg.protocol.session import Address
+from imsg.protocol.stores import OutgoingBatch
+
+if TYPE_CHECKING:
+    from imsg.client.core import Client
+    from imsg.relay_client import Envelope as RelayEnvelope
+
+SETTING_ONLY = "sealed.only"
+SETTING_RELAY_KEYS = "sealed.relay_keys"
+SETTING_CERTIFICATE = "sealed.certificate"
+SETTING_ACCESS = "sealed.access"
+
+
+@dataclass(frozen=True, slots=True)
+class SealedStatus:
+    sealed_only: bool
+    allow_anyone: bool
+    access_key_set: bool  # at the relay (None-safe: False when unknown)
+    relay_keys: tuple[str, ...]  # key ids (hex) this home trusts
+    certificate_expires_at: int  # 0 when none is held
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A sealed envelope after its outer layer: the sender the certificate names."""
+
+    sender: Address
+    session_message: bytes
+    content_ciphertext: bytes
+    certified_identity: bytes
+
+
+class SealedSender:
+    def __init__(self, client: "Client"):
+        self.client = client
+        self.store = client.store
+        self.sent_sealed: set[str] = set()  # message ids this process delivered sealed
+        self._unauthenticated = None
+
+    def close(self) -> None:
+        if self._unauthenticated is not None:
+            self._unauthenticated.close()
+            self._unauthenticated = None
+
+    # --- settings ---
+
+    @property
+    def sealed_only(self) -> bool:
+        return self.store.get_setting(SETTING_ONLY) == "on"
+
+    def set_sealed_only(self, on: bool) -> None:
+        with self.store.transaction():
+            self.store.set_setting(SETTING_ONLY, "on" if on else None)
+
+    def _published(self) -> tuple[str, bool] | None:
+        raw = self.store.get_setting(SETTING_ACCESS)
+        if not raw or ":" not in raw:
+            return None
+        digest, _, anyone = raw.partition(":")
+        return digest, anyone == "1"
+
+    # --- relay keys (pinned, then followed through endorsed rotations) ---
+
+    def trusted_relay_keys(self) -> list[bytes]:
+        raw = self.store.get_setting(SETTING_RELAY_KEYS)
+        return [base64.b64decode(k) for k in json.loads(raw)] if raw else []
+
+    def _save_relay_keys(self, keys: list[bytes]) -> None:
+        with self.store.transaction():
+            self.store.set_setting(SETTING_RELAY_KEYS, json.dumps([base64.b64encode(k).decode() for k in keys]))
+
+    def refresh_relay_keys(self) -> list[bytes]:
+        """Fetch the relay's key chain. The first time, every key it lists is pinned (trust
+        on first use, like the relay's address); afterwards only keys that a trusted key
+        endorsed are added — a relay that swaps its key without an endorsement is not
+        followed, and certificates under the new key are rejected."""
+        try:
+            chain = [(decode_key(KEY_ED25519, pub), endorsement)
+                     for pub, endorsement in self.client.relay().sealed_keys()]
+        except DecodeError:
+            raise errors.UntrustedIdentityError("relay served a malformed sealed-sender key") from None
+        trusted = self.trusted_relay_keys()
+        keys = [pub for pub, _ in chain] if not trusted else proto.endorsed_keys(trusted, chain)
+        if keys != trusted:
+            self._save_relay_keys(keys)
+        return keys
+
+    def pin_relay_keys(self) -> None:
+        """At init and link: pin the relay's keys now, while the relay is the one chosen."""
+        if not self.trusted_relay_keys():
+            self.refresh_relay_keys()
+
+    # --- sender certificate ---
+
+    def certificate(self) -> bytes:
+        """This device's certificate, renewed an hour before it expires. A new one must
+        verify under a trusted relay key and name exactly this device and identity key."""
+        account = self.client._account()
+        now = self.client._now()
+        device = self.client._device(account)
+        me = Address(account.account_id, account.device_id)
+        cached = self._cached_certificate()
+        if cached is not None:
+            cert, fetched_at = cached
+            # Reused for an hour of our clock (it lives 24 at the relay): a skewed or stepped
+            # clock never makes us send one the relay's clock has already expired. And only
+            # if it is this device's (a restored backup brings its old device's settings).
+            if 0 <= now - fetched_at < consts.SENDER_CERTIFICATE_REFRESH_MS and self._names(cert, me, device):
+                return cert
+        cert = self.client.relay().sender_certificate(encode_key(KEY_X25519, device.identity.public))
+        try:
+            parsed = proto.SenderCertificate.decode(cert)
+            # Signature and key only: expiry is the relay's clock against the relay's clock
+            # (recipients check it against the envelope's received_at), never ours.
+            self._verify(parsed, 0)
+        except (CertificateError, DecodeError) as exc:
+            raise errors.SecurityError(f"the relay issued an unusable sender certificate: {exc}") from None
+        if not self._names(cert, me, device):
+            raise errors.SecurityError("the relay issued a sender certificate for another device")
+        with self.store.transaction():
+            self.store.set_setting(SETTING_CERTIFICATE, f"{base64.b64encode(cert).decode()}:{now}")
+        return cert
+
+    @staticmethod
+    def _names(cert: bytes, me: Address, device) -> bool:
+        try:
+            parsed = proto.SenderCertificate.decode(cert)
+        except DecodeError:
+            return False
+        return parsed.sender == me and parsed.identity_key == device.identity.public
+
+    def _cached_certificate(self) -> tuple[bytes, int] | None:
+        raw = self.store.get_setting(SETTING_CERTIFICATE) or ""
+        encoded, _, fetched_at = raw.partition(":")
+        try:
+            return base64.b64decode(encoded, validate=True), int(fetched_at)
+        except ValueError:
+            return None
+
+    def _verify(self, cert: proto.SenderCertificate, not_after: int) -> None:
+        trusted = self.trusted_relay_keys()
+        if not any(proto.relay_key_id(k) == cert.key_id for k in trusted):
+            trusted = self.refresh_relay_keys()  # a rotation we may follow, or a first pin
+        cert.verify(trusted, not_after)
+
+    # --- unidentified access (the account's setting at the relay) ---
+
+    def publish_access(self, allow_anyone: bool | None = None) -> None:
+        """Give the relay the access key derived from the account's current profile key
+        (and the allow-anyone flag). Call it after the profile key rotates: senders holding
+        the old key then get 401 and send identified (or wait, with sealed-only)."""
+        account = self.client._account()
+        if len(account.profile_key) != 32:
+            raise errors.LocalStateError("this account has no profile key")
+        key = proto.access_key(account.profile_key)
+        if allow_anyone is None:
+            published = self._published()
+            allow_anyone = published[1] if published else False
+        self.client.relay().set_sealed_access(key, allow_anyone)
+        with self.store.transaction():
+            self.store.set_setting(SETTING_ACCESS, f"{hashlib.sha256(key).hexdigest()}:{int(allow_anyone)}")
+
+    def ensure_access_published(self) -> None:
+        """Publish when the profile key changed since the last publication (a rotation made
+        elsewhere, e.g. `profile share off`, or a home that never published)."""
+        account = self.client._account()
+        if len(account.profile_key) != 32:
+            return
+        digest = hashlib.sha256(proto.access_key(account.profile_key)).hexdigest()
+        published = self._published()
+        if published is None or published[0] != digest:
+            try:
+                self.publish_access()
+            except errors.RelayUnavailableError:
+                pass  # the next send tries again
+
+    def status(self) -> SealedStatus:
+        remote = self.client.relay().sealed_access()
+        published = self._published()
+        cached = self._cached_certificate()
+        expires = 0
+        if cached is not None:
+            try:
+                expires = proto.SenderCertificate.decode(cached[0]).expires_at
+            except DecodeError:
+                expires = 0
+        return SealedStatus(self.sealed_only, bool(remote.get("allow_anyone", published and published[1])),
+                            bool(remote.get("access_key_set", False)),
+                            tuple(proto.relay_key_id(k).hex() for k in self.trusted_relay_keys()), expires)
+
+    # --- sending ---
+
+    def _relay(self):
+        if self._unauthenticated is None:
+            self._unauthenticated = self.client.relay().unauthenticated()
+        return self._unauthenticated
+
+    def _seal(self, batch: OutgoingBatch) -> list[tuple[int, bytes]] | None:
+        """The batch's identified envelopes sealed to each device, or None when some device
+        of the signed list has no sealed-sender key (an older client)."""
+        contact = self.store.get_contact(batch.account_id)
+        if contact is None:
+            return None
+        devices = verify_device_list(contact.device_list, contact.account_key)
+        cert = self.certificate()
+        out = []
+        for device_id, body in batch.envelopes:
+            entry = devices.device(device_id)
+            if entry is None or not entry.sealed_key:
+                return None
+            identified = env.Envelope.decode(body)
+            out.append((device_id, proto.seal_envelope(Address(batch.account_id, device_id), entry.sealed_key,
+                                                       cert, identified.session_message,
+                                                       identified.content_ciphertext)))
+        return out
+
+    def deliver(self, batch: OutgoingBatch) -> bool:
+        """Try to send `batch` sealed. True: the relay took it. False: send it identified.
+        With sealed-only, instead of False: SealedOnlyError (the batch stays queued)."""
+        account = self.client._account()
+        if batch.account_id == account.account_id:
+            return False  # sync copies and notes to self: our own account knows it is us
+        self.ensure_access_published()
+        contact = self.store.get_contact(batch.account_id)
+        sealed = self._seal(batch) if contact is not None else None
+        if sealed is None:
+            return self._refuse(batch, "a device of the recipient has no sealed-sender key")
+        key = proto.access_key(contact.profile_key) if len(contact.profile_key) == 32 else None
+        try:
+            self._relay().send_sealed(batch.account_id, batch.message_id, sealed, key)
+        except errors.RelayRefusedError as exc:
+            if exc.status != 401:
+                raise  # 409 device_mismatch, 429...: handled as for identified sends
+            return self._refuse(batch, f"{contact.handle} accepts sealed messages only from people they "
+                                       "shared their profile with")
+        self.sent_sealed.add(batch.message_id)
+        return True
+
+    def _refuse(self, batch: OutgoingBatch, why: str) -> bool:
+        if not self.sealed_only:
+            return False
+        raise errors.SealedOnlyError(
+            f"not sent: {why}, and sealed-only delivery is on; message {batch.message_id} is kept in the outbox",
+            message_id=batch.message_id, kept="outbox")
+
+    # --- receiving ---
+
+    def open(self, account, e: "RelayEnvelope") -> Opened:
+        """The outer layer of a sealed envelope, and its certificate checked: signed by a
+        trusted relay key, unexpired when the relay received it. (The caller then checks
+        the certified identity against the sender's signed device list and the session.)"""
+        device = self.client._device(account)
+        me = Address(account.account_id, account.device_id)
+        unsealed = proto.open_envelope(e.body, me, device.sealed)
+        cert = unsealed.certificate
+        try:
+            self._verify(cert, e.received_at)
+        except (errors.RelayRefusedError, errors.SecurityError) as exc:  # no usable relay keys
+            raise CertificateError(f"sender certificate cannot be checked: {exc}") from None
+        # RelayUnavailableError passes: the envelope stays unacked and is tried again later.
+        return Opened(cert.sender, unsealed.session_message, unsealed.content_ciphertext, cert.identity_key)
+
+
+def check_certified_identity(opened, identity_key: bytes) -> None:
+    """A certificate must name the identity key the sender's signed device list holds (and
+    so the one the session authenticates)."""
+    certified = getattr(opened, "certified_identity", None)
+    if certified is not None and not constant_time_equal(certified, identity_key):
+        raise CertificateError("sender certificate names another identity key than the sender device's")
+
+
+__all__ = ["SealedSender", "SealedStatus", "Opened", "check_certified_identity", "ProtocolError"]

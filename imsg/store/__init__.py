@@ -1,0 +1,1 @@
+"""Implementations of the store interfaces in `imsg.protocol.stores`."""

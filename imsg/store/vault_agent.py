@@ -1,0 +1,220 @@
+"""The unlock agent: `imsg unlock --for 15m` keeps a home's storage key in the memory of a
+small per-user process, so commands in the next 15 minutes need no passcode; `imsg lock`
+(or the deadline, or a reboot) ends it.
+
+Why a process and not a file: a key written to disk (even to a tmpfs) is readable by
+anything that can read files as the user, survives the process that wrote it, and ends up
+in backups; a process holding it in memory ends with its deadline and leaves nothing. The
+agent:
+- listens on `agent-<home id>.sock` in the runtime dir (imsg.store.runtime: a 0700
+  directory of this user), created 0600; it also checks each caller's uid with
+  SO_PEERCRED and answers only its own user;
+- marks itself non-dumpable (no core file, no ptrace attach by other processes of the
+  same user that lack CAP_SYS_PTRACE) and sets its core limit to 0;
+- exits at its deadline, on `lock`, or when its socket is removed, and wipes its copy of
+  the key (best effort in Python) and its socket on the way out.
+
+Wire: one request line per connection, one JSON answer line. `key` -> {"key": hex,
+"until": ms}; `status` -> {"until": ms}; `lock` -> {"locked": true} and exit.
+
+Run as `python -m imsg.store.vault_agent SOCKET DEADLINE_MS`; it reads the key (hex, one
+line) from stdin and prints `ready` once the socket is listening.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+_TIMEOUT_S = 2.0
+_MAX_REQUEST = 64
+
+
+def socket_path(home: Path) -> Path:
+    from imsg.store.runtime import home_id, runtime_dir
+
+    return runtime_dir() / f"agent-{home_id(Path(home).expanduser())}.sock"
+
+
+def _ask(home: Path, request: str) -> dict | None:
+    path = socket_path(home)
+    if not path.exists():
+        return None
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(_TIMEOUT_S)
+    try:
+        s.connect(str(path))
+        s.sendall(request.encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n") and len(data) < 4096:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        answer = json.loads(data)
+        return answer if isinstance(answer, dict) else None
+    except (OSError, ValueError):
+        return None  # no agent (a stale socket from a crash), or not ours to trust
+    finally:
+        s.close()
+
+
+def fetch_key(home: Path) -> bytes | None:
+    answer = _ask(home, "key")
+    try:
+        key = bytes.fromhex(answer["key"]) if answer else None
+    except (KeyError, TypeError, ValueError):
+        return None
+    return key if key is not None and len(key) == 32 else None
+
+
+def deadline(home: Path) -> int | None:
+    """Until when (ms) the home is unlocked, or None if no agent holds it."""
+    answer = _ask(home, "status")
+    until = answer.get("until") if answer else None
+    return until if isinstance(until, int) else None
+
+
+def stop(home: Path) -> bool:
+    """Lock: end the agent of `home`. True if one was running."""
+    answer = _ask(Path(home), "lock")
+    return bool(answer and answer.get("locked"))
+
+
+def start(home: Path, key: bytes, until_ms: int) -> None:
+    """Start an agent holding `key` until `until_ms` (replacing a running one)."""
+    stop(home)
+    path = socket_path(home)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imsg.store.vault_agent", str(path), str(until_ms)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        start_new_session=True, close_fds=True, cwd="/",  # survives this command and its terminal
+        # without IMSG_PASSCODE & co: the agent outlives this command, its environment must not
+        # carry the passcode for hours
+        env={k: v for k, v in os.environ.items() if not k.startswith("IMSG_")})
+    try:
+        proc.stdin.write(key.hex().encode() + b"\n")
+        proc.stdin.close()  # through a pipe: never on a command line or in the environment
+        line = proc.stdout.readline()
+    finally:
+        proc.stdout.close()
+    if line.strip() != b"ready":
+        proc.kill()
+        proc.wait()
+        from imsg import errors
+
+        raise errors.LocalStateError("the unlock agent did not start")
+
+
+# --- the agent process ---
+
+
+def _harden() -> None:
+    import ctypes
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4: no core, no same-user ptrace
+    except (OSError, AttributeError):
+        pass  # not Linux: the 0600 socket and the uid check still hold
+
+
+def _peer_uid(conn: socket.socket) -> int | None:
+    so_peercred = getattr(socket, "SO_PEERCRED", None)
+    if so_peercred is None:
+        return os.getuid()  # the socket's 0600 mode in a 0700 directory is the check there
+    _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, so_peercred, struct.calcsize("3i")))
+    return uid
+
+
+def serve(path: Path, until_ms: int, key: bytearray) -> None:
+    import select
+
+    old = os.umask(0o177)
+    try:
+        path.unlink(missing_ok=True)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(path))
+    finally:
+        os.umask(old)
+    server.listen(8)
+    ident = path.stat().st_ino
+    print("ready", flush=True)
+    sys.stdout.close()
+    try:
+        while True:
+            left = until_ms / 1000 - time.time()
+            if left <= 0:
+                return
+            readable, _, _ = select.select([server], [], [], min(left, 5.0))
+            try:
+                if path.stat().st_ino != ident:
+                    return  # our socket was removed or replaced: someone else owns the name now
+            except FileNotFoundError:
+                return
+            if not readable:
+                continue
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(_TIMEOUT_S)
+                if _peer_uid(conn) != os.getuid():
+                    continue
+                try:
+                    request = conn.recv(_MAX_REQUEST).strip()
+                except OSError:
+                    continue
+                if request == b"key":
+                    answer = {"key": key.hex(), "until": until_ms}
+                elif request == b"status":
+                    answer = {"until": until_ms}
+                elif request == b"lock":
+                    _unlink_own(path, ident)  # gone before the answer: `lock` returns with no socket left
+                    _send(conn, {"locked": True})
+                    return
+                else:
+                    answer = {"error": "unknown request"}
+                _send(conn, answer)
+    finally:
+        for i in range(len(key)):
+            key[i] = 0
+        _unlink_own(path, ident)
+        server.close()
+
+
+def _unlink_own(path: Path, ident: int) -> None:
+    """Remove our socket, never one a newer agent has bound to the same name since."""
+    try:
+        if path.stat().st_ino == ident:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _send(conn: socket.socket, answer: dict) -> None:
+    try:
+        conn.sendall(json.dumps(answer).encode() + b"\n")
+    except OSError:
+        pass
+
+
+def main(argv: list[str]) -> int:
+    _harden()
+    path, until_ms = Path(argv[0]), int(argv[1])
+    key = bytearray(bytes.fromhex(sys.stdin.readline().strip()))
+    sys.stdin.close()
+    if len(key) != 32:
+        return 2
+    serve(path, until_ms, key)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,49 @@
+"""`imsg init`, `imsg whoami`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from imsg_cli.state import State
+
+
+def init(
+    ctx: typer.Context,
+    handle: Annotated[str, typer.Argument(help="Your e-mail address or E.164 phone number.")],
+    name: Annotated[str, typer.Option("--name", help="Your display name (kept on this device).")] = "",
+) -> None:
+    """Create an account: account key, this device's keys and prekeys; register with the relay."""
+    state: State = ctx.obj
+    with state.client() as client:
+        me = client.init(handle, name)
+        pending = [h for h in client.reachable_list(refresh=False) if h.state == "pending"]
+        unsent = [p for p in client.problems if p.code == "code_not_sent"]
+    print_whoami(state, me)
+    for p in unsent:
+        state.out.warning(p.code, p.message)
+    for h in pending if not unsent else ():
+        state.out.info(f"a code was sent to {h.handle}; confirm it with: imsg reachable verify {h.handle} CODE")
+
+
+def whoami(ctx: typer.Context) -> None:
+    """Show this home's account, handle, device and relay."""
+    state: State = ctx.obj
+    with state.client() as client:
+        me = client.whoami()
+    print_whoami(state, me)
+
+
+def print_whoami(state: State, me) -> None:
+    out = state.out
+    if out.json:
+        out.record({"account_id": me.account_id, "handle": me.handle, "name": me.name,
+                    "device_id": me.device_id, "devices": me.devices, "relay": me.relay,
+                    "fingerprint": me.fingerprint})
+        return
+    out.line(f"handle       {me.handle}" + (f" ({me.name})" if me.name else ""))
+    out.line(f"account      {me.account_id}")
+    out.line(f"device       {me.device_id} of {me.devices}")
+    out.line(f"relay        {me.relay}")
+    out.line(f"fingerprint  {me.fingerprint}")

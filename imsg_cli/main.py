@@ -1,0 +1,135 @@
+"""Entry point of `imsg`: global options, the command table, and the one dispatcher that
+turns errors into output and exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+from typer import TyperException
+
+from imsg_cli import (account, backup, contacts, devices, history, messages, privacy, profile,
+                          reachable, retention, sealed, trust, vault)
+from imsg_cli.output import Output
+from imsg_cli.state import State
+
+app = typer.Typer(
+    name="imsg",
+    help="End-to-end encrypted messages from the terminal.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help text: importing rich costs start-up time
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from imsg import __version__
+
+        print(f"imsg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    home: Annotated[Optional[str], typer.Option("--home", envvar="IMSG_HOME", metavar="DIR",
+                                                help="Account home directory [env: IMSG_HOME].")] = None,
+    relay: Annotated[Optional[str], typer.Option("--relay", envvar="IMSG_RELAY", metavar="URL",
+                                                 help="Relay URL [env: IMSG_RELAY].")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Machine-readable output (NDJSON).")] = False,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Allow plain http to a non-loopback relay.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+    passcode_file: Annotated[Optional[str], typer.Option(
+        "--passcode-file", metavar="PATH",
+        help="Read a locked home's passcode from the first line of PATH (or set IMSG_PASSCODE).")] = None,
+) -> None:
+    ctx.obj = State(home=home, relay=relay, json=json_, insecure=insecure, passcode_file=passcode_file)
+
+
+app.command()(account.init)
+app.command()(account.whoami)
+app.command()(messages.send)
+app.command()(messages.receive)
+app.command()(messages.watch)
+app.command()(messages.attach)
+app.add_typer(messages.attachment_app, name="attachment")
+app.command()(history.chats)
+app.command()(history.history)
+app.command()(history.delete)
+app.add_typer(contacts.app, name="contacts")
+app.command()(trust.verify)
+app.command()(trust.trust)
+app.add_typer(devices.app, name="device")
+app.add_typer(reachable.app, name="reachable")
+app.command()(reachable.lookup)
+app.add_typer(profile.app, name="profile")
+app.add_typer(retention.app, name="retention")
+app.add_typer(vault.passcode_app, name="passcode")
+app.command()(vault.lock)
+app.command()(vault.unlock)
+app.add_typer(backup.app, name="backup")
+app.add_typer(privacy.app, name="privacy")
+app.add_typer(sealed.app, name="sealed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    json_mode = "--json" in args
+    out = Output(json_mode)
+    try:
+        rv = app(args=args, prog_name="imsg", standalone_mode=False)
+        # Without standalone mode, typer (>= 0.16) turns Ctrl-C into Exit(130), and an Exit
+        # raised anywhere, into a returned exit code: pass it on instead of exiting 0.
+        if isinstance(rv, int) and not isinstance(rv, bool):
+            if rv == 130:
+                out.info("interrupted")
+            return rv
+        return 0
+    except KeyboardInterrupt:
+        out.info("interrupted")
+        return 130
+    except Exception as exc:  # the one place errors become exit codes
+        return _report(out, exc)
+
+
+def _report(out: Output, exc: BaseException) -> int:
+    from imsg.errors import ImsgError
+
+    if isinstance(exc, ImsgError):
+        details = {k: v for k, v in exc.details.items() if v is not None}
+        out.error(exc.code, str(exc), exc.hint, **details)
+        return exc.exit_code
+    if isinstance(exc, typer.Exit):
+        return exc.exit_code
+    if isinstance(exc, typer.Abort):
+        out.info("aborted")
+        return 130
+    if isinstance(exc, TyperException):  # typer's own (vendored click) usage errors
+        message = exc.format_message()
+        ctx = getattr(exc, "ctx", None)
+        hint = f"see: {ctx.command_path} --help" if ctx is not None else None
+        out.error("usage", message, hint)
+        return 2
+    if isinstance(exc, OSError) and getattr(exc, "errno", None) == 32:  # EPIPE: reader went away
+        return 0
+    if os.environ.get("IMSG_DEBUG") == "1":
+        import traceback
+
+        traceback.print_exception(exc)
+    out.error("bug", f"unexpected error: {type(exc).__name__}: {exc}",
+              "rerun with IMSG_DEBUG=1 for a traceback, and please report it")
+    return 1
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,180 @@
+"""`imsg send`, `imsg receive`, `imsg watch`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from imsg_cli.output import print_message
+from imsg_cli.state import State
+
+
+def send(
+    ctx: typer.Context,
+    to: Annotated[str, typer.Argument(help="Recipient handle (e-mail or +phone).")],
+    text: Annotated[Optional[str], typer.Argument(help="Message text; read from stdin when omitted or '-'.")] = None,
+    attach: Annotated[Optional[list[str]], typer.Option(
+        "--attach", metavar="FILE", help="Attach a file (repeatable); encrypted as it uploads.")] = None,
+    draft: Annotated[Optional[list[str]], typer.Option(
+        "--draft", metavar="ID", help="Send an attachment uploaded earlier with imsg attach (repeatable).")] = None,
+    on_key_change: Annotated[str, typer.Option(
+        "--on-key-change", metavar="hold|accept",
+        help="If the recipient's safety number changed: hold the message (default, exit 6) or accept "
+             "the new key and send.")] = "hold",
+    from_: Annotated[Optional[str], typer.Option(
+        "--from", metavar="HANDLE", help="Send from this handle of yours, this once (default: the "
+                                         "start-from handle, see imsg reachable).")] = None,
+    share_profile: Annotated[Optional[str], typer.Option(
+        "--share-profile", metavar="yes|no",
+        help="Share your name and photo with this person (remembered for them). With the ask "
+             "policy and no terminal, nothing is shared unless this says yes.")] = None,
+) -> None:
+    """Send an end-to-end encrypted message. Prints the message id."""
+    from imsg.errors import UsageError
+
+    state: State = ctx.obj
+    files = attach or []
+    drafts = draft or []
+    if text == "-" or (text is None and not files and not drafts):
+        if sys.stdin is None or (sys.stdin.isatty() and text is None):
+            raise UsageError("no message text", hint="give TEXT, or pipe it on stdin with '-'")
+        text = sys.stdin.read()
+        if text.endswith("\n"):
+            text = text[:-1]
+    text = text or ""
+    if not text and not files and not drafts:
+        raise UsageError("empty message")
+    from imsg_cli.output import Transfers
+
+    from imsg_cli.profile import share_answer
+
+    with state.client() as client, Transfers(state.out) as bars:
+        share_profile = share_answer(client, to, share_profile)
+        sent = client.send(to, text, on_key_change=on_key_change, attachments=files, drafts=drafts,
+                           progress=bars.callback, share_profile=share_profile, from_=from_)
+        _report_problems(state, client)  # e.g. an earlier queued message the relay refused
+    out = state.out
+    if out.json:
+        from imsg_cli.output import iso
+
+        out.record({"id": sent.id, "to": sent.to, "sent_at": iso(sent.sent_at), "devices": sent.devices,
+                    "sealed": sent.sealed})
+    else:
+        out.line(sent.id)
+        out.info(f"sent to {sent.to}" + (" (sealed sender)" if sent.sealed else ""))
+
+
+def _report_problems(state: State, client) -> int:
+    """Print dropped envelopes; return how many were security rejections."""
+    rejected = 0
+    for p in client.problems:
+        if p.code == "rejected":
+            rejected += 1
+            state.out.error("rejected_message", f"rejected message {p.message_id}: {p.message}",
+                            message_id=p.message_id)
+        elif p.code in ("identity_changed", "profile_rejected"):  # the latter: a tampered profile
+            rejected += 1
+            state.out.error(p.code, p.message, message_id=p.message_id)
+        elif p.code in ("devices_changed", "backup_failed", "sealed_only_waiting", "unverified_handle",
+                        "unverified_from"):  # notes, not dropped messages
+            state.out.warning(p.code, p.message)
+        else:
+            state.out.warning(p.code, f"ignored message {p.message_id}: {p.message}", message_id=p.message_id)
+    client.problems.clear()
+    return rejected
+
+
+def receive(
+    ctx: typer.Context,
+    wait: Annotated[float, typer.Option("--wait", min=0, max=3600,
+                                        help="Wait up to SECONDS for a first message.")] = 0,
+    download: Annotated[Optional[str], typer.Option(
+        "--download", metavar="DIR", help="Also save every attachment into DIR (checked, then decrypted).")] = None,
+) -> None:
+    """Fetch, decrypt, store and print waiting messages (oldest first)."""
+    import time
+
+    from imsg.errors import SecurityError
+
+    state: State = ctx.obj
+    deadline = time.monotonic() + wait
+    with state.client() as client:
+        messages = client.receive(wait=min(wait, 60))
+        while not messages and time.monotonic() < deadline:
+            messages = client.receive(wait=min(60, max(1, deadline - time.monotonic())))
+        if download:
+            messages = _download_all(state, client, messages, download)
+        for m in messages:
+            print_message(state.out, m)
+        rejected = _report_problems(state, client)
+    if rejected:
+        raise SecurityError(f"{rejected} message(s) failed authentication and were dropped",
+                            hint="the relay or a sender sent tampered or forged data")
+
+
+def watch(ctx: typer.Context) -> None:
+    """Print messages as they arrive, until interrupted (the relay pushes; no polling)."""
+    state: State = ctx.obj
+    state.out.info("watching for messages; Ctrl-C to stop")
+    with state.client() as client:
+        for m in client.watch():
+            print_message(state.out, m)
+            _report_problems(state, client)
+
+
+def _download_all(state: State, client, messages, directory: str):
+    """Save the attachments of `messages`; return the messages with their saved paths."""
+    from imsg_cli.output import Transfers
+
+    out = []
+    with Transfers(state.out) as bars:
+        for m in messages:
+            if m.attachments:
+                client.save_attachments(m.id, directory, progress=bars.callback)
+                m = client.with_saved_paths(m)
+            out.append(m)
+    return out
+
+
+def attach(
+    ctx: typer.Context,
+    file: Annotated[str, typer.Argument(help="The file to upload now (encrypted) and send later.")],
+) -> None:
+    """Upload an attachment now, while you write; prints a draft id for `send --draft`.
+    Drafts never sent are purged by the relay after 30 days."""
+    from imsg_cli.output import Transfers, iso
+
+    state: State = ctx.obj
+    with state.client() as client, Transfers(state.out) as bars:
+        d = client.attach(file, progress=bars.callback)
+    if state.out.json:
+        state.out.record({"id": d.id, "name": d.name, "size": d.size, "type": d.type,
+                          "expires_at": iso(d.expires_at)})
+    else:
+        state.out.line(d.id)
+        state.out.info(f"uploaded {d.name}; send it with: imsg send TO --draft {d.id}")
+
+
+attachment_app = typer.Typer(help="Save the attachments of received messages.", no_args_is_help=True)
+
+
+@attachment_app.command("save")
+def attachment_save(
+    ctx: typer.Context,
+    message_id: Annotated[str, typer.Argument(help="The message's id (see receive / history).")],
+    out_dir: Annotated[str, typer.Option("--out", metavar="DIR", help="Directory to write into.")] = ".",
+) -> None:
+    """Download a message's attachments: length and digest are checked before decrypting,
+    files are written 0600 under their (sanitised) names, never opened or decoded."""
+    from imsg_cli.output import Transfers
+
+    state: State = ctx.obj
+    with state.client() as client, Transfers(state.out) as bars:
+        paths = client.save_attachments(message_id, out_dir, progress=bars.callback)
+    for path in paths:
+        if state.out.json:
+            state.out.record({"message_id": message_id, "path": str(path)})
+        else:
+            state.out.line(str(path))

@@ -1,1 +1,0 @@
-"""Implementations of the store interfaces in `imsg_cli.protocol.stores`."""
