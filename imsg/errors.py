@@ -87,8 +87,10 @@ class NotRegisteredError(RelayRefusedError):
 class SealedOnlyError(RelayRefusedError):
     """sealed-only delivery is on and this message cannot go sealed: it is kept, not sent"""
 
-    hint = ("it is sent once they share their profile with you (or allow sealed messages from anyone), "
-            "or turn sealed-only off: imsg sealed only off")
+    hint = (
+        "it is sent once they share their profile with you (or allow sealed messages from anyone), "
+        "or turn sealed-only off: imsg sealed only off"
+    )
 
     def __init__(self, message: str | None = None, **details):
         super().__init__(message, status=401, relay_code="sealed_only", **details)

@@ -17,7 +17,9 @@ import unicodedata
 from imsg.errors import InvalidHandleError
 
 MAX_HANDLE_LEN = 254  # RFC 5321's limit for an address in a path
-_EMAIL = re.compile(r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
+_EMAIL = re.compile(
+    r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$"
+)
 _PHONE_CHARS = re.compile(r"^[+0-9\s().-]+$")
 _PHONE_HINT = "phone numbers need the country code, e.g. +44 20 7946 0958"
 
@@ -39,8 +41,14 @@ def _email(text: str, raw: str) -> str:
     except UnicodeError:
         raise InvalidHandleError(f"not a valid e-mail address: {raw!r}") from None
     email = f"{local}@{domain}".lower()
-    if not _EMAIL.match(email) or ".." in email or local.startswith(".") or local.endswith(".") \
-            or len(local) > 64 or len(email) > MAX_HANDLE_LEN:
+    if (
+        not _EMAIL.match(email)
+        or ".." in email
+        or local.startswith(".")
+        or local.endswith(".")
+        or len(local) > 64
+        or len(email) > MAX_HANDLE_LEN
+    ):
         raise InvalidHandleError(f"not a valid e-mail address: {raw!r}")
     return email
 

@@ -20,11 +20,10 @@ from urllib.parse import urlsplit
 if "httpx" not in sys.modules:
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
-import httpx  # noqa: E402
+import httpx
 
 from imsg.errors import (
     InsecureRelayError,
-    NotRegisteredError,
     RelayRefusedError,
     RelayUnavailableError,
     UsageError,
@@ -80,21 +79,27 @@ class Envelope:
 
 
 class RelayClient:
-    def __init__(self, base_url: str, token: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
-                 allow_insecure: bool = False, transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        allow_insecure: bool = False,
+        transport: httpx.BaseTransport | None = None,
+    ):
         self.base_url = check_relay_url(base_url, allow_insecure=allow_insecure)
         self._token = token
         headers = {"User-Agent": "imsg/0.1"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout,
-                                  transport=transport)
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
         self._transport_for_copy = transport
 
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "RelayClient":
+    def __enter__(self) -> RelayClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -121,8 +126,11 @@ class RelayClient:
         try:
             body = response.json()
         except ValueError:
-            raise RelayRefusedError(f"relay sent a non-json answer ({response.status_code})",
-                                    status=response.status_code, relay_code="bad_response") from None
+            raise RelayRefusedError(
+                f"relay sent a non-json answer ({response.status_code})",
+                status=response.status_code,
+                relay_code="bad_response",
+            ) from None
         if response.status_code >= 400:
             code = body.get("error", "relay_refused") if isinstance(body, dict) else "relay_refused"
             message = body.get("message", code) if isinstance(body, dict) else code
@@ -132,10 +140,11 @@ class RelayClient:
             if response.status_code == 401 and self._token:
                 raise RelayRefusedError(
                     "the relay no longer accepts this device: it was removed from the account",
-                    status=401, relay_code=code,
-                    hint="to use it again, link it from another device: imsg device add / imsg device link")
-            raise RelayRefusedError(f"relay refused: {message}", status=response.status_code,
-                                    relay_code=code, **extra)
+                    status=401,
+                    relay_code=code,
+                    hint="to use it again, link it from another device: imsg device add / imsg device link",
+                )
+            raise RelayRefusedError(f"relay refused: {message}", status=response.status_code, relay_code=code, **extra)
         if not isinstance(body, dict):
             raise RelayRefusedError("relay sent an unexpected answer", relay_code="bad_response")
         return body
@@ -145,18 +154,40 @@ class RelayClient:
     def health(self) -> dict:
         return self._request("GET", "/v1/health")
 
-    def register(self, *, account_id: str, account_key: bytes, handle: str, device_list: bytes,
-                 device_id: int, token: str, label: bytes = b"") -> dict:
-        return self._request("POST", "/v1/accounts", json={
-            "account_id": account_id, "account_key": b64e(account_key), "handle": handle,
-            "label": b64e(label), "device_list": b64e(device_list), "device_id": device_id, "token": token,
-        })
+    def register(
+        self,
+        *,
+        account_id: str,
+        account_key: bytes,
+        handle: str,
+        device_list: bytes,
+        device_id: int,
+        token: str,
+        label: bytes = b"",
+    ) -> dict:
+        return self._request(
+            "POST",
+            "/v1/accounts",
+            json={
+                "account_id": account_id,
+                "account_key": b64e(account_key),
+                "handle": handle,
+                "label": b64e(label),
+                "device_list": b64e(device_list),
+                "device_id": device_id,
+                "token": token,
+            },
+        )
 
     def get_account(self, account_id: str) -> RemoteAccount:
         body = self._request("GET", f"/v1/accounts/{account_id}")
         try:
-            return RemoteAccount(str(body["account_id"]), b64d(body["account_key"]),
-                                 b64d(body["device_list"]), [int(d) for d in body["devices"]])
+            return RemoteAccount(
+                str(body["account_id"]),
+                b64d(body["account_key"]),
+                b64d(body["device_list"]),
+                [int(d) for d in body["devices"]],
+            )
         except (KeyError, TypeError, ValueError):
             raise RelayRefusedError("relay sent a malformed account", relay_code="bad_response") from None
 
@@ -177,8 +208,9 @@ class RelayClient:
     def buckets(self, bits: int, prefixes: list[int]) -> dict[int, list[tuple[bytes, bytes]]]:
         body = self._request("POST", "/v1/discovery/buckets", json={"prefix_bits": bits, "prefixes": prefixes})
         try:
-            return {int(b["prefix"]): [(b64d(e["tag"]), b64d(e["record"])) for e in b["entries"]]
-                    for b in body["buckets"]}
+            return {
+                int(b["prefix"]): [(b64d(e["tag"]), b64d(e["record"])) for e in b["entries"]] for b in body["buckets"]
+            }
         except (KeyError, TypeError, ValueError):
             raise RelayRefusedError("relay sent malformed buckets", relay_code="bad_response") from None
 
@@ -225,40 +257,44 @@ class RelayClient:
     # --- messages ---
 
     def send(self, account_id: str, message_id: str, envelopes: list[tuple[int, bytes]]) -> dict:
-        return self._request("PUT", f"/v1/messages/{account_id}", json={
-            "message_id": message_id,
-            "messages": [{"device_id": d, "body": b64e(b)} for d, b in envelopes],
-        })
+        return self._request(
+            "PUT",
+            f"/v1/messages/{account_id}",
+            json={
+                "message_id": message_id,
+                "messages": [{"device_id": d, "body": b64e(b)} for d, b in envelopes],
+            },
+        )
 
     def fetch(self, *, wait: float = 0, limit: int = 100) -> tuple[list[Envelope], bool]:
         wait = max(0, min(int(wait), 60))
-        body = self._request("GET", "/v1/messages", params={"wait": wait, "limit": limit},
-                             timeout=DEFAULT_TIMEOUT + wait)
+        body = self._request(
+            "GET", "/v1/messages", params={"wait": wait, "limit": limit}, timeout=DEFAULT_TIMEOUT + wait
+        )
         try:
-            out = [Envelope(str(m["message_id"]), b64d(m["body"]), int(m["received_at"]))
-                   for m in body["messages"]]
+            out = [Envelope(str(m["message_id"]), b64d(m["body"]), int(m["received_at"])) for m in body["messages"]]
         except (KeyError, TypeError, ValueError):
             raise RelayRefusedError("relay sent malformed messages", relay_code="bad_response") from None
         return out, bool(body.get("more", False))
 
     def ack(self, message_ids: list[str]) -> None:
         for i in range(0, len(message_ids), 500):
-            self._request("POST", "/v1/messages/ack", json={"message_ids": message_ids[i:i + 500]})
+            self._request("POST", "/v1/messages/ack", json={"message_ids": message_ids[i : i + 500]})
 
     # --- sealed sender ---
 
-    def unauthenticated(self) -> "RelayClient":
+    def unauthenticated(self) -> RelayClient:
         """A client with no credential and its own connections, for sealed sends: nothing
         in such a request (token, connection) ties it to this device's other requests."""
-        return RelayClient(self.base_url, None, transport=self._transport_for_copy,
-                           allow_insecure=True)
+        return RelayClient(self.base_url, None, transport=self._transport_for_copy, allow_insecure=True)
 
     def sealed_keys(self) -> list[tuple[bytes, bytes | None]]:
         """The relay's certificate keys [(type-tagged public key, endorsement)], oldest first."""
         body = self._request("GET", "/v1/sealed/keys")
         try:
-            return [(b64d(k["public_key"]), b64d(k["endorsement"]) if k.get("endorsement") else None)
-                    for k in body["keys"]]
+            return [
+                (b64d(k["public_key"]), b64d(k["endorsement"]) if k.get("endorsement") else None) for k in body["keys"]
+            ]
         except (KeyError, TypeError):
             raise RelayRefusedError("relay sent malformed sealed-sender keys", relay_code="bad_response") from None
 
@@ -275,19 +311,24 @@ class RelayClient:
             body["access_key"] = b64e(access_key)
         return self._request("PUT", "/v1/sealed/access", json=body)
 
-    def send_sealed(self, account_id: str, message_id: str, envelopes: list[tuple[int, bytes]],
-                    access_key: bytes | None) -> dict:
+    def send_sealed(
+        self, account_id: str, message_id: str, envelopes: list[tuple[int, bytes]], access_key: bytes | None
+    ) -> dict:
         headers = {"Unidentified-Access-Key": b64e(access_key)} if access_key else None
-        return self._request("PUT", f"/v1/sealed/messages/{account_id}", headers=headers, json={
-            "message_id": message_id,
-            "messages": [{"device_id": d, "body": b64e(b)} for d, b in envelopes],
-        })
+        return self._request(
+            "PUT",
+            f"/v1/sealed/messages/{account_id}",
+            headers=headers,
+            json={
+                "message_id": message_id,
+                "messages": [{"device_id": d, "body": b64e(b)} for d, b in envelopes],
+            },
+        )
 
     # --- devices ---
 
     def add_device(self, device_id: int, token: str, device_list: bytes) -> dict:
-        return self._request("PUT", f"/v1/devices/{device_id}",
-                             json={"token": token, "device_list": b64e(device_list)})
+        return self._request("PUT", f"/v1/devices/{device_id}", json={"token": token, "device_list": b64e(device_list)})
 
     def remove_device(self, device_id: int, device_list: bytes | None) -> dict:
         body = {"device_list": b64e(device_list)} if device_list is not None else {}
@@ -307,8 +348,9 @@ class RelayClient:
 
     def get_box(self, channel: str, box: str, *, wait: float = 0) -> bytes | None:
         wait = max(0, min(int(wait), 60))
-        body = self._request("GET", f"/v1/provisioning/{channel}/{box}", params={"wait": wait},
-                             timeout=DEFAULT_TIMEOUT + wait)
+        body = self._request(
+            "GET", f"/v1/provisioning/{channel}/{box}", params={"wait": wait}, timeout=DEFAULT_TIMEOUT + wait
+        )
         value = body.get("body")
         return b64d(value) if isinstance(value, str) else None
 
@@ -324,7 +366,9 @@ class RelayClient:
         """Upload one part, streaming `chunks` (an iterable of bytes) of exactly `length` bytes."""
         try:
             response = self._http.request(
-                "PUT", f"/v1/blobs/{blob_id}/parts/{index}", content=chunks,
+                "PUT",
+                f"/v1/blobs/{blob_id}/parts/{index}",
+                content=chunks,
                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(length)},
                 timeout=TRANSFER_TIMEOUT,
             )
@@ -361,8 +405,9 @@ class RelayClient:
     def put_profile(self, key_id: str, blob: bytes) -> dict:
         """Store our profile ciphertext (replacing the one held) under `key_id` (hex)."""
         with self._network():
-            response = self._http.request("PUT", f"/v1/profile/{key_id}", content=blob,
-                                          headers={"Content-Type": "application/octet-stream"})
+            response = self._http.request(
+                "PUT", f"/v1/profile/{key_id}", content=blob, headers={"Content-Type": "application/octet-stream"}
+            )
         return self._answer(response)
 
     def get_profile(self, account_id: str, key_id: str, *, max_bytes: int) -> bytes | None:
@@ -383,8 +428,9 @@ class RelayClient:
                 for chunk in response.iter_bytes(1 << 16):
                     data += chunk
                     if len(data) > max_bytes:
-                        raise RelayRefusedError("relay sent a profile larger than any profile can be",
-                                                relay_code="bad_response")
+                        raise RelayRefusedError(
+                            "relay sent a profile larger than any profile can be", relay_code="bad_response"
+                        )
                 return bytes(data)
             finally:
                 response.close()
@@ -403,8 +449,13 @@ class RelayClient:
     def put_backup(self, data: bytes, access_hash: bytes) -> dict:
         try:
             response = self._http.request(
-                "PUT", "/v1/backup", content=data, params={"access_hash": access_hash.hex()},
-                headers={"Content-Type": "application/octet-stream"}, timeout=TRANSFER_TIMEOUT)
+                "PUT",
+                "/v1/backup",
+                content=data,
+                params={"access_hash": access_hash.hex()},
+                headers={"Content-Type": "application/octet-stream"},
+                timeout=TRANSFER_TIMEOUT,
+            )
         except httpx.TimeoutException:
             raise RelayUnavailableError(f"relay at {self.base_url} timed out during a backup upload") from None
         except httpx.HTTPError as exc:
@@ -427,8 +478,12 @@ class RelayClient:
     def restore_account(self) -> RemoteAccount:
         body = self._request("GET", "/v1/restore/account")
         try:
-            return RemoteAccount(str(body["account_id"]), b64d(body["account_key"]),
-                                 b64d(body["device_list"]), [int(d) for d in body["devices"]])
+            return RemoteAccount(
+                str(body["account_id"]),
+                b64d(body["account_key"]),
+                b64d(body["device_list"]),
+                [int(d) for d in body["devices"]],
+            )
         except (KeyError, TypeError, ValueError):
             raise RelayRefusedError("relay sent a malformed account", relay_code="bad_response") from None
 
@@ -443,19 +498,28 @@ class RelayClient:
                 for chunk in r.iter_bytes(1 << 20):
                     out += chunk
                     if len(out) > max_size:
-                        raise RelayRefusedError("relay sent a backup larger than any imsg makes",
-                                                relay_code="bad_response")
+                        raise RelayRefusedError(
+                            "relay sent a backup larger than any imsg makes", relay_code="bad_response"
+                        )
         except httpx.TimeoutException:
             raise RelayUnavailableError(f"relay at {self.base_url} timed out during a download") from None
         except httpx.HTTPError as exc:
             raise RelayUnavailableError(f"relay at {self.base_url} unreachable ({type(exc).__name__})") from None
         return bytes(out)
 
-    def restore_device(self, device_id: int, *, token: str, device_list: bytes, signed_at: int,
-                       signature: bytes) -> dict:
-        return self._request("PUT", f"/v1/restore/devices/{device_id}", json={
-            "token": token, "device_list": b64e(device_list), "signed_at": signed_at,
-            "signature": b64e(signature)})
+    def restore_device(
+        self, device_id: int, *, token: str, device_list: bytes, signed_at: int, signature: bytes
+    ) -> dict:
+        return self._request(
+            "PUT",
+            f"/v1/restore/devices/{device_id}",
+            json={
+                "token": token,
+                "device_list": b64e(device_list),
+                "signed_at": signed_at,
+                "signature": b64e(signature),
+            },
+        )
 
     # --- privacy report ---
 

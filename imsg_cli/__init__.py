@@ -23,8 +23,7 @@ def __getattr__(name: str) -> Any:
     if name == "Client":
         import warnings
 
-        warnings.warn("imsg_cli.Client is deprecated: use `from imsg import Client`",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn("imsg_cli.Client is deprecated: use `from imsg import Client`", DeprecationWarning, stacklevel=2)
         from imsg.client import Client
 
         return Client

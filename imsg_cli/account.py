@@ -38,9 +38,17 @@ def whoami(ctx: typer.Context) -> None:
 def print_whoami(state: State, me) -> None:
     out = state.out
     if out.json:
-        out.record({"account_id": me.account_id, "handle": me.handle, "name": me.name,
-                    "device_id": me.device_id, "devices": me.devices, "relay": me.relay,
-                    "fingerprint": me.fingerprint})
+        out.record(
+            {
+                "account_id": me.account_id,
+                "handle": me.handle,
+                "name": me.name,
+                "device_id": me.device_id,
+                "devices": me.devices,
+                "relay": me.relay,
+                "fingerprint": me.fingerprint,
+            }
+        )
         return
     out.line(f"handle       {me.handle}" + (f" ({me.name})" if me.name else ""))
     out.line(f"account      {me.account_id}")

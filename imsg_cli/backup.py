@@ -9,8 +9,7 @@ import typer
 from imsg_cli.output import human_size, iso, local_time
 from imsg_cli.state import State
 
-app = typer.Typer(help="Encrypted backups at the relay, under a recovery code only you hold.",
-                  no_args_is_help=True)
+app = typer.Typer(help="Encrypted backups at the relay, under a recovery code only you hold.", no_args_is_help=True)
 
 
 @app.command("on")
@@ -26,8 +25,10 @@ def on(ctx: typer.Context) -> None:
         state.out.record({"recovery_code": code})
     else:
         state.out.line(code)
-        state.out.info("this is your recovery code: write it down now, it is not shown again.\n"
-                       "to restore on a new device:  imsg --home NEW backup restore HANDLE CODE")
+        state.out.info(
+            "this is your recovery code: write it down now, it is not shown again.\n"
+            "to restore on a new device:  imsg --home NEW backup restore HANDLE CODE"
+        )
 
 
 @app.command("now")
@@ -37,11 +38,13 @@ def now(ctx: typer.Context) -> None:
     with state.client() as client:
         result = client.backup_now()
     if state.out.json:
-        state.out.record({"size": result.size, "messages": result.messages, "contacts": result.contacts,
-                          "at": iso(result.at)})
+        state.out.record(
+            {"size": result.size, "messages": result.messages, "contacts": result.contacts, "at": iso(result.at)}
+        )
     else:
-        state.out.line(f"backed up {result.messages} messages and {result.contacts} contacts "
-                       f"({human_size(result.size)} encrypted)")
+        state.out.line(
+            f"backed up {result.messages} messages and {result.contacts} contacts ({human_size(result.size)} encrypted)"
+        )
 
 
 @app.command("status")
@@ -51,23 +54,42 @@ def status(ctx: typer.Context) -> None:
     with state.client() as client:
         s = client.backup_status()
     if state.out.json:
-        state.out.record({"on": s.on, "last_at": iso(s.last_at) if s.last_at else None, "size": s.size,
-                          "next_at": iso(s.next_at) if s.next_at else None, "last_error": s.last_error,
-                          "relay": ({"size": s.relay_size, "updated_at": iso(s.relay_updated_at)}
-                                    if s.relay_size is not None else None)})
+        state.out.record(
+            {
+                "on": s.on,
+                "last_at": iso(s.last_at) if s.last_at else None,
+                "size": s.size,
+                "next_at": iso(s.next_at) if s.next_at else None,
+                "last_error": s.last_error,
+                "relay": (
+                    {"size": s.relay_size, "updated_at": iso(s.relay_updated_at)} if s.relay_size is not None else None
+                ),
+            }
+        )
         return
     out = state.out
     if not s.on:
-        out.line("backups are off" + ("" if s.relay_size is None else
-                                      f" here; the relay holds a backup of this account from "
-                                      f"{local_time(s.relay_updated_at)} (made by another device)"))
+        out.line(
+            "backups are off"
+            + (
+                ""
+                if s.relay_size is None
+                else f" here; the relay holds a backup of this account from "
+                f"{local_time(s.relay_updated_at)} (made by another device)"
+            )
+        )
         return
-    out.line(f"backups are on; last {local_time(s.last_at)} ({human_size(s.size)}), next due "
-             f"{local_time(s.next_at)}")
+    out.line(f"backups are on; last {local_time(s.last_at)} ({human_size(s.size)}), next due {local_time(s.next_at)}")
     if s.last_error:
         out.line(f"the last attempt failed: {s.last_error}")
-    out.line("the relay holds " + (f"{human_size(s.relay_size)} from {local_time(s.relay_updated_at)}"
-                                   if s.relay_size is not None else "no backup"))
+    out.line(
+        "the relay holds "
+        + (
+            f"{human_size(s.relay_size)} from {local_time(s.relay_updated_at)}"
+            if s.relay_size is not None
+            else "no backup"
+        )
+    )
 
 
 @app.command("off")

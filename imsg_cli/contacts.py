@@ -4,14 +4,15 @@ name a contact shares with you, or the nickname you gave them."""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from imsg_cli.state import State
 
-app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
-                  help="Your contacts: list (no subcommand), add, remove, photo.")
+app = typer.Typer(
+    invoke_without_command=True, no_args_is_help=False, help="Your contacts: list (no subcommand), add, remove, photo."
+)
 
 
 @app.callback()
@@ -32,10 +33,20 @@ def contacts(ctx: typer.Context) -> None:
     else:
         # The account fingerprint is in --json and in imsg verify; without it the table fits
         # an 80-column terminal.
-        out.table(["handle", "name", "state", "contact", "devices", "held"],
-                  [[c.handle + ("" if c.handle_verified else " (unverified)"), _shown_name(c), c.state.upper() if c.state == "changed" else c.state,
-                    "yes" if c.in_contacts else "", str(c.devices), str(c.held) if c.held else ""]
-                   for c in rows])
+        out.table(
+            ["handle", "name", "state", "contact", "devices", "held"],
+            [
+                [
+                    c.handle + ("" if c.handle_verified else " (unverified)"),
+                    _shown_name(c),
+                    c.state.upper() if c.state == "changed" else c.state,
+                    "yes" if c.in_contacts else "",
+                    str(c.devices),
+                    str(c.held) if c.held else "",
+                ]
+                for c in rows
+            ],
+        )
 
 
 def _shown_name(c) -> str:
@@ -46,19 +57,31 @@ def _shown_name(c) -> str:
 
 def _record(c) -> dict:
     name_source = "nickname" if c.nickname else ("shared" if c.profile_name else "")
-    return {"handle": c.handle, "name": c.nickname or c.profile_name, "name_source": name_source,
-            "nickname": c.nickname, "shared_name": c.profile_name, "in_contacts": c.in_contacts,
-            "sharing_with": c.sharing, "account_id": c.account_id, "state": c.state, "verified": c.verified,
-            "devices": c.devices, "fingerprint": c.fingerprint, "held": c.held,
-            "handle_verified": c.handle_verified}
+    return {
+        "handle": c.handle,
+        "name": c.nickname or c.profile_name,
+        "name_source": name_source,
+        "nickname": c.nickname,
+        "shared_name": c.profile_name,
+        "in_contacts": c.in_contacts,
+        "sharing_with": c.sharing,
+        "account_id": c.account_id,
+        "state": c.state,
+        "verified": c.verified,
+        "devices": c.devices,
+        "fingerprint": c.fingerprint,
+        "held": c.held,
+        "handle_verified": c.handle_verified,
+    }
 
 
 @app.command()
 def add(
     ctx: typer.Context,
     handle: Annotated[str, typer.Argument(help="Their handle (e-mail or +phone).")],
-    nickname: Annotated[Optional[str], typer.Option("--nickname", metavar="NAME",
-                                                    help="Your own name for them (shown before theirs).")] = None,
+    nickname: Annotated[
+        str | None, typer.Option("--nickname", metavar="NAME", help="Your own name for them (shown before theirs).")
+    ] = None,
 ) -> None:
     """Add someone to your contacts (looked up at the relay and pinned). With the default
     share policy, your name and photo go to them with your next message."""
@@ -107,8 +130,9 @@ def photo(
     with state.client() as client:
         saved = client.contact_photo(handle, out_file)
     if state.out.json:
-        state.out.record({"handle": _canonical(handle), "path": str(saved.path), "type": saved.type,
-                          "size": saved.size})
+        state.out.record(
+            {"handle": _canonical(handle), "path": str(saved.path), "type": saved.type, "size": saved.size}
+        )
     else:
         state.out.line(str(saved.path))
         state.out.info(f"{saved.type}, {saved.size} bytes")

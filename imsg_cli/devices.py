@@ -15,9 +15,12 @@ app = typer.Typer(help="Link, list and remove this account's devices.", no_args_
 @app.command("add")
 def add(
     ctx: typer.Context,
-    timeout: Annotated[float, typer.Option("--timeout", min=10, max=600, help="Seconds to wait for the new device.")] = 300,
-    history: Annotated[int, typer.Option("--history", min=0, max=10000,
-                                         help="Send the new device this many recent messages.")] = 0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=10, max=600, help="Seconds to wait for the new device.")
+    ] = 300,
+    history: Annotated[
+        int, typer.Option("--history", min=0, max=10000, help="Send the new device this many recent messages.")
+    ] = 0,
 ) -> None:
     """Show a one-time pairing code, then wait until a new device links with it.
 
@@ -35,11 +38,15 @@ def add(
             out.info("waiting for it to link…")
         device = client.device_add_finish(pairing, timeout=timeout, history=history)
     if out.json:
-        out.record({"linked": True, "device_id": device.device_id, "name": device.name,
-                    "fingerprint": device.fingerprint})
+        out.record(
+            {"linked": True, "device_id": device.device_id, "name": device.name, "fingerprint": device.fingerprint}
+        )
     else:
-        out.line(f"linked device {device.device_id}" + (f" ({device.name})" if device.name else "")
-                 + f"  fingerprint {device.fingerprint}")
+        out.line(
+            f"linked device {device.device_id}"
+            + (f" ({device.name})" if device.name else "")
+            + f"  fingerprint {device.fingerprint}"
+        )
 
 
 @app.command("link")
@@ -85,9 +92,26 @@ def _print_devices(state: State, devices) -> None:
     out = state.out
     if out.json:
         for d in devices:
-            out.record({"device_id": d.device_id, "name": d.name, "fingerprint": d.fingerprint,
-                        "added_at": iso(d.added_at), "this_device": d.this_device})
+            out.record(
+                {
+                    "device_id": d.device_id,
+                    "name": d.name,
+                    "fingerprint": d.fingerprint,
+                    "added_at": iso(d.added_at),
+                    "this_device": d.this_device,
+                }
+            )
         return
-    out.table(["id", "name", "fingerprint", "linked", ""],
-              [[str(d.device_id), d.name or "-", d.fingerprint, local_time(d.added_at),
-                "this device" if d.this_device else ""] for d in devices])
+    out.table(
+        ["id", "name", "fingerprint", "linked", ""],
+        [
+            [
+                str(d.device_id),
+                d.name or "-",
+                d.fingerprint,
+                local_time(d.added_at),
+                "this device" if d.this_device else "",
+            ]
+            for d in devices
+        ],
+    )

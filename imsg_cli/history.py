@@ -18,13 +18,22 @@ def chats(ctx: typer.Context) -> None:
     out = state.out
     if out.json:
         for c in rows:
-            out.record({"peer": c.peer_handle, "account_id": c.peer_account_id, "messages": c.messages,
-                        "last_text": c.last_text, "last_at": iso(c.last_at)})
+            out.record(
+                {
+                    "peer": c.peer_handle,
+                    "account_id": c.peer_account_id,
+                    "messages": c.messages,
+                    "last_text": c.last_text,
+                    "last_at": iso(c.last_at),
+                }
+            )
     elif not rows:
         out.info("no conversations yet")
     else:
-        out.table(["with", "messages", "last", "when"],
-                  [[c.peer_handle, str(c.messages), _preview(c.last_text), local_time(c.last_at)] for c in rows])
+        out.table(
+            ["with", "messages", "last", "when"],
+            [[c.peer_handle, str(c.messages), _preview(c.last_text), local_time(c.last_at)] for c in rows],
+        )
 
 
 def history(

@@ -5,13 +5,26 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from typer import TyperException
 
-from imsg_cli import (account, backup, contacts, devices, history, messages, privacy, profile,
-                          reachable, retention, sealed, trust, vault)
+from imsg_cli import (
+    account,
+    backup,
+    contacts,
+    devices,
+    history,
+    messages,
+    privacy,
+    profile,
+    reachable,
+    retention,
+    sealed,
+    trust,
+    vault,
+)
 from imsg_cli.output import Output
 from imsg_cli.state import State
 
@@ -37,17 +50,26 @@ def _version(value: bool) -> None:
 @app.callback()
 def _global(
     ctx: typer.Context,
-    home: Annotated[Optional[str], typer.Option("--home", envvar="IMSG_HOME", metavar="DIR",
-                                                help="Account home directory [env: IMSG_HOME].")] = None,
-    relay: Annotated[Optional[str], typer.Option("--relay", envvar="IMSG_RELAY", metavar="URL",
-                                                 help="Relay URL [env: IMSG_RELAY].")] = None,
+    home: Annotated[
+        str | None,
+        typer.Option("--home", envvar="IMSG_HOME", metavar="DIR", help="Account home directory [env: IMSG_HOME]."),
+    ] = None,
+    relay: Annotated[
+        str | None, typer.Option("--relay", envvar="IMSG_RELAY", metavar="URL", help="Relay URL [env: IMSG_RELAY].")
+    ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Machine-readable output (NDJSON).")] = False,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow plain http to a non-loopback relay.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Show the version and exit.")] = False,
-    passcode_file: Annotated[Optional[str], typer.Option(
-        "--passcode-file", metavar="PATH",
-        help="Read a locked home's passcode from the first line of PATH (or set IMSG_PASSCODE).")] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+    passcode_file: Annotated[
+        str | None,
+        typer.Option(
+            "--passcode-file",
+            metavar="PATH",
+            help="Read a locked home's passcode from the first line of PATH (or set IMSG_PASSCODE).",
+        ),
+    ] = None,
 ) -> None:
     ctx.obj = State(home=home, relay=relay, json=json_, insecure=insecure, passcode_file=passcode_file)
 
@@ -122,8 +144,11 @@ def _report(out: Output, exc: BaseException) -> int:
         import traceback
 
         traceback.print_exception(exc)
-    out.error("bug", f"unexpected error: {type(exc).__name__}: {exc}",
-              "rerun with IMSG_DEBUG=1 for a traceback, and please report it")
+    out.error(
+        "bug",
+        f"unexpected error: {type(exc).__name__}: {exc}",
+        "rerun with IMSG_DEBUG=1 for a traceback, and please report it",
+    )
     return 1
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,22 +14,43 @@ from imsg_cli.state import State
 def send(
     ctx: typer.Context,
     to: Annotated[str, typer.Argument(help="Recipient handle (e-mail or +phone).")],
-    text: Annotated[Optional[str], typer.Argument(help="Message text; read from stdin when omitted or '-'.")] = None,
-    attach: Annotated[Optional[list[str]], typer.Option(
-        "--attach", metavar="FILE", help="Attach a file (repeatable); encrypted as it uploads.")] = None,
-    draft: Annotated[Optional[list[str]], typer.Option(
-        "--draft", metavar="ID", help="Send an attachment uploaded earlier with imsg attach (repeatable).")] = None,
-    on_key_change: Annotated[str, typer.Option(
-        "--on-key-change", metavar="hold|accept",
-        help="If the recipient's safety number changed: hold the message (default, exit 6) or accept "
-             "the new key and send.")] = "hold",
-    from_: Annotated[Optional[str], typer.Option(
-        "--from", metavar="HANDLE", help="Send from this handle of yours, this once (default: the "
-                                         "start-from handle, see imsg reachable).")] = None,
-    share_profile: Annotated[Optional[str], typer.Option(
-        "--share-profile", metavar="yes|no",
-        help="Share your name and photo with this person (remembered for them). With the ask "
-             "policy and no terminal, nothing is shared unless this says yes.")] = None,
+    text: Annotated[str | None, typer.Argument(help="Message text; read from stdin when omitted or '-'.")] = None,
+    attach: Annotated[
+        list[str] | None,
+        typer.Option("--attach", metavar="FILE", help="Attach a file (repeatable); encrypted as it uploads."),
+    ] = None,
+    draft: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--draft", metavar="ID", help="Send an attachment uploaded earlier with imsg attach (repeatable)."
+        ),
+    ] = None,
+    on_key_change: Annotated[
+        str,
+        typer.Option(
+            "--on-key-change",
+            metavar="hold|accept",
+            help="If the recipient's safety number changed: hold the message (default, exit 6) or accept "
+            "the new key and send.",
+        ),
+    ] = "hold",
+    from_: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            metavar="HANDLE",
+            help="Send from this handle of yours, this once (default: the start-from handle, see imsg reachable).",
+        ),
+    ] = None,
+    share_profile: Annotated[
+        str | None,
+        typer.Option(
+            "--share-profile",
+            metavar="yes|no",
+            help="Share your name and photo with this person (remembered for them). With the ask "
+            "policy and no terminal, nothing is shared unless this says yes.",
+        ),
+    ] = None,
 ) -> None:
     """Send an end-to-end encrypted message. Prints the message id."""
     from imsg.errors import UsageError
@@ -47,20 +68,28 @@ def send(
     if not text and not files and not drafts:
         raise UsageError("empty message")
     from imsg_cli.output import Transfers
-
     from imsg_cli.profile import share_answer
 
     with state.client() as client, Transfers(state.out) as bars:
         share_profile = share_answer(client, to, share_profile)
-        sent = client.send(to, text, on_key_change=on_key_change, attachments=files, drafts=drafts,
-                           progress=bars.callback, share_profile=share_profile, from_=from_)
+        sent = client.send(
+            to,
+            text,
+            on_key_change=on_key_change,
+            attachments=files,
+            drafts=drafts,
+            progress=bars.callback,
+            share_profile=share_profile,
+            from_=from_,
+        )
         _report_problems(state, client)  # e.g. an earlier queued message the relay refused
     out = state.out
     if out.json:
         from imsg_cli.output import iso
 
-        out.record({"id": sent.id, "to": sent.to, "sent_at": iso(sent.sent_at), "devices": sent.devices,
-                    "sealed": sent.sealed})
+        out.record(
+            {"id": sent.id, "to": sent.to, "sent_at": iso(sent.sent_at), "devices": sent.devices, "sealed": sent.sealed}
+        )
     else:
         out.line(sent.id)
         out.info(f"sent to {sent.to}" + (" (sealed sender)" if sent.sealed else ""))
@@ -72,13 +101,19 @@ def _report_problems(state: State, client) -> int:
     for p in client.problems:
         if p.code == "rejected":
             rejected += 1
-            state.out.error("rejected_message", f"rejected message {p.message_id}: {p.message}",
-                            message_id=p.message_id)
+            state.out.error(
+                "rejected_message", f"rejected message {p.message_id}: {p.message}", message_id=p.message_id
+            )
         elif p.code in ("identity_changed", "profile_rejected"):  # the latter: a tampered profile
             rejected += 1
             state.out.error(p.code, p.message, message_id=p.message_id)
-        elif p.code in ("devices_changed", "backup_failed", "sealed_only_waiting", "unverified_handle",
-                        "unverified_from"):  # notes, not dropped messages
+        elif p.code in (
+            "devices_changed",
+            "backup_failed",
+            "sealed_only_waiting",
+            "unverified_handle",
+            "unverified_from",
+        ):  # notes, not dropped messages
             state.out.warning(p.code, p.message)
         else:
             state.out.warning(p.code, f"ignored message {p.message_id}: {p.message}", message_id=p.message_id)
@@ -88,10 +123,13 @@ def _report_problems(state: State, client) -> int:
 
 def receive(
     ctx: typer.Context,
-    wait: Annotated[float, typer.Option("--wait", min=0, max=3600,
-                                        help="Wait up to SECONDS for a first message.")] = 0,
-    download: Annotated[Optional[str], typer.Option(
-        "--download", metavar="DIR", help="Also save every attachment into DIR (checked, then decrypted).")] = None,
+    wait: Annotated[float, typer.Option("--wait", min=0, max=3600, help="Wait up to SECONDS for a first message.")] = 0,
+    download: Annotated[
+        str | None,
+        typer.Option(
+            "--download", metavar="DIR", help="Also save every attachment into DIR (checked, then decrypted)."
+        ),
+    ] = None,
 ) -> None:
     """Fetch, decrypt, store and print waiting messages (oldest first)."""
     import time
@@ -110,8 +148,10 @@ def receive(
             print_message(state.out, m)
         rejected = _report_problems(state, client)
     if rejected:
-        raise SecurityError(f"{rejected} message(s) failed authentication and were dropped",
-                            hint="the relay or a sender sent tampered or forged data")
+        raise SecurityError(
+            f"{rejected} message(s) failed authentication and were dropped",
+            hint="the relay or a sender sent tampered or forged data",
+        )
 
 
 def watch(ctx: typer.Context) -> None:
@@ -150,8 +190,7 @@ def attach(
     with state.client() as client, Transfers(state.out) as bars:
         d = client.attach(file, progress=bars.callback)
     if state.out.json:
-        state.out.record({"id": d.id, "name": d.name, "size": d.size, "type": d.type,
-                          "expires_at": iso(d.expires_at)})
+        state.out.record({"id": d.id, "name": d.name, "size": d.size, "type": d.type, "expires_at": iso(d.expires_at)})
     else:
         state.out.line(d.id)
         state.out.info(f"uploaded {d.name}; send it with: imsg send TO --draft {d.id}")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 
 def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
 
 
 def local_time(ms: int) -> str:
@@ -73,8 +73,16 @@ def message_record(m) -> dict[str, Any]:
         "sent_at": iso(m.sent_at),
         "direction": m.direction,
         "peer": m.peer,
-        "attachments": [{"id": a.id, "name": a.name, "size": a.size, "type": a.type,
-                         **({"path": a.saved_path} if a.saved_path else {})} for a in m.attachments],
+        "attachments": [
+            {
+                "id": a.id,
+                "name": a.name,
+                "size": a.size,
+                "type": a.type,
+                **({"path": a.saved_path} if a.saved_path else {}),
+            }
+            for a in m.attachments
+        ],
     }
 
 
@@ -96,8 +104,10 @@ def print_message(out: Output, m) -> None:
         for a in m.attachments:
             # The name is the sender's: show it escaped, never as raw control characters.
             shown = a.name.encode("unicode_escape").decode("ascii")
-            out.line(f"    [attachment] {shown} ({human_size(a.size)}, {a.type})"
-                     + (f" saved to {a.saved_path}" if a.saved_path else f"  id {a.id}"))
+            out.line(
+                f"    [attachment] {shown} ({human_size(a.size)}, {a.type})"
+                + (f" saved to {a.saved_path}" if a.saved_path else f"  id {a.id}")
+            )
 
 
 def print_qr(text: str) -> None:
@@ -125,15 +135,27 @@ class Transfers:
         self._progress = None
         self._tasks: dict[str, Any] = {}
 
-    def __enter__(self) -> "Transfers":
+    def __enter__(self) -> Transfers:
         if self._enabled:
             from rich.console import Console
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                                       TimeRemainingColumn, TransferSpeedColumn)
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
 
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                      TransferSpeedColumn(), TimeRemainingColumn(),
-                                      console=Console(stderr=True), transient=True)
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
             self._progress.start()
         return self
 

@@ -4,7 +4,7 @@ puts before a first message to someone."""
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -53,9 +53,13 @@ def share(
 @app.command("set")
 def set_(
     ctx: typer.Context,
-    name: Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="Your name, as people you share with see it.")] = None,
-    photo: Annotated[Optional[str], typer.Option("--photo", metavar="FILE",
-                                                 help="A JPEG, PNG, WebP or HEIC image of at most 512 KiB.")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", metavar="NAME", help="Your name, as people you share with see it.")
+    ] = None,
+    photo: Annotated[
+        str | None,
+        typer.Option("--photo", metavar="FILE", help="A JPEG, PNG, WebP or HEIC image of at most 512 KiB."),
+    ] = None,
     no_photo: Annotated[bool, typer.Option("--no-photo", help="Remove your photo.")] = False,
 ) -> None:
     """Set your name and/or photo. They are encrypted under your profile key before they
@@ -84,9 +88,16 @@ def show(ctx: typer.Context) -> None:
 def _show(state: State, p) -> None:
     out = state.out
     if out.json:
-        out.record({"name": p.name, "photo": {"type": p.photo_type, "size": p.photo_size} if p.photo_size else None,
-                    "revision": p.revision, "share": p.share, "published": p.published,
-                    "shared_with": list(p.shared_with)})
+        out.record(
+            {
+                "name": p.name,
+                "photo": {"type": p.photo_type, "size": p.photo_size} if p.photo_size else None,
+                "revision": p.revision,
+                "share": p.share,
+                "published": p.published,
+                "shared_with": list(p.shared_with),
+            }
+        )
         return
     out.line(f"name:     {p.name or '(none)'}")
     out.line(f"photo:    {f'{p.photo_type}, {p.photo_size} bytes' if p.photo_size else '(none)'}")

@@ -8,8 +8,7 @@ import typer
 
 from imsg_cli.state import State
 
-app = typer.Typer(help="The phone numbers and e-mail addresses you can be reached at.",
-                  no_args_is_help=True)
+app = typer.Typer(help="The phone numbers and e-mail addresses you can be reached at.", no_args_is_help=True)
 
 HandleArg = Annotated[str, typer.Argument(help="An e-mail address or E.164 phone number of yours.")]
 
@@ -18,14 +17,15 @@ def _print(state: State, rows) -> None:
     out = state.out
     if out.json:
         for h in rows:
-            out.record({"handle": h.handle, "state": h.state, "receiving": h.receiving,
-                        "start_from": h.start_from})
+            out.record({"handle": h.handle, "state": h.state, "receiving": h.receiving, "start_from": h.start_from})
         return
     if not rows:
         out.info("no handles")
         return
-    out.table(["handle", "state", "receives", "starts"],
-              [[h.handle, h.state, "yes" if h.receiving else "no", "yes" if h.start_from else ""] for h in rows])
+    out.table(
+        ["handle", "state", "receives", "starts"],
+        [[h.handle, h.state, "yes" if h.receiving else "no", "yes" if h.start_from else ""] for h in rows],
+    )
 
 
 def _pending_hint(state: State, h) -> None:
@@ -46,8 +46,11 @@ def add(ctx: typer.Context, handle: HandleArg) -> None:
 
 
 @app.command("verify")
-def verify(ctx: typer.Context, handle: HandleArg,
-           code: Annotated[str, typer.Argument(help="The 6-digit code the handle received.")]) -> None:
+def verify(
+    ctx: typer.Context,
+    handle: HandleArg,
+    code: Annotated[str, typer.Argument(help="The 6-digit code the handle received.")],
+) -> None:
     """Confirm a pending handle with the code it received."""
     state: State = ctx.obj
     with state.client() as client:
@@ -87,9 +90,12 @@ def start_from(ctx: typer.Context, handle: HandleArg) -> None:
 
 
 @app.command("receive")
-def receive(ctx: typer.Context, handle: HandleArg,
-            off: Annotated[bool, typer.Option("--off", help="Stop receiving: no longer discoverable.")] = False,
-            on: Annotated[bool, typer.Option("--on", help="Receive again.")] = False) -> None:
+def receive(
+    ctx: typer.Context,
+    handle: HandleArg,
+    off: Annotated[bool, typer.Option("--off", help="Stop receiving: no longer discoverable.")] = False,
+    on: Annotated[bool, typer.Option("--on", help="Receive again.")] = False,
+) -> None:
     """Stop (--off) or resume (--on) receiving at a handle without removing it."""
     from imsg.errors import UsageError
 
@@ -101,8 +107,9 @@ def receive(ctx: typer.Context, handle: HandleArg,
     _print(state, [h])
 
 
-def lookup(ctx: typer.Context,
-           handles: Annotated[list[str], typer.Argument(help="Phone numbers or e-mail addresses.")]) -> None:
+def lookup(
+    ctx: typer.Context, handles: Annotated[list[str], typer.Argument(help="Phone numbers or e-mail addresses.")]
+) -> None:
     """Whether each handle is reachable by imsg. Private: the relay learns neither the
     handles nor their blinded forms, only buckets shared by many registered handles."""
     state: State = ctx.obj
@@ -113,5 +120,7 @@ def lookup(ctx: typer.Context,
         for r in rows:
             out.record({"handle": r.handle, "reachable": r.reachable})
         return
-    out.table(["handle", "imsg"], [[r.handle, ("yes" if r.verified else "yes (unverified)") if r.reachable else "no"]
-                                   for r in rows])
+    out.table(
+        ["handle", "imsg"],
+        [[r.handle, ("yes" if r.verified else "yes (unverified)") if r.reachable else "no"] for r in rows],
+    )

@@ -10,8 +10,9 @@ from imsg_cli.state import State
 
 app = typer.Typer(
     help="How long this home keeps messages: 30d, 1y or forever (the default, as in iMessage). "
-         "Older messages are deleted, with their saved attachment files, whenever imsg runs.",
-    no_args_is_help=True)
+    "Older messages are deleted, with their saved attachment files, whenever imsg runs.",
+    no_args_is_help=True,
+)
 
 
 @app.command("set")

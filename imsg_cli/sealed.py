@@ -27,12 +27,22 @@ def _print(state: State, st) -> None:
 
     out = state.out
     if out.json:
-        out.record({"sealed_only": st.sealed_only, "allow_anyone": st.allow_anyone,
-                    "access_key_set": st.access_key_set, "relay_keys": list(st.relay_keys),
-                    "certificate_expires_at": iso(st.certificate_expires_at) if st.certificate_expires_at else None})
+        out.record(
+            {
+                "sealed_only": st.sealed_only,
+                "allow_anyone": st.allow_anyone,
+                "access_key_set": st.access_key_set,
+                "relay_keys": list(st.relay_keys),
+                "certificate_expires_at": iso(st.certificate_expires_at) if st.certificate_expires_at else None,
+            }
+        )
         return
-    out.line(f"sealed messages to you:  {'from anyone' if st.allow_anyone else 'only from people you shared your profile with'}")
-    out.line(f"your messages:           {'sealed only (never sent with your identity)' if st.sealed_only else 'sealed when the recipient allows it, else identified'}")
+    out.line(
+        f"sealed messages to you:  {'from anyone' if st.allow_anyone else 'only from people you shared your profile with'}"
+    )
+    out.line(
+        f"your messages:           {'sealed only (never sent with your identity)' if st.sealed_only else 'sealed when the recipient allows it, else identified'}"
+    )
     out.line(f"access key at the relay: {'set' if st.access_key_set else 'not set'}")
     out.line(f"trusted relay keys:      {', '.join(st.relay_keys) or 'none yet'}")
 

@@ -35,5 +35,4 @@ class State:
     def client(self, *, retention: bool = True):
         from imsg.client.core import Client
 
-        return Client.open(self.home, self.relay, allow_insecure=self.insecure, keys=self.keys(),
-                           retention=retention)
+        return Client.open(self.home, self.relay, allow_insecure=self.insecure, keys=self.keys(), retention=retention)

@@ -23,15 +23,15 @@ def verify(
         v = client.verify(to, mark=mark)
     out = state.out
     if out.json:
-        out.record({"handle": v.handle, "safety_number": v.safety_number, "verified": v.verified,
-                    "changed": v.changed})
+        out.record({"handle": v.handle, "safety_number": v.safety_number, "verified": v.verified, "changed": v.changed})
         return
     if v.changed:
         out.info(f"warning: the safety number with {v.handle} CHANGED; messages to them are held")
     out.line(v.safety_number)
     print_qr(v.safety_number.replace(" ", ""))
-    out.info(f"{v.handle}: " + ("verified" if v.verified else "not verified — compare, then: imsg verify "
-                                 f"{v.handle} --mark"))
+    out.info(
+        f"{v.handle}: " + ("verified" if v.verified else f"not verified — compare, then: imsg verify {v.handle} --mark")
+    )
 
 
 def trust(

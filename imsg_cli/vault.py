@@ -10,7 +10,7 @@ deadline or on `imsg lock`.
 from __future__ import annotations
 
 import os
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,12 +18,18 @@ from imsg_cli.state import State
 
 passcode_app = typer.Typer(
     help="Encrypt this home at rest under a passcode (Argon2id + SQLCipher); see docs/STORAGE.md. "
-         "Scripts give the passcode with IMSG_PASSCODE or --passcode-file, or opt in to the OS keyring.",
-    no_args_is_help=True)
+    "Scripts give the passcode with IMSG_PASSCODE or --passcode-file, or opt in to the OS keyring.",
+    no_args_is_help=True,
+)
 
-NewPasscodeFile = Annotated[Optional[str], typer.Option(
-    "--new-passcode-file", metavar="PATH",
-    help="Read the new passcode from the first line of PATH (or set IMSG_NEW_PASSCODE).")]
+NewPasscodeFile = Annotated[
+    str | None,
+    typer.Option(
+        "--new-passcode-file",
+        metavar="PATH",
+        help="Read the new passcode from the first line of PATH (or set IMSG_NEW_PASSCODE).",
+    ),
+]
 
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_UNLOCK_S = 30 * 86400
@@ -45,8 +51,8 @@ def parse_duration(text: str) -> int:
 def _new_passcode(state: State, path: str | None, *, allow_current: bool) -> str:
     """The new passcode: --new-passcode-file, IMSG_NEW_PASSCODE, (for `set`, where there is no
     current one: IMSG_PASSCODE / --passcode-file), else asked twice on the terminal."""
-    from imsg.store import vault
     from imsg.errors import UsageError
+    from imsg.store import vault
 
     if path:
         passcode = vault.read_passcode_file(path)
@@ -57,8 +63,9 @@ def _new_passcode(state: State, path: str | None, *, allow_current: bool) -> str
     else:
         keys = vault.KeySource.from_environment()
         if keys.prompt is None:
-            raise UsageError("no new passcode given",
-                             hint="type it on a terminal, or use IMSG_NEW_PASSCODE / --new-passcode-file")
+            raise UsageError(
+                "no new passcode given", hint="type it on a terminal, or use IMSG_NEW_PASSCODE / --new-passcode-file"
+            )
         passcode = keys.prompt("new passcode: ")
         if keys.prompt("new passcode again: ") != passcode:
             raise UsageError("the two passcodes differ; nothing was changed")
@@ -69,9 +76,14 @@ def _new_passcode(state: State, path: str | None, *, allow_current: bool) -> str
 def set_(
     ctx: typer.Context,
     new_passcode_file: NewPasscodeFile = None,
-    keyring: Annotated[bool, typer.Option(
-        "--keyring", help="Also keep the storage key in the OS keyring, so commands run by this user "
-                          "need no passcode (anyone who can read your keyring can then open the home).")] = False,
+    keyring: Annotated[
+        bool,
+        typer.Option(
+            "--keyring",
+            help="Also keep the storage key in the OS keyring, so commands run by this user "
+            "need no passcode (anyone who can read your keyring can then open the home).",
+        ),
+    ] = False,
 ) -> None:
     """Encrypt this home under a new passcode (at least 4 characters; longer is much
     stronger against someone who copies the disk)."""
@@ -89,9 +101,13 @@ def set_(
 def change(
     ctx: typer.Context,
     new_passcode_file: NewPasscodeFile = None,
-    keyring: Annotated[Optional[bool], typer.Option(
-        "--keyring/--no-keyring", help="Keep (or stop keeping) the storage key in the OS keyring; "
-                                       "default: as before.")] = None,
+    keyring: Annotated[
+        bool | None,
+        typer.Option(
+            "--keyring/--no-keyring",
+            help="Keep (or stop keeping) the storage key in the OS keyring; default: as before.",
+        ),
+    ] = None,
 ) -> None:
     """Change the passcode (the current one is asked for even while unlocked): the home is
     re-encrypted under a new storage key, so an old copy of the key file with the old
@@ -128,8 +144,8 @@ def _done(state: State, message: str, **record) -> None:
 def lock(ctx: typer.Context) -> None:
     """Lock this home now: end the unlock agent, so every command needs the passcode again.
     (A running `imsg watch` that got its key from the agent stops too.)"""
-    from imsg.store import vault, vault_agent
     from imsg.errors import LocalStateError
+    from imsg.store import vault, vault_agent
 
     state: State = ctx.obj
     home = state.home_path()
@@ -144,8 +160,12 @@ def lock(ctx: typer.Context) -> None:
 
 def unlock(
     ctx: typer.Context,
-    for_: Annotated[str, typer.Option(
-        "--for", metavar="DURATION", help="How long to stay unlocked: e.g. 90s, 15m, 8h, 7d (at most 30d).")] = "15m",
+    for_: Annotated[
+        str,
+        typer.Option(
+            "--for", metavar="DURATION", help="How long to stay unlocked: e.g. 90s, 15m, 8h, 7d (at most 30d)."
+        ),
+    ] = "15m",
 ) -> None:
     """Unlock this home for a while (default 15 minutes) so commands need no passcode.
     The storage key is kept only in the memory of a small agent process of yours (reached

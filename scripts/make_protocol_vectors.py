@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from imsg.crypto import dh
-from imsg.crypto import sign
+from imsg.crypto import dh, sign
 from imsg.protocol import envelope, pqxdh, ratchet, sealed
 from imsg.protocol.consts import LABEL_SENDER_CERTIFICATE
 from imsg.protocol.identity import AccountKey, DeviceKeys, DeviceList, account_id_for, safety_number
@@ -33,16 +32,26 @@ def build() -> dict:
     alice_key, bob_key = AccountKey(bytes(range(32))), AccountKey(bytes(range(32, 64)))
     device = DeviceKeys(1, bytes(range(64, 96)), bytes(range(96, 128)))
     dl = DeviceList(alice_key.public, serial=1, signed_at=1_700_000_000_000, devices=(device.entry(1_700_000_000_000),))
-    sk = pqxdh._derive([bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 32], bytes([4]) * 32,
-                       device.identity.public, dh.KeyPair(bytes(range(128, 160))).public, bytes(1184), bytes(1088))
+    sk = pqxdh._derive(
+        [bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 32],
+        bytes([4]) * 32,
+        device.identity.public,
+        dh.KeyPair(bytes(range(128, 160))).public,
+        bytes(1184),
+        bytes(1088),
+    )
     rk, ck = ratchet.kdf_rk(bytes([5]) * 32, bytes([6]) * 32)
     spk = dh.KeyPair(bytes(range(160, 192)))
     a = ratchet.RatchetState.initiator(sk, spk.public, b"ad-a", b"ad-b")
     first = a.encrypt(b"hello", counter_rng(200))
     content_pkg, content_ct = envelope.seal_content(b"hello", counter_rng(7))
     relay_key = sign.SigningKey(bytes(range(192, 224)))
-    cert_body = sealed.certificate_body(sealed.relay_key_id(relay_key.public), Address(account_id_for(alice_key.public), 1),
-                                        device.identity.public, 1_700_086_400_000)
+    cert_body = sealed.certificate_body(
+        sealed.relay_key_id(relay_key.public),
+        Address(account_id_for(alice_key.public), 1),
+        device.identity.public,
+        1_700_086_400_000,
+    )
     return {
         "account_key_private": alice_key.private.hex(),
         "account_key_public": alice_key.public.hex(),
@@ -59,7 +68,9 @@ def build() -> dict:
         "access_key": sealed.access_key(bytes(range(224, 256))).hex(),
         "relay_key_public": relay_key.public.hex(),
         "sender_certificate": (cert_body + relay_key.sign(LABEL_SENDER_CERTIFICATE, cert_body)).hex(),
-        "associated_data": associated_data(Address("00" * 16, 1), bytes(32), Address("11" * 16, 2), bytes([9]) * 32).hex(),
+        "associated_data": associated_data(
+            Address("00" * 16, 1), bytes(32), Address("11" * 16, 2), bytes([9]) * 32
+        ).hex(),
     }
 
 

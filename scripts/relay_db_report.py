@@ -33,12 +33,14 @@ def main() -> int:
         cols = [d[0] for d in db.execute(f'SELECT * FROM "{table}" LIMIT 0').description]
         print(f"  {table:<20} {len(rows):>5} rows   columns: {', '.join(cols)}")
         for row in rows:
-            for col, value in zip(cols, row):
+            for col, value in zip(cols, row, strict=True):
                 data = value if isinstance(value, bytes) else str(value).encode()
-                for needle, text in zip(needles, [t for t in args.absent for _ in range(3)]):
+                for needle, text in zip(needles, [t for t in args.absent for _ in range(3)], strict=True):
                     if needle and needle in data:
                         found.append((table, col, text))
-        blobs = [(c, v) for row in rows[:1] for c, v in zip(cols, row) if isinstance(v, bytes) and len(v) > 64]
+        blobs = [
+            (c, v) for row in rows[:1] for c, v in zip(cols, row, strict=True) if isinstance(v, bytes) and len(v) > 64
+        ]
         for col, value in blobs[:1]:
             print(f"      e.g. {col}: {value[:24].hex()}… ({len(value)} bytes)")
     # The raw file too: WAL and freed pages included.

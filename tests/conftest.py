@@ -24,18 +24,24 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
 FAST_LIMITS: dict[str, float] = {
-    "send_rate": 100_000.0, "send_burst": 100_000.0,
-    "request_rate": 100_000.0, "request_burst": 100_000.0,
-    "lookup_rate": 100_000.0, "lookup_burst": 100_000.0,
-    "register_rate": 100_000.0, "register_burst": 100_000.0,
-    "discovery_rate": 100_000.0, "discovery_burst": 100_000.0,
+    "send_rate": 100_000.0,
+    "send_burst": 100_000.0,
+    "request_rate": 100_000.0,
+    "request_burst": 100_000.0,
+    "lookup_rate": 100_000.0,
+    "lookup_burst": 100_000.0,
+    "register_rate": 100_000.0,
+    "register_burst": 100_000.0,
+    "discovery_rate": 100_000.0,
+    "discovery_burst": 100_000.0,
 }
 FAST_LIMITS_ENV = {f"IMSG_RELAY_{k.upper()}": str(int(v)) for k, v in FAST_LIMITS.items()}
 
@@ -77,11 +83,18 @@ def start_thread_relay(data_dir: Path, **overrides: Any) -> ThreadRelay:
     sock.bind(("127.0.0.1", 0))
     sock.listen(512)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, loop="asyncio", http="h11", ws="none", lifespan="on",
-                            log_config=None, access_log=False, timeout_graceful_shutdown=1)
+    config = uvicorn.Config(
+        app,
+        loop="asyncio",
+        http="h11",
+        ws="none",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=1,
+    )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,
-                              name=f"relay-{port}")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"relay-{port}")
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:
@@ -128,13 +141,17 @@ class ProcessRelay:
         return self.proc.returncode
 
 
-def start_process_relay(data_dir: Path, log_path: Path, env: dict[str, str] | None = None,
-                        timeout: float = 15.0) -> ProcessRelay:
+def start_process_relay(
+    data_dir: Path, log_path: Path, env: dict[str, str] | None = None, timeout: float = 15.0
+) -> ProcessRelay:
     full_env = {**os.environ, **FAST_LIMITS_ENV, **(env or {})}
     with open(log_path, "ab") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "imsg_relay.cli", "serve", "--port", "0", "--data", str(data_dir)],
-            stdout=subprocess.PIPE, stderr=err, env=full_env)
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=full_env,
+        )
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     line = proc.stdout.readline().decode() if ready else ""
     prefix = "imsg-relay listening on "
@@ -142,7 +159,7 @@ def start_process_relay(data_dir: Path, log_path: Path, env: dict[str, str] | No
         proc.kill()
         proc.wait(5)
         raise RuntimeError(f"relay did not start: {line!r} {log_path.read_text(errors='replace')}")
-    return ProcessRelay(line[len(prefix):].strip(), data_dir, log_path, proc)
+    return ProcessRelay(line[len(prefix) :].strip(), data_dir, log_path, proc)
 
 
 @pytest.fixture
@@ -182,8 +199,14 @@ def make_client(tmp_path: Path, relay: ThreadRelay) -> Iterator[Callable[..., An
 
     opened: list[Client] = []
 
-    def make(name: str, handle: str | None = None, *, init: bool = True,
-             relay_url: str | None = None, home: Path | None = None) -> Client:
+    def make(
+        name: str,
+        handle: str | None = None,
+        *,
+        init: bool = True,
+        relay_url: str | None = None,
+        home: Path | None = None,
+    ) -> Client:
         home = home or tmp_path / "homes" / name
         fresh = not (home / "imsg.db").exists()
         client = Client.open(home, relay=relay_url or relay.url)
@@ -213,7 +236,6 @@ def module_relay_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc
         yield r
     finally:
         r.stop()
-
 
 
 @pytest.fixture

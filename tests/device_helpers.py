@@ -21,7 +21,7 @@ def link_device(relay_url: str, existing: Client, home: Path, device_name: str =
         try:
             with Client.open(home, relay=relay_url) as c:
                 out["who"] = c.device_link(pairing.code, device_name)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             out["exc"] = exc
 
     th = threading.Thread(target=run, name=f"link-{Path(home).name}")

@@ -19,11 +19,14 @@ def swap_handle_owners(data_dir: Path, db: sqlite3.Connection, a: str, b: str, h
     for handle in set(handles):
         output = key.output(handle)
         tag = tag_for(output)
-        row = db.execute("SELECT account_id, state FROM handles WHERE tag = ? AND state != 'pending'",
-                         (tag,)).fetchone()
+        row = db.execute(
+            "SELECT account_id, state FROM handles WHERE tag = ? AND state != 'pending'", (tag,)
+        ).fetchone()
         if row is None or row[0] not in (a, b):
             continue
         new = b if row[0] == a else a
-        db.execute("UPDATE handles SET account_id = ?, record = ? WHERE tag = ? AND account_id = ?",
-                   (new, seal_record(output, new, row[1] == "verified"), tag, row[0]))
+        db.execute(
+            "UPDATE handles SET account_id = ?, record = ? WHERE tag = ? AND account_id = ?",
+            (new, seal_record(output, new, row[1] == "verified"), tag, row[0]),
+        )
     db.execute("COMMIT")

@@ -60,10 +60,16 @@ class Recorder:
 
     def blob_gets(self) -> list[tuple[str, str]]:
         with self.lock:
-            return [(p, r) for m, p, r in self.log if m == "GET" and p.startswith("/v1/blobs/")
-                    and not p.endswith("/status")]
+            return [
+                (p, r)
+                for m, p, r in self.log
+                if m == "GET" and p.startswith("/v1/blobs/") and not p.endswith("/status")
+            ]
 
     def part_puts(self, blob_id: str | None = None) -> list[int]:
         with self.lock:
-            return [int(p.rsplit("/", 1)[1]) for m, p, _ in self.log
-                    if m == "PUT" and "/parts/" in p and (blob_id is None or f"/{blob_id}/" in p)]
+            return [
+                int(p.rsplit("/", 1)[1])
+                for m, p, _ in self.log
+                if m == "PUT" and "/parts/" in p and (blob_id is None or f"/{blob_id}/" in p)
+            ]

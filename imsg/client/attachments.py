@@ -19,9 +19,9 @@ import hashlib
 import mimetypes
 import os
 import unicodedata
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator
 
 from imsg import errors
 from imsg.crypto import stream
@@ -74,8 +74,9 @@ def describe(path: Path) -> tuple[str, str]:
     return name, (mimetypes.guess_type(name)[0] or "application/octet-stream")[:127]
 
 
-def upload(relay: RelayClient, store, path: Path, *, key: bytes, now_ms: int,
-           progress: Progress | None = None) -> Upload:
+def upload(
+    relay: RelayClient, store, path: Path, *, key: bytes, now_ms: int, progress: Progress | None = None
+) -> Upload:
     """Upload `path` encrypted, resuming an earlier interrupted upload of the same file."""
     path = path.resolve()
     try:
@@ -104,14 +105,26 @@ def upload(relay: RelayClient, store, path: Path, *, key: bytes, now_ms: int,
         size = stream.ciphertext_length(st.st_size)
         created = relay.create_blob(size)
         name, ctype = describe(path)
-        record = Upload(str(created["blob_id"]), str(path), st.st_size, st.st_mtime_ns, key, size,
-                        int(created["part_size"]), name, ctype, now_ms, int(created.get("expires_at", 0)))
+        record = Upload(
+            str(created["blob_id"]),
+            str(path),
+            st.st_size,
+            st.st_mtime_ns,
+            key,
+            size,
+            int(created["part_size"]),
+            name,
+            ctype,
+            now_ms,
+            int(created.get("expires_at", 0)),
+        )
         with store.transaction():
             store.save_upload(record)  # before any byte leaves: a rerun can resume
     digest = hashlib.sha256()
     with open(path, "rb") as src:
-        parts = _parts(stream.iter_encrypt(record.key, src, chunk_segments=_CHUNK_SEGMENTS),
-                       record.size, record.part_size)
+        parts = _parts(
+            stream.iter_encrypt(record.key, src, chunk_segments=_CHUNK_SEGMENTS), record.size, record.part_size
+        )
         for index, (length, chunks) in enumerate(parts):
             if index in received:
                 for chunk in chunks:  # already at the relay: only carry the digest forward
@@ -132,8 +145,7 @@ def upload(relay: RelayClient, store, path: Path, *, key: bytes, now_ms: int,
 
 
 def pointer(record: Upload) -> AttachmentPointer:
-    return AttachmentPointer(record.blob_id, record.key, record.digest, record.size, record.name,
-                             record.content_type)
+    return AttachmentPointer(record.blob_id, record.key, record.digest, record.size, record.name, record.content_type)
 
 
 def _hashed(chunks: Iterator[bytes], digest) -> Iterator[bytes]:
@@ -161,7 +173,7 @@ def _parts(ciphertext: Iterator[bytes], total: int, part_size: int) -> Iterator[
                     except StopIteration:
                         raise errors.LocalStateError("the file shrank while it was being sent") from None
                 take = carry[:left]
-                carry = carry[len(take):]
+                carry = carry[len(take) :]
                 left -= len(take)
                 yield bytes(take)
 
@@ -172,8 +184,9 @@ def _parts(ciphertext: Iterator[bytes], total: int, part_size: int) -> Iterator[
         offset += length
 
 
-def download(relay: RelayClient, attachment: StoredAttachment, out_dir: Path, *,
-             progress: Progress | None = None) -> Path:
+def download(
+    relay: RelayClient, attachment: StoredAttachment, out_dir: Path, *, progress: Progress | None = None
+) -> Path:
     """Fetch, check (length and SHA-256, before decrypting), decrypt, and write the file
     0600 under its sanitised name in `out_dir`. An interrupted download resumes from its
     temporary file."""
@@ -210,7 +223,8 @@ def download(relay: RelayClient, attachment: StoredAttachment, out_dir: Path, *,
         temp.unlink(missing_ok=True)
         raise errors.SecurityError(
             f"attachment {attachment.name!r} failed its integrity check: the relay served "
-            "different or truncated data (nothing was decrypted)")
+            "different or truncated data (nothing was decrypted)"
+        )
     target = free_path(out_dir, safe_filename(attachment.name))
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:

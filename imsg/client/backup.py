@@ -81,8 +81,10 @@ class BackupMixin:
             base64.b64decode(state["secret"], validate=True)
             return state
         except (ValueError, KeyError, TypeError):
-            raise errors.LocalStateError("this home's backup settings are damaged",
-                                         hint="turn backups off and on again: imsg backup off; imsg backup on") from None
+            raise errors.LocalStateError(
+                "this home's backup settings are damaged",
+                hint="turn backups off and on again: imsg backup off; imsg backup on",
+            ) from None
 
     def _save_backup_state(self, state: dict | None) -> None:
         with self.store.transaction():
@@ -97,17 +99,28 @@ class BackupMixin:
         attachments = [a for m in messages for a in self.store.attachments(m.message_id)]
         settings = {k: v for k, v in self.store.settings().items() if not k.startswith(DEVICE_LOCAL_PREFIXES)}
         return bk.BackupContents(
-            self._now(), account.account_id, account.handle, account.name, account.account_private,
-            account.account_public, account.profile_key, account.device_list, tuple(self.store.contacts()),
-            tuple(messages), tuple(attachments), settings)
+            self._now(),
+            account.account_id,
+            account.handle,
+            account.name,
+            account.account_private,
+            account.account_public,
+            account.profile_key,
+            account.device_list,
+            tuple(self.store.contacts()),
+            tuple(messages),
+            tuple(attachments),
+            settings,
+        )
 
     def _upload_backup(self, account: LocalAccount, secret: bytes) -> BackupResult:
         contents = self._backup_contents(account)
         try:
             sealed = bk.seal_backup(secret, bk.encode_document(contents), self._rng)
         except ValueError as exc:
-            raise errors.LocalStateError(f"cannot back up: {exc}",
-                                         hint="delete old messages (imsg delete) to make it smaller") from None
+            raise errors.LocalStateError(
+                f"cannot back up: {exc}", hint="delete old messages (imsg delete) to make it smaller"
+            ) from None
         self.relay().put_backup(sealed, bk.access_hash(secret))
         return BackupResult(len(sealed), len(contents.messages), len(contents.contacts), contents.created_at)
 
@@ -116,15 +129,25 @@ class BackupMixin:
         it once: it is the only way to read the backup). Nothing changes if the upload fails."""
         account = self._account()
         if account.account_private is None:
-            raise errors.LocalStateError("this device does not hold the account key, so its backup could "
-                                         "not enrol a new device", hint="turn backups on from your first device")
+            raise errors.LocalStateError(
+                "this device does not hold the account key, so its backup could not enrol a new device",
+                hint="turn backups on from your first device",
+            )
         if self._backup_state() is not None:
-            raise errors.LocalStateError("backups are already on",
-                                         hint="for a new recovery code: imsg backup off, then imsg backup on")
+            raise errors.LocalStateError(
+                "backups are already on", hint="for a new recovery code: imsg backup off, then imsg backup on"
+            )
         secret = self._rng(bk.SECRET_LEN)
         result = self._upload_backup(account, secret)
-        self._save_backup_state({"secret": base64.b64encode(secret).decode("ascii"), "last_at": result.at,
-                                 "size": result.size, "last_error": None, "last_attempt_at": result.at})
+        self._save_backup_state(
+            {
+                "secret": base64.b64encode(secret).decode("ascii"),
+                "last_at": result.at,
+                "size": result.size,
+                "last_error": None,
+                "last_attempt_at": result.at,
+            }
+        )
         return bk.recovery_code(secret)
 
     def backup_now(self) -> BackupResult:
@@ -138,8 +161,9 @@ class BackupMixin:
         except errors.ImsgError as exc:
             self._save_backup_state({**state, "last_error": str(exc), "last_attempt_at": now})
             raise
-        self._save_backup_state({**state, "last_at": result.at, "size": result.size, "last_error": None,
-                                 "last_attempt_at": now})
+        self._save_backup_state(
+            {**state, "last_at": result.at, "size": result.size, "last_error": None, "last_attempt_at": now}
+        )
         return result
 
     def backup_if_due(self) -> BackupResult | None:
@@ -161,10 +185,15 @@ class BackupMixin:
         remote = self.relay().backup_status() if relay else None
         on = state is not None
         last_at = state.get("last_at") if on else None
-        return BackupStatus(on, last_at, state.get("size") if on else None,
-                            (last_at or 0) + BACKUP_INTERVAL_MS if on else None,
-                            state.get("last_error") if on else None,
-                            remote.get("size") if remote else None, remote.get("updated_at") if remote else None)
+        return BackupStatus(
+            on,
+            last_at,
+            state.get("size") if on else None,
+            (last_at or 0) + BACKUP_INTERVAL_MS if on else None,
+            state.get("last_error") if on else None,
+            remote.get("size") if remote else None,
+            remote.get("updated_at") if remote else None,
+        )
 
     def backup_off(self) -> bool:
         """Delete the relay's copy at once, then forget the recovery code here. Returns
@@ -190,20 +219,29 @@ class BackupMixin:
         try:
             secret = bk.parse_recovery_code(code)
         except bk.RecoveryCodeError as exc:
-            raise errors.UsageError(f"not a valid recovery code: {exc}",
-                                    hint="type the 36 characters imsg backup on showed; dashes are optional") from None
+            raise errors.UsageError(
+                f"not a valid recovery code: {exc}",
+                hint="type the 36 characters imsg backup on showed; dashes are optional",
+            ) from None
         if not self._relay_url:
             raise errors.UsageError("no relay given", hint="pass --relay URL or set IMSG_RELAY")
-        with RelayClient(self._relay_url, _b64url(bk.access_token(secret)), allow_insecure=self._allow_insecure,
-                         transport=self._transport) as relay:
+        with RelayClient(
+            self._relay_url,
+            _b64url(bk.access_token(secret)),
+            allow_insecure=self._allow_insecure,
+            transport=self._transport,
+        ) as relay:
             try:
                 remote = relay.restore_account()
                 sealed = relay.restore_backup(MAX_DOWNLOAD)
             except errors.RelayRefusedError as exc:
                 if exc.status == 404:
                     raise errors.RelayRefusedError(
-                        "this relay holds no backup for that recovery code", status=404, relay_code="not_found",
-                        hint="check the code and --relay; a backup turned off is gone") from None
+                        "this relay holds no backup for that recovery code",
+                        status=404,
+                        relay_code="not_found",
+                        hint="check the code and --relay; a backup turned off is gone",
+                    ) from None
                 raise
             try:
                 contents = bk.decode_document(bk.open_backup(secret, sealed))
@@ -212,42 +250,79 @@ class BackupMixin:
             except DecodeError as exc:
                 raise errors.SecurityError(f"the backup is malformed: {exc}") from None
             if canonical_handle(contents.handle) != handle:
-                raise errors.UsageError(f"that recovery code opens the backup of another handle, not {handle}",
-                                        hint="check the handle you typed")
+                raise errors.UsageError(
+                    f"that recovery code opens the backup of another handle, not {handle}",
+                    hint="check the handle you typed",
+                )
             # The relay's account must be the backup's, and its device list signed by the
             # account key and not older than the one in the backup.
-            if remote.account_id != contents.account_id or \
-                    remote.account_key != encode_key(KEY_ED25519, contents.account_public):
+            if remote.account_id != contents.account_id or remote.account_key != encode_key(
+                KEY_ED25519, contents.account_public
+            ):
                 raise errors.UntrustedIdentityError("the relay served another account for this backup")
-            current = _accept_device_list(remote.device_list, contents.account_public,
-                                          verify_device_list(contents.device_list, contents.account_public), "our own")
+            current = _accept_device_list(
+                remote.device_list,
+                contents.account_public,
+                verify_device_list(contents.device_list, contents.account_public),
+                "our own",
+            )
             keys = DeviceKeys.generate(0, self._rng)  # its id comes from the list
-            device_id, device_list = self._list_with_device(contents.account_private, current, keys.identity.public,
-                                                            keys.signing.public, name or "restored device",
-                                                            keys.sealed.public)
+            device_id, device_list = self._list_with_device(
+                contents.account_private,
+                current,
+                keys.identity.public,
+                keys.signing.public,
+                name or "restored device",
+                keys.sealed.public,
+            )
             raw_token = self._rng(32)
             signed_at = self._now()
             statement = bk.restore_statement(contents.account_id, device_id, raw_token, device_list, signed_at)
             try:
-                relay.restore_device(device_id, token=_b64url(raw_token), device_list=device_list,
-                                     signed_at=signed_at, signature=bk.sign_restore(contents.account_private, statement))
+                relay.restore_device(
+                    device_id,
+                    token=_b64url(raw_token),
+                    device_list=device_list,
+                    signed_at=signed_at,
+                    signature=bk.sign_restore(contents.account_private, statement),
+                )
             except errors.RelayRefusedError as exc:
                 if exc.status == 401:
-                    raise errors.RelayRefusedError(f"the relay refused to enrol this device: {exc}", status=401,
-                                                   relay_code=exc.relay_code,
-                                                   hint="check this machine's clock; then try again") from None
+                    raise errors.RelayRefusedError(
+                        f"the relay refused to enrol this device: {exc}",
+                        status=401,
+                        relay_code=exc.relay_code,
+                        hint="check this machine's clock; then try again",
+                    ) from None
                 raise
         now = self._now()
         account = LocalAccount(
-            account_id=contents.account_id, handle=contents.handle, name=contents.name,
-            account_public=contents.account_public, account_private=contents.account_private, device_id=device_id,
-            identity_private=keys.identity.private, signing_private=keys.signing.private, device_list=device_list,
-            relay_url=relay.base_url, token=_b64url(raw_token), created_at=now, profile_key=contents.profile_key)
+            account_id=contents.account_id,
+            handle=contents.handle,
+            name=contents.name,
+            account_public=contents.account_public,
+            account_private=contents.account_private,
+            device_id=device_id,
+            identity_private=keys.identity.private,
+            signing_private=keys.signing.private,
+            device_list=device_list,
+            relay_url=relay.base_url,
+            token=_b64url(raw_token),
+            created_at=now,
+            profile_key=contents.profile_key,
+        )
         settings = dict(contents.settings)
         # Backups stay on for the restored device, under the code the user just typed.
-        settings[STATE_KEY] = json.dumps({"secret": base64.b64encode(secret).decode("ascii"), "last_at": now,
-                                          "size": len(sealed), "last_error": None, "last_attempt_at": now},
-                                         sort_keys=True)
+        settings[STATE_KEY] = json.dumps(
+            {
+                "secret": base64.b64encode(secret).decode("ascii"),
+                "last_at": now,
+                "size": len(sealed),
+                "last_error": None,
+                "last_attempt_at": now,
+            },
+            sort_keys=True,
+        )
         contacts = [c for c in contents.contacts if c.account_id != contents.account_id]
         me = self._install_account(account, contacts, contents.messages, contents.attachments, settings)
         # Our other devices did not sign this device in (the backup's account key did), so

@@ -18,18 +18,22 @@ import os
 import platform
 import secrets
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
 
-from imsg.client import attachments as attachment_io
 from imsg import errors
+from imsg.client import attachments as attachment_io
 from imsg.client.backup import BackupMixin
-from imsg.crypto import stream
-from imsg.handles import canonical_handle
 from imsg.client.profiles import ProfileMixin
 from imsg.client.reachable import ReachableMixin
-from imsg.protocol import consts, envelope as env, provisioning as prov, session as sess
+from imsg.client.sealed import check_certified_identity
+from imsg.crypto import stream
+from imsg.handles import canonical_handle
+from imsg.protocol import consts
+from imsg.protocol import envelope as env
+from imsg.protocol import provisioning as prov
+from imsg.protocol import session as sess
 from imsg.protocol.content import KIND_PROFILE, KIND_SYNC, KIND_TEXT, Content
 from imsg.protocol.encoding import KEY_ED25519, KEY_MLKEM768, KEY_X25519, decode_key, encode_key
 from imsg.protocol.errors import (
@@ -53,6 +57,7 @@ from imsg.protocol.identity import (
     verify_device_list,
 )
 from imsg.protocol.prekeys import KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey
+from imsg.protocol.sealed import is_sealed
 from imsg.protocol.session import Address
 from imsg.protocol.stores import (
     Contact,
@@ -64,9 +69,7 @@ from imsg.protocol.stores import (
     StoredMessage,
     Upload,
 )
-from imsg.protocol.sealed import is_sealed
 from imsg.relay_client import RelayClient, b64d, b64e
-from imsg.client.sealed import check_certified_identity
 
 STORE_FILE = "imsg.db"
 
@@ -114,11 +117,13 @@ class Message:
     attachments: tuple[AttachmentInfo, ...] = ()
 
     @classmethod
-    def from_stored(cls, m: StoredMessage, attachments=()) -> "Message":
-        infos = tuple(AttachmentInfo(a.blob_id, a.name, _plain_size(a.size), a.content_type, a.saved_path)
-                      for a in attachments)
-        return cls(m.message_id, m.sender_handle, m.recipient_handle, m.text, m.sent_at, m.direction,
-                   m.peer_handle, infos)
+    def from_stored(cls, m: StoredMessage, attachments=()) -> Message:
+        infos = tuple(
+            AttachmentInfo(a.blob_id, a.name, _plain_size(a.size), a.content_type, a.saved_path) for a in attachments
+        )
+        return cls(
+            m.message_id, m.sender_handle, m.recipient_handle, m.text, m.sent_at, m.direction, m.peer_handle, infos
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,8 +230,15 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
         self.still_unlocked: Callable[[], bool] | None = None
 
     @classmethod
-    def open(cls, home: str | os.PathLike | None = None, relay: str | None = None, *, keys=None,
-             retention: bool = True, **kwargs) -> "Client":
+    def open(
+        cls,
+        home: str | os.PathLike | None = None,
+        relay: str | None = None,
+        *,
+        keys=None,
+        retention: bool = True,
+        **kwargs,
+    ) -> Client:
         """Open a home (see imsg.store.vault.open_store; `keys`: a vault.KeySource for a home
         with a passcode) and apply its retention setting (unless `retention` is False: about
         to change that setting, a longer one must not lose what it would keep)."""
@@ -252,7 +264,7 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             self._relay.close()
         self.store.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -272,8 +284,9 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             url = self._relay_url or (account.relay_url if account else None)
             if not url:
                 raise errors.UsageError("no relay given", hint="pass --relay URL or set IMSG_RELAY")
-            self._relay = RelayClient(url, account.token if account else None,
-                                      allow_insecure=self._allow_insecure, transport=self._transport)
+            self._relay = RelayClient(
+                url, account.token if account else None, allow_insecure=self._allow_insecure, transport=self._transport
+            )
         return self._relay
 
     def _device(self, account: LocalAccount) -> DeviceKeys:
@@ -304,35 +317,57 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
         account_key = AccountKey.generate(self._rng)
         device = DeviceKeys.generate(1, self._rng)
         label = device_name or platform.node() or "first device"
-        device_list = account_key.sign_device_list(DeviceList(
-            account_key.public, serial=1, signed_at=now,
-            devices=(device.entry(now, seal_device_name(account_key.private, 1, label, self._rng)),),
-        ))
+        device_list = account_key.sign_device_list(
+            DeviceList(
+                account_key.public,
+                serial=1,
+                signed_at=now,
+                devices=(device.entry(now, seal_device_name(account_key.private, 1, label, self._rng)),),
+            )
+        )
         token = base64.urlsafe_b64encode(self._rng(32)).rstrip(b"=").decode("ascii")
         relay = RelayClient(self._relay_url, token, allow_insecure=self._allow_insecure, transport=self._transport)
         try:
             from imsg.protocol.discovery import seal_label
 
             registered = relay.register(
-                account_id=account_key.account_id, account_key=encode_key(KEY_ED25519, account_key.public),
-                handle=handle, device_list=device_list, device_id=1, token=token,
+                account_id=account_key.account_id,
+                account_key=encode_key(KEY_ED25519, account_key.public),
+                handle=handle,
+                device_list=device_list,
+                device_id=1,
+                token=token,
                 label=seal_label(account_key.private, handle, self._rng, start=True),
             )
             if registered.get("handle_state") == "pending" and registered.get("code_sent") is False:
                 # registered; the relay's verifier failed for now
-                self.problems.append(Problem("", "code_not_sent", f"the relay could not send a code to {handle} "
-                                                                  f"now; ask again with: imsg reachable add {handle}"))
+                self.problems.append(
+                    Problem(
+                        "",
+                        "code_not_sent",
+                        f"the relay could not send a code to {handle} now; ask again with: imsg reachable add {handle}",
+                    )
+                )
         except errors.RelayRefusedError as exc:
             relay.close()
             if exc.relay_code == "handle_taken":
-                raise errors.RelayRefusedError(f"{handle} is already registered to another account",
-                                               status=exc.status, relay_code="handle_taken") from None
+                raise errors.RelayRefusedError(
+                    f"{handle} is already registered to another account", status=exc.status, relay_code="handle_taken"
+                ) from None
             raise
         account = LocalAccount(
-            account_id=account_key.account_id, handle=handle, name=name,
-            account_public=account_key.public, account_private=account_key.private,
-            device_id=1, identity_private=device.identity.private, signing_private=device.signing.private,
-            device_list=device_list, relay_url=relay.base_url, token=token, created_at=now,
+            account_id=account_key.account_id,
+            handle=handle,
+            name=name,
+            account_public=account_key.public,
+            account_private=account_key.private,
+            device_id=1,
+            identity_private=device.identity.private,
+            signing_private=device.signing.private,
+            device_list=device_list,
+            relay_url=relay.base_url,
+            token=token,
+            created_at=now,
             profile_key=self._rng(32),
         )
         self.store.save_account(account)
@@ -346,9 +381,15 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
     def whoami(self) -> WhoAmI:
         account = self._account()
         devices = verify_device_list(account.device_list, account.account_public)
-        return WhoAmI(account.account_id, account.handle, account.name, account.device_id,
-                      self._relay_url or account.relay_url, fingerprint(account.account_public),
-                      len(devices.devices))
+        return WhoAmI(
+            account.account_id,
+            account.handle,
+            account.name,
+            account.device_id,
+            self._relay_url or account.relay_url,
+            fingerprint(account.account_public),
+            len(devices.devices),
+        )
 
     # --- prekeys ---
 
@@ -365,8 +406,11 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             if newest is None or now - newest.created_at > consts.SIGNED_PREKEY_ROTATE_MS:
                 spk = SignedPreKey.generate(device, self.store.next_prekey_id(), now, self._rng)
                 self.store.save_signed_prekey(spk)
-                payload["signed_prekey"] = {"key_id": spk.key_id, "public_key": b64e(encode_key(KEY_X25519, spk.public)),
-                                            "signature": b64e(spk.signature)}
+                payload["signed_prekey"] = {
+                    "key_id": spk.key_id,
+                    "public_key": b64e(encode_key(KEY_X25519, spk.public)),
+                    "signature": b64e(spk.signature),
+                }
                 # Old signed prekeys stay for mail still in flight, then go.
                 for old in signed:
                     if now - old.created_at > consts.SIGNED_PREKEY_KEEP_MS:
@@ -378,15 +422,20 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
         counts = self.relay().key_count() if not force else {"one_time": 0, "kem_one_time": 0}
         with self.store.transaction():
             if int(counts.get("one_time", 0)) < consts.ONE_TIME_PREKEY_REFILL_BELOW:
-                keys = [OneTimePreKey.generate(self.store.next_prekey_id(), self._rng)
-                        for _ in range(consts.ONE_TIME_PREKEY_BATCH)]
+                keys = [
+                    OneTimePreKey.generate(self.store.next_prekey_id(), self._rng)
+                    for _ in range(consts.ONE_TIME_PREKEY_BATCH)
+                ]
                 for k in keys:
                     self.store.save_one_time_prekey(k)
-                payload["one_time"] = [{"key_id": k.key_id, "public_key": b64e(encode_key(KEY_X25519, k.public))}
-                                       for k in keys]
+                payload["one_time"] = [
+                    {"key_id": k.key_id, "public_key": b64e(encode_key(KEY_X25519, k.public))} for k in keys
+                ]
             if int(counts.get("kem_one_time", 0)) < consts.ONE_TIME_PREKEY_REFILL_BELOW:
-                keys = [KemPreKey.generate(device, self.store.next_prekey_id(), now, self._rng, last_resort=False)
-                        for _ in range(consts.ONE_TIME_PREKEY_BATCH)]
+                keys = [
+                    KemPreKey.generate(device, self.store.next_prekey_id(), now, self._rng, last_resort=False)
+                    for _ in range(consts.ONE_TIME_PREKEY_BATCH)
+                ]
                 for k in keys:
                     self.store.save_kem_prekey(k)
                 payload["kem_one_time"] = [_kem_json(k) for k in keys]
@@ -415,9 +464,13 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             added = set(devices.device_ids) - set(old.device_ids)
             if added and known.status == "ok":
                 # Signed by the same account key: shown, but the safety number is unchanged.
-                self.problems.append(Problem("", "devices_changed",
-                                             f"{known.handle} added a device (now {len(devices.devices)}); "
-                                             "their safety number is unchanged"))
+                self.problems.append(
+                    Problem(
+                        "",
+                        "devices_changed",
+                        f"{known.handle} added a device (now {len(devices.devices)}); their safety number is unchanged",
+                    )
+                )
         if known is not None:  # everything else we know of them (nickname, profile...) stays
             contact = replace(known, handle=handle or known.handle, device_list=remote.device_list)
         else:
@@ -473,8 +526,14 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             self.store.save_contact(replace(contact, status="ok", verified=False))
 
     def _own_contact(self, account: LocalAccount) -> Contact:
-        return Contact(account.account_id, account.handle, account.account_public, account.device_list,
-                       verified=True, first_seen=account.created_at)
+        return Contact(
+            account.account_id,
+            account.handle,
+            account.account_public,
+            account.device_list,
+            verified=True,
+            first_seen=account.created_at,
+        )
 
     def _own_devices(self, account: LocalAccount) -> DeviceList:
         return verify_device_list(account.device_list, account.account_public)
@@ -493,9 +552,18 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
 
     # --- sending ---
 
-    def send(self, to: str, text: str = "", *, on_key_change: str = "hold", attachments=(), drafts=(),
-             progress: Callable[[str, int, int], None] | None = None,
-             share_profile: str | None = None, from_: str | None = None) -> SentMessage:
+    def send(
+        self,
+        to: str,
+        text: str = "",
+        *,
+        on_key_change: str = "hold",
+        attachments=(),
+        drafts=(),
+        progress: Callable[[str, int, int], None] | None = None,
+        share_profile: str | None = None,
+        from_: str | None = None,
+    ) -> SentMessage:
         """Send `text` to every device of `to`, and a copy to our own other devices.
         Our profile key goes with it as the share policy says; `share_profile` ("yes" or
         "no") answers for this person and is remembered (see `imsg.client.profiles`).
@@ -522,18 +590,24 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
                 self.store.hold_message(HeldMessage(message_id, to, text, self._now()))
             exc.details["message_id"] = message_id
             raise
-        return self._send_to(account, contact, devices, message_id, text, tuple(pointers), share_profile,
-                             sender_handle)
+        return self._send_to(account, contact, devices, message_id, text, tuple(pointers), share_profile, sender_handle)
 
-    def _send_to(self, account: LocalAccount, contact: Contact, devices: DeviceList, message_id: str,
-                 text: str, pointers: tuple = (), share_profile: str | None = None,
-                 sender_handle: str | None = None) -> SentMessage:
+    def _send_to(
+        self,
+        account: LocalAccount,
+        contact: Contact,
+        devices: DeviceList,
+        message_id: str,
+        text: str,
+        pointers: tuple = (),
+        share_profile: str | None = None,
+        sender_handle: str | None = None,
+    ) -> SentMessage:
         now = self._now()
         to = contact.handle
         sender_handle = sender_handle or self._sending_handle(account, None)
         profile, contact = self._profile_for(account, contact, share_profile)
-        content = Content(message_id, now, KIND_TEXT, sender_handle, to, text, attachments=pointers,
-                          profile=profile)
+        content = Content(message_id, now, KIND_TEXT, sender_handle, to, text, attachments=pointers, profile=profile)
         try:
             package, content_ct = env.seal_content(content.encode(), self._rng)
         except ValueError:
@@ -544,23 +618,46 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
         if targets:  # none: a note to self on an account with no other device
             envelopes = self._encrypt_for(account, contact.account_id, targets, package, content_ct)
             batches.append((OutgoingBatch(message_id, contact.account_id, tuple(envelopes), now), package, content_ct))
-        own_others = [] if to_self else [d for d in self._own_devices(account).devices
-                                         if d.device_id != account.device_id]
+        own_others = (
+            [] if to_self else [d for d in self._own_devices(account).devices if d.device_id != account.device_id]
+        )
         if own_others:  # sent-message sync: the same id, so every device stores it once
-            sync = Content(message_id, now, KIND_SYNC, sender_handle, to, text, contact.account_id,
-                           encode_key(KEY_ED25519, contact.account_key), pointers, profile)
+            sync = Content(
+                message_id,
+                now,
+                KIND_SYNC,
+                sender_handle,
+                to,
+                text,
+                contact.account_id,
+                encode_key(KEY_ED25519, contact.account_key),
+                pointers,
+                profile,
+            )
             sync_package, sync_ct = env.seal_content(sync.encode(), self._rng)
             envelopes = self._encrypt_for(account, account.account_id, own_others, sync_package, sync_ct)
-            batches.append((OutgoingBatch(message_id, account.account_id, tuple(envelopes), now), sync_package, sync_ct))
+            batches.append(
+                (OutgoingBatch(message_id, account.account_id, tuple(envelopes), now), sync_package, sync_ct)
+            )
         with self.store.transaction():
             if not to_self:  # an answer given now, and the key given to them
                 self.store.save_contact(replace(contact, shared_profile_key=profile.key) if profile else contact)
             for batch, _, _ in batches:
                 self.store.add_outgoing(batch)
-            self.store.add_message(StoredMessage(
-                message_id, contact.account_id, contact.handle, "out", sender_handle, to, text, now, now,
-                account.device_id,
-            ))
+            self.store.add_message(
+                StoredMessage(
+                    message_id,
+                    contact.account_id,
+                    contact.handle,
+                    "out",
+                    sender_handle,
+                    to,
+                    text,
+                    now,
+                    now,
+                    account.device_id,
+                )
+            )
             self.store.add_attachments(_stored_attachments(message_id, pointers))
             for p in pointers:  # sent: no longer a draft, nor a resumable upload
                 self.store.remove_upload(p.blob_id)
@@ -583,8 +680,9 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             ) from None
         return SentMessage(message_id, to, now, reached, message_id in self.sealed().sent_sealed)
 
-    def _encrypt_for(self, account: LocalAccount, account_id: str, targets, package: bytes,
-                     content_ct: bytes) -> list[tuple[int, bytes]]:
+    def _encrypt_for(
+        self, account: LocalAccount, account_id: str, targets, package: bytes, content_ct: bytes
+    ) -> list[tuple[int, bytes]]:
         """Encrypt the key package to each target device, committing each advanced ratchet
         before the envelope can leave (a crash must never reuse a message key)."""
         device = self._device(account)
@@ -607,11 +705,11 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
                     if bundle is None:
                         bundle = _parse_bundle(self.relay().fetch_bundles(account_id, d.device_id)[0])
                     if bundle is None:
-                        raise errors.RelayRefusedError(f"no prekeys for device {d.device_id}",
-                                                       relay_code="no_prekeys")
+                        raise errors.RelayRefusedError(f"no prekeys for device {d.device_id}", relay_code="no_prekeys")
                     try:
-                        record.promote(sess.initiate(device, me, address, d.identity_key, d.signing_key,
-                                                     bundle, self._rng))
+                        record.promote(
+                            sess.initiate(device, me, address, d.identity_key, d.signing_key, bundle, self._rng)
+                        )
                     except ProtocolUntrusted as exc:
                         raise errors.UntrustedIdentityError(str(exc)) from None
                     except ProtocolError as exc:
@@ -644,14 +742,21 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             unsigned = sorted(int(d) for d in exc.details.get("missing") or [] if devices.device(int(d)) is None)
             if unsigned:
                 raise errors.UntrustedIdentityError(
-                    f"the relay lists device(s) {unsigned} that the account's signed device list does not hold")
+                    f"the relay lists device(s) {unsigned} that the account's signed device list does not hold"
+                ) from None
             sent_to = {d for d, _ in batch.envelopes}
             keep = {d: e for d, e in batch.envelopes if devices.device(d) is not None}
-            new = [d for d in devices.devices if d.device_id not in keep and not (
-                batch.account_id == account.account_id and d.device_id == account.device_id)]
+            new = [
+                d
+                for d in devices.devices
+                if d.device_id not in keep
+                and not (batch.account_id == account.account_id and d.device_id == account.device_id)
+            ]
             if package is None:  # a queued batch: its content key is gone, new devices miss it
                 new = []
-            envelopes = sorted(list(keep.items()) + self._encrypt_for(account, batch.account_id, new, package, content_ct))
+            envelopes = sorted(
+                list(keep.items()) + self._encrypt_for(account, batch.account_id, new, package, content_ct)
+            )
             batch = OutgoingBatch(batch.message_id, batch.account_id, tuple(envelopes), batch.created_at)
             with self.store.transaction():
                 if contact is not None:
@@ -745,8 +850,10 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
 
     def with_saved_paths(self, m: Message) -> Message:
         """`m` with its attachments' current saved paths (after save_attachments)."""
-        infos = tuple(AttachmentInfo(a.blob_id, a.name, _plain_size(a.size), a.content_type, a.saved_path)
-                      for a in self.store.attachments(m.id))
+        infos = tuple(
+            AttachmentInfo(a.blob_id, a.name, _plain_size(a.size), a.content_type, a.saved_path)
+            for a in self.store.attachments(m.id)
+        )
         return replace(m, attachments=infos)
 
     def _accept(self, account: LocalAccount, e) -> bool:
@@ -781,10 +888,14 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             with self.store.transaction():
                 stored = self.store.load_session(sender)
                 result = sess.decrypt(
-                    sess.SessionRecord.decode(stored) if stored else None, envelope.session_message,
-                    local=self._device(account), local_address=Address(account.account_id, account.device_id),
-                    remote_address=sender, remote_identity_key=entry.identity_key,
-                    prekeys=self.store, now=self._now(),
+                    sess.SessionRecord.decode(stored) if stored else None,
+                    envelope.session_message,
+                    local=self._device(account),
+                    local_address=Address(account.account_id, account.device_id),
+                    remote_address=sender,
+                    remote_identity_key=entry.identity_key,
+                    prekeys=self.store,
+                    now=self._now(),
                 )
                 content = Content.decode(env.open_content(result.plaintext, envelope.content_ciphertext))
                 if content.message_id != e.message_id:
@@ -802,9 +913,16 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
                     contact = self._received_profile(contact, content)
                     self.store.save_contact(contact)
                     message = StoredMessage(
-                        content.message_id, contact.account_id, contact.handle, "in", from_handle,
-                        _canonical_or(content.recipient_handle, content.recipient_handle), content.text,
-                        content.sent_at, self._now(), sender.device_id,
+                        content.message_id,
+                        contact.account_id,
+                        contact.handle,
+                        "in",
+                        from_handle,
+                        _canonical_or(content.recipient_handle, content.recipient_handle),
+                        content.text,
+                        content.sent_at,
+                        self._now(),
+                        sender.device_id,
                     )
                 self.store.save_session(sender, result.record.encode())
                 if result.used_one_time_prekey is not None:
@@ -815,13 +933,23 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
                     self.store.add_message(message)
                     self.store.add_attachments(_stored_attachments(content.message_id, content.attachments))
             if contact is not None and contact.status == "changed":
-                self.problems.append(Problem(e.message_id, "identity_changed",
-                                             f"{contact.handle} now writes from a new account key (safety number changed)"))
+                self.problems.append(
+                    Problem(
+                        e.message_id,
+                        "identity_changed",
+                        f"{contact.handle} now writes from a new account key (safety number changed)",
+                    )
+                )
             elif contact is not None and contact.status == "replaced":
                 # A key the user already replaced for this handle: never pass it off as them.
-                self.problems.append(Problem(e.message_id, "identity_changed",
-                                             f"a message as {contact.handle} from an account key you no longer "
-                                             "trust for them (safety number changed)"))
+                self.problems.append(
+                    Problem(
+                        e.message_id,
+                        "identity_changed",
+                        f"a message as {contact.handle} from an account key you no longer "
+                        "trust for them (safety number changed)",
+                    )
+                )
             return result.new_session
         except errors.RelayRefusedError as exc:
             if exc.status != 404:
@@ -843,8 +971,18 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             self._own_profile_update(account, content)
             return None
         if content.kind != KIND_SYNC:  # a note to self, written on another of our devices
-            return StoredMessage(content.message_id, account.account_id, account.handle, "out", account.handle,
-                                 account.handle, content.text, content.sent_at, now, sender.device_id)
+            return StoredMessage(
+                content.message_id,
+                account.account_id,
+                account.handle,
+                "out",
+                account.handle,
+                account.handle,
+                content.text,
+                content.sent_at,
+                now,
+                sender.device_id,
+            )
         contact = self.store.get_contact(content.destination)
         if contact is None:
             # Our own device names the recipient's key; the id must derive from it, and the
@@ -860,9 +998,18 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
         if content.profile is not None and content.profile.key != contact.shared_profile_key:
             contact = replace(contact, shared_profile_key=content.profile.key)  # what we gave them
             self.store.save_contact(contact)
-        return StoredMessage(content.message_id, contact.account_id, contact.handle, "out",
-                             _canonical_or(content.sender_handle, account.handle),
-                             contact.handle, content.text, content.sent_at, now, sender.device_id)
+        return StoredMessage(
+            content.message_id,
+            contact.account_id,
+            contact.handle,
+            "out",
+            _canonical_or(content.sender_handle, account.handle),
+            contact.handle,
+            content.text,
+            content.sent_at,
+            now,
+            sender.device_id,
+        )
 
     def _check_claimed_handle(self, contact: Contact, claimed: str, message_id: str = "") -> Contact:
         """A first message names its sender's handle; believe it only if the private
@@ -880,8 +1027,11 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             raise errors.UntrustedIdentityError("sender claims a handle it does not hold")
         self._note_handle_verified(handle, holder.verified)
         pinned = self.store.contact_by_handle(handle)
-        status = "changed" if pinned is not None and pinned.status == "ok" and pinned.account_id != contact.account_id \
+        status = (
+            "changed"
+            if pinned is not None and pinned.status == "ok" and pinned.account_id != contact.account_id
             else "ok"
+        )
         return replace(contact, handle=handle, status=status)
 
     def _claimed_from(self, contact: Contact, claimed: str, message_id: str) -> str:
@@ -905,9 +1055,14 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             checked[key] = holder is not None and holder.account_id == contact.account_id
         if checked[key]:
             return handle
-        self.problems.append(Problem(message_id, "unverified_from",
-                                     f"{contact.handle} wrote as {claimed!r}, a handle their account does "
-                                     "not hold; shown as from their known handle"))
+        self.problems.append(
+            Problem(
+                message_id,
+                "unverified_from",
+                f"{contact.handle} wrote as {claimed!r}, a handle their account does "
+                "not hold; shown as from their known handle",
+            )
+        )
         return contact.handle
 
     def watch(self, wait: float = 30) -> Iterator[Message]:
@@ -948,8 +1103,9 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
     def _upload(self, path: Path, progress) -> Upload:
         total = path.stat().st_size if path.exists() else 0
         report = (lambda n: progress(path.name, n, total)) if progress else None
-        return attachment_io.upload(self.relay(), self.store, path, key=self._rng(32), now_ms=self._now(),
-                                    progress=report)
+        return attachment_io.upload(
+            self.relay(), self.store, path, key=self._rng(32), now_ms=self._now(), progress=report
+        )
 
     def attach(self, path: str | os.PathLike, *, progress=None) -> Draft:
         """Upload a file now (encrypted) and keep it as a draft to send later, as iMessage
@@ -959,8 +1115,11 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
         return Draft(record.blob_id, record.name, record.plain_size, record.content_type, record.expires_at)
 
     def drafts(self) -> list[Draft]:
-        return [Draft(u.blob_id, u.name, u.plain_size, u.content_type, u.expires_at)
-                for u in self.store.uploads() if u.complete and u.expires_at > self._now()]
+        return [
+            Draft(u.blob_id, u.name, u.plain_size, u.content_type, u.expires_at)
+            for u in self.store.uploads()
+            if u.complete and u.expires_at > self._now()
+        ]
 
     def _draft_pointer(self, draft_id: str):
         record = self.store.get_upload(draft_id)
@@ -993,7 +1152,9 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
                 if exc.status == 404:
                     raise errors.RelayRefusedError(
                         f"attachment {a.name!r} is no longer on the relay (kept 30 days from upload)",
-                        status=404, relay_code="not_found") from None
+                        status=404,
+                        relay_code="not_found",
+                    ) from None
                 raise
             with self.store.transaction():
                 self.store.set_saved_path(message_id, a.index, str(path))
@@ -1015,23 +1176,31 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
 
     # --- devices ---
 
-    def devices(self, *, refresh: bool = True) -> list["DeviceInfo"]:
+    def devices(self, *, refresh: bool = True) -> list[DeviceInfo]:
         """Our account's devices, from the signed device list (refreshed from the relay)."""
         account = self._account()
         devices = self._refresh_own_devices() if refresh else self._own_devices(account)
         account = self._account()
-        return [DeviceInfo(d.device_id, open_device_name(account.account_private, d),
-                           device_fingerprint(d.identity_key), d.added_at, d.device_id == account.device_id)
-                for d in devices.devices]
+        return [
+            DeviceInfo(
+                d.device_id,
+                open_device_name(account.account_private, d),
+                device_fingerprint(d.identity_key),
+                d.added_at,
+                d.device_id == account.device_id,
+            )
+            for d in devices.devices
+        ]
 
     def _sign_devices(self, account: LocalAccount, devices: tuple[DeviceEntry, ...], current: DeviceList) -> bytes:
         if account.account_private is None:
-            raise errors.LocalStateError("this device does not hold the account key",
-                                         hint="add or remove devices from the first device")
+            raise errors.LocalStateError(
+                "this device does not hold the account key", hint="add or remove devices from the first device"
+            )
         key = AccountKey(account.account_private)
         return key.sign_device_list(DeviceList(account.account_public, current.serial + 1, self._now(), devices))
 
-    def device_remove(self, device_id: int) -> list["DeviceInfo"]:
+    def device_remove(self, device_id: int) -> list[DeviceInfo]:
         """Remove a device: re-sign the list without it; the relay revokes it at once."""
         account = self._account()
         if device_id == account.device_id:
@@ -1047,15 +1216,17 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             self.store.delete_session(Address(account.account_id, device_id))
         return self.devices(refresh=False)
 
-    def device_add_start(self) -> "Pairing":
+    def device_add_start(self) -> Pairing:
         """Open a pairing channel at the relay; show `Pairing.code` to the new device."""
         account = self._account()
         if account.account_private is None:
-            raise errors.LocalStateError("this device does not hold the account key",
-                                         hint="add devices from the first device")
+            raise errors.LocalStateError(
+                "this device does not hold the account key", hint="add devices from the first device"
+            )
         if len(self._refresh_own_devices().devices) >= consts.MAX_DEVICES:
-            raise errors.LocalStateError(f"this account already has {consts.MAX_DEVICES} devices",
-                                         hint="remove one first: imsg device remove ID")
+            raise errors.LocalStateError(
+                f"this account already has {consts.MAX_DEVICES} devices", hint="remove one first: imsg device remove ID"
+            )
         channel_hex, expires_at = self.relay().open_channel()
         try:
             channel = bytes.fromhex(channel_hex)
@@ -1066,8 +1237,9 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
         secret = self._rng(prov.SECRET_LEN)
         return Pairing(prov.make_code(channel, secret), channel, secret, expires_at)
 
-    def device_add_finish(self, pairing: "Pairing", *, timeout: float = 300, history: int = 0,
-                          name_hint: str = "") -> "DeviceInfo":
+    def device_add_finish(
+        self, pairing: Pairing, *, timeout: float = 300, history: int = 0, name_hint: str = ""
+    ) -> DeviceInfo:
         """Wait for the new device, sign it into the device list with the account key,
         register it at the relay, and send it the account, contacts and (if `history` > 0)
         that many recent messages — all end-to-end encrypted under the pairing secret."""
@@ -1079,14 +1251,17 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             while box is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise errors.LocalStateError("no device linked before the timeout",
-                                                 hint="run imsg device add again for a new code")
+                    raise errors.LocalStateError(
+                        "no device linked before the timeout", hint="run imsg device add again for a new code"
+                    )
                 try:
                     box = relay.get_box(channel_hex, prov.TO_EXISTING, wait=min(left, 30))
                 except errors.RelayRefusedError as exc:
                     if exc.status == 404:
-                        raise errors.LocalStateError("the pairing code expired before a device linked",
-                                                     hint="run imsg device add again for a new code") from None
+                        raise errors.LocalStateError(
+                            "the pairing code expired before a device linked",
+                            hint="run imsg device add again for a new code",
+                        ) from None
                     raise
             try:
                 hello = prov.open_box(pairing.secret, pairing.channel, prov.TO_EXISTING, 0, box)
@@ -1101,26 +1276,42 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             current = self._refresh_own_devices()
             account = self._account()
             now = self._now()
-            device_id, blob = self._list_with_device(account.account_private, current, identity_key, signing_key,
-                                                     name, sealed_key)
+            device_id, blob = self._list_with_device(
+                account.account_private, current, identity_key, signing_key, name, sealed_key
+            )
             relay.add_device(device_id, token, blob)
             with self.store.transaction():
                 self.store.save_account(replace(account, device_list=blob))
             welcome = {
-                "v": 1, "account_id": account.account_id, "handle": account.handle, "name": account.name,
-                "account_private": prov.b64(account.account_private), "device_id": device_id,
-                "device_list": prov.b64(blob), "relay": relay.base_url,
+                "v": 1,
+                "account_id": account.account_id,
+                "handle": account.handle,
+                "name": account.name,
+                "account_private": prov.b64(account.account_private),
+                "device_id": device_id,
+                "device_list": prov.b64(blob),
+                "relay": relay.base_url,
                 "profile_key": prov.b64(account.profile_key),
                 "contacts": [
-                    {"account_id": c.account_id, "handle": c.handle, "account_key": prov.b64(c.account_key),
-                     "device_list": prov.b64(c.device_list), "verified": c.verified, "status": c.status,
-                     "profile_key": prov.b64(c.profile_key), **self._profile_link_fields(c)}
-                    for c in self.store.contacts() if c.status != "replaced"
+                    {
+                        "account_id": c.account_id,
+                        "handle": c.handle,
+                        "account_key": prov.b64(c.account_key),
+                        "device_list": prov.b64(c.device_list),
+                        "verified": c.verified,
+                        "status": c.status,
+                        "profile_key": prov.b64(c.profile_key),
+                        **self._profile_link_fields(c),
+                    }
+                    for c in self.store.contacts()
+                    if c.status != "replaced"
                 ],
                 **self._profile_link_settings(),
                 "history": self._history_for_link(history),
             }
-            relay.put_box(channel_hex, prov.TO_NEW, prov.seal_box(pairing.secret, pairing.channel, prov.TO_NEW, 0, welcome))
+            relay.put_box(
+                channel_hex, prov.TO_NEW, prov.seal_box(pairing.secret, pairing.channel, prov.TO_NEW, 0, welcome)
+            )
             # Closing the channel deletes what it holds: wait for the new device to say it
             # has the welcome (or for a short timeout) before closing.
             ack_deadline = time.monotonic() + min(60.0, max(5.0, deadline - time.monotonic()))
@@ -1139,21 +1330,35 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
                 pass  # it expires on its own
         return DeviceInfo(device_id, name, device_fingerprint(identity_key), now, False)
 
-    def _list_with_device(self, account_private: bytes, current: DeviceList, identity_key: bytes,
-                          signing_key: bytes, name: str, sealed_key: bytes = b"") -> tuple[int, bytes]:
+    def _list_with_device(
+        self,
+        account_private: bytes,
+        current: DeviceList,
+        identity_key: bytes,
+        signing_key: bytes,
+        name: str,
+        sealed_key: bytes = b"",
+    ) -> tuple[int, bytes]:
         """`current` with one new device, signed by the account key: (its id, the list).
         Never reuses a removed device's id: a contact holding the older list would see
         the same ids, get no 409, and encrypt to the removed device's key. Every id ever
         added is at most the serial of the list that added it, and serials only grow."""
         device_id = max(max(current.device_ids), current.serial) + 1
-        entry = DeviceEntry(device_id, identity_key, signing_key, self._now(),
-                            seal_device_name(account_private, device_id, name, self._rng), sealed_key)
+        entry = DeviceEntry(
+            device_id,
+            identity_key,
+            signing_key,
+            self._now(),
+            seal_device_name(account_private, device_id, name, self._rng),
+            sealed_key,
+        )
         key = AccountKey(account_private)
         devices = DeviceList(key.public, current.serial + 1, self._now(), current.devices + (entry,))
         return device_id, key.sign_device_list(devices)
 
-    def _install_account(self, account: LocalAccount, contacts, messages, attachments=(),
-                         settings: dict[str, str] | None = None) -> WhoAmI:
+    def _install_account(
+        self, account: LocalAccount, contacts, messages, attachments=(), settings: dict[str, str] | None = None
+    ) -> WhoAmI:
         """A new device's first state (linked or restored), in one transaction; then its
         prekeys go to the relay. Old messages arrive already shown."""
         with self.store.transaction():
@@ -1181,11 +1386,21 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
         for chat in self.store.conversations():
             rows.extend(self.store.history(chat.peer_account_id, limit))
         rows.sort(key=lambda m: (m.sent_at, m.message_id))
-        out = [{"id": m.message_id, "peer": m.peer_account_id, "peer_handle": m.peer_handle, "dir": m.direction,
-                "from": m.sender_handle, "to": m.recipient_handle, "text": m.text, "sent_at": m.sent_at}
-               for m in rows[-limit:]]
+        out = [
+            {
+                "id": m.message_id,
+                "peer": m.peer_account_id,
+                "peer_handle": m.peer_handle,
+                "dir": m.direction,
+                "from": m.sender_handle,
+                "to": m.recipient_handle,
+                "text": m.text,
+                "sent_at": m.sent_at,
+            }
+            for m in rows[-limit:]
+        ]
         while out and len(json.dumps(out)) > prov.MAX_BOX // 2:  # leave room for the rest
-            out = out[len(out) // 4 + 1:]
+            out = out[len(out) // 4 + 1 :]
         return out
 
     def device_link(self, code: str, name: str = "") -> WhoAmI:
@@ -1202,15 +1417,23 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
         token = base64.urlsafe_b64encode(self._rng(32)).rstrip(b"=").decode("ascii")
         relay = RelayClient(self._relay_url, None, allow_insecure=self._allow_insecure, transport=self._transport)
         try:
-            hello = {"v": 1, "identity_key": prov.b64(device.identity.public),
-                     "signing_key": prov.b64(device.signing.public), "token": token, "name": name,
-                     "sealed_key": prov.b64(device.sealed.public)}
+            hello = {
+                "v": 1,
+                "identity_key": prov.b64(device.identity.public),
+                "signing_key": prov.b64(device.signing.public),
+                "token": token,
+                "name": name,
+                "sealed_key": prov.b64(device.sealed.public),
+            }
             try:
-                relay.put_box(channel.hex(), prov.TO_EXISTING, prov.seal_box(secret, channel, prov.TO_EXISTING, 0, hello))
+                relay.put_box(
+                    channel.hex(), prov.TO_EXISTING, prov.seal_box(secret, channel, prov.TO_EXISTING, 0, hello)
+                )
             except errors.RelayRefusedError as exc:
                 if exc.status == 404:
-                    raise errors.LocalStateError("that pairing code is unknown or expired",
-                                                 hint="run imsg device add again for a new code") from None
+                    raise errors.LocalStateError(
+                        "that pairing code is unknown or expired", hint="run imsg device add again for a new code"
+                    ) from None
                 raise
             deadline = time.monotonic() + 300
             box = None
@@ -1223,11 +1446,15 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
                     if exc.status == 404:  # closed by the other device (it refused the code) or expired
                         raise errors.LocalStateError(
                             "the other device did not accept this device: wrong code, or it expired",
-                            hint="check the code, or run imsg device add again for a new one") from None
+                            hint="check the code, or run imsg device add again for a new one",
+                        ) from None
                     raise
             try:  # tell the other device it may close the channel (closing drops its contents)
-                relay.put_box(channel.hex(), prov.TO_EXISTING,
-                              prov.seal_box(secret, channel, prov.TO_EXISTING, 1, {"v": 1, "received": True}))
+                relay.put_box(
+                    channel.hex(),
+                    prov.TO_EXISTING,
+                    prov.seal_box(secret, channel, prov.TO_EXISTING, 1, {"v": 1, "received": True}),
+                )
             except errors.ImsgError:
                 pass  # it closes after a timeout anyway
         finally:
@@ -1241,9 +1468,13 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             blob = prov.unb64(welcome, "device_list")
             devices = verify_device_list(blob, account_key.public)
             entry = devices.device(device_id)
-            if account_id != account_key.account_id or entry is None or entry.identity_key != device.identity.public \
-                    or entry.signing_key != device.signing.public \
-                    or (entry.sealed_key and entry.sealed_key != device.sealed.public):
+            if (
+                account_id != account_key.account_id
+                or entry is None
+                or entry.identity_key != device.identity.public
+                or entry.signing_key != device.signing.public
+                or (entry.sealed_key and entry.sealed_key != device.sealed.public)
+            ):
                 raise DecodeError("the account's device list does not hold this device")
             handle = canonical_handle(prov.field(welcome, "handle", str))
             contacts = [self._contact_from_link(c) for c in prov.field(welcome, "contacts", list)]
@@ -1254,10 +1485,18 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             raise errors.SecurityError(f"pairing failed: {exc}") from None
         now = self._now()
         account = LocalAccount(
-            account_id=account_id, handle=handle, name=str(welcome.get("name", ""))[:200],
-            account_public=account_key.public, account_private=account_private, device_id=device_id,
-            identity_private=device.identity.private, signing_private=device.signing.private,
-            device_list=blob, relay_url=self._relay_url, token=token, created_at=now,
+            account_id=account_id,
+            handle=handle,
+            name=str(welcome.get("name", ""))[:200],
+            account_public=account_key.public,
+            account_private=account_private,
+            device_id=device_id,
+            identity_private=device.identity.private,
+            signing_private=device.signing.private,
+            device_list=blob,
+            relay_url=self._relay_url,
+            token=token,
+            created_at=now,
             profile_key=profile_key,
         )
         messages = [m for m in (_message_from_link(doc, account, now) for doc in history) if m is not None]
@@ -1274,13 +1513,21 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             raise DecodeError("contact key does not match its account")
         verify_device_list(blob, key)
         status = doc.get("status") if doc.get("status") in ("ok", "changed") else "ok"
-        contact = Contact(account_id, canonical_handle(prov.field(doc, "handle", str)), key, blob,
-                          bool(doc.get("verified", False)), 0, status, _optional_key(doc, "profile_key"))
+        contact = Contact(
+            account_id,
+            canonical_handle(prov.field(doc, "handle", str)),
+            key,
+            blob,
+            bool(doc.get("verified", False)),
+            0,
+            status,
+            _optional_key(doc, "profile_key"),
+        )
         return Client._profile_fields_from_link(contact, doc)
 
     # --- contacts, verification and trust ---
 
-    def contacts(self) -> list["ContactInfo"]:
+    def contacts(self) -> list[ContactInfo]:
         account = self._account()
         out = []
         changed = {c.handle for c in self.store.contacts() if c.status == "changed"}
@@ -1290,14 +1537,25 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
                 continue
             devices = verify_device_list(c.device_list, c.account_key)
             state = "changed" if c.status == "changed" else ("verified" if c.verified else "unverified")
-            out.append(ContactInfo(c.handle, c.account_id, state, c.verified, len(devices.devices),
-                                   fingerprint(c.account_key), len(self.store.held_messages(c.handle)),
-                                   c.in_contacts, c.nickname, self._profile_name(c),
-                                   bool(c.shared_profile_key) and c.shared_profile_key == account.profile_key,
-                                   self._handle_verified(c.handle)))
+            out.append(
+                ContactInfo(
+                    c.handle,
+                    c.account_id,
+                    state,
+                    c.verified,
+                    len(devices.devices),
+                    fingerprint(c.account_key),
+                    len(self.store.held_messages(c.handle)),
+                    c.in_contacts,
+                    c.nickname,
+                    self._profile_name(c),
+                    bool(c.shared_profile_key) and c.shared_profile_key == account.profile_key,
+                    self._handle_verified(c.handle),
+                )
+            )
         return out
 
-    def verify(self, handle: str, *, mark: bool = False) -> "Verification":
+    def verify(self, handle: str, *, mark: bool = False) -> Verification:
         """The safety number with a contact; `mark=True` records that it was compared.
         For a contact whose key changed, it is the number of the new key."""
         handle = canonical_handle(handle)
@@ -1310,13 +1568,19 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
                     previous = self.store.contact_by_handle(handle)
                     self._accept_identity(contact, previous)
                 self.store.save_contact(replace(self.store.get_contact(contact.account_id), verified=True, status="ok"))
-        return Verification(handle, number, mark or (contact.verified and contact.status == "ok"),
-                            contact.status == "changed" and not mark)
+        return Verification(
+            handle,
+            number,
+            mark or (contact.verified and contact.status == "ok"),
+            contact.status == "changed" and not mark,
+        )
 
     def _newest_identity(self, handle: str) -> Contact:
         rows = [c for c in self.store.contacts() if c.handle == handle and c.status != "replaced"]
         if not rows:
-            raise errors.UnknownContactError(f"no contact {handle}", hint=f"send them a message first: imsg send {handle} ...")
+            raise errors.UnknownContactError(
+                f"no contact {handle}", hint=f"send them a message first: imsg send {handle} ..."
+            )
         changed = [c for c in rows if c.status == "changed"]
         return changed[0] if changed else rows[0]
 
@@ -1391,8 +1655,18 @@ def _message_from_link(doc, account: LocalAccount, now: int) -> StoredMessage | 
         direction = doc["dir"] if doc["dir"] in ("in", "out") else None
         if direction is None or len(str(doc["id"])) != 32:
             return None
-        return StoredMessage(str(doc["id"]), str(doc["peer"]), str(doc["peer_handle"]), direction,
-                             str(doc["from"]), str(doc["to"]), str(doc["text"]), int(doc["sent_at"]), now, 0)
+        return StoredMessage(
+            str(doc["id"]),
+            str(doc["peer"]),
+            str(doc["peer_handle"]),
+            direction,
+            str(doc["from"]),
+            str(doc["to"]),
+            str(doc["text"]),
+            int(doc["sent_at"]),
+            now,
+            0,
+        )
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -1421,8 +1695,10 @@ def _plain_size(ciphertext_size: int) -> int:
 def _stored_attachments(message_id: str, pointers) -> list:
     from imsg.protocol.stores import StoredAttachment
 
-    return [StoredAttachment(message_id, i, p.blob_id, p.key, p.digest, p.size, p.name, p.content_type)
-            for i, p in enumerate(pointers)]
+    return [
+        StoredAttachment(message_id, i, p.blob_id, p.key, p.digest, p.size, p.name, p.content_type)
+        for i, p in enumerate(pointers)
+    ]
 
 
 def _accept_device_list(blob: bytes, account_key: bytes, seen: DeviceList | None, whose: str) -> DeviceList:

@@ -28,8 +28,8 @@ from pathlib import Path
 from imsg import errors
 from imsg.handles import canonical_handle
 from imsg.protocol import envelope as env
-from imsg.protocol.content import KIND_PROFILE, SHARE_POLICIES, Content, ProfileShare
 from imsg.protocol import profile as pf
+from imsg.protocol.content import KIND_PROFILE, SHARE_POLICIES, Content, ProfileShare
 from imsg.protocol.errors import ProtocolError
 from imsg.protocol.stores import CachedProfile, Contact, LocalAccount, OutgoingBatch
 
@@ -105,8 +105,9 @@ class ProfileMixin:
         contact = self.store.contact_by_handle(handle)
         return contact is None or contact.share_profile not in SHARE_ANSWERS
 
-    def _profile_for(self, account: LocalAccount, contact: Contact,
-                     share_profile: str | None) -> tuple[ProfileShare | None, Contact]:
+    def _profile_for(
+        self, account: LocalAccount, contact: Contact, share_profile: str | None
+    ) -> tuple[ProfileShare | None, Contact]:
         """What to give `contact` with a message now: our key and revision, or None; and the
         contact with an explicit answer remembered."""
         if share_profile is not None:
@@ -180,8 +181,14 @@ class ProfileMixin:
             return
         now = self._now()
         message_id = secrets.token_hex(16) if self._rng is os.urandom else self._rng(16).hex()
-        content = Content(message_id, now, KIND_PROFILE, account.handle, account.handle,
-                          profile=ProfileShare(account.profile_key, self.profile_revision(), self.share_policy()))
+        content = Content(
+            message_id,
+            now,
+            KIND_PROFILE,
+            account.handle,
+            account.handle,
+            profile=ProfileShare(account.profile_key, self.profile_revision(), self.share_policy()),
+        )
         package, content_ct = env.seal_content(content.encode(), self._rng)
         envelopes = self._encrypt_for(account, account.account_id, others, package, content_ct)
         batch = OutgoingBatch(message_id, account.account_id, tuple(envelopes), now)
@@ -194,8 +201,9 @@ class ProfileMixin:
 
     # --- our name and photo ---
 
-    def profile_set(self, name: str | None = None, photo: str | os.PathLike | None = None, *,
-                    remove_photo: bool = False) -> OwnProfile:
+    def profile_set(
+        self, name: str | None = None, photo: str | os.PathLike | None = None, *, remove_photo: bool = False
+    ) -> OwnProfile:
         """Change our name and/or photo: encrypted under our profile key, stored at the relay
         (replacing the old copy), and told to our other devices; everyone we share with gets
         the new revision with our next message to them. A photo must be a JPEG, PNG, WebP or
@@ -217,7 +225,8 @@ class ProfileMixin:
         except errors.RelayUnavailableError as exc:
             raise errors.RelayUnavailableError(
                 f"{exc}; your name and photo are saved here",
-                hint="they go to the relay (and your other devices) before your next shared message") from None
+                hint="they go to the relay (and your other devices) before your next shared message",
+            ) from None
         self._announce_profile(self._account())
         return self.profile_show()
 
@@ -225,11 +234,22 @@ class ProfileMixin:
         account = self._account()
         own = self._own_profile()
         revision = self.profile_revision()
-        shared = tuple(sorted(c.handle for c in self.store.contacts()
-                              if c.status != "replaced" and c.shared_profile_key
-                              and c.shared_profile_key == account.profile_key))
-        return OwnProfile(own.name, own.photo_type, len(own.photo), revision, self.share_policy(),
-                          self._published() == revision and revision > 0, shared)
+        shared = tuple(
+            sorted(
+                c.handle
+                for c in self.store.contacts()
+                if c.status != "replaced" and c.shared_profile_key and c.shared_profile_key == account.profile_key
+            )
+        )
+        return OwnProfile(
+            own.name,
+            own.photo_type,
+            len(own.photo),
+            revision,
+            self.share_policy(),
+            self._published() == revision and revision > 0,
+            shared,
+        )
 
     def _published(self) -> int:
         try:
@@ -265,8 +285,9 @@ class ProfileMixin:
         account = self._account()
         revision = self.profile_revision()
         with self.store.transaction():
-            self.store.save_cached_profile(CachedProfile(account.account_id, revision, profile.name,
-                                                         profile.photo, self._now()))
+            self.store.save_cached_profile(
+                CachedProfile(account.account_id, revision, profile.name, profile.photo, self._now())
+            )
         if not required and not profile.name and not profile.photo and not self._published():
             return
         blob = pf.seal(account.profile_key, account.account_id, revision, profile, self._rng)
@@ -276,7 +297,8 @@ class ProfileMixin:
             if exc.relay_code == "stale_revision":
                 raise errors.LocalStateError(
                     "another of your devices changed your profile since this one last heard of it",
-                    hint="run imsg receive, then try again") from None
+                    hint="run imsg receive, then try again",
+                ) from None
             raise
         with self.store.transaction():
             self.store.set_setting(SETTING_PUBLISHED, str(revision))
@@ -320,8 +342,11 @@ class ProfileMixin:
         """The contact's profile, refetched if they announced a newer revision than the copy
         held. Without their key (or once they rotated it away) the copy held stays."""
         cached = self.store.cached_profile(contact.account_id)
-        if not contact.profile_key or contact.profile_revision == 0 or \
-                (cached is not None and cached.revision >= contact.profile_revision):
+        if (
+            not contact.profile_key
+            or contact.profile_revision == 0
+            or (cached is not None and cached.revision >= contact.profile_revision)
+        ):
             return cached
         # A revision the relay did not have yet is asked for again by the next process, not
         # on every receive of a long `watch`.
@@ -385,9 +410,13 @@ class ProfileMixin:
 
     @staticmethod
     def _profile_link_fields(contact: Contact) -> dict:
-        return {"in_contacts": contact.in_contacts, "nickname": contact.nickname,
-                "profile_revision": contact.profile_revision, "share_profile": contact.share_profile,
-                "shared_profile_key": base64.b64encode(contact.shared_profile_key).decode()}
+        return {
+            "in_contacts": contact.in_contacts,
+            "nickname": contact.nickname,
+            "profile_revision": contact.profile_revision,
+            "share_profile": contact.share_profile,
+            "shared_profile_key": base64.b64encode(contact.shared_profile_key).decode(),
+        }
 
     @staticmethod
     def _profile_fields_from_link(contact: Contact, doc: dict) -> Contact:
@@ -434,8 +463,11 @@ class ProfileMixin:
             raise errors.UsageError("that is your own handle")
         contact, _ = self._resolve(handle)
         with self.store.transaction():
-            contact = replace(self.store.get_contact(contact.account_id) or contact, in_contacts=True,
-                              nickname=nickname or contact.nickname)
+            contact = replace(
+                self.store.get_contact(contact.account_id) or contact,
+                in_contacts=True,
+                nickname=nickname or contact.nickname,
+            )
             self.store.save_contact(contact)
         return contact
 

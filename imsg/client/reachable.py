@@ -39,8 +39,12 @@ class ReachableMixin:
         self._account()
         canonical = [canonical_handle(h) for h in handles]  # every usage error before any request
         found = self._private_lookup(canonical)
-        return [LookupResult(h, found[h] is not None, bool(found[h] and found[h].verified),
-                             found[h].account_id if found[h] else "") for h in canonical]
+        return [
+            LookupResult(
+                h, found[h] is not None, bool(found[h] and found[h].verified), found[h].account_id if found[h] else ""
+            )
+            for h in canonical
+        ]
 
     def _private_lookup(self, handles: list[str]) -> dict[str, discovery.Holder | None]:
         unique = list(dict.fromkeys(handles))
@@ -49,9 +53,9 @@ class ReachableMixin:
         bits = 0
         try:
             for i in range(0, len(unique), MAX_BATCH):
-                chunk = [discovery.blind(h, self._rng) for h in unique[i:i + MAX_BATCH]]
+                chunk = [discovery.blind(h, self._rng) for h in unique[i : i + MAX_BATCH]]
                 evaluated, bits = relay.evaluate([b.element for b in chunk])
-                for b, e in zip(chunk, evaluated):
+                for b, e in zip(chunk, evaluated, strict=True):
                     outputs[b.handle] = discovery.finalize(b, e)
         except DecodeError as exc:
             raise errors.SecurityError(str(exc)) from None
@@ -61,23 +65,24 @@ class ReachableMixin:
             try:
                 buckets: dict[int, list] = {}
                 for i in range(0, len(prefixes), MAX_BATCH):
-                    buckets.update(relay.buckets(bits, prefixes[i:i + MAX_BATCH]))
+                    buckets.update(relay.buckets(bits, prefixes[i : i + MAX_BATCH]))
                 break
             except errors.RelayRefusedError as exc:
                 if exc.relay_code != "prefix_bits_changed" or not isinstance(exc.details.get("prefix_bits"), int):
                     raise
                 bits = exc.details["prefix_bits"]
         else:
-            raise errors.RelayRefusedError("the relay keeps changing its bucket size; try again",
-                                           relay_code="prefix_bits_changed")
-        return {h: discovery.open_record(outputs[h], buckets.get(discovery.prefix_of(tags[h], bits), []))
-                for h in unique}
+            raise errors.RelayRefusedError(
+                "the relay keeps changing its bucket size; try again", relay_code="prefix_bits_changed"
+            )
+        return {
+            h: discovery.open_record(outputs[h], buckets.get(discovery.prefix_of(tags[h], bits), [])) for h in unique
+        }
 
     def _holder(self, handle: str) -> discovery.Holder:
         holder = self._private_lookup([handle])[handle]
         if holder is None:
-            raise errors.NotRegisteredError(f"{handle} is not registered with imsg", status=404,
-                                            relay_code="not_found")
+            raise errors.NotRegisteredError(f"{handle} is not registered with imsg", status=404, relay_code="not_found")
         return holder
 
     # --- this account's handles ---
@@ -106,8 +111,11 @@ class ReachableMixin:
                 continue
             if starts and state != "pending":
                 start = handle
-            fresh.append(OwnHandle(handle, handle_id, state, bool(row.get("receiving", True)), False,
-                                   int(row.get("added_at", 0))))
+            fresh.append(
+                OwnHandle(
+                    handle, handle_id, state, bool(row.get("receiving", True)), False, int(row.get("added_at", 0))
+                )
+            )
         usable = [h.handle for h in fresh if h.state != "pending"]
         if start not in usable:
             start = account.handle if account.handle in usable else (usable[0] if usable else None)
@@ -127,8 +135,7 @@ class ReachableMixin:
         for h in self.reachable_list(refresh=refresh):
             if h.handle == handle:
                 return h
-        raise errors.LocalStateError(f"{handle} is not one of this account's handles",
-                                     hint="see: imsg reachable list")
+        raise errors.LocalStateError(f"{handle} is not one of this account's handles", hint="see: imsg reachable list")
 
     def reachable_add(self, handle: str) -> OwnHandle:
         """Claim a handle: a verifying relay sends it a code (then `reachable_verify`); one
@@ -139,8 +146,9 @@ class ReachableMixin:
             self.relay().add_handle(handle, self._label(account, handle))
         except errors.RelayRefusedError as exc:
             if exc.relay_code == "handle_taken":
-                raise errors.RelayRefusedError(f"{handle} is already registered to another account",
-                                               status=exc.status, relay_code="handle_taken") from None
+                raise errors.RelayRefusedError(
+                    f"{handle} is already registered to another account", status=exc.status, relay_code="handle_taken"
+                ) from None
             raise
         return self._own_handle(handle)
 
@@ -153,21 +161,26 @@ class ReachableMixin:
         try:
             self.relay().verify_handle(handle, code)
         except errors.RelayRefusedError as exc:
-            hints = {"wrong_code": "check the code, or ask for a new one: imsg reachable add " + handle,
-                     "no_code": "ask for a new one: imsg reachable add " + handle,
-                     "not_found": "add it first: imsg reachable add " + handle}
+            hints = {
+                "wrong_code": "check the code, or ask for a new one: imsg reachable add " + handle,
+                "no_code": "ask for a new one: imsg reachable add " + handle,
+                "not_found": "add it first: imsg reachable add " + handle,
+            }
             if exc.relay_code in hints:
-                raise errors.RelayRefusedError(str(exc), status=exc.status, relay_code=exc.relay_code,
-                                               hint=hints[exc.relay_code], **exc.details) from None
+                raise errors.RelayRefusedError(
+                    str(exc), status=exc.status, relay_code=exc.relay_code, hint=hints[exc.relay_code], **exc.details
+                ) from None
             raise
         return self._own_handle(handle)
 
     def reachable_remove(self, handle: str) -> OwnHandle:
         own = self._own_handle(handle)
         if sum(1 for h in self.store.own_handles() if h.state != "pending") <= 1 and own.state != "pending":
-            raise errors.LocalStateError(f"{own.handle} is this account's only usable handle",
-                                         hint="add and verify another one first, or stop receiving "
-                                              f"at it: imsg reachable receive {own.handle} --off")
+            raise errors.LocalStateError(
+                f"{own.handle} is this account's only usable handle",
+                hint="add and verify another one first, or stop receiving "
+                f"at it: imsg reachable receive {own.handle} --off",
+            )
         self.relay().remove_handle(own.handle_id)
         self.reachable_list()
         return own
@@ -175,16 +188,20 @@ class ReachableMixin:
     def reachable_start_from(self, handle: str) -> OwnHandle:
         own = self._own_handle(handle)
         if own.state == "pending":
-            raise errors.LocalStateError(f"{own.handle} is not verified yet",
-                                         hint=f"verify it first: imsg reachable verify {own.handle} CODE")
+            raise errors.LocalStateError(
+                f"{own.handle} is not verified yet", hint=f"verify it first: imsg reachable verify {own.handle} CODE"
+            )
         account = self._account()
         if account.account_private is None:
-            raise errors.LocalStateError("this device does not hold the account key",
-                                         hint="choose the start-from handle on the first device")
+            raise errors.LocalStateError(
+                "this device does not hold the account key", hint="choose the start-from handle on the first device"
+            )
         # The choice travels in the sealed labels, so every device of the account sees it.
         for h in self.store.own_handles():
-            self.relay().update_handle(h.handle_id, label=discovery.seal_label(
-                account.account_private, h.handle, self._rng, start=h.handle == own.handle))
+            self.relay().update_handle(
+                h.handle_id,
+                label=discovery.seal_label(account.account_private, h.handle, self._rng, start=h.handle == own.handle),
+            )
         return self._own_handle(own.handle)
 
     def reachable_receive(self, handle: str, on: bool) -> OwnHandle:
@@ -201,8 +218,9 @@ class ReachableMixin:
             return account.handle
         own = self._own_handle(from_)
         if own.state == "pending":
-            raise errors.LocalStateError(f"{own.handle} is not verified yet",
-                                         hint=f"verify it first: imsg reachable verify {own.handle} CODE")
+            raise errors.LocalStateError(
+                f"{own.handle} is not verified yet", hint=f"verify it first: imsg reachable verify {own.handle} CODE"
+            )
         return own.handle
 
     # Whether a contact's handle was verified by the relay or only claimed, as the last

@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING
 
 from imsg import errors
 from imsg.crypto.kdf import constant_time_equal
-from imsg.protocol import consts, envelope as env, sealed as proto
+from imsg.protocol import consts
+from imsg.protocol import envelope as env
+from imsg.protocol import sealed as proto
 from imsg.protocol.encoding import KEY_ED25519, KEY_X25519, decode_key, encode_key
 from imsg.protocol.errors import CertificateError, DecodeError, ProtocolError
 from imsg.protocol.identity import verify_device_list
@@ -61,7 +63,7 @@ class Opened:
 
 
 class SealedSender:
-    def __init__(self, client: "Client"):
+    def __init__(self, client: Client):
         self.client = client
         self.store = client.store
         self.sent_sealed: set[str] = set()  # message ids this process delivered sealed
@@ -105,8 +107,9 @@ class SealedSender:
         endorsed are added — a relay that swaps its key without an endorsement is not
         followed, and certificates under the new key are rejected."""
         try:
-            chain = [(decode_key(KEY_ED25519, pub), endorsement)
-                     for pub, endorsement in self.client.relay().sealed_keys()]
+            chain = [
+                (decode_key(KEY_ED25519, pub), endorsement) for pub, endorsement in self.client.relay().sealed_keys()
+            ]
         except DecodeError:
             raise errors.UntrustedIdentityError("relay served a malformed sealed-sender key") from None
         trusted = self.trusted_relay_keys()
@@ -214,9 +217,13 @@ class SealedSender:
                 expires = proto.SenderCertificate.decode(cached[0]).expires_at
             except DecodeError:
                 expires = 0
-        return SealedStatus(self.sealed_only, bool(remote.get("allow_anyone", published and published[1])),
-                            bool(remote.get("access_key_set", False)),
-                            tuple(proto.relay_key_id(k).hex() for k in self.trusted_relay_keys()), expires)
+        return SealedStatus(
+            self.sealed_only,
+            bool(remote.get("allow_anyone", published and published[1])),
+            bool(remote.get("access_key_set", False)),
+            tuple(proto.relay_key_id(k).hex() for k in self.trusted_relay_keys()),
+            expires,
+        )
 
     # --- sending ---
 
@@ -239,9 +246,18 @@ class SealedSender:
             if entry is None or not entry.sealed_key:
                 return None
             identified = env.Envelope.decode(body)
-            out.append((device_id, proto.seal_envelope(Address(batch.account_id, device_id), entry.sealed_key,
-                                                       cert, identified.session_message,
-                                                       identified.content_ciphertext)))
+            out.append(
+                (
+                    device_id,
+                    proto.seal_envelope(
+                        Address(batch.account_id, device_id),
+                        entry.sealed_key,
+                        cert,
+                        identified.session_message,
+                        identified.content_ciphertext,
+                    ),
+                )
+            )
         return out
 
     def deliver(self, batch: OutgoingBatch) -> bool:
@@ -261,8 +277,9 @@ class SealedSender:
         except errors.RelayRefusedError as exc:
             if exc.status != 401:
                 raise  # 409 device_mismatch, 429...: handled as for identified sends
-            return self._refuse(batch, f"{contact.handle} accepts sealed messages only from people they "
-                                       "shared their profile with")
+            return self._refuse(
+                batch, f"{contact.handle} accepts sealed messages only from people they shared their profile with"
+            )
         self.sent_sealed.add(batch.message_id)
         return True
 
@@ -271,11 +288,13 @@ class SealedSender:
             return False
         raise errors.SealedOnlyError(
             f"not sent: {why}, and sealed-only delivery is on; message {batch.message_id} is kept in the outbox",
-            message_id=batch.message_id, kept="outbox")
+            message_id=batch.message_id,
+            kept="outbox",
+        )
 
     # --- receiving ---
 
-    def open(self, account, e: "RelayEnvelope") -> Opened:
+    def open(self, account, e: RelayEnvelope) -> Opened:
         """The outer layer of a sealed envelope, and its certificate checked: signed by a
         trusted relay key, unexpired when the relay received it. (The caller then checks
         the certified identity against the sender's signed device list and the session.)"""

@@ -27,6 +27,4 @@ def open_(key: bytes, nonce: bytes, ciphertext: bytes, ad: bytes | None) -> byte
     try:
         return AESGCM(key).decrypt(nonce, ciphertext, ad)
     except InvalidTag:
-        raise AuthenticationError(
-            "failed to decrypt and authenticate: data corrupted or tampered with"
-        ) from None
+        raise AuthenticationError("failed to decrypt and authenticate: data corrupted or tampered with") from None

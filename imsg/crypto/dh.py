@@ -28,7 +28,7 @@ class KeyPair:
         self.public = self._key.public_key().public_bytes_raw()
 
     @classmethod
-    def from_seed(cls, seed: bytes) -> "KeyPair":
+    def from_seed(cls, seed: bytes) -> KeyPair:
         return cls(seed)
 
     def exchange(self, peer_public: bytes) -> bytes:

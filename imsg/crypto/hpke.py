@@ -35,8 +35,10 @@ def _expand(seed: bytes) -> tuple[mlkem.MLKEM768PrivateKey, x25519.X25519Private
     if len(seed) != SEED_LEN:
         raise InvalidKeyError("hpke seed must be 32 bytes")
     expanded = hashlib.shake_256(seed).digest(96)
-    return (mlkem.MLKEM768PrivateKey.from_seed_bytes(expanded[:64]),
-            x25519.X25519PrivateKey.from_private_bytes(expanded[64:]))
+    return (
+        mlkem.MLKEM768PrivateKey.from_seed_bytes(expanded[:64]),
+        x25519.X25519PrivateKey.from_private_bytes(expanded[64:]),
+    )
 
 
 class HpkeKeyPair:
@@ -64,8 +66,9 @@ def public_key(raw: bytes) -> _hpke.MLKEM768X25519PublicKey:
     if len(raw) != PUBLIC_KEY_LEN:
         raise InvalidKeyError("hpke public key must be 1216 bytes")
     try:
-        return _hpke.MLKEM768X25519PublicKey(mlkem.MLKEM768PublicKey.from_public_bytes(raw[:1184]),
-                                             x25519.X25519PublicKey.from_public_bytes(raw[1184:]))
+        return _hpke.MLKEM768X25519PublicKey(
+            mlkem.MLKEM768PublicKey.from_public_bytes(raw[:1184]), x25519.X25519PublicKey.from_public_bytes(raw[1184:])
+        )
     except ValueError:
         raise InvalidKeyError("hpke public key is malformed") from None
 

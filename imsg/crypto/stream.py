@@ -95,8 +95,7 @@ def _check_index(index: int) -> None:
 def _segment_error(index: int, why: str = "") -> AuthenticationError:
     why = f"{why}; " if why else ""
     return AuthenticationError(
-        f"failed to decrypt and authenticate payload segment {index}: "
-        f"{why}file may be corrupted or tampered with"
+        f"failed to decrypt and authenticate payload segment {index}: {why}file may be corrupted or tampered with"
     )
 
 
@@ -180,8 +179,7 @@ def _encrypt_runs(
             # A full run and the read-ahead segment behind it: none of the run is last.
             for j in range(chunk_segments):
                 p, c = j * SEGMENT, j * ENCRYPTED_SEGMENT
-                seal(_nonce(index + j, False), inv[p : p + SEGMENT], b"",
-                     outv[c : c + ENCRYPTED_SEGMENT])
+                seal(_nonce(index + j, False), inv[p : p + SEGMENT], b"", outv[c : c + ENCRYPTED_SEGMENT])
             index += chunk_segments
             yield outv, chunk_segments * SEGMENT
             inv[:SEGMENT] = inv[capacity - SEGMENT :]
@@ -203,8 +201,7 @@ def _encrypt_runs(
             for k in range(j, j + run):
                 p = k * SEGMENT
                 n = min(SEGMENT, filled - p)
-                seal(_nonce(index + k, k == nseg - 1), inv[p : p + n], b"",
-                     outv[c : c + n + TAG])
+                seal(_nonce(index + k, k == nseg - 1), inv[p : p + n], b"", outv[c : c + n + TAG])
                 c += n + TAG
             yield outv[:c], c - run * TAG
             j += run
@@ -237,9 +234,7 @@ def encrypt_file(
     return written
 
 
-def iter_encrypt(
-    key: bytes, src: BinaryIO, *, start_segment: int = 0, chunk_segments: int = 128
-) -> Iterator[bytes]:
+def iter_encrypt(key: bytes, src: BinaryIO, *, start_segment: int = 0, chunk_segments: int = 128) -> Iterator[bytes]:
     """Yield the ciphertext from segment `start_segment` on (src already positioned there)
     in chunks of up to `chunk_segments` encrypted segments, for streaming uploads. The
     chunks from start_segment = k are exactly the blob's suffix from byte k * ENCRYPTED_SEGMENT."""
@@ -280,8 +275,7 @@ def decrypt_file(
         if filled == capacity:
             for j in range(chunk_segments):
                 c, p = j * ENCRYPTED_SEGMENT, j * SEGMENT
-                open_segment(index + j, inv[c : c + ENCRYPTED_SEGMENT],
-                             outv[p : p + SEGMENT], False)
+                open_segment(index + j, inv[c : c + ENCRYPTED_SEGMENT], outv[p : p + SEGMENT], False)
             index += chunk_segments
             run = outv[: chunk_segments * SEGMENT]
             dst.write(run)

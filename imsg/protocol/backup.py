@@ -23,8 +23,9 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 from imsg.crypto import aead, sign
 from imsg.crypto.errors import AuthenticationError
@@ -72,7 +73,7 @@ def recovery_code(secret: bytes) -> str:
         raise ValueError("recovery secret must be 20 bytes")
     n = (int.from_bytes(secret, "big") << CHECKSUM_BITS) | _checksum(secret)
     chars = "".join(ALPHABET[(n >> (5 * i)) & 31] for i in reversed(range(CODE_CHARS)))
-    return "-".join(chars[i:i + CODE_GROUP] for i in range(0, CODE_CHARS, CODE_GROUP))
+    return "-".join(chars[i : i + CODE_GROUP] for i in range(0, CODE_CHARS, CODE_GROUP))
 
 
 def parse_recovery_code(code: str) -> bytes:
@@ -85,8 +86,9 @@ def parse_recovery_code(code: str) -> bytes:
         shown = ", ".join(repr(c) for c in bad[:5])
         raise RecoveryCodeError(f"{shown} cannot appear in a recovery code")
     if len(chars) != CODE_CHARS:
-        raise RecoveryCodeError(f"a recovery code has {CODE_CHARS} characters (9 groups of 4); "
-                                f"this one has {len(chars)}")
+        raise RecoveryCodeError(
+            f"a recovery code has {CODE_CHARS} characters (9 groups of 4); this one has {len(chars)}"
+        )
     n = 0
     for c in chars:
         n = (n << 5) | ALPHABET.index(c)
@@ -150,34 +152,41 @@ def seal_backup(secret: bytes, document: bytes, rng: Rng) -> bytes:
 def open_backup(secret: bytes, blob: bytes) -> bytes:
     """The document inside a backup. Raises DecodeError (not a backup, unknown version) or
     DecryptionError (wrong recovery code, or the bytes were changed)."""
-    if len(blob) < HEADER_LEN + aead.TAG_LEN + 8 or blob[:len(MAGIC) - 1] != MAGIC[:-1]:
+    if len(blob) < HEADER_LEN + aead.TAG_LEN + 8 or blob[: len(MAGIC) - 1] != MAGIC[:-1]:
         raise DecodeError("not an imsg backup")
     if blob[len(MAGIC) - 1] != MAGIC[-1]:
         raise DecodeError(f"backup format version {blob[len(MAGIC) - 1]} is not supported")
     header = blob[:HEADER_LEN]
     try:
-        plaintext = aead.open_(_backup_key(secret, header[len(MAGIC):]), ZERO_NONCE,
-                               blob[HEADER_LEN:], LABEL_BACKUP_AD + header)
+        plaintext = aead.open_(
+            _backup_key(secret, header[len(MAGIC) :]), ZERO_NONCE, blob[HEADER_LEN:], LABEL_BACKUP_AD + header
+        )
     except AuthenticationError:
-        raise DecryptionError("the backup does not decrypt with this recovery code: the code is "
-                              "not this backup's, or the backup was corrupted or tampered with") from None
+        raise DecryptionError(
+            "the backup does not decrypt with this recovery code: the code is "
+            "not this backup's, or the backup was corrupted or tampered with"
+        ) from None
     (length,) = struct.unpack(">Q", plaintext[:8])
     # Authenticated already: these checks catch our own bugs, not an attacker.
-    if length > len(plaintext) - 8 or any(plaintext[8 + length:]):
+    if length > len(plaintext) - 8 or any(plaintext[8 + length :]):
         raise DecodeError("backup padding is malformed")
-    return plaintext[8:8 + length]
+    return plaintext[8 : 8 + length]
 
 
 # --- the relay's proof that the account key holder enrols a device ---
 
 
-def restore_statement(account_id: str, device_id: int, token: bytes, device_list: bytes,
-                      signed_at: int) -> bytes:
+def restore_statement(account_id: str, device_id: int, token: bytes, device_list: bytes, signed_at: int) -> bytes:
     """What the account key signs (after LABEL_RESTORE_DEVICE) to enrol a restored device:
     account id, device id, SHA-256 of the device's relay token, SHA-256 of the new signed
     device list, and the time (the relay accepts it for five minutes)."""
-    return (account_id.encode("ascii") + struct.pack(">I", device_id) + hashlib.sha256(token).digest()
-            + hashlib.sha256(device_list).digest() + struct.pack(">Q", signed_at))
+    return (
+        account_id.encode("ascii")
+        + struct.pack(">I", device_id)
+        + hashlib.sha256(token).digest()
+        + hashlib.sha256(device_list).digest()
+        + struct.pack(">Q", signed_at)
+    )
 
 
 def sign_restore(account_private: bytes, statement: bytes) -> bytes:
@@ -207,19 +216,47 @@ class BackupContents:
 
 def encode_document(c: BackupContents) -> bytes:
     doc = {
-        "format": DOCUMENT_FORMAT, "v": DOCUMENT_VERSION, "created_at": c.created_at,
-        "account": {"account_id": c.account_id, "handle": c.handle, "name": c.name,
-                    "account_private": b64(c.account_private), "profile_key": b64(c.profile_key),
-                    "device_list": b64(c.device_list)},
+        "format": DOCUMENT_FORMAT,
+        "v": DOCUMENT_VERSION,
+        "created_at": c.created_at,
+        "account": {
+            "account_id": c.account_id,
+            "handle": c.handle,
+            "name": c.name,
+            "account_private": b64(c.account_private),
+            "profile_key": b64(c.profile_key),
+            "device_list": b64(c.device_list),
+        },
         # Every field of a contact, so one added to `Contact` later is backed up too.
         "contacts": [{f.name: _json_value(getattr(k, f.name)) for f in fields(Contact)} for k in c.contacts],
-        "messages": [{"id": m.message_id, "peer": m.peer_account_id, "peer_handle": m.peer_handle,
-                      "dir": m.direction, "from": m.sender_handle, "to": m.recipient_handle, "text": m.text,
-                      "sent_at": m.sent_at, "stored_at": m.stored_at, "sender_device": m.sender_device}
-                     for m in c.messages],
-        "attachments": [{"message_id": a.message_id, "index": a.index, "blob_id": a.blob_id, "key": b64(a.key),
-                         "digest": b64(a.digest), "size": a.size, "name": a.name,
-                         "content_type": a.content_type} for a in c.attachments],
+        "messages": [
+            {
+                "id": m.message_id,
+                "peer": m.peer_account_id,
+                "peer_handle": m.peer_handle,
+                "dir": m.direction,
+                "from": m.sender_handle,
+                "to": m.recipient_handle,
+                "text": m.text,
+                "sent_at": m.sent_at,
+                "stored_at": m.stored_at,
+                "sender_device": m.sender_device,
+            }
+            for m in c.messages
+        ],
+        "attachments": [
+            {
+                "message_id": a.message_id,
+                "index": a.index,
+                "blob_id": a.blob_id,
+                "key": b64(a.key),
+                "digest": b64(a.digest),
+                "size": a.size,
+                "name": a.name,
+                "content_type": a.content_type,
+            }
+            for a in c.attachments
+        ],
         "settings": dict(c.settings),
     }
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
@@ -253,10 +290,19 @@ def decode_document(raw: bytes) -> BackupContents:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in settings.items()):
             raise DecodeError("backup settings must be text")
         return BackupContents(
-            int(field(doc, "created_at", int)), account_id, field(acct, "handle", str),
-            str(acct.get("name", ""))[:200], private, public,
-            unb64(acct, "profile_key", 32) if profile else b"", device_list,
-            contacts, messages, attachments, settings)
+            int(field(doc, "created_at", int)),
+            account_id,
+            field(acct, "handle", str),
+            str(acct.get("name", ""))[:200],
+            private,
+            public,
+            unb64(acct, "profile_key", 32) if profile else b"",
+            device_list,
+            contacts,
+            messages,
+            attachments,
+            settings,
+        )
     except DecodeError:
         raise
     except UntrustedIdentityError as exc:
@@ -306,13 +352,30 @@ def _message(doc: Any) -> StoredMessage:
     message_id = str(doc["id"])
     if len(message_id) != 32 or doc["dir"] not in ("in", "out"):
         raise DecodeError("malformed message")
-    return StoredMessage(message_id, str(doc["peer"]), str(doc["peer_handle"]), doc["dir"], str(doc["from"]),
-                         str(doc["to"]), str(doc["text"]), int(doc["sent_at"]), int(doc["stored_at"]),
-                         int(doc["sender_device"]))
+    return StoredMessage(
+        message_id,
+        str(doc["peer"]),
+        str(doc["peer_handle"]),
+        doc["dir"],
+        str(doc["from"]),
+        str(doc["to"]),
+        str(doc["text"]),
+        int(doc["sent_at"]),
+        int(doc["stored_at"]),
+        int(doc["sender_device"]),
+    )
 
 
 def _attachment(doc: Any) -> StoredAttachment:
     if not isinstance(doc, dict):
         raise DecodeError("malformed attachment record")
-    return StoredAttachment(str(doc["message_id"]), int(doc["index"]), str(doc["blob_id"]), unb64(doc, "key", 32),
-                            unb64(doc, "digest", 32), int(doc["size"]), str(doc["name"]), str(doc["content_type"]))
+    return StoredAttachment(
+        str(doc["message_id"]),
+        int(doc["index"]),
+        str(doc["blob_id"]),
+        unb64(doc, "key", 32),
+        unb64(doc, "digest", 32),
+        int(doc["size"]),
+        str(doc["name"]),
+        str(doc["content_type"]),
+    )

@@ -48,12 +48,17 @@ class AttachmentPointer:
     content_type: str  # the sender's claim: never used to decode anything
 
     def to_json(self) -> dict:
-        return {"blob": self.blob_id, "key": base64.b64encode(self.key).decode(),
-                "digest": base64.b64encode(self.digest).decode(), "size": self.size,
-                "name": self.name, "type": self.content_type}
+        return {
+            "blob": self.blob_id,
+            "key": base64.b64encode(self.key).decode(),
+            "digest": base64.b64encode(self.digest).decode(),
+            "size": self.size,
+            "name": self.name,
+            "type": self.content_type,
+        }
 
     @classmethod
-    def from_json(cls, doc) -> "AttachmentPointer":
+    def from_json(cls, doc) -> AttachmentPointer:
         if not isinstance(doc, dict):
             raise DecodeError("attachment must be an object")
         blob = _field(doc, "blob", str)
@@ -85,7 +90,7 @@ class ProfileShare:
         return doc
 
     @classmethod
-    def from_json(cls, doc) -> "ProfileShare":
+    def from_json(cls, doc) -> ProfileShare:
         if not isinstance(doc, dict):
             raise DecodeError("profile must be an object")
         revision = _field(doc, "rev", int)
@@ -129,7 +134,7 @@ class Content:
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
     @classmethod
-    def decode(cls, data: bytes) -> "Content":
+    def decode(cls, data: bytes) -> Content:
         try:
             doc = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError):

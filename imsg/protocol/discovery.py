@@ -19,8 +19,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -102,7 +102,8 @@ def seal_label(account_private: bytes, handle: str, rng: Callable[[int], bytes],
         raise ValueError("handle too long to seal")
     nonce = rng(12)
     return nonce + AESGCM(_label_key(account_private)).encrypt(
-        nonce, body + b" " * (LABEL_PAD - len(body)), LABEL_HANDLE_LABEL)
+        nonce, body + b" " * (LABEL_PAD - len(body)), LABEL_HANDLE_LABEL
+    )
 
 
 def open_label(account_private: bytes, label: bytes) -> tuple[str, bool]:

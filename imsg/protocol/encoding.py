@@ -19,8 +19,12 @@ KEY_MLKEM768 = 0x08
 KEY_HPKE_MLKEM768_X25519 = 0x0A  # a device's sealed-sender key (HPKE KEM 0x647a)
 
 _KEY_LENGTHS = {KEY_X25519: 32, KEY_ED25519: 32, KEY_MLKEM768: 1184, KEY_HPKE_MLKEM768_X25519: 1216}
-_KEY_NAMES = {KEY_X25519: "x25519", KEY_ED25519: "ed25519", KEY_MLKEM768: "ml-kem-768",
-              KEY_HPKE_MLKEM768_X25519: "mlkem768-x25519"}
+_KEY_NAMES = {
+    KEY_X25519: "x25519",
+    KEY_ED25519: "ed25519",
+    KEY_MLKEM768: "ml-kem-768",
+    KEY_HPKE_MLKEM768_X25519: "mlkem768-x25519",
+}
 
 _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
@@ -57,37 +61,37 @@ class Writer:
     def __init__(self) -> None:
         self._parts: list[bytes] = []
 
-    def u8(self, v: int) -> "Writer":
+    def u8(self, v: int) -> Writer:
         self._parts.append(_U8.pack(v))
         return self
 
-    def u16(self, v: int) -> "Writer":
+    def u16(self, v: int) -> Writer:
         self._parts.append(_U16.pack(v))
         return self
 
-    def u32(self, v: int) -> "Writer":
+    def u32(self, v: int) -> Writer:
         self._parts.append(_U32.pack(v))
         return self
 
-    def u64(self, v: int) -> "Writer":
+    def u64(self, v: int) -> Writer:
         self._parts.append(_U64.pack(v))
         return self
 
-    def raw(self, b: bytes) -> "Writer":
+    def raw(self, b: bytes) -> Writer:
         self._parts.append(b)
         return self
 
-    def key(self, tag: int, raw: bytes) -> "Writer":
+    def key(self, tag: int, raw: bytes) -> Writer:
         self._parts.append(encode_key(tag, raw))
         return self
 
-    def var(self, b: bytes) -> "Writer":
+    def var(self, b: bytes) -> Writer:
         """Length-prefixed (u32) byte string."""
         self._parts.append(_U32.pack(len(b)))
         self._parts.append(b)
         return self
 
-    def opt(self, b: bytes | None) -> "Writer":
+    def opt(self, b: bytes | None) -> Writer:
         """Optional byte string: a presence byte, then `var`."""
         if b is None:
             return self.u8(0)

@@ -51,12 +51,17 @@ class Envelope:
         if self.kind != KIND_IDENTIFIED:
             raise ValueError("only identified envelopes are implemented")
         return (
-            Writer().u8(WIRE_VERSION).u8(self.kind).raw(self.sender.encode())
-            .var(self.session_message).raw(self.content_ciphertext).bytes()
+            Writer()
+            .u8(WIRE_VERSION)
+            .u8(self.kind)
+            .raw(self.sender.encode())
+            .var(self.session_message)
+            .raw(self.content_ciphertext)
+            .bytes()
         )
 
     @classmethod
-    def decode(cls, data: bytes) -> "Envelope":
+    def decode(cls, data: bytes) -> Envelope:
         r = Reader(data)
         if r.u8() != WIRE_VERSION:
             raise DecodeError("unsupported envelope version")
@@ -113,5 +118,3 @@ def open_content(key_package: bytes, ciphertext: bytes) -> bytes:
     except AuthenticationError:
         raise DecryptionError() from None
     return unpad(padded)
-
-

@@ -9,8 +9,8 @@ the relay cannot add a device to anyone's account (the Matrix attack, SECURITY-T
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from imsg.crypto import aead, dh, hpke, sign
 from imsg.crypto.errors import AuthenticationError, BadSignatureError
@@ -53,7 +53,7 @@ class AccountKey:
         self._key = sign.SigningKey(private)
 
     @classmethod
-    def generate(cls, rng: Rng) -> "AccountKey":
+    def generate(cls, rng: Rng) -> AccountKey:
         return cls(rng(32))
 
     @property
@@ -68,7 +68,7 @@ class AccountKey:
     def account_id(self) -> str:
         return account_id_for(self.public)
 
-    def sign_device_list(self, device_list: "DeviceList") -> bytes:
+    def sign_device_list(self, device_list: DeviceList) -> bytes:
         body = device_list.encode_body()
         return body + self._key.sign(LABEL_DEVICE_LIST, body)
 
@@ -131,8 +131,16 @@ def decode_device_list(blob: bytes) -> tuple[DeviceList, bytes, bytes]:
         device_id, identity, signing, added = r.u32(), r.key(KEY_X25519), r.key(KEY_ED25519), r.u64()
         name = r.var(max_len=MAX_DEVICE_NAME_CIPHERTEXT)
         sealed = r.var(max_len=1 + hpke.PUBLIC_KEY_LEN)
-        devices.append(DeviceEntry(device_id, identity, signing, added, name,
-                                   decode_key(KEY_HPKE_MLKEM768_X25519, sealed) if sealed else b""))
+        devices.append(
+            DeviceEntry(
+                device_id,
+                identity,
+                signing,
+                added,
+                name,
+                decode_key(KEY_HPKE_MLKEM768_X25519, sealed) if sealed else b"",
+            )
+        )
     r.end()
     ids = [d.device_id for d in devices]
     if ids != sorted(set(ids)) or ids[0] < 1:
@@ -170,7 +178,7 @@ class DeviceKeys:
         self._sealed: hpke.HpkeKeyPair | None = None
 
     @classmethod
-    def generate(cls, device_id: int, rng: Rng) -> "DeviceKeys":
+    def generate(cls, device_id: int, rng: Rng) -> DeviceKeys:
         return cls(device_id, rng(32), rng(32))
 
     @property
@@ -182,8 +190,9 @@ class DeviceKeys:
         return self._sealed
 
     def entry(self, added_at: int, name_ciphertext: bytes = b"") -> DeviceEntry:
-        return DeviceEntry(self.device_id, self.identity.public, self.signing.public, added_at,
-                           name_ciphertext, self.sealed.public)
+        return DeviceEntry(
+            self.device_id, self.identity.public, self.signing.public, added_at, name_ciphertext, self.sealed.public
+        )
 
 
 MAX_DEVICE_NAME = 64  # characters
@@ -233,7 +242,7 @@ def _safety_half(account_key: bytes) -> str:
     h = hashlib.sha512(b"\x00\x01" + LABEL_SAFETY_NUMBER + tagged).digest()
     for _ in range(_SAFETY_ITERATIONS):
         h = hashlib.sha512(h + tagged).digest()
-    return "".join(f"{int.from_bytes(h[i:i + 5], 'big') % 100000:05d}" for i in range(0, 30, 5))
+    return "".join(f"{int.from_bytes(h[i : i + 5], 'big') % 100000:05d}" for i in range(0, 30, 5))
 
 
 def safety_number(key_a: bytes, key_b: bytes) -> str:

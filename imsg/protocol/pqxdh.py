@@ -42,21 +42,14 @@ class Initiation:
     kem_ciphertext: bytes
 
 
-def _derive(
-    dhs: list[bytes], ss: bytes, ik_a: bytes, ik_b: bytes, kem_pk: bytes, kem_ct: bytes
-) -> bytes:
+def _derive(dhs: list[bytes], ss: bytes, ik_a: bytes, ik_b: bytes, kem_pk: bytes, kem_ct: bytes) -> bytes:
     transcript = hashlib.sha256(
-        encode_key(KEY_X25519, ik_a)
-        + encode_key(KEY_X25519, ik_b)
-        + encode_key(KEY_MLKEM768, kem_pk)
-        + kem_ct
+        encode_key(KEY_X25519, ik_a) + encode_key(KEY_X25519, ik_b) + encode_key(KEY_MLKEM768, kem_pk) + kem_ct
     ).digest()
     return hkdf(PQXDH_F + b"".join(dhs) + ss, salt=_SALT, info=LABEL_PQXDH + transcript, length=32)
 
 
-def initiate(
-    local: DeviceKeys, remote_identity_key: bytes, bundle: PreKeyBundle, rng: Rng
-) -> tuple[bytes, Initiation]:
+def initiate(local: DeviceKeys, remote_identity_key: bytes, bundle: PreKeyBundle, rng: Rng) -> tuple[bytes, Initiation]:
     """Alice's side. The caller has verified `bundle` against the remote device's signing
     key from a trusted device list. Returns (SK, initiation)."""
     ek = dh.KeyPair(rng(32))
@@ -97,6 +90,10 @@ def respond(
         dhs.append(dh.KeyPair(one_time_prekey.private).exchange(initiation.base_key))
     ss = kem.KemKeyPair(kem_prekey.seed).decapsulate(initiation.kem_ciphertext)
     return _derive(
-        dhs, ss, initiation.identity_key, local.identity.public, kem_prekey.public,
+        dhs,
+        ss,
+        initiation.identity_key,
+        local.identity.public,
+        kem_prekey.public,
         initiation.kem_ciphertext,
     )

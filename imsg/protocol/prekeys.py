@@ -26,19 +26,24 @@ class SignedPreKey:
     created_at: int
 
     @classmethod
-    def generate(cls, device: DeviceKeys, key_id: int, now: int, rng: Rng) -> "SignedPreKey":
+    def generate(cls, device: DeviceKeys, key_id: int, now: int, rng: Rng) -> SignedPreKey:
         pair = dh.KeyPair(rng(32))
         sig = device.signing.sign(LABEL_SIGNED_PREKEY, encode_key(KEY_X25519, pair.public))
         return cls(key_id, pair.private, pair.public, sig, now)
 
     def encode(self) -> bytes:
         return (
-            Writer().u32(self.key_id).raw(self.private).raw(self.public).raw(self.signature)
-            .u64(self.created_at).bytes()
+            Writer()
+            .u32(self.key_id)
+            .raw(self.private)
+            .raw(self.public)
+            .raw(self.signature)
+            .u64(self.created_at)
+            .bytes()
         )
 
     @classmethod
-    def decode(cls, data: bytes) -> "SignedPreKey":
+    def decode(cls, data: bytes) -> SignedPreKey:
         r = Reader(data)
         out = cls(r.u32(), r.raw(32), r.raw(32), r.raw(64), r.u64())
         r.end()
@@ -55,9 +60,7 @@ class KemPreKey:
     created_at: int
 
     @classmethod
-    def generate(
-        cls, device: DeviceKeys, key_id: int, now: int, rng: Rng, *, last_resort: bool
-    ) -> "KemPreKey":
+    def generate(cls, device: DeviceKeys, key_id: int, now: int, rng: Rng, *, last_resort: bool) -> KemPreKey:
         pair = kem.KemKeyPair(rng(kem.SEED_LEN))
         sig = device.signing.sign(LABEL_KEM_PREKEY, encode_key(KEY_MLKEM768, pair.public))
         return cls(key_id, pair.seed, pair.public, sig, last_resort, now)
@@ -65,12 +68,17 @@ class KemPreKey:
     def encode(self) -> bytes:
         # The public key is re-derived from the seed on load; store only what is needed.
         return (
-            Writer().u32(self.key_id).raw(self.seed).raw(self.signature)
-            .u8(int(self.last_resort)).u64(self.created_at).bytes()
+            Writer()
+            .u32(self.key_id)
+            .raw(self.seed)
+            .raw(self.signature)
+            .u8(int(self.last_resort))
+            .u64(self.created_at)
+            .bytes()
         )
 
     @classmethod
-    def decode(cls, data: bytes) -> "KemPreKey":
+    def decode(cls, data: bytes) -> KemPreKey:
         r = Reader(data)
         key_id, seed, sig, last, created = r.u32(), r.raw(64), r.raw(64), r.u8(), r.u64()
         r.end()
@@ -84,7 +92,7 @@ class OneTimePreKey:
     public: bytes
 
     @classmethod
-    def generate(cls, key_id: int, rng: Rng) -> "OneTimePreKey":
+    def generate(cls, key_id: int, rng: Rng) -> OneTimePreKey:
         pair = dh.KeyPair(rng(32))
         return cls(key_id, pair.private, pair.public)
 

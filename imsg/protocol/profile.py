@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import struct
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from imsg.crypto import aead
 from imsg.crypto.errors import AuthenticationError
@@ -38,12 +38,10 @@ MAX_BLOB = _HEADER + consts.PROFILE_NAME_BLOCK + 4 + consts.PROFILE_PHOTO_MAX + 
 # Bidirectional and invisible formatting controls that could reorder or hide what a
 # terminal shows next to a name (the "RTL override" trick); the zero-width joiner of emoji
 # sequences is allowed.
-_FORBIDDEN_FORMAT = frozenset("\u061c\u200b\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
-                              "\u2066\u2067\u2068\u2069\ufeff")
+_FORBIDDEN_FORMAT = frozenset("\u061c\u200b\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff")
 
 # HEIF brands (ISO/IEC 23008-12) and AVIF: the `ftyp` box names one of them.
-_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1",
-                          b"avif", b"avis"})
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,16 +132,19 @@ def _padded(profile: Profile) -> bytes:
         check_photo(profile.photo)
     block = _u16(len(name)) + name
     photo = struct.pack(">I", len(profile.photo)) + profile.photo
-    return (block + bytes(consts.PROFILE_NAME_BLOCK - len(block)) + photo
-            + bytes(photo_bucket(len(profile.photo)) - len(profile.photo)))
+    return (
+        block
+        + bytes(consts.PROFILE_NAME_BLOCK - len(block))
+        + photo
+        + bytes(photo_bucket(len(profile.photo)) - len(profile.photo))
+    )
 
 
 def _ad(account_id: str, kid: bytes, revision: int) -> bytes:
     return consts.LABEL_PROFILE_AD + _aid(account_id) + kid + struct.pack(">Q", revision)
 
 
-def seal(profile_key: bytes, account_id: str, revision: int, profile: Profile,
-         rng: Callable[[int], bytes]) -> bytes:
+def seal(profile_key: bytes, account_id: str, revision: int, profile: Profile, rng: Callable[[int], bytes]) -> bytes:
     """The blob to store at the relay (ValueError on a bad name or photo)."""
     if not 0 <= revision < 1 << 63:
         raise ValueError("revision out of range")
@@ -179,8 +180,9 @@ def open_(profile_key: bytes, account_id: str, blob: bytes, *, min_revision: int
     try:
         plain = aead.open_(_cipher_key(profile_key, account_id), nonce, blob[_HEADER:], _ad(account_id, kid, revision))
     except AuthenticationError:
-        raise DecryptionError("failed to decrypt and authenticate profile: it may be corrupted or "
-                              "tampered with") from None
+        raise DecryptionError(
+            "failed to decrypt and authenticate profile: it may be corrupted or tampered with"
+        ) from None
     return revision, _unpad(plain)
 
 
@@ -189,17 +191,17 @@ def _unpad(plain: bytes) -> Profile:
     if len(plain) < block + 4:
         raise DecodeError("profile plaintext too short")
     (name_len,) = struct.unpack(">H", plain[:2])
-    if name_len > consts.PROFILE_NAME_MAX_BYTES or any(plain[2 + name_len:block]):
+    if name_len > consts.PROFILE_NAME_MAX_BYTES or any(plain[2 + name_len : block]):
         raise DecodeError("profile name block is malformed")
     try:
-        name = check_name(plain[2:2 + name_len].decode("utf-8"))
+        name = check_name(plain[2 : 2 + name_len].decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise DecodeError("profile name is not a showable UTF-8 name") from None
-    (photo_len,) = struct.unpack(">I", plain[block:block + 4])
+    (photo_len,) = struct.unpack(">I", plain[block : block + 4])
     if photo_len > consts.PROFILE_PHOTO_MAX or len(plain) != block + 4 + photo_bucket(photo_len):
         raise DecodeError("profile photo length or padding is wrong")
-    photo = plain[block + 4:block + 4 + photo_len]
-    if any(plain[block + 4 + photo_len:]):
+    photo = plain[block + 4 : block + 4 + photo_len]
+    if any(plain[block + 4 + photo_len :]):
         raise DecodeError("profile photo padding is not zero")
     if photo and photo_type(photo) is None:
         raise DecodeError("profile photo is not a JPEG, PNG, WebP or HEIC image")

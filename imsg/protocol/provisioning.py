@@ -52,7 +52,7 @@ def make_code(channel: bytes, secret: bytes) -> str:
         chars.append(_ALPHABET[n & 31])
         n >>= 5
     text = "".join(reversed(chars))
-    return "-".join(text[i:i + 5] for i in range(0, 29, 5))
+    return "-".join(text[i : i + 5] for i in range(0, 29, 5))
 
 
 def parse_code(code: str) -> tuple[bytes, bytes]:
@@ -77,14 +77,16 @@ def seal_box(secret: bytes, channel: bytes, direction: str, index: int, payload:
     plaintext = json.dumps(payload, separators=(",", ":")).encode()
     if len(plaintext) + aead.TAG_LEN > MAX_BOX:
         raise ValueError("provisioning message too large")
-    return aead.seal(_key(secret, channel, direction), index.to_bytes(12, "big"), plaintext,
-                     LABEL_PROVISIONING + channel)
+    return aead.seal(
+        _key(secret, channel, direction), index.to_bytes(12, "big"), plaintext, LABEL_PROVISIONING + channel
+    )
 
 
 def open_box(secret: bytes, channel: bytes, direction: str, index: int, box: bytes) -> dict[str, Any]:
     try:
-        plaintext = aead.open_(_key(secret, channel, direction), index.to_bytes(12, "big"), box,
-                               LABEL_PROVISIONING + channel)
+        plaintext = aead.open_(
+            _key(secret, channel, direction), index.to_bytes(12, "big"), box, LABEL_PROVISIONING + channel
+        )
     except AuthenticationError:
         raise DecryptionError("pairing message failed authentication: wrong code or a forged message") from None
     try:

@@ -79,8 +79,18 @@ class RatchetState:
     order sender-then-recipient, so our own message reflected back fails (SECURITY-TESTS 12)."""
 
     __slots__ = (
-        "root_key", "dhs_private", "dhs_public", "dhr", "cks", "ns", "pn", "ckr", "nr",
-        "skipped", "ad_send", "ad_recv",
+        "root_key",
+        "dhs_private",
+        "dhs_public",
+        "dhr",
+        "cks",
+        "ns",
+        "pn",
+        "ckr",
+        "nr",
+        "skipped",
+        "ad_send",
+        "ad_recv",
     )
 
     def __init__(
@@ -124,8 +134,11 @@ class RatchetState:
     def responder(cls, sk: bytes, signed_prekey: dh.KeyPair, ad_send: bytes, ad_recv: bytes):
         """Bob: his signed prekey is his first ratchet key; he sends after he receives."""
         return cls(
-            root_key=sk, dhs_private=signed_prekey.private, dhs_public=signed_prekey.public,
-            ad_send=ad_send, ad_recv=ad_recv,
+            root_key=sk,
+            dhs_private=signed_prekey.private,
+            dhs_public=signed_prekey.public,
+            ad_send=ad_send,
+            ad_recv=ad_recv,
         )
 
     # --- sending ---
@@ -229,7 +242,7 @@ class RatchetState:
         return w.bytes()
 
     @classmethod
-    def decode(cls, data: bytes) -> "RatchetState":
+    def decode(cls, data: bytes) -> RatchetState:
         r = Reader(data)
         if r.u8() != WIRE_VERSION:
             raise DecodeError("unsupported ratchet state version")
@@ -246,8 +259,18 @@ class RatchetState:
         ad_send, ad_recv = r.var(4096), r.var(4096)
         r.end()
         return cls(
-            root_key=root_key, ad_send=ad_send, ad_recv=ad_recv, dhs_private=dhs_private,
-            dhs_public=dhs_public, dhr=dhr, cks=cks, ns=ns, pn=pn, ckr=ckr, nr=nr, skipped=skipped,
+            root_key=root_key,
+            ad_send=ad_send,
+            ad_recv=ad_recv,
+            dhs_private=dhs_private,
+            dhs_public=dhs_public,
+            dhr=dhr,
+            cks=cks,
+            ns=ns,
+            pn=pn,
+            ckr=ckr,
+            nr=nr,
+            skipped=skipped,
         )
 
 

@@ -20,8 +20,8 @@ trusted key endorsed it: `Sig(old, LABEL_RELAY_KEY, Enc(new))` (planned rotation
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from imsg.crypto import hpke, sign
 from imsg.crypto.errors import AuthenticationError, BadSignatureError
@@ -68,10 +68,10 @@ class SenderCertificate:
     signature: bytes
 
     @classmethod
-    def decode(cls, data: bytes) -> "SenderCertificate":
+    def decode(cls, data: bytes) -> SenderCertificate:
         if len(data) != CERTIFICATE_LEN:
             raise DecodeError("sender certificate has the wrong length")
-        body, signature = data[: -sign.SIGNATURE_LEN], data[-sign.SIGNATURE_LEN:]
+        body, signature = data[: -sign.SIGNATURE_LEN], data[-sign.SIGNATURE_LEN :]
         r = Reader(body)
         if r.u8() != WIRE_VERSION:
             raise DecodeError("unsupported sender certificate version")
@@ -101,8 +101,9 @@ class SenderCertificate:
 
 def certificate_body(key_id: bytes, sender: Address, identity_key: bytes, expires_at: int) -> bytes:
     """What a relay signs (the relay has its own copy of this encoder; tests use this one)."""
-    return (Writer().u8(WIRE_VERSION).raw(key_id).raw(sender.encode())
-            .key(KEY_X25519, identity_key).u64(expires_at).bytes())
+    return (
+        Writer().u8(WIRE_VERSION).raw(key_id).raw(sender.encode()).key(KEY_X25519, identity_key).u64(expires_at).bytes()
+    )
 
 
 def endorsed_keys(trusted: Iterable[bytes], chain: list[tuple[bytes, bytes | None]]) -> list[bytes]:
@@ -111,7 +112,7 @@ def endorsed_keys(trusted: Iterable[bytes], chain: list[tuple[bytes, bytes | Non
     the relay vouches for: an unendorsed new key needs the user to pin it."""
     trusted_set = set(trusted)
     out = list(trusted_set)
-    for (previous, _), (public, endorsement) in zip(chain, chain[1:]):
+    for (previous, _), (public, endorsement) in zip(chain, chain[1:], strict=False):
         if previous in trusted_set and public not in trusted_set and endorsement is not None:
             try:
                 sign.verify(previous, LABEL_RELAY_KEY, encode_key(KEY_ED25519, public), endorsement)
@@ -136,11 +137,12 @@ def _info(recipient: Address) -> bytes:
 _HEADER = bytes((WIRE_VERSION, KIND_SEALED))
 
 
-def seal_envelope(recipient: Address, recipient_key: bytes, certificate: bytes, session_message: bytes,
-                  content_ciphertext: bytes) -> bytes:
+def seal_envelope(
+    recipient: Address, recipient_key: bytes, certificate: bytes, session_message: bytes, content_ciphertext: bytes
+) -> bytes:
     """The sealed envelope for one device, padded to its bucket. (HPKE draws its ephemeral
     key from the OS: `cryptography` takes no RNG, so this is the one non-injectable draw.)"""
-    inner = (Writer().u8(WIRE_VERSION).var(certificate).var(session_message).var(content_ciphertext).bytes())
+    inner = Writer().u8(WIRE_VERSION).var(certificate).var(session_message).var(content_ciphertext).bytes()
     size = len(_HEADER) + hpke.OVERHEAD + len(inner)
     inner += bytes(bucket(size) - size)
     return _HEADER + hpke.seal(recipient_key, inner, _info(recipient))
@@ -163,7 +165,7 @@ def open_envelope(data: bytes, recipient: Address, keys: hpke.HpkeKeyPair) -> Un
     if len(data) not in SEALED_BUCKETS or not is_sealed(data):
         raise DecodeError("not a sealed envelope of a bucket size")
     try:
-        inner = keys.open(data[len(_HEADER):], _info(recipient))
+        inner = keys.open(data[len(_HEADER) :], _info(recipient))
     except AuthenticationError:
         raise DecryptionError() from None
     r = Reader(inner)

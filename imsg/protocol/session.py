@@ -61,8 +61,10 @@ class Address:
 def associated_data(sender: Address, sender_ik: bytes, recipient: Address, recipient_ik: bytes) -> bytes:
     return (
         LABEL_MESSAGE_AD
-        + sender.encode() + encode_key(KEY_X25519, sender_ik)
-        + recipient.encode() + encode_key(KEY_X25519, recipient_ik)
+        + sender.encode()
+        + encode_key(KEY_X25519, sender_ik)
+        + recipient.encode()
+        + encode_key(KEY_X25519, recipient_ik)
     )
 
 
@@ -89,9 +91,13 @@ class Session:
             return self.ratchet.encrypt(plaintext, rng)
         prefix = (
             _PREKEY_FIXED.pack(
-                WIRE_VERSION, MSG_PREKEY,
-                encode_key(KEY_X25519, p.identity_key), encode_key(KEY_X25519, p.base_key),
-                p.signed_prekey_id, p.one_time_prekey_id or 0, p.kem_prekey_id,
+                WIRE_VERSION,
+                MSG_PREKEY,
+                encode_key(KEY_X25519, p.identity_key),
+                encode_key(KEY_X25519, p.base_key),
+                p.signed_prekey_id,
+                p.one_time_prekey_id or 0,
+                p.kem_prekey_id,
             )
             + p.kem_ciphertext
         )
@@ -113,7 +119,7 @@ class Session:
         return w.bytes()
 
     @classmethod
-    def decode(cls, r: Reader) -> "Session":
+    def decode(cls, r: Reader) -> Session:
         ratchet = RatchetState.decode(r.var())
         remote_ik, base_key = r.raw(32), r.raw(32)
         pending = None
@@ -154,7 +160,7 @@ class SessionRecord:
         return w.bytes()
 
     @classmethod
-    def decode(cls, data: bytes) -> "SessionRecord":
+    def decode(cls, data: bytes) -> SessionRecord:
         r = Reader(data)
         if r.u8() != WIRE_VERSION:
             raise DecodeError("unsupported session record version")
@@ -199,7 +205,8 @@ def initiate(
     except CryptoError:  # a low-order X25519 key or a malformed ML-KEM key, even if signed
         raise RemoteProtocolError("peer identity key or prekey bundle holds an unusable key") from None
     ratchet = RatchetState.initiator(
-        sk, bundle.signed_prekey,
+        sk,
+        bundle.signed_prekey,
         ad_send=associated_data(local_address, local.identity.public, remote_address, remote_identity_key),
         ad_recv=associated_data(remote_address, remote_identity_key, local_address, local.identity.public),
     )
@@ -235,7 +242,7 @@ def decrypt(
     if len(message) < _PREKEY_LEN:
         raise DecodeError("prekey message too short")
     _, _, ik_tagged, ek_tagged, spk_id, opk_id, kem_id = _PREKEY_FIXED.unpack_from(message)
-    kem_ct = message[_PREKEY_FIXED.size:_PREKEY_LEN]
+    kem_ct = message[_PREKEY_FIXED.size : _PREKEY_LEN]
     prefix, inner = message[:_PREKEY_LEN], message[_PREKEY_LEN:]
     if ik_tagged[0] != KEY_X25519 or ek_tagged[0] != KEY_X25519:
         raise DecodeError("prekey message keys must be x25519")
@@ -266,7 +273,8 @@ def decrypt(
     except CryptoError:
         raise DecryptionError() from None
     ratchet = RatchetState.responder(
-        sk, dh.KeyPair(spk.private),
+        sk,
+        dh.KeyPair(spk.private),
         ad_send=associated_data(local_address, local.identity.public, remote_address, identity_key),
         ad_recv=associated_data(remote_address, identity_key, local_address, local.identity.public),
     )
@@ -278,7 +286,8 @@ def decrypt(
     new_record = SessionRecord(record.current, list(record.previous)) if record else SessionRecord()
     new_record.promote(session)
     return Decrypted(
-        plaintext, new_record,
+        plaintext,
+        new_record,
         used_one_time_prekey=opk_id or None,
         used_kem_prekey=None if kpk.last_resort else kem_id,
         new_session=True,
@@ -286,7 +295,10 @@ def decrypt(
 
 
 def _decrypt_with_record(
-    record: SessionRecord, message: bytes, now: int, prefer: Session | None = None,
+    record: SessionRecord,
+    message: bytes,
+    now: int,
+    prefer: Session | None = None,
     extra_ad: bytes = b"",
 ) -> Decrypted:
     candidates = [s for s in [prefer, record.current, *record.previous] if s is not None]

@@ -286,8 +286,20 @@ class ProfileStore(Protocol):
     def save_cached_profile(self, profile: CachedProfile) -> None: ...
 
 
-class Store(AccountStore, PreKeyStore, SessionStore, ContactStore, MessageStore, OutboxStore, HeldStore,
-            AttachmentStore, SettingsStore, ProfileStore, HandleStore, Protocol):
+class Store(
+    AccountStore,
+    PreKeyStore,
+    SessionStore,
+    ContactStore,
+    MessageStore,
+    OutboxStore,
+    HeldStore,
+    AttachmentStore,
+    SettingsStore,
+    ProfileStore,
+    HandleStore,
+    Protocol,
+):
     def transaction(self) -> AbstractContextManager[None]: ...
     def close(self) -> None: ...
     def checkpoint(self) -> None:

@@ -4,9 +4,9 @@ of what every store must do (transactions roll back completely on an exception).
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
+from dataclasses import replace
 
 from imsg.protocol.prekeys import KemPreKey, OneTimePreKey, SignedPreKey
 from imsg.protocol.session import Address
@@ -44,9 +44,24 @@ class MemoryStore:
         self._profiles: dict[str, CachedProfile] = {}
         self._depth = 0
 
-    _STATE = ("_account", "_signed", "_kem", "_one_time", "_next_id", "_sessions",
-              "_contacts", "_messages", "_shown", "_outbox", "_held",
-              "_attachments", "_uploads", "_settings", "_handles", "_profiles")
+    _STATE = (
+        "_account",
+        "_signed",
+        "_kem",
+        "_one_time",
+        "_next_id",
+        "_sessions",
+        "_contacts",
+        "_messages",
+        "_shown",
+        "_outbox",
+        "_held",
+        "_attachments",
+        "_uploads",
+        "_settings",
+        "_handles",
+        "_profiles",
+    )
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -166,8 +181,17 @@ class MemoryStore:
         for mid, m in list(self._messages.items()):
             if m.peer_account_id == old_account_id:
                 self._messages[mid] = StoredMessage(
-                    m.message_id, new_account_id, m.peer_handle, m.direction, m.sender_handle,
-                    m.recipient_handle, m.text, m.sent_at, m.stored_at, m.sender_device)
+                    m.message_id,
+                    new_account_id,
+                    m.peer_handle,
+                    m.direction,
+                    m.sender_handle,
+                    m.recipient_handle,
+                    m.text,
+                    m.sent_at,
+                    m.stored_at,
+                    m.sender_device,
+                )
 
     def save_contact(self, contact: Contact) -> None:
         self._contacts[contact.account_id] = contact
@@ -249,8 +273,7 @@ class MemoryStore:
         return self._uploads.get(blob_id)
 
     def find_upload(self, path: str, plain_size: int, mtime_ns: int) -> Upload | None:
-        rows = [u for u in self._uploads.values()
-                if (u.path, u.plain_size, u.mtime_ns) == (path, plain_size, mtime_ns)]
+        rows = [u for u in self._uploads.values() if (u.path, u.plain_size, u.mtime_ns) == (path, plain_size, mtime_ns)]
         return max(rows, key=lambda u: u.created_at, default=None)
 
     def uploads(self) -> list[Upload]:
@@ -261,7 +284,7 @@ class MemoryStore:
 
     def messages_older_than(self, cutoff_ms: int, limit: int) -> list[str]:
         old = [m.message_id for m in self._messages.values() if min(m.sent_at, m.stored_at) < cutoff_ms]
-        return old[:max(limit, 0)]
+        return old[: max(limit, 0)]
 
     def checkpoint(self) -> None:
         pass  # nothing on disk

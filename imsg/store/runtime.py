@@ -21,8 +21,8 @@ import os
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from imsg import errors
 
@@ -37,8 +37,10 @@ def runtime_dir() -> Path:
     else:
         path = Path(tempfile.gettempdir()) / f"imsg-{uid}"
     if not _private_dir(path, uid, create=True):
-        raise errors.LocalStateError(f"{path} is not a private directory owned by this user",
-                                     hint="remove it, or set XDG_RUNTIME_DIR to a private directory")
+        raise errors.LocalStateError(
+            f"{path} is not a private directory owned by this user",
+            hint="remove it, or set XDG_RUNTIME_DIR to a private directory",
+        )
     return path
 
 
@@ -70,8 +72,9 @@ def failure_delay(failures: int) -> float:
 class FailureCounter:
     """Wrong passcodes in a row for one home, in the runtime dir (see the module doc)."""
 
-    def __init__(self, home: Path, *, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self, home: Path, *, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time
+    ):
         self.path = runtime_dir() / f"failures-{home_id(home)}.json"
         self._sleep, self._clock = sleep, clock
 

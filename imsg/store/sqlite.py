@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from imsg.protocol.prekeys import KemPreKey, OneTimePreKey, SignedPreKey
 from imsg.protocol.session import Address
@@ -142,9 +142,7 @@ class SQLiteStore:
     def _migrate(self) -> None:
         # executescript commits implicitly, so run it outside our transaction wrapper.
         self._db.executescript(_SCHEMA)
-        self._db.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-        )
+        self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         # Columns added after a table was first created: each feature lists its own here, so
         # an older home gains them on open, and two features never fight over a version number.
         for table, column, decl in _ADDED_COLUMNS:
@@ -189,7 +187,8 @@ class SQLiteStore:
 
     def messages_older_than(self, cutoff_ms: int, limit: int) -> list[str]:
         rows = self._db.execute(
-            "SELECT message_id FROM messages WHERE min(sent_at, stored_at) < ? LIMIT ?", (cutoff_ms, limit))
+            "SELECT message_id FROM messages WHERE min(sent_at, stored_at) < ? LIMIT ?", (cutoff_ms, limit)
+        )
         return [r[0] for r in rows]
 
     def _one(self, sql: str, args: tuple = ()):
@@ -209,20 +208,35 @@ class SQLiteStore:
             "INSERT OR REPLACE INTO account (id, account_id, handle, name, account_public, account_private, "
             "device_id, identity_private, signing_private, device_list, relay_url, token, created_at, "
             "profile_key) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (a.account_id, a.handle, a.name, a.account_public, a.account_private, a.device_id,
-             a.identity_private, a.signing_private, a.device_list, a.relay_url, a.token, a.created_at,
-             a.profile_key),
+            (
+                a.account_id,
+                a.handle,
+                a.name,
+                a.account_public,
+                a.account_private,
+                a.device_id,
+                a.identity_private,
+                a.signing_private,
+                a.device_list,
+                a.relay_url,
+                a.token,
+                a.created_at,
+                a.profile_key,
+            ),
         )
 
     # cached profiles
     def cached_profile(self, account_id: str) -> CachedProfile | None:
-        row = self._one("SELECT account_id, revision, name, photo, fetched_at FROM profiles WHERE account_id = ?",
-                        (account_id,))
+        row = self._one(
+            "SELECT account_id, revision, name, photo, fetched_at FROM profiles WHERE account_id = ?", (account_id,)
+        )
         return CachedProfile(*row) if row else None
 
     def save_cached_profile(self, p: CachedProfile) -> None:
-        self._db.execute("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?, ?)",
-                         (p.account_id, p.revision, p.name, p.photo, p.fetched_at))
+        self._db.execute(
+            "INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?, ?)",
+            (p.account_id, p.revision, p.name, p.photo, p.fetched_at),
+        )
 
     # settings
     def get_setting(self, key: str) -> str | None:
@@ -240,13 +254,19 @@ class SQLiteStore:
 
     # own handles
     def own_handles(self) -> list[OwnHandle]:
-        return [OwnHandle(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5]) for r in self._db.execute(
-            "SELECT handle, handle_id, state, receiving, start_from, added_at FROM own_handles "
-            "ORDER BY added_at, handle")]
+        return [
+            OwnHandle(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5])
+            for r in self._db.execute(
+                "SELECT handle, handle_id, state, receiving, start_from, added_at FROM own_handles "
+                "ORDER BY added_at, handle"
+            )
+        ]
 
     def save_own_handle(self, h: OwnHandle) -> None:
-        self._db.execute("INSERT OR REPLACE INTO own_handles VALUES (?, ?, ?, ?, ?, ?)",
-                         (h.handle, h.handle_id, h.state, int(h.receiving), int(h.start_from), h.added_at))
+        self._db.execute(
+            "INSERT OR REPLACE INTO own_handles VALUES (?, ?, ?, ?, ?, ?)",
+            (h.handle, h.handle_id, h.state, int(h.receiving), int(h.start_from), h.added_at),
+        )
 
     def remove_own_handle(self, handle: str) -> None:
         self._db.execute("DELETE FROM own_handles WHERE handle = ?", (handle,))
@@ -300,9 +320,7 @@ class SQLiteStore:
         with self.transaction():
             row = self._one("SELECT value FROM meta WHERE key = 'next_prekey_id'")
             key_id = int(row[0]) if row else 1
-            self._db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('next_prekey_id', ?)", (str(key_id + 1),)
-            )
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('next_prekey_id', ?)", (str(key_id + 1),))
         return key_id
 
     # sessions
@@ -326,36 +344,68 @@ class SQLiteStore:
         )
 
     # contacts
-    _CONTACT = ("SELECT account_id, handle, account_key, device_list, verified, first_seen, status, profile_key, "
-                "in_contacts, nickname, profile_revision, share_profile, shared_profile_key FROM contacts")
+    _CONTACT = (
+        "SELECT account_id, handle, account_key, device_list, verified, first_seen, status, profile_key, "
+        "in_contacts, nickname, profile_revision, share_profile, shared_profile_key FROM contacts"
+    )
 
     @staticmethod
     def _contact(row) -> Contact | None:
         if row is None:
             return None
-        return Contact(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6], row[7], bool(row[8]),
-                       row[9], row[10], row[11], row[12])
+        return Contact(
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            bool(row[4]),
+            row[5],
+            row[6],
+            row[7],
+            bool(row[8]),
+            row[9],
+            row[10],
+            row[11],
+            row[12],
+        )
 
     def get_contact(self, account_id: str) -> Contact | None:
         return self._contact(self._one(self._CONTACT + " WHERE account_id = ?", (account_id,)))
 
     def contact_by_handle(self, handle: str) -> Contact | None:
-        return self._contact(self._one(
-            self._CONTACT + " WHERE handle = ? ORDER BY CASE status WHEN 'ok' THEN 0 WHEN 'changed' THEN 1 "
-            "ELSE 2 END, first_seen DESC LIMIT 1", (handle,)))
+        return self._contact(
+            self._one(
+                self._CONTACT + " WHERE handle = ? ORDER BY CASE status WHEN 'ok' THEN 0 WHEN 'changed' THEN 1 "
+                "ELSE 2 END, first_seen DESC LIMIT 1",
+                (handle,),
+            )
+        )
 
     def reassign_messages(self, old_account_id: str, new_account_id: str) -> None:
-        self._db.execute("UPDATE messages SET peer_account_id = ? WHERE peer_account_id = ?",
-                         (new_account_id, old_account_id))
+        self._db.execute(
+            "UPDATE messages SET peer_account_id = ? WHERE peer_account_id = ?", (new_account_id, old_account_id)
+        )
 
     def save_contact(self, c: Contact) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO contacts (account_id, handle, account_key, device_list, verified, "
             "first_seen, status, profile_key, in_contacts, nickname, profile_revision, share_profile, "
             "shared_profile_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (c.account_id, c.handle, c.account_key, c.device_list, int(c.verified), c.first_seen, c.status,
-             c.profile_key, int(c.in_contacts), c.nickname, c.profile_revision, c.share_profile,
-             c.shared_profile_key),
+            (
+                c.account_id,
+                c.handle,
+                c.account_key,
+                c.device_list,
+                int(c.verified),
+                c.first_seen,
+                c.status,
+                c.profile_key,
+                int(c.in_contacts),
+                c.nickname,
+                c.profile_revision,
+                c.share_profile,
+                c.shared_profile_key,
+            ),
         )
 
     def contacts(self) -> list[Contact]:
@@ -370,9 +420,19 @@ class SQLiteStore:
     def add_message(self, m: StoredMessage) -> bool:
         cur = self._db.execute(
             "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (m.message_id, m.peer_account_id, m.peer_handle, m.direction, m.sender_handle,
-             m.recipient_handle, m.text, m.sent_at, m.stored_at, m.sender_device,
-             int(m.direction == "out")),
+            (
+                m.message_id,
+                m.peer_account_id,
+                m.peer_handle,
+                m.direction,
+                m.sender_handle,
+                m.recipient_handle,
+                m.text,
+                m.sent_at,
+                m.stored_at,
+                m.sender_device,
+                int(m.direction == "out"),
+            ),
         )
         return cur.rowcount == 1
 
@@ -381,8 +441,7 @@ class SQLiteStore:
 
     def history(self, peer_account_id: str, limit: int) -> list[StoredMessage]:
         rows = self._db.execute(
-            self._MESSAGE + " WHERE peer_account_id = ? "
-            "ORDER BY sent_at DESC, stored_at DESC, message_id DESC LIMIT ?",
+            self._MESSAGE + " WHERE peer_account_id = ? ORDER BY sent_at DESC, stored_at DESC, message_id DESC LIMIT ?",
             (peer_account_id, max(limit, 0)),
         ).fetchall()
         return [StoredMessage(*r) for r in reversed(rows)]
@@ -418,11 +477,11 @@ class SQLiteStore:
     def remove_outgoing(self, message_id: str, account_id: str) -> None:
         self._db.execute("DELETE FROM outbox WHERE message_id = ? AND account_id = ?", (message_id, account_id))
 
-
     # held
     def hold_message(self, m: HeldMessage) -> None:
-        self._db.execute("INSERT OR REPLACE INTO held VALUES (?, ?, ?, ?)",
-                         (m.message_id, m.handle, m.text, m.created_at))
+        self._db.execute(
+            "INSERT OR REPLACE INTO held VALUES (?, ?, ?, ?)", (m.message_id, m.handle, m.text, m.created_at)
+        )
 
     def held_messages(self, handle: str | None = None) -> list[HeldMessage]:
         if handle is None:
@@ -434,13 +493,14 @@ class SQLiteStore:
     def release_held(self, message_id: str) -> None:
         self._db.execute("DELETE FROM held WHERE message_id = ?", (message_id,))
 
-
     # attachments and uploads
     def add_attachments(self, attachments: list[StoredAttachment]) -> None:
         self._db.executemany(
             "INSERT OR IGNORE INTO attachments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(a.message_id, a.index, a.blob_id, a.key, a.digest, a.size, a.name, a.content_type, a.saved_path)
-             for a in attachments],
+            [
+                (a.message_id, a.index, a.blob_id, a.key, a.digest, a.size, a.name, a.content_type, a.saved_path)
+                for a in attachments
+            ],
         )
 
     def attachments(self, message_id: str) -> list[StoredAttachment]:
@@ -448,14 +508,28 @@ class SQLiteStore:
         return [StoredAttachment(*r) for r in rows]
 
     def set_saved_path(self, message_id: str, index: int, path: str) -> None:
-        self._db.execute("UPDATE attachments SET saved_path = ? WHERE message_id = ? AND idx = ?",
-                         (path, message_id, index))
+        self._db.execute(
+            "UPDATE attachments SET saved_path = ? WHERE message_id = ? AND idx = ?", (path, message_id, index)
+        )
 
     def save_upload(self, u: Upload) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (u.blob_id, u.path, u.plain_size, u.mtime_ns, u.key, u.size, u.part_size, u.name,
-             u.content_type, u.created_at, u.expires_at, u.digest, int(u.complete)),
+            (
+                u.blob_id,
+                u.path,
+                u.plain_size,
+                u.mtime_ns,
+                u.key,
+                u.size,
+                u.part_size,
+                u.name,
+                u.content_type,
+                u.created_at,
+                u.expires_at,
+                u.digest,
+                int(u.complete),
+            ),
         )
 
     @staticmethod
@@ -468,9 +542,13 @@ class SQLiteStore:
         return self._upload(self._one("SELECT * FROM uploads WHERE blob_id = ?", (blob_id,)))
 
     def find_upload(self, path: str, plain_size: int, mtime_ns: int) -> Upload | None:
-        return self._upload(self._one(
-            "SELECT * FROM uploads WHERE path = ? AND plain_size = ? AND mtime_ns = ? "
-            "ORDER BY created_at DESC LIMIT 1", (path, plain_size, mtime_ns)))
+        return self._upload(
+            self._one(
+                "SELECT * FROM uploads WHERE path = ? AND plain_size = ? AND mtime_ns = ? "
+                "ORDER BY created_at DESC LIMIT 1",
+                (path, plain_size, mtime_ns),
+            )
+        )
 
     def uploads(self) -> list[Upload]:
         return [self._upload(r) for r in self._db.execute("SELECT * FROM uploads ORDER BY created_at")]
@@ -478,12 +556,15 @@ class SQLiteStore:
     def remove_upload(self, blob_id: str) -> None:
         self._db.execute("DELETE FROM uploads WHERE blob_id = ?", (blob_id,))
 
-
     def delete_messages(self, message_ids: list[str]) -> list[str]:
         paths = []
         for mid in message_ids:
-            paths += [r[0] for r in self._db.execute(
-                "SELECT saved_path FROM attachments WHERE message_id = ? AND saved_path != ''", (mid,))]
+            paths += [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT saved_path FROM attachments WHERE message_id = ? AND saved_path != ''", (mid,)
+                )
+            ]
             self._db.execute("DELETE FROM attachments WHERE message_id = ?", (mid,))
             self._db.execute("DELETE FROM messages WHERE message_id = ?", (mid,))
         return paths

@@ -35,9 +35,9 @@ import json
 import os
 import sys
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 from imsg import errors
 
@@ -73,8 +73,10 @@ class LockedError(errors.LocalStateError):
     """this home is locked with a passcode"""
 
     code = "locked"
-    hint = ("unlock it for a while with: imsg unlock --for 15m; or give the passcode through "
-            "IMSG_PASSCODE or --passcode-file")
+    hint = (
+        "unlock it for a while with: imsg unlock --for 15m; or give the passcode through "
+        "IMSG_PASSCODE or --passcode-file"
+    )
 
 
 class HomeBusyError(errors.LocalStateError):
@@ -115,30 +117,64 @@ class KeyFile:
     def aad(self) -> bytes:
         # Everything but the ciphertext is bound to it: a file with lowered Argon2id cost or
         # a swapped salt fails to unwrap instead of quietly weakening.
-        return json.dumps({"format": KEY_FORMAT, "kdf": "argon2id", "m": self.memory_kib, "t": self.iterations,
-                           "p": self.lanes, "salt": _b64e(self.salt)}, sort_keys=True).encode()
+        return json.dumps(
+            {
+                "format": KEY_FORMAT,
+                "kdf": "argon2id",
+                "m": self.memory_kib,
+                "t": self.iterations,
+                "p": self.lanes,
+                "salt": _b64e(self.salt),
+            },
+            sort_keys=True,
+        ).encode()
 
     def dumps(self) -> bytes:
-        return json.dumps({
-            "format": KEY_FORMAT, "kdf": "argon2id", "m": self.memory_kib, "t": self.iterations,
-            "p": self.lanes, "salt": _b64e(self.salt), "nonce": _b64e(self.nonce),
-            "wrapped": _b64e(self.wrapped), "check": _b64e(self.check), "db_salt": _b64e(self.db_salt),
-            "keyring": self.keyring,
-        }, indent=1).encode() + b"\n"
+        return (
+            json.dumps(
+                {
+                    "format": KEY_FORMAT,
+                    "kdf": "argon2id",
+                    "m": self.memory_kib,
+                    "t": self.iterations,
+                    "p": self.lanes,
+                    "salt": _b64e(self.salt),
+                    "nonce": _b64e(self.nonce),
+                    "wrapped": _b64e(self.wrapped),
+                    "check": _b64e(self.check),
+                    "db_salt": _b64e(self.db_salt),
+                    "keyring": self.keyring,
+                },
+                indent=1,
+            ).encode()
+            + b"\n"
+        )
 
     @classmethod
-    def loads(cls, data: bytes) -> "KeyFile":
+    def loads(cls, data: bytes) -> KeyFile:
         try:
             doc = json.loads(data)
             ok = isinstance(doc, dict) and doc.get("format") == KEY_FORMAT and doc.get("kdf") == "argon2id"
             m, t, p = doc["m"], doc["t"], doc["p"]
         except (ValueError, KeyError, TypeError):
             ok = False
-        if not ok or not all(type(v) is int for v in (m, t, p)) or not (
-                8 * p <= m <= _ARGON2_MAX_MEMORY_KIB and 1 <= t <= _ARGON2_MAX_ITERATIONS and 1 <= p <= 64):
+        if (
+            not ok
+            or not all(type(v) is int for v in (m, t, p))
+            or not (8 * p <= m <= _ARGON2_MAX_MEMORY_KIB and 1 <= t <= _ARGON2_MAX_ITERATIONS and 1 <= p <= 64)
+        ):
             raise errors.LocalStateError(f"{KEY_FILE} is damaged or from a newer imsg")
-        return cls(_b64d(doc["salt"], 16), _b64d(doc["nonce"], 12), _b64d(doc["wrapped"], 48),
-                   _b64d(doc["check"], 16), _b64d(doc["db_salt"], 16), m, t, p, doc.get("keyring") is True)
+        return cls(
+            _b64d(doc["salt"], 16),
+            _b64d(doc["nonce"], 12),
+            _b64d(doc["wrapped"], 48),
+            _b64d(doc["check"], 16),
+            _b64d(doc["db_salt"], 16),
+            m,
+            t,
+            p,
+            doc.get("keyring") is True,
+        )
 
 
 def _normalise(passcode: str) -> bytes:
@@ -149,17 +185,26 @@ def _normalise(passcode: str) -> bytes:
 def derive_kek(passcode: str, kf: KeyFile) -> bytes:
     from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
-    return Argon2id(salt=kf.salt, length=32, iterations=kf.iterations, lanes=kf.lanes,
-                    memory_cost=kf.memory_kib).derive(_normalise(passcode))
+    return Argon2id(
+        salt=kf.salt, length=32, iterations=kf.iterations, lanes=kf.lanes, memory_cost=kf.memory_kib
+    ).derive(_normalise(passcode))
 
 
 def key_check(storage_key: bytes) -> bytes:
     return hmac.new(storage_key, LABEL_KEY_CHECK, "sha256").digest()[:16]
 
 
-def wrap(storage_key: bytes, passcode: str, db_salt: bytes, *, rng: Callable[[int], bytes] = os.urandom,
-         keyring: bool = False, memory_kib: int = ARGON2_MEMORY_KIB, iterations: int = ARGON2_ITERATIONS,
-         lanes: int = ARGON2_LANES) -> KeyFile:
+def wrap(
+    storage_key: bytes,
+    passcode: str,
+    db_salt: bytes,
+    *,
+    rng: Callable[[int], bytes] = os.urandom,
+    keyring: bool = False,
+    memory_kib: int = ARGON2_MEMORY_KIB,
+    iterations: int = ARGON2_ITERATIONS,
+    lanes: int = ARGON2_LANES,
+) -> KeyFile:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     kf = KeyFile(rng(16), rng(12), b"", key_check(storage_key), db_salt, memory_kib, iterations, lanes, keyring)
@@ -197,7 +242,7 @@ class KeySource:
     from_agent: bool = field(default=False, init=False)  # set when the agent supplied the key
 
     @classmethod
-    def from_environment(cls, passcode_file: str | None = None, *, interactive: bool | None = None) -> "KeySource":
+    def from_environment(cls, passcode_file: str | None = None, *, interactive: bool | None = None) -> KeySource:
         """IMSG_PASSCODE, then --passcode-file; a prompt only when stdin and stderr are a
         terminal (never in a script, which must not hang)."""
         passcode = os.environ.get("IMSG_PASSCODE") or None
@@ -207,7 +252,7 @@ class KeySource:
             interactive = _isatty(sys.stdin) and _isatty(sys.stderr)
         return cls(passcode=passcode, prompt=_getpass if interactive else None)
 
-    def passcode_only(self) -> "KeySource":
+    def passcode_only(self) -> KeySource:
         """This source without the agent and the keyring: for unlock, change and remove,
         which must prove knowledge of the passcode (an unlocked session must not be enough
         to set a passcode someone else knows, which would outlast `imsg lock`)."""
@@ -324,8 +369,10 @@ def _open_encrypted(home: Path, key: bytes, fd: int):
     except sqlcipher3.DatabaseError:
         # The key is right for `storage-key` (checked) but not for this database: one of the
         # two was replaced or damaged. Nothing was written.
-        raise errors.LocalStateError(f"{STORE_FILE} does not match {KEY_FILE}: one of them was replaced or "
-                                     "is damaged", hint="restore both from the same backup") from None
+        raise errors.LocalStateError(
+            f"{STORE_FILE} does not match {KEY_FILE}: one of them was replaced or is damaged",
+            hint="restore both from the same backup",
+        ) from None
 
 
 def storage_key(home: Path, kf: KeyFile, keys: KeySource) -> bytes:
@@ -406,8 +453,9 @@ def keyring_set(home: Path, key: bytes | None) -> None:
         else:
             keyring.set_password(_KEYRING_SERVICE, _keyring_user(home), key.hex())
     except KeyringError as exc:
-        raise errors.LocalStateError(f"the OS keyring refused: {exc}",
-                                     hint="set up a keyring, or leave out --keyring") from None
+        raise errors.LocalStateError(
+            f"the OS keyring refused: {exc}", hint="set up a keyring, or leave out --keyring"
+        ) from None
 
 
 # --- setting, changing, removing the passcode ---
@@ -419,8 +467,9 @@ def check_new_passcode(passcode: str) -> str:
     return passcode
 
 
-def set_passcode(home: str | os.PathLike, passcode: str, *, keyring: bool = False,
-                 rng: Callable[[int], bytes] = os.urandom, **argon2) -> None:
+def set_passcode(
+    home: str | os.PathLike, passcode: str, *, keyring: bool = False, rng: Callable[[int], bytes] = os.urandom, **argon2
+) -> None:
     """Encrypt a home that has no passcode yet."""
     home = Path(home).expanduser()
     refuse_if_set(home)
@@ -429,8 +478,7 @@ def set_passcode(home: str | os.PathLike, passcode: str, *, keyring: bool = Fals
 
 def refuse_if_set(home: Path) -> None:
     if has_passcode(home):
-        raise errors.LocalStateError("this home already has a passcode",
-                                     hint="change it with: imsg passcode change")
+        raise errors.LocalStateError("this home already has a passcode", hint="change it with: imsg passcode change")
 
 
 def current_key(home: str | os.PathLike, keys: KeySource) -> bytes:
@@ -439,8 +487,15 @@ def current_key(home: str | os.PathLike, keys: KeySource) -> bytes:
     return storage_key(home, require_keyfile(home), keys)
 
 
-def change_passcode(home: str | os.PathLike, old_key: bytes, new_passcode: str, *, keyring: bool | None = None,
-                    rng: Callable[[int], bytes] = os.urandom, **argon2) -> None:
+def change_passcode(
+    home: str | os.PathLike,
+    old_key: bytes,
+    new_passcode: str,
+    *,
+    keyring: bool | None = None,
+    rng: Callable[[int], bytes] = os.urandom,
+    **argon2,
+) -> None:
     """Re-encrypt under a new storage key wrapped by the new passcode (`old_key` from
     current_key). If the home was unlocked, it stays unlocked under the new key."""
     from imsg.store import vault_agent
@@ -449,8 +504,15 @@ def change_passcode(home: str | os.PathLike, old_key: bytes, new_passcode: str, 
     kf = require_keyfile(home)
     unlocked_until = vault_agent.deadline(home)
     new = rng(32)
-    _rewrite(home, old_key, new, check_new_passcode(new_passcode),
-             keyring=kf.keyring if keyring is None else keyring, rng=rng, **argon2)
+    _rewrite(
+        home,
+        old_key,
+        new,
+        check_new_passcode(new_passcode),
+        keyring=kf.keyring if keyring is None else keyring,
+        rng=rng,
+        **argon2,
+    )
     if kf.keyring and keyring is False:
         keyring_set(home, None)
     if unlocked_until is not None:
@@ -477,8 +539,9 @@ def _raw_key(key: bytes | None) -> str:
     return "''" if key is None else f"\"x'{key.hex()}'\""
 
 
-def _rewrite(home: Path, old: bytes | None, new: bytes | None, passcode: str | None, *, keyring: bool,
-             rng, **argon2) -> None:
+def _rewrite(
+    home: Path, old: bytes | None, new: bytes | None, passcode: str | None, *, keyring: bool, rng, **argon2
+) -> None:
     """Copy the database into a new file under `new` (None: plain), then commit with one
     rename. Holds the home's lock exclusively throughout (HomeBusyError if a process has it)."""
     import sqlcipher3
@@ -565,5 +628,5 @@ def _zero(fd: int) -> None:
     os.lseek(fd, 0, os.SEEK_SET)
     left = size
     while left:
-        left -= os.write(fd, block[:min(left, len(block))])
+        left -= os.write(fd, block[: min(left, len(block))])
     os.fsync(fd)

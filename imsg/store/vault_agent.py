@@ -93,11 +93,16 @@ def start(home: Path, key: bytes, until_ms: int) -> None:
     path = socket_path(home)
     proc = subprocess.Popen(
         [sys.executable, "-m", "imsg.store.vault_agent", str(path), str(until_ms)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        start_new_session=True, close_fds=True, cwd="/",  # survives this command and its terminal
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+        cwd="/",  # survives this command and its terminal
         # without IMSG_PASSCODE & co: the agent outlives this command, its environment must not
         # carry the passcode for hours
-        env={k: v for k, v in os.environ.items() if not k.startswith("IMSG_")})
+        env={k: v for k, v in os.environ.items() if not k.startswith("IMSG_")},
+    )
     try:
         proc.stdin.write(key.hex().encode() + b"\n")
         proc.stdin.close()  # through a pipe: never on a command line or in the environment

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Callable
+from collections.abc import Callable
 
 IDENTIFIER = b"ristretto255-SHA512"
 MODE_OPRF = 0x00
@@ -51,12 +51,14 @@ def _sodium():
     """pysodium, loaded on first use: it binds the system libsodium with ctypes."""
     try:
         import pysodium
+
         pysodium.crypto_core_ristretto255_from_hash  # noqa: B018 - present since libsodium 1.0.18
     except (ImportError, OSError, AttributeError, TypeError) as exc:
         raise LibsodiumMissing(
             "libsodium >= 1.0.18 is needed for private contact discovery (ristretto255); "
             "install it, e.g. `apt-get install libsodium23` or `brew install libsodium` "
-            f"({type(exc).__name__}: {exc})") from None
+            f"({type(exc).__name__}: {exc})"
+        ) from None
     return pysodium
 
 
@@ -66,6 +68,7 @@ def require_libsodium() -> None:
 
 
 # --- RFC 9380 §5.3.1 expand_message_xmd, with SHA-512 (b_in_bytes 64, s_in_bytes 128) ---
+
 
 def expand_message_xmd(msg: bytes, dst: bytes, length: int) -> bytes:
     if len(dst) > 255:
@@ -78,11 +81,12 @@ def expand_message_xmd(msg: bytes, dst: bytes, length: int) -> bytes:
     b0 = hashlib.sha512(msg_prime).digest()
     b = [hashlib.sha512(b0 + b"\x01" + dst_prime).digest()]
     for i in range(2, ell + 1):
-        b.append(hashlib.sha512(bytes(x ^ y for x, y in zip(b0, b[-1])) + bytes([i]) + dst_prime).digest())
+        b.append(hashlib.sha512(bytes(x ^ y for x, y in zip(b0, b[-1], strict=True)) + bytes([i]) + dst_prime).digest())
     return b"".join(b)[:length]
 
 
 # --- the group (RFC 9497 §4.1: ristretto255, RFC 9496) ---
+
 
 def hash_to_group(msg: bytes) -> bytes:
     """RFC 9496 §4.3.4 one-way map of 64 uniform bytes (libsodium's from_hash)."""
@@ -99,8 +103,7 @@ def _is_zero(b: bytes) -> bool:
 
 def deserialize_element(data: bytes) -> bytes:
     """DeserializeElement: canonical encodings only, and never the identity."""
-    if len(data) != ELEMENT_BYTES or _is_zero(data) or \
-            not _sodium().crypto_core_ristretto255_is_valid_point(data):
+    if len(data) != ELEMENT_BYTES or _is_zero(data) or not _sodium().crypto_core_ristretto255_is_valid_point(data):
         raise DeserializeError("not a valid ristretto255 element")
     return bytes(data)
 
@@ -124,6 +127,7 @@ def _mul(scalar: bytes, element: bytes) -> bytes:
 
 # --- RFC 9497 §3.2.1 DeriveKeyPair ---
 
+
 def derive_key_pair(seed: bytes, info: bytes) -> tuple[bytes, bytes]:
     """(skS, pkS) from a 32-byte seed and public key info."""
     if len(seed) != 32 or len(info) > MAX_INPUT:
@@ -137,6 +141,7 @@ def derive_key_pair(seed: bytes, info: bytes) -> tuple[bytes, bytes]:
 
 
 # --- RFC 9497 §3.3.1 the OPRF protocol ---
+
 
 def random_scalar(rng: Callable[[int], bytes]) -> bytes:
     """RandomScalar: 64 random bytes reduced mod the order (bias 2^-260), never zero."""
@@ -163,8 +168,13 @@ def blind_evaluate(sk: bytes, blinded_element: bytes) -> bytes:
 
 
 def _finalize_hash(input: bytes, unblinded_element: bytes) -> bytes:
-    return hashlib.sha512(len(input).to_bytes(2, "big") + input + len(unblinded_element).to_bytes(2, "big")
-                          + unblinded_element + FINALIZE_LABEL).digest()
+    return hashlib.sha512(
+        len(input).to_bytes(2, "big")
+        + input
+        + len(unblinded_element).to_bytes(2, "big")
+        + unblinded_element
+        + FINALIZE_LABEL
+    ).digest()
 
 
 def finalize(input: bytes, blind: bytes, evaluated_element: bytes) -> bytes:

@@ -43,9 +43,16 @@ def start_relay(work: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]
     """A relay subprocess on a free loopback port, data in `work/relay`, rate limits off."""
     relay = subprocess.Popen(
         [sys.executable, "-m", "imsg_relay.cli", "serve", "--port", "0", "--data", str(work / "relay")],
-        stdout=subprocess.PIPE, stderr=open(work / "relay.log", "wb"),
-        env={**env, "IMSG_RELAY_SEND_RATE": "100000", "IMSG_RELAY_REQUEST_RATE": "100000",
-             "IMSG_RELAY_LOOKUP_RATE": "100000", "IMSG_RELAY_REGISTER_RATE": "100000"})
+        stdout=subprocess.PIPE,
+        stderr=open(work / "relay.log", "wb"),
+        env={
+            **env,
+            "IMSG_RELAY_SEND_RATE": "100000",
+            "IMSG_RELAY_REQUEST_RATE": "100000",
+            "IMSG_RELAY_LOOKUP_RATE": "100000",
+            "IMSG_RELAY_REGISTER_RATE": "100000",
+        },
+    )
     line = relay.stdout.readline().decode()
     if "listening on" not in line:
         raise SystemExit(f"bench: relay did not start: {line!r}")
@@ -61,18 +68,28 @@ def main() -> int:
         relay, url = start_relay(work, env)
         alice, bob = work / "alice", work / "bob"
         for home, handle in ((alice, "alice@example.com"), (bob, "bob@example.com")):
-            subprocess.run(imsg + ["--home", str(home), "--relay", url, "init", handle], env=env,
-                           check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                imsg + ["--home", str(home), "--relay", url, "init", handle],
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
         # The first send makes the session (a prekey fetch); time the steady state after it.
-        subprocess.run(imsg + ["--home", str(alice), "send", "bob@example.com", "warm-up"], env=env,
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            imsg + ["--home", str(alice), "send", "bob@example.com", "warm-up"],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
         floor = timed([sys.executable, "-c", "pass"], env, RUNS)
         helps = timed(imsg + ["--help"], env, RUNS)
         sends = timed(imsg + ["--home", str(alice), "send", "bob@example.com", "x" * 200], env, RUNS)
         # Everything sent arrived (the timing counted only sends the relay accepted).
-        r = subprocess.run(imsg + ["--home", str(bob), "--json", "receive"], env=env, capture_output=True,
-                           text=True, check=True)
+        r = subprocess.run(
+            imsg + ["--home", str(bob), "--json", "receive"], env=env, capture_output=True, text=True, check=True
+        )
         received = len(r.stdout.splitlines())
     finally:
         if relay is not None and relay.poll() is None:

@@ -22,7 +22,7 @@ import time
 from imsg.protocol import envelope as env
 from imsg.protocol import session as sess
 from imsg.protocol.content import KIND_TEXT, Content
-from imsg.protocol.identity import AccountKey, DeviceKeys, DeviceList
+from imsg.protocol.identity import AccountKey, DeviceKeys
 from imsg.protocol.prekeys import KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey
 from imsg.store.memory import MemoryStore
 
@@ -48,20 +48,34 @@ class Party:
         s.save_kem_prekey(kpk)
         s.save_one_time_prekey(otk)
         return PreKeyBundle(
-            device_id=d.device_id, signed_prekey_id=spk.key_id, signed_prekey=spk.public,
-            signed_prekey_signature=spk.signature, kem_prekey_id=kpk.key_id, kem_prekey=kpk.public,
-            kem_prekey_signature=kpk.signature, kem_last_resort=False,
-            one_time_prekey_id=otk.key_id, one_time_prekey=otk.public,
+            device_id=d.device_id,
+            signed_prekey_id=spk.key_id,
+            signed_prekey=spk.public,
+            signed_prekey_signature=spk.signature,
+            kem_prekey_id=kpk.key_id,
+            kem_prekey=kpk.public,
+            kem_prekey_signature=kpk.signature,
+            kem_last_resort=False,
+            one_time_prekey_id=otk.key_id,
+            one_time_prekey=otk.public,
         )
 
 
 def handshake(alice: Party, bob: Party, bundle: PreKeyBundle, payload: bytes = MSG):
-    a = sess.initiate(alice.device, alice.address, bob.address, bob.device.identity.public,
-                      bob.device.signing.public, bundle, rng)
+    a = sess.initiate(
+        alice.device, alice.address, bob.address, bob.device.identity.public, bob.device.signing.public, bundle, rng
+    )
     first = a.encrypt(payload, rng)
-    result = sess.decrypt(None, first, local=bob.device, local_address=bob.address,
-                          remote_address=alice.address, remote_identity_key=alice.device.identity.public,
-                          prekeys=bob.store, now=NOW)
+    result = sess.decrypt(
+        None,
+        first,
+        local=bob.device,
+        local_address=bob.address,
+        remote_address=alice.address,
+        remote_identity_key=alice.device.identity.public,
+        prekeys=bob.store,
+        now=NOW,
+    )
     assert result.plaintext == payload
     return a, result.record.current
 
@@ -71,13 +85,21 @@ def handshake_full(alice: Party, bob: Party, bundle: PreKeyBundle):
     mid = os.urandom(16).hex()
     content = Content(mid, NOW, KIND_TEXT, "alice@example.com", "bob@example.com", "x" * 200)
     package, content_ct = env.seal_content(content.encode(), rng)
-    a = sess.initiate(alice.device, alice.address, bob.address, bob.device.identity.public,
-                      bob.device.signing.public, bundle, rng)
+    a = sess.initiate(
+        alice.device, alice.address, bob.address, bob.device.identity.public, bob.device.signing.public, bundle, rng
+    )
     wire = env.Envelope(env.KIND_IDENTIFIED, alice.address, a.encrypt(package, rng), content_ct).encode()
     e = env.Envelope.decode(wire)
-    result = sess.decrypt(None, e.session_message, local=bob.device, local_address=bob.address,
-                          remote_address=e.sender, remote_identity_key=alice.device.identity.public,
-                          prekeys=bob.store, now=NOW)
+    result = sess.decrypt(
+        None,
+        e.session_message,
+        local=bob.device,
+        local_address=bob.address,
+        remote_address=e.sender,
+        remote_identity_key=alice.device.identity.public,
+        prekeys=bob.store,
+        now=NOW,
+    )
     got = Content.decode(env.open_content(result.plaintext, e.content_ciphertext))
     assert got.text == content.text and got.message_id == mid
     return a, result.record.current

@@ -51,8 +51,12 @@ class MsgKDF(kdf_separate_hmacs.KDF):
 class DR(doubleratchet.DoubleRatchet):
     @staticmethod
     def _build_associated_data(associated_data, header):
-        return (associated_data + header.ratchet_pub + header.sending_chain_length.to_bytes(8, "big")
-                + header.previous_sending_chain_length.to_bytes(8, "big"))
+        return (
+            associated_data
+            + header.ratchet_pub
+            + header.sending_chain_length.to_bytes(8, "big")
+            + header.previous_sending_chain_length.to_bytes(8, "big")
+        )
 
 
 class X3DHState(x3dh.BaseState):
@@ -63,8 +67,12 @@ class X3DHState(x3dh.BaseState):
 
 DR_ARGS = dict(
     diffie_hellman_ratchet_class=diffie_hellman_ratchet_curve25519.DiffieHellmanRatchet,
-    root_chain_kdf=RootKDF, message_chain_kdf=MsgKDF, message_chain_constant=b"\x01\x02",
-    dos_protection_threshold=1000, max_num_skipped_message_keys=1000, aead=AEAD,
+    root_chain_kdf=RootKDF,
+    message_chain_kdf=MsgKDF,
+    message_chain_constant=b"\x01\x02",
+    dos_protection_threshold=1000,
+    max_num_skipped_message_keys=1000,
+    aead=AEAD,
 )
 MSG = os.urandom(200)
 
@@ -78,10 +86,12 @@ async def handshake():
     t0 = time.perf_counter()
     sk, ad, header = await alice.get_shared_secret_active(bundle)
     dr_a, first = await DR.encrypt_initial_message(
-        shared_secret=sk, recipient_ratchet_pub=bundle.signed_pre_key, message=MSG, associated_data=ad, **DR_ARGS)
+        shared_secret=sk, recipient_ratchet_pub=bundle.signed_pre_key, message=MSG, associated_data=ad, **DR_ARGS
+    )
     sk_b, ad_b, spk = await bob.get_shared_secret_passive(header)
     dr_b, plain = await DR.decrypt_initial_message(
-        shared_secret=sk_b, own_ratchet_priv=spk.priv, message=first, associated_data=ad_b, **DR_ARGS)
+        shared_secret=sk_b, own_ratchet_priv=spk.priv, message=first, associated_data=ad_b, **DR_ARGS
+    )
     elapsed = time.perf_counter() - t0
     assert plain == MSG
     return elapsed, dr_a, dr_b, ad
@@ -116,8 +126,17 @@ async def main(seconds: float):
 
     one_way = await run(False)
     alternating = await run(True)
-    print(json.dumps({"one_way": one_way, "alternating": alternating, "handshake_ms": handshake_ms,
-                      "doubleratchet": doubleratchet.__version__, "x3dh": x3dh.__version__}))
+    print(
+        json.dumps(
+            {
+                "one_way": one_way,
+                "alternating": alternating,
+                "handshake_ms": handshake_ms,
+                "doubleratchet": doubleratchet.__version__,
+                "x3dh": x3dh.__version__,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

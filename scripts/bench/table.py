@@ -23,8 +23,10 @@ def ratchet(ours_json: str, ref_json: str) -> int:
     ]
     print(f"imsg protocol benchmark on {platform.machine()} / Python {platform.python_version()}")
     if ref:
-        print(f"reference: doubleratchet {ref.get('doubleratchet', '?')} + x3dh {ref.get('x3dh', '?')}"
-              " (X3DH has no ML-KEM; its handshake is X25519 only)")
+        print(
+            f"reference: doubleratchet {ref.get('doubleratchet', '?')} + x3dh {ref.get('x3dh', '?')}"
+            " (X3DH has no ML-KEM; its handshake is X25519 only)"
+        )
     else:
         print("reference: not available (the packages could not be installed)")
     head = f"{'measurement':<38} {'unit':>5} {'imsg':>10} {'reference':>10} {'quoted ref':>10} {'target':>9}  ok"

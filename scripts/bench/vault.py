@@ -33,8 +33,8 @@ def row(label: str, stats: tuple[float, float, float]) -> None:
 
 
 def main() -> int:
-    from imsg.store import vault, vault_agent
     from imsg.client.core import Client
+    from imsg.store import vault, vault_agent
 
     work = Path(tempfile.mkdtemp(prefix="imsg-bench-vault-"))
     run_dir = work / "run"
@@ -45,8 +45,7 @@ def main() -> int:
     try:
         kf = vault.KeyFile(os.urandom(16), b"", b"", b"", b"")
         print(f"imsg encryption at rest, ms (median/min/max of {RUNS} runs)")
-        print(f"Argon2id m={kf.memory_kib // 1024} MiB, t={kf.iterations}, p={kf.lanes}; "
-              f"{os.cpu_count()} CPUs")
+        print(f"Argon2id m={kf.memory_kib // 1024} MiB, t={kf.iterations}, p={kf.lanes}; {os.cpu_count()} CPUs")
         print(f"{'what':<52} {'median':>9} {'min':>9} {'max':>9}")
         print("-" * 82)
         row("Argon2id derive (one unlock)", median_ms(lambda: vault.derive_kek(PASS, kf), max(5, RUNS // 3)))
@@ -56,38 +55,59 @@ def main() -> int:
         relay, url = start_relay(work, env)
         homes = {name: work / name for name in ("plain", "locked", "bob")}
         for name, home in homes.items():
-            subprocess.run(IMSG + ["--home", str(home), "--relay", url, "init", f"{name}@example.com"], env=env,
-                           check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                IMSG + ["--home", str(home), "--relay", url, "init", f"{name}@example.com"],
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
         for home in (homes["plain"], homes["locked"]):  # make the sessions: time the steady state
-            subprocess.run(IMSG + ["--home", str(home), "send", "bob@example.com", "warm-up"], env=env,
-                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                IMSG + ["--home", str(home), "send", "bob@example.com", "warm-up"],
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         vault.set_passcode(homes["locked"], PASS)
 
-        row("open plain home (Client.open, in process)",
-            median_ms(lambda: Client.open(homes["plain"]).close()))
+        row("open plain home (Client.open, in process)", median_ms(lambda: Client.open(homes["plain"]).close()))
         keys = lambda: vault.KeySource(passcode=PASS)  # noqa: E731
-        row("open passcode home with IMSG_PASSCODE (in process)",
-            median_ms(lambda: Client.open(homes["locked"], keys=keys()).close(), max(5, RUNS // 3)))
+        row(
+            "open passcode home with IMSG_PASSCODE (in process)",
+            median_ms(lambda: Client.open(homes["locked"], keys=keys()).close(), max(5, RUNS // 3)),
+        )
         key = vault.current_key(homes["locked"], keys())
         vault_agent.start(homes["locked"], key, int((time.time() + 600) * 1000))
-        row("open passcode home, unlocked (agent, in process)",
-            median_ms(lambda: Client.open(homes["locked"], keys=vault.KeySource()).close()))
+        row(
+            "open passcode home, unlocked (agent, in process)",
+            median_ms(lambda: Client.open(homes["locked"], keys=vault.KeySource()).close()),
+        )
         vault_agent.stop(homes["locked"])
 
         def send(home: Path, extra: dict) -> None:
-            r = subprocess.run(IMSG + ["--home", str(home), "send", "bob@example.com", "x" * 200],
-                               env={**env, **extra}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            r = subprocess.run(
+                IMSG + ["--home", str(home), "send", "bob@example.com", "x" * 200],
+                env={**env, **extra},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
             if r.returncode:
                 raise SystemExit(f"bench: send failed: {r.stderr.decode()[-300:]}")
 
         row("imsg send, plain home (cold process)", median_ms(lambda: send(homes["plain"], {})))
-        row("imsg send, passcode home, IMSG_PASSCODE (cold)",
-            median_ms(lambda: send(homes["locked"], {"IMSG_PASSCODE": PASS})))
-        subprocess.run(IMSG + ["--home", str(homes["locked"]), "unlock", "--for", "10m"],
-                       env={**env, "IMSG_PASSCODE": PASS}, check=True, stderr=subprocess.DEVNULL)
+        row(
+            "imsg send, passcode home, IMSG_PASSCODE (cold)",
+            median_ms(lambda: send(homes["locked"], {"IMSG_PASSCODE": PASS})),
+        )
+        subprocess.run(
+            IMSG + ["--home", str(homes["locked"]), "unlock", "--for", "10m"],
+            env={**env, "IMSG_PASSCODE": PASS},
+            check=True,
+            stderr=subprocess.DEVNULL,
+        )
         row("imsg send, passcode home, unlocked (cold)", median_ms(lambda: send(homes["locked"], {})))
-        subprocess.run(IMSG + ["--home", str(homes["locked"]), "lock"], env=env, check=True,
-                       stderr=subprocess.DEVNULL)
+        subprocess.run(IMSG + ["--home", str(homes["locked"]), "lock"], env=env, check=True, stderr=subprocess.DEVNULL)
         row("imsg --help", median_ms(lambda: subprocess.run(IMSG + ["--help"], env=env, stdout=subprocess.DEVNULL)))
 
         retention_rows(work)
@@ -109,8 +129,20 @@ def retention_rows(work: Path) -> None:
     with store.transaction():
         for i in range(100_000):
             t = now - (i % 20) * DAY  # all within 20 days
-            store.add_message(StoredMessage(f"{i:032x}", "p" * 32, "peer@example.com", "in", "peer@example.com",
-                                            "me@example.com", "m" * 80, t, t, 1))
+            store.add_message(
+                StoredMessage(
+                    f"{i:032x}",
+                    "p" * 32,
+                    "peer@example.com",
+                    "in",
+                    "peer@example.com",
+                    "me@example.com",
+                    "m" * 80,
+                    t,
+                    t,
+                    1,
+                )
+            )
     store.set_setting(retention.SETTING, "30d")
     row("retention check, 100,000 messages, none due", median_ms(lambda: retention.sweep(store, now), RUNS * 10))
     t0 = time.perf_counter()

@@ -40,18 +40,22 @@ LABEL_RESTORE_DEVICE = b"imsg/v1/sig/restore-device"
 # A signed enrolment is accepted this long either side of the relay's clock: long enough
 # for a slow clock, short enough that a captured request is soon worthless.
 RESTORE_SIGNATURE_WINDOW_MS = 5 * 60 * 1000
-ACCESS_HASH = {"type": "string", "pattern": r"^[0-9a-f]{64}$",
-               "description": "SHA-256 of the backup access token, 64 lowercase hex characters"}
+ACCESS_HASH = {
+    "type": "string",
+    "pattern": r"^[0-9a-f]{64}$",
+    "description": "SHA-256 of the backup access token, 64 lowercase hex characters",
+}
 
 schema.S["BackupStored"] = {
     "type": "object",
     "required": ["size", "created_at", "updated_at"],
-    "properties": {"size": {"type": "integer", "minimum": 1},
-                   "created_at": {**schema.TIME_MS, "description": "first upload"},
-                   "updated_at": {**schema.TIME_MS, "description": "latest upload"}},
+    "properties": {
+        "size": {"type": "integer", "minimum": 1},
+        "created_at": {**schema.TIME_MS, "description": "first upload"},
+        "updated_at": {**schema.TIME_MS, "description": "latest upload"},
+    },
 }
-schema.S["BackupDeleted"] = {"type": "object", "required": ["deleted"],
-                             "properties": {"deleted": {"type": "boolean"}}}
+schema.S["BackupDeleted"] = {"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "boolean"}}}
 schema.S["RestoreDeviceRequest"] = {
     "type": "object",
     "required": ["token", "device_list", "signed_at", "signature"],
@@ -59,42 +63,86 @@ schema.S["RestoreDeviceRequest"] = {
         "token": schema.TOKEN,
         "device_list": schema._b64(schema.MAX_BLOB_B64),
         "signed_at": schema.TIME_MS,
-        "signature": schema._b64(128, "Ed25519 signature by the account key over "
-                                      "LABEL_RESTORE_DEVICE || statement"),
+        "signature": schema._b64(128, "Ed25519 signature by the account key over LABEL_RESTORE_DEVICE || statement"),
     },
 }
 
 # The operations, as keyword arguments of app.Operation (app.py builds them, so this
 # module does not import app.py).
 OPERATION_SPECS: tuple[dict[str, Any], ...] = (
-    dict(method="PUT", path="/v1/backup", handler="put_backup",
-         summary="upload (replace) this account's backup: raw ciphertext", ok=200,
-         response="BackupStored", request="BlobBytes", errors=(409,), binary_request=True,
-         query=(("access_hash", ACCESS_HASH, "SHA-256 of the backup access token (required)"),)),
-    dict(method="GET", path="/v1/backup", handler="backup_status",
-         summary="this account's backup: size and times", ok=200, response="BackupStored",
-         errors=(404,)),
-    dict(method="DELETE", path="/v1/backup", handler="delete_backup",
-         summary="delete this account's backup, row and bytes, at once", ok=200,
-         response="BackupDeleted"),
-    dict(method="GET", path="/v1/restore/account", handler="restore_account",
-         summary="the account whose backup the access token (bearer) opens", ok=200,
-         response="Account", auth=False, errors=(401, 404, 429)),
-    dict(method="GET", path="/v1/restore/backup", handler="restore_backup",
-         summary="download the backup the access token (bearer) opens", ok=200,
-         response="BlobBytes", auth=False, errors=(401, 404, 429), binary_response=True),
-    dict(method="PUT", path="/v1/restore/devices/{device_id}", handler="restore_device",
-         summary="enrol a restored device: access token (bearer) and an account-key signature",
-         ok=201, response="DeviceCreated", request="RestoreDeviceRequest", auth=False,
-         errors=(401, 404, 409, 429), path_params=(("device_id", schema.DEVICE_ID),)),
+    dict(
+        method="PUT",
+        path="/v1/backup",
+        handler="put_backup",
+        summary="upload (replace) this account's backup: raw ciphertext",
+        ok=200,
+        response="BackupStored",
+        request="BlobBytes",
+        errors=(409,),
+        binary_request=True,
+        query=(("access_hash", ACCESS_HASH, "SHA-256 of the backup access token (required)"),),
+    ),
+    dict(
+        method="GET",
+        path="/v1/backup",
+        handler="backup_status",
+        summary="this account's backup: size and times",
+        ok=200,
+        response="BackupStored",
+        errors=(404,),
+    ),
+    dict(
+        method="DELETE",
+        path="/v1/backup",
+        handler="delete_backup",
+        summary="delete this account's backup, row and bytes, at once",
+        ok=200,
+        response="BackupDeleted",
+    ),
+    dict(
+        method="GET",
+        path="/v1/restore/account",
+        handler="restore_account",
+        summary="the account whose backup the access token (bearer) opens",
+        ok=200,
+        response="Account",
+        auth=False,
+        errors=(401, 404, 429),
+    ),
+    dict(
+        method="GET",
+        path="/v1/restore/backup",
+        handler="restore_backup",
+        summary="download the backup the access token (bearer) opens",
+        ok=200,
+        response="BlobBytes",
+        auth=False,
+        errors=(401, 404, 429),
+        binary_response=True,
+    ),
+    dict(
+        method="PUT",
+        path="/v1/restore/devices/{device_id}",
+        handler="restore_device",
+        summary="enrol a restored device: access token (bearer) and an account-key signature",
+        ok=201,
+        response="DeviceCreated",
+        request="RestoreDeviceRequest",
+        auth=False,
+        errors=(401, 404, 409, 429),
+        path_params=(("device_id", schema.DEVICE_ID),),
+    ),
 )
 
 
-def restore_statement(account_id: str, device_id: int, token: bytes, device_list: bytes,
-                      signed_at: int) -> bytes:
-    return (account_id.encode("ascii") + struct.pack(">I", device_id)
-            + hashlib.sha256(token).digest() + hashlib.sha256(device_list).digest()
-            + struct.pack(">Q", signed_at))
+def restore_statement(account_id: str, device_id: int, token: bytes, device_list: bytes, signed_at: int) -> bytes:
+    return (
+        account_id.encode("ascii")
+        + struct.pack(">I", device_id)
+        + hashlib.sha256(token).digest()
+        + hashlib.sha256(device_list).digest()
+        + struct.pack(">Q", signed_at)
+    )
 
 
 def _stored(info: BackupInfo) -> dict[str, int]:
@@ -141,11 +189,11 @@ class BackupRoutes:
             finally:
                 await writer.close()
             try:
-                old = await self.storage.put_backup(device.account_id, access_hash, blob_id, size,
-                                                    self.now_ms())
+                old = await self.storage.put_backup(device.account_id, access_hash, blob_id, size, self.now_ms())
             except StorageConflict:
-                raise RelayError("backup_access_taken", "another account's backup has this "
-                                 "access hash; make a new recovery code") from None
+                raise RelayError(
+                    "backup_access_taken", "another account's backup has this access hash; make a new recovery code"
+                ) from None
             stored = True
         finally:
             if not stored:
@@ -186,13 +234,17 @@ class BackupRoutes:
         account = await self.storage.get_account(info.account_id)
         if account is None:
             raise _no_backup()
-        return _json({"account_id": account.account_id,
-                      "account_key": schema.b64(account.account_key),
-                      "device_list": schema.b64(account.device_list),
-                      "devices": list(account.devices)})
+        return _json(
+            {
+                "account_id": account.account_id,
+                "account_key": schema.b64(account.account_key),
+                "device_list": schema.b64(account.device_list),
+                "devices": list(account.devices),
+            }
+        )
 
     async def restore_backup(self, request: Request) -> Response:
-        from imsg_relay.app import _BlobResponse  # noqa: PLC0415 (app imports this module)
+        from imsg_relay.app import _BlobResponse
 
         info = await self._restoring(request)
         try:
@@ -210,26 +262,31 @@ class BackupRoutes:
             raise bad_request("token must be 32 bytes, base64url without padding")
         now = self.now_ms()
         if abs(now - data["signed_at"]) > RESTORE_SIGNATURE_WINDOW_MS:
-            raise RelayError("unauthorized", "the enrolment signature is stale (or the clock is off "
-                             "by more than five minutes)")
+            raise RelayError(
+                "unauthorized", "the enrolment signature is stale (or the clock is off by more than five minutes)"
+            )
         account = await self.storage.get_account(info.account_id)
         if account is None:
             raise _no_backup()
-        statement = restore_statement(account.account_id, device_id, raw_token,
-                                      data["device_list"], data["signed_at"])
+        statement = restore_statement(account.account_id, device_id, raw_token, data["device_list"], data["signed_at"])
         try:
             Ed25519PublicKey.from_public_bytes(account.account_key[1:]).verify(
-                data["signature"], LABEL_RESTORE_DEVICE + statement)
+                data["signature"], LABEL_RESTORE_DEVICE + statement
+            )
         except (InvalidSignature, ValueError):
             raise RelayError("unauthorized", "the enrolment is not signed by the account key") from None
         cap = self.settings.max_devices
         try:
-            await self.storage.add_device(account.account_id, device_id, token_hash(raw_token),
-                                          data["device_list"], now, max_devices=cap)
+            await self.storage.add_device(
+                account.account_id, device_id, token_hash(raw_token), data["device_list"], now, max_devices=cap
+            )
         except StorageConflict as exc:
             if exc.code == "too_many_devices":
-                raise RelayError("too_many_devices", f"this account already has {cap} devices, the "
-                                 "most it may have; remove one first", limit=cap) from None
+                raise RelayError(
+                    "too_many_devices",
+                    f"this account already has {cap} devices, the most it may have; remove one first",
+                    limit=cap,
+                ) from None
             if exc.code == "token_taken":
                 raise bad_request("token is already in use; make a fresh random one") from None
             raise RelayError("device_exists", "this account already has a device with this id") from None

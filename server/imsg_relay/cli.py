@@ -114,8 +114,7 @@ def _rotate_sealed_key(data: str | None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     newest = key_chain(keys)[-1]
-    print(f"sealed-sender key {newest['key_id']} added ({len(keys)} in the chain); "
-          "restart the relay to sign with it")
+    print(f"sealed-sender key {newest['key_id']} added ({len(keys)} in the chain); restart the relay to sign with it")
     return 0
 
 
@@ -126,41 +125,69 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", help="address to bind (IMSG_RELAY_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port, 0 for any free one (IMSG_RELAY_PORT, default 8787)")
     p.add_argument("--data", help="data directory (IMSG_RELAY_DATA)")
-    p.add_argument("--tls-cert", default=os.environ.get("IMSG_RELAY_TLS_CERT"),
-                   help="PEM certificate (chain): serve HTTPS (IMSG_RELAY_TLS_CERT)")
-    p.add_argument("--tls-key", default=os.environ.get("IMSG_RELAY_TLS_KEY"),
-                   help="PEM private key for --tls-cert (IMSG_RELAY_TLS_KEY)")
-    p.add_argument("--verifier", help="how handles are verified: smtp, sms-webhook, file:PATH or none "
-                   "(IMSG_RELAY_VERIFIER, default none: handles are claimed unverified)")
+    p.add_argument(
+        "--tls-cert",
+        default=os.environ.get("IMSG_RELAY_TLS_CERT"),
+        help="PEM certificate (chain): serve HTTPS (IMSG_RELAY_TLS_CERT)",
+    )
+    p.add_argument(
+        "--tls-key",
+        default=os.environ.get("IMSG_RELAY_TLS_KEY"),
+        help="PEM private key for --tls-cert (IMSG_RELAY_TLS_KEY)",
+    )
+    p.add_argument(
+        "--verifier",
+        help="how handles are verified: smtp, sms-webhook, file:PATH or none "
+        "(IMSG_RELAY_VERIFIER, default none: handles are claimed unverified)",
+    )
     p.add_argument("--smtp-host", help="SMTP server for --verifier smtp (IMSG_RELAY_SMTP_HOST)")
     p.add_argument("--smtp-port", type=int, help="its port (IMSG_RELAY_SMTP_PORT, default 587)")
-    p.add_argument("--smtp-tls", choices=["starttls", "tls", "none"],
-                   help="STARTTLS, implicit TLS, or none on loopback (IMSG_RELAY_SMTP_TLS)")
-    p.add_argument("--smtp-user", help="SMTP login (IMSG_RELAY_SMTP_USER; the password only as "
-                   "IMSG_RELAY_SMTP_PASSWORD)")
+    p.add_argument(
+        "--smtp-tls",
+        choices=["starttls", "tls", "none"],
+        help="STARTTLS, implicit TLS, or none on loopback (IMSG_RELAY_SMTP_TLS)",
+    )
+    p.add_argument(
+        "--smtp-user", help="SMTP login (IMSG_RELAY_SMTP_USER; the password only as IMSG_RELAY_SMTP_PASSWORD)"
+    )
     p.add_argument("--smtp-from", help="From: address of code mails (IMSG_RELAY_SMTP_FROM)")
-    p.add_argument("--webhook-url", help="SMS gateway URL for --verifier sms-webhook "
-                   "(IMSG_RELAY_WEBHOOK_URL)")
-    p.add_argument("--webhook-template", help="request body; {handle} and {code} are filled in "
-                   "(IMSG_RELAY_WEBHOOK_TEMPLATE)")
-    p.add_argument("--webhook-content-type", help="its Content-Type (IMSG_RELAY_WEBHOOK_CONTENT_TYPE, "
-                   "default application/json; the Authorization header only as "
-                   "IMSG_RELAY_WEBHOOK_AUTHORIZATION)")
-    p.add_argument("--log-level", default="INFO",
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="stderr log level")
-    r = sub.add_parser("rotate-sealed-key",
-                       help="add a sender-certificate signing key, endorsed by the current one "
-                            "(restart the relay's workers to use it)")
+    p.add_argument("--webhook-url", help="SMS gateway URL for --verifier sms-webhook (IMSG_RELAY_WEBHOOK_URL)")
+    p.add_argument(
+        "--webhook-template", help="request body; {handle} and {code} are filled in (IMSG_RELAY_WEBHOOK_TEMPLATE)"
+    )
+    p.add_argument(
+        "--webhook-content-type",
+        help="its Content-Type (IMSG_RELAY_WEBHOOK_CONTENT_TYPE, "
+        "default application/json; the Authorization header only as "
+        "IMSG_RELAY_WEBHOOK_AUTHORIZATION)",
+    )
+    p.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="stderr log level"
+    )
+    r = sub.add_parser(
+        "rotate-sealed-key",
+        help="add a sender-certificate signing key, endorsed by the current one "
+        "(restart the relay's workers to use it)",
+    )
     r.add_argument("--data", help="data directory (IMSG_RELAY_DATA)")
     args = parser.parse_args(argv)
     if args.command == "rotate-sealed-key":
         return _rotate_sealed_key(args.data)
     try:
         settings = Settings.from_env(
-            host=args.host, port=args.port, data_dir=args.data, verifier=args.verifier,
-            smtp_host=args.smtp_host, smtp_port=args.smtp_port, smtp_tls=args.smtp_tls,
-            smtp_user=args.smtp_user, smtp_from=args.smtp_from, webhook_url=args.webhook_url,
-            webhook_template=args.webhook_template, webhook_content_type=args.webhook_content_type)
+            host=args.host,
+            port=args.port,
+            data_dir=args.data,
+            verifier=args.verifier,
+            smtp_host=args.smtp_host,
+            smtp_port=args.smtp_port,
+            smtp_tls=args.smtp_tls,
+            smtp_user=args.smtp_user,
+            smtp_from=args.smtp_from,
+            webhook_url=args.webhook_url,
+            webhook_template=args.webhook_template,
+            webhook_content_type=args.webhook_content_type,
+        )
     except (SettingsError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -44,7 +44,7 @@ class DiscoveryKey:
         self.sk, self.pk = imsg_oprf.derive_key_pair(seed, KEY_INFO)
 
     @classmethod
-    def load(cls, path: Path) -> "DiscoveryKey":
+    def load(cls, path: Path) -> DiscoveryKey:
         imsg_oprf.require_libsodium()
         return cls(load_or_create_secret(path))
 

@@ -50,8 +50,7 @@ STATUS = {
 class RelayError(Exception):
     """the relay refused a request: {code} ({message})"""
 
-    def __init__(self, code: str, message: str, *, headers: dict[str, str] | None = None,
-                 **extra: Any) -> None:
+    def __init__(self, code: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(message)
         self.code = code
         self.status = STATUS[code]
@@ -64,8 +63,7 @@ class RelayError(Exception):
         headers = dict(self.headers)
         if self.code == "unauthorized":
             headers.setdefault("WWW-Authenticate", "Bearer")
-        return Response(dumps(body), status_code=self.status, headers=headers,
-                        media_type="application/json")
+        return Response(dumps(body), status_code=self.status, headers=headers, media_type="application/json")
 
 
 class StorageUnavailable(Exception):
@@ -97,8 +95,7 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
 
 async def storage_unavailable_handler(request: Request, exc: Exception) -> Response:
     log.warning("storage unavailable: %s", type(exc).__name__)
-    return RelayError("unavailable", "storage temporarily unavailable, retry",
-                      headers={"Retry-After": "1"}).response()
+    return RelayError("unavailable", "storage temporarily unavailable, retry", headers={"Retry-After": "1"}).response()
 
 
 class CatchAllMiddleware:
@@ -126,11 +123,17 @@ class CatchAllMiddleware:
             await self.app(scope, receive, tracking_send)
         except Exception as exc:
             route = getattr(scope.get("route"), "path", "?")
-            log.error("internal error on %s %s: %s", scope.get("method"), route,
-                      type(exc).__name__, exc_info=exc)
+            log.error("internal error on %s %s: %s", scope.get("method"), route, type(exc).__name__, exc_info=exc)
             if not started:
                 body = dumps({"error": "internal", "message": "internal error"})
-                await send({"type": "http.response.start", "status": 500,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode())]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})

@@ -9,15 +9,13 @@ from imsg_relay.errors import RelayError
 
 
 def _too_large(limit: int) -> RelayError:
-    return RelayError("payload_too_large", f"request body is over the {limit} byte limit",
-                      limit=limit)
+    return RelayError("payload_too_large", f"request body is over the {limit} byte limit", limit=limit)
 
 
 class BodyLimitMiddleware:
     """`overrides`: (method, path prefix, cap) for routes whose cap is not `max_body`."""
 
-    def __init__(self, app: ASGIApp, max_body: int,
-                 overrides: tuple[tuple[str, str, int], ...] = ()) -> None:
+    def __init__(self, app: ASGIApp, max_body: int, overrides: tuple[tuple[str, str, int], ...] = ()) -> None:
         self.app = app
         self.max_body = max_body
         self.overrides = overrides

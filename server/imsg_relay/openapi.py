@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from imsg_relay import schema
 from imsg_relay.settings import MAX_PROVISIONING_MESSAGE, Settings
@@ -16,19 +17,19 @@ _ERROR_TEXT = {
     401: "missing, malformed or unknown token (unauthorized)",
     403: "wrong verification code, with `tries_left` (wrong_code)",
     404: "unknown account, device, handle, unknown or expired provisioning channel, or "
-         "unknown, expired, incomplete (download) or another account's (upload) blob "
-         "(not_found)",
+    "unknown, expired, incomplete (download) or another account's (upload) blob "
+    "(not_found)",
     409: "account_exists, handle_taken, device_exists, device_mismatch, too_many_devices, "
-         "too_many_channels, blob_complete, incomplete (with `missing` parts), "
-         "too_many_handles, no_code (no live verification code: send a new one), "
-         "prefix_bits_changed (with the relay's current `prefix_bits`), or "
-         "stale_revision (a profile older than the one held)",
+    "too_many_channels, blob_complete, incomplete (with `missing` parts), "
+    "too_many_handles, no_code (no live verification code: send a new one), "
+    "prefix_bits_changed (with the relay's current `prefix_bits`), or "
+    "stale_revision (a profile older than the one held)",
     413: "request body, envelope, list, blob, blob part or profile over its limit "
-         "(payload_too_large), or the account's blob quota (quota_exceeded, with `limit` and "
-         "`used`)",
+    "(payload_too_large), or the account's blob quota (quota_exceeded, with `limit` and "
+    "`used`)",
     415: "request body is not application/json (application/octet-stream for a blob part or "
-         "a profile) "
-         "(unsupported_media_type)",
+    "a profile) "
+    "(unsupported_media_type)",
     416: "the Range is outside the blob (range_not_satisfiable); Content-Range: bytes */size",
     429: "rate limited, or a provisioning box full; see Retry-After (rate_limited, box_full)",
     502: "the verification code could not be delivered; retry later (verifier_failed)",
@@ -42,11 +43,11 @@ def _error_response(status: int) -> dict[str, Any]:
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
     if status == 416:
-        response["headers"] = {"Content-Range": {"schema": {"type": "string"},
-                                                 "description": "bytes */size"}}
+        response["headers"] = {"Content-Range": {"schema": {"type": "string"}, "description": "bytes */size"}}
     if status == 429:
-        response["headers"] = {"Retry-After": {"schema": {"type": "integer", "minimum": 1},
-                                               "description": "seconds to wait"}}
+        response["headers"] = {
+            "Retry-After": {"schema": {"type": "integer", "minimum": 1}, "description": "seconds to wait"}
+        }
     return response
 
 
@@ -66,31 +67,47 @@ def build_openapi(operations: Iterable[Any], settings: Settings) -> dict[str, An
         statuses.update(op.errors)
         parameters = []
         for name, spec in op.path_params:
-            parameters.append({"name": name, "in": "path", "required": True,
-                               "schema": _param_schema(spec)})
+            parameters.append({"name": name, "in": "path", "required": True, "schema": _param_schema(spec)})
         for name, spec, text in op.query:
-            parameters.append({"name": name, "in": "query", "required": False,
-                               "description": text, "schema": _param_schema(spec)})
+            parameters.append(
+                {"name": name, "in": "query", "required": False, "description": text, "schema": _param_schema(spec)}
+            )
         for name, spec, text in op.headers:
-            parameters.append({"name": name, "in": "header", "required": False,
-                               "description": text, "schema": _param_schema(spec)})
-        ok: dict[str, Any] = {str(op.ok): {
-            "description": "success",
-            "content": {"application/json": {
-                "schema": {"$ref": f"#/components/schemas/{op.response}"}}},
-        }}
+            parameters.append(
+                {"name": name, "in": "header", "required": False, "description": text, "schema": _param_schema(spec)}
+            )
+        ok: dict[str, Any] = {
+            str(op.ok): {
+                "description": "success",
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{op.response}"}}},
+            }
+        }
         if op.binary_response:
             length = {"schema": {"type": "integer", "minimum": 0}}
-            ok = {str(op.ok): {"description": "the whole blob", "content": _BINARY,
-                               "headers": {"Content-Length": length,
-                                           "Accept-Ranges": {"schema": {"type": "string"}}}},
-                  "206": {"description": "the range asked for", "content": _BINARY,
-                          "headers": {"Content-Length": length,
-                                      "Content-Range": {"schema": {"type": "string"},
-                                                        "description": "bytes a-b/size"}}}}
-            parameters.append({"name": "Range", "in": "header", "required": False,
-                               "description": "one range: bytes=a-b, bytes=a- or bytes=-n",
-                               "schema": {"type": "string"}})
+            ok = {
+                str(op.ok): {
+                    "description": "the whole blob",
+                    "content": _BINARY,
+                    "headers": {"Content-Length": length, "Accept-Ranges": {"schema": {"type": "string"}}},
+                },
+                "206": {
+                    "description": "the range asked for",
+                    "content": _BINARY,
+                    "headers": {
+                        "Content-Length": length,
+                        "Content-Range": {"schema": {"type": "string"}, "description": "bytes a-b/size"},
+                    },
+                },
+            }
+            parameters.append(
+                {
+                    "name": "Range",
+                    "in": "header",
+                    "required": False,
+                    "description": "one range: bytes=a-b, bytes=a- or bytes=-n",
+                    "schema": {"type": "string"},
+                }
+            )
         entry: dict[str, Any] = {
             "operationId": op.handler,
             "summary": op.summary,
@@ -101,8 +118,8 @@ def build_openapi(operations: Iterable[Any], settings: Settings) -> dict[str, An
         }
         if op.links:
             entry["responses"][str(op.ok)]["links"] = {
-                name: {"operationId": target, "parameters": dict(params)}
-                for name, target, params in op.links}
+                name: {"operationId": target, "parameters": dict(params)} for name, target, params in op.links
+            }
         if parameters:
             entry["parameters"] = parameters
         if op.request is not None:
@@ -113,29 +130,41 @@ def build_openapi(operations: Iterable[Any], settings: Settings) -> dict[str, An
             }
         entry["security"] = [{"bearer": []}] if op.auth else []
         paths.setdefault(op.path, {})[op.method.lower()] = entry
-    paths["/openapi.json"] = {"get": {
-        "operationId": "openapi", "summary": "this document", "security": [],
-        "responses": {"200": {"description": "the OpenAPI document",
-                              "content": {"application/json": {"schema": {"type": "object"}}}}},
-    }}
+    paths["/openapi.json"] = {
+        "get": {
+            "operationId": "openapi",
+            "summary": "this document",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "the OpenAPI document",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
+        }
+    }
     return {
         "openapi": "3.0.3",
         "info": {
             "title": "imsg relay",
             "version": "1",
             "description": "Stores and forwards opaque end-to-end encrypted envelopes. "
-                           "See docs/RELAY-API.md. Limits: request body "
-                           f"{settings.max_body} bytes, envelope {settings.max_envelope} bytes; "
-                           f"provisioning message {MAX_PROVISIONING_MESSAGE} bytes; blob "
-                           f"{settings.max_blob} bytes in parts of {settings.blob_part_size}, "
-                           f"{settings.blob_quota} bytes of unexpired blobs per account, kept "
-                           f"{settings.blob_retention_days} days from creation.",
+            "See docs/RELAY-API.md. Limits: request body "
+            f"{settings.max_body} bytes, envelope {settings.max_envelope} bytes; "
+            f"provisioning message {MAX_PROVISIONING_MESSAGE} bytes; blob "
+            f"{settings.max_blob} bytes in parts of {settings.blob_part_size}, "
+            f"{settings.blob_quota} bytes of unexpired blobs per account, kept "
+            f"{settings.blob_retention_days} days from creation.",
         },
         "paths": paths,
         "components": {
             "schemas": copy.deepcopy(schema.S),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "32 random bytes, base64url without "
-                                                          "padding, made at registration"}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "32 random bytes, base64url without padding, made at registration",
+                }
+            },
         },
     }

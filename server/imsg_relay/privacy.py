@@ -38,60 +38,95 @@ class Section:
 
 
 SECTIONS: tuple[Section, ...] = (
-    Section("account", ("accounts",),
-            "SELECT account_id, account_key, length(device_list), created_at FROM accounts"
-            " WHERE account_id = ?",
-            ("account_id", "account_key", "device_list_bytes", "created_at")),
+    Section(
+        "account",
+        ("accounts",),
+        "SELECT account_id, account_key, length(device_list), created_at FROM accounts WHERE account_id = ?",
+        ("account_id", "account_key", "device_list_bytes", "created_at"),
+    ),
     # Handles are held only blinded: the tag (a hash of the handle's OPRF output under the
     # relay's key), the discovery record and the label sealed by the account's own devices,
     # and for a pending handle when its code expires and how many wrong tries it had (the
     # code itself only as a keyed hash, not returned: it is a credential).
-    Section("handles", ("handles",),
-            "SELECT tag, state, receiving, record, label, created_at, code_expires_at, code_tries"
-            " FROM handles WHERE account_id = ? ORDER BY created_at, tag",
-            ("blinded", "state", "receiving", "record", "sealed_label", "created_at",
-             "code_expires_at", "code_tries")),
-    Section("devices", ("devices",),
-            "SELECT device_id, created_at FROM devices WHERE account_id = ? ORDER BY device_id",
-            ("device_id", "created_at")),
-    Section("signed_prekeys", ("signed_prekeys",),
-            "SELECT device_id, kind, key_id FROM signed_prekeys WHERE account_id = ?"
-            " ORDER BY device_id, kind", ("device_id", "kind", "key_id")),
-    Section("one_time_prekeys", ("one_time_prekeys",),
-            "SELECT device_id, kind, count(*) FROM one_time_prekeys WHERE account_id = ?"
-            " GROUP BY device_id, kind ORDER BY device_id, kind", ("device_id", "kind", "count")),
-    Section("mailboxes", ("envelopes",),
-            "SELECT device_id, count(*), sum(length(body)), min(received_at), max(received_at)"
-            " FROM envelopes WHERE account_id = ? GROUP BY device_id ORDER BY device_id",
-            ("device_id", "count", "bytes", "oldest_received_at", "newest_received_at")),
-    Section("envelopes", ("envelopes",),
-            "SELECT device_id, message_id, length(body), received_at FROM envelopes"
-            f" WHERE account_id = ? ORDER BY seq LIMIT {MAX_LISTED_ENVELOPES}",
-            ("device_id", "message_id", "size", "received_at")),
-    Section("provisioning_channels", ("provisioning_channels", "provisioning_messages"),
-            "SELECT c.channel, c.created_at, c.expires_at, count(m.seq),"
-            " coalesce(sum(length(m.body)), 0) FROM provisioning_channels c"
-            " LEFT JOIN provisioning_messages m ON m.channel = c.channel WHERE c.account_id = ?"
-            " GROUP BY c.channel, c.created_at, c.expires_at ORDER BY c.created_at",
-            ("channel", "created_at", "expires_at", "queued_messages", "queued_bytes")),
-    Section("blobs", ("blobs", "blob_parts"),
-            "SELECT b.blob_id, b.size, b.part_size, b.created_at, b.complete,"
-            " (SELECT count(*) FROM blob_parts p WHERE p.blob_id = b.blob_id) FROM blobs b"
-            " WHERE b.account_id = ? ORDER BY b.created_at, b.blob_id",
-            ("blob_id", "size", "part_size", "created_at", "complete", "parts_received")),
+    Section(
+        "handles",
+        ("handles",),
+        "SELECT tag, state, receiving, record, label, created_at, code_expires_at, code_tries"
+        " FROM handles WHERE account_id = ? ORDER BY created_at, tag",
+        ("blinded", "state", "receiving", "record", "sealed_label", "created_at", "code_expires_at", "code_tries"),
+    ),
+    Section(
+        "devices",
+        ("devices",),
+        "SELECT device_id, created_at FROM devices WHERE account_id = ? ORDER BY device_id",
+        ("device_id", "created_at"),
+    ),
+    Section(
+        "signed_prekeys",
+        ("signed_prekeys",),
+        "SELECT device_id, kind, key_id FROM signed_prekeys WHERE account_id = ? ORDER BY device_id, kind",
+        ("device_id", "kind", "key_id"),
+    ),
+    Section(
+        "one_time_prekeys",
+        ("one_time_prekeys",),
+        "SELECT device_id, kind, count(*) FROM one_time_prekeys WHERE account_id = ?"
+        " GROUP BY device_id, kind ORDER BY device_id, kind",
+        ("device_id", "kind", "count"),
+    ),
+    Section(
+        "mailboxes",
+        ("envelopes",),
+        "SELECT device_id, count(*), sum(length(body)), min(received_at), max(received_at)"
+        " FROM envelopes WHERE account_id = ? GROUP BY device_id ORDER BY device_id",
+        ("device_id", "count", "bytes", "oldest_received_at", "newest_received_at"),
+    ),
+    Section(
+        "envelopes",
+        ("envelopes",),
+        "SELECT device_id, message_id, length(body), received_at FROM envelopes"
+        f" WHERE account_id = ? ORDER BY seq LIMIT {MAX_LISTED_ENVELOPES}",
+        ("device_id", "message_id", "size", "received_at"),
+    ),
+    Section(
+        "provisioning_channels",
+        ("provisioning_channels", "provisioning_messages"),
+        "SELECT c.channel, c.created_at, c.expires_at, count(m.seq),"
+        " coalesce(sum(length(m.body)), 0) FROM provisioning_channels c"
+        " LEFT JOIN provisioning_messages m ON m.channel = c.channel WHERE c.account_id = ?"
+        " GROUP BY c.channel, c.created_at, c.expires_at ORDER BY c.created_at",
+        ("channel", "created_at", "expires_at", "queued_messages", "queued_bytes"),
+    ),
+    Section(
+        "blobs",
+        ("blobs", "blob_parts"),
+        "SELECT b.blob_id, b.size, b.part_size, b.created_at, b.complete,"
+        " (SELECT count(*) FROM blob_parts p WHERE p.blob_id = b.blob_id) FROM blobs b"
+        " WHERE b.account_id = ? ORDER BY b.created_at, b.blob_id",
+        ("blob_id", "size", "part_size", "created_at", "complete", "parts_received"),
+    ),
     # The profile ciphertext (name and photo under the profile key the relay never holds).
-    Section("profiles", ("profiles",),
-            "SELECT key_id, revision, length(body), updated_at FROM profiles WHERE account_id = ?",
-            ("key_id", "revision", "size", "updated_at")),
-    Section("backups", ("backups",),
-            "SELECT size, created_at, updated_at FROM backups WHERE account_id = ?",
-            ("size", "created_at", "updated_at")),
+    Section(
+        "profiles",
+        ("profiles",),
+        "SELECT key_id, revision, length(body), updated_at FROM profiles WHERE account_id = ?",
+        ("key_id", "revision", "size", "updated_at"),
+    ),
+    Section(
+        "backups",
+        ("backups",),
+        "SELECT size, created_at, updated_at FROM backups WHERE account_id = ?",
+        ("size", "created_at", "updated_at"),
+    ),
     # Sealed sender: whether a verifier of the access key is held (the verifier itself is
     # a credential's hash, not returned) and whether anyone may send sealed.
-    Section("sealed_access", ("sealed_access",),
-            "SELECT CASE WHEN access_verifier IS NULL THEN 0 ELSE 1 END,"
-            " CASE WHEN allow_anyone THEN 1 ELSE 0 END FROM sealed_access WHERE account_id = ?",
-            ("access_key_set", "allow_anyone")),
+    Section(
+        "sealed_access",
+        ("sealed_access",),
+        "SELECT CASE WHEN access_verifier IS NULL THEN 0 ELSE 1 END,"
+        " CASE WHEN allow_anyone THEN 1 ELSE 0 END FROM sealed_access WHERE account_id = ?",
+        ("access_key_set", "allow_anyone"),
+    ),
 )
 
 # Tables that hold nothing about any account, each with the reason.
@@ -106,16 +141,26 @@ schema.S["PrivacyReport"] = {
         "account_id": schema.ACCOUNT_ID,
         "generated_at": schema.TIME_MS,
         "retention": {"type": "object", "description": "the relay's retention periods, in days"},
-        **{s.name: {"type": "array", "items": {"type": "object"},
-                    "description": f"rows of {', '.join(s.tables)} for this account"}
-           for s in SECTIONS},
+        **{
+            s.name: {
+                "type": "array",
+                "items": {"type": "object"},
+                "description": f"rows of {', '.join(s.tables)} for this account",
+            }
+            for s in SECTIONS
+        },
     },
 }
 
 OPERATION_SPECS: tuple[dict[str, Any], ...] = (
-    dict(method="GET", path="/v1/privacy/report", handler="privacy_report",
-         summary="everything the relay holds about the caller's account, from its tables",
-         ok=200, response="PrivacyReport"),
+    dict(
+        method="GET",
+        path="/v1/privacy/report",
+        handler="privacy_report",
+        summary="everything the relay holds about the caller's account, from its tables",
+        ok=200,
+        response="PrivacyReport",
+    ),
 )
 
 
@@ -133,13 +178,16 @@ class PrivacyRoutes:
         now = self.now_ms()
         envelope_ms, blob_ms = self.settings.retention_ms, self.settings.blob_retention_ms
         report: dict[str, Any] = {
-            "account_id": device.account_id, "generated_at": now,
-            "retention": {"envelope_days": self.settings.retention_days,
-                          "blob_days": self.settings.blob_retention_days},
+            "account_id": device.account_id,
+            "generated_at": now,
+            "retention": {
+                "envelope_days": self.settings.retention_days,
+                "blob_days": self.settings.blob_retention_days,
+            },
         }
         for section in SECTIONS:
             rows = await self.storage.report_rows(section.query, (device.account_id,))
-            report[section.name] = [dict(zip(section.columns, map(_value, row))) for row in rows]
+            report[section.name] = [dict(zip(section.columns, map(_value, row), strict=True)) for row in rows]
         # Expiry as the relay enforces it; an expired row may still sit on disk until the
         # sweeper runs (it is never served), and is reported, marked.
         for row in report["envelopes"]:

@@ -28,13 +28,17 @@ from imsg_relay.ratelimit import RateLimiter
 PROFILE_FORMAT = 1
 PROFILE_MIN = 1 + 32 + 8 + 12 + 256 + 4 + 16
 PROFILE_MAX = PROFILE_MIN + 512 * 1024
-KEY_ID = {"type": "string", "pattern": r"^[0-9a-f]{64}$",
-          "description": "64 lowercase hex characters: HKDF of the profile key (PROTOCOL.md §6c)"}
+KEY_ID = {
+    "type": "string",
+    "pattern": r"^[0-9a-f]{64}$",
+    "description": "64 lowercase hex characters: HKDF of the profile key (PROTOCOL.md §6c)",
+}
 PROFILE_PARAMS = (("key_id", KEY_ID),)
 PROFILE_READ_PARAMS = (("account_id", schema.ACCOUNT_ID), ("key_id", KEY_ID))
 
 schema.S["ProfileStored"] = {
-    "type": "object", "required": ["revision", "size"],
+    "type": "object",
+    "required": ["revision", "size"],
     "properties": {"revision": {"type": "integer", "minimum": 0}, "size": {"type": "integer", "minimum": 1}},
 }
 schema.S["ProfileBytes"] = {"type": "string", "format": "binary"}
@@ -53,7 +57,8 @@ class ProfileRoutes:
             s = self.settings
             limits = self._profile_limiters = (
                 RateLimiter(s.provisioning_rate, s.provisioning_burst),
-                RateLimiter(s.provisioning_global_rate, s.provisioning_global_burst))
+                RateLimiter(s.provisioning_global_rate, s.provisioning_global_burst),
+            )
         return limits
 
     async def put_profile(self, request: Request) -> Response:

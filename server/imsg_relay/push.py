@@ -8,8 +8,9 @@ workers: `notify` publishes, a subscriber task calls the local `wake`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Iterable, Iterator, Protocol
+from typing import Protocol
 
 Mailbox = tuple[str, int]  # (account_id, device_id)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
 import redis.asyncio as aioredis
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 from imsg_relay.errors import RelayError
 
 
 class RateLimiter:
-    def __init__(self, rate: float, burst: float, *, clock: Callable[[], float] = time.monotonic,
-                 max_keys: int = 100_000) -> None:
+    def __init__(
+        self, rate: float, burst: float, *, clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000
+    ) -> None:
         self.limit = max(1, int(burst))
         self.window = self.limit / rate
         self._clock = clock
@@ -47,8 +48,12 @@ class RateLimiter:
         wait = self.retry_after(key)
         if wait > 0:
             seconds = max(1, math.ceil(wait))
-            raise RelayError("rate_limited", "too many requests for this credential, slow down",
-                             headers={"Retry-After": str(seconds)}, retry_after=seconds)
+            raise RelayError(
+                "rate_limited",
+                "too many requests for this credential, slow down",
+                headers={"Retry-After": str(seconds)},
+                retry_after=seconds,
+            )
 
     def _prune(self, now: float) -> None:
         horizon = now - self.window

@@ -49,19 +49,25 @@ MAX_LABEL = 1024  # the client-sealed label of a handle (for the account's own d
 COUNT_CACHE_SECONDS = 30.0  # the bucket size policy follows the registry this closely
 
 _ELEMENT = schema._b64(44, "a ristretto255 element (32 bytes)")
-_TAG_HEX = {"type": "string", "pattern": r"^[0-9a-f]{64}$",
-            "description": "a handle's id: its blinded tag, 64 lowercase hex characters"}
-_LABEL = schema._b64(-(-MAX_LABEL // 3) * 4, "the handle sealed by the account's devices for each "
-                                             "other; opaque to the relay")
+_TAG_HEX = {
+    "type": "string",
+    "pattern": r"^[0-9a-f]{64}$",
+    "description": "a handle's id: its blinded tag, 64 lowercase hex characters",
+}
+_LABEL = schema._b64(
+    -(-MAX_LABEL // 3) * 4, "the handle sealed by the account's devices for each other; opaque to the relay"
+)
 _CODE = {"type": "string", "pattern": r"^[0-9]{6}$", "description": "6 digits"}
 _STATE = {"type": "string", "enum": ["pending", "verified", "unverified"]}
 
 schema.S["HandleRequest"] = {
-    "type": "object", "required": ["handle", "label"],
+    "type": "object",
+    "required": ["handle", "label"],
     "properties": {"handle": schema.HANDLE, "label": _LABEL},
 }
 schema.S["VerifyHandleRequest"] = {
-    "type": "object", "required": ["handle", "code"],
+    "type": "object",
+    "required": ["handle", "code"],
     "properties": {"handle": schema.HANDLE, "code": _CODE},
 }
 schema.S["UpdateHandleRequest"] = {
@@ -69,42 +75,72 @@ schema.S["UpdateHandleRequest"] = {
     "properties": {"receiving": {"type": "boolean"}, "label": _LABEL},
 }
 schema.S["Handle"] = {
-    "type": "object", "required": ["id", "state", "receiving", "label", "added_at"],
-    "properties": {"id": _TAG_HEX, "state": _STATE, "receiving": {"type": "boolean"},
-                   "label": _LABEL, "added_at": schema.TIME_MS,
-                   "code_expires_at": schema.TIME_MS},
+    "type": "object",
+    "required": ["id", "state", "receiving", "label", "added_at"],
+    "properties": {
+        "id": _TAG_HEX,
+        "state": _STATE,
+        "receiving": {"type": "boolean"},
+        "label": _LABEL,
+        "added_at": schema.TIME_MS,
+        "code_expires_at": schema.TIME_MS,
+    },
 }
 schema.S["Handles"] = {
-    "type": "object", "required": ["handles"],
+    "type": "object",
+    "required": ["handles"],
     "properties": {"handles": {"type": "array", "items": {"$ref": "#/components/schemas/Handle"}}},
 }
 schema.S["HandleRemoved"] = {"type": "object", "required": ["id"], "properties": {"id": _TAG_HEX}}
 schema.S["EvaluateRequest"] = {
-    "type": "object", "required": ["elements"],
-    "properties": {"elements": {"type": "array", "minItems": 1, "maxItems": MAX_EVALUATIONS,
-                                "items": _ELEMENT}},
+    "type": "object",
+    "required": ["elements"],
+    "properties": {"elements": {"type": "array", "minItems": 1, "maxItems": MAX_EVALUATIONS, "items": _ELEMENT}},
 }
 schema.S["Evaluated"] = {
-    "type": "object", "required": ["evaluated", "prefix_bits"],
-    "properties": {"evaluated": {"type": "array", "items": _ELEMENT},
-                   "prefix_bits": {"type": "integer", "minimum": 0, "maximum": 16}},
+    "type": "object",
+    "required": ["evaluated", "prefix_bits"],
+    "properties": {
+        "evaluated": {"type": "array", "items": _ELEMENT},
+        "prefix_bits": {"type": "integer", "minimum": 0, "maximum": 16},
+    },
 }
 schema.S["BucketsRequest"] = {
-    "type": "object", "required": ["prefix_bits", "prefixes"],
-    "properties": {"prefix_bits": {"type": "integer", "minimum": 0, "maximum": 16},
-                   "prefixes": {"type": "array", "minItems": 1, "maxItems": MAX_PREFIXES,
-                                "items": {"type": "integer", "minimum": 0, "maximum": 65535}}},
-}
-schema.S["Buckets"] = {
-    "type": "object", "required": ["prefix_bits", "buckets"],
+    "type": "object",
+    "required": ["prefix_bits", "prefixes"],
     "properties": {
         "prefix_bits": {"type": "integer", "minimum": 0, "maximum": 16},
-        "buckets": {"type": "array", "items": {
-            "type": "object", "required": ["prefix", "entries"],
-            "properties": {"prefix": {"type": "integer", "minimum": 0},
-                           "entries": {"type": "array", "items": {
-                               "type": "object", "required": ["tag", "record"],
-                               "properties": {"tag": schema._b64(44), "record": schema._b64(80)}}}}}},
+        "prefixes": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_PREFIXES,
+            "items": {"type": "integer", "minimum": 0, "maximum": 65535},
+        },
+    },
+}
+schema.S["Buckets"] = {
+    "type": "object",
+    "required": ["prefix_bits", "buckets"],
+    "properties": {
+        "prefix_bits": {"type": "integer", "minimum": 0, "maximum": 16},
+        "buckets": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["prefix", "entries"],
+                "properties": {
+                    "prefix": {"type": "integer", "minimum": 0},
+                    "entries": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["tag", "record"],
+                            "properties": {"tag": schema._b64(44), "record": schema._b64(80)},
+                        },
+                    },
+                },
+            },
+        },
     },
 }
 
@@ -114,8 +150,13 @@ def _json(body: Any, status: int = 200) -> Response:
 
 
 def _handle_json(row: HandleRow, now_ms: int) -> dict[str, Any]:
-    out = {"id": row.tag.hex(), "state": row.state, "receiving": row.receiving,
-           "label": schema.b64(row.label), "added_at": row.created_at}
+    out = {
+        "id": row.tag.hex(),
+        "state": row.state,
+        "receiving": row.receiving,
+        "label": schema.b64(row.label),
+        "added_at": row.created_at,
+    }
     if row.state == "pending" and row.code_hash is not None and row.code_expires_at > now_ms:
         out["code_expires_at"] = row.code_expires_at
     return out
@@ -143,8 +184,9 @@ class ReachableRoutes:
     # --- a handle's blinded row ---
 
     def _code_hash(self, account_id: str, tag: bytes, code: str) -> bytes:
-        return hmac.new(self.secret, LABEL_CODE + bytes.fromhex(account_id) + tag + code.encode(),
-                        hashlib.sha256).digest()
+        return hmac.new(
+            self.secret, LABEL_CODE + bytes.fromhex(account_id) + tag + code.encode(), hashlib.sha256
+        ).digest()
 
     async def new_handle_row(self, account_id: str, handle: str, label: bytes) -> tuple[HandleRow, str | None]:
         """The row for a newly claimed handle and the code to send (None: no verifier).
@@ -153,13 +195,24 @@ class ReachableRoutes:
         tag = tag_for(output)
         now = self.now_ms()
         if not self.verifier.verifies:
-            return HandleRow(tag, account_id, "unverified", True, label, now,
-                             seal_record(output, account_id, verified=False)), None
+            return HandleRow(
+                tag, account_id, "unverified", True, label, now, seal_record(output, account_id, verified=False)
+            ), None
         self.code_handle_limit.check(tag)
         self.code_account_limit.check(account_id)
-        code = f"{secrets.randbelow(10 ** CODE_DIGITS):0{CODE_DIGITS}d}"
-        return HandleRow(tag, account_id, "pending", True, label, now, b"",
-                         self._code_hash(account_id, tag, code), now + CODE_TTL_MS, 0), code
+        code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
+        return HandleRow(
+            tag,
+            account_id,
+            "pending",
+            True,
+            label,
+            now,
+            b"",
+            self._code_hash(account_id, tag, code),
+            now + CODE_TTL_MS,
+            0,
+        ), code
 
     async def send_code(self, handle: str, code: str) -> None:
         try:
@@ -184,9 +237,11 @@ class ReachableRoutes:
             await self.storage.put_handle(row, self.settings.max_handles)
         except StorageConflict as exc:
             if exc.code == "too_many_handles":
-                raise RelayError("too_many_handles", f"this account already has "
-                                 f"{self.settings.max_handles} handles; remove one first",
-                                 limit=self.settings.max_handles) from None
+                raise RelayError(
+                    "too_many_handles",
+                    f"this account already has {self.settings.max_handles} handles; remove one first",
+                    limit=self.settings.max_handles,
+                ) from None
             raise RelayError("handle_taken", "another account holds this handle") from None
         if code is not None:
             await self.send_code(data["handle"], code)
@@ -204,12 +259,16 @@ class ReachableRoutes:
         if row.state != "pending":
             return _json(_handle_json(row, self.now_ms()))
         if row.code_hash is None or row.code_expires_at <= self.now_ms():
-            raise RelayError("no_code", "no live code for this handle (expired, used, or too many "
-                             "wrong tries): ask for a new one")
+            raise RelayError(
+                "no_code", "no live code for this handle (expired, used, or too many wrong tries): ask for a new one"
+            )
         if not hmac.compare_digest(row.code_hash, self._code_hash(device.account_id, tag, data["code"])):
             left = await self.storage.wrong_code(device.account_id, tag, CODE_MAX_TRIES)
-            raise RelayError("wrong_code", "wrong verification code" +
-                             ("" if left else "; it is now void, ask for a new one"), tries_left=left)
+            raise RelayError(
+                "wrong_code",
+                "wrong verification code" + ("" if left else "; it is now void, ask for a new one"),
+                tries_left=left,
+            )
         await self.storage.verify_handle(device.account_id, tag, seal_record(output, device.account_id, True))
         row = await self.storage.get_handle(device.account_id, tag)
         return _json(_handle_json(row, self.now_ms()))
@@ -261,8 +320,12 @@ class ReachableRoutes:
             wait = self.discovery_limit.retry_after(device.account_id)
             if wait > 0:
                 seconds = max(1, int(wait) + 1)
-                raise RelayError("rate_limited", "too many lookups for this account, slow down",
-                                 headers={"Retry-After": str(seconds)}, retry_after=seconds)
+                raise RelayError(
+                    "rate_limited",
+                    "too many lookups for this account, slow down",
+                    headers={"Retry-After": str(seconds)},
+                    retry_after=seconds,
+                )
         import imsg_oprf
 
         out = []
@@ -280,13 +343,13 @@ class ReachableRoutes:
             raise bad_request("prefixes is empty")
         bits = await self._prefix_bits()
         if data["prefix_bits"] != bits:
-            raise RelayError("prefix_bits_changed", f"buckets are now {bits}-bit prefixes",
-                             prefix_bits=bits)
+            raise RelayError("prefix_bits_changed", f"buckets are now {bits}-bit prefixes", prefix_bits=bits)
         out = []
         for prefix in dict.fromkeys(data["prefixes"]):
             if prefix >> bits:
                 raise bad_request(f"prefix {prefix} does not fit in {bits} bits")
             entries = await self.storage.discovery_bucket(*bucket_range(prefix, bits))
-            out.append({"prefix": prefix, "entries": [{"tag": schema.b64(t), "record": schema.b64(r)}
-                                                      for t, r in entries]})
+            out.append(
+                {"prefix": prefix, "entries": [{"tag": schema.b64(t), "record": schema.b64(r)} for t, r in entries]}
+            )
         return _json({"prefix_bits": bits, "buckets": out})

@@ -44,21 +44,36 @@ MESSAGE_ID = {"type": "string", "pattern": HEX32, "description": "32 lowercase h
 DEVICE_ID = {"type": "integer", "minimum": 1, "maximum": MAX_DEVICE_ID}
 KEY_ID = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}
 COUNT = {"type": "integer", "minimum": 0}
-TOKEN = {"type": "string", "pattern": TOKEN_PATTERN,
-         "description": "32 random bytes, base64url without padding"}
+TOKEN = {"type": "string", "pattern": TOKEN_PATTERN, "description": "32 random bytes, base64url without padding"}
 HANDLE = {"type": "string", "minLength": 1, "maxLength": 254, "pattern": HANDLE_PATTERN}
-CHANNEL = {"type": "string", "pattern": r"^[0-9a-f]{16}$",
-           "description": "provisioning channel id: 16 lowercase hex characters (8 random bytes)"}
-BLOB_ID = {"type": "string", "pattern": HEX32,
-           "description": "32 lowercase hex characters (128 random bits the relay draws); "
-                          "holding it is the capability to download the blob"}
-PART_INDEX = {"type": "integer", "minimum": 0, "maximum": 2**31 - 1,
-              "description": "0-based part number; below `parts` of the blob (else 400)"}
+CHANNEL = {
+    "type": "string",
+    "pattern": r"^[0-9a-f]{16}$",
+    "description": "provisioning channel id: 16 lowercase hex characters (8 random bytes)",
+}
+BLOB_ID = {
+    "type": "string",
+    "pattern": HEX32,
+    "description": "32 lowercase hex characters (128 random bits the relay draws); "
+    "holding it is the capability to download the blob",
+}
+PART_INDEX = {
+    "type": "integer",
+    "minimum": 0,
+    "maximum": 2**31 - 1,
+    "description": "0-based part number; below `parts` of the blob (else 400)",
+}
 TIME_MS = {"type": "integer", "minimum": 0}
-HANDLE_ID = {"type": "string", "pattern": r"^[0-9a-f]{64}$",
-             "description": "a handle's id: its blinded tag, 64 lowercase hex characters"}
-BOX = {"type": "string", "enum": ["new", "existing"],
-       "description": "new: messages for the new device; existing: for the existing device"}
+HANDLE_ID = {
+    "type": "string",
+    "pattern": r"^[0-9a-f]{64}$",
+    "description": "a handle's id: its blinded tag, 64 lowercase hex characters",
+}
+BOX = {
+    "type": "string",
+    "enum": ["new", "existing"],
+    "description": "new: messages for the new device; existing: for the existing device",
+}
 
 S["Error"] = {
     "type": "object",
@@ -73,28 +88,34 @@ S["Error"] = {
         "used": {"type": "integer"},
     },
 }
-S["Health"] = {"type": "object", "required": ["status", "version"],
-               "properties": {"status": {"type": "string"}, "version": {"type": "string"}}}
+S["Health"] = {
+    "type": "object",
+    "required": ["status", "version"],
+    "properties": {"status": {"type": "string"}, "version": {"type": "string"}},
+}
 S["RegisterRequest"] = {
     "type": "object",
     "required": ["account_id", "account_key", "handle", "device_list", "device_id", "token"],
     "properties": {
         "account_id": ACCOUNT_ID,
-        "account_key": _b64(44, "0x06 || Ed25519 public key (33 bytes, so 44 base64 "
-                                "characters starting with B)"),
+        "account_key": _b64(44, "0x06 || Ed25519 public key (33 bytes, so 44 base64 characters starting with B)"),
         "handle": HANDLE,
-        "label": _b64(1368, "the handle sealed by the account's devices for each other "
-                            "(opaque; see POST /v1/handles)"),
+        "label": _b64(1368, "the handle sealed by the account's devices for each other (opaque; see POST /v1/handles)"),
         "device_list": _b64(MAX_BLOB_B64, "opaque signed device list"),
         "device_id": DEVICE_ID,
         "token": TOKEN,
     },
 }
-S["DeviceCreated"] = {"type": "object", "required": ["account_id", "device_id"],
-                      "properties": {"account_id": ACCOUNT_ID, "device_id": DEVICE_ID,
-                                     "handle_state": {"type": "string",
-                                                      "enum": ["pending", "unverified"]},
-                                     "code_sent": {"type": "boolean"}}}
+S["DeviceCreated"] = {
+    "type": "object",
+    "required": ["account_id", "device_id"],
+    "properties": {
+        "account_id": ACCOUNT_ID,
+        "device_id": DEVICE_ID,
+        "handle_state": {"type": "string", "enum": ["pending", "unverified"]},
+        "code_sent": {"type": "boolean"},
+    },
+}
 S["AddDeviceRequest"] = {
     "type": "object",
     "required": ["token", "device_list"],
@@ -104,8 +125,11 @@ S["RemoveDeviceRequest"] = {
     "type": "object",
     "properties": {"device_list": _b64(MAX_BLOB_B64)},
 }
-S["DeviceRemoved"] = {"type": "object", "required": ["account_id", "device_id"],
-                      "properties": {"account_id": ACCOUNT_ID, "device_id": DEVICE_ID}}
+S["DeviceRemoved"] = {
+    "type": "object",
+    "required": ["account_id", "device_id"],
+    "properties": {"account_id": ACCOUNT_ID, "device_id": DEVICE_ID},
+}
 S["Account"] = {
     "type": "object",
     "required": ["account_id", "account_key", "device_list", "devices"],
@@ -119,8 +143,7 @@ S["Account"] = {
 S["SignedPrekey"] = {
     "type": "object",
     "required": ["key_id", "public_key", "signature"],
-    "properties": {"key_id": KEY_ID, "public_key": _b64(MAX_KEY_B64),
-                   "signature": _b64(MAX_KEY_B64)},
+    "properties": {"key_id": KEY_ID, "public_key": _b64(MAX_KEY_B64), "signature": _b64(MAX_KEY_B64)},
 }
 S["OneTimePrekey"] = {
     "type": "object",
@@ -132,19 +155,27 @@ S["KeysRequest"] = {
     "properties": {
         "signed_prekey": {"$ref": "#/components/schemas/SignedPrekey"},
         "kem_last_resort": {"$ref": "#/components/schemas/SignedPrekey"},
-        "one_time": {"type": "array", "maxItems": MAX_KEYS_PER_LIST,
-                     "items": {"$ref": "#/components/schemas/OneTimePrekey"}},
-        "kem_one_time": {"type": "array", "maxItems": MAX_KEYS_PER_LIST,
-                         "items": {"$ref": "#/components/schemas/SignedPrekey"}},
+        "one_time": {
+            "type": "array",
+            "maxItems": MAX_KEYS_PER_LIST,
+            "items": {"$ref": "#/components/schemas/OneTimePrekey"},
+        },
+        "kem_one_time": {
+            "type": "array",
+            "maxItems": MAX_KEYS_PER_LIST,
+            "items": {"$ref": "#/components/schemas/SignedPrekey"},
+        },
     },
 }
-S["KeyCounts"] = {"type": "object", "required": ["one_time", "kem_one_time"],
-                  "properties": {"one_time": COUNT, "kem_one_time": COUNT}}
+S["KeyCounts"] = {
+    "type": "object",
+    "required": ["one_time", "kem_one_time"],
+    "properties": {"one_time": COUNT, "kem_one_time": COUNT},
+}
 S["KemPrekey"] = {
     "type": "object",
     "required": ["key_id", "public_key", "signature", "last_resort"],
-    "properties": {"key_id": KEY_ID, "public_key": _b64(), "signature": _b64(),
-                   "last_resort": {"type": "boolean"}},
+    "properties": {"key_id": KEY_ID, "public_key": _b64(), "signature": _b64(), "last_resort": {"type": "boolean"}},
     "nullable": True,
 }
 S["Bundle"] = {
@@ -153,22 +184,27 @@ S["Bundle"] = {
     "properties": {
         "device_id": DEVICE_ID,
         "signed_prekey": {"$ref": "#/components/schemas/SignedPrekey"},
-        "one_time": {"type": "object", "nullable": True, "required": ["key_id", "public_key"],
-                     "properties": {"key_id": KEY_ID, "public_key": _b64()}},
+        "one_time": {
+            "type": "object",
+            "nullable": True,
+            "required": ["key_id", "public_key"],
+            "properties": {"key_id": KEY_ID, "public_key": _b64()},
+        },
         "kem_prekey": {"$ref": "#/components/schemas/KemPrekey"},
     },
 }
 S["Bundles"] = {
     "type": "object",
     "required": ["account_id", "devices"],
-    "properties": {"account_id": ACCOUNT_ID,
-                   "devices": {"type": "array", "items": {"$ref": "#/components/schemas/Bundle"}}},
+    "properties": {
+        "account_id": ACCOUNT_ID,
+        "devices": {"type": "array", "items": {"$ref": "#/components/schemas/Bundle"}},
+    },
 }
 S["OutgoingMessage"] = {
     "type": "object",
     "required": ["device_id", "body"],
-    "properties": {"device_id": DEVICE_ID,
-                   "body": _b64(description="the envelope; at most 96 KiB decoded (413)")},
+    "properties": {"device_id": DEVICE_ID, "body": _b64(description="the envelope; at most 96 KiB decoded (413)")},
 }
 S["SendRequest"] = {
     "type": "object",
@@ -178,13 +214,15 @@ S["SendRequest"] = {
         "messages": {"type": "array", "items": {"$ref": "#/components/schemas/OutgoingMessage"}},
     },
 }
-S["SendResult"] = {"type": "object", "required": ["message_id", "stored"],
-                   "properties": {"message_id": MESSAGE_ID, "stored": COUNT}}
+S["SendResult"] = {
+    "type": "object",
+    "required": ["message_id", "stored"],
+    "properties": {"message_id": MESSAGE_ID, "stored": COUNT},
+}
 S["IncomingMessage"] = {
     "type": "object",
     "required": ["message_id", "body", "received_at"],
-    "properties": {"message_id": MESSAGE_ID, "body": _b64(),
-                   "received_at": {"type": "integer", "minimum": 0}},
+    "properties": {"message_id": MESSAGE_ID, "body": _b64(), "received_at": {"type": "integer", "minimum": 0}},
 }
 S["Messages"] = {
     "type": "object",
@@ -201,62 +239,89 @@ S["AckRequest"] = {
 }
 S["AckResult"] = {"type": "object", "required": ["acked"], "properties": {"acked": COUNT}}
 S["ChannelRequest"] = {"type": "object", "properties": {}}
-S["Channel"] = {"type": "object", "required": ["channel", "expires_at"],
-                "properties": {"channel": CHANNEL,
-                               "expires_at": {"type": "integer", "minimum": 0}}}
+S["Channel"] = {
+    "type": "object",
+    "required": ["channel", "expires_at"],
+    "properties": {"channel": CHANNEL, "expires_at": {"type": "integer", "minimum": 0}},
+}
 S["ChannelClosed"] = {"type": "object", "required": ["channel"], "properties": {"channel": CHANNEL}}
 S["ProvisioningPut"] = {
     "type": "object",
     "required": ["body"],
-    "properties": {"body": _b64(description=f"opaque, end-to-end encrypted; at most "
-                                            f"{MAX_PROVISIONING_MESSAGE // 1024} KiB decoded (413)")},
+    "properties": {
+        "body": _b64(
+            description=f"opaque, end-to-end encrypted; at most {MAX_PROVISIONING_MESSAGE // 1024} KiB decoded (413)"
+        )
+    },
 }
-S["ProvisioningQueued"] = {"type": "object", "required": ["queued"],
-                           "properties": {"queued": COUNT}}
+S["ProvisioningQueued"] = {"type": "object", "required": ["queued"], "properties": {"queued": COUNT}}
 S["ProvisioningMessage"] = {
     "type": "object",
     "required": ["body"],
-    "properties": {"body": {**_b64(description="the oldest queued message, now deleted; null "
-                                               "when the box stayed empty for the wait"),
-                            "nullable": True}},
+    "properties": {
+        "body": {
+            **_b64(description="the oldest queued message, now deleted; null when the box stayed empty for the wait"),
+            "nullable": True,
+        }
+    },
 }
 
 S["BlobRequest"] = {
     "type": "object",
     "required": ["size"],
-    "properties": {"size": {"type": "integer", "minimum": 1,
-                            "description": "ciphertext bytes; over the relay's maximum blob "
-                                           "size is 413 payload_too_large"}},
+    "properties": {
+        "size": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "ciphertext bytes; over the relay's maximum blob size is 413 payload_too_large",
+        }
+    },
 }
-_BLOB_SHAPE = {"blob_id": BLOB_ID, "size": {"type": "integer", "minimum": 1},
-               "part_size": {"type": "integer", "minimum": 1},
-               "parts": {"type": "integer", "minimum": 1},
-               "expires_at": {**TIME_MS, "description": "the relay deletes the blob then "
-                                                        "(complete or not)"}}
+_BLOB_SHAPE = {
+    "blob_id": BLOB_ID,
+    "size": {"type": "integer", "minimum": 1},
+    "part_size": {"type": "integer", "minimum": 1},
+    "parts": {"type": "integer", "minimum": 1},
+    "expires_at": {**TIME_MS, "description": "the relay deletes the blob then (complete or not)"},
+}
 S["BlobCreated"] = {"type": "object", "required": list(_BLOB_SHAPE), "properties": _BLOB_SHAPE}
-_RECEIVED = {"type": "array", "items": {"type": "integer", "minimum": 0},
-             "description": "indices of the parts received (durably), ascending"}
+_RECEIVED = {
+    "type": "array",
+    "items": {"type": "integer", "minimum": 0},
+    "description": "indices of the parts received (durably), ascending",
+}
 S["BlobParts"] = {
     "type": "object",
     "required": ["received", "complete"],
-    "properties": {"received": _RECEIVED,
-                   "complete": {"type": "boolean",
-                                "description": "every part is received: call complete next"}},
+    "properties": {
+        "received": _RECEIVED,
+        "complete": {"type": "boolean", "description": "every part is received: call complete next"},
+    },
 }
 S["BlobStatus"] = {
     "type": "object",
     "required": [*_BLOB_SHAPE, "received", "complete"],
-    "properties": {**_BLOB_SHAPE, "received": _RECEIVED,
-                   "complete": {"type": "boolean",
-                                "description": "the upload was completed (POST .../complete): "
-                                               "read-only and downloadable"}},
+    "properties": {
+        **_BLOB_SHAPE,
+        "received": _RECEIVED,
+        "complete": {
+            "type": "boolean",
+            "description": "the upload was completed (POST .../complete): read-only and downloadable",
+        },
+    },
 }
 S["BlobCompleted"] = {
     "type": "object",
     "required": ["blob_id", "size", "sha256"],
-    "properties": {"blob_id": BLOB_ID, "size": {"type": "integer", "minimum": 1},
-                   "sha256": {"type": "string", "pattern": r"^[0-9a-f]{64}$",
-                              "description": "SHA-256 of the ciphertext, lowercase hex"}},
+    "properties": {
+        "blob_id": BLOB_ID,
+        "size": {"type": "integer", "minimum": 1},
+        "sha256": {
+            "type": "string",
+            "pattern": r"^[0-9a-f]{64}$",
+            "description": "SHA-256 of the ciphertext, lowercase hex",
+        },
+    },
 }
 S["BlobDeleted"] = {"type": "object", "required": ["blob_id"], "properties": {"blob_id": BLOB_ID}}
 # Raw bytes, not JSON: the request body of a part upload and the response of a download.
@@ -302,8 +367,7 @@ def validate(schema: dict[str, Any], value: Any, where: str = "body") -> Any:
             raise bad_request(f"{where} must be an array")
         limit = schema.get("maxItems")
         if limit is not None and len(value) > limit:
-            raise RelayError("payload_too_large", f"{where} has more than {limit} items",
-                             limit=limit)
+            raise RelayError("payload_too_large", f"{where} has more than {limit} items", limit=limit)
         items = schema.get("items", {})
         return [validate(items, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if kind == "integer":

@@ -96,15 +96,23 @@ def key_chain(keys: list[Ed25519PrivateKey]) -> list[dict[str, Any]]:
         endorsement = None
         if i > 0:
             endorsement = schema.b64(keys[i - 1].sign(LABEL_RELAY_KEY + tagged_public(key)))
-        out.append({"key_id": key_id(key).hex(), "public_key": schema.b64(tagged_public(key)),
-                    "endorsement": endorsement})
+        out.append(
+            {"key_id": key_id(key).hex(), "public_key": schema.b64(tagged_public(key)), "endorsement": endorsement}
+        )
     return out
 
 
-def sign_certificate(key: Ed25519PrivateKey, account_id: str, device_id: int,
-                     identity_key: bytes, expires_at: int) -> bytes:
-    body = (bytes((WIRE_VERSION,)) + key_id(key) + bytes.fromhex(account_id)
-            + struct.pack(">I", device_id) + identity_key + struct.pack(">Q", expires_at))
+def sign_certificate(
+    key: Ed25519PrivateKey, account_id: str, device_id: int, identity_key: bytes, expires_at: int
+) -> bytes:
+    body = (
+        bytes((WIRE_VERSION,))
+        + key_id(key)
+        + bytes.fromhex(account_id)
+        + struct.pack(">I", device_id)
+        + identity_key
+        + struct.pack(">Q", expires_at)
+    )
     return body + key.sign(LABEL_SENDER_CERTIFICATE + body)
 
 
@@ -115,8 +123,9 @@ def access_verifier(access_key: bytes) -> bytes:
 def _access_denied() -> RelayError:
     # One answer whatever was wrong (no key, a wrong key, an unknown account with no
     # access row), so the check is not an oracle for who exists or which keys are close.
-    return RelayError("access_denied", "sealed sending to this account needs its unidentified "
-                      "access key; send authenticated instead")
+    return RelayError(
+        "access_denied", "sealed sending to this account needs its unidentified access key; send authenticated instead"
+    )
 
 
 def _header_key(request: Request) -> bytes | None:
@@ -131,34 +140,61 @@ def _header_key(request: Request) -> bytes | None:
 
 
 schema.S["SealedKeys"] = {
-    "type": "object", "required": ["keys"],
-    "properties": {"keys": {"type": "array", "items": {
-        "type": "object", "required": ["key_id", "public_key", "endorsement"],
-        "properties": {"key_id": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
-                       "public_key": {"type": "string", "format": "byte",
-                                      "description": "0x06 || Ed25519 public key"},
-                       "endorsement": {"type": "string", "format": "byte", "nullable": True,
-                                       "description": "the previous key's signature of this "
-                                                      "one; null for the first"}}}}},
+    "type": "object",
+    "required": ["keys"],
+    "properties": {
+        "keys": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["key_id", "public_key", "endorsement"],
+                "properties": {
+                    "key_id": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+                    "public_key": {"type": "string", "format": "byte", "description": "0x06 || Ed25519 public key"},
+                    "endorsement": {
+                        "type": "string",
+                        "format": "byte",
+                        "nullable": True,
+                        "description": "the previous key's signature of this one; null for the first",
+                    },
+                },
+            },
+        }
+    },
 }
 schema.S["CertificateRequest"] = {
-    "type": "object", "required": ["identity_key"],
-    "properties": {"identity_key": {"type": "string", "format": "byte", "maxLength": 44,
-                                    "description": "0x05 || this device's X25519 identity key"}},
+    "type": "object",
+    "required": ["identity_key"],
+    "properties": {
+        "identity_key": {
+            "type": "string",
+            "format": "byte",
+            "maxLength": 44,
+            "description": "0x05 || this device's X25519 identity key",
+        }
+    },
 }
 schema.S["SenderCertificate"] = {
-    "type": "object", "required": ["certificate", "expires_at"],
-    "properties": {"certificate": {"type": "string", "format": "byte"},
-                   "expires_at": schema.TIME_MS},
+    "type": "object",
+    "required": ["certificate", "expires_at"],
+    "properties": {"certificate": {"type": "string", "format": "byte"}, "expires_at": schema.TIME_MS},
 }
 schema.S["SealedAccessRequest"] = {
-    "type": "object", "required": ["allow_anyone"],
-    "properties": {"access_key": {"type": "string", "format": "byte", "maxLength": 24,
-                                  "description": "16 bytes; omit to keep the current one"},
-                   "allow_anyone": {"type": "boolean"}},
+    "type": "object",
+    "required": ["allow_anyone"],
+    "properties": {
+        "access_key": {
+            "type": "string",
+            "format": "byte",
+            "maxLength": 24,
+            "description": "16 bytes; omit to keep the current one",
+        },
+        "allow_anyone": {"type": "boolean"},
+    },
 }
 schema.S["SealedAccess"] = {
-    "type": "object", "required": ["access_key_set", "allow_anyone"],
+    "type": "object",
+    "required": ["access_key_set", "allow_anyone"],
     "properties": {"access_key_set": {"type": "boolean"}, "allow_anyone": {"type": "boolean"}},
 }
 
@@ -185,8 +221,9 @@ class SealedRoutes:
         if len(identity) != 33 or identity[0] != X25519_TAG:
             raise bad_request("identity_key must be 33 bytes: 0x05 then an x25519 public key")
         expires_at = self.now_ms() + self.settings.sender_certificate_hours * 3_600_000  # type: ignore[attr-defined]
-        cert = sign_certificate(self.sealed_signing_keys()[-1], device.account_id, device.device_id,
-                                identity, expires_at)
+        cert = sign_certificate(
+            self.sealed_signing_keys()[-1], device.account_id, device.device_id, identity, expires_at
+        )
         return _json({"certificate": schema.b64(cert), "expires_at": expires_at})
 
     async def get_sealed_access(self, request: Request) -> Response:
@@ -220,13 +257,17 @@ class SealedRoutes:
         data = await self.body(request, "SendRequest")  # type: ignore[attr-defined]
         bodies = self.envelope_bodies(data)  # type: ignore[attr-defined]
         try:
-            stored = await self.storage.store_envelopes(account_id, data["message_id"], bodies,  # type: ignore[attr-defined]
-                                                        None, self.now_ms())  # type: ignore[attr-defined]
+            stored = await self.storage.store_envelopes(
+                account_id,
+                data["message_id"],
+                bodies,  # type: ignore[attr-defined]
+                None,
+                self.now_ms(),
+            )  # type: ignore[attr-defined]
         except AccountNotFound:
             raise _access_denied() from None
         except DeviceMismatch as exc:
-            raise RelayError("device_mismatch", "device list changed", missing=exc.missing,
-                             extra=exc.extra) from None
+            raise RelayError("device_mismatch", "device list changed", missing=exc.missing, extra=exc.extra) from None
         if bodies:
             await self.push.notify([(account_id, d) for d in bodies])  # type: ignore[attr-defined]
         return _json({"message_id": data["message_id"], "stored": stored})

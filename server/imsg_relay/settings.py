@@ -8,9 +8,9 @@ settings dump in a log is harmless.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Mapping
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -127,25 +127,28 @@ class Settings:
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port {self.port} is not between 0 and 65535")
         if not 1 <= self.retention_days <= MAX_RETENTION_DAYS:
-            raise SettingsError(
-                f"retention of {self.retention_days} days is not between 1 and {MAX_RETENTION_DAYS}"
-            )
+            raise SettingsError(f"retention of {self.retention_days} days is not between 1 and {MAX_RETENTION_DAYS}")
         if not 1 <= self.max_wait <= MAX_WAIT_SECONDS:
             raise SettingsError(f"max wait {self.max_wait} s is not between 1 and {MAX_WAIT_SECONDS}")
         if not 1 <= self.provisioning_ttl_seconds <= MAX_PROVISIONING_TTL_SECONDS:
-            raise SettingsError(f"provisioning ttl {self.provisioning_ttl_seconds} s is not between"
-                                f" 1 and {MAX_PROVISIONING_TTL_SECONDS}")
+            raise SettingsError(
+                f"provisioning ttl {self.provisioning_ttl_seconds} s is not between"
+                f" 1 and {MAX_PROVISIONING_TTL_SECONDS}"
+            )
         if not 1 <= self.max_devices <= 1000:
             raise SettingsError(f"max devices {self.max_devices} is not between 1 and 1000")
         if not 1 <= self.blob_retention_days <= MAX_BLOB_RETENTION_DAYS:
-            raise SettingsError(f"blob retention of {self.blob_retention_days} days is not "
-                                f"between 1 and {MAX_BLOB_RETENTION_DAYS}")
+            raise SettingsError(
+                f"blob retention of {self.blob_retention_days} days is not between 1 and {MAX_BLOB_RETENTION_DAYS}"
+            )
         if not 1024 <= self.blob_part_size <= MAX_BLOB_PART_SIZE:
-            raise SettingsError(f"blob part size {self.blob_part_size} is not between 1024 and "
-                                f"{MAX_BLOB_PART_SIZE} bytes")
+            raise SettingsError(
+                f"blob part size {self.blob_part_size} is not between 1024 and {MAX_BLOB_PART_SIZE} bytes"
+            )
         if not 1 <= self.sender_certificate_hours <= 168:
-            raise SettingsError(f"sender certificate lifetime {self.sender_certificate_hours} h is "
-                                "not between 1 and 168")
+            raise SettingsError(
+                f"sender certificate lifetime {self.sender_certificate_hours} h is not between 1 and 168"
+            )
         if not (self.sealed_rate > 0 and self.sealed_burst > 0):
             raise SettingsError("sealed_rate and sealed_burst must be positive")
         for name in ("max_blob", "blob_quota", "max_backup"):
@@ -154,8 +157,10 @@ class Settings:
         for name in ("max_body", "max_envelope"):
             if getattr(self, name) < 1024:
                 raise SettingsError(f"{name} must be at least 1024 bytes")
-        if not (self.verifier in ("none", "smtp", "sms-webhook") or
-                (self.verifier.startswith("file:") and len(self.verifier) > 5)):
+        if not (
+            self.verifier in ("none", "smtp", "sms-webhook")
+            or (self.verifier.startswith("file:") and len(self.verifier) > 5)
+        ):
             raise SettingsError(f"verifier {self.verifier!r} is not smtp, sms-webhook, file:PATH or none")
         if self.verifier == "sms-webhook" and not self.webhook_url:
             raise SettingsError("the sms-webhook verifier needs a webhook url (IMSG_RELAY_WEBHOOK_URL)")
@@ -163,14 +168,33 @@ class Settings:
             raise SettingsError(f"smtp tls {self.smtp_tls!r} is not starttls, tls or none")
         if not 1 <= self.max_handles <= 100:
             raise SettingsError(f"max handles {self.max_handles} is not between 1 and 100")
-        for name in ("discovery_rate", "discovery_burst", "code_handle_rate", "code_handle_burst",
-                     "code_account_rate", "code_account_burst", "code_guess_rate", "code_guess_burst"):
+        for name in (
+            "discovery_rate",
+            "discovery_burst",
+            "code_handle_rate",
+            "code_handle_burst",
+            "code_account_rate",
+            "code_account_burst",
+            "code_guess_rate",
+            "code_guess_burst",
+        ):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be positive")
-        for name in ("send_rate", "send_burst", "request_rate", "request_burst", "lookup_rate",
-                     "lookup_burst", "register_rate", "register_burst", "provisioning_rate",
-                     "provisioning_burst", "provisioning_global_rate",
-                     "provisioning_global_burst", "sweep_interval"):
+        for name in (
+            "send_rate",
+            "send_burst",
+            "request_rate",
+            "request_burst",
+            "lookup_rate",
+            "lookup_burst",
+            "register_rate",
+            "register_burst",
+            "provisioning_rate",
+            "provisioning_burst",
+            "provisioning_global_rate",
+            "provisioning_global_burst",
+            "sweep_interval",
+        ):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be positive")
 
@@ -188,18 +212,17 @@ class Settings:
 
     @property
     def discovery_key_path(self) -> Path:
-        return self.discovery_key_file if self.discovery_key_file is not None \
-            else self.data_dir / "discovery.key"
+        return self.discovery_key_file if self.discovery_key_file is not None else self.data_dir / "discovery.key"
 
     @property
     def secret_path(self) -> Path:
         return self.secret_file if self.secret_file is not None else self.data_dir / "relay.secret"
 
-    def with_(self, **changes: object) -> "Settings":
+    def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Settings from `IMSG_RELAY_<FIELD>` variables; explicit overrides (CLI flags) win."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}

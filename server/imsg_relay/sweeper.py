@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from imsg_relay.blobs.base import BlobStore
 from imsg_relay.storage.base import Storage
@@ -44,8 +44,7 @@ async def sweep_channels(storage: Storage, now_ms: int, batch: int = SWEEP_BATCH
         await asyncio.sleep(0)
 
 
-async def sweep_blobs(storage: Storage, blobs: BlobStore, live_after_ms: int,
-                      batch: int = SWEEP_BATCH) -> int:
+async def sweep_blobs(storage: Storage, blobs: BlobStore, live_after_ms: int, batch: int = SWEEP_BATCH) -> int:
     """Delete every blob created at or before `live_after_ms`: each batch's files first,
     then its rows, so a crash in between leaves rows the next sweep finds again (already
     unreadable: reads check expiry), never a file without a row. Returns how many."""
@@ -60,9 +59,14 @@ async def sweep_blobs(storage: Storage, blobs: BlobStore, live_after_ms: int,
         await asyncio.sleep(0)
 
 
-async def run_sweeper(storage: Storage, retention_ms: int, interval: float,
-                      clock: Callable[[], float], blobs: BlobStore | None = None,
-                      blob_retention_ms: int | None = None) -> None:
+async def run_sweeper(
+    storage: Storage,
+    retention_ms: int,
+    interval: float,
+    clock: Callable[[], float],
+    blobs: BlobStore | None = None,
+    blob_retention_ms: int | None = None,
+) -> None:
     """Sweep now and then every `interval` seconds until cancelled."""
     while True:
         try:

@@ -39,6 +39,7 @@ class NoVerifier:
 @dataclass(frozen=True)
 class FileVerifier:
     """One line `HANDLE CODE` appended per code: a local relay, scripts and tests."""
+
     path: Path
     verifies = True
 
@@ -49,6 +50,7 @@ class FileVerifier:
                 os.write(fd, f"{handle} {code}\n".encode())
             finally:
                 os.close(fd)
+
         try:
             await asyncio.to_thread(write)
         except OSError as exc:
@@ -73,8 +75,10 @@ class SmtpVerifier:
         msg["From"] = self.sender
         msg["To"] = handle
         msg["Subject"] = f"imsg code {code}"
-        msg.set_content(f"Your imsg verification code is {code}\n\nIt expires in 10 minutes. "
-                        "If you did not ask for it, ignore this message.\n")
+        msg.set_content(
+            f"Your imsg verification code is {code}\n\nIt expires in 10 minutes. "
+            "If you did not ask for it, ignore this message.\n"
+        )
         try:
             await asyncio.to_thread(self._deliver, msg)
         except (OSError, smtplib.SMTPException) as exc:
@@ -98,6 +102,7 @@ class SmtpVerifier:
 class WebhookVerifier:
     """An HTTP POST to an SMS gateway. The body is `template` with {handle} and {code}
     replaced, each JSON-escaped when the content type is JSON."""
+
     url: str
     template: str = '{"to": "{handle}", "text": "Your imsg code is {code}"}'
     content_type: str = "application/json"
@@ -135,9 +140,19 @@ def build_verifier(settings) -> Verifier:
     if spec.startswith("file:"):
         return FileVerifier(Path(spec[5:]).expanduser())
     if spec == "smtp":
-        return SmtpVerifier(settings.smtp_host, settings.smtp_port, settings.smtp_from,
-                            settings.smtp_tls, settings.smtp_user, settings.smtp_password)
+        return SmtpVerifier(
+            settings.smtp_host,
+            settings.smtp_port,
+            settings.smtp_from,
+            settings.smtp_tls,
+            settings.smtp_user,
+            settings.smtp_password,
+        )
     if spec == "sms-webhook":
-        return WebhookVerifier(settings.webhook_url, settings.webhook_template,
-                               settings.webhook_content_type, settings.webhook_authorization)
+        return WebhookVerifier(
+            settings.webhook_url,
+            settings.webhook_template,
+            settings.webhook_content_type,
+            settings.webhook_authorization,
+        )
     raise ValueError(f"unknown verifier {spec!r}")

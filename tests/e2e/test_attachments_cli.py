@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 import pytest
+from transfer_helpers import Recorder, _root_conftest
 
 from imsg.crypto import stream
-from transfer_helpers import Recorder, _root_conftest
 
 IMSG = [sys.executable, "-m", "imsg_cli.main"]
 KIB, MIB = 1024, 1024 * 1024
@@ -44,8 +44,7 @@ def relay(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(relay_app, "create_app", create_app)
-        r = _root_conftest().start_thread_relay(tmp_path_factory.mktemp("relay") / "data",
-                                                 blob_part_size=PART)
+        r = _root_conftest().start_thread_relay(tmp_path_factory.mktemp("relay") / "data", blob_part_size=PART)
     r.recorder = holder["rec"]
     try:
         yield r
@@ -58,19 +57,36 @@ def _env() -> dict[str, str]:
 
 
 def cmd(home: Path, *args: str, relay: str | None = None, json_mode: bool = True) -> list[str]:
-    return [*IMSG, "--home", str(home)] + (["--relay", relay] if relay else []) + \
-        (["--json"] if json_mode else []) + list(args)
+    return (
+        [*IMSG, "--home", str(home)]
+        + (["--relay", relay] if relay else [])
+        + (["--json"] if json_mode else [])
+        + list(args)
+    )
 
 
-def imsg(home: Path, *args: str, relay: str | None = None, json_mode: bool = True,
-         timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd(home, *args, relay=relay, json_mode=json_mode), capture_output=True, text=True,
-                          timeout=timeout, env=_env(), stdin=subprocess.DEVNULL)
+def imsg(
+    home: Path, *args: str, relay: str | None = None, json_mode: bool = True, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cmd(home, *args, relay=relay, json_mode=json_mode),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def spawn(home: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(cmd(home, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(), stdin=subprocess.DEVNULL)
+    return subprocess.Popen(
+        cmd(home, *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def lines(text: str) -> list[dict]:
@@ -158,7 +174,8 @@ def test_send_attach_receive_then_save(homes, rec, tmp_path):
     assert (row["id"], row["text"]) == (sent["id"], "look")
     assert [{k: a[k] for k in ("name", "size", "type")} for a in row["attachments"]] == [
         {"name": "notes.txt", "size": 11, "type": "text/plain"},
-        {"name": "photo.jpg", "size": PART + 3, "type": "image/jpeg"}]
+        {"name": "photo.jpg", "size": PART + 3, "type": "image/jpeg"},
+    ]
     assert all(set(a) == {"id", "name", "size", "type"} for a in row["attachments"])
     assert rec.blob_gets() == []  # recorded, not downloaded
     out = tmp_path / "out"
@@ -180,8 +197,11 @@ def test_attachment_only_and_human_output_escapes_names(homes, rec, tmp_path):
     r = imsg(homes["bob"], "receive", json_mode=False)
     assert r.returncode == 0, r.stderr
     assert "\u202e" not in r.stdout and "in\\u202ecod.exe" in r.stdout  # shown escaped
-    (row,) = [h for h in ok(imsg(homes["bob"], "history", "alice@example.com")) if h["attachments"]
-              and h["attachments"][0]["name"] == "in\u202ecod.exe"]
+    (row,) = [
+        h
+        for h in ok(imsg(homes["bob"], "history", "alice@example.com"))
+        if h["attachments"] and h["attachments"][0]["name"] == "in\u202ecod.exe"
+    ]
     (saved,) = ok(imsg(homes["bob"], "attachment", "save", row["id"], "--out", str(tmp_path / "out")))
     assert Path(saved["path"]).name == "incod.exe"
 
@@ -329,8 +349,11 @@ def big_relay(tmp_path_factory):
     """`imsg-relay serve` as a subprocess, as users run it, with the default part size
     (8 MiB) and room for a 512 MiB blob; two accounts on it."""
     base = tmp_path_factory.mktemp("big-relay")
-    r = _root_conftest().start_process_relay(base / "data", base / "relay.log", env={
-        "IMSG_RELAY_MAX_BLOB": str(1024 * MIB), "IMSG_RELAY_BLOB_QUOTA": str(4096 * MIB)})
+    r = _root_conftest().start_process_relay(
+        base / "data",
+        base / "relay.log",
+        env={"IMSG_RELAY_MAX_BLOB": str(1024 * MIB), "IMSG_RELAY_BLOB_QUOTA": str(4096 * MIB)},
+    )
     try:
         for name in ("mel", "nat"):
             ok(imsg(base / name, "init", f"{name}@example.com", relay=r.url))
@@ -342,17 +365,25 @@ def big_relay(tmp_path_factory):
 # ru_maxrss of a child forked straight from pytest counts pytest's own pages too (the
 # high-water mark of the image it had before exec: ~90 MiB here, whatever imsg does), so a
 # small launcher runs imsg and reports its child's peak on stderr's last line.
-_LAUNCH = ("import resource, subprocess, sys\n"
-           "rc = subprocess.call(sys.argv[1:])\n"
-           "print('maxrss_kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
-           "sys.exit(rc)\n")
+_LAUNCH = (
+    "import resource, subprocess, sys\n"
+    "rc = subprocess.call(sys.argv[1:])\n"
+    "print('maxrss_kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+    "sys.exit(rc)\n"
+)
 
 
 def _peak_rss_of_send(home: Path, path: Path) -> tuple[int, float]:
     """(peak RSS in bytes, seconds) of the whole `imsg send nat --attach PATH` process."""
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-c", _LAUNCH, *cmd(home, "send", "nat@example.com", "--attach", str(path))],
-                       capture_output=True, text=True, timeout=600, env=_env(), stdin=subprocess.DEVNULL)
+    r = subprocess.run(
+        [sys.executable, "-c", _LAUNCH, *cmd(home, "send", "nat@example.com", "--attach", str(path))],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+    )
     elapsed = time.monotonic() - t0
     assert r.returncode == 0, (r.stdout, r.stderr)
     tag, kib = r.stderr.strip().splitlines()[-1].split()
@@ -374,9 +405,11 @@ def _check_memory(homes, tmp_path, small_mib: int, big_mib: int) -> None:
     rss_big, t_big = _peak_rss_of_send(homes["alice"], big)
     ok(imsg(homes["bob"], "receive"))
     ratio = rss_big / rss_small
-    report = (f"peak RSS of imsg send --attach: {small_mib} MiB file {rss_small / MIB:.1f} MiB "
-              f"({t_small:.1f} s), {big_mib} MiB file {rss_big / MIB:.1f} MiB ({t_big:.1f} s), "
-              f"ratio {ratio:.2f}")
+    report = (
+        f"peak RSS of imsg send --attach: {small_mib} MiB file {rss_small / MIB:.1f} MiB "
+        f"({t_small:.1f} s), {big_mib} MiB file {rss_big / MIB:.1f} MiB ({t_big:.1f} s), "
+        f"ratio {ratio:.2f}"
+    )
     print(report)
     assert ratio < 1.3, report
     assert rss_big < 64 * MIB, report

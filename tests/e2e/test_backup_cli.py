@@ -34,8 +34,7 @@ def test_backup_restore_and_off_through_the_cli(tmp_path, module_relay_proc):
     typo = code[:-1] + ("0" if code[-1] != "0" else "1")
     err = json_error(imsg(phone, "backup", "restore", "alice@example.com", typo, relay=url), 2)
     assert "checksum" in err["message"]
-    err = json_error(imsg(phone, "backup", "restore", "alice@example.com",
-                          bk.recovery_code(bytes(20)), relay=url), 5)
+    err = json_error(imsg(phone, "backup", "restore", "alice@example.com", bk.recovery_code(bytes(20)), relay=url), 5)
     assert "no backup" in err["message"]
     (me,) = ok(imsg(phone, "backup", "restore", "alice@example.com", code, "--name", "phone", relay=url))
     assert me["handle"] == "alice@example.com" and me["device_id"] == 2 and me["devices"] == 2
@@ -45,18 +44,25 @@ def test_backup_restore_and_off_through_the_cli(tmp_path, module_relay_proc):
 
     (report,) = ok(imsg(phone, "privacy", "report"))
     db = sqlite3.connect(module_relay_proc.db_path)
-    assert [d["device_id"] for d in report["devices"]] == \
-        [r[0] for r in db.execute("SELECT device_id FROM devices WHERE account_id = ? ORDER BY device_id",
-                                  (report["account_id"],))] == [1, 2]
-    assert [b["size"] for b in report["backups"]] == \
-        [r[0] for r in db.execute("SELECT size FROM backups WHERE account_id = ?", (report["account_id"],))]
+    assert (
+        [d["device_id"] for d in report["devices"]]
+        == [
+            r[0]
+            for r in db.execute(
+                "SELECT device_id FROM devices WHERE account_id = ? ORDER BY device_id", (report["account_id"],)
+            )
+        ]
+        == [1, 2]
+    )
+    assert [b["size"] for b in report["backups"]] == [
+        r[0] for r in db.execute("SELECT size FROM backups WHERE account_id = ?", (report["account_id"],))
+    ]
     text = imsg(phone, "privacy", "report", json_mode=False)
     assert text.returncode == 0 and "devices: 2" in text.stdout and "backup:" in text.stdout
 
     (off,) = ok(imsg(alice, "backup", "off"))
     assert off == {"on": False, "deleted": True}
-    assert db.execute("SELECT count(*) FROM backups WHERE account_id = ?", (report["account_id"],)).fetchone() \
-        == (0,)
+    assert db.execute("SELECT count(*) FROM backups WHERE account_id = ?", (report["account_id"],)).fetchone() == (0,)
     (report,) = ok(imsg(alice, "privacy", "report"))
     assert report["backups"] == []
     err = json_error(imsg(tmp_path / "third", "backup", "restore", "alice@example.com", code, relay=url), 5)

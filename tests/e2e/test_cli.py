@@ -29,8 +29,14 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def imsg(home: Path | None, *args: str, relay: str | None = None, stdin: str | None = None,
-         json_mode: bool = False, timeout: float = 30) -> subprocess.CompletedProcess:
+def imsg(
+    home: Path | None,
+    *args: str,
+    relay: str | None = None,
+    stdin: str | None = None,
+    json_mode: bool = False,
+    timeout: float = 30,
+) -> subprocess.CompletedProcess:
     cmd = list(IMSG)
     if home is not None:
         cmd += ["--home", str(home)]
@@ -39,8 +45,15 @@ def imsg(home: Path | None, *args: str, relay: str | None = None, stdin: str | N
     if json_mode:
         cmd.append("--json")
     cmd += list(args)
-    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout,
-                          env=_env(), stdin=None if stdin is not None else subprocess.DEVNULL)
+    return subprocess.run(
+        cmd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(),
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+    )
 
 
 def json_lines(text: str) -> list[dict]:
@@ -83,6 +96,7 @@ def drain(homes, who: str) -> list[dict]:
 
 # --- no relay needed ---
 
+
 def test_help_works_without_a_relay(tmp_path):
     r = subprocess.run(IMSG + ["--help"], capture_output=True, text=True, timeout=30, env=_env())
     assert r.returncode == 0
@@ -102,14 +116,17 @@ def test_entry_point_script(tmp_path):
     assert r.returncode == 0 and r.stdout.startswith("imsg ")
 
 
-@pytest.mark.parametrize("args", [
-    ["send"],  # missing argument
-    ["send", "not a handle", "hi"],  # bad handle
-    ["send", "bob@@example.com", "hi"],
-    ["history"],
-    ["receive", "--wait", "-1"],
-    ["no-such-command"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["send"],  # missing argument
+        ["send", "not a handle", "hi"],  # bad handle
+        ["send", "bob@@example.com", "hi"],
+        ["history"],
+        ["receive", "--wait", "-1"],
+        ["no-such-command"],
+    ],
+)
 def test_usage_errors_exit_2(homes, args):
     r = imsg(homes["alice"], *args, json_mode=True)
     doc = assert_json_error(r, 2)
@@ -146,6 +163,7 @@ def test_unknown_contact_exit_3(homes):
 
 
 # --- a conversation ---
+
 
 def test_whoami_json(homes):
     r = imsg(homes["alice"], "whoami", json_mode=True)
@@ -190,7 +208,10 @@ def test_send_receive_history_chats(homes):
     assert r.returncode == 0
     hist = json_lines(r.stdout)
     assert [(m["direction"], m["text"]) for m in hist][-3:] == [
-        ("out", "Hi Bob! 🥪"), ("out", "line one\nline two"), ("in", "Noon works.")]
+        ("out", "Hi Bob! 🥪"),
+        ("out", "line one\nline two"),
+        ("in", "Noon works."),
+    ]
     r = imsg(alice, "history", "+15550001111", "--limit", "1")
     assert r.returncode == 0 and r.stdout.count("\n") == 1 and "Noon works." in r.stdout
 
@@ -224,6 +245,9 @@ def test_account_exists_exit_3(homes):
 
 def test_send_while_relay_unreachable_is_queued_then_delivered_once(homes, closed_url):
     alice = homes["alice"]
+    # Queued only to an identity already pinned: alice must have written to bob once.
+    assert imsg(alice, "send", "+15550001111", "before the outage").returncode == 0
+    assert [m["text"] for m in drain(homes, "bob")][-1:] == ["before the outage"]
     r = imsg(alice, "send", "+15550001111", "sent while offline", relay=closed_url, json_mode=True)
     doc = assert_json_error(r, 4, "relay_unavailable")
     assert doc.get("message_id") and "queued" in doc["message"]
@@ -269,8 +293,13 @@ def test_tampered_envelope_exit_6(homes):
 def test_watch_json_streams_and_exits_130_on_sigint(homes):
     alice, bob = homes["alice"], homes["bob"]
     drain(homes, "bob")
-    proc = subprocess.Popen(IMSG + ["--home", str(bob), "--json", "watch"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(
+        IMSG + ["--home", str(bob), "--json", "watch"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     try:
         time.sleep(0.8)  # started and parked in its long poll
         assert proc.poll() is None, proc.stderr.read()

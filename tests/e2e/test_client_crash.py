@@ -30,13 +30,22 @@ KILLS = 30
 
 
 def _run(home: Path, *args: str, relay: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*IMSG, "--home", str(home), "--relay", relay, *args],
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [*IMSG, "--home", str(home), "--relay", relay, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _killed_at_random(home: Path, *args: str, relay: str, rng: random.Random, span: float) -> None:
-    proc = subprocess.Popen([*IMSG, "--home", str(home), "--relay", relay, *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*IMSG, "--home", str(home), "--relay", relay, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
     # Spread the kills over the whole run of a command (`span`, measured on this machine):
     # before the ratchet commit, between it and the relay's answer, and after.
     time.sleep(rng.uniform(0.2 * span, 1.1 * span))
@@ -47,7 +56,7 @@ def _killed_at_random(home: Path, *args: str, relay: str, rng: random.Random, sp
 def _ratchet_position(body: bytes) -> tuple[bytes, int]:
     message = env.Envelope.decode(body).session_message
     if session.message_type(message) == session.MSG_PREKEY:
-        message = message[session._PREKEY_LEN:]
+        message = message[session._PREKEY_LEN :]
     dh_pub, _, n = ratchet.parse_header(message)
     return dh_pub, n
 
@@ -79,7 +88,8 @@ def test_kill_9_while_sending_and_receiving_loses_nothing_and_reuses_no_key(tmp_
         with sqlite3.connect(relay_proc.db_path) as db:
             for message_id, body in db.execute("SELECT message_id, body FROM envelopes"):
                 positions.setdefault(_ratchet_position(bytes(body)), set()).add(
-                    message_id.hex() if isinstance(message_id, bytes) else message_id)
+                    message_id.hex() if isinstance(message_id, bytes) else message_id
+                )
         if i % 3 == 2:  # bob is killed while receiving, too
             _killed_at_random(bob, "receive", relay=relay_proc.url, rng=rng, span=span)
 
@@ -88,7 +98,8 @@ def test_kill_9_while_sending_and_receiving_loses_nothing_and_reuses_no_key(tmp_
     with sqlite3.connect(relay_proc.db_path) as db:
         for message_id, body in db.execute("SELECT message_id, body FROM envelopes"):
             positions.setdefault(_ratchet_position(bytes(body)), set()).add(
-                message_id.hex() if isinstance(message_id, bytes) else message_id)
+                message_id.hex() if isinstance(message_id, bytes) else message_id
+            )
 
     crashed_but_committed = len(_sent_texts(alice)) - 3  # first, second, last
     assert 0 < crashed_but_committed < KILLS, "the kills did not land on both sides of the commit"

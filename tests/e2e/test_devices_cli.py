@@ -27,11 +27,13 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("IMSG_")}
 
 
-def imsg(home: Path, *args: str, relay: str | None = None, json_mode: bool = True,
-         timeout: float = 60) -> subprocess.CompletedProcess:
+def imsg(
+    home: Path, *args: str, relay: str | None = None, json_mode: bool = True, timeout: float = 60
+) -> subprocess.CompletedProcess:
     cmd = [*IMSG, "--home", str(home)] + (["--relay", relay] if relay else []) + (["--json"] if json_mode else [])
-    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, env=_env(),
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        cmd + list(args), capture_output=True, text=True, timeout=timeout, env=_env(), stdin=subprocess.DEVNULL
+    )
 
 
 def lines(text: str) -> list[dict]:
@@ -54,9 +56,14 @@ class DeviceAdd:
     """`imsg --json device add` running in the background."""
 
     def __init__(self, home: Path, *extra: str):
-        self.proc = subprocess.Popen([*IMSG, "--home", str(home), "--json", "device", "add", *extra],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [*IMSG, "--home", str(home), "--json", "device", "add", *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+            stdin=subprocess.DEVNULL,
+        )
         t0 = time.monotonic()
         ready, _, _ = select.select([self.proc.stdout], [], [], 20)
         assert ready, "device add printed no code"
@@ -76,8 +83,7 @@ class DeviceAdd:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, module_relay_proc):
-    return {"url": module_relay_proc.url, "base": tmp_path_factory.mktemp("dev-homes"),
-            "db": module_relay_proc.db_path}
+    return {"url": module_relay_proc.url, "base": tmp_path_factory.mktemp("dev-homes"), "db": module_relay_proc.db_path}
 
 
 def init(env, name: str) -> Path:
@@ -109,8 +115,10 @@ def map_handle_to(env, handle_owner: str, new_owner: str) -> None:
 
 
 # Every handle this file registers: the relay keeps only tags, so the swap tries these.
-_HANDLES = sorted(set(re.findall(r"[a-z]+@example\.com", Path(__file__).read_text()))
-               | {f"{n}@example.com" for n in re.findall(r'init\(env, "([a-z]+)"\)', Path(__file__).read_text())})
+_HANDLES = sorted(
+    set(re.findall(r"[a-z]+@example\.com", Path(__file__).read_text()))
+    | {f"{n}@example.com" for n in re.findall(r'init\(env, "([a-z]+)"\)', Path(__file__).read_text())}
+)
 
 
 def test_add_link_list_sync_remove(env):
@@ -199,8 +207,7 @@ def test_contacts_verify_trust_and_key_change(env, tmp_path):
     ok(imsg(bob, "receive"))
     rows = ok(imsg(alice, "contacts"))
     assert len(rows) == 1 and set(rows[0]) >= {"handle", "state", "verified", "account_id", "devices", "held"}
-    assert (rows[0]["handle"], rows[0]["state"], rows[0]["verified"], rows[0]["held"]) == (HANK, "unverified",
-                                                                                           False, 0)
+    assert (rows[0]["handle"], rows[0]["state"], rows[0]["verified"], rows[0]["held"]) == (HANK, "unverified", False, 0)
     v_alice = ok(imsg(alice, "verify", HANK))[0]
     v_bob = ok(imsg(bob, "verify", "gail@example.com"))[0]
     assert v_alice["safety_number"] == v_bob["safety_number"] and v_alice["verified"] is False
@@ -219,7 +226,8 @@ def test_contacts_verify_trust_and_key_change(env, tmp_path):
     held_id = err["message_id"]
     rows = ok(imsg(alice, "contacts"))
     assert {(c["account_id"], c["state"], c["held"]) for c in rows if c["handle"] == HANK} >= {
-        (ids["mallory"], "changed", 1)}
+        (ids["mallory"], "changed", 1)
+    }
     v = ok(imsg(alice, "verify", HANK))[0]
     assert v["changed"] is True and v["safety_number"] != v_alice["safety_number"]
     r = imsg(alice, "verify", HANK, json_mode=False)
@@ -246,7 +254,6 @@ def test_contacts_verify_trust_and_key_change(env, tmp_path):
     assert marked["verified"] is True and marked["changed"] is False
     rows = [c for c in ok(imsg(alice, "contacts")) if c["handle"] == HANK]
     assert [(c["account_id"], c["state"]) for c in rows] == [(ids["mallory"], "verified")]
-
 
 
 def test_receive_from_a_changed_key_exits_6(env):

@@ -18,8 +18,12 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(256)) * 8
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, module_relay_proc):
-    return {"url": module_relay_proc.url, "base": tmp_path_factory.mktemp("profile-homes"),
-            "db": module_relay_proc.db_path, "relay": module_relay_proc}
+    return {
+        "url": module_relay_proc.url,
+        "base": tmp_path_factory.mktemp("profile-homes"),
+        "db": module_relay_proc.db_path,
+        "relay": module_relay_proc,
+    }
 
 
 def init(env, name: str) -> Path:
@@ -49,8 +53,9 @@ def test_contacts_group_add_list_remove(env):
     assert row["handle"] == "ben@example.com" and row["in_contacts"] is True
     assert row["name"] == "Benny" and row["name_source"] == "nickname" and row["verified"] is False
     rows = ok(imsg(ann, "contacts"))
-    assert [(r["handle"], r["name"], r["name_source"], r["state"]) for r in rows] == \
-        [("ben@example.com", "Benny", "nickname", "unverified")]
+    assert [(r["handle"], r["name"], r["name_source"], r["state"]) for r in rows] == [
+        ("ben@example.com", "Benny", "nickname", "unverified")
+    ]
     human = imsg(ann, "contacts", json_mode=False)
     assert human.returncode == 0 and "Benny" in human.stdout and "ben@example.com" in human.stdout
     ok(imsg(ann, "contacts", "remove", "ben@example.com"))
@@ -138,8 +143,13 @@ def test_ask_policy_asks_at_a_terminal_and_remembers(env):
     def send_at_terminal(text: str, answer: bytes) -> tuple[int, bytes]:
         """`imsg send` with a terminal on stdin and stderr; answers the question if asked."""
         leader, follower = pty.openpty()
-        proc = subprocess.Popen([*IMSG, "--home", str(hal), "send", "ivy@example.com", text],
-                                stdin=follower, stdout=subprocess.PIPE, stderr=follower, env=_env())
+        proc = subprocess.Popen(
+            [*IMSG, "--home", str(hal), "send", "ivy@example.com", text],
+            stdin=follower,
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            env=_env(),
+        )
         os.close(follower)
         seen, answered = b"", False
         deadline = time.monotonic() + 60
@@ -183,8 +193,10 @@ def test_relay_database_and_log_hold_no_name_or_photo(env, tmp_path):
     ok(imsg(jon, "contacts", "add", "kim@example.com", "--nickname", "Kimberly Nickname"))
     ok(imsg(jon, "send", "kim@example.com", "hello"))
     ok(imsg(kim, "receive"))
-    assert next(r for r in ok(imsg(kim, "contacts")) if r["handle"] == "jon@example.com")["name"] == \
-        "Jonquil Peregrine-Astor"
+    assert (
+        next(r for r in ok(imsg(kim, "contacts")) if r["handle"] == "jon@example.com")["name"]
+        == "Jonquil Peregrine-Astor"
+    )
     relay = env["relay"]
     needles = [b"Jonquil", "Jonquil".encode("utf-16-le"), b"Kimberly Nickname", photo[:40], photo[2000:2040]]
     files = [p for p in relay.data_dir.rglob("*") if p.is_file()] + [relay.log_path]

@@ -37,7 +37,8 @@ def test_init_pending_verify_list_lookup_and_send_from(env):
     r = imsg(ann, "init", "Ann@Example.com", relay=env["url"])
     assert r.returncode == 0 and "imsg reachable verify ann@example.com CODE" in r.stderr
     assert ok(run(env, ann, "reachable", "list")) == [
-        {"handle": "ann@example.com", "state": "pending", "receiving": True, "start_from": False}]
+        {"handle": "ann@example.com", "state": "pending", "receiving": True, "start_from": False}
+    ]
     ok(run(env, ann, "reachable", "verify", "ann@example.com", code(env, "ann@example.com")))
     ok(run(env, ben, "init", "ben@example.com"))
     ok(run(env, ben, "reachable", "verify", "ben@example.com", code(env, "ben@example.com")))
@@ -46,27 +47,39 @@ def test_init_pending_verify_list_lookup_and_send_from(env):
     assert ok(run(env, ben, "lookup", "ANN@example.com", "+44 (20) 7946-0958", "nobody@example.com")) == [
         {"handle": "ann@example.com", "reachable": True},
         {"handle": "+442079460958", "reachable": True},
-        {"handle": "nobody@example.com", "reachable": False}]
+        {"handle": "nobody@example.com", "reachable": False},
+    ]
     ok(run(env, ann, "reachable", "start-from", "+442079460958"))
     ok(run(env, ann, "send", "ben@example.com", "from my number"))
     ok(run(env, ann, "send", "ben@example.com", "from my address", "--from", "ann@example.com"))
     got = ok(run(env, ben, "receive"))
     assert [(m["from"], m["to"], m["text"]) for m in got] == [
         ("+442079460958", "ben@example.com", "from my number"),
-        ("ann@example.com", "ben@example.com", "from my address")]
+        ("ann@example.com", "ben@example.com", "from my address"),
+    ]
     ok(run(env, ann, "reachable", "receive", "+442079460958", "--off"))
     assert ok(run(env, ben, "lookup", "+442079460958")) == [{"handle": "+442079460958", "reachable": False}]
     listed = ok(run(env, ann, "reachable", "list"))
     assert [(h["handle"], h["receiving"], h["start_from"]) for h in listed] == [
-        ("ann@example.com", True, False), ("+442079460958", False, True)]
+        ("ann@example.com", True, False),
+        ("+442079460958", False, True),
+    ]
     ok(run(env, ann, "reachable", "remove", "+442079460958"))
     assert [h["handle"] for h in ok(run(env, ann, "reachable", "list"))] == ["ann@example.com"]
 
 
-@pytest.mark.parametrize("args", [("lookup", "not-a-handle"), ("lookup", "+1 555"), ("reachable", "add", "a@b@c"),
-                                  ("send", "x@y", "hi"), ("reachable", "receive", "ann@example.com"),
-                                  ("reachable", "verify", "ann@example.com", "12345"),
-                                  ("reachable", "verify", "ann@example.com", "\u0661\u0662\u0663\u0664\u0665\u0666")])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("lookup", "not-a-handle"),
+        ("lookup", "+1 555"),
+        ("reachable", "add", "a@b@c"),
+        ("send", "x@y", "hi"),
+        ("reachable", "receive", "ann@example.com"),
+        ("reachable", "verify", "ann@example.com", "12345"),
+        ("reachable", "verify", "ann@example.com", "\u0661\u0662\u0663\u0664\u0665\u0666"),
+    ],
+)
 def test_malformed_input_is_a_usage_error(env, args):
     home = env["base"] / "cal"
     if not (home / "imsg.db").exists():
@@ -78,15 +91,19 @@ def test_wrong_code_is_refused_with_tries_left(env):
     home = env["base"] / "dee"
     ok(run(env, home, "init", "dee@example.com"))
     right = code(env, "dee@example.com")
-    doc = assert_json_error(run(env, home, "reachable", "verify", "dee@example.com",
-                                "000000" if right != "000000" else "111111"), 5, "wrong_code")
+    doc = assert_json_error(
+        run(env, home, "reachable", "verify", "dee@example.com", "000000" if right != "000000" else "111111"),
+        5,
+        "wrong_code",
+    )
     assert doc["tries_left"] == 4
     assert_json_error(run(env, home, "send", "ann@example.com", "hi", "--from", "dee@example.com"), 3)
 
 
 def test_init_says_so_when_the_code_could_not_be_sent(tmp_path, module_relay_proc_factory):
-    relay = module_relay_proc_factory({"IMSG_RELAY_VERIFIER": "sms-webhook",
-                                       "IMSG_RELAY_WEBHOOK_URL": "http://127.0.0.1:9/unreachable"})
+    relay = module_relay_proc_factory(
+        {"IMSG_RELAY_VERIFIER": "sms-webhook", "IMSG_RELAY_WEBHOOK_URL": "http://127.0.0.1:9/unreachable"}
+    )
     r = imsg(tmp_path / "fay", "init", "+15551230099", relay=relay.url, json_mode=True)
     assert r.returncode == 0, r.stderr
     warnings = [doc for doc in json_lines(r.stderr) if doc.get("warning") or doc.get("error")]

@@ -28,14 +28,24 @@ class Env:
         self.run_dir = tmp_path / "run"
         self.run_dir.mkdir(mode=0o700)
         self.base = {k: v for k, v in os.environ.items() if not k.startswith(("IMSG_", "PYTHON_KEYRING"))}
-        self.base.update(XDG_RUNTIME_DIR=str(self.run_dir), XDG_DATA_HOME=str(tmp_path / "data"),
-                         PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring")
+        self.base.update(
+            XDG_RUNTIME_DIR=str(self.run_dir),
+            XDG_DATA_HOME=str(tmp_path / "data"),
+            PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring",
+        )
 
-    def __call__(self, home: Path, *args: str, env: dict | None = None, json_mode: bool = True,
-                 timeout: float = 60) -> subprocess.CompletedProcess:
+    def __call__(
+        self, home: Path, *args: str, env: dict | None = None, json_mode: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
         cmd = [*IMSG, "--home", str(home), "--relay", self.url, *(["--json"] if json_mode else []), *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                              env={**self.base, **(env or {})})
+        return subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            env={**self.base, **(env or {})},
+        )
 
 
 @pytest.fixture
@@ -75,13 +85,20 @@ def _secrets(home: Path) -> list[bytes]:
     """What a thief must not find: message text, handles, private keys, the relay token."""
     db = sqlite3.connect(home / "imsg.db")
     try:
-        row = db.execute("SELECT identity_private, signing_private, account_private, token, profile_key "
-                         "FROM account").fetchone()
+        row = db.execute(
+            "SELECT identity_private, signing_private, account_private, token, profile_key FROM account"
+        ).fetchone()
     finally:
         db.close()
     keys = [k for k in row if isinstance(k, bytes) and k]
-    return [SECRET.encode(), b"alice@example.com", b"bob@example.com", row[3].encode(), *keys,
-            *[k.hex().encode() for k in keys]]
+    return [
+        SECRET.encode(),
+        b"alice@example.com",
+        b"bob@example.com",
+        row[3].encode(),
+        *keys,
+        *[k.hex().encode() for k in keys],
+    ]
 
 
 def _grep(home: Path, needles: list[bytes]) -> list[str]:
@@ -100,8 +117,7 @@ def test_passcode_set_wrong_change_remove(cli: Env, tmp_path: Path):
     secrets = _secrets(bob)
     assert _grep(bob, secrets)  # the grep sees plaintext when it is there
 
-    assert _ok(cli(bob, "passcode", "set", env={"IMSG_NEW_PASSCODE": PASS})) == [
-        {"passcode": True, "keyring": False}]
+    assert _ok(cli(bob, "passcode", "set", env={"IMSG_NEW_PASSCODE": PASS})) == [{"passcode": True, "keyring": False}]
     assert _grep(bob, secrets) == []
     assert sorted(p.name for p in bob.iterdir()) == ["imsg.db", "lock", "storage-key"]
 
@@ -128,8 +144,7 @@ def test_passcode_set_wrong_change_remove(cli: Env, tmp_path: Path):
 
     # New messages arrive encrypted too (WAL included, checked while no process has it open).
     _ok(cli(alice, "send", "bob@example.com", "second secret: blue door"))
-    assert [m["text"] for m in _ok(cli(bob, "receive", env={"IMSG_PASSCODE": PASS}))] == [
-        "second secret: blue door"]
+    assert [m["text"] for m in _ok(cli(bob, "receive", env={"IMSG_PASSCODE": PASS}))] == ["second secret: blue door"]
     assert _grep(bob, [*secrets, b"second secret: blue door"]) == []
 
     _ok(cli(bob, "passcode", "change", env={"IMSG_PASSCODE": PASS, "IMSG_NEW_PASSCODE": "new passcode 2"}))
@@ -141,8 +156,7 @@ def test_passcode_set_wrong_change_remove(cli: Env, tmp_path: Path):
     _error(cli(bob, "passcode", "remove", env={"IMSG_PASSCODE": "not it"}), 3, "wrong_passcode")
     _ok(cli(bob, "passcode", "remove", env={"IMSG_PASSCODE": "new passcode 2"}))
     assert not (bob / "storage-key").exists()
-    assert [m["text"] for m in _ok(cli(bob, "history", "alice@example.com"))] == [
-        SECRET, "second secret: blue door"]
+    assert [m["text"] for m in _ok(cli(bob, "history", "alice@example.com"))] == [SECRET, "second secret: blue door"]
     _ok(cli(alice, "send", "bob@example.com", "after removal"))
     assert [m["text"] for m in _ok(cli(bob, "receive"))] == ["after removal"]
 
@@ -161,8 +175,14 @@ def test_unlock_for_a_while_then_lock(cli: Env, tmp_path: Path):
     assert [m["text"] for m in _ok(cli(bob, "receive"))] == [SECRET]  # no passcode needed now
 
     # A watch that got the key from the agent stops once the home is locked.
-    watch = subprocess.Popen([*IMSG, "--home", str(bob), "--json", "watch"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=cli.base, text=True)
+    watch = subprocess.Popen(
+        [*IMSG, "--home", str(bob), "--json", "watch"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=cli.base,
+        text=True,
+    )
     try:
         time.sleep(1.5)
         assert _ok(cli(bob, "lock")) == [{"locked": True, "was_unlocked": True}]
@@ -193,14 +213,23 @@ def test_keyring_opt_in(cli: Env, tmp_path: Path):
     _, bob = _pair(cli, tmp_path)
     ring = {"PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring"}
     assert _ok(cli(bob, "passcode", "set", "--keyring", env={**ring, "IMSG_NEW_PASSCODE": PASS})) == [
-        {"passcode": True, "keyring": True}]
+        {"passcode": True, "keyring": True}
+    ]
     assert _ok(cli(bob, "whoami", env=ring))[0]["handle"] == "bob@example.com"  # no passcode typed
     _error(cli(bob, "whoami"), 3, "locked")  # a keyring that does not have it: locked
     # change, remove and unlock want the passcode itself: the keyring (or an agent) is not enough
-    _error(cli(bob, "passcode", "change", "--no-keyring", env={**ring, "IMSG_NEW_PASSCODE": "another one"}),
-           3, "locked")
-    _ok(cli(bob, "passcode", "change", "--no-keyring",
-            env={**ring, "IMSG_PASSCODE": PASS, "IMSG_NEW_PASSCODE": "another one"}))
+    _error(
+        cli(bob, "passcode", "change", "--no-keyring", env={**ring, "IMSG_NEW_PASSCODE": "another one"}), 3, "locked"
+    )
+    _ok(
+        cli(
+            bob,
+            "passcode",
+            "change",
+            "--no-keyring",
+            env={**ring, "IMSG_PASSCODE": PASS, "IMSG_NEW_PASSCODE": "another one"},
+        )
+    )
     _error(cli(bob, "whoami", env=ring), 3, "locked")
 
 
@@ -236,8 +265,14 @@ def _on_a_terminal(cli: Env, home: Path, args: list[str], typed: list[str], time
     import select
 
     master, slave = pty.openpty()
-    proc = subprocess.Popen([*IMSG, "--home", str(home), *args], stdin=slave, stdout=slave, stderr=slave,
-                            env=cli.base, start_new_session=True)
+    proc = subprocess.Popen(
+        [*IMSG, "--home", str(home), *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=cli.base,
+        start_new_session=True,
+    )
     os.close(slave)
     seen, fresh, deadline, answers = b"", b"", time.monotonic() + timeout, list(typed)
     try:

@@ -24,15 +24,15 @@ import stat
 from pathlib import Path
 
 import pytest
+from device_helpers import link_device
+from transfer_helpers import Recorder, _root_conftest
 
-from imsg.client import attachments as attachment_io
 from imsg import errors
+from imsg.client import attachments as attachment_io
 from imsg.client.core import Client
 from imsg.crypto import stream
 from imsg.protocol.content import MAX_NAME_LEN
 from imsg.relay_client import RelayClient
-from device_helpers import link_device
-from transfer_helpers import Recorder, _root_conftest
 
 KIB, MIB = 1024, 1024 * 1024
 PART = 1 * MIB
@@ -147,8 +147,9 @@ def test_round_trips_of_every_edge_size(pair, relay, tmp_path):
         assert row == (stream.ciphertext_length(n), PART, 1)
         assert sorted(relay.recorder.part_puts(blob_id)) == list(range(-(-size // PART)))
         assert m.id == sent.id and m.text == ""
-        assert [(a.id, a.name, a.size, a.type) for a in m.attachments] == \
-            [(blob_id, f"file{i}.bin", n, "application/octet-stream")]
+        assert [(a.id, a.name, a.size, a.type) for a in m.attachments] == [
+            (blob_id, f"file{i}.bin", n, "application/octet-stream")
+        ]
         assert relay.recorder.blob_gets() == []  # receiving downloads nothing
         out = tmp_path / f"out{i}"
         (path,) = bob.save_attachments(m.id, out)
@@ -168,8 +169,11 @@ def test_several_attachments_with_text_and_attachment_only(pair, relay, tmp_path
     only = alice.send(BOB, attachments=[paths[0]])  # the same file again: a fresh blob and key
     first, second = bob.receive()
     assert (first.id, first.text, second.id, second.text) == (sent.id, "three files", only.id, "")
-    assert [(a.name, a.size, a.type) for a in first.attachments] == \
-        [("a.txt", 6, "text/plain"), ("b.png", PART + 5, "image/png"), ("c", 3, "application/octet-stream")]
+    assert [(a.name, a.size, a.type) for a in first.attachments] == [
+        ("a.txt", 6, "text/plain"),
+        ("b.png", PART + 5, "image/png"),
+        ("c", 3, "application/octet-stream"),
+    ]
     assert second.attachments[0].id not in {a.id for a in first.attachments}
     assert relay.recorder.blob_gets() == []
     saved = bob.save_attachments(first.id, tmp_path / "out")
@@ -236,8 +240,7 @@ def test_sync_copy_on_the_senders_second_device_carries_the_attachments(make_cli
     sam, tia = make_client("sam"), make_client("tia")  # accounts of their own: linking changes sam's
     laptop = _link(make_client, relay, sam, tmp_path / "homes" / "sam-laptop", "sam-laptop")
     content = data(PART + 1, 3)
-    sent = sam.send("tia@example.com", "from the phone",
-                    attachments=[write(tmp_path / "src" / "scan.pdf", content)])
+    sent = sam.send("tia@example.com", "from the phone", attachments=[write(tmp_path / "src" / "scan.pdf", content)])
     assert laptop.receive() == []  # a sync copy is history, not a new incoming message
     (copy,) = [m for m in laptop.history("tia@example.com", 10) if m.id == sent.id]
     assert (copy.direction, copy.peer, copy.text) == ("out", "tia@example.com", "from the phone")
@@ -361,8 +364,9 @@ def test_swapped_blob_id_is_rejected(pair, relay, tmp_path, no_decrypt):
     os.rename(path_b, path_a)
     os.rename(tmp, path_b)
     with relay.db() as db:
-        db.execute("UPDATE blobs SET sha256 = (SELECT sha256 FROM blobs WHERE blob_id = ?) WHERE blob_id = ?",
-                   (b_id, a_id))
+        db.execute(
+            "UPDATE blobs SET sha256 = (SELECT sha256 FROM blobs WHERE blob_id = ?) WHERE blob_id = ?", (b_id, a_id)
+        )
     for m in (ma, mb):
         with pytest.raises(errors.SecurityError):
             bob.save_attachments(m.id, tmp_path / "out")
@@ -468,7 +472,7 @@ def test_interrupted_upload_resumes_without_resending_parts(pair, relay, tmp_pat
     assert held == [0, 1, 2]
     before = list(relay.recorder.part_puts(blob_id))
     sent = alice.send(BOB, "big one", attachments=[src])
-    after = relay.recorder.part_puts(blob_id)[len(before):]
+    after = relay.recorder.part_puts(blob_id)[len(before) :]
     assert sorted(after) == [3, 4, 5]  # no part the relay held was sent again
     (m,) = bob.receive()
     assert m.id == sent.id and m.attachments[0].id == blob_id
@@ -482,8 +486,9 @@ def test_a_changed_file_is_uploaded_afresh(pair, relay, tmp_path, monkeypatch):
     alice, bob = pair
     src = write(tmp_path / "src" / "doc.bin", data(2 * PART, 1))
     real = RelayClient.put_part
-    monkeypatch.setattr(RelayClient, "put_part", lambda *a, **k: (_ for _ in ()).throw(
-        errors.RelayUnavailableError("down (test)")))
+    monkeypatch.setattr(
+        RelayClient, "put_part", lambda *a, **k: (_ for _ in ()).throw(errors.RelayUnavailableError("down (test)"))
+    )
     with pytest.raises(errors.RelayUnavailableError):
         alice.send(BOB, attachments=[src])
     monkeypatch.setattr(RelayClient, "put_part", real)
@@ -560,8 +565,10 @@ def test_expired_blob_is_a_clear_error(pair, relay, tmp_path):
     sent = alice.send(BOB, attachments=[write(tmp_path / "src" / "old.txt", b"old")])
     (m,) = bob.receive()
     with relay.db() as db:
-        db.execute("UPDATE blobs SET created_at = created_at - ? WHERE blob_id = ?",
-                   (30 * 86_400_000 + 1000, m.attachments[0].id))
+        db.execute(
+            "UPDATE blobs SET created_at = created_at - ? WHERE blob_id = ?",
+            (30 * 86_400_000 + 1000, m.attachments[0].id),
+        )
     with pytest.raises(errors.RelayRefusedError, match="no longer on the relay"):
         bob.save_attachments(sent.id, tmp_path / "out")
     _assert_nothing_left(tmp_path / "out")

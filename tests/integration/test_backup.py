@@ -67,8 +67,10 @@ def test_restore_makes_a_new_device_that_reads_history_and_talks(make_client, re
     bob_id = bob.whoami().account_id
     assert alice.store.load_session(Address(bob_id, 1)) is not None
     assert new.store.load_session(Address(bob_id, 1)) is None  # no ratchet state restored
-    assert new.store.signed_prekeys()[0].key_id not in [k.key_id for k in alice.store.signed_prekeys()] or \
-        new.store.signed_prekeys()[0].public != alice.store.signed_prekeys()[0].public
+    assert (
+        new.store.signed_prekeys()[0].key_id not in [k.key_id for k in alice.store.signed_prekeys()]
+        or new.store.signed_prekeys()[0].public != alice.store.signed_prekeys()[0].public
+    )
     assert new.store.get_setting("retention") == "1y"
     old_certificate = alice.store.get_setting("sealed.certificate")
     assert old_certificate is not None  # alice sent sealed: a certificate naming device 1
@@ -108,11 +110,11 @@ def test_backup_off_leaves_nothing_on_the_relay(make_client, relay):
     alice.backup_on()
     db = relay.db()
     account_id = alice.whoami().account_id
-    (blob_id, size), = db.execute("SELECT blob_id, size FROM backups WHERE account_id = ?", (account_id,))
+    ((blob_id, size),) = db.execute("SELECT blob_id, size FROM backups WHERE account_id = ?", (account_id,))
     added = [p for p in _files(blob_root) if p not in before]
     assert [p.name for p in added] == [blob_id] and added[0].stat().st_size == size
     alice.backup_now()  # replaces: still one row, one file
-    (blob_id2,), = db.execute("SELECT blob_id FROM backups WHERE account_id = ?", (account_id,))
+    ((blob_id2,),) = db.execute("SELECT blob_id FROM backups WHERE account_id = ?", (account_id,))
     assert blob_id2 != blob_id and [p.name for p in _files(blob_root) if p not in before] == [blob_id2]
     assert alice.backup_off() is True
     assert db.execute("SELECT count(*) FROM backups").fetchone() == (0,)
@@ -124,17 +126,24 @@ def test_backup_off_leaves_nothing_on_the_relay(make_client, relay):
 def test_backup_is_ciphertext_of_padded_length_and_holds_no_secrets(make_client, relay):
     alice, _ = _conversation(make_client)
     code = alice.backup_on()
-    (blob_id, size), = relay.db().execute("SELECT blob_id, size FROM backups")
+    ((blob_id, size),) = relay.db().execute("SELECT blob_id, size FROM backups")
     raw = next(p for p in _files(relay.data_dir / "blobs") if p.name == blob_id).read_bytes()
     account = alice.store.load_account()
-    for secret in (account.account_private, account.profile_key, b"hello bob", ALICE.encode(),
-                   base64.b64encode(account.account_private)):
+    for secret in (
+        account.account_private,
+        account.profile_key,
+        b"hello bob",
+        ALICE.encode(),
+        base64.b64encode(account.account_private),
+    ):
         assert secret not in raw
     assert raw.startswith(bk.MAGIC) and len(raw) == size
     assert len(raw) - bk.HEADER_LEN - 16 == bk.padded_length(len(raw) - bk.HEADER_LEN - 16)
     secret = bk.parse_recovery_code(code)
-    assert hashlib.sha256(bk.access_token(secret)).digest() == \
-        relay.db().execute("SELECT access_hash FROM backups").fetchone()[0]
+    assert (
+        hashlib.sha256(bk.access_token(secret)).digest()
+        == relay.db().execute("SELECT access_hash FROM backups").fetchone()[0]
+    )
     # The relay holds the access hash; neither the code nor the backup key is derivable from it.
     assert secret not in raw and bk.access_token(secret) not in raw
 
@@ -168,7 +177,7 @@ def test_wrong_or_mistyped_code_is_a_clear_error_and_leaves_the_home_empty(make_
 def test_tampered_backup_is_a_security_error_and_nothing_is_enrolled(make_client, relay, tmp_path):
     alice, _ = _conversation(make_client)
     code = alice.backup_on()
-    (blob_id,), = relay.db().execute("SELECT blob_id FROM backups")
+    ((blob_id,),) = relay.db().execute("SELECT blob_id FROM backups")
     path = next(p for p in _files(relay.data_dir / "blobs") if p.name == blob_id)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 1
@@ -187,8 +196,9 @@ def test_relay_enrols_only_with_the_access_token_and_an_account_key_signature(ma
     secret = bk.parse_recovery_code(code)
     account = alice.store.load_account()
     current = verify_device_list(account.device_list, account.account_public)
-    device_id, device_list = alice._list_with_device(account.account_private, current, os.urandom(32),
-                                                     os.urandom(32), "x")
+    device_id, device_list = alice._list_with_device(
+        account.account_private, current, os.urandom(32), os.urandom(32), "x"
+    )
     token = os.urandom(32)
     token_b64 = base64.urlsafe_b64encode(token).rstrip(b"=").decode()
     now = int(time.time() * 1000)
@@ -200,27 +210,46 @@ def test_relay_enrols_only_with_the_access_token_and_an_account_key_signature(ma
     wrong_access = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
     with RelayClient(relay.url, wrong_access) as r:  # the account key alone: no
         with pytest.raises(errors.RelayRefusedError) as info:
-            r.restore_device(device_id, token=token_b64, device_list=device_list, signed_at=now,
-                             signature=signed(account.account_private))
+            r.restore_device(
+                device_id,
+                token=token_b64,
+                device_list=device_list,
+                signed_at=now,
+                signature=signed(account.account_private),
+            )
         assert info.value.status == 404
     with RelayClient(relay.url, access) as r:
         stale = now - 6 * 60_000
-        for at, bad in ((now, signed(os.urandom(32))),  # the code alone, with another key: no
-                        (now, signed(account.account_private, dev=device_id + 1)),  # for another id
-                        (stale, signed(account.account_private, at=stale))):  # stale
+        for at, bad in (
+            (now, signed(os.urandom(32))),  # the code alone, with another key: no
+            (now, signed(account.account_private, dev=device_id + 1)),  # for another id
+            (stale, signed(account.account_private, at=stale)),
+        ):  # stale
             with pytest.raises(errors.RelayRefusedError) as info:
                 r.restore_device(device_id, token=token_b64, device_list=device_list, signed_at=at, signature=bad)
             assert info.value.status == 401
-        assert relay.db().execute("SELECT count(*) FROM devices WHERE account_id = ?",
-                                  (account.account_id,)).fetchone() == (1,)
-        r.restore_device(device_id, token=token_b64, device_list=device_list, signed_at=now,
-                         signature=signed(account.account_private))
+        assert relay.db().execute(
+            "SELECT count(*) FROM devices WHERE account_id = ?", (account.account_id,)
+        ).fetchone() == (1,)
+        r.restore_device(
+            device_id,
+            token=token_b64,
+            device_list=device_list,
+            signed_at=now,
+            signature=signed(account.account_private),
+        )
         with pytest.raises(errors.RelayRefusedError) as info:  # a replay: the id is taken
-            r.restore_device(device_id, token=token_b64, device_list=device_list, signed_at=now,
-                             signature=signed(account.account_private))
+            r.restore_device(
+                device_id,
+                token=token_b64,
+                device_list=device_list,
+                signed_at=now,
+                signature=signed(account.account_private),
+            )
         assert info.value.status == 409
-    assert relay.db().execute("SELECT count(*) FROM devices WHERE account_id = ?",
-                              (account.account_id,)).fetchone() == (2,)
+    assert relay.db().execute(
+        "SELECT count(*) FROM devices WHERE account_id = ?", (account.account_id,)
+    ).fetchone() == (2,)
 
 
 def test_automatic_backup_runs_in_receive_once_a_day(make_client, relay):
@@ -307,7 +336,10 @@ def test_old_device_first_then_new_one_no_forked_session(make_client, relay, tmp
     assert [m.text for m in bob.receive()] == ["old first", "new second", "old third", "new fourth"]
     bob.send(ALICE, "reply")
     assert [m.text for m in alice.receive()] == ["reply"] and [m.text for m in new.receive()] == ["reply"]
-    assert [m.text for m in alice.history(BOB)][-5:] == [m.text for m in new.history(BOB)][-5:] == \
-        ["old first", "new second", "old third", "new fourth", "reply"]
+    assert (
+        [m.text for m in alice.history(BOB)][-5:]
+        == [m.text for m in new.history(BOB)][-5:]
+        == ["old first", "new second", "old third", "new fourth", "reply"]
+    )
     assert alice.problems == [] and new.problems == []
     assert {p.code for p in bob.problems} <= {"devices_changed"}

@@ -29,7 +29,13 @@ def test_init_send_receive_both_ways(make_client):
     assert len(got) == 1
     m = got[0]
     assert (m.id, m.sender, m.to, m.text, m.direction, m.peer) == (
-        sent.id, "alice@example.com", "bob@example.com", "hello bob", "in", "alice@example.com")
+        sent.id,
+        "alice@example.com",
+        "bob@example.com",
+        "hello bob",
+        "in",
+        "alice@example.com",
+    )
     assert m.sent_at == sent.sent_at
     assert bob.problems == []
 
@@ -69,7 +75,9 @@ def test_three_parties(make_client):
     carol.send("bob@example.com", "carol to bob")
     got = bob.receive()
     assert sorted((m.sender, m.text) for m in got) == [
-        ("alice@example.com", "to bob"), ("carol@example.com", "carol to bob")]
+        ("alice@example.com", "to bob"),
+        ("carol@example.com", "carol to bob"),
+    ]
     assert [(m.sender, m.text) for m in carol.receive()] == [("alice@example.com", "to carol")]
     bob.send("carol@example.com", "bob to carol")
     assert texts(carol.receive()) == ["bob to carol"]
@@ -140,7 +148,10 @@ def test_history_and_chats(make_client):
     assert [m.text for m in alice.history("bob@example.com", limit=2)] == ["two", "three"]
     # The same conversation seen from bob's side.
     assert [(m.direction, m.text) for m in bob.history("alice@example.com")] == [
-        ("in", "one"), ("in", "two"), ("out", "three")]
+        ("in", "one"),
+        ("in", "two"),
+        ("out", "three"),
+    ]
 
     chats = alice.chats()
     assert [c.peer_handle for c in chats] == ["carol@example.com", "bob@example.com"]  # most recent first
@@ -266,8 +277,7 @@ def _take_bundles(client, account_id: str, times: int) -> None:
 
 def test_one_time_prekeys_refill_after_use(make_client, relay):
     bob = make_client("bob")
-    assert _key_count(bob) == {"one_time": consts.ONE_TIME_PREKEY_BATCH,
-                               "kem_one_time": consts.ONE_TIME_PREKEY_BATCH}
+    assert _key_count(bob) == {"one_time": consts.ONE_TIME_PREKEY_BATCH, "kem_one_time": consts.ONE_TIME_PREKEY_BATCH}
     bob_id = bob.whoami().account_id
     # Many initiators take bob's bundles. Most are simulated with the relay client (what a
     # new account does first); the last few are real new accounts that message bob.

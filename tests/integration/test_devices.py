@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from device_helpers import link_device
 
 from imsg import errors
 from imsg.client.core import Client, _parse_bundle
@@ -31,7 +32,6 @@ from imsg.protocol.content import KIND_SYNC, KIND_TEXT, Content
 from imsg.protocol.encoding import KEY_ED25519, encode_key
 from imsg.protocol.identity import AccountKey, DeviceKeys, DeviceList, decode_device_list
 from imsg.relay_client import RelayClient
-from device_helpers import link_device
 
 BOB = "bob@example.com"
 ALICE = "alice@example.com"
@@ -41,8 +41,9 @@ def texts(messages) -> list[str]:
     return [m.text for m in messages]
 
 
-def link(make_client, relay, existing: Client, name: str, *, history: int = 0,
-         device_name: str = "") -> tuple[Client, object]:
+def link(
+    make_client, relay, existing: Client, name: str, *, history: int = 0, device_name: str = ""
+) -> tuple[Client, object]:
     """Link a new device (home tmp/homes/NAME) to `existing`'s account; return it reopened
     in this thread, with the DeviceInfo `device_add_finish` returned."""
     info = link_device(relay.url, existing, _home(make_client, name), device_name, history=history)
@@ -69,7 +70,7 @@ def link_in_thread(relay, home: Path, code: str, name: str = "") -> tuple[thread
         try:
             with Client.open(home, relay=relay.url) as c:
                 out["who"] = c.device_link(code, name)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             out["exc"] = exc
 
     th = threading.Thread(target=run)
@@ -85,14 +86,19 @@ def relay_list(relay, account_id: str) -> bytes:
 
 def relay_devices(relay, account_id: str) -> list[int]:
     with relay.db() as db:
-        return [r[0] for r in db.execute("SELECT device_id FROM devices WHERE account_id = ? ORDER BY device_id",
-                                         (account_id,))]
+        return [
+            r[0]
+            for r in db.execute("SELECT device_id FROM devices WHERE account_id = ? ORDER BY device_id", (account_id,))
+        ]
 
 
 def envelope_counts(relay, account_id: str) -> dict[int, int]:
     with relay.db() as db:
-        return dict(db.execute("SELECT device_id, COUNT(*) FROM envelopes WHERE account_id = ? GROUP BY device_id",
-                               (account_id,)).fetchall())
+        return dict(
+            db.execute(
+                "SELECT device_id, COUNT(*) FROM envelopes WHERE account_id = ? GROUP BY device_id", (account_id,)
+            ).fetchall()
+        )
 
 
 def serial(blob: bytes) -> int:
@@ -129,6 +135,7 @@ def sends(monkeypatch):
 
 
 # --- linking ---
+
 
 def test_second_and_third_device_link_with_contacts_names_and_history(make_client, relay):
     alice, bob = make_client("alice"), make_client("bob")
@@ -181,17 +188,19 @@ def test_second_and_third_device_link_with_contacts_names_and_history(make_clien
         for form in (name.encode(), name.encode("utf-16-le"), base64.b64encode(name.encode())):
             assert form not in stored
     with relay.db() as db:
-        for table, in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
-            for row in db.execute(f"SELECT * FROM {table}"):  # noqa: S608 - test-owned names
+        for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+            for row in db.execute(f"SELECT * FROM {table}"):
                 # "laptop QX7", not "QX7": three bytes turn up by chance in random key bytes.
-                assert not any(isinstance(v, (bytes, str))
-                               and b"laptop QX7" in (v if isinstance(v, bytes) else v.encode())
-                               for v in row), table
+                assert not any(
+                    isinstance(v, (bytes, str)) and b"laptop QX7" in (v if isinstance(v, bytes) else v.encode())
+                    for v in row
+                ), table
     # Bob sees three devices of alice but cannot read their names.
     alice_contact = bob.store.get_contact(me.account_id)
     bob.send(ALICE, "hello all of you")
     alice_contact = bob.store.get_contact(me.account_id)
     from imsg.protocol.identity import open_device_name, verify_device_list
+
     listed = verify_device_list(alice_contact.device_list, alice_contact.account_key)
     assert len(listed.devices) == 3
     assert all(open_device_name(bob.store.load_account().account_private, d) == "" for d in listed.devices)
@@ -250,8 +259,13 @@ def test_unknown_or_expired_channel(make_client, relay, tmp_path, how):
 def _relay_hello(relay_url: str) -> dict:
     """What a relay would send to get its own device linked: real device keys, its own token."""
     rogue = DeviceKeys.generate(0, os.urandom)
-    return {"v": 1, "identity_key": prov.b64(rogue.identity.public), "signing_key": prov.b64(rogue.signing.public),
-            "token": base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode(), "name": "totally legit"}
+    return {
+        "v": 1,
+        "identity_key": prov.b64(rogue.identity.public),
+        "signing_key": prov.b64(rogue.signing.public),
+        "token": base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode(),
+        "name": "totally legit",
+    }
 
 
 @pytest.mark.parametrize("forgery", ["garbage", "other_secret", "other_channel", "wrong_direction"])
@@ -289,9 +303,18 @@ def test_relay_forged_box_to_the_new_device(make_client, relay, tmp_path, forger
     pairing = alice.device_add_start()
     ch = pairing.channel
     evil = AccountKey.generate(os.urandom)
-    welcome = {"v": 1, "account_id": evil.account_id, "handle": ALICE, "name": "", "account_private":
-               prov.b64(evil.private), "device_id": 1, "device_list": "", "relay": relay.url, "contacts": [],
-               "history": []}
+    welcome = {
+        "v": 1,
+        "account_id": evil.account_id,
+        "handle": ALICE,
+        "name": "",
+        "account_private": prov.b64(evil.private),
+        "device_id": 1,
+        "device_list": "",
+        "relay": relay.url,
+        "contacts": [],
+        "history": [],
+    }
     body = {
         "garbage": os.urandom(500),
         "other_secret": prov.seal_box(os.urandom(10), ch, prov.TO_NEW, 0, welcome),
@@ -323,6 +346,7 @@ def test_link_code_is_single_use(make_client, relay, tmp_path):
 
 
 # --- fan-out and sent-message sync ---
+
 
 def test_fan_out_to_every_device_and_sync_to_own_devices(make_client, relay, sends):
     alice, bob = make_client("alice"), make_client("bob")
@@ -361,8 +385,11 @@ def test_fan_out_to_every_device_and_sync_to_own_devices(make_client, relay, sen
         a.receive()
     assert envelope_counts(relay, alice_id) == {} and envelope_counts(relay, bob_id) == {}
 
-    expected = [(sent.id, "out", "from alice's first device"), (r.id, "in", "reply from bob's second device"),
-                (s2.id, "out", "from alice's third device")]
+    expected = [
+        (sent.id, "out", "from alice's first device"),
+        (r.id, "in", "reply from bob's second device"),
+        (s2.id, "out", "from alice's third device"),
+    ]
     for a in alices:
         assert conversation(a, BOB) == expected
         assert [m.sender for m in a.history(BOB)] == [ALICE, BOB, ALICE]
@@ -383,8 +410,9 @@ def _forge_sync_from(sender: Client, to: str, *, dest_id: str, dest_key: bytes, 
     account = sender._account()
     contact, devices = sender._resolve(to)
     mid = secrets.token_hex(16)
-    content = Content(mid, int(time.time() * 1000), KIND_SYNC, to, "bob@example.com", text, dest_id,
-                      encode_key(KEY_ED25519, dest_key))
+    content = Content(
+        mid, int(time.time() * 1000), KIND_SYNC, to, "bob@example.com", text, dest_id, encode_key(KEY_ED25519, dest_key)
+    )
     package, ct = env.seal_content(content.encode(), os.urandom)
     envelopes = sender._encrypt_for(account, contact.account_id, list(devices.devices), package, ct)
     sender.relay().send(contact.account_id, mid, envelopes)
@@ -396,16 +424,23 @@ def test_sync_message_from_another_account_is_rejected(make_client, relay):
     alice.send(BOB, "real")
     bob.receive()
     bob_contact = alice.store.contact_by_handle(BOB)
-    mid = _forge_sync_from(mallory, ALICE, dest_id=bob_contact.account_id, dest_key=bob_contact.account_key,
-                           text="you told bob you owe me money")
+    mid = _forge_sync_from(
+        mallory,
+        ALICE,
+        dest_id=bob_contact.account_id,
+        dest_key=bob_contact.account_key,
+        text="you told bob you owe me money",
+    )
     assert alice.receive() == []
     assert [(p.message_id, p.code) for p in alice.problems] == [(mid, "rejected")]
     assert "own devices" in alice.problems[0].message
     alice.problems.clear()
     assert not alice.store.has_message(mid)
     assert texts(alice.history(BOB)) == ["real"]
-    assert alice.store.get_contact(mallory.whoami().account_id) is None or \
-        alice.store.get_contact(mallory.whoami().account_id).handle != BOB
+    assert (
+        alice.store.get_contact(mallory.whoami().account_id) is None
+        or alice.store.get_contact(mallory.whoami().account_id).handle != BOB
+    )
     assert envelope_counts(relay, alice.whoami().account_id) == {}  # acked: never readable
     # Mallory's genuine texts still get through (the session was not wedged).
     mallory.send(ALICE, "plain hello")
@@ -430,18 +465,36 @@ def test_sync_message_from_a_relay_injected_own_device_is_rejected(make_client, 
     mine = decode_device_list(me.device_list)[0].device(1)
     with RelayClient(relay.url, token) as rc:
         bundle = _parse_bundle(rc.fetch_bundles(me.account_id, 1)[0])
-        session = sess.initiate(rogue, sess.Address(me.account_id, 2), sess.Address(me.account_id, 1),
-                                mine.identity_key, mine.signing_key, bundle, os.urandom)
+        session = sess.initiate(
+            rogue,
+            sess.Address(me.account_id, 2),
+            sess.Address(me.account_id, 1),
+            mine.identity_key,
+            mine.signing_key,
+            bundle,
+            os.urandom,
+        )
         bob_contact = alice.store.contact_by_handle(BOB)
         mid = secrets.token_hex(16)
         for kind in (KIND_SYNC, KIND_TEXT):
             mid = secrets.token_hex(16)
-            content = Content(mid, int(time.time() * 1000), kind, ALICE, BOB, f"forged {kind}",
-                              *((bob_contact.account_id, encode_key(KEY_ED25519, bob_contact.account_key))
-                                if kind == KIND_SYNC else ()))
+            content = Content(
+                mid,
+                int(time.time() * 1000),
+                kind,
+                ALICE,
+                BOB,
+                f"forged {kind}",
+                *(
+                    (bob_contact.account_id, encode_key(KEY_ED25519, bob_contact.account_key))
+                    if kind == KIND_SYNC
+                    else ()
+                ),
+            )
             package, ct = env.seal_content(content.encode(), os.urandom)
-            body = env.Envelope(env.KIND_IDENTIFIED, sess.Address(me.account_id, 2), session.encrypt(package, os.urandom),
-                                ct).encode()
+            body = env.Envelope(
+                env.KIND_IDENTIFIED, sess.Address(me.account_id, 2), session.encrypt(package, os.urandom), ct
+            ).encode()
             rc.send(me.account_id, mid, [(1, body)])
     assert alice.receive() == []
     assert [p.code for p in alice.problems] == ["rejected", "rejected"]
@@ -471,8 +524,9 @@ def test_relay_injected_own_device_never_gets_sync_copies(make_client, relay, se
         if variant == "unsigned_list":
             genuine, _, _ = decode_device_list(relay_list(relay, me))
             rogue = DeviceKeys.generate(3, os.urandom)
-            forged = DeviceList(genuine.account_key, genuine.serial + 1, genuine.signed_at + 1,
-                                genuine.devices + (rogue.entry(0),))
+            forged = DeviceList(
+                genuine.account_key, genuine.serial + 1, genuine.signed_at + 1, genuine.devices + (rogue.entry(0),)
+            )
             blob = AccountKey.generate(os.urandom).sign_device_list(forged)
             with relay.db() as db:
                 db.execute("UPDATE accounts SET device_list = ? WHERE account_id = ?", (blob, me))
@@ -484,8 +538,9 @@ def test_relay_injected_own_device_never_gets_sync_copies(make_client, relay, se
         assert alice.store.outgoing() == []
         assert [d.device_id for d in alice.devices(refresh=False)] == [1, 2]
     # The 409 named the rogue device as missing; it was never added.
-    assert any(acct == me and code == "device_mismatch" and 3 in details.get("missing", [])
-               for acct, _, code, details in sends)
+    assert any(
+        acct == me and code == "device_mismatch" and 3 in details.get("missing", []) for acct, _, code, details in sends
+    )
     # Bob's sends never encrypt to it either (he only trusts alice's signed list): the
     # relay's list is not signed by alice's key, so the send is refused loudly.
     with pytest.raises(errors.SecurityError):
@@ -495,6 +550,7 @@ def test_relay_injected_own_device_never_gets_sync_copies(make_client, relay, se
 
 
 # --- removal ---
+
 
 def test_removed_device_receives_nothing_and_contacts_refetch(make_client, relay, sends):
     alice, bob = make_client("alice"), make_client("bob")
@@ -522,11 +578,14 @@ def test_removed_device_receives_nothing_and_contacts_refetch(make_client, relay
     assert sent.devices == 2
     # First try: the stale list (1, 2, 3) → 409 extra [2]; then the refetched one.
     assert [(ids, code) for acct, ids, code, _ in sends if acct == bob_id] == [
-        ([1, 2, 3], "device_mismatch"), ([1, 3], None)]
+        ([1, 2, 3], "device_mismatch"),
+        ([1, 3], None),
+    ]
     assert sends[0][3].get("extra") == [2]
     assert envelope_counts(relay, bob_id) == {1: 1, 3: 1}
     assert alice.store.load_session(sess.Address(bob_id, 2)) is None
     from imsg.protocol.identity import verify_device_list
+
     contact = alice.store.get_contact(bob_id)
     assert verify_device_list(contact.device_list, contact.account_key).device_ids == [1, 3]
     # Bob's own sync copies skip the removed device too.
@@ -591,7 +650,9 @@ def test_r11_device_removed_mid_send(make_client, relay, sends, monkeypatch, whe
     # removal or before she could know of it); the relay refused it (409 extra [5]) and
     # stored nothing; the retry keeps the four envelopes and encrypts to nobody new.
     assert [(ids, code, details.get("extra")) for acct, ids, code, details in sends if acct == bob_id] == [
-        ([1, 2, 3, 4, 5], "device_mismatch", [5]), ([1, 2, 3, 4], None, None)]
+        ([1, 2, 3, 4, 5], "device_mismatch", [5]),
+        ([1, 2, 3, 4], None, None),
+    ]
     assert [ids for acct, ids in encrypted if acct == bob_id] == [[1, 2, 3, 4, 5], []]
     assert envelope_counts(relay, bob_id) == {1: 1, 2: 1, 3: 1, 4: 1}
     assert alice.store.outgoing() == []
@@ -631,6 +692,7 @@ def test_r11_device_added_mid_send_gets_the_message(make_client, relay, sends, m
 
 
 # --- the device cap ---
+
 
 @pytest.mark.slow  # nine real links (~5 s)
 def test_eleventh_device_cannot_link(make_client, relay, tmp_path, monkeypatch):

@@ -9,13 +9,12 @@ their records).
 
 from __future__ import annotations
 
-
 import pytest
+from device_helpers import link_device
 
 from imsg import errors
 from imsg.client.core import Client
 from imsg.protocol.identity import safety_number
-from device_helpers import link_device
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
 
@@ -35,8 +34,13 @@ def map_handle_to(relay, handle_owner: str, new_owner: str) -> None:
     from handle_helpers import swap_handle_owners
 
     with relay.db() as db:
-        swap_handle_owners(relay.data_dir, db, handle_owner, new_owner,
-                           [f"{n}@example.com" for n in ("alice", "bob", "mallory", "carol")])
+        swap_handle_owners(
+            relay.data_dir,
+            db,
+            handle_owner,
+            new_owner,
+            [f"{n}@example.com" for n in ("alice", "bob", "mallory", "carol")],
+        )
 
 
 def envelope_counts(relay) -> dict[str, int]:
@@ -49,6 +53,7 @@ def contact_rows(client: Client) -> list[tuple[str, str, str, int]]:
 
 
 # --- safety numbers ---
+
 
 def test_safety_number_same_on_both_sides_and_all_devices_and_unchanged_by_new_devices(make_client, relay, tmp_path):
     alice, bob = make_client("alice"), make_client("bob")
@@ -101,6 +106,7 @@ def test_safety_number_ignores_relay_chosen_identifiers(make_client, relay):
 
 # --- key change on send ---
 
+
 @pytest.fixture
 def changed(make_client, relay):
     """alice has talked to bob (pinned, verified); then the relay maps bob's handle to mallory."""
@@ -129,8 +135,9 @@ def test_send_after_key_change_is_held(changed, relay):
     assert (ids["mallory"], "changed", 1) in rows
     v = alice.verify(BOB)  # the number of the new key, flagged
     assert v.changed and not v.verified
-    assert v.safety_number == safety_number(alice.store.load_account().account_public,
-                                            mallory.store.load_account().account_public)
+    assert v.safety_number == safety_number(
+        alice.store.load_account().account_public, mallory.store.load_account().account_public
+    )
     # Still held on the next try: a second message is held too, nothing is sent.
     with pytest.raises(errors.IdentityChangedError):
         alice.send(BOB, "second held")
@@ -149,11 +156,12 @@ def test_trust_releases_held_messages_exactly_once(changed, relay):
     assert [s.id for s in sent] == held and all(s.devices == 1 for s in sent)
     assert envelope_counts(relay) == {ids["mallory"]: 2}
     got = mallory.receive()
-    assert [(m.id, m.text) for m in got] == list(zip(held, ["held one", "held two"]))
+    assert [(m.id, m.text) for m in got] == list(zip(held, ["held one", "held two"], strict=True))
     assert alice.trust(BOB) == []  # nothing left to release
     assert mallory.receive() == [] and bob.receive() == []
     assert [(c.account_id, c.state, c.held) for c in alice.contacts() if c.handle == BOB] == [
-        (ids["mallory"], "unverified", 0)]
+        (ids["mallory"], "unverified", 0)
+    ]
     # Afterwards sends go to the new identity without a hold.
     alice.send(BOB, "normal again")
     assert texts(mallory.receive()) == ["normal again"]
@@ -178,7 +186,8 @@ def test_verify_mark_after_change_records_the_new_key(changed, relay):
     v = alice.verify(BOB, mark=True)
     assert v.verified and not v.changed
     assert [(c.account_id, c.state, c.verified) for c in alice.contacts() if c.handle == BOB] == [
-        (ids["mallory"], "verified", True)]
+        (ids["mallory"], "verified", True)
+    ]
     assert alice.verify(BOB).safety_number == v.safety_number
     # Marking accepts the key; held messages still wait for an explicit trust.
     assert envelope_counts(relay) == {}
@@ -202,6 +211,7 @@ def test_key_change_on_linked_devices_too(changed, relay, tmp_path):
 
 
 # --- key change on receive ---
+
 
 def test_message_from_new_key_claiming_the_handle_is_stored_but_reported(changed, relay):
     alice, bob, mallory, ids = changed
@@ -250,4 +260,5 @@ def test_message_from_a_replaced_key_is_reported(changed, relay):
     got = alice.receive()
     assert [(m.id, m.text) for m in got] == [(sent.id, "it's the old bob")]  # stored, but reported
     assert [(p.message_id, p.code) for p in alice.problems if p.code != "devices_changed"] == [
-        (sent.id, "identity_changed")]
+        (sent.id, "identity_changed")
+    ]

@@ -68,8 +68,12 @@ def shared(make_client, sharer: str = "alice", reader: str = "bob"):
 def test_name_and_photo_reach_a_contact_and_the_photo_saves_as_set(make_client, tmp_path):
     alice, bob = shared(make_client)
     shown = alice.profile_set("Ada Lovelace", photo_file(tmp_path, PNG))
-    assert (shown.name, shown.photo_type, shown.photo_size, shown.published) == \
-        ("Ada Lovelace", "image/png", len(PNG), True)
+    assert (shown.name, shown.photo_type, shown.photo_size, shown.published) == (
+        "Ada Lovelace",
+        "image/png",
+        len(PNG),
+        True,
+    )
     alice.send(BOB, "hello")
     assert [m.text for m in bob.receive()] == ["hello"]
     listed = row(bob, ALICE)
@@ -133,15 +137,15 @@ def test_off_rotates_so_an_old_holder_cannot_read_the_new_copy(make_client, rela
     assert pf.key_id(old_key, account_id) == old_kid
     with pytest.raises(pf.DecryptionError):
         pf.open_(old_key, account_id, new_body)
-    assert pf.open_(alice.store.load_account().profile_key, account_id, new_body)[1].name == \
-        "Ada, Countess of Lovelace"
+    assert pf.open_(alice.store.load_account().profile_key, account_id, new_body)[1].name == "Ada, Countess of Lovelace"
 
     alice.send(BOB, "still talking")
     bob.receive()
     assert row(bob, ALICE).profile_name == "Ada"  # what bob saved stays with him
     contact = bob.store.contact_by_handle(ALICE)
-    bob.store.save_contact(contact.__class__(**{**{f: getattr(contact, f) for f in contact.__slots__},
-                                                 "profile_revision": new_rev}))
+    bob.store.save_contact(
+        contact.__class__(**{**{f: getattr(contact, f) for f in contact.__slots__}, "profile_revision": new_rev})
+    )
     bob.receive()  # even told of the new revision, his old key finds nothing
     assert row(bob, ALICE).profile_name == "Ada"
 
@@ -244,9 +248,18 @@ def test_a_profile_owner_cannot_make_a_contact_store_a_wrong_type_or_hostile_nam
 
         kid = pf.key_id(account.profile_key, account.account_id)
         nonce = os.urandom(12)
-        return (b"\x01" + kid + revision.to_bytes(8, "big") + nonce
-                + aead.seal(pf._cipher_key(account.profile_key, account.account_id), nonce, plain,
-                            pf._ad(account.account_id, kid, revision)))
+        return (
+            b"\x01"
+            + kid
+            + revision.to_bytes(8, "big")
+            + nonce
+            + aead.seal(
+                pf._cipher_key(account.profile_key, account.account_id),
+                nonce,
+                plain,
+                pf._ad(account.account_id, kid, revision),
+            )
+        )
 
     name_block = (4).to_bytes(2, "big") + b"Mal\x1b" + bytes(250)
     gif = b"GIF89a" + bytes(100)
@@ -303,8 +316,14 @@ def test_a_revision_the_relay_lacks_is_asked_for_once_per_process(make_client, r
     assert row(bob, ALICE).profile_name == "Ada"
     contact = bob.store.contact_by_handle(ALICE)
     with bob.store.transaction():  # announced, but never uploaded
-        bob.store.save_contact(contact.__class__(**{**{f: getattr(contact, f) for f in contact.__slots__},
-                                                     "profile_revision": contact.profile_revision + 5}))
+        bob.store.save_contact(
+            contact.__class__(
+                **{
+                    **{f: getattr(contact, f) for f in contact.__slots__},
+                    "profile_revision": contact.profile_revision + 5,
+                }
+            )
+        )
     asked = []
     real = bob.relay().get_profile
     bob.relay().get_profile = lambda *a, **k: asked.append(a) or real(*a, **k)

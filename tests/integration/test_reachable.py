@@ -5,12 +5,11 @@ private lookup, receive off, and a sender claiming a handle it does not hold."""
 
 from __future__ import annotations
 
-
 import pytest
+from device_helpers import link_device
 
 from imsg import errors
 from imsg.client.core import Client
-from device_helpers import link_device
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
 ALICE_PHONE = "+15551234567"
@@ -76,8 +75,7 @@ def test_several_handles_agree_on_every_device_and_choose_the_sender(tmp_path, v
     alice.reachable_verify(ALICE_PHONE, code_for(vrelay.codes, ALICE_PHONE))
     laptop = link(vrelay.url, alice, tmp_path / "homes" / "alice-laptop")
     try:
-        assert rows(laptop) == rows(alice) == [(ALICE, "verified", True, True),
-                                               (ALICE_PHONE, "verified", True, False)]
+        assert rows(laptop) == rows(alice) == [(ALICE, "verified", True, True), (ALICE_PHONE, "verified", True, False)]
         laptop.reachable_start_from(ALICE_PHONE)  # chosen on one device, seen on the other
         assert rows(alice) == [(ALICE, "verified", True, False), (ALICE_PHONE, "verified", True, True)]
         alice.send(BOB, "from my phone number")
@@ -86,7 +84,8 @@ def test_several_handles_agree_on_every_device_and_choose_the_sender(tmp_path, v
         # one conversation (one account); bob first met alice at her number
         assert [(m.text, m.sender, m.to, m.peer) for m in got] == [
             ("from my phone number", ALICE_PHONE, BOB, ALICE_PHONE),
-            ("from my address, once", ALICE, BOB, ALICE_PHONE)]
+            ("from my address, once", ALICE, BOB, ALICE_PHONE),
+        ]
         assert bob.problems == []
         # bob writes to alice's number: she sees which of her handles he wrote to
         bob.send(ALICE_PHONE, "to your number")

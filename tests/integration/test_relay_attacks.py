@@ -39,8 +39,7 @@ def inject_device(relay, account_id: str, device_id: int = 2, device_list: bytes
     optionally replaces the account's device list. Returns the new device's token."""
     token = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
     with relay.db() as db:
-        db.execute("INSERT INTO devices VALUES (?, ?, ?, ?)",
-                   (account_id, device_id, _relay_token_hash(token), 0))
+        db.execute("INSERT INTO devices VALUES (?, ?, ?, ?)", (account_id, device_id, _relay_token_hash(token), 0))
         if device_list is not None:
             db.execute("UPDATE accounts SET device_list = ? WHERE account_id = ?", (device_list, account_id))
     return token
@@ -57,13 +56,21 @@ def publish_prekeys_as(relay_url: str, token: str, device: DeviceKeys) -> None:
     otk = OneTimePreKey.generate(3, os.urandom)
     b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
     with RelayClient(relay_url, token) as rc:
-        rc.publish_keys({
-            "signed_prekey": {"key_id": 1, "public_key": b64(encode_key(KEY_X25519, spk.public)),
-                              "signature": b64(spk.signature)},
-            "kem_last_resort": {"key_id": 2, "public_key": b64(encode_key(KEY_MLKEM768, kpk.public)),
-                                "signature": b64(kpk.signature)},
-            "one_time": [{"key_id": 3, "public_key": b64(encode_key(KEY_X25519, otk.public))}],
-        })
+        rc.publish_keys(
+            {
+                "signed_prekey": {
+                    "key_id": 1,
+                    "public_key": b64(encode_key(KEY_X25519, spk.public)),
+                    "signature": b64(spk.signature),
+                },
+                "kem_last_resort": {
+                    "key_id": 2,
+                    "public_key": b64(encode_key(KEY_MLKEM768, kpk.public)),
+                    "signature": b64(kpk.signature),
+                },
+                "one_time": [{"key_id": 3, "public_key": b64(encode_key(KEY_X25519, otk.public))}],
+            }
+        )
 
 
 def attacker_list(victim_list: bytes, *, attacker: AccountKey, name_victim_key: bool) -> tuple[bytes, DeviceKeys]:
@@ -71,8 +78,12 @@ def attacker_list(victim_list: bytes, *, attacker: AccountKey, name_victim_key: 
     `name_victim_key`, the list claims to be the victim's (names the victim's account key)."""
     genuine, _, _ = decode_device_list(victim_list)
     rogue = DeviceKeys.generate(2, os.urandom)
-    forged = DeviceList(genuine.account_key if name_victim_key else attacker.public,
-                        genuine.serial + 1, genuine.signed_at + 1, genuine.devices + (rogue.entry(0),))
+    forged = DeviceList(
+        genuine.account_key if name_victim_key else attacker.public,
+        genuine.serial + 1,
+        genuine.signed_at + 1,
+        genuine.devices + (rogue.entry(0),),
+    )
     return attacker.sign_device_list(forged), rogue
 
 
@@ -97,6 +108,7 @@ def _envelope_devices(relay, account_id: str) -> list[int]:
 
 # --- device injection (SECURITY-TESTS 4, the Matrix homeserver attack) ---
 
+
 @pytest.mark.parametrize("variant", ["rows_only", "unsigned_list", "attacker_signed_list"])
 def test_relay_device_injection_existing_session(make_client, relay, count_initiations, variant):
     alice, bob = make_client("alice"), make_client("bob")
@@ -109,12 +121,14 @@ def test_relay_device_injection_existing_session(make_client, relay, count_initi
     new_list = None
     rogue = DeviceKeys.generate(2, os.urandom)
     if variant == "unsigned_list":  # names bob's key, signature by nobody
-        new_list, rogue = attacker_list(account.device_list, attacker=AccountKey.generate(os.urandom),
-                                        name_victim_key=True)
+        new_list, rogue = attacker_list(
+            account.device_list, attacker=AccountKey.generate(os.urandom), name_victim_key=True
+        )
         new_list = new_list[:-64] + bytes(64)
     elif variant == "attacker_signed_list":
-        new_list, rogue = attacker_list(account.device_list, attacker=AccountKey.generate(os.urandom),
-                                        name_victim_key=True)
+        new_list, rogue = attacker_list(
+            account.device_list, attacker=AccountKey.generate(os.urandom), name_victim_key=True
+        )
     token = inject_device(relay, bob_id, 2, new_list)
     publish_prekeys_as(relay.url, token, rogue)
 
@@ -134,8 +148,9 @@ def test_relay_device_injection_first_contact(make_client, relay, count_initiati
     """Alice has never talked to bob: the relay serves a list with its own device."""
     bob = make_client("bob")
     bob_id = bob.whoami().account_id
-    forged, rogue = attacker_list(bob.store.load_account().device_list,
-                                  attacker=AccountKey.generate(os.urandom), name_victim_key=name_victim_key)
+    forged, rogue = attacker_list(
+        bob.store.load_account().device_list, attacker=AccountKey.generate(os.urandom), name_victim_key=name_victim_key
+    )
     token = inject_device(relay, bob_id, 2, forged)
     publish_prekeys_as(relay.url, token, rogue)
     alice = make_client("alice")
@@ -172,8 +187,10 @@ def test_relay_swaps_the_account_key(make_client, relay):
     rogue = DeviceKeys.generate(1, os.urandom)
     evil_list = evil.sign_device_list(DeviceList(evil.public, 2, 1, (rogue.entry(0),)))
     with relay.db() as db:
-        db.execute("UPDATE accounts SET account_key = ?, device_list = ? WHERE account_id = ?",
-                   (b"\x06" + evil.public, evil_list, bob_id))
+        db.execute(
+            "UPDATE accounts SET account_key = ?, device_list = ? WHERE account_id = ?",
+            (b"\x06" + evil.public, evil_list, bob_id),
+        )
     alice = make_client("alice")
     with pytest.raises(errors.UntrustedIdentityError, match="does not match the account"):
         alice.send("bob@example.com", "secret")
@@ -182,10 +199,12 @@ def test_relay_swaps_the_account_key(make_client, relay):
 
 # --- tampering, replay ---
 
+
 def _bodies(relay, account_id: str) -> list[tuple[int, str, bytes]]:
     with relay.db() as db:
-        return db.execute("SELECT seq, message_id, body FROM envelopes WHERE account_id = ? ORDER BY seq",
-                          (account_id,)).fetchall()
+        return db.execute(
+            "SELECT seq, message_id, body FROM envelopes WHERE account_id = ? ORDER BY seq", (account_id,)
+        ).fetchall()
 
 
 def _flip(relay, seq: int, positions: list[int]) -> None:
@@ -198,9 +217,17 @@ def _flip(relay, seq: int, positions: list[int]) -> None:
 
 
 # Envelope = version(1) | kind(1) | sender account(16) | sender device(4) | var(session msg) | content
-@pytest.mark.parametrize("where", [
-    "session_header", "session_body", "content", "last_byte", "sender_device", "sender_account",
-])
+@pytest.mark.parametrize(
+    "where",
+    [
+        "session_header",
+        "session_body",
+        "content",
+        "last_byte",
+        "sender_device",
+        "sender_account",
+    ],
+)
 @pytest.mark.parametrize("first", [True, False], ids=["prekey_msg", "ratchet_msg"])
 def test_tampered_envelope_is_rejected_acked_and_the_session_survives(make_client, relay, where, first):
     alice, bob = make_client("alice"), make_client("bob")
@@ -212,8 +239,14 @@ def test_tampered_envelope_is_rejected_acked_and_the_session_survives(make_clien
         alice.receive()
     alice.send("bob@example.com", "tampered in transit")
     [(seq, mid, body)] = _bodies(relay, bob_id)
-    pos = {"sender_account": [5], "sender_device": [21], "session_header": [30], "session_body": [len(body) // 3],
-           "content": [len(body) - 40], "last_byte": [len(body) - 1]}[where]
+    pos = {
+        "sender_account": [5],
+        "sender_device": [21],
+        "session_header": [30],
+        "session_body": [len(body) // 3],
+        "content": [len(body) - 40],
+        "last_byte": [len(body) - 1],
+    }[where]
     _flip(relay, seq, pos)
     got = bob.receive()
     assert got == []
@@ -240,8 +273,11 @@ def test_replayed_envelope_gives_at_most_one_plaintext(make_client, relay):
     with relay.db() as db:
         for _, mid, body in rows:
             for new_id in (mid, secrets.token_hex(16)):
-                db.execute("INSERT INTO envelopes (account_id, device_id, message_id, body, received_at)"
-                           " VALUES (?, 1, ?, ?, ?)", (bob_id, new_id, body, _now_ms()))
+                db.execute(
+                    "INSERT INTO envelopes (account_id, device_id, message_id, body, received_at)"
+                    " VALUES (?, 1, ?, ?, ?)",
+                    (bob_id, new_id, body, _now_ms()),
+                )
     assert bob.receive() == []
     assert _bodies(relay, bob_id) == []  # all acked
     assert all(p.code in ("duplicate", "rejected") for p in bob.problems)
@@ -251,9 +287,11 @@ def test_replayed_envelope_gives_at_most_one_plaintext(make_client, relay):
     bob.close()
     bob = make_client("bob")
     with relay.db() as db:
-        for _, mid, body in rows:
-            db.execute("INSERT INTO envelopes (account_id, device_id, message_id, body, received_at)"
-                       " VALUES (?, 1, ?, ?, ?)", (bob_id, secrets.token_hex(16), body, _now_ms()))
+        for _, _mid, body in rows:
+            db.execute(
+                "INSERT INTO envelopes (account_id, device_id, message_id, body, received_at) VALUES (?, 1, ?, ?, ?)",
+                (bob_id, secrets.token_hex(16), body, _now_ms()),
+            )
     assert bob.receive() == []
     assert len(bob.history("alice@example.com")) == 2
     alice.send("bob@example.com", "third")
@@ -267,18 +305,23 @@ def test_reflected_envelope_is_rejected(make_client, relay):
     alice.send("bob@example.com", "to bob")
     [(_, mid, body)] = _bodies(relay, bob.whoami().account_id)
     with relay.db() as db:
-        db.execute("INSERT INTO envelopes (account_id, device_id, message_id, body, received_at)"
-                   " VALUES (?, 1, ?, ?, ?)", (alice_id, mid, body, _now_ms()))
+        db.execute(
+            "INSERT INTO envelopes (account_id, device_id, message_id, body, received_at) VALUES (?, 1, ?, ?, ?)",
+            (alice_id, mid, body, _now_ms()),
+        )
     assert alice.receive() == []  # stored already as outgoing: never shown as incoming
     with relay.db() as db:
-        db.execute("INSERT INTO envelopes (account_id, device_id, message_id, body, received_at)"
-                   " VALUES (?, 1, ?, ?, ?)", (alice_id, secrets.token_hex(16), body, _now_ms()))
+        db.execute(
+            "INSERT INTO envelopes (account_id, device_id, message_id, body, received_at) VALUES (?, 1, ?, ?, ?)",
+            (alice_id, secrets.token_hex(16), body, _now_ms()),
+        )
     assert alice.receive() == []
     assert [m.direction for m in alice.history("bob@example.com")] == ["out"]
     assert texts(bob.receive()) == ["to bob"]
 
 
 # --- what the relay learns ---
+
 
 def _scan(paths, needles: dict[str, bytes]) -> list[tuple[str, str]]:
     found = []
@@ -316,12 +359,19 @@ def test_relay_database_and_log_hold_no_plaintext_handle_name_or_token(make_clie
     alice.receive()
 
     tokens = {"alice token": alice.store.load_account().token, "bob token": bob.store.load_account().token}
-    needles = _needles({
-        "text 1": "old oak tree", "text 2": "blue umbrella", "text 3": "Confirmed: oak",
-        "text 4": "secret rendezvous",
-        "alice handle": "alice@example.com", "bob handle": "+15557654321", "bob digits": "5557654321",
-        "alice name": "Alice", **tokens,
-    })
+    needles = _needles(
+        {
+            "text 1": "old oak tree",
+            "text 2": "blue umbrella",
+            "text 3": "Confirmed: oak",
+            "text 4": "secret rendezvous",
+            "alice handle": "alice@example.com",
+            "bob handle": "+15557654321",
+            "bob digits": "5557654321",
+            "alice name": "Alice",
+            **tokens,
+        }
+    )
     for t in tokens.values():  # the raw token bytes too
         needles[t[:8] + "… (raw)"] = base64.urlsafe_b64decode(t + "=")
     db = str(relay_proc.db_path)
@@ -335,10 +385,26 @@ def test_relay_database_and_log_hold_no_plaintext_handle_name_or_token(make_clie
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[2] / "scripts" / "relay_db_report.py"
-    report = subprocess.run([sys.executable, str(script), db, "--absent", "old oak tree",
-                             "--absent", "alice@example.com", "--absent", "+15557654321",
-                             "--absent", "Alice", "--absent", "secret rendezvous"],
-                            capture_output=True, text=True, timeout=30)
+    report = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            db,
+            "--absent",
+            "old oak tree",
+            "--absent",
+            "alice@example.com",
+            "--absent",
+            "+15557654321",
+            "--absent",
+            "Alice",
+            "--absent",
+            "secret rendezvous",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert report.returncode == 0, report.stdout + report.stderr
     assert "envelopes" in report.stdout
 

@@ -46,16 +46,28 @@ def identifiers(c: Client) -> dict[str, bytes]:
     """Everything that would name `c` as a sender, as the bytes a relay could store."""
     account = c.store.load_account()
     device = c._device(account)
-    return {"account id (hex)": account.account_id.encode(), "account id (raw)": bytes.fromhex(account.account_id),
-            "handle": account.handle.encode(), "account key": account.account_public,
-            "identity key": device.identity.public, "signing key": device.signing.public,
-            "sealed key": device.sealed.public[:64], "token": account.token.encode()}
+    return {
+        "account id (hex)": account.account_id.encode(),
+        "account id (raw)": bytes.fromhex(account.account_id),
+        "handle": account.handle.encode(),
+        "account key": account.account_public,
+        "identity key": device.identity.public,
+        "signing key": device.signing.public,
+        "sealed key": device.sealed.public[:64],
+        "token": account.token.encode(),
+    }
 
 
 def rows_naming(rows, needle: bytes):
     for table, row in rows:
         for value in row:
-            data = value.encode() if isinstance(value, str) else bytes(value) if isinstance(value, (bytes, memoryview)) else b""
+            data = (
+                value.encode()
+                if isinstance(value, str)
+                else bytes(value)
+                if isinstance(value, (bytes, memoryview))
+                else b""
+            )
             if needle in data:
                 yield table, row
 
@@ -64,8 +76,11 @@ def check_no_sender(rows, sender: Client, recipient: Client, sealed_ids: set[str
     """No row about the recipient or a sealed message holds any identifier of the sender;
     returns how many sealed envelope rows were checked."""
     recipient_id = recipient.store.load_account().account_id.encode()
-    about = [(t, r) for t, r in rows if any(
-        (isinstance(v, str) and (v.encode() == recipient_id or v in sealed_ids)) for v in r)]
+    about = [
+        (t, r)
+        for t, r in rows
+        if any((isinstance(v, str) and (v.encode() == recipient_id or v in sealed_ids)) for v in r)
+    ]
     for name, needle in identifiers(sender).items():
         assert not list(rows_naming(about, needle)), f"the relay stores the sender's {name} beside the recipient"
     return sum(1 for t, r in about if t == "envelopes")
@@ -130,7 +145,7 @@ def test_relay_log_names_no_sender_of_sealed_messages(tmp_path, relay_proc):
         log_before = relay_proc.log()
         sealed_conversation(alice, bob)
         assert texts(bob.receive())[-1] == "y" * 9000
-        new_log = relay_proc.log()[len(log_before):]
+        new_log = relay_proc.log()[len(log_before) :]
         for name, needle in identifiers(alice).items():
             assert needle.decode("latin-1") not in new_log, name
     finally:
@@ -157,8 +172,12 @@ def test_sealed_conversation_on_postgres_leaves_no_sender(tmp_path):
                 ids = sealed_conversation(alice, bob)
                 with psycopg.connect(PG) as conn:
                     conn.execute(f'SET search_path TO "{schema}"')
-                    tables = [t for (t,) in conn.execute(
-                        "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,))]
+                    tables = [
+                        t
+                        for (t,) in conn.execute(
+                            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,)
+                        )
+                    ]
                     assert "sealed_access" in tables
                     rows = [(t, row) for t in tables for row in conn.execute(f'SELECT * FROM "{t}"')]
                     sizes = [n for (n,) in conn.execute("SELECT length(body) FROM envelopes")]
@@ -279,9 +298,18 @@ def post_sealed(relay, recipient: Client, batch, certificate: bytes) -> None:
     sealed = []
     for device_id, body in batch.envelopes:
         inner = env.Envelope.decode(body)
-        sealed.append((device_id, proto.seal_envelope(Address(account.account_id, device_id),
-                                                      devices.device(device_id).sealed_key, certificate,
-                                                      inner.session_message, inner.content_ciphertext)))
+        sealed.append(
+            (
+                device_id,
+                proto.seal_envelope(
+                    Address(account.account_id, device_id),
+                    devices.device(device_id).sealed_key,
+                    certificate,
+                    inner.session_message,
+                    inner.content_ciphertext,
+                ),
+            )
+        )
     with RelayClient(relay.url) as c:
         c.send_sealed(account.account_id, batch.message_id, sealed, proto.access_key(account.profile_key))
 
@@ -289,9 +317,13 @@ def post_sealed(relay, recipient: Client, batch, certificate: bytes) -> None:
 def certificate_for(key, who: Client, *, expires_in_ms: int = 3_600_000, identity: bytes | None = None) -> bytes:
     account = who.store.load_account()
     device = who._device(account)
-    return sign_certificate(key, account.account_id, account.device_id,
-                            encode_key(KEY_X25519, identity or device.identity.public),
-                            int(time.time() * 1000) + expires_in_ms)
+    return sign_certificate(
+        key,
+        account.account_id,
+        account.device_id,
+        encode_key(KEY_X25519, identity or device.identity.public),
+        int(time.time() * 1000) + expires_in_ms,
+    )
 
 
 @pytest.mark.parametrize("case", ["expired", "forged", "other_sender", "other_identity_key"])

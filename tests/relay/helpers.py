@@ -53,9 +53,14 @@ def new_identity(handle: str | None = None) -> Identity:
 
 
 def registration(ident: Identity) -> dict[str, Any]:
-    return {"account_id": ident.account_id, "account_key": b64(ident.account_key),
-            "handle": ident.handle, "device_list": b64(b"signed-device-list-v1"),
-            "device_id": 1, "token": ident.tokens[1]}
+    return {
+        "account_id": ident.account_id,
+        "account_key": b64(ident.account_key),
+        "handle": ident.handle,
+        "device_list": b64(b"signed-device-list-v1"),
+        "device_id": 1,
+        "token": ident.tokens[1],
+    }
 
 
 def register(client: Any, handle: str | None = None, devices: int = 1) -> Identity:
@@ -65,8 +70,11 @@ def register(client: Any, handle: str | None = None, devices: int = 1) -> Identi
     assert r.status_code == 201, r.text
     for d in range(2, devices + 1):
         ident.tokens[d] = new_token()
-        r = client.put(f"/v1/devices/{d}", headers=ident.headers(1),
-                       json={"token": ident.tokens[d], "device_list": b64(b"list-%d" % d)})
+        r = client.put(
+            f"/v1/devices/{d}",
+            headers=ident.headers(1),
+            json={"token": ident.tokens[d], "device_list": b64(b"list-%d" % d)},
+        )
         assert r.status_code == 201, r.text
     return ident
 
@@ -82,11 +90,9 @@ def private_lookup(client: Any, ident: Identity, handle: str) -> str | None:
     output = discovery.finalize(b, base64.b64decode(r.json()["evaluated"][0]))
     bits = r.json()["prefix_bits"]
     prefix = discovery.prefix_of(discovery.tag_of(output), bits)
-    r = client.post("/v1/discovery/buckets", json={"prefix_bits": bits, "prefixes": [prefix]},
-                    headers=ident.headers())
+    r = client.post("/v1/discovery/buckets", json={"prefix_bits": bits, "prefixes": [prefix]}, headers=ident.headers())
     assert r.status_code == 200, r.text
-    entries = [(base64.b64decode(e["tag"]), base64.b64decode(e["record"]))
-               for e in r.json()["buckets"][0]["entries"]]
+    entries = [(base64.b64decode(e["tag"]), base64.b64decode(e["record"])) for e in r.json()["buckets"][0]["entries"]]
     holder = discovery.open_record(output, entries)
     return holder.account_id if holder else None
 
@@ -98,17 +104,24 @@ def open_channel(client: Any, ident: Identity, device_id: int = 1) -> str:
     return r.json()["channel"]
 
 
-def send(client: Any, sender: Identity, to: Identity, body: bytes = b"hello",
-         message_id: str | None = None, sender_device: int = 1,
-         devices: list[int] | None = None) -> Any:
+def send(
+    client: Any,
+    sender: Identity,
+    to: Identity,
+    body: bytes = b"hello",
+    message_id: str | None = None,
+    sender_device: int = 1,
+    devices: list[int] | None = None,
+) -> Any:
     if devices is None:
         devices = sorted(to.tokens)
         if to.account_id == sender.account_id:
             devices = [d for d in devices if d != sender_device]
-    payload = {"message_id": message_id or new_message_id(),
-               "messages": [{"device_id": d, "body": b64(body)} for d in devices]}
-    return client.put(f"/v1/messages/{to.account_id}", json=payload,
-                      headers=sender.headers(sender_device))
+    payload = {
+        "message_id": message_id or new_message_id(),
+        "messages": [{"device_id": d, "body": b64(body)} for d in devices],
+    }
+    return client.put(f"/v1/messages/{to.account_id}", json=payload, headers=sender.headers(sender_device))
 
 
 class LiveRelay:
@@ -121,14 +134,20 @@ class LiveRelay:
         self.sock.listen(512)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(self.app, loop="asyncio", http="httptools", ws="none",
-                                lifespan="on", log_config=None, access_log=False,
-                                timeout_graceful_shutdown=1)
+        config = uvicorn.Config(
+            self.app,
+            loop="asyncio",
+            http="httptools",
+            ws="none",
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=1,
+        )
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
-    def __enter__(self) -> "LiveRelay":
+    def __enter__(self) -> LiveRelay:
         self.thread.start()
         deadline = time.monotonic() + 10
         while not self.server.started:
@@ -145,13 +164,21 @@ class LiveRelay:
 
 def relay_settings(data_dir: Path, **overrides: Any) -> Settings:
     # Tests send far faster than people; the rate-limit tests set their own limits.
-    base: dict[str, Any] = {"data_dir": data_dir, "send_rate": 10_000.0, "send_burst": 10_000.0,
-                            "request_rate": 10_000.0, "request_burst": 10_000.0,
-                            "lookup_rate": 10_000.0, "lookup_burst": 10_000.0,
-                            "register_rate": 10_000.0, "register_burst": 10_000.0,
-                            "provisioning_rate": 10_000.0, "provisioning_burst": 10_000.0,
-                            "provisioning_global_rate": 10_000.0,
-                            "provisioning_global_burst": 10_000.0}
+    base: dict[str, Any] = {
+        "data_dir": data_dir,
+        "send_rate": 10_000.0,
+        "send_burst": 10_000.0,
+        "request_rate": 10_000.0,
+        "request_burst": 10_000.0,
+        "lookup_rate": 10_000.0,
+        "lookup_burst": 10_000.0,
+        "register_rate": 10_000.0,
+        "register_burst": 10_000.0,
+        "provisioning_rate": 10_000.0,
+        "provisioning_burst": 10_000.0,
+        "provisioning_global_rate": 10_000.0,
+        "provisioning_global_burst": 10_000.0,
+    }
     base.update(overrides)
     return Settings(**base)
 
@@ -159,29 +186,36 @@ def relay_settings(data_dir: Path, **overrides: Any) -> Settings:
 class RelayProcess:
     """`imsg-relay serve --port 0` as a subprocess, the way scripts and users run it."""
 
-    def __init__(self, data_dir: Path, stderr_path: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, stderr_path: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.stderr_path = stderr_path
         # Tests send far faster than people do.
-        self.env = {"IMSG_RELAY_SEND_RATE": "100000", "IMSG_RELAY_REQUEST_RATE": "100000",
-                    "IMSG_RELAY_REGISTER_RATE": "100000", "IMSG_RELAY_LOOKUP_RATE": "100000",
-                    **(env or {})}
+        self.env = {
+            "IMSG_RELAY_SEND_RATE": "100000",
+            "IMSG_RELAY_REQUEST_RATE": "100000",
+            "IMSG_RELAY_REGISTER_RATE": "100000",
+            "IMSG_RELAY_LOOKUP_RATE": "100000",
+            **(env or {}),
+        }
         self.proc: Any = None
         self.url = ""
 
-    def start(self, timeout: float = 15.0) -> "RelayProcess":
+    def start(self, timeout: float = 15.0) -> RelayProcess:
         import subprocess
         import sys
+
         env = {**os.environ, **self.env}
         stderr = open(self.stderr_path, "ab") if self.stderr_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "imsg_relay.cli", "serve", "--port", "0",
-             "--data", str(self.data_dir)],
-            stdout=subprocess.PIPE, stderr=stderr, env=env)
+            [sys.executable, "-m", "imsg_relay.cli", "serve", "--port", "0", "--data", str(self.data_dir)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=env,
+        )
         if self.stderr_path:
             stderr.close()
         import select
+
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         if not ready:
             self.proc.kill()
@@ -191,16 +225,18 @@ class RelayProcess:
         if not line.startswith(prefix):
             self.proc.kill()
             raise RuntimeError(f"unexpected first line from the relay: {line!r}")
-        self.url = line[len(prefix):].strip()
+        self.url = line[len(prefix) :].strip()
         return self
 
     def kill(self) -> None:
         import signal
+
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
     def terminate(self) -> int:
         import signal
+
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(10)
 
@@ -227,7 +263,7 @@ def flood_until_answered(port: int, head: bytes, *, give_up_after: int = 64 * 10
                 break
             try:
                 answer += sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             if answer:
                 break

@@ -7,11 +7,11 @@ import base64
 import pytest
 
 from .helpers import (
-    private_lookup,
     b64,
     new_identity,
     new_message_id,
     new_token,
+    private_lookup,
     register,
     registration,
     relay_settings,
@@ -54,6 +54,7 @@ def test_register_rejects_badly_typed_account_key(client, key):
     payload = registration(ident)
     payload["account_key"] = b64(key)
     from .helpers import account_id_of
+
     payload["account_id"] = account_id_of(key)
     r = client.post("/v1/accounts", json=payload)
     assert r.status_code == 400
@@ -77,8 +78,7 @@ def test_register_taken_handle_is_handle_taken(client):
     assert r.json()["error"] == "handle_taken"
 
 
-@pytest.mark.parametrize("handle", ["Alice@example.com", "alice", "+1 555", "a" * 250 + "@x.io",
-                                    "a@b@c", ""])
+@pytest.mark.parametrize("handle", ["Alice@example.com", "alice", "+1 555", "a" * 250 + "@x.io", "a@b@c", ""])
 def test_register_rejects_non_canonical_handles(client, handle):
     ident = new_identity()
     ident.handle = handle
@@ -92,8 +92,7 @@ def test_private_lookup_finds_account_and_nobody_for_unknown(client):
     assert private_lookup(client, bob, "alice@example.com") == alice.account_id
     assert private_lookup(client, bob, "nobody@example.com") is None
     # the plaintext lookup of earlier versions is gone
-    assert client.post("/v1/lookup", json={"handle": "alice@example.com"},
-                       headers=bob.headers()).status_code == 404
+    assert client.post("/v1/lookup", json={"handle": "alice@example.com"}, headers=bob.headers()).status_code == 404
 
 
 def test_unknown_account_is_404(client):
@@ -111,11 +110,11 @@ def test_add_and_remove_device(client):
     alice = register(client, devices=2)
     r = client.get(f"/v1/accounts/{alice.account_id}", headers=alice.headers(2))
     assert r.json()["devices"] == [1, 2]
-    r = client.put("/v1/devices/2", headers=alice.headers(1),
-                   json={"token": new_token(), "device_list": b64(b"x")})
+    r = client.put("/v1/devices/2", headers=alice.headers(1), json={"token": new_token(), "device_list": b64(b"x")})
     assert r.status_code == 409 and r.json()["error"] == "device_exists"
-    r = client.request("DELETE", "/v1/devices/2", headers=alice.headers(1),
-                       json={"device_list": b64(b"list-after-removal")})
+    r = client.request(
+        "DELETE", "/v1/devices/2", headers=alice.headers(1), json={"device_list": b64(b"list-after-removal")}
+    )
     assert r.status_code == 200
     account = client.get(f"/v1/accounts/{alice.account_id}", headers=alice.headers()).json()
     assert account["devices"] == [1]
@@ -139,11 +138,12 @@ def _keys(first_id: int, n: int, signed: bool) -> list[dict]:
 
 
 def _publish(client, ident, device=1, one_time=2, kem_one_time=1):
-    body = {"signed_prekey": {"key_id": 1, "public_key": b64(b"spk"), "signature": b64(b"s")},
-            "kem_last_resort": {"key_id": 1, "public_key": b64(b"kem-lr"),
-                                "signature": b64(b"s2")},
-            "one_time": _keys(10, one_time, signed=False),
-            "kem_one_time": _keys(100, kem_one_time, signed=True)}
+    body = {
+        "signed_prekey": {"key_id": 1, "public_key": b64(b"spk"), "signature": b64(b"s")},
+        "kem_last_resort": {"key_id": 1, "public_key": b64(b"kem-lr"), "signature": b64(b"s2")},
+        "one_time": _keys(10, one_time, signed=False),
+        "kem_one_time": _keys(100, kem_one_time, signed=True),
+    }
     r = client.put("/v1/keys", json=body, headers=ident.headers(device))
     assert r.status_code == 200, r.text
     return r.json()
@@ -153,13 +153,16 @@ def test_prekeys_served_once_then_last_resort(client):
     bob = register(client)
     alice = register(client)
     assert _publish(client, bob) == {"one_time": 2, "kem_one_time": 1}
-    assert client.get("/v1/keys/count", headers=bob.headers()).json() == {
-        "one_time": 2, "kem_one_time": 1}
+    assert client.get("/v1/keys/count", headers=bob.headers()).json() == {"one_time": 2, "kem_one_time": 1}
     first = client.get(f"/v1/keys/{bob.account_id}", headers=alice.headers()).json()
     dev = first["devices"][0]
     assert dev["one_time"]["key_id"] == 10
-    assert dev["kem_prekey"] == {"key_id": 100, "public_key": b64(b"pk-100"),
-                                 "signature": b64(b"sig-100"), "last_resort": False}
+    assert dev["kem_prekey"] == {
+        "key_id": 100,
+        "public_key": b64(b"pk-100"),
+        "signature": b64(b"sig-100"),
+        "last_resort": False,
+    }
     second = client.get(f"/v1/keys/{bob.account_id}", headers=alice.headers()).json()
     dev = second["devices"][0]
     assert dev["one_time"]["key_id"] == 11
@@ -167,8 +170,7 @@ def test_prekeys_served_once_then_last_resort(client):
     assert base64.b64decode(dev["kem_prekey"]["public_key"]) == b"kem-lr"
     third = client.get(f"/v1/keys/{bob.account_id}", headers=alice.headers()).json()
     assert third["devices"][0]["one_time"] is None
-    assert client.get("/v1/keys/count", headers=bob.headers()).json() == {
-        "one_time": 0, "kem_one_time": 0}
+    assert client.get("/v1/keys/count", headers=bob.headers()).json() == {"one_time": 0, "kem_one_time": 0}
 
 
 def test_bundles_leave_out_devices_without_signed_prekey_and_filter_by_device(client):
@@ -184,8 +186,7 @@ def test_bundles_leave_out_devices_without_signed_prekey_and_filter_by_device(cl
 
 def test_more_than_100_keys_in_a_list_is_413(client):
     bob = register(client)
-    r = client.put("/v1/keys", json={"one_time": _keys(1, 101, signed=False)},
-                   headers=bob.headers())
+    r = client.put("/v1/keys", json={"one_time": _keys(1, 101, signed=False)}, headers=bob.headers())
     assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
 
 
@@ -212,8 +213,7 @@ def test_send_fetch_ack_roundtrip(client):
 
 def test_ack_of_unknown_id_is_ok(client):
     bob = register(client)
-    r = client.post("/v1/messages/ack", json={"message_ids": [new_message_id()]},
-                    headers=bob.headers())
+    r = client.post("/v1/messages/ack", json={"message_ids": [new_message_id()]}, headers=bob.headers())
     assert r.status_code == 200 and r.json() == {"acked": 0}
 
 
@@ -232,8 +232,7 @@ def test_device_mismatch_lists_missing_and_extra(client):
     alice, bob = register(client), register(client, devices=2)
     r = send(client, alice, bob, devices=[1, 3])
     assert r.status_code == 409
-    assert r.json() == {"error": "device_mismatch", "message": "device list changed",
-                        "missing": [2], "extra": [3]}
+    assert r.json() == {"error": "device_mismatch", "message": "device list changed", "missing": [2], "extra": [3]}
     assert client.get("/v1/messages", headers=bob.headers(1)).json()["messages"] == []
 
 
@@ -289,20 +288,31 @@ def test_unknown_route_and_wrong_method(client):
     assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
 
 
-@pytest.mark.parametrize("content", [b"{", b"[]", b"null", b'"x"', b"\xff\xfe", b"1e999",
-                                     b'{"message_id": 5, "messages": []}',
-                                     b'{"message_id": "' + b"a" * 32 + b'", "messages": "x"}',
-                                     b'{"message_id": "' + b"a" * 32 + b'"}',
-                                     b'{"message_id": "' + b"a" * 32 + b'", "messages": '
-                                     b'[{"device_id": 1, "body": "!!notbase64"}]}',
-                                     b'{"message_id": "' + b"a" * 32 + b'", "messages": '
-                                     b'[{"device_id": true, "body": ""}]}',
-                                     b'{"message_id": "' + b"A" * 32 + b'", "messages": []}',
-                                     b"[" * 100_000])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{",
+        b"[]",
+        b"null",
+        b'"x"',
+        b"\xff\xfe",
+        b"1e999",
+        b'{"message_id": 5, "messages": []}',
+        b'{"message_id": "' + b"a" * 32 + b'", "messages": "x"}',
+        b'{"message_id": "' + b"a" * 32 + b'"}',
+        b'{"message_id": "' + b"a" * 32 + b'", "messages": [{"device_id": 1, "body": "!!notbase64"}]}',
+        b'{"message_id": "' + b"a" * 32 + b'", "messages": [{"device_id": true, "body": ""}]}',
+        b'{"message_id": "' + b"A" * 32 + b'", "messages": []}',
+        b"[" * 100_000,
+    ],
+)
 def test_bad_send_bodies_are_400(client, content):
     alice, bob = register(client), register(client)
-    r = client.put(f"/v1/messages/{bob.account_id}", content=content,
-                   headers={**alice.headers(), "Content-Type": "application/json"})
+    r = client.put(
+        f"/v1/messages/{bob.account_id}",
+        content=content,
+        headers={**alice.headers(), "Content-Type": "application/json"},
+    )
     assert r.status_code == 400, r.text
     assert r.json()["error"] == "bad_request"
 
@@ -318,8 +328,11 @@ def test_bad_path_and_query_values_are_400(client):
 
 def test_non_json_body_is_415(client):
     alice = register(client)
-    r = client.post("/v1/handles", content=b"handle=x", headers={
-        **alice.headers(), "Content-Type": "application/x-www-form-urlencoded"})
+    r = client.post(
+        "/v1/handles",
+        content=b"handle=x",
+        headers={**alice.headers(), "Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert r.status_code == 415 and r.json()["error"] == "unsupported_media_type"
 
 
@@ -327,9 +340,9 @@ def test_body_over_cap_is_413_by_content_length(tmp_path):
     from starlette.testclient import TestClient
 
     from imsg_relay.app import create_app
+
     with TestClient(create_app(relay_settings(tmp_path, max_body=4096))) as client:
-        r = client.post("/v1/accounts", content=b"x" * 5000,
-                        headers={"Content-Type": "application/json"})
+        r = client.post("/v1/accounts", content=b"x" * 5000, headers={"Content-Type": "application/json"})
         assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
 
 
@@ -343,8 +356,7 @@ def test_chunked_body_over_cap_is_413(tmp_path):
             yield b"x" * 1024
 
     with TestClient(create_app(relay_settings(tmp_path, max_body=4096))) as client:
-        r = client.post("/v1/accounts", content=chunks(),
-                        headers={"Content-Type": "application/json"})
+        r = client.post("/v1/accounts", content=chunks(), headers={"Content-Type": "application/json"})
         assert "content-length" not in r.request.headers
         assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
 
@@ -353,6 +365,7 @@ def test_send_rate_limit_is_429_with_retry_after(tmp_path):
     from starlette.testclient import TestClient
 
     from imsg_relay.app import create_app
+
     with TestClient(create_app(relay_settings(tmp_path, send_rate=60.0, send_burst=60.0))) as c:
         alice, bob = register(c), register(c)
         statuses = [send(c, alice, bob).status_code for _ in range(61)]
@@ -370,16 +383,17 @@ def test_send_rate_limit_is_429_with_retry_after(tmp_path):
 def test_openapi_documents_every_route(client):
     doc = client.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.")
-    routes = {(r.path, m) for r in client.app.routes for m in (r.methods or ())
-              if m != "HEAD"}
+    routes = {(r.path, m) for r in client.app.routes for m in (r.methods or ()) if m != "HEAD"}
     documented = {(p, m.upper()) for p, ops in doc["paths"].items() for m in ops}
     assert routes == documented
     # every $ref resolves
     import json
+
     text = json.dumps(doc)
     for name in doc["components"]["schemas"]:
         assert f"#/components/schemas/{name}" in text or name == "Error"
     import re
+
     for ref in re.findall(r'"#/components/schemas/(\w+)"', text):
         assert ref in doc["components"]["schemas"]
 
@@ -396,17 +410,14 @@ def test_405_lists_every_method_of_the_path(client):
 def test_a_static_path_is_not_swallowed_by_a_parametrised_one(client):
     alice = register(client)
     # PUT /v1/messages/{account_id} would match "ack": the path is /v1/messages/ack (POST)
-    r = client.put("/v1/messages/ack", headers=alice.headers(),
-                   json={"message_id": new_message_id(), "messages": []})
+    r = client.put("/v1/messages/ack", headers=alice.headers(), json={"message_id": new_message_id(), "messages": []})
     assert r.status_code == 405 and r.headers["Allow"] == "POST"
     assert client.get("/v1/keys/count", headers=alice.headers()).status_code == 200
 
 
-@pytest.mark.parametrize("handle", ["a\x1eb@example.com", "a\x02@example.com", "a b@x.io",
-                                    "a\x85@x.io"])
+@pytest.mark.parametrize("handle", ["a\x1eb@example.com", "a\x02@example.com", "a b@x.io", "a\x85@x.io"])
 def test_handles_with_control_characters_are_400(client, handle):
     # the schema's pattern means the same in Python and in ECMA-262 (no \s)
     ident = new_identity()
     ident.handle = handle
     assert client.post("/v1/accounts", json=registration(ident)).status_code == 400
-

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from imsg_relay.backups import LABEL_RESTORE_DEVICE, restore_statement
 
-from .helpers import Identity, account_id_of, new_token, registration, relay_settings, LiveRelay
+from .helpers import Identity, LiveRelay, account_id_of, new_token, registration, relay_settings
 from .test_privacy_report import backend  # noqa: F401 (the sqlite/postgres fixture)
 
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -47,30 +47,34 @@ def test_backup_lifecycle_and_restore_enrolment(backend):  # noqa: F811
         assert c.put("/v1/backup", headers=OCTET, params={"access_hash": access_hash}, content=b"x").status_code == 401
         assert c.put("/v1/backup", headers=h, content=b"x").status_code == 400  # no access hash
         assert c.put("/v1/backup", headers=h, params={"access_hash": "ab"}, content=b"x").status_code == 400
-        r = c.put("/v1/backup", headers={**me.headers(), "Content-Type": "application/json"},
-                  params={"access_hash": access_hash}, content=b"{}")
+        r = c.put(
+            "/v1/backup",
+            headers={**me.headers(), "Content-Type": "application/json"},
+            params={"access_hash": access_hash},
+            content=b"{}",
+        )
         assert r.status_code == 415
         assert _files(relay) == set()  # refusals leave no file
 
         first = os.urandom(1000)
         r = c.put("/v1/backup", headers=h, params={"access_hash": access_hash}, content=first)
         assert r.status_code == 200 and r.json()["size"] == 1000
-        (blob1, size, created), = run("SELECT blob_id, size, created_at FROM backups WHERE account_id = ?",
-                                      me.account_id)
+        ((blob1, size, created),) = run(
+            "SELECT blob_id, size, created_at FROM backups WHERE account_id = ?", me.account_id
+        )
         assert _files(relay) == {blob1} and size == 1000
         assert run("SELECT access_hash FROM backups")[0][0] == bytes.fromhex(access_hash)
         clock.t += 60
         second = os.urandom(3000)
         r = c.put("/v1/backup", headers=h, params={"access_hash": access_hash}, content=second)
         assert r.json() == {"size": 3000, "created_at": created, "updated_at": int(clock.t * 1000)}
-        (blob2,), = run("SELECT blob_id FROM backups")
+        ((blob2,),) = run("SELECT blob_id FROM backups")
         assert blob2 != blob1 and _files(relay) == {blob2}  # the old bytes are gone
         assert c.get("/v1/backup", headers=me.headers()).json()["size"] == 3000
 
         # Another account cannot take over the same access hash.
         other, _ = _account(c)
-        r = c.put("/v1/backup", headers={**other.headers(), **OCTET}, params={"access_hash": access_hash},
-                  content=b"y")
+        r = c.put("/v1/backup", headers={**other.headers(), **OCTET}, params={"access_hash": access_hash}, content=b"y")
         assert r.status_code == 409 and r.json()["error"] == "backup_access_taken"
         assert _files(relay) == {blob2}
 
@@ -87,13 +91,23 @@ def test_backup_lifecycle_and_restore_enrolment(backend):  # noqa: F811
         device_list = b"new-signed-list"
         at = int(clock.t * 1000)
         statement = restore_statement(me.account_id, 5, token, device_list, at)
-        body = {"token": token_b64, "device_list": base64.b64encode(device_list).decode(), "signed_at": at,
-                "signature": base64.b64encode(key.sign(LABEL_RESTORE_DEVICE + statement)).decode()}
+        body = {
+            "token": token_b64,
+            "device_list": base64.b64encode(device_list).decode(),
+            "signed_at": at,
+            "signature": base64.b64encode(key.sign(LABEL_RESTORE_DEVICE + statement)).decode(),
+        }
         # The signature must be the account key's, over this very request, and fresh.
-        for bad in ({**body, "signature": base64.b64encode(Ed25519PrivateKey.generate().sign(
-                        LABEL_RESTORE_DEVICE + statement)).decode()},
-                    {**body, "signature": base64.b64encode(key.sign(statement)).decode()},  # no label
-                    {**body, "device_list": base64.b64encode(b"another list").decode()}):
+        for bad in (
+            {
+                **body,
+                "signature": base64.b64encode(
+                    Ed25519PrivateKey.generate().sign(LABEL_RESTORE_DEVICE + statement)
+                ).decode(),
+            },
+            {**body, "signature": base64.b64encode(key.sign(statement)).decode()},  # no label
+            {**body, "device_list": base64.b64encode(b"another list").decode()},
+        ):
             r = c.put("/v1/restore/devices/5", headers=_bearer(access), json=bad)
             assert r.status_code == 401, r.text
         assert c.put("/v1/restore/devices/6", headers=_bearer(access), json=body).status_code == 401
@@ -103,8 +117,10 @@ def test_backup_lifecycle_and_restore_enrolment(backend):  # noqa: F811
         clock.t -= 301
         r = c.put("/v1/restore/devices/5", headers=_bearer(access), json=body)
         assert r.status_code == 201 and r.json() == {"account_id": me.account_id, "device_id": 5}
-        assert run("SELECT device_id FROM devices WHERE account_id = ? ORDER BY device_id", me.account_id) == \
-            [(1,), (5,)]
+        assert run("SELECT device_id FROM devices WHERE account_id = ? ORDER BY device_id", me.account_id) == [
+            (1,),
+            (5,),
+        ]
         assert run("SELECT device_list FROM accounts WHERE account_id = ?", me.account_id) == [(device_list,)]
         # The enrolled device authenticates with its token like any other.
         assert c.get("/v1/keys/count", headers={"Authorization": f"Bearer {token_b64}"}).status_code == 200
@@ -119,18 +135,23 @@ def test_backup_lifecycle_and_restore_enrolment(backend):  # noqa: F811
 
 
 def test_backup_over_the_cap_is_refused_before_it_is_read(tmp_path):
-    with LiveRelay(relay_settings(tmp_path, max_backup=4096)) as relay, \
-            httpx.Client(base_url=relay.url, timeout=10) as c:
+    with (
+        LiveRelay(relay_settings(tmp_path, max_backup=4096)) as relay,
+        httpx.Client(base_url=relay.url, timeout=10) as c,
+    ):
         me, _ = _account(c)
-        r = c.put("/v1/backup", headers={**me.headers(), **OCTET}, params={"access_hash": "ab" * 32},
-                  content=os.urandom(4097))
+        r = c.put(
+            "/v1/backup", headers={**me.headers(), **OCTET}, params={"access_hash": "ab" * 32}, content=os.urandom(4097)
+        )
         assert r.status_code == 413 and r.json()["limit"] == 4096
         assert c.get("/v1/backup", headers=me.headers()).status_code == 404
         assert _files(relay) == set()
 
 
 def test_restore_routes_are_rate_limited_relay_wide(tmp_path):
-    with LiveRelay(relay_settings(tmp_path, register_rate=2.0, register_burst=2.0)) as relay, \
-            httpx.Client(base_url=relay.url, timeout=10) as c:
+    with (
+        LiveRelay(relay_settings(tmp_path, register_rate=2.0, register_burst=2.0)) as relay,
+        httpx.Client(base_url=relay.url, timeout=10) as c,
+    ):
         codes = [c.get("/v1/restore/account", headers=_bearer(os.urandom(32))).status_code for _ in range(4)]
         assert codes[:1] == [404] and codes[-1] == 429

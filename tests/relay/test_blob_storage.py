@@ -32,8 +32,16 @@ async def blob_storage_scenario(s) -> None:
     await s.create_blob("4" * 32, A, 51, 40, now_ms=3_000, live_after_ms=1_000, quota=250)
 
     info = await s.get_blob(x, 0)
-    assert (info.account_id, info.size, info.part_size, info.parts, info.created_at,
-            info.complete, info.sha256, info.received) == (A, 100, 40, 3, 1_000, False, None, ())
+    assert (
+        info.account_id,
+        info.size,
+        info.part_size,
+        info.parts,
+        info.created_at,
+        info.complete,
+        info.sha256,
+        info.received,
+    ) == (A, 100, 40, 3, 1_000, False, None, ())
     assert await s.get_blob(x, 1_000) is None  # expired for reads
     assert (await s.add_blob_part(x, A, 2, 0)).received == (2,)
     assert (await s.add_blob_part(x, A, 0, 0)).received == (0, 2)
@@ -73,12 +81,12 @@ def test_blob_metadata_on_sqlite(tmp_path):
         finally:
             await s.close()
         import sqlite3
+
         db = sqlite3.connect(tmp_path / "relay.db")
         assert db.execute("SELECT count(*) FROM blob_parts").fetchone()[0] == 0
         # the uploader is on the row (quota, writes); nothing records who downloads
         cols = [r[1] for r in db.execute("PRAGMA table_info(blobs)")]
-        assert cols == ["blob_id", "account_id", "size", "part_size", "created_at", "complete",
-                        "sha256"]
+        assert cols == ["blob_id", "account_id", "size", "part_size", "created_at", "complete", "sha256"]
 
     asyncio.run(main())
 

@@ -35,8 +35,7 @@ class Clock:
 
 @pytest.fixture
 def blob_settings(tmp_path):
-    return relay_settings(tmp_path, blob_part_size=PART, max_blob=64 * PART,
-                          blob_quota=128 * PART)
+    return relay_settings(tmp_path, blob_part_size=PART, max_blob=64 * PART, blob_quota=128 * PART)
 
 
 @pytest.fixture
@@ -52,12 +51,13 @@ def create(client, ident, size, device=1):
 
 
 def put_part(client, ident, blob, index, data, device=1):
-    return client.put(f"/v1/blobs/{blob['blob_id']}/parts/{index}", content=data,
-                      headers={**ident.headers(device), **OCTET})
+    return client.put(
+        f"/v1/blobs/{blob['blob_id']}/parts/{index}", content=data, headers={**ident.headers(device), **OCTET}
+    )
 
 
 def part_of(data, blob, index):
-    return data[index * blob["part_size"]:(index + 1) * blob["part_size"]]
+    return data[index * blob["part_size"] : (index + 1) * blob["part_size"]]
 
 
 def upload(client, ident, data, order=None):
@@ -83,8 +83,7 @@ def test_round_trip_parts_in_any_order(bclient, blob_settings, caplog):
     assert blob["size"] == len(data) and blob["part_size"] == PART and blob["parts"] == 4
     assert len(blob["blob_id"]) == 32 and int(blob["blob_id"], 16) >= 0
     assert blob["expires_at"] > 0
-    answers = [put_part(bclient, alice, blob, i, part_of(data, blob, i)).json()
-               for i in (2, 0, 3, 1)]
+    answers = [put_part(bclient, alice, blob, i, part_of(data, blob, i)).json() for i in (2, 0, 3, 1)]
     assert answers[0] == {"received": [2], "complete": False}
     assert answers[2] == {"received": [0, 2, 3], "complete": False}
     assert answers[3] == {"received": [0, 1, 2, 3], "complete": True}
@@ -92,8 +91,7 @@ def test_round_trip_parts_in_any_order(bclient, blob_settings, caplog):
     assert bclient.get(f"/v1/blobs/{blob['blob_id']}", headers=bob.headers()).status_code == 404
     r = bclient.post(f"/v1/blobs/{blob['blob_id']}/complete", headers=alice.headers())
     assert r.status_code == 200
-    assert r.json() == {"blob_id": blob["blob_id"], "size": len(data),
-                        "sha256": hashlib.sha256(data).hexdigest()}
+    assert r.json() == {"blob_id": blob["blob_id"], "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     # completing again answers the same
     again = bclient.post(f"/v1/blobs/{blob['blob_id']}/complete", headers=alice.headers())
     assert again.status_code == 200 and again.json() == r.json()
@@ -104,9 +102,15 @@ def test_round_trip_parts_in_any_order(bclient, blob_settings, caplog):
     assert r.headers["content-length"] == str(len(data))
     assert r.headers["accept-ranges"] == "bytes"
     status = bclient.get(f"/v1/blobs/{blob['blob_id']}/status", headers=alice.headers()).json()
-    assert status == {"blob_id": blob["blob_id"], "size": len(data), "part_size": PART,
-                      "parts": 4, "received": [0, 1, 2, 3], "complete": True,
-                      "expires_at": blob["expires_at"]}
+    assert status == {
+        "blob_id": blob["blob_id"],
+        "size": len(data),
+        "part_size": PART,
+        "parts": 4,
+        "received": [0, 1, 2, 3],
+        "complete": True,
+        "expires_at": blob["expires_at"],
+    }
     # the file: DATA/blobs/<2 hex>/<id>, 0600 in 0700 directories, exactly the ciphertext
     path = blob_path(blob_settings, blob["blob_id"])
     assert path.read_bytes() == data
@@ -127,8 +131,7 @@ def test_one_byte_and_exact_part_sizes(bclient):
         data = os.urandom(size)
         blob, done = upload(bclient, alice, data)
         assert blob["parts"] == -(-size // PART)
-        assert bclient.get(f"/v1/blobs/{blob['blob_id']}", headers=alice.headers()).content \
-            == data
+        assert bclient.get(f"/v1/blobs/{blob['blob_id']}", headers=alice.headers()).content == data
 
 
 def test_ranges(bclient):
@@ -141,10 +144,15 @@ def test_ranges(bclient):
     def get(rng):
         return bclient.get(url, headers={**bob.headers(), "Range": rng})
 
-    cases = {"bytes=0-9": (0, 10), f"bytes=100-{PART + 50}": (100, PART + 51),
-             "bytes=-7": (n - 7, n), f"bytes={PART}-": (PART, n),
-             f"bytes=5-{n + 1000}": (5, n), f"bytes=-{n + 5}": (0, n),
-             f"bytes={n - 1}-{n - 1}": (n - 1, n)}
+    cases = {
+        "bytes=0-9": (0, 10),
+        f"bytes=100-{PART + 50}": (100, PART + 51),
+        "bytes=-7": (n - 7, n),
+        f"bytes={PART}-": (PART, n),
+        f"bytes=5-{n + 1000}": (5, n),
+        f"bytes=-{n + 5}": (0, n),
+        f"bytes={n - 1}-{n - 1}": (n - 1, n),
+    }
     for rng, (a, b) in cases.items():
         r = get(rng)
         assert r.status_code == 206, rng
@@ -192,13 +200,13 @@ def test_part_length_content_type_and_index_are_checked(bclient):
     alice = register(bclient)
     data = os.urandom(2 * PART + 5)
     blob = create(bclient, alice, len(data))
-    r = put_part(bclient, alice, blob, 0, data[:PART + 1])
+    r = put_part(bclient, alice, blob, 0, data[: PART + 1])
     assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
-    r = put_part(bclient, alice, blob, 0, data[:PART - 1])
+    r = put_part(bclient, alice, blob, 0, data[: PART - 1])
     assert r.status_code == 400
-    r = put_part(bclient, alice, blob, 2, data[2 * PART:] + b"x")  # the last: the remainder
+    r = put_part(bclient, alice, blob, 2, data[2 * PART :] + b"x")  # the last: the remainder
     assert r.status_code == 413 and r.json()["limit"] == 5
-    r = put_part(bclient, alice, blob, 2, data[2 * PART:-1])
+    r = put_part(bclient, alice, blob, 2, data[2 * PART : -1])
     assert r.status_code == 400
 
     def chunks(total):
@@ -206,26 +214,28 @@ def test_part_length_content_type_and_index_are_checked(bclient):
             yield b"y" * 512
 
     # streamed without Content-Length: refused as it overflows, or when it ends short
-    r = bclient.put(f"/v1/blobs/{blob['blob_id']}/parts/0", content=chunks(PART + 2048),
-                    headers={**alice.headers(), **OCTET})
+    r = bclient.put(
+        f"/v1/blobs/{blob['blob_id']}/parts/0", content=chunks(PART + 2048), headers={**alice.headers(), **OCTET}
+    )
     assert "content-length" not in r.request.headers
     assert r.status_code == 413
-    r = bclient.put(f"/v1/blobs/{blob['blob_id']}/parts/0", content=chunks(PART - 512),
-                    headers={**alice.headers(), **OCTET})
+    r = bclient.put(
+        f"/v1/blobs/{blob['blob_id']}/parts/0", content=chunks(PART - 512), headers={**alice.headers(), **OCTET}
+    )
     assert r.status_code == 400
-    assert bclient.get(f"/v1/blobs/{blob['blob_id']}/status",
-                       headers=alice.headers()).json()["received"] == []
+    assert bclient.get(f"/v1/blobs/{blob['blob_id']}/status", headers=alice.headers()).json()["received"] == []
     r = put_part(bclient, alice, blob, 3, b"z")
     assert r.status_code == 400  # past the last part
-    r = bclient.put(f"/v1/blobs/{blob['blob_id']}/parts/0", content=data[:PART],
-                    headers={**alice.headers(), "Content-Type": "application/json"})
+    r = bclient.put(
+        f"/v1/blobs/{blob['blob_id']}/parts/0",
+        content=data[:PART],
+        headers={**alice.headers(), "Content-Type": "application/json"},
+    )
     assert r.status_code == 415
-    r = bclient.put(f"/v1/blobs/{'0' * 32}/parts/0", content=data[:PART],
-                    headers={**alice.headers(), **OCTET})
+    r = bclient.put(f"/v1/blobs/{'0' * 32}/parts/0", content=data[:PART], headers={**alice.headers(), **OCTET})
     assert r.status_code == 404
     for bad in ("-1", "x", "1.0"):
-        r = bclient.put(f"/v1/blobs/{blob['blob_id']}/parts/{bad}", content=b"",
-                        headers={**alice.headers(), **OCTET})
+        r = bclient.put(f"/v1/blobs/{blob['blob_id']}/parts/{bad}", content=b"", headers={**alice.headers(), **OCTET})
         assert r.status_code == 400, bad
     r = bclient.get(f"/v1/blobs/{'A' * 32}", headers=alice.headers())
     assert r.status_code == 400
@@ -264,10 +274,8 @@ def test_incomplete_upload_lists_missing_parts(bclient):
 def test_size_limit_and_quota(bclient, blob_settings):
     alice = register(bclient)
     for size in (0, -1, "1", 1.5, None):
-        assert bclient.post("/v1/blobs", json={"size": size},
-                            headers=alice.headers()).status_code == 400
-    r = bclient.post("/v1/blobs", json={"size": blob_settings.max_blob + 1},
-                     headers=alice.headers())
+        assert bclient.post("/v1/blobs", json={"size": size}, headers=alice.headers()).status_code == 400
+    r = bclient.post("/v1/blobs", json={"size": blob_settings.max_blob + 1}, headers=alice.headers())
     assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
     assert r.json()["limit"] == blob_settings.max_blob
     quota = blob_settings.blob_quota  # 128 parts; the max blob is 64 parts
@@ -321,8 +329,7 @@ def test_expired_blobs_are_not_served_and_are_swept_in_batches(tmp_path):
         assert len(_files(settings)) == 7
         for blob_id in old:  # past 30 days: gone for every read, before any sweep
             assert client.get(f"/v1/blobs/{blob_id}", headers=bob.headers()).status_code == 404
-            assert client.get(f"/v1/blobs/{blob_id}/status",
-                              headers=alice.headers()).status_code == 404
+            assert client.get(f"/v1/blobs/{blob_id}/status", headers=alice.headers()).status_code == 404
         r = put_part(client, alice, partial, 1, os.urandom(PART))
         assert r.status_code == 404
         # expired blobs no longer count against the quota
@@ -342,10 +349,8 @@ def test_expired_blobs_are_not_served_and_are_swept_in_batches(tmp_path):
         assert _files(settings) == [recent["blob_id"]]
         db = sqlite3.connect(tmp_path / "relay.db")
         assert [r[0] for r in db.execute("SELECT blob_id FROM blobs")] == [recent["blob_id"]]
-        assert db.execute("SELECT count(*) FROM blob_parts WHERE blob_id != ?",
-                          (recent["blob_id"],)).fetchone()[0] == 0
-        assert client.get(f"/v1/blobs/{recent['blob_id']}",
-                          headers=bob.headers()).content == b"recent"
+        assert db.execute("SELECT count(*) FROM blob_parts WHERE blob_id != ?", (recent["blob_id"],)).fetchone()[0] == 0
+        assert client.get(f"/v1/blobs/{recent['blob_id']}", headers=bob.headers()).content == b"recent"
 
 
 def test_the_running_sweeper_purges_blobs(tmp_path):
@@ -370,15 +375,18 @@ def test_part_streamed_past_its_size_is_refused_before_the_end(tmp_path):
     """Chunked, no Content-Length: 413 arrives while the client still sends, long before
     the 64 MiB it would send (the part is 1 MiB)."""
     from .helpers import LiveRelay
+
     settings = relay_settings(tmp_path, blob_part_size=1024 * 1024)
     with LiveRelay(settings) as live, httpx.Client(base_url=live.url) as c:
         alice = register(c)
         blob = create(c, alice, 4 * 1024 * 1024)
         answer, sent = flood_until_answered(
-            live.port, f"PUT /v1/blobs/{blob['blob_id']}/parts/0 HTTP/1.1\r\nHost: x\r\n"
-                       f"Authorization: Bearer {alice.tokens[1]}\r\n"
-                       "Content-Type: application/octet-stream\r\n"
-                       "Transfer-Encoding: chunked\r\n\r\n".encode())
+            live.port,
+            f"PUT /v1/blobs/{blob['blob_id']}/parts/0 HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {alice.tokens[1]}\r\n"
+            "Content-Type: application/octet-stream\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n".encode(),
+        )
         assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
         assert sent < 4 * 1024 * 1024
         status = c.get(f"/v1/blobs/{blob['blob_id']}/status", headers=alice.headers()).json()
@@ -387,20 +395,25 @@ def test_part_streamed_past_its_size_is_refused_before_the_end(tmp_path):
 
 def test_parts_uploaded_concurrently(tmp_path):
     from .helpers import LiveRelay
+
     settings = relay_settings(tmp_path, blob_part_size=64 * 1024)
     data = random.Random(7).randbytes(20 * 64 * 1024 + 77)
 
     async def main(url):
         async with httpx.AsyncClient(base_url=url, timeout=30) as c:
-            blob = (await c.post("/v1/blobs", json={"size": len(data)},
-                                 headers=alice.headers())).json()
-            rs = await asyncio.gather(*[
-                c.put(f"/v1/blobs/{blob['blob_id']}/parts/{i}",
-                      content=part_of(data, blob, i), headers={**alice.headers(), **OCTET})
-                for i in range(blob["parts"])])
+            blob = (await c.post("/v1/blobs", json={"size": len(data)}, headers=alice.headers())).json()
+            rs = await asyncio.gather(
+                *[
+                    c.put(
+                        f"/v1/blobs/{blob['blob_id']}/parts/{i}",
+                        content=part_of(data, blob, i),
+                        headers={**alice.headers(), **OCTET},
+                    )
+                    for i in range(blob["parts"])
+                ]
+            )
             assert all(r.status_code == 200 for r in rs)
-            done = await c.post(f"/v1/blobs/{blob['blob_id']}/complete",
-                                headers=alice.headers())
+            done = await c.post(f"/v1/blobs/{blob['blob_id']}/complete", headers=alice.headers())
             assert done.json()["sha256"] == hashlib.sha256(data).hexdigest()
             got = await c.get(f"/v1/blobs/{blob['blob_id']}", headers=alice.headers())
             assert got.content == data
@@ -427,6 +440,7 @@ def test_64_mib_blob_streams_through_a_relay_process_in_constant_memory(tmp_path
     """Upload 64 MiB in 8 MiB parts (streamed, chunked), read it back whole and in ranges;
     the relay process's peak RSS grows by less than 20 MB over its warmed-up RSS."""
     from .helpers import RelayProcess
+
     total = 64 * 1024 * 1024
     relay = RelayProcess(tmp_path / "relay").start()
     try:
@@ -437,8 +451,13 @@ def test_64_mib_blob_streams_through_a_relay_process_in_constant_memory(tmp_path
             small = create(c, alice, 10)
             put_part(c, alice, small, 0, b"0123456789")
             c.post(f"/v1/blobs/{small['blob_id']}/complete", headers=alice.headers())
-            assert c.get(f"/v1/blobs/{small['blob_id']}", headers=alice.headers(),
-                         ).content == b"0123456789"
+            assert (
+                c.get(
+                    f"/v1/blobs/{small['blob_id']}",
+                    headers=alice.headers(),
+                ).content
+                == b"0123456789"
+            )
             before = _proc_kib(pid, "VmRSS")
 
             blob = create(c, alice, total)
@@ -454,8 +473,9 @@ def test_64_mib_blob_streams_through_a_relay_process_in_constant_memory(tmp_path
                     for k in range(i * per_part, (i + 1) * per_part):
                         yield _chunk(k)
 
-                r = c.put(f"/v1/blobs/{blob['blob_id']}/parts/{i}", content=body(),
-                          headers={**alice.headers(), **OCTET})
+                r = c.put(
+                    f"/v1/blobs/{blob['blob_id']}/parts/{i}", content=body(), headers={**alice.headers(), **OCTET}
+                )
                 assert r.status_code == 200, r.text
             r = c.post(f"/v1/blobs/{blob['blob_id']}/complete", headers=alice.headers())
             assert r.json()["sha256"] == digest.hexdigest()
@@ -468,12 +488,11 @@ def test_64_mib_blob_streams_through_a_relay_process_in_constant_memory(tmp_path
             assert got.hexdigest() == digest.hexdigest()
             start = 5 * 65536 + 100  # a range across chunk boundaries, and the tail
             r = c.get(url, headers={**alice.headers(), "Range": f"bytes={start}-{start + 99999}"})
-            expected = b"".join(_chunk(k) for k in range(5, 8))[100:100 + 100000]
+            expected = b"".join(_chunk(k) for k in range(5, 8))[100 : 100 + 100000]
             assert r.status_code == 206 and r.content == expected
             r = c.get(url, headers={**alice.headers(), "Range": "bytes=-1000"})
             assert r.content == _chunk(total // 65536 - 1)[-1000:]
-            with c.stream("GET", url, headers={**alice.headers(),
-                                               "Range": f"bytes={total // 2}-"}) as resp:
+            with c.stream("GET", url, headers={**alice.headers(), "Range": f"bytes={total // 2}-"}) as resp:
                 assert resp.status_code == 206
                 assert sum(len(d) for d in resp.iter_bytes()) == total // 2
             peak = _proc_kib(pid, "VmHWM")

@@ -23,6 +23,7 @@ REDIS = os.environ.get("IMSG_TEST_REDIS", "redis://127.0.0.1:6379/0")
 def _postgres_reason() -> str | None:
     try:
         import psycopg
+
         with psycopg.connect(PG, connect_timeout=2) as conn:
             conn.execute("SELECT 1")
     except Exception as exc:
@@ -33,6 +34,7 @@ def _postgres_reason() -> str | None:
 def _redis_reason() -> str | None:
     try:
         import redis
+
         redis.Redis.from_url(REDIS, socket_connect_timeout=2).ping()
     except Exception as exc:
         return f"redis not reachable at {REDIS}: {type(exc).__name__}"
@@ -40,13 +42,13 @@ def _redis_reason() -> str | None:
 
 
 pg_reason = _postgres_reason()
-pytestmark = [pytest.mark.postgres,
-              pytest.mark.skipif(pg_reason is not None, reason=pg_reason or "")]
+pytestmark = [pytest.mark.postgres, pytest.mark.skipif(pg_reason is not None, reason=pg_reason or "")]
 
 
 @pytest.fixture
 def pg_schema():
     import psycopg
+
     name = f"imsg_test_{secrets.token_hex(6)}"
     yield name
     with psycopg.connect(PG, autocommit=True) as conn:
@@ -56,6 +58,7 @@ def pg_schema():
 @pytest.fixture
 def pg_live(tmp_path, pg_schema):
     from imsg_relay.storage.postgres import PostgresStorage
+
     storage = PostgresStorage(PG, schema=pg_schema, pool_size=4)
     with LiveRelay(relay_settings(tmp_path), storage=storage) as relay:
         yield relay
@@ -72,8 +75,9 @@ def test_conversation_and_ack_semantics_on_postgres(pg_live):
         assert send(c, alice, bob, b"x", mid).json() == {"message_id": mid, "stored": 3}
         r = send(c, alice, bob, devices=[1, 2, 4])
         assert r.status_code == 409 and (r.json()["missing"], r.json()["extra"]) == ([3], [4])
-        assert c.post("/v1/messages/ack", json={"message_ids": [mid, new_message_id()]},
-                      headers=bob.headers(1)).json() == {"acked": 1}
+        assert c.post(
+            "/v1/messages/ack", json={"message_ids": [mid, new_message_id()]}, headers=bob.headers(1)
+        ).json() == {"acked": 1}
         assert c.get("/v1/messages", headers=bob.headers(1)).json()["messages"] == []
         for d in (2, 3):
             msgs = c.get("/v1/messages", headers=bob.headers(d)).json()["messages"]
@@ -85,18 +89,19 @@ def test_conversation_and_ack_semantics_on_postgres(pg_live):
 def test_concurrent_prekey_fetches_on_postgres(pg_live):
     with httpx.Client(base_url=pg_live.url, timeout=10) as c:
         alice, bob = register(c), register(c)
-        body = {"signed_prekey": {"key_id": 1, "public_key": b64(b"s"), "signature": b64(b"s")},
-                "kem_last_resort": {"key_id": 1, "public_key": b64(b"l"), "signature": b64(b"s")},
-                "one_time": [{"key_id": i, "public_key": b64(b"o")} for i in range(8)],
-                "kem_one_time": [{"key_id": i, "public_key": b64(b"k"), "signature": b64(b"s")}
-                                 for i in range(8)]}
-        assert c.put("/v1/keys", json=body, headers=bob.headers()).json() == {
-            "one_time": 8, "kem_one_time": 8}
+        body = {
+            "signed_prekey": {"key_id": 1, "public_key": b64(b"s"), "signature": b64(b"s")},
+            "kem_last_resort": {"key_id": 1, "public_key": b64(b"l"), "signature": b64(b"s")},
+            "one_time": [{"key_id": i, "public_key": b64(b"o")} for i in range(8)],
+            "kem_one_time": [{"key_id": i, "public_key": b64(b"k"), "signature": b64(b"s")} for i in range(8)],
+        }
+        assert c.put("/v1/keys", json=body, headers=bob.headers()).json() == {"one_time": 8, "kem_one_time": 8}
 
     async def fetch_all():
         async with httpx.AsyncClient(base_url=pg_live.url, timeout=10) as c:
-            return await asyncio.gather(*[c.get(f"/v1/keys/{bob.account_id}",
-                                                headers=alice.headers()) for _ in range(12)])
+            return await asyncio.gather(
+                *[c.get(f"/v1/keys/{bob.account_id}", headers=alice.headers()) for _ in range(12)]
+            )
 
     devices = [r.json()["devices"][0] for r in asyncio.run(fetch_all())]
     assert sorted(d["one_time"]["key_id"] for d in devices if d["one_time"]) == list(range(8))
@@ -109,24 +114,31 @@ def test_long_poll_on_one_worker_wakes_from_a_send_on_another(tmp_path, pg_schem
     """Two relays sharing one database and Redis: a send to worker B wakes a fetch on A."""
     from imsg_relay.push_redis import RedisPush
     from imsg_relay.storage.postgres import PostgresStorage
+
     channel = f"imsg-test:{pg_schema}"
     secret = tmp_path / "shared.secret"
-    relays = [LiveRelay(relay_settings(tmp_path / name, secret_file=secret),
-                        storage=PostgresStorage(PG, schema=pg_schema, pool_size=2),
-                        push=RedisPush(REDIS, channel=channel)) for name in ("a", "b")]
+    relays = [
+        LiveRelay(
+            relay_settings(tmp_path / name, secret_file=secret),
+            storage=PostgresStorage(PG, schema=pg_schema, pool_size=2),
+            push=RedisPush(REDIS, channel=channel),
+        )
+        for name in ("a", "b")
+    ]
     with relays[0] as a, relays[1] as b:
         with httpx.Client(base_url=a.url, timeout=10) as c:
             alice, bob = register(c), register(c)
 
         async def scenario():
             async with httpx.AsyncClient(timeout=20) as c:
-                poll = asyncio.create_task(c.get(a.url + "/v1/messages?wait=10",
-                                                 headers=bob.headers()))
+                poll = asyncio.create_task(c.get(a.url + "/v1/messages?wait=10", headers=bob.headers()))
                 await asyncio.sleep(0.3)
                 start = time.monotonic()
-                r = await c.put(b.url + f"/v1/messages/{bob.account_id}", headers=alice.headers(),
-                                json={"message_id": new_message_id(),
-                                      "messages": [{"device_id": 1, "body": b64(b"hi")}]})
+                r = await c.put(
+                    b.url + f"/v1/messages/{bob.account_id}",
+                    headers=alice.headers(),
+                    json={"message_id": new_message_id(), "messages": [{"device_id": 1, "body": b64(b"hi")}]},
+                )
                 assert r.status_code == 200
                 got = await poll
                 return time.monotonic() - start, got.json()
@@ -140,17 +152,17 @@ def test_provisioning_and_device_cap_on_postgres(tmp_path, pg_schema):
     from imsg_relay.storage.postgres import PostgresStorage
 
     from .helpers import new_token, open_channel
+
     now = [1_800_000_000.0]
     storage = PostgresStorage(PG, schema=pg_schema, pool_size=4)
-    with LiveRelay(relay_settings(tmp_path, max_devices=3), storage=storage,
-                   clock=lambda: now[0]) as relay, \
-            httpx.Client(base_url=relay.url, timeout=10) as c:
+    with (
+        LiveRelay(relay_settings(tmp_path, max_devices=3), storage=storage, clock=lambda: now[0]) as relay,
+        httpx.Client(base_url=relay.url, timeout=10) as c,
+    ):
         alice, mallory = register(c, devices=3), register(c)
-        r = c.put("/v1/devices/4", headers=alice.headers(),
-                  json={"token": new_token(), "device_list": b64(b"x")})
+        r = c.put("/v1/devices/4", headers=alice.headers(), json={"token": new_token(), "device_list": b64(b"x")})
         assert r.status_code == 409 and r.json()["error"] == "too_many_devices"
-        r = c.put("/v1/devices/2", headers=alice.headers(),
-                  json={"token": new_token(), "device_list": b64(b"x")})
+        r = c.put("/v1/devices/2", headers=alice.headers(), json={"token": new_token(), "device_list": b64(b"x")})
         assert r.json()["error"] == "device_exists"
 
         channel = open_channel(c, alice)
@@ -170,12 +182,12 @@ def test_provisioning_and_device_cap_on_postgres(tmp_path, pg_schema):
 
         async def race():
             async with httpx.AsyncClient(base_url=relay.url, timeout=10) as ac:
-                opens = await asyncio.gather(*[ac.post("/v1/provisioning", json={},
-                                                       headers=alice.headers())
-                                               for _ in range(6)])
-                puts = await asyncio.gather(*[ac.put(box + "/existing",
-                                                     json={"body": b64(b"%d" % i)})
-                                              for i in range(12)])
+                opens = await asyncio.gather(
+                    *[ac.post("/v1/provisioning", json={}, headers=alice.headers()) for _ in range(6)]
+                )
+                puts = await asyncio.gather(
+                    *[ac.put(box + "/existing", json={"body": b64(b"%d" % i)}) for i in range(12)]
+                )
                 takes = await asyncio.gather(*[ac.get(box + "/existing") for _ in range(12)])
                 return opens, puts, takes
 
@@ -218,11 +230,13 @@ def test_sweeper_deletes_expired_channels_on_postgres(pg_schema):
 
 def _tok():
     from .helpers import new_token
+
     return new_token()
 
 
 def _reg_payload(ident):
     from .helpers import registration
+
     return registration(ident)
 
 
@@ -248,11 +262,15 @@ def test_blob_upload_and_ranged_download_on_postgres(pg_live):
         alice, bob = register(c), register(c)
         blob = c.post("/v1/blobs", json={"size": len(data)}, headers=alice.headers()).json()
         assert blob["parts"] == 1
-        r = c.put(f"/v1/blobs/{blob['blob_id']}/parts/0", content=data,
-                  headers={**alice.headers(), "Content-Type": "application/octet-stream"})
+        r = c.put(
+            f"/v1/blobs/{blob['blob_id']}/parts/0",
+            content=data,
+            headers={**alice.headers(), "Content-Type": "application/octet-stream"},
+        )
         assert r.json() == {"received": [0], "complete": True}
         r = c.post(f"/v1/blobs/{blob['blob_id']}/complete", headers=alice.headers())
         import hashlib
+
         assert r.json()["sha256"] == hashlib.sha256(data).hexdigest()
         url = f"/v1/blobs/{blob['blob_id']}"
         assert c.get(url, headers=bob.headers()).content == data
@@ -287,12 +305,20 @@ def test_handles_codes_and_private_lookup_on_postgres(tmp_path, pg_schema):
         wrong = f"{(int(code) + 1) % 1_000_000:06d}"
         r = c.post("/v1/handles/verify", json={"handle": "+15551239999", "code": wrong}, headers=alice.headers())
         assert r.status_code == 403 and r.json()["tries_left"] == 4
-        assert c.post("/v1/handles/verify", json={"handle": "+15551239999", "code": code},
-                      headers=alice.headers()).json()["state"] == "verified"
+        assert (
+            c.post("/v1/handles/verify", json={"handle": "+15551239999", "code": code}, headers=alice.headers()).json()[
+                "state"
+            ]
+            == "verified"
+        )
         assert private_lookup(c, carol, "+15551239999") == alice.account_id
         code = claim(bob, "+15551239999")  # the number went to bob
-        assert c.post("/v1/handles/verify", json={"handle": "+15551239999", "code": code},
-                      headers=bob.headers()).status_code == 200
+        assert (
+            c.post(
+                "/v1/handles/verify", json={"handle": "+15551239999", "code": code}, headers=bob.headers()
+            ).status_code
+            == 200
+        )
         assert private_lookup(c, carol, "+15551239999") == bob.account_id
         [row] = [h for h in c.get("/v1/handles", headers=bob.headers()).json()["handles"] if h["state"] == "verified"]
         c.patch(f"/v1/handles/{row['id']}", json={"receiving": False}, headers=bob.headers())
@@ -300,21 +326,32 @@ def test_handles_codes_and_private_lookup_on_postgres(tmp_path, pg_schema):
         assert c.delete(f"/v1/handles/{row['id']}", headers=bob.headers()).status_code == 200
         with psycopg.connect(PG) as conn:
             conn.execute(f'SET search_path TO "{pg_schema}"')
-            counts = lambda: {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]  # noqa: E731
-                              for (t,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s",
-                                                       (pg_schema,)).fetchall()}
+
+            def counts() -> dict[str, int]:
+                tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (pg_schema,))
+                return {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for (t,) in tables.fetchall()}
+
             before = counts()
             for h in ("+15558880000", "nobody@example.com", "alice@example.com"):
                 private_lookup(c, carol, h)
             assert counts() == before
-            dump = b"".join(repr(row).encode() for (t,) in conn.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = %s", (pg_schema,)).fetchall()
-                for row in conn.execute(f'SELECT * FROM "{t}"').fetchall())
-            # bytea values come back as bytes; repr shows them escaped, so check hex too
-            hexdump = b"".join(bytes(v).hex().encode() for (t,) in conn.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = %s", (pg_schema,)).fetchall()
+            dump = b"".join(
+                repr(row).encode()
+                for (t,) in conn.execute(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = %s", (pg_schema,)
+                ).fetchall()
                 for row in conn.execute(f'SELECT * FROM "{t}"').fetchall()
-                for v in row if isinstance(v, (bytes, memoryview)))
+            )
+            # bytea values come back as bytes; repr shows them escaped, so check hex too
+            hexdump = b"".join(
+                bytes(v).hex().encode()
+                for (t,) in conn.execute(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = %s", (pg_schema,)
+                ).fetchall()
+                for row in conn.execute(f'SELECT * FROM "{t}"').fetchall()
+                for v in row
+                if isinstance(v, (bytes, memoryview))
+            )
         for h in ("+15558880000", "nobody@example.com"):
             for trace in traces_of(h, tmp_path / "data"):
                 assert trace not in dump and trace.hex().encode() not in hexdump, (h, trace)
@@ -337,8 +374,10 @@ def test_sealed_access_and_sealed_sends_on_postgres(pg_live, pg_schema):
         assert c.put(url, json=body).status_code == 401
         assert c.put(url, json=body, headers={"Unidentified-Access-Key": b64(bytes(16))}).status_code == 401
         assert c.put(url, json=body, headers={"Unidentified-Access-Key": b64(key)}).json()["stored"] == 2
-        assert c.put("/v1/sealed/access", headers=bob.headers(),
-                     json={"allow_anyone": True}).json() == {"access_key_set": True, "allow_anyone": True}
+        assert c.put("/v1/sealed/access", headers=bob.headers(), json={"allow_anyone": True}).json() == {
+            "access_key_set": True,
+            "allow_anyone": True,
+        }
         assert c.put(url, json={**body, "message_id": new_message_id()}).json()["stored"] == 2
         assert len(c.get("/v1/messages", headers=bob.headers()).json()["messages"]) == 2
     with psycopg.connect(PG) as conn:
@@ -377,8 +416,12 @@ def test_profiles_on_postgres_hold_no_name_or_photo(pg_live, pg_schema, tmp_path
         with pytest.raises(pf.DecryptionError):
             pf.open_(old_key, alice_id, bytes(rows[0][2]))
         assert pf.open_(new_key, alice_id, bytes(rows[0][2]))[1] == pf.Profile(name, photo)
-        tables = [r[0] for r in conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (pg_schema,))]
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (pg_schema,)
+            )
+        ]
         assert "profiles" in tables
         needles = [name.encode(), photo[:48], photo[3000:3048], photo[-48:]]
         for table in tables:

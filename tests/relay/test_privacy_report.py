@@ -63,11 +63,14 @@ def backend(request, tmp_path):
             conn = _postgres(schema)
 
             def run(sql, *params):
-                return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
-                        for row in conn.execute(sql.replace("?", "%s"), params).fetchall()]
+                return [
+                    tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+                    for row in conn.execute(sql.replace("?", "%s"), params).fetchall()
+                ]
 
-            tables = [r[0] for r in run("SELECT table_name FROM information_schema.tables"
-                                        " WHERE table_schema = ?", schema)]
+            tables = [
+                r[0] for r in run("SELECT table_name FROM information_schema.tables WHERE table_schema = ?", schema)
+            ]
             yield relay, clock, run, tables
             conn.close()
     finally:
@@ -83,8 +86,10 @@ def test_every_table_is_in_the_report_or_declared_not_about_an_account(backend):
     _, _, _, tables = backend
     assert tables, "no tables found"
     missing = sorted(set(tables) - privacy.COVERED_TABLES - set(privacy.NOT_ACCOUNT_DATA))
-    assert missing == [], (f"relay tables {missing} are neither read by imsg_relay/privacy.py SECTIONS "
-                           "nor listed in NOT_ACCOUNT_DATA with a reason: add them to the privacy report")
+    assert missing == [], (
+        f"relay tables {missing} are neither read by imsg_relay/privacy.py SECTIONS "
+        "nor listed in NOT_ACCOUNT_DATA with a reason: add them to the privacy report"
+    )
     assert privacy.COVERED_TABLES <= set(tables)  # no section reads a table that is not there
 
 
@@ -94,9 +99,17 @@ def test_report_matches_the_tables(backend):
         me, other = register(c, devices=2), register(c)
         h = me.headers()
         sig = b64(os.urandom(64))
-        assert c.put("/v1/keys", headers=h, json={
-            "signed_prekey": {"key_id": 1, "public_key": b64(os.urandom(33)), "signature": sig},
-            "one_time": _keys(7, 10)}).status_code == 200
+        assert (
+            c.put(
+                "/v1/keys",
+                headers=h,
+                json={
+                    "signed_prekey": {"key_id": 1, "public_key": b64(os.urandom(33)), "signature": sig},
+                    "one_time": _keys(7, 10),
+                },
+            ).status_code
+            == 200
+        )
         assert c.put("/v1/keys", headers=me.headers(2), json={"one_time": _keys(3, 50)}).status_code == 200
         assert c.put("/v1/keys", headers=other.headers(), json={"one_time": _keys(5, 1)}).status_code == 200
         old = new_message_id()
@@ -108,17 +121,28 @@ def test_report_matches_the_tables(backend):
         channel = open_channel(c, me)
         assert c.put(f"/v1/provisioning/{channel}/new", json={"body": b64(b"p" * 40)}).status_code == 200
         blob = c.post("/v1/blobs", headers=h, json={"size": 5000}).json()["blob_id"]
-        assert c.put(f"/v1/blobs/{blob}/parts/0", headers={**h, "Content-Type": "application/octet-stream"},
-                     content=os.urandom(5000)).status_code == 200
+        assert (
+            c.put(
+                f"/v1/blobs/{blob}/parts/0",
+                headers={**h, "Content-Type": "application/octet-stream"},
+                content=os.urandom(5000),
+            ).status_code
+            == 200
+        )
         assert c.post("/v1/blobs", headers=other.headers(), json={"size": 10}).status_code == 201
-        r = c.put("/v1/backup", headers={**h, "Content-Type": "application/octet-stream"},
-                  params={"access_hash": os.urandom(32).hex()}, content=os.urandom(70_000))
+        r = c.put(
+            "/v1/backup",
+            headers={**h, "Content-Type": "application/octet-stream"},
+            params={"access_hash": os.urandom(32).hex()},
+            content=os.urandom(70_000),
+        )
         assert r.status_code == 200, r.text
 
         key_id = os.urandom(32)
         profile = b"\x01" + key_id + (7).to_bytes(8, "big") + os.urandom(400)
-        r = c.put(f"/v1/profile/{key_id.hex()}", headers={**h, "Content-Type": "application/octet-stream"},
-                  content=profile)
+        r = c.put(
+            f"/v1/profile/{key_id.hex()}", headers={**h, "Content-Type": "application/octet-stream"}, content=profile
+        )
         assert r.status_code == 200, r.text
         r = c.get("/v1/privacy/report", headers=me.headers(2))
         assert r.status_code == 200, r.text
@@ -129,38 +153,54 @@ def test_report_matches_the_tables(backend):
     now = int(clock.t * 1000)
     assert doc["account_id"] == a and doc["generated_at"] == now
     assert doc["retention"] == {"envelope_days": 30, "blob_days": 30}
-    (key, created), = run("SELECT account_key, created_at FROM accounts WHERE account_id = ?", a)
+    ((key, created),) = run("SELECT account_key, created_at FROM accounts WHERE account_id = ?", a)
     assert [(x["account_key"], x["created_at"]) for x in doc["account"]] == [(b64(key), created)]
-    assert [(x["blinded"], x["state"], x["receiving"]) for x in doc["handles"]] == \
-        [(b64(r[0]), r[1], bool(r[2])) for r in run("SELECT tag, state, receiving FROM handles WHERE account_id = ?"
-                                                   " ORDER BY created_at, tag", a)]
+    assert [(x["blinded"], x["state"], x["receiving"]) for x in doc["handles"]] == [
+        (b64(r[0]), r[1], bool(r[2]))
+        for r in run("SELECT tag, state, receiving FROM handles WHERE account_id = ? ORDER BY created_at, tag", a)
+    ]
     assert len(doc["handles"]) == 1 and doc["handles"][0]["state"] == "unverified"
-    assert [(d["device_id"], d["created_at"]) for d in doc["devices"]] == \
-        run("SELECT device_id, created_at FROM devices WHERE account_id = ? ORDER BY device_id", a)
+    assert [(d["device_id"], d["created_at"]) for d in doc["devices"]] == run(
+        "SELECT device_id, created_at FROM devices WHERE account_id = ? ORDER BY device_id", a
+    )
     assert "token" not in str(doc["devices"])
-    assert [(p["device_id"], p["kind"], p["count"]) for p in doc["one_time_prekeys"]] == \
-        run("SELECT device_id, kind, count(*) FROM one_time_prekeys WHERE account_id = ?"
-            " GROUP BY device_id, kind ORDER BY device_id, kind", a) == [(1, "x25519", 7), (2, "x25519", 3)]
+    assert (
+        [(p["device_id"], p["kind"], p["count"]) for p in doc["one_time_prekeys"]]
+        == run(
+            "SELECT device_id, kind, count(*) FROM one_time_prekeys WHERE account_id = ?"
+            " GROUP BY device_id, kind ORDER BY device_id, kind",
+            a,
+        )
+        == [(1, "x25519", 7), (2, "x25519", 3)]
+    )
     assert [(p["device_id"], p["kind"], p["key_id"]) for p in doc["signed_prekeys"]] == [(1, "x25519", 1)]
     # Envelopes: each device's own copy, with sizes and ages; the expired one is still on
     # disk until the sweeper runs, so it is reported, marked expired.
-    rows = run("SELECT device_id, message_id, length(body), received_at FROM envelopes"
-               " WHERE account_id = ? ORDER BY seq", a)
+    rows = run(
+        "SELECT device_id, message_id, length(body), received_at FROM envelopes WHERE account_id = ? ORDER BY seq", a
+    )
     assert [(e["device_id"], e["message_id"], e["size"], e["received_at"]) for e in doc["envelopes"]] == rows
     assert len(rows) == 6 and {e["size"] for e in doc["envelopes"]} == {300, 100, 2000}
     assert [e["expired"] for e in doc["envelopes"] if e["message_id"] == old] == [True, True]
     assert all(e["expires_at"] == e["received_at"] + 30 * DAY_MS for e in doc["envelopes"])
     assert [(m["device_id"], m["count"], m["bytes"]) for m in doc["mailboxes"]] == [(1, 3, 2400), (2, 3, 2400)]
-    assert [(x["channel"], x["queued_messages"], x["queued_bytes"]) for x in doc["provisioning_channels"]] == \
-        [(channel, 1, 40)]
-    (bsize, bcreated), = run("SELECT size, created_at FROM blobs WHERE account_id = ?", a)
-    assert [(b["blob_id"], b["size"], b["created_at"], b["complete"], b["parts_received"], b["expires_at"])
-            for b in doc["blobs"]] == [(blob, bsize, bcreated, False, 1, bcreated + 30 * DAY_MS)]
-    assert [(b["size"], b["updated_at"]) for b in doc["backups"]] == \
-        run("SELECT size, updated_at FROM backups WHERE account_id = ?", a) == [(70_000, now)]
+    assert [(x["channel"], x["queued_messages"], x["queued_bytes"]) for x in doc["provisioning_channels"]] == [
+        (channel, 1, 40)
+    ]
+    ((bsize, bcreated),) = run("SELECT size, created_at FROM blobs WHERE account_id = ?", a)
+    assert [
+        (b["blob_id"], b["size"], b["created_at"], b["complete"], b["parts_received"], b["expires_at"])
+        for b in doc["blobs"]
+    ] == [(blob, bsize, bcreated, False, 1, bcreated + 30 * DAY_MS)]
+    assert (
+        [(b["size"], b["updated_at"]) for b in doc["backups"]]
+        == run("SELECT size, updated_at FROM backups WHERE account_id = ?", a)
+        == [(70_000, now)]
+    )
     assert [(p["key_id"], p["revision"], p["size"]) for p in doc["profiles"]] == [(b64(key_id), 7, len(profile))]
-    assert [(p["revision"], p["updated_at"]) for p in doc["profiles"]] == \
-        run("SELECT revision, updated_at FROM profiles WHERE account_id = ?", a)
+    assert [(p["revision"], p["updated_at"]) for p in doc["profiles"]] == run(
+        "SELECT revision, updated_at FROM profiles WHERE account_id = ?", a
+    )
     # Nothing of the other account leaks into mine.
     assert other.account_id not in json.dumps(doc)
     assert len(doc["blobs"]) == 1

@@ -36,9 +36,11 @@ def _sender(url_box, alice, bob, acked, stop, errors):
             client = httpx.Client(base_url=url, timeout=5)
         mid = new_message_id()
         try:
-            r = client.put(f"/v1/messages/{bob.account_id}", headers=alice.headers(),
-                           json={"message_id": mid,
-                                 "messages": [{"device_id": 1, "body": b64(mid.encode())}]})
+            r = client.put(
+                f"/v1/messages/{bob.account_id}",
+                headers=alice.headers(),
+                json={"message_id": mid, "messages": [{"device_id": 1, "body": b64(mid.encode())}]},
+            )
         except httpx.HTTPError:
             client = None
             time.sleep(0.02)
@@ -60,8 +62,9 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path):
     stop = threading.Event()
     acked: list[list[str]] = [[] for _ in pairs]
     errors: list[int] = []
-    threads = [threading.Thread(target=_sender, args=(url_box, a, b, acked[i], stop, errors))
-               for i, (a, b) in enumerate(pairs)]
+    threads = [
+        threading.Thread(target=_sender, args=(url_box, a, b, acked[i], stop, errors)) for i, (a, b) in enumerate(pairs)
+    ]
     for t in threads:
         t.start()
     rng = random.Random(7)
@@ -84,7 +87,7 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path):
         assert not errors
         assert sum(len(a) for a in acked) > 100  # the test did exercise the relay
         with httpx.Client(base_url=relay.url, timeout=10) as c:
-            for (alice, bob), mine in zip(pairs, acked):
+            for (_alice, bob), mine in zip(pairs, acked, strict=True):
                 seen = set()
                 while True:
                     got = c.get("/v1/messages?limit=500", headers=bob.headers()).json()
@@ -113,20 +116,27 @@ def test_database_and_log_hold_no_handles_tokens_or_addresses(tmp_path):
             alice, bob = register(c, handles[0]), register(c, handles[1], devices=2)
             assert private_lookup(c, alice, handles[1]) == bob.account_id
             assert private_lookup(c, alice, "carol@example.com") is None
-            keys = {"signed_prekey": {"key_id": 1, "public_key": b64(b"k"), "signature": b64(b"s")},
-                    "one_time": [{"key_id": 2, "public_key": b64(b"o")}]}
+            keys = {
+                "signed_prekey": {"key_id": 1, "public_key": b64(b"k"), "signature": b64(b"s")},
+                "one_time": [{"key_id": 2, "public_key": b64(b"o")}],
+            }
             c.put("/v1/keys", json=keys, headers=bob.headers())
             c.get(f"/v1/keys/{bob.account_id}", headers=alice.headers())
             for _ in range(3):
                 mid = new_message_id()
-                c.put(f"/v1/messages/{bob.account_id}", headers=alice.headers(),
-                      json={"message_id": mid, "messages": [{"device_id": d, "body": b64(b"c")}
-                                                            for d in (1, 2)]})
+                c.put(
+                    f"/v1/messages/{bob.account_id}",
+                    headers=alice.headers(),
+                    json={"message_id": mid, "messages": [{"device_id": d, "body": b64(b"c")} for d in (1, 2)]},
+                )
                 c.get("/v1/messages", headers=bob.headers(2))
                 c.post("/v1/messages/ack", json={"message_ids": [mid]}, headers=bob.headers(2))
             # failures log too; none of them may echo what they were sent
-            c.post("/v1/accounts", content=b'{"handle": "' + handles[0].encode() + b'"',
-                   headers={"Content-Type": "application/json"})
+            c.post(
+                "/v1/accounts",
+                content=b'{"handle": "' + handles[0].encode() + b'"',
+                headers={"Content-Type": "application/json"},
+            )
             c.get("/v1/messages", headers={"Authorization": "Bearer " + alice.tokens[1][:-1] + "A"})
             c.post("/v1/handles", json={"handle": 5}, headers=bob.headers())
     finally:

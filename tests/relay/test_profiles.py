@@ -62,10 +62,12 @@ def test_store_replace_and_read_without_credentials(client):
 def test_malformed_frames_are_refused(client, case):
     alice = register(client)
     k = os.urandom(32)
-    body = {"short": frame(k, 1)[:-1],
-            "version": b"\x02" + frame(k, 1)[1:],
-            "key_id": frame(os.urandom(32), 1),
-            "revision": frame(k, 1 << 63)}[case]
+    body = {
+        "short": frame(k, 1)[:-1],
+        "version": b"\x02" + frame(k, 1)[1:],
+        "key_id": frame(os.urandom(32), 1),
+        "revision": frame(k, 1 << 63),
+    }[case]
     r = put(client, alice, k, body)
     assert r.status_code == 400 and r.json()["error"] == "bad_request"
     assert get(client, alice.account_id, k).status_code == 404
@@ -81,8 +83,12 @@ def test_limits_media_type_and_authentication(client):
     assert r.status_code == 415
     r = client.put(f"/v1/profile/{k.hex()}", content=frame(k, 3), headers=OCTETS)
     assert r.status_code == 401
-    assert client.put(f"/v1/profile/{k.hex()[:-1]}", content=frame(k, 3),
-                      headers={**alice.headers(), **OCTETS}).status_code == 400
+    assert (
+        client.put(
+            f"/v1/profile/{k.hex()[:-1]}", content=frame(k, 3), headers={**alice.headers(), **OCTETS}
+        ).status_code
+        == 400
+    )
     assert client.get(f"/v1/profile/{alice.account_id}/{'G' * 64}").status_code == 400
 
 

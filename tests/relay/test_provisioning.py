@@ -80,17 +80,26 @@ def test_exchange_both_ways_read_once_oldest_first(client):
 
 def test_unknown_channel_is_404_everywhere(client):
     alice = register(client)
-    for r in (_put(client, "0123456789abcdef", "new"), _get(client, "0123456789abcdef", "new"),
-              _get(client, "0123456789abcdef", "existing", wait=1),
-              client.delete("/v1/provisioning/0123456789abcdef", headers=alice.headers())):
+    for r in (
+        _put(client, "0123456789abcdef", "new"),
+        _get(client, "0123456789abcdef", "new"),
+        _get(client, "0123456789abcdef", "existing", wait=1),
+        client.delete("/v1/provisioning/0123456789abcdef", headers=alice.headers()),
+    ):
         assert r.status_code == 404, r.text
         assert r.json()["error"] == "not_found"
 
 
-@pytest.mark.parametrize("path", ["/v1/provisioning/{c}/old", "/v1/provisioning/{c}/NEW",
-                                  "/v1/provisioning/0123456789ABCDEF/new",
-                                  "/v1/provisioning/0123456789abcde/new",
-                                  "/v1/provisioning/0123456789abcdef0/new"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/provisioning/{c}/old",
+        "/v1/provisioning/{c}/NEW",
+        "/v1/provisioning/0123456789ABCDEF/new",
+        "/v1/provisioning/0123456789abcde/new",
+        "/v1/provisioning/0123456789abcdef0/new",
+    ],
+)
 def test_bad_box_or_channel_is_400(client, path):
     channel = open_channel(client, register(client))
     path = path.replace("{c}", channel)
@@ -118,8 +127,7 @@ def test_expired_channel_is_404_and_frees_its_slot(tmp_path):
         clock.now += 0.1  # exactly at expires_at: closed
         assert _get(client, channel, "new").status_code == 404
         assert _put(client, channel, "new").status_code == 404
-        assert client.delete(f"/v1/provisioning/{channel}",
-                             headers=alice.headers()).status_code == 404
+        assert client.delete(f"/v1/provisioning/{channel}", headers=alice.headers()).status_code == 404
         # an expired channel does not count towards the per-account cap
         for _ in range(3):
             open_channel(client, alice)
@@ -134,8 +142,7 @@ def test_ttl_setting(tmp_path):
         assert r.json()["expires_at"] == int(clock.now * 1000) + 30_000
         clock.now += 31
         assert _put(client, r.json()["channel"], "new").status_code == 404
-    env = Settings.from_env({"IMSG_RELAY_PROVISIONING_TTL_SECONDS": "120",
-                             "IMSG_RELAY_MAX_DEVICES": "4"})
+    env = Settings.from_env({"IMSG_RELAY_PROVISIONING_TTL_SECONDS": "120", "IMSG_RELAY_MAX_DEVICES": "4"})
     assert env.provisioning_ttl_seconds == 120 and env.max_devices == 4
     assert Settings().provisioning_ttl_seconds == 600 and Settings().max_devices == 10
 
@@ -161,8 +168,9 @@ def test_message_over_256_kib_is_413(client):
     assert r.status_code == 413
     assert r.json()["error"] == "payload_too_large" and r.json()["limit"] == 256 * KIB
     # past the route's 400 KiB request cap: refused on Content-Length, before reading
-    r = client.put(f"/v1/provisioning/{channel}/new", content=b"x" * (400 * KIB + 1),
-                   headers={"Content-Type": "application/json"})
+    r = client.put(
+        f"/v1/provisioning/{channel}/new", content=b"x" * (400 * KIB + 1), headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 413 and r.json()["limit"] == 400 * KIB
 
 
@@ -172,8 +180,9 @@ def test_route_cap_is_its_own_not_max_body(tmp_path):
         channel = open_channel(client, alice)
         assert _put(client, channel, "new", b"x" * 200 * KIB).status_code == 200
         # every other route keeps the general cap
-        r = client.post("/v1/provisioning", content=b" " * 5000,
-                        headers={**alice.headers(), "Content-Type": "application/json"})
+        r = client.post(
+            "/v1/provisioning", content=b" " * 5000, headers={**alice.headers(), "Content-Type": "application/json"}
+        )
         assert r.status_code == 413
 
 
@@ -221,16 +230,14 @@ def test_unauthenticated_routes_are_rate_limited_per_channel(tmp_path):
 
 
 def test_unauthenticated_routes_have_a_global_bucket(tmp_path):
-    settings = relay_settings(tmp_path, provisioning_global_rate=4.0,
-                              provisioning_global_burst=4.0)
+    settings = relay_settings(tmp_path, provisioning_global_rate=4.0, provisioning_global_burst=4.0)
     with TestClient(create_app(settings)) as client:
         alice = register(client)
         channels = [open_channel(client, alice) for _ in range(3)]
         statuses = [_get(client, c, "new").status_code for c in channels + channels[:2]]
         assert statuses == [200] * 4 + [429]
         # the authenticated routes are not part of it
-        assert client.delete(f"/v1/provisioning/{channels[0]}",
-                             headers=alice.headers()).status_code == 200
+        assert client.delete(f"/v1/provisioning/{channels[0]}", headers=alice.headers()).status_code == 200
 
 
 def test_long_poll_wakes_on_put_and_on_close(live):
@@ -304,8 +311,9 @@ def test_message_rows_hold_no_account(tmp_path):
 
 def test_the_11th_device_is_too_many(client):
     alice = register(client, devices=10)
-    r = client.put("/v1/devices/11", headers=alice.headers(),
-                   json={"token": new_token(), "device_list": b64(b"list-11")})
+    r = client.put(
+        "/v1/devices/11", headers=alice.headers(), json={"token": new_token(), "device_list": b64(b"list-11")}
+    )
     assert r.status_code == 409
     assert r.json()["error"] == "too_many_devices" and r.json()["limit"] == 10
     assert "remove one" in r.json()["message"]
@@ -313,18 +321,17 @@ def test_the_11th_device_is_too_many(client):
     assert account["devices"] == list(range(1, 11))
     assert base64.b64decode(account["device_list"]) == b"list-10"  # not replaced
     # an id the account has is still device_exists, even at the cap
-    r = client.put("/v1/devices/3", headers=alice.headers(),
-                   json={"token": new_token(), "device_list": b64(b"x")})
+    r = client.put("/v1/devices/3", headers=alice.headers(), json={"token": new_token(), "device_list": b64(b"x")})
     assert r.json()["error"] == "device_exists"
     assert client.delete("/v1/devices/10", headers=alice.headers()).status_code == 200
-    r = client.put("/v1/devices/11", headers=alice.headers(),
-                   json={"token": new_token(), "device_list": b64(b"list-11")})
+    r = client.put(
+        "/v1/devices/11", headers=alice.headers(), json={"token": new_token(), "device_list": b64(b"list-11")}
+    )
     assert r.status_code == 201
 
 
 def test_device_cap_setting(tmp_path):
     with TestClient(create_app(relay_settings(tmp_path, max_devices=2))) as client:
         alice = register(client, devices=2)
-        r = client.put("/v1/devices/3", headers=alice.headers(),
-                       json={"token": new_token(), "device_list": b64(b"x")})
+        r = client.put("/v1/devices/3", headers=alice.headers(), json={"token": new_token(), "device_list": b64(b"x")})
         assert r.status_code == 409 and r.json()["error"] == "too_many_devices"

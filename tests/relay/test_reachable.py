@@ -121,8 +121,14 @@ def test_codes_are_stored_only_hashed(file_relay, tmp_path):
 
 def test_codes_are_rate_limited_per_handle_and_per_account(tmp_path):
     codes = tmp_path / "codes.txt"
-    settings = relay_settings(tmp_path / "data", verifier=f"file:{codes}", code_handle_burst=2,
-                              code_handle_rate=2 / 3600, code_account_burst=4, code_account_rate=4 / 3600)
+    settings = relay_settings(
+        tmp_path / "data",
+        verifier=f"file:{codes}",
+        code_handle_burst=2,
+        code_handle_rate=2 / 3600,
+        code_account_burst=4,
+        code_account_rate=4 / 3600,
+    )
     with TestClient(create_app(settings)) as c:
         alice, bob = register(c), register(c)
         add = lambda who, h: c.post("/v1/handles", json={"handle": h, "label": _label()}, headers=who.headers())  # noqa: E731
@@ -149,8 +155,12 @@ def test_verification_moves_a_handle_to_whoever_proves_it(file_relay):
     for who in (alice, bob):
         c.post("/v1/handles", json={"handle": "+15551230008", "label": _label()}, headers=who.headers())
         code = codes_in(codes)[-1][1]
-        assert c.post("/v1/handles/verify", json={"handle": "+15551230008", "code": code},
-                      headers=who.headers()).status_code == 200
+        assert (
+            c.post(
+                "/v1/handles/verify", json={"handle": "+15551230008", "code": code}, headers=who.headers()
+            ).status_code
+            == 200
+        )
     assert private_lookup(c, carol, "+15551230008") == bob.account_id  # a recycled number
     assert c.get("/v1/handles", headers=alice.headers()).json()["handles"][-1]["state"] == "pending"
 
@@ -207,25 +217,35 @@ def traces_of(handle: str, data_dir) -> list[bytes]:
 
     output = DiscoveryKey.load(data_dir / "discovery.key").output(handle)
     tag = tag_for(output)
-    return [handle.encode(), output, tag, output.hex().encode(), tag.hex().encode(),
-            base64.b64encode(tag), base64.b64encode(output)]
+    return [
+        handle.encode(),
+        output,
+        tag,
+        output.hex().encode(),
+        tag.hex().encode(),
+        base64.b64encode(tag),
+        base64.b64encode(output),
+    ]
 
 
 def test_lookups_leave_no_trace_in_database_or_log(tmp_path):
     """A lookup writes nothing: after many lookups of handles nobody holds, the database
     and the relay's log hold no trace of them (nor of the one registered handle looked up,
     beyond its row), and no table changed."""
-    from .helpers import RelayProcess
     import httpx
+
+    from .helpers import RelayProcess
 
     data = tmp_path / "data"
     log_path = tmp_path / "relay.log"
-    relay = RelayProcess(data, stderr_path=log_path, env={"IMSG_RELAY_DISCOVERY_BURST": "100000",
-                                                          "IMSG_RELAY_DISCOVERY_RATE": "100000"}).start()
+    relay = RelayProcess(
+        data, stderr_path=log_path, env={"IMSG_RELAY_DISCOVERY_BURST": "100000", "IMSG_RELAY_DISCOVERY_RATE": "100000"}
+    ).start()
     looked_up = ["+15559990001", "zed@example.com", "+442079460958"]
     try:
         with httpx.Client(base_url=relay.url, timeout=10) as c:
-            alice, bob = register(c, "alice@example.com"), register(c)
+            register(c, "alice@example.com")
+            bob = register(c)
             before = _table_counts(data / "relay.db")
             for h in looked_up * 3 + ["alice@example.com"]:
                 private_lookup(c, bob, h)
@@ -244,11 +264,14 @@ def test_lookups_leave_no_trace_in_database_or_log(tmp_path):
 
 def _table_counts(path) -> dict[str, int]:
     with sqlite3.connect(path) as db:
-        return {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return {
+            t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
 
 
 # --- real delivery: SMTP and an SMS gateway on loopback ---
+
 
 def test_smtp_verifier_delivers_the_code_to_a_real_smtp_server(tmp_path):
     from aiosmtpd.controller import Controller
@@ -264,16 +287,26 @@ def test_smtp_verifier_delivers_the_code_to_a_real_smtp_server(tmp_path):
     smtp = Controller(Handler(), hostname="127.0.0.1", port=port)
     smtp.start()
     try:
-        settings = relay_settings(tmp_path / "data", verifier="smtp", smtp_host="127.0.0.1", smtp_port=port,
-                                  smtp_tls="none", smtp_from="imsg <codes@relay.test>")
+        settings = relay_settings(
+            tmp_path / "data",
+            verifier="smtp",
+            smtp_host="127.0.0.1",
+            smtp_port=port,
+            smtp_tls="none",
+            smtp_from="imsg <codes@relay.test>",
+        )
         with TestClient(create_app(settings)) as c:
             alice, bob = register(c), register(c)
             r = c.post("/v1/handles", json={"handle": "erin@example.com", "label": _label()}, headers=alice.headers())
             assert r.status_code == 200
             [(rcpt, body)] = [g for g in got if g[0] == ["erin@example.com"]]
             code = CODE.search(body).group(1)
-            assert c.post("/v1/handles/verify", json={"handle": "erin@example.com", "code": code},
-                          headers=alice.headers()).json()["state"] == "verified"
+            assert (
+                c.post(
+                    "/v1/handles/verify", json={"handle": "erin@example.com", "code": code}, headers=alice.headers()
+                ).json()["state"]
+                == "verified"
+            )
             assert private_lookup(c, bob, "erin@example.com") == alice.account_id
             # an smtp relay cannot text a phone number: a clear refusal, nothing sent
             r = c.post("/v1/handles", json={"handle": "+15551230009", "label": _label()}, headers=alice.headers())
@@ -294,7 +327,9 @@ def _free_port() -> int:
 
 def test_smtp_server_down_is_502(tmp_path):
     port = _free_port()  # nothing listens there
-    settings = relay_settings(tmp_path / "data", verifier="smtp", smtp_host="127.0.0.1", smtp_port=port, smtp_tls="none")
+    settings = relay_settings(
+        tmp_path / "data", verifier="smtp", smtp_host="127.0.0.1", smtp_port=port, smtp_tls="none"
+    )
     with TestClient(create_app(settings)) as c:
         alice = register(c)
         r = c.post("/v1/handles", json={"handle": "erin@example.com", "label": _label()}, headers=alice.headers())
@@ -304,7 +339,7 @@ def test_smtp_server_down_is_502(tmp_path):
 class _Gateway:
     """A local HTTP server standing in for an SMS gateway: records every POST, answers 202."""
 
-    def __enter__(self) -> "_Gateway":
+    def __enter__(self) -> _Gateway:
         got = self.got = []
 
         class Handler(BaseHTTPRequestHandler):
@@ -330,9 +365,13 @@ class _Gateway:
 def test_sms_webhook_posts_the_template_to_the_gateway(tmp_path):
     with _Gateway() as gw:
         url = gw.url + "/send?key=k"
-        settings = relay_settings(tmp_path / "data", verifier="sms-webhook", webhook_url=url,
-                                  webhook_template='{"to": "{handle}", "message": "code {code}"}',
-                                  webhook_authorization="Bearer gw-secret")
+        settings = relay_settings(
+            tmp_path / "data",
+            verifier="sms-webhook",
+            webhook_url=url,
+            webhook_template='{"to": "{handle}", "message": "code {code}"}',
+            webhook_authorization="Bearer gw-secret",
+        )
         assert "gw-secret" not in repr(settings) and "key=k" not in repr(settings)
         with TestClient(create_app(settings)) as c:
             alice, bob = register(c), register(c)
@@ -343,19 +382,27 @@ def test_sms_webhook_posts_the_template_to_the_gateway(tmp_path):
             assert path == "/send?key=k" and headers["Authorization"] == "Bearer gw-secret"
             assert doc["to"] == "+15551230010"
             code = CODE.search(doc["message"]).group(1)
-            assert c.post("/v1/handles/verify", json={"handle": "+15551230010", "code": code},
-                          headers=alice.headers()).status_code == 200
+            assert (
+                c.post(
+                    "/v1/handles/verify", json={"handle": "+15551230010", "code": code}, headers=alice.headers()
+                ).status_code
+                == 200
+            )
             assert private_lookup(c, bob, "+15551230010") == alice.account_id
 
 
 def test_a_relay_process_logs_neither_handles_codes_nor_the_gateway_key(tmp_path):
-    from .helpers import RelayProcess
     import httpx
+
+    from .helpers import RelayProcess
 
     log_path = tmp_path / "relay.log"
     with _Gateway() as gw:
-        relay = RelayProcess(tmp_path / "data", stderr_path=log_path, env={
-            "IMSG_RELAY_VERIFIER": "sms-webhook", "IMSG_RELAY_WEBHOOK_URL": gw.url + "/send?key=GWSECRET42"}).start()
+        relay = RelayProcess(
+            tmp_path / "data",
+            stderr_path=log_path,
+            env={"IMSG_RELAY_VERIFIER": "sms-webhook", "IMSG_RELAY_WEBHOOK_URL": gw.url + "/send?key=GWSECRET42"},
+        ).start()
         try:
             with httpx.Client(base_url=relay.url, timeout=10) as c:
                 alice = register(c)  # an e-mail handle: this gateway cannot deliver it (logged, no handle)

@@ -32,8 +32,7 @@ def test_expired_envelope_is_not_served_and_is_swept(tmp_path):
         clock.now += 29 * DAY
         assert send(client, alice, bob, b"recent").status_code == 200
         clock.now += 1 * DAY + 1
-        bodies = [m["body"] for m in client.get("/v1/messages", headers=bob.headers()).json()
-                  ["messages"]]
+        bodies = [m["body"] for m in client.get("/v1/messages", headers=bob.headers()).json()["messages"]]
         assert bodies == ["cmVjZW50"]  # only "recent": the old one is past retention
         # still on disk until the sweeper runs; then gone
         db = sqlite3.connect(tmp_path / "relay.db")

@@ -25,9 +25,14 @@ IDENTITY = b"\x05" + bytes(range(32))
 
 def sealed_send(c, to, key: bytes | None, devices=(1,), message_id=None, body=b"\x01\x02" + bytes(2046)):
     headers = {"Unidentified-Access-Key": base64.b64encode(key).decode()} if key is not None else {}
-    return c.put(f"/v1/sealed/messages/{to.account_id}", headers=headers,
-                 json={"message_id": message_id or new_message_id(),
-                       "messages": [{"device_id": d, "body": b64(body)} for d in devices]})
+    return c.put(
+        f"/v1/sealed/messages/{to.account_id}",
+        headers=headers,
+        json={
+            "message_id": message_id or new_message_id(),
+            "messages": [{"device_id": d, "body": b64(body)} for d in devices],
+        },
+    )
 
 
 @pytest.fixture
@@ -65,16 +70,28 @@ def test_key_chain_and_certificates(live):
 def test_access_settings_and_sealed_sends(live):
     with httpx.Client(base_url=live.url, timeout=10) as c:
         alice, bob = register(c), register(c, devices=2)
-        assert c.get("/v1/sealed/access", headers=bob.headers()).json() == {"access_key_set": False,
-                                                                            "allow_anyone": False}
-        assert c.put("/v1/sealed/access", headers=bob.headers(),
-                     json={"access_key": b64(b"short"), "allow_anyone": False}).status_code == 400
+        assert c.get("/v1/sealed/access", headers=bob.headers()).json() == {
+            "access_key_set": False,
+            "allow_anyone": False,
+        }
+        assert (
+            c.put(
+                "/v1/sealed/access", headers=bob.headers(), json={"access_key": b64(b"short"), "allow_anyone": False}
+            ).status_code
+            == 400
+        )
         r = c.put("/v1/sealed/access", headers=bob.headers(), json={"access_key": b64(KEY), "allow_anyone": False})
         assert r.json() == {"access_key_set": True, "allow_anyone": False}
         # No key, a wrong key, a malformed header, an unknown account: one uniform 401.
-        for r in (sealed_send(c, bob, None, (1, 2)), sealed_send(c, bob, bytes(16), (1, 2)),
-                  c.put(f"/v1/sealed/messages/{bob.account_id}", headers={"Unidentified-Access-Key": "%%"},
-                        json={"message_id": new_message_id(), "messages": []})):
+        for r in (
+            sealed_send(c, bob, None, (1, 2)),
+            sealed_send(c, bob, bytes(16), (1, 2)),
+            c.put(
+                f"/v1/sealed/messages/{bob.account_id}",
+                headers={"Unidentified-Access-Key": "%%"},
+                json={"message_id": new_message_id(), "messages": []},
+            ),
+        ):
             assert r.status_code == 401 and r.json()["error"] == "access_denied"
         ghost = type(bob)(**{**bob.__dict__, "account_id": "ab" * 16})
         assert sealed_send(c, ghost, KEY).status_code == 401

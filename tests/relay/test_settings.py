@@ -9,9 +9,14 @@ from imsg_relay.settings import Settings, SettingsError
 
 
 def test_settings_from_env_and_overrides():
-    env = {"IMSG_RELAY_PORT": "9000", "IMSG_RELAY_DATA": "/srv/relay",
-           "IMSG_RELAY_SEND_RATE": "500", "IMSG_RELAY_RETENTION_DAYS": "7",
-           "IMSG_RELAY_MAX_BODY": "2048", "IMSG_RELAY_SECRET_FILE": "/run/secret"}
+    env = {
+        "IMSG_RELAY_PORT": "9000",
+        "IMSG_RELAY_DATA": "/srv/relay",
+        "IMSG_RELAY_SEND_RATE": "500",
+        "IMSG_RELAY_RETENTION_DAYS": "7",
+        "IMSG_RELAY_MAX_BODY": "2048",
+        "IMSG_RELAY_SECRET_FILE": "/run/secret",
+    }
     s = Settings.from_env(env, port=0)
     assert s.port == 0  # the flag wins
     assert s.data_dir == Path("/srv/relay")
@@ -21,8 +26,15 @@ def test_settings_from_env_and_overrides():
     assert "secret" not in repr(s)
 
 
-@pytest.mark.parametrize("env", [{"IMSG_RELAY_PORT": "x"}, {"IMSG_RELAY_RETENTION_DAYS": "91"},
-                                 {"IMSG_RELAY_SEND_RATE": "0"}, {"IMSG_RELAY_PORT": "70000"}])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"IMSG_RELAY_PORT": "x"},
+        {"IMSG_RELAY_RETENTION_DAYS": "91"},
+        {"IMSG_RELAY_SEND_RATE": "0"},
+        {"IMSG_RELAY_PORT": "70000"},
+    ],
+)
 def test_bad_settings_are_refused(env):
     with pytest.raises(SettingsError):
         Settings.from_env(env)
@@ -53,21 +65,30 @@ def test_rate_limiter_memory_is_bounded():
 
 def test_blob_settings_from_env():
     s = Settings()
-    assert (s.max_blob, s.blob_quota, s.blob_part_size, s.blob_retention_days) == (
-        100 * 2**20, 2**30, 8 * 2**20, 30)
-    s = Settings.from_env({"IMSG_RELAY_MAX_BLOB": "1000", "IMSG_RELAY_BLOB_QUOTA": "5000",
-                           "IMSG_RELAY_BLOB_PART_SIZE": "2048",
-                           "IMSG_RELAY_BLOB_RETENTION_DAYS": "7"})
-    assert (s.max_blob, s.blob_quota, s.blob_part_size, s.blob_retention_days) == (
-        1000, 5000, 2048, 7)
+    assert (s.max_blob, s.blob_quota, s.blob_part_size, s.blob_retention_days) == (100 * 2**20, 2**30, 8 * 2**20, 30)
+    s = Settings.from_env(
+        {
+            "IMSG_RELAY_MAX_BLOB": "1000",
+            "IMSG_RELAY_BLOB_QUOTA": "5000",
+            "IMSG_RELAY_BLOB_PART_SIZE": "2048",
+            "IMSG_RELAY_BLOB_RETENTION_DAYS": "7",
+        }
+    )
+    assert (s.max_blob, s.blob_quota, s.blob_part_size, s.blob_retention_days) == (1000, 5000, 2048, 7)
     assert s.blob_retention_ms == 7 * 86_400_000
 
 
-@pytest.mark.parametrize("env", [{"IMSG_RELAY_BLOB_RETENTION_DAYS": "91"},
-                                 {"IMSG_RELAY_BLOB_RETENTION_DAYS": "0"},
-                                 {"IMSG_RELAY_BLOB_PART_SIZE": "100"},
-                                 {"IMSG_RELAY_BLOB_PART_SIZE": str(2**28 + 1)},
-                                 {"IMSG_RELAY_MAX_BLOB": "0"}, {"IMSG_RELAY_BLOB_QUOTA": "0"}])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"IMSG_RELAY_BLOB_RETENTION_DAYS": "91"},
+        {"IMSG_RELAY_BLOB_RETENTION_DAYS": "0"},
+        {"IMSG_RELAY_BLOB_PART_SIZE": "100"},
+        {"IMSG_RELAY_BLOB_PART_SIZE": str(2**28 + 1)},
+        {"IMSG_RELAY_MAX_BLOB": "0"},
+        {"IMSG_RELAY_BLOB_QUOTA": "0"},
+    ],
+)
 def test_bad_blob_settings_are_refused(env):
     with pytest.raises(SettingsError):
         Settings.from_env(env)

@@ -29,11 +29,11 @@ async def _with_storage(path, fn):
 async def _account(storage, account_id="a" * 32, devices=(1,), handle=b"h" * 32):
     first, *rest = devices
     row = HandleRow(handle, account_id, "unverified", True, b"label", 0, b"record")
-    await storage.create_account(account_id, b"\x06" + bytes(32), row, b"list", first,
-                                 account_id.encode()[:8] + bytes([first]) * 24, 0)
+    await storage.create_account(
+        account_id, b"\x06" + bytes(32), row, b"list", first, account_id.encode()[:8] + bytes([first]) * 24, 0
+    )
     for d in rest:
-        await storage.add_device(account_id, d, account_id.encode()[:8] + bytes([d]) * 24,
-                                 b"list", 0)
+        await storage.add_device(account_id, d, account_id.encode()[:8] + bytes([d]) * 24, b"list", 0)
 
 
 def test_schema_has_unique_mailbox_message_and_no_sender(tmp_path):
@@ -65,24 +65,26 @@ def test_conflicts_and_idempotent_store(tmp_path):
         assert (e.value.missing, e.value.extra) == ([2], [3])
         with pytest.raises(AccountNotFound):
             await s.store_envelopes("c" * 32, "m" * 32, {1: b"x"}, None, 1)
-        results = await asyncio.gather(*[
-            s.store_envelopes("a" * 32, "m" * 32, {1: b"x", 2: b"y"}, None, 1) for _ in range(3)])
+        results = await asyncio.gather(
+            *[s.store_envelopes("a" * 32, "m" * 32, {1: b"x", 2: b"y"}, None, 1) for _ in range(3)]
+        )
         assert results == [2, 2, 2]
         msgs, more = await s.fetch(DeviceRef("a" * 32, 1), 10, 0, 1 << 20)
         assert [m.message_id for m in msgs] == ["m" * 32] and not more
+
     run(_with_storage(tmp_path, body))
 
 
 def test_group_commit_shares_transactions(tmp_path):
     async def body(s):
         await _account(s)
-        await asyncio.gather(*[
-            s.store_envelopes("a" * 32, f"{i:032x}", {1: b"x"}, None, 1) for i in range(300)])
+        await asyncio.gather(*[s.store_envelopes("a" * 32, f"{i:032x}", {1: b"x"}, None, 1) for i in range(300)])
         groups, ops = s.group_stats
         assert ops >= 301
         assert groups < ops / 5  # concurrent writes were committed together
         msgs, more = await s.fetch(DeviceRef("a" * 32, 1), 500, 0, 1 << 30)
         assert len(msgs) == 300
+
     run(_with_storage(tmp_path, body))
 
 
@@ -90,6 +92,7 @@ def test_a_bug_in_one_write_fails_its_group_but_not_the_writer(tmp_path):
     """An operation raising something unexpected (a bug, not a refusal) rolls its group
     back, reaches its caller, and leaves the writer thread serving later writes: before,
     the thread died and every later caller waited forever."""
+
     async def body(s):
         await _account(s)
 
@@ -103,6 +106,7 @@ def test_a_bug_in_one_write_fails_its_group_but_not_the_writer(tmp_path):
         await asyncio.wait_for(s.store_envelopes("a" * 32, "1" * 32, {1: b"x"}, None, 1), 10)
         msgs, _ = await s.fetch(DeviceRef("a" * 32, 1), 10, 0, 1 << 30)
         assert len(msgs) == 1
+
     run(_with_storage(tmp_path, body))
 
 
@@ -113,6 +117,7 @@ def test_fetch_filters_rows_older_than_the_cutoff(tmp_path):
         await s.store_envelopes("a" * 32, "2" * 32, {1: b"new"}, None, 5_000)
         msgs, _ = await s.fetch(DeviceRef("a" * 32, 1), 10, 2_000, 1 << 20)
         assert [m.body for m in msgs] == [b"new"]
+
     run(_with_storage(tmp_path, body))
 
 
@@ -130,11 +135,13 @@ def test_sweep_deletes_expired_in_batches(tmp_path):
             n = await original(cutoff, limit)
             calls.append((limit, n))
             return n
+
         s.delete_expired = counting
         assert await sweep(s, cutoff_ms=5_000, batch=10) == 25
         assert calls == [(10, 10), (10, 10), (10, 5)]
         msgs, _ = await s.fetch(DeviceRef("a" * 32, 1), 100, 0, 1 << 20)
         assert [m.body for m in msgs] == [b"keep"]
+
     run(_with_storage(tmp_path, body))
 
 
@@ -145,4 +152,5 @@ def test_fetch_caps_response_bytes(tmp_path):
             await s.store_envelopes("a" * 32, f"{i:032x}", {1: b"x" * 1000}, None, 1)
         msgs, more = await s.fetch(DeviceRef("a" * 32, 1), 100, 0, 2500)
         assert len(msgs) == 2 and more
+
     run(_with_storage(tmp_path, body))

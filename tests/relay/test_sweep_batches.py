@@ -27,7 +27,8 @@ def _fill_sqlite(path) -> None:
     with conn:
         conn.executemany(
             "INSERT INTO envelopes (account_id, device_id, message_id, body, received_at) VALUES (?, 1, ?, ?, ?)",
-            ((ACCOUNT, f"{i:032x}", b"\x00" * 64, 1_000 + i) for i in range(ROWS)))
+            ((ACCOUNT, f"{i:032x}", b"\x00" * 64, 1_000 + i) for i in range(ROWS)),
+        )
     conn.close()
 
 
@@ -36,16 +37,18 @@ def _fill_postgres(schema: str) -> None:
 
     with psycopg.connect(PG, autocommit=True) as conn:
         conn.execute(f'SET search_path TO "{schema}"')
-        conn.execute("INSERT INTO envelopes (account_id, device_id, message_id, body, received_at)"
-                     " SELECT %s, 1, lpad(to_hex(g), 32, '0'), decode(repeat('00', 64), 'hex'), 1000 + g"
-                     " FROM generate_series(0, %s - 1) g", (ACCOUNT, ROWS))
+        conn.execute(
+            "INSERT INTO envelopes (account_id, device_id, message_id, body, received_at)"
+            " SELECT %s, 1, lpad(to_hex(g), 32, '0'), decode(repeat('00', 64), 'hex'), 1000 + g"
+            " FROM generate_series(0, %s - 1) g",
+            (ACCOUNT, ROWS),
+        )
 
 
 async def _sweep_while_sending(storage) -> tuple[list[int], int, int, int]:
     """Sweep with a sender running; returns (batch sizes, sends done during the sweep,
     envelopes left, live envelopes stored)."""
-    await storage.create_account(ACCOUNT, b"\x06" + bytes(32), None, b"list", 1,
-                                 secrets.token_bytes(32), 0)
+    await storage.create_account(ACCOUNT, b"\x06" + bytes(32), None, b"list", 1, secrets.token_bytes(32), 0)
     batches: list[int] = []
     real = storage.delete_expired
 

@@ -57,7 +57,7 @@ class Party:
     sent: list[tuple[bytes, int]] = field(default_factory=list)  # (ratchet pk, n) audit log
 
     @classmethod
-    def create(cls, name: str, rng, now: int, *, device_id: int = 1, one_time: int = 3) -> "Party":
+    def create(cls, name: str, rng, now: int, *, device_id: int = 1, one_time: int = 3) -> Party:
         account = AccountKey.generate(rng)
         device = DeviceKeys.generate(device_id, rng)
         device_list = account.sign_device_list(
@@ -82,10 +82,15 @@ class Party:
         otk = min(s._one_time.values(), key=lambda k: k.key_id) if one_time and s._one_time else None
         return PreKeyBundle(
             device_id=self.device.device_id,
-            signed_prekey_id=spk.key_id, signed_prekey=spk.public, signed_prekey_signature=spk.signature,
-            kem_prekey_id=kpk.key_id, kem_prekey=kpk.public, kem_prekey_signature=kpk.signature,
+            signed_prekey_id=spk.key_id,
+            signed_prekey=spk.public,
+            signed_prekey_signature=spk.signature,
+            kem_prekey_id=kpk.key_id,
+            kem_prekey=kpk.public,
+            kem_prekey_signature=kpk.signature,
             kem_last_resort=kpk.last_resort,
-            one_time_prekey_id=otk.key_id if otk else None, one_time_prekey=otk.public if otk else None,
+            one_time_prekey_id=otk.key_id if otk else None,
+            one_time_prekey=otk.public if otk else None,
         )
 
     def prekey_snapshot(self) -> tuple:
@@ -135,8 +140,13 @@ class SessionPair:
         raw = me.store.load_session(peer.address)
         record = sess.SessionRecord.decode(raw) if raw else sess.SessionRecord()
         session = sess.initiate(
-            me.device, me.address, peer.address, entry.identity_key, entry.signing_key,
-            peer.bundle(one_time=one_time, one_time_kem=one_time_kem), me.rng,
+            me.device,
+            me.address,
+            peer.address,
+            entry.identity_key,
+            entry.signing_key,
+            peer.bundle(one_time=one_time, one_time_kem=one_time_kem),
+            me.rng,
         )
         record.promote(session)
         me.store.save_session(peer.address, record.encode())
@@ -154,7 +164,7 @@ class SessionPair:
                 record = self.record(me)
             ratchet = record.current.ratchet
             message = record.current.encrypt(plaintext, me.rng)
-            inner = message[-(rt.HEADER_LEN + 16 + len(plaintext)):]
+            inner = message[-(rt.HEADER_LEN + 16 + len(plaintext)) :]
             dh_pub, _, n = rt.parse_header(inner)
             assert ratchet.sending_position == (dh_pub, n + 1)
             me.sent.append((dh_pub, n))
@@ -174,9 +184,14 @@ class SessionPair:
         trusted = verify_device_list(peer.device_list, peer.account.public)
         entry = trusted.device(peer.device.device_id)
         return sess.decrypt(
-            self.record(me, peer), message,
-            local=me.device, local_address=me.address, remote_address=peer.address,
-            remote_identity_key=entry.identity_key, prekeys=me.store, now=self.now,
+            self.record(me, peer),
+            message,
+            local=me.device,
+            local_address=me.address,
+            remote_address=peer.address,
+            remote_identity_key=entry.identity_key,
+            prekeys=me.store,
+            now=self.now,
         )
 
     @staticmethod

@@ -14,20 +14,23 @@ from imsg.client import attachments as att
 from imsg.crypto import stream
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("photo.jpg", "photo.jpg"),
-    ("../../etc/passwd", "passwd"),
-    ("..\\..\\windows\\system32\\x.dll", "x.dll"),
-    ("/absolute/path/report.pdf", "report.pdf"),
-    (".bashrc", "bashrc"),
-    ("...", "attachment"),
-    ("", "attachment"),
-    ("a\x00b.txt", "ab.txt"),
-    ("evil\u202egnp.exe", "evilgnp.exe"),  # RTL override: would show as 'exe.png'
-    ("line\nbreak\r.txt", "linebreak.txt"),
-    ("tab\there.txt", "tabhere.txt"),
-    ("\u200bzero-width.txt", "zero-width.txt"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("photo.jpg", "photo.jpg"),
+        ("../../etc/passwd", "passwd"),
+        ("..\\..\\windows\\system32\\x.dll", "x.dll"),
+        ("/absolute/path/report.pdf", "report.pdf"),
+        (".bashrc", "bashrc"),
+        ("...", "attachment"),
+        ("", "attachment"),
+        ("a\x00b.txt", "ab.txt"),
+        ("evil\u202egnp.exe", "evilgnp.exe"),  # RTL override: would show as 'exe.png'
+        ("line\nbreak\r.txt", "linebreak.txt"),
+        ("tab\there.txt", "tabhere.txt"),
+        ("\u200bzero-width.txt", "zero-width.txt"),
+    ],
+)
 def test_safe_filename(name, expected):
     assert att.safe_filename(name) == expected
 
@@ -80,7 +83,7 @@ def test_a_skipped_part_still_advances_the_stream():
     total = stream.ciphertext_length(len(data))
     whole = b"".join(stream.iter_encrypt(key, io.BytesIO(data)))
     got = []
-    for index, (length, chunks) in enumerate(att._parts(stream.iter_encrypt(key, io.BytesIO(data)), total, 70_000)):
+    for index, (_length, chunks) in enumerate(att._parts(stream.iter_encrypt(key, io.BytesIO(data)), total, 70_000)):
         if index % 2:
             got.append(b"".join(chunks))
         else:
@@ -88,4 +91,4 @@ def test_a_skipped_part_still_advances_the_stream():
     offsets = [i * 70_000 for i in range(len(got))]
     for index, part in enumerate(got):
         if part is not None:
-            assert part == whole[offsets[index]:offsets[index] + 70_000]
+            assert part == whole[offsets[index] : offsets[index] + 70_000]

@@ -11,7 +11,8 @@ import os
 import random
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imsg.crypto import aead
 from imsg.protocol import backup as bk
@@ -31,14 +32,39 @@ def contents(rng=os.urandom, name: str = "Alice", text: str = "hello") -> bk.Bac
     blob = key.sign_device_list(DeviceList(key.public, 1, 1000, (device.entry(1000),)))
     bob = AccountKey.generate(rng)
     bob_list = bob.sign_device_list(DeviceList(bob.public, 3, 1000, (DeviceKeys.generate(2, rng).entry(5),)))
-    contact = Contact(bob.account_id, "bob@example.com", bob.public, bob_list, True, 7, "ok", rng(32),
-                      in_contacts=True, nickname="Bobby", profile_revision=3, share_profile="yes",
-                      shared_profile_key=rng(32))
-    message = StoredMessage("ab" * 16, bob.account_id, "bob@example.com", "in", "bob@example.com",
-                            "alice@example.com", text, 10, 11, 2)
+    contact = Contact(
+        bob.account_id,
+        "bob@example.com",
+        bob.public,
+        bob_list,
+        True,
+        7,
+        "ok",
+        rng(32),
+        in_contacts=True,
+        nickname="Bobby",
+        profile_revision=3,
+        share_profile="yes",
+        shared_profile_key=rng(32),
+    )
+    message = StoredMessage(
+        "ab" * 16, bob.account_id, "bob@example.com", "in", "bob@example.com", "alice@example.com", text, 10, 11, 2
+    )
     attachment = StoredAttachment("ab" * 16, 0, "cd" * 16, rng(32), rng(32), 1234, "a.jpg", "image/jpeg")
-    return bk.BackupContents(99, key.account_id, "alice@example.com", name, key.private, key.public, rng(32),
-                             blob, (contact,), (message,), (attachment,), {"retention": "1y"})
+    return bk.BackupContents(
+        99,
+        key.account_id,
+        "alice@example.com",
+        name,
+        key.private,
+        key.public,
+        rng(32),
+        blob,
+        (contact,),
+        (message,),
+        (attachment,),
+        {"retention": "1y"},
+    )
 
 
 # --- recovery codes ---
@@ -73,7 +99,7 @@ def test_every_single_character_typo_and_adjacent_swap_is_caught():
                 continue
             trials += 1
             try:
-                bk.parse_recovery_code(chars[:i] + c + chars[i + 1:])
+                bk.parse_recovery_code(chars[:i] + c + chars[i + 1 :])
             except bk.RecoveryCodeError as exc:
                 assert "checksum" in str(exc)
                 caught += 1
@@ -81,16 +107,22 @@ def test_every_single_character_typo_and_adjacent_swap_is_caught():
         if chars[i] != chars[i + 1]:
             trials += 1
             with pytest.raises(bk.RecoveryCodeError):
-                bk.parse_recovery_code(chars[:i] + chars[i + 1] + chars[i] + chars[i + 2:])
+                bk.parse_recovery_code(chars[:i] + chars[i + 1] + chars[i] + chars[i + 2 :])
             caught += 1
     # A 20-bit checksum misses a typo with probability 2^-20: among these ~1,100 none.
     assert caught == trials
 
 
-@pytest.mark.parametrize("typed, why", [
-    ("", "36 characters"), ("ABCD-" * 9, "checksum"), ("ABCD-" * 8, "36 characters"), ("U" * 36, "cannot appear"),
-    ("!" + "A" * 35, "cannot appear"),
-])
+@pytest.mark.parametrize(
+    "typed, why",
+    [
+        ("", "36 characters"),
+        ("ABCD-" * 9, "checksum"),
+        ("ABCD-" * 8, "36 characters"),
+        ("U" * 36, "cannot appear"),
+        ("!" + "A" * 35, "cannot appear"),
+    ],
+)
 def test_malformed_codes_say_what_is_wrong(typed, why):
     with pytest.raises(bk.RecoveryCodeError, match=why):
         bk.parse_recovery_code(typed)
@@ -150,7 +182,7 @@ def test_seal_open_round_trip_and_fresh_salt_each_time():
     secret = os.urandom(20)
     doc = bk.encode_document(contents())
     a, b = bk.seal_backup(secret, doc, os.urandom), bk.seal_backup(secret, doc, os.urandom)
-    assert a != b and a[len(bk.MAGIC):bk.HEADER_LEN] != b[len(bk.MAGIC):bk.HEADER_LEN]
+    assert a != b and a[len(bk.MAGIC) : bk.HEADER_LEN] != b[len(bk.MAGIC) : bk.HEADER_LEN]
     assert bk.open_backup(secret, a) == bk.open_backup(secret, b) == doc
     assert doc not in a
 
@@ -184,7 +216,7 @@ def test_wrong_code_and_every_changed_region_are_rejected():
         changed[i] ^= 0x40
         with pytest.raises((DecryptionError, DecodeError)):
             bk.open_backup(secret, bytes(changed))
-    for cut in (blob[:-1], blob + b"\x00", blob[:bk.HEADER_LEN], b""):
+    for cut in (blob[:-1], blob + b"\x00", blob[: bk.HEADER_LEN], b""):
         with pytest.raises((DecryptionError, DecodeError)):
             bk.open_backup(secret, cut)
     with pytest.raises(DecodeError, match="not an imsg backup"):
@@ -204,8 +236,10 @@ def test_another_contexts_ciphertext_is_not_a_backup():
         forged = header + aead.seal(key, bk.ZERO_NONCE, plaintext, ad)
         with pytest.raises(DecryptionError):
             bk.open_backup(secret, forged)
-    assert bk.open_backup(secret, header + aead.seal(key, bk.ZERO_NONCE, plaintext, bk.LABEL_BACKUP_AD + header)) \
+    assert (
+        bk.open_backup(secret, header + aead.seal(key, bk.ZERO_NONCE, plaintext, bk.LABEL_BACKUP_AD + header))
         == b"document"
+    )
 
 
 def test_oversized_document_is_refused():
@@ -238,13 +272,18 @@ def test_document_checks_keys_against_ids_and_signatures():
     c = contents()
     doc = json.loads(bk.encode_document(c))
     other = AccountKey.generate(os.urandom)
-    for path, value in ((("account", "account_id"), other.account_id),
-                        (("contacts", 0, "account_id"), account_id_for(other.public)),
-                        (("contacts", 0, "device_list"), doc["account"]["device_list"]),
-                        (("account", "device_list"), doc["contacts"][0]["device_list"]),
-                        (("contacts", 0, "profile_key"), "AAAA"), (("contacts", 0, "verified"), "yes"),
-                        (("contacts", 0, "status"), "gone"),
-                        (("messages", 0, "dir"), "sideways"), (("v",), 2), (("format",), "zip")):
+    for path, value in (
+        (("account", "account_id"), other.account_id),
+        (("contacts", 0, "account_id"), account_id_for(other.public)),
+        (("contacts", 0, "device_list"), doc["account"]["device_list"]),
+        (("account", "device_list"), doc["contacts"][0]["device_list"]),
+        (("contacts", 0, "profile_key"), "AAAA"),
+        (("contacts", 0, "verified"), "yes"),
+        (("contacts", 0, "status"), "gone"),
+        (("messages", 0, "dir"), "sideways"),
+        (("v",), 2),
+        (("format",), "zip"),
+    ):
         changed = json.loads(json.dumps(doc))
         target = changed
         for step in path[:-1]:
@@ -255,10 +294,18 @@ def test_document_checks_keys_against_ids_and_signatures():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(st.binary(max_size=200), st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=20)),
-    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=6)),
-    max_leaves=20).map(lambda v: json.dumps(v).encode())))
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        st.recursive(
+            st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=20)),
+            lambda inner: st.one_of(
+                st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=6)
+            ),
+            max_leaves=20,
+        ).map(lambda v: json.dumps(v).encode()),
+    )
+)
 def test_decoder_raises_only_decode_error(raw):
     try:
         bk.decode_document(raw)
@@ -267,12 +314,25 @@ def test_decoder_raises_only_decode_error(raw):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.sampled_from(["account", "contacts", "messages", "attachments", "settings",
-                                        "created_at"]),
-                       st.one_of(st.none(), st.integers(), st.text(max_size=5), st.lists(st.dictionaries(
-                           st.sampled_from(["id", "dir", "peer", "account_key", "key", "index", "handle"]),
-                           st.one_of(st.integers(), st.text(max_size=50), st.none()), max_size=7), max_size=3),
-                           st.dictionaries(st.text(max_size=15), st.text(max_size=60), max_size=4))))
+@given(
+    st.dictionaries(
+        st.sampled_from(["account", "contacts", "messages", "attachments", "settings", "created_at"]),
+        st.one_of(
+            st.none(),
+            st.integers(),
+            st.text(max_size=5),
+            st.lists(
+                st.dictionaries(
+                    st.sampled_from(["id", "dir", "peer", "account_key", "key", "index", "handle"]),
+                    st.one_of(st.integers(), st.text(max_size=50), st.none()),
+                    max_size=7,
+                ),
+                max_size=3,
+            ),
+            st.dictionaries(st.text(max_size=15), st.text(max_size=60), max_size=4),
+        ),
+    )
+)
 def test_decoder_on_almost_documents(fields):
     raw = json.dumps({"format": "imsg-backup", "v": 1, **fields}).encode()
     try:

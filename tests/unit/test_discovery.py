@@ -85,9 +85,11 @@ def test_labels_open_only_under_the_account_key_and_hide_length():
 
 
 def test_missing_libsodium_is_a_clear_error():
-    code = ("import sys; sys.modules['pysodium'] = None\n"
-            "import imsg_oprf\n"
-            "try:\n    imsg_oprf.require_libsodium()\n"
-            "except imsg_oprf.LibsodiumMissing as e:\n    print(e)\n")
+    code = (
+        "import sys; sys.modules['pysodium'] = None\n"
+        "import imsg_oprf\n"
+        "try:\n    imsg_oprf.require_libsodium()\n"
+        "except imsg_oprf.LibsodiumMissing as e:\n    print(e)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30).stdout
     assert "libsodium" in out and "apt-get install libsodium23" in out

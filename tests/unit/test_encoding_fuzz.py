@@ -11,6 +11,7 @@ import functools
 
 from hypothesis import example, given
 from hypothesis import strategies as st
+from protocol_helpers import SessionPair
 
 from imsg.protocol import envelope as env
 from imsg.protocol import ratchet as rt
@@ -19,8 +20,6 @@ from imsg.protocol.content import Content
 from imsg.protocol.encoding import KEY_ED25519, KEY_MLKEM768, KEY_X25519, Reader, decode_key
 from imsg.protocol.errors import ProtocolError
 from imsg.protocol.identity import decode_device_list, verify_device_list
-
-from protocol_helpers import SessionPair
 
 
 @functools.lru_cache(maxsize=1)
@@ -49,6 +48,7 @@ def _world():
 
 def _mutated(name: str):
     """A valid sample with a few bytes overwritten, inserted, deleted or truncated."""
+
     def build(ops):
         data = bytearray(_world()[name])
         for kind, pos, value in ops:
@@ -115,8 +115,13 @@ def test_session_record_decode(data):
     _only_protocol_errors(sess.SessionRecord.decode, data)
 
 
-@given(st.binary(max_size=256), st.lists(st.sampled_from(
-    ["u8", "u16", "u32", "u64", "var", "opt", "x25519", "ed25519", "mlkem", "raw", "end"]), max_size=12))
+@given(
+    st.binary(max_size=256),
+    st.lists(
+        st.sampled_from(["u8", "u16", "u32", "u64", "var", "opt", "x25519", "ed25519", "mlkem", "raw", "end"]),
+        max_size=12,
+    ),
+)
 def test_reader(data, ops):
     def run(d):
         r = Reader(d)
@@ -138,9 +143,10 @@ def test_reader(data, ops):
             else:
                 getattr(r, op)()
         r.rest()
+
     _only_protocol_errors(run, data)
     for tag in (KEY_X25519, KEY_ED25519, KEY_MLKEM768):
-        _only_protocol_errors(lambda d: decode_key(tag, d), data)
+        _only_protocol_errors(lambda d, tag=tag: decode_key(tag, d), data)
 
 
 # --- decrypting peer messages: only protocol errors, and no state change ---
@@ -156,9 +162,15 @@ def _decrypt_at_bob(data):
     assert pair.state("bob") == w["bob_state"]
 
 
-@given(st.one_of(st.binary(max_size=1500), _mutated("ratchet"), _mutated("prekey"),
-                 st.binary(max_size=200).map(lambda b: b"\x01\x02" + b),
-                 st.binary(max_size=1400).map(lambda b: b"\x01\x03" + b)))
+@given(
+    st.one_of(
+        st.binary(max_size=1500),
+        _mutated("ratchet"),
+        _mutated("prekey"),
+        st.binary(max_size=200).map(lambda b: b"\x01\x02" + b),
+        st.binary(max_size=1400).map(lambda b: b"\x01\x03" + b),
+    )
+)
 def test_session_decrypt_random_and_mutated(data):
     _decrypt_at_bob(data)
 

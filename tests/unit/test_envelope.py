@@ -10,12 +10,13 @@ import hashlib
 import json
 
 import pytest
+from protocol_helpers import SessionPair, flip, seeded_rng
 
 from imsg.crypto import aead, sign
 from imsg.crypto.errors import CryptoError
 from imsg.protocol import envelope as env
-from imsg.protocol import session as sess
 from imsg.protocol import sealed
+from imsg.protocol import session as sess
 from imsg.protocol.consts import (
     LABEL_CONTENT_AD,
     LABEL_KEM_PREKEY,
@@ -33,8 +34,6 @@ from imsg.protocol.errors import (
     UntrustedIdentityError,
 )
 from imsg.protocol.identity import verify_device_list
-
-from protocol_helpers import SessionPair, flip, seeded_rng
 
 MID = "0123456789abcdef0123456789abcdef"
 
@@ -123,8 +122,14 @@ def test_envelope_decode_errors():
     pair = SessionPair()
     _, blob = pair.send_envelope("alice", "x")
     bad = [
-        b"", b"\x01", b"\x02\x01" + blob[2:], b"\x01\x02" + blob[2:], b"\x01\x00" + blob[2:],
-        blob[:22], blob[:26], blob[: len(blob) - len(env.Envelope.decode(blob).content_ciphertext)],
+        b"",
+        b"\x01",
+        b"\x02\x01" + blob[2:],
+        b"\x01\x02" + blob[2:],
+        b"\x01\x00" + blob[2:],
+        blob[:22],
+        blob[:26],
+        blob[: len(blob) - len(env.Envelope.decode(blob).content_ciphertext)],
         blob[:2] + blob[2:22] + (9000).to_bytes(4, "big") + blob[26:],
     ]
     for b in bad:
@@ -143,7 +148,7 @@ def test_bitflip_every_byte_of_an_envelope():
     session_start = 2 + 16 + 4 + 4
     before = pair.state("bob")
     for pos in range(len(blob)):
-        for bit in ([0, 7] if pos < content_start else [pos % 8]):
+        for bit in [0, 7] if pos < content_start else [pos % 8]:
             with pytest.raises((DecodeError, DecryptionError, DuplicateMessageError, UntrustedIdentityError)) as info:
                 pair.receive_envelope("bob", flip(blob, pos, bit), mid)
             if pos >= content_start or session_start + 43 <= pos:
@@ -176,18 +181,53 @@ def test_content_round_trip():
     assert Content.decode(_doc()).text == "hi"
 
 
-@pytest.mark.parametrize("data", [
-    b"", b"\xff\xfe", b"not json", b"[]", b"null", b"1", b'"s"', b"{}",
-    _doc(v=2), _doc(v="1"), _doc(v=True), _doc(v=1.0), _doc(v=_DROP),
-    _doc(kind="sync"), _doc(kind=None), _doc(kind=1), _doc(kind=_DROP),
-    _doc(id=MID.upper()), _doc(id=MID[:-1]), _doc(id=MID + "0"), _doc(id="g" * 32), _doc(id=1), _doc(id=_DROP),
-    _doc(sent_at=-1), _doc(sent_at=True), _doc(sent_at=1.5), _doc(sent_at="5"), _doc(sent_at=1 << 63),
-    _doc(**{"from": 1}), _doc(to=None), _doc(**{"from": "a" * 255}), _doc(to=_DROP),
-    _doc(text=None), _doc(text=["x"]), _doc(text="x" * 60_001), _doc(text=_DROP),
-    b"[" * 100_000 + b"]" * 100_000,
-    b'{"v": 1, "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
-    b'{"v": 1e999999}', b'{"v": NaN}', b'{"v": 1, "sent_at": 1' + b"0" * 5000 + b"}",
-], ids=lambda d: repr(d[:30]))
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xff\xfe",
+        b"not json",
+        b"[]",
+        b"null",
+        b"1",
+        b'"s"',
+        b"{}",
+        _doc(v=2),
+        _doc(v="1"),
+        _doc(v=True),
+        _doc(v=1.0),
+        _doc(v=_DROP),
+        _doc(kind="sync"),
+        _doc(kind=None),
+        _doc(kind=1),
+        _doc(kind=_DROP),
+        _doc(id=MID.upper()),
+        _doc(id=MID[:-1]),
+        _doc(id=MID + "0"),
+        _doc(id="g" * 32),
+        _doc(id=1),
+        _doc(id=_DROP),
+        _doc(sent_at=-1),
+        _doc(sent_at=True),
+        _doc(sent_at=1.5),
+        _doc(sent_at="5"),
+        _doc(sent_at=1 << 63),
+        _doc(**{"from": 1}),
+        _doc(to=None),
+        _doc(**{"from": "a" * 255}),
+        _doc(to=_DROP),
+        _doc(text=None),
+        _doc(text=["x"]),
+        _doc(text="x" * 60_001),
+        _doc(text=_DROP),
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"v": 1, "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+        b'{"v": 1e999999}',
+        b'{"v": NaN}',
+        b'{"v": 1, "sent_at": 1' + b"0" * 5000 + b"}",
+    ],
+    ids=lambda d: repr(d[:30]),
+)
 def test_content_decode_is_strict(data: bytes):
     with pytest.raises(DecodeError):
         Content.decode(data)
@@ -206,13 +246,15 @@ def _contexts():
     package, content_ct = env.seal_content(b"content", seeded_rng(4))
     # Sealed sender (§6e): a relay-signed certificate, and an envelope sealed to bob's device.
     relay_key = sign.SigningKey(bytes(range(32)))
-    cert_body = sealed.certificate_body(sealed.relay_key_id(relay_key.public), live.alice.address,
-                                        live.alice.device.identity.public, 2**40)
+    cert_body = sealed.certificate_body(
+        sealed.relay_key_id(relay_key.public), live.alice.address, live.alice.device.identity.public, 2**40
+    )
     certificate = cert_body + relay_key.sign(LABEL_SENDER_CERTIFICATE, cert_body)
     _, inner = live.send_envelope("alice", "sealed")
     inner = env.Envelope.decode(inner)
-    sealed_envelope = sealed.seal_envelope(live.bob.address, live.bob.device.sealed.public, certificate,
-                                           inner.session_message, inner.content_ciphertext)
+    sealed_envelope = sealed.seal_envelope(
+        live.bob.address, live.bob.device.sealed.public, certificate, inner.session_message, inner.content_ciphertext
+    )
 
     fresh = SessionPair(seed=4)
     prekey_msg = fresh.send("alice", b"p" * 65)
@@ -249,7 +291,7 @@ def _contexts():
         Content.decode(env.open_content(r.plaintext, e.content_ciphertext))
 
     def content(blob):
-        env.open_content(blob[: env.KEY_PACKAGE_LEN], blob[env.KEY_PACKAGE_LEN:])
+        env.open_content(blob[: env.KEY_PACKAGE_LEN], blob[env.KEY_PACKAGE_LEN :])
 
     def device_list(blob):
         verify_device_list(blob, bob.account.public)
@@ -272,9 +314,15 @@ def _contexts():
         Content.decode(env.open_content(r.plaintext, opened.content_ciphertext))
 
     decoders = {
-        "ratchet": ratchet, "prekey": prekey, "envelope": envelope_, "content": content,
-        "device-list": device_list, "signed-prekey": signed_prekey, "kem-prekey": kem_prekey,
-        "sealed": sealed_, "certificate": certificate_,
+        "ratchet": ratchet,
+        "prekey": prekey,
+        "envelope": envelope_,
+        "content": content,
+        "device-list": device_list,
+        "signed-prekey": signed_prekey,
+        "kem-prekey": kem_prekey,
+        "sealed": sealed_,
+        "certificate": certificate_,
     }
     states = lambda: (live.state("bob"), fresh.state("bob"))  # noqa: E731
     return samples, decoders, states

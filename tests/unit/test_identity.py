@@ -10,6 +10,7 @@ import dataclasses
 import inspect
 
 import pytest
+from protocol_helpers import T0, seeded_rng
 
 from imsg.protocol.consts import LABEL_DEVICE_LIST, MAX_DEVICES
 from imsg.protocol.encoding import KEY_ED25519, encode_key
@@ -25,8 +26,6 @@ from imsg.protocol.identity import (
     safety_number,
     verify_device_list,
 )
-
-from protocol_helpers import T0, seeded_rng
 
 rng = seeded_rng(77)
 ACCOUNT = AccountKey.generate(rng)

@@ -16,8 +16,9 @@ RFC9106_TAG = h("0d640df58d78766c08c037a34a8b53c9d01ef0452d75b65eb52520e96b01e65
 
 
 def test_rfc9106_argon2id_vector():
-    kdf = Argon2id(salt=b"\x02" * 16, length=32, iterations=3, lanes=4, memory_cost=32,
-                   ad=b"\x04" * 12, secret=b"\x03" * 8)
+    kdf = Argon2id(
+        salt=b"\x02" * 16, length=32, iterations=3, lanes=4, memory_cost=32, ad=b"\x04" * 12, secret=b"\x03" * 8
+    )
     assert kdf.derive(b"\x01" * 32) == RFC9106_TAG
 
 

@@ -31,8 +31,9 @@ _KDFS = {1: chpke.KDF.HKDF_SHA256, 17: chpke.KDF.SHAKE256}
 
 def _decrypt(suite, private, v: dict, enc_ct: bytes) -> bytes:
     first = v["encryptions"][0]
-    return rust_openssl.hpke._decrypt_with_aad(suite, enc_ct, private, info=bytes.fromhex(v["info"]),
-                                               aad=bytes.fromhex(first["aad"]))
+    return rust_openssl.hpke._decrypt_with_aad(
+        suite, enc_ct, private, info=bytes.fromhex(v["info"]), aad=bytes.fromhex(first["aad"])
+    )
 
 
 def _check(suite, private, v: dict) -> None:
@@ -80,7 +81,11 @@ def test_draft_ietf_hpke_pq_05_appendix_a5_is_our_exact_suite():
     """A.5 of draft-ietf-hpke-pq-05: MLKEM768-X25519, HKDF-SHA256, ChaCha20Poly1305, which
     is `imsg.crypto.hpke.SUITE`."""
     text = (VECTORS / "draft-ietf-hpke-pq-05.A.5.txt").read_text()
-    assert (_draft_field(text, "kem_id"), _draft_field(text, "kdf_id"), _draft_field(text, "aead_id")) == ("25722", "1", "3")
+    assert (_draft_field(text, "kem_id"), _draft_field(text, "kdf_id"), _draft_field(text, "aead_id")) == (
+        "25722",
+        "1",
+        "3",
+    )
     v = {k: _draft_field(text, k) for k in ("info", "skRm", "pkRm", "enc")}
     v["encryptions"] = [{k: _draft_field(text, k) for k in ("pt", "aad", "ct")}]
     pair = hpke.HpkeKeyPair(bytes.fromhex(v["skRm"]))

@@ -11,8 +11,9 @@ import pytest
 
 import imsg_oprf as oprf
 
-DATA = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "rfc9497" /
-                   "oprf-ristretto255-sha512.json").read_text())
+DATA = json.loads(
+    (Path(__file__).resolve().parents[1] / "vectors" / "rfc9497" / "oprf-ristretto255-sha512.json").read_text()
+)
 SUITE = DATA["oprf"]
 SK = bytes.fromhex(SUITE["skSm"])
 
@@ -22,7 +23,9 @@ def test_context_string_and_dst_are_the_rfcs():
     assert oprf.HASH_TO_GROUP_DST == b"HashToGroup-OPRFV1-\x00-ristretto255-SHA512"
 
 
-@pytest.mark.parametrize("v", DATA["expand_message_xmd_sha512"]["vectors"], ids=lambda v: f"{v['msg']!r}-{v['len_in_bytes']}")
+@pytest.mark.parametrize(
+    "v", DATA["expand_message_xmd_sha512"]["vectors"], ids=lambda v: f"{v['msg']!r}-{v['len_in_bytes']}"
+)
 def test_expand_message_xmd_sha512(v):
     dst = DATA["expand_message_xmd_sha512"]["DST"].encode()
     assert oprf.expand_message_xmd(v["msg"].encode(), dst, v["len_in_bytes"]).hex() == v["uniform_bytes"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from protocol_helpers import LOW_ORDER_POINTS, T0, SessionPair, seeded_rng
 
 from imsg.crypto import kem
 from imsg.crypto.errors import CryptoError
@@ -28,14 +29,14 @@ from imsg.protocol.errors import DecodeError, RemoteProtocolError, UntrustedIden
 from imsg.protocol.identity import DeviceKeys
 from imsg.protocol.prekeys import KemPreKey, SignedPreKey
 
-from protocol_helpers import LOW_ORDER_POINTS, T0, SessionPair, seeded_rng
-
 
 def _respond(pair: SessionPair, init: pqxdh.Initiation) -> bytes:
     s = pair.bob.store
     return pqxdh.respond(
-        pair.bob.device, init,
-        s.get_signed_prekey(init.signed_prekey_id), s.get_kem_prekey(init.kem_prekey_id),
+        pair.bob.device,
+        init,
+        s.get_signed_prekey(init.signed_prekey_id),
+        s.get_kem_prekey(init.kem_prekey_id),
         s.get_one_time_prekey(init.one_time_prekey_id) if init.one_time_prekey_id else None,
     )
 
@@ -88,10 +89,13 @@ def test_kem_ciphertext_is_bound_to_the_transcript():
 
 def _initiate(pair: SessionPair, bundle, *, remote_ik=None, remote_signing=None):
     return sess.initiate(
-        pair.alice.device, pair.alice.address, pair.bob.address,
+        pair.alice.device,
+        pair.alice.address,
+        pair.bob.address,
         remote_ik if remote_ik is not None else pair.bob.device.identity.public,
         remote_signing if remote_signing is not None else pair.bob.device.signing.public,
-        bundle, pair.alice.rng,
+        bundle,
+        pair.alice.rng,
     )
 
 
@@ -114,21 +118,52 @@ def _bad_bundles(pair: SessionPair):
     yield "kem sig flipped", dataclasses.replace(b, kem_prekey_signature=flipped(b.kem_prekey_signature))
     yield "spk replaced", dataclasses.replace(b, signed_prekey=mallory.identity.public)
     yield "spk from another signed prekey", dataclasses.replace(b, signed_prekey=other_spk.public)
-    yield "kem key by another device", dataclasses.replace(
-        b, kem_prekey=other_kem.public, kem_prekey_signature=other_kem.signature)
+    yield (
+        "kem key by another device",
+        dataclasses.replace(b, kem_prekey=other_kem.public, kem_prekey_signature=other_kem.signature),
+    )
     # re-signed by the relay's own key
-    yield "spk re-signed by mallory", dataclasses.replace(
-        b, signed_prekey=mallory.identity.public,
-        signed_prekey_signature=mallory.signing.sign(LABEL_SIGNED_PREKEY, encode_key(KEY_X25519, mallory.identity.public)))
+    yield (
+        "spk re-signed by mallory",
+        dataclasses.replace(
+            b,
+            signed_prekey=mallory.identity.public,
+            signed_prekey_signature=mallory.signing.sign(
+                LABEL_SIGNED_PREKEY, encode_key(KEY_X25519, mallory.identity.public)
+            ),
+        ),
+    )
     # the two signatures swapped, and signatures from another context
-    yield "signatures swapped", dataclasses.replace(
-        b, signed_prekey_signature=b.kem_prekey_signature, kem_prekey_signature=b.signed_prekey_signature)
-    yield "spk signed in the kem context", dataclasses.replace(
-        b, signed_prekey_signature=pair.bob.device.signing.sign(LABEL_KEM_PREKEY, encode_key(KEY_X25519, b.signed_prekey)))
-    yield "spk signed in the device-list context", dataclasses.replace(
-        b, signed_prekey_signature=pair.bob.device.signing.sign(LABEL_DEVICE_LIST, encode_key(KEY_X25519, b.signed_prekey)))
-    yield "spk signed without type tag", dataclasses.replace(
-        b, signed_prekey_signature=pair.bob.device.signing.sign(LABEL_SIGNED_PREKEY, b.signed_prekey))
+    yield (
+        "signatures swapped",
+        dataclasses.replace(
+            b, signed_prekey_signature=b.kem_prekey_signature, kem_prekey_signature=b.signed_prekey_signature
+        ),
+    )
+    yield (
+        "spk signed in the kem context",
+        dataclasses.replace(
+            b,
+            signed_prekey_signature=pair.bob.device.signing.sign(
+                LABEL_KEM_PREKEY, encode_key(KEY_X25519, b.signed_prekey)
+            ),
+        ),
+    )
+    yield (
+        "spk signed in the device-list context",
+        dataclasses.replace(
+            b,
+            signed_prekey_signature=pair.bob.device.signing.sign(
+                LABEL_DEVICE_LIST, encode_key(KEY_X25519, b.signed_prekey)
+            ),
+        ),
+    )
+    yield (
+        "spk signed without type tag",
+        dataclasses.replace(
+            b, signed_prekey_signature=pair.bob.device.signing.sign(LABEL_SIGNED_PREKEY, b.signed_prekey)
+        ),
+    )
     yield "empty signature", dataclasses.replace(b, signed_prekey_signature=b"")
 
 
@@ -172,8 +207,13 @@ def test_mlkem_key_presented_as_x25519_is_rejected_at_decode():
     k = pair.bob.bundle().kem_prekey
     x = pair.bob.bundle().signed_prekey
     for data in (
-        encode_key(KEY_MLKEM768, k), bytes([KEY_X25519]) + k, bytes([KEY_MLKEM768]) + k[:32],
-        encode_key(KEY_ED25519, x), b"", bytes([KEY_X25519]), encode_key(KEY_X25519, x) + b"\x00",
+        encode_key(KEY_MLKEM768, k),
+        bytes([KEY_X25519]) + k,
+        bytes([KEY_MLKEM768]) + k[:32],
+        encode_key(KEY_ED25519, x),
+        b"",
+        bytes([KEY_X25519]),
+        encode_key(KEY_X25519, x) + b"\x00",
     ):
         with pytest.raises(DecodeError):
             decode_key(KEY_X25519, data)

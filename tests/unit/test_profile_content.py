@@ -31,25 +31,29 @@ def test_profile_round_trips_in_text_sync_and_profile_messages():
     assert Content.decode(plain.encode()).profile is None and b"profile" not in plain.encode()
 
 
-@pytest.mark.parametrize("profile", [
-    {"key": "a2V5", "rev": 1},  # 3 bytes
-    {"key": "!!", "rev": 1},
-    {"key": "a" * 44, "rev": -1},
-    {"key": "a" * 44, "rev": True},
-    {"key": "a" * 44, "rev": 1 << 63},
-    {"key": "a" * 44},
-    {"rev": 1},
-    {"key": "a" * 44, "rev": 1, "share": "off"},  # a policy only travels to own devices
-    {"key": "a" * 44, "rev": 1, "share": "everyone"},
-])
+@pytest.mark.parametrize(
+    "profile",
+    [
+        {"key": "a2V5", "rev": 1},  # 3 bytes
+        {"key": "!!", "rev": 1},
+        {"key": "a" * 44, "rev": -1},
+        {"key": "a" * 44, "rev": True},
+        {"key": "a" * 44, "rev": 1 << 63},
+        {"key": "a" * 44},
+        {"rev": 1},
+        {"key": "a" * 44, "rev": 1, "share": "off"},  # a policy only travels to own devices
+        {"key": "a" * 44, "rev": 1, "share": "everyone"},
+    ],
+)
 def test_bad_profile_fields_are_rejected(profile):
     with pytest.raises(DecodeError):
         Content.decode(_doc(**profile))
 
 
 def test_profile_message_needs_a_profile_and_a_policy():
-    doc = json.loads(Content(MID, 5, KIND_PROFILE, "a@x.org", "a@x.org",
-                             profile=ProfileShare(b"k" * 32, 1, "ask")).encode())
+    doc = json.loads(
+        Content(MID, 5, KIND_PROFILE, "a@x.org", "a@x.org", profile=ProfileShare(b"k" * 32, 1, "ask")).encode()
+    )
     del doc["profile"]["share"]
     with pytest.raises(DecodeError):
         Content.decode(json.dumps(doc).encode())

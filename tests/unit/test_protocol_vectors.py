@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "scripts"))
-import make_protocol_vectors  # noqa: E402  (the generator is the reference construction)
+import make_protocol_vectors
 
 VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "imsg" / "protocol-v1.json").read_text())
 

@@ -19,6 +19,7 @@ DOC = {"v": 1, "identity_key": "AAAA", "name": "laptop ✓", "n": [1, 2, 3]}
 
 # --- pairing codes ---
 
+
 def test_code_round_trip_and_shape():
     for _ in range(50):
         ch, secret = os.urandom(8), os.urandom(10)
@@ -31,28 +32,41 @@ def test_code_round_trip_and_shape():
     assert prov.parse_code(prov.make_code(b"\xff" * 8, b"\xff" * 10)) == (b"\xff" * 8, b"\xff" * 10)
 
 
-@pytest.mark.parametrize("variant", [
-    lambda c: c.upper(),
-    lambda c: c.replace("-", ""),
-    lambda c: c.replace("-", " "),
-    lambda c: "  " + c.replace("-", " - ") + "\t",
-    lambda c: "-".join(c.replace("-", "")),
-    lambda c: c.replace("-", "").upper()[:10] + "\t" + c.replace("-", "")[10:],
-])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        lambda c: c.upper(),
+        lambda c: c.replace("-", ""),
+        lambda c: c.replace("-", " "),
+        lambda c: "  " + c.replace("-", " - ") + "\t",
+        lambda c: "-".join(c.replace("-", "")),
+        lambda c: c.replace("-", "").upper()[:10] + "\t" + c.replace("-", "")[10:],
+    ],
+)
 def test_code_tolerates_case_spaces_and_dashes(variant):
     code = prov.make_code(CH, SECRET)
     assert prov.parse_code(variant(code)) == (CH, SECRET)
 
 
-@pytest.mark.parametrize("bad", [
-    "", "-", "abc", "a" * 28, "a" * 30,
-    "0" * 29,  # 0 is not in the alphabet
-    "o" * 29, "l" * 29, "1" * 29,
-    "aaaaa-aaaaa-aaaaa-aaaaa-aaaaa-aaa!",
-    "z" * 29,  # 145 bits: above 2^144
-    "é" * 29, "\x00" * 29,
-    "aaaaa_aaaaa_aaaaa_aaaaa_aaaaa_aaaa",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "-",
+        "abc",
+        "a" * 28,
+        "a" * 30,
+        "0" * 29,  # 0 is not in the alphabet
+        "o" * 29,
+        "l" * 29,
+        "1" * 29,
+        "aaaaa-aaaaa-aaaaa-aaaaa-aaaaa-aaa!",
+        "z" * 29,  # 145 bits: above 2^144
+        "é" * 29,
+        "\x00" * 29,
+        "aaaaa_aaaaa_aaaaa_aaaaa_aaaaa_aaaa",
+    ],
+)
 def test_malformed_codes_are_decode_errors(bad):
     with pytest.raises(DecodeError):
         prov.parse_code(bad)
@@ -66,6 +80,7 @@ def test_code_of_the_wrong_sizes_is_refused_at_creation():
 
 
 # --- boxes ---
+
 
 def test_box_round_trip_both_directions_and_indexes():
     for direction in (prov.TO_EXISTING, prov.TO_NEW):
@@ -83,8 +98,12 @@ def test_box_is_ciphertext():
 def test_wrong_secret_channel_direction_or_index_fails(change):
     box = prov.seal_box(SECRET, CH, prov.TO_EXISTING, 0, DOC)
     args = {"secret": SECRET, "channel": CH, "direction": prov.TO_EXISTING, "index": 0}
-    args[change] = {"secret": SECRET[:-1] + b"\x00", "channel": CH[:-1] + b"\xff",
-                    "direction": prov.TO_NEW, "index": 1}[change]
+    args[change] = {
+        "secret": SECRET[:-1] + b"\x00",
+        "channel": CH[:-1] + b"\xff",
+        "direction": prov.TO_NEW,
+        "index": 1,
+    }[change]
     with pytest.raises(DecryptionError):
         prov.open_box(args["secret"], args["channel"], args["direction"], args["index"], box)
 
@@ -106,14 +125,27 @@ def _seal_raw(plaintext: bytes, direction: str = prov.TO_NEW) -> bytes:
     """A correctly authenticated box holding arbitrary bytes (as a buggy peer would send)."""
     from imsg.crypto import aead
 
-    return aead.seal(prov._key(SECRET, CH, direction), (0).to_bytes(12, "big"), plaintext,
-                     prov.LABEL_PROVISIONING + CH)
+    return aead.seal(prov._key(SECRET, CH, direction), (0).to_bytes(12, "big"), plaintext, prov.LABEL_PROVISIONING + CH)
 
 
-@pytest.mark.parametrize("plaintext", [
-    b"", b"not json", b"\xff\xfe", b"[1, 2]", b'"v"', b"1", b"null",
-    b"{}", b'{"v": 2}', b'{"v": "1"}', b'{"v": true}', b'{"v": 1.0}', b'{"v": null}',
-])
+@pytest.mark.parametrize(
+    "plaintext",
+    [
+        b"",
+        b"not json",
+        b"\xff\xfe",
+        b"[1, 2]",
+        b'"v"',
+        b"1",
+        b"null",
+        b"{}",
+        b'{"v": 2}',
+        b'{"v": "1"}',
+        b'{"v": true}',
+        b'{"v": 1.0}',
+        b'{"v": null}',
+    ],
+)
 def test_authenticated_but_malformed_payload_is_decode_error(plaintext):
     with pytest.raises(DecodeError):
         prov.open_box(SECRET, CH, prov.TO_NEW, 0, _seal_raw(plaintext))
@@ -138,6 +170,7 @@ def test_oversized_payload_is_refused_when_sealing():
 
 
 # --- fuzz: only ProtocolError subclasses escape ---
+
 
 @settings(max_examples=2000, deadline=None)
 @given(st.text(max_size=60))
@@ -168,11 +201,19 @@ def test_fuzz_open_box_random_bytes(box, direction, index):
 
 
 @settings(max_examples=1000, deadline=None)
-@given(st.binary(max_size=200) | st.builds(lambda v: json.dumps(v).encode(), st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["v", "x", "name"]), inner,
-                                                                 max_size=4),
-    max_leaves=10)))
+@given(
+    st.binary(max_size=200)
+    | st.builds(
+        lambda v: json.dumps(v).encode(),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=10),
+            lambda inner: (
+                st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["v", "x", "name"]), inner, max_size=4)
+            ),
+            max_leaves=10,
+        ),
+    )
+)
 def test_fuzz_open_box_authenticated_payloads(plaintext):
     try:
         doc = prov.open_box(SECRET, CH, prov.TO_NEW, 0, _seal_raw(plaintext))

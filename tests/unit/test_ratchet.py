@@ -10,6 +10,7 @@ import random
 import time
 
 import pytest
+from protocol_helpers import LOW_ORDER_POINTS, T0, flip, ratchet_pair
 
 from imsg.protocol import ratchet as rt
 from imsg.protocol.consts import MAX_FORWARD_JUMPS, MAX_MESSAGE_KEYS, MAX_SKIPPED_KEY_AGE_MS
@@ -20,8 +21,6 @@ from imsg.protocol.errors import (
     LocalProtocolError,
     TooFarAheadError,
 )
-
-from protocol_helpers import LOW_ORDER_POINTS, T0, flip, ratchet_pair
 
 
 def _pt(i: int) -> bytes:
@@ -120,8 +119,9 @@ def test_permuted_and_dropped_100_messages():
         # used) looks like a new ratchet key and fails the AEAD instead: still exactly
         # one plaintext, but a DecryptionError (libsignal keeps old receiver chains and
         # says DuplicateMessage; see the report).
-        expected = DuplicateMessageError if rt.parse_header(msg)[0] == bob.dhr else (
-            DuplicateMessageError, DecryptionError)
+        expected = (
+            DuplicateMessageError if rt.parse_header(msg)[0] == bob.dhr else (DuplicateMessageError, DecryptionError)
+        )
         with pytest.raises(expected):
             bob.decrypt(msg, T0)
         assert bob.encode() == before

@@ -11,12 +11,11 @@ import os
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from protocol_helpers import SessionPair, flip
 
 from imsg.protocol import session as sess
 from imsg.protocol.consts import MAX_MESSAGE_KEYS
 from imsg.protocol.errors import DecryptionError, DuplicateMessageError, ProtocolError
-
-from protocol_helpers import SessionPair, flip
 
 NAMES = ("alice", "bob")
 
@@ -98,8 +97,9 @@ class RatchetModel(RuleBasedStateMachine):
         pos = data.draw(st.integers(0, len(msg) - 1))
         self._forge(to, flip(msg, pos, data.draw(st.integers(0, 7))))
 
-    @rule(to=st.sampled_from(NAMES), junk=st.binary(max_size=300),
-          kind=st.sampled_from([b"", b"\x01\x02", b"\x01\x03"]))
+    @rule(
+        to=st.sampled_from(NAMES), junk=st.binary(max_size=300), kind=st.sampled_from([b"", b"\x01\x02", b"\x01\x03"])
+    )
     def forge_random(self, to, junk, kind):
         self._forge(to, kind + junk)
 
@@ -131,6 +131,8 @@ class RatchetModel(RuleBasedStateMachine):
 TestRatchetModel = RatchetModel.TestCase
 _CI = os.environ.get("HYPOTHESIS_PROFILE") == "ci"
 TestRatchetModel.settings = settings(
-    max_examples=1000 if _CI else 60, stateful_step_count=40, deadline=None,
+    max_examples=1000 if _CI else 60,
+    stateful_step_count=40,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imsg.crypto import hpke, sign
 from imsg.protocol import sealed
@@ -96,8 +97,11 @@ def test_sealed_envelope_round_trip_is_padded_to_a_bucket(bob_keys, content_len)
     env = sealed.seal_envelope(BOB, bob_keys.public, c, b"s" * 200, b"c" * content_len)
     assert len(env) in SEALED_BUCKETS and env[:2] == b"\x01\x02"
     opened = sealed.open_envelope(env, BOB, bob_keys)
-    assert (opened.certificate.body + opened.certificate.signature, opened.session_message,
-            opened.content_ciphertext) == (c, b"s" * 200, b"c" * content_len)
+    assert (
+        opened.certificate.body + opened.certificate.signature,
+        opened.session_message,
+        opened.content_ciphertext,
+    ) == (c, b"s" * 200, b"c" * content_len)
 
 
 def test_sizes_between_buckets_use_the_next_bucket(bob_keys):

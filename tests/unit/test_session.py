@@ -7,6 +7,7 @@ SECURITY-TESTS rows 1, 8, 12, 15, 18 and 20.
 from __future__ import annotations
 
 import pytest
+from protocol_helpers import LOW_ORDER_POINTS, SessionPair, flip
 
 from imsg.crypto import kem
 from imsg.protocol import ratchet as rt
@@ -21,8 +22,6 @@ from imsg.protocol.errors import (
     TooFarAheadError,
     UntrustedIdentityError,
 )
-
-from protocol_helpers import LOW_ORDER_POINTS, SessionPair, flip
 
 _PREFIX = sess._PREKEY_FIXED.size  # version, type, IK, EK, ids
 _IK = slice(2, 35)
@@ -147,7 +146,7 @@ def test_base_key_high_bit_is_not_malleable():
 def test_low_order_base_key_in_prekey_message(point: bytes):
     pair = SessionPair()
     m = bytearray(pair.send("alice", b"x"))
-    m[_EK.start + 1:_EK.stop] = point
+    m[_EK.start + 1 : _EK.stop] = point
     expected = DecryptionError if is_canonical_x25519(point) else DecodeError
     _rejects(pair, "bob", bytes(m), expected)
 
@@ -158,13 +157,18 @@ def test_low_order_identity_key_in_prekey_message(point: bytes):
     responder's DH1 is all zeros and the handshake fails."""
     pair = SessionPair()
     m = bytearray(pair.send("alice", b"x"))
-    m[_IK.start + 1:_IK.stop] = point
+    m[_IK.start + 1 : _IK.stop] = point
     before = pair.state("bob")
     with pytest.raises(DecryptionError):
         sess.decrypt(
-            None, bytes(m), local=pair.bob.device, local_address=pair.bob.address,
-            remote_address=pair.alice.address, remote_identity_key=point,
-            prekeys=pair.bob.store, now=pair.now,
+            None,
+            bytes(m),
+            local=pair.bob.device,
+            local_address=pair.bob.address,
+            remote_address=pair.alice.address,
+            remote_identity_key=point,
+            prekeys=pair.bob.store,
+            now=pair.now,
         )
     assert pair.state("bob") == before
 
@@ -293,9 +297,9 @@ def test_simultaneous_initiation_converges():
     # interleaved sends also work once converged
     x = [pair.send("alice", b"x%d" % i) for i in range(3)]
     y = [pair.send("bob", b"y%d" % i) for i in range(3)]
-    for m, pt in zip(reversed(x), [b"x2", b"x1", b"x0"]):
+    for m, pt in zip(reversed(x), [b"x2", b"x1", b"x0"], strict=True):
         assert pair.deliver("bob", m).plaintext == pt
-    for m, pt in zip(y, [b"y0", b"y1", b"y2"]):
+    for m, pt in zip(y, [b"y0", b"y1", b"y2"], strict=True):
         assert pair.deliver("alice", m).plaintext == pt
 
 
@@ -367,5 +371,5 @@ def test_inner_ratchet_message_cannot_be_lifted_out_of_a_prekey_message():
     pair = SessionPair()
     m1, m2 = pair.send("alice", b"one"), pair.send("alice", b"two")
     pair.deliver("bob", m1)
-    _rejects(pair, "bob", m2[sess._PREKEY_LEN:])  # the inner ratchet message alone
+    _rejects(pair, "bob", m2[sess._PREKEY_LEN :])  # the inner ratchet message alone
     assert pair.deliver("bob", m2).plaintext == b"two"

@@ -12,14 +12,13 @@ import stat
 from pathlib import Path
 
 import pytest
+from protocol_helpers import T0, SessionPair, seeded_rng
 
 from imsg.protocol.prekeys import KemPreKey, OneTimePreKey, SignedPreKey
 from imsg.protocol.session import Address
 from imsg.protocol.stores import Contact, LocalAccount, OutgoingBatch, StoredMessage
 from imsg.store.memory import MemoryStore
 from imsg.store.sqlite import SQLiteStore
-
-from protocol_helpers import T0, SessionPair, seeded_rng
 
 PEER = "ab" * 16
 OTHER = "cd" * 16
@@ -35,9 +34,18 @@ def store(request, tmp_path: Path):
 def _account(**over) -> LocalAccount:
     rng = seeded_rng(1)
     fields = dict(
-        account_id=PEER, handle="@alice", name="Alice", account_public=rng(32), account_private=rng(32),
-        device_id=1, identity_private=rng(32), signing_private=rng(32), device_list=rng(200),
-        relay_url="https://relay.example", token="tok", created_at=T0,
+        account_id=PEER,
+        handle="@alice",
+        name="Alice",
+        account_public=rng(32),
+        account_private=rng(32),
+        device_id=1,
+        identity_private=rng(32),
+        signing_private=rng(32),
+        device_list=rng(200),
+        relay_url="https://relay.example",
+        token="tok",
+        created_at=T0,
     )
     fields.update(over)
     return LocalAccount(**fields)
@@ -45,9 +53,16 @@ def _account(**over) -> LocalAccount:
 
 def _msg(i: int, peer: str = PEER, direction: str = "in", sent_at: int | None = None, **over) -> StoredMessage:
     fields = dict(
-        message_id=f"{i:032x}", peer_account_id=peer, peer_handle="@" + peer[:4], direction=direction,
-        sender_handle="@s", recipient_handle="@r", text=f"text {i}",
-        sent_at=T0 + i if sent_at is None else sent_at, stored_at=T0 + 1000 + i, sender_device=1,
+        message_id=f"{i:032x}",
+        peer_account_id=peer,
+        peer_handle="@" + peer[:4],
+        direction=direction,
+        sender_handle="@s",
+        recipient_handle="@r",
+        text=f"text {i}",
+        sent_at=T0 + i if sent_at is None else sent_at,
+        stored_at=T0 + 1000 + i,
+        sender_device=1,
     )
     fields.update(over)
     return StoredMessage(**fields)
@@ -151,8 +166,18 @@ def test_contacts(store):
 
 
 def test_contact_address_book_and_sharing_fields_round_trip(store):
-    c = Contact(PEER, "@bob", b"k" * 32, b"list", profile_key=b"p" * 32, in_contacts=True, nickname="Bobby",
-                profile_revision=7, share_profile="yes", shared_profile_key=b"s" * 32)
+    c = Contact(
+        PEER,
+        "@bob",
+        b"k" * 32,
+        b"list",
+        profile_key=b"p" * 32,
+        in_contacts=True,
+        nickname="Bobby",
+        profile_revision=7,
+        share_profile="yes",
+        shared_profile_key=b"s" * 32,
+    )
     store.save_contact(c)
     assert store.get_contact(PEER) == c and store.contact_by_handle("@bob") == c and store.contacts() == [c]
 
@@ -301,9 +326,16 @@ def test_outbox(store):
 
 def _everything(store):
     return (
-        store.load_account(), store.signed_prekeys(), store.get_kem_prekey(12), store.get_one_time_prekey(13),
-        store.load_session(Address(PEER, 1)), store.contacts(), store.history(PEER, 100),
-        store.conversations(), store.unshown(), store.outgoing(),
+        store.load_account(),
+        store.signed_prekeys(),
+        store.get_kem_prekey(12),
+        store.get_one_time_prekey(13),
+        store.load_session(Address(PEER, 1)),
+        store.contacts(),
+        store.history(PEER, 100),
+        store.conversations(),
+        store.unshown(),
+        store.outgoing(),
     )
 
 
@@ -359,10 +391,12 @@ def test_sqlite_opens_a_home_made_before_later_columns(tmp_path: Path):
     path = tmp_path / "old" / "imsg.db"
     SQLiteStore(path).close()
     db = sqlite3.connect(path)
-    db.executescript("DROP TABLE contacts; CREATE TABLE contacts (account_id TEXT PRIMARY KEY, handle TEXT NOT NULL, "
-                     "account_key BLOB NOT NULL, device_list BLOB NOT NULL, verified INTEGER NOT NULL DEFAULT 0, "
-                     "first_seen INTEGER NOT NULL, status TEXT NOT NULL DEFAULT 'ok');"
-                     "INSERT INTO contacts VALUES ('a', '@bob', x'00', x'01', 1, 5, 'ok');")
+    db.executescript(
+        "DROP TABLE contacts; CREATE TABLE contacts (account_id TEXT PRIMARY KEY, handle TEXT NOT NULL, "
+        "account_key BLOB NOT NULL, device_list BLOB NOT NULL, verified INTEGER NOT NULL DEFAULT 0, "
+        "first_seen INTEGER NOT NULL, status TEXT NOT NULL DEFAULT 'ok');"
+        "INSERT INTO contacts VALUES ('a', '@bob', x'00', x'01', 1, 5, 'ok');"
+    )
     db.close()
     store = SQLiteStore(path)
     try:
@@ -402,8 +436,19 @@ def test_delete_messages_returns_saved_attachment_files(store):
 
     with store.transaction():
         for i in range(2):
-            store.add_message(StoredMessage(f"{i:032x}", "a" * 32, "bob@example.com", "in", "bob@example.com",
-                                            "me@example.com", f"m{i}", 1000 + i, 2000 + i))
+            store.add_message(
+                StoredMessage(
+                    f"{i:032x}",
+                    "a" * 32,
+                    "bob@example.com",
+                    "in",
+                    "bob@example.com",
+                    "me@example.com",
+                    f"m{i}",
+                    1000 + i,
+                    2000 + i,
+                )
+            )
             store.add_attachments([StoredAttachment(f"{i:032x}", 0, "b" * 32, bytes(32), bytes(32), 16, "f", "t")])
         store.set_saved_path(f"{0:032x}", 0, "/tmp/saved-file")
     with store.transaction():
@@ -430,8 +475,9 @@ def test_messages_older_than_uses_the_earlier_clock(store):
 def test_sqlite_retention_query_uses_the_age_index(tmp_path: Path):
     s = SQLiteStore(tmp_path / "home" / "imsg.db")
     try:
-        plan = s._db.execute("EXPLAIN QUERY PLAN SELECT message_id FROM messages "
-                             "WHERE min(sent_at, stored_at) < ? LIMIT ?", (1, 1)).fetchall()
+        plan = s._db.execute(
+            "EXPLAIN QUERY PLAN SELECT message_id FROM messages WHERE min(sent_at, stored_at) < ? LIMIT ?", (1, 1)
+        ).fetchall()
         assert any("messages_age" in row[-1] for row in plan), plan
     finally:
         s.close()

@@ -64,8 +64,7 @@ def reference_encrypt(key: bytes, plain: bytes) -> bytes:
     aead = AESGCM(hkdf(key, salt=None, info=b"imsg/v1/attachment", length=32))
     chunks = [plain[i : i + SEGMENT] for i in range(0, len(plain), SEGMENT)] or [b""]
     return b"".join(
-        aead.encrypt(i.to_bytes(11, "big") + bytes([i == len(chunks) - 1]), c, b"")
-        for i, c in enumerate(chunks)
+        aead.encrypt(i.to_bytes(11, "big") + bytes([i == len(chunks) - 1]), c, b"") for i, c in enumerate(chunks)
     )
 
 
@@ -80,8 +79,21 @@ SEGS = segments(BLOB)
 
 @pytest.mark.parametrize(
     "n",
-    [0, 1, 15, 16, 17, SEGMENT - 1, SEGMENT, SEGMENT + 1, 2 * SEGMENT, 5 * SEGMENT + 12345,
-     16 * SEGMENT, 17 * SEGMENT, 17 * SEGMENT + 1],
+    [
+        0,
+        1,
+        15,
+        16,
+        17,
+        SEGMENT - 1,
+        SEGMENT,
+        SEGMENT + 1,
+        2 * SEGMENT,
+        5 * SEGMENT + 12345,
+        16 * SEGMENT,
+        17 * SEGMENT,
+        17 * SEGMENT + 1,
+    ],
 )
 def test_round_trip(n):
     plain = os.urandom(n)
@@ -242,9 +254,20 @@ def test_truncated_drop_last_segment():
 
 @pytest.mark.parametrize(
     "cut",
-    [1, 15, 16, 17, ENCRYPTED_SEGMENT - 1, ENCRYPTED_SEGMENT + 1, ENCRYPTED_SEGMENT + 15,
-     ENCRYPTED_SEGMENT + 16, 2 * ENCRYPTED_SEGMENT + 100, len(BLOB) - 17, len(BLOB) - 16,
-     len(BLOB) - 1],
+    [
+        1,
+        15,
+        16,
+        17,
+        ENCRYPTED_SEGMENT - 1,
+        ENCRYPTED_SEGMENT + 1,
+        ENCRYPTED_SEGMENT + 15,
+        ENCRYPTED_SEGMENT + 16,
+        2 * ENCRYPTED_SEGMENT + 100,
+        len(BLOB) - 17,
+        len(BLOB) - 16,
+        len(BLOB) - 1,
+    ],
 )
 def test_truncated_inside_a_segment(cut):
     rejected(BLOB[:cut])
@@ -276,7 +299,7 @@ def test_same_key_other_file_only_at_the_same_index():
     other = segments(enc(os.urandom(len(PLAIN))))
     assert len(dec(SEGS[0] + other[1] + SEGS[2] + SEGS[3])) == len(PLAIN)
     rejected(SEGS[0] + other[2] + SEGS[2] + SEGS[3])
-    rejected(SEGS[0] + SEGS[1] + SEGS[2] + other[1][:len(SEGS[3])])
+    rejected(SEGS[0] + SEGS[1] + SEGS[2] + other[1][: len(SEGS[3])])
 
 
 def test_swapped_from_another_key():
@@ -325,7 +348,7 @@ def test_per_segment_decryptor_checks():
     with pytest.raises(AuthenticationError):
         d.segment(1, SEGS[0], last=False)  # index differs
     with pytest.raises(AuthenticationError):
-        d.segment(3, SEGS[3][:TAG - 1], last=True)
+        d.segment(3, SEGS[3][: TAG - 1], last=True)
     with pytest.raises(AuthenticationError):
         d.segment(3, SEGS[3] + b"x", last=True)
 
@@ -425,7 +448,9 @@ def peak_memory(tmp_path, size: int) -> dict:
     d.mkdir()
     out = subprocess.run(
         [sys.executable, "-c", MEMORY_PROBE, str(d), str(size)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(out.stdout)
 

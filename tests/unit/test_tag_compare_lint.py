@@ -44,11 +44,7 @@ def _is_int_like(node: ast.AST) -> bool:
         return isinstance(node.value, int) or node.value is None
     if isinstance(node, ast.Subscript):
         # data[0] is one byte of a bytes value; tags[0] may be a whole tag.
-        return (
-            isinstance(node.slice, ast.Constant)
-            and isinstance(node.slice.value, int)
-            and not _secretish(node.value)
-        )
+        return isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, int) and not _secretish(node.value)
     if isinstance(node, ast.Call):
         return _name(node) == "len"
     if isinstance(node, (ast.Name, ast.Attribute)):
@@ -69,7 +65,7 @@ def find_tag_comparisons(source: str, filename: str = "<src>") -> list[str]:
         if not isinstance(node, ast.Compare):
             continue
         operands = [node.left, *node.comparators]
-        for op, left, right in zip(node.ops, operands, operands[1:]):
+        for op, left, right in zip(node.ops, operands, operands[1:], strict=False):
             if not isinstance(op, (ast.Eq, ast.NotEq)):
                 continue
             if _is_int_like(left) or _is_int_like(right):

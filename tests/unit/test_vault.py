@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from imsg import errors
-from imsg.store import vault, vault_agent
 from imsg.protocol.stores import Contact, LocalAccount, StoredAttachment, StoredMessage, Upload
+from imsg.store import vault, vault_agent
 from imsg.store.runtime import FailureCounter, _private_dir, failure_delay, runtime_dir
 
 FAST = {"memory_kib": 1024, "iterations": 1, "lanes": 1}
@@ -44,22 +44,44 @@ def _fill(home: Path) -> None:
 
     s = SQLiteStore(home / vault.STORE_FILE)
     with s.transaction():
-        s.save_account(LocalAccount("a" * 32, "me.secret@example.com", "Me", b"P" * 32, ACCOUNT_PRIVATE, 1,
-                                    b"I" * 32, b"S" * 32, b"D" * 64, "http://127.0.0.1:1", "tok-secret", 1,
-                                    PROFILE_KEY))
+        s.save_account(
+            LocalAccount(
+                "a" * 32,
+                "me.secret@example.com",
+                "Me",
+                b"P" * 32,
+                ACCOUNT_PRIVATE,
+                1,
+                b"I" * 32,
+                b"S" * 32,
+                b"D" * 64,
+                "http://127.0.0.1:1",
+                "tok-secret",
+                1,
+                PROFILE_KEY,
+            )
+        )
         s.save_contact(Contact("c" * 32, HANDLE, b"K" * 32, b"L" * 10, False, 1))
-        s.add_message(StoredMessage("m" * 32, "c" * 32, HANDLE, "in", HANDLE, "me.secret@example.com", TEXT,
-                                    1, 1, 1))
-        s.add_attachments([StoredAttachment("m" * 32, 0, "b" * 32, b"A" * 32, b"G" * 32, 100, "holiday.jpg",
-                                            "image/jpeg")])
-        s.save_upload(Upload("u" * 32, "/home/me/diary.txt", 5, 6, b"U" * 32, 50, 10, "diary.txt", "text/plain",
-                             1, 2))
+        s.add_message(StoredMessage("m" * 32, "c" * 32, HANDLE, "in", HANDLE, "me.secret@example.com", TEXT, 1, 1, 1))
+        s.add_attachments(
+            [StoredAttachment("m" * 32, 0, "b" * 32, b"A" * 32, b"G" * 32, 100, "holiday.jpg", "image/jpeg")]
+        )
+        s.save_upload(Upload("u" * 32, "/home/me/diary.txt", 5, 6, b"U" * 32, 50, 10, "diary.txt", "text/plain", 1, 2))
         s.set_setting("retention", "30d")
     s.close()
 
 
-PLAINTEXTS = [TEXT.encode(), HANDLE.encode(), b"me.secret@example.com", b"holiday.jpg", b"diary.txt",
-              b"tok-secret", ACCOUNT_PRIVATE, PROFILE_KEY, b"SQLite format 3"]
+PLAINTEXTS = [
+    TEXT.encode(),
+    HANDLE.encode(),
+    b"me.secret@example.com",
+    b"holiday.jpg",
+    b"diary.txt",
+    b"tok-secret",
+    ACCOUNT_PRIVATE,
+    PROFILE_KEY,
+    b"SQLite format 3",
+]
 
 
 def _leaks(home: Path, extra: list[bytes] = ()) -> list[str]:
@@ -80,8 +102,12 @@ def _snapshot(home: Path) -> dict[str, tuple[bytes, int]]:
 
 
 def _read_back(store) -> tuple:
-    return (store.load_account().account_private, store.contact_by_handle(HANDLE).handle,
-            store.history("c" * 32, 10)[0].text, store.get_setting("retention"))
+    return (
+        store.load_account().account_private,
+        store.contact_by_handle(HANDLE).handle,
+        store.history("c" * 32, 10)[0].text,
+        store.get_setting("retention"),
+    )
 
 
 def test_set_passcode_leaves_nothing_readable_and_opens_with_it(tmp_path: Path):
@@ -97,8 +123,11 @@ def test_set_passcode_leaves_nothing_readable_and_opens_with_it(tmp_path: Path):
     try:
         assert _read_back(store) == (ACCOUNT_PRIVATE, HANDLE, TEXT, "30d")
         with store.transaction():  # new writes sit in the WAL while the store is open
-            store.add_message(StoredMessage("n" * 32, "c" * 32, HANDLE, "out", "me.secret@example.com", HANDLE,
-                                            "a second secret line", 2, 2, 1))
+            store.add_message(
+                StoredMessage(
+                    "n" * 32, "c" * 32, HANDLE, "out", "me.secret@example.com", HANDLE, "a second secret line", 2, 2, 1
+                )
+            )
         assert (home / "imsg.db-wal").stat().st_size > 0
         storage_key = vault.current_key(home, vault.KeySource(passcode="correct horse"))
         assert _leaks(home, [b"a second secret line", storage_key]) == []
@@ -240,8 +269,9 @@ def test_interrupted_change_after_the_commit_point_finishes(tmp_path: Path):
     _fill(home)
     vault.set_passcode(home, "first passcode", **FAST)
     old_keyfile = (home / "storage-key").read_bytes()
-    vault.change_passcode(home, vault.current_key(home, vault.KeySource(passcode="first passcode")),
-                          "second passcode", **FAST)
+    vault.change_passcode(
+        home, vault.current_key(home, vault.KeySource(passcode="first passcode")), "second passcode", **FAST
+    )
     os.replace(home / "storage-key", home / "storage-key.next")
     (home / "storage-key").write_bytes(old_keyfile)
     store = vault.open_store(home, vault.KeySource(passcode="second passcode"))
@@ -313,8 +343,9 @@ def test_unlock_agent_does_not_inherit_the_passcode(tmp_path: Path, monkeypatch)
     try:
         import subprocess
 
-        pids = subprocess.run(["pgrep", "-f", str(vault_agent.socket_path(home))], capture_output=True,
-                              text=True).stdout.split()
+        pids = subprocess.run(
+            ["pgrep", "-f", str(vault_agent.socket_path(home))], capture_output=True, text=True
+        ).stdout.split()
         assert len(pids) == 1
         if os.getuid() != 0:  # non-dumpable: /proc/PID/environ belongs to root now; we cannot even read it
             with pytest.raises(PermissionError):

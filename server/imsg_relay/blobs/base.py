@@ -10,7 +10,8 @@ holds more than one chunk of a blob in memory.
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Protocol
+from collections.abc import AsyncIterator
+from typing import Protocol
 
 
 class BlobMissing(Exception):

@@ -12,8 +12,8 @@ import asyncio
 import hashlib
 import os
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 from imsg_relay.blobs.base import BlobMissing
 from imsg_relay.settings import BLOB_READ_CHUNK
@@ -47,7 +47,7 @@ class FilesystemBlobStore:
             os.close(fd)
         _fsync_dir(path.parent)
 
-    async def open_write(self, blob_id: str, offset: int) -> "_Writer":
+    async def open_write(self, blob_id: str, offset: int) -> _Writer:
         path = self.path(blob_id)
         try:
             fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_CLOEXEC)
@@ -55,7 +55,7 @@ class FilesystemBlobStore:
             raise BlobMissing(blob_id) from None
         return _Writer(fd, offset)
 
-    async def open_read(self, blob_id: str) -> "_Reader":
+    async def open_read(self, blob_id: str) -> _Reader:
         path = self.path(blob_id)
         try:
             fd = await asyncio.to_thread(os.open, path, os.O_RDONLY | os.O_CLOEXEC)

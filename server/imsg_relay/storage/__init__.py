@@ -19,7 +19,19 @@ from imsg_relay.storage.base import (
 )
 
 __all__ = [
-    "Account", "AccountNotFound", "BlobInfo", "BlobNotFound", "BlobQuotaExceeded", "Bundle",
-    "ChannelNotFound", "DeviceMismatch", "DeviceRef",
-    "Envelope", "KeyCounts", "OneTimeKey", "SignedKey", "Storage", "StorageConflict",
+    "Account",
+    "AccountNotFound",
+    "BlobInfo",
+    "BlobNotFound",
+    "BlobQuotaExceeded",
+    "Bundle",
+    "ChannelNotFound",
+    "DeviceMismatch",
+    "DeviceRef",
+    "Envelope",
+    "KeyCounts",
+    "OneTimeKey",
+    "SignedKey",
+    "Storage",
+    "StorageConflict",
 ]

@@ -12,8 +12,9 @@ Every method that changes state commits durably before it returns: a caller that
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,7 @@ class Envelope:
 @dataclass(frozen=True, slots=True)
 class BlobInfo:
     """An attachment blob's metadata; its bytes are in the blob store."""
+
     blob_id: str
     account_id: str
     size: int
@@ -93,6 +95,7 @@ class HandleRow:
     (the account id, sealed under a key from the same OPRF output); `label` is the handle
     sealed by the account's own devices for each other (opaque here). Pending rows carry
     the verification code's keyed hash, expiry and wrong tries."""
+
     tag: bytes
     account_id: str
     state: str  # pending | verified | unverified (claimed under a relay that does not verify)
@@ -118,6 +121,7 @@ class HandleRow:
 class BackupInfo:
     """An account's backup: its ciphertext is in the blob store under `blob_id` (not a row
     of `blobs`: a backup is kept until the account deletes it, it does not expire)."""
+
     account_id: str
     blob_id: str
     size: int
@@ -171,21 +175,34 @@ class Storage(Protocol):
     async def close(self) -> None: ...
 
     # accounts and devices
-    async def create_account(self, account_id: str, account_key: bytes, handle: HandleRow | None,
-                             device_list: bytes, device_id: int, token_hash: bytes,
-                             now_ms: int) -> None:
+    async def create_account(
+        self,
+        account_id: str,
+        account_key: bytes,
+        handle: HandleRow | None,
+        device_list: bytes,
+        device_id: int,
+        token_hash: bytes,
+        now_ms: int,
+    ) -> None:
         """Creates the account, its first device and (in the same transaction) its first
         handle row. Raises StorageConflict("account_exists" | "handle_taken": an unverified
         claim of a handle another account holds | "token_taken")."""
 
-    async def add_device(self, account_id: str, device_id: int, token_hash: bytes,
-                         device_list: bytes, now_ms: int, max_devices: int | None = None) -> None:
+    async def add_device(
+        self,
+        account_id: str,
+        device_id: int,
+        token_hash: bytes,
+        device_list: bytes,
+        now_ms: int,
+        max_devices: int | None = None,
+    ) -> None:
         """Raises StorageConflict("device_exists" | "token_taken" | "too_many_devices": the
         account already has `max_devices`), AccountNotFound. The cap is checked in the same
         transaction as the insert, so concurrent adds cannot pass it."""
 
-    async def remove_device(self, account_id: str, device_id: int,
-                            device_list: bytes | None) -> None:
+    async def remove_device(self, account_id: str, device_id: int, device_list: bytes | None) -> None:
         """Removes the device, its credential, its keys and its mailbox. Raises AccountNotFound."""
 
     async def authenticate(self, token_hash: bytes) -> DeviceRef | None: ...
@@ -211,8 +228,9 @@ class Storage(Protocol):
 
     async def account_handles(self, account_id: str) -> list[HandleRow]: ...
 
-    async def update_handle(self, account_id: str, tag: bytes, receiving: bool | None,
-                            label: bytes | None) -> HandleRow | None: ...
+    async def update_handle(
+        self, account_id: str, tag: bytes, receiving: bool | None, label: bytes | None
+    ) -> HandleRow | None: ...
 
     async def remove_handle(self, account_id: str, tag: bytes) -> bool: ...
 
@@ -222,9 +240,14 @@ class Storage(Protocol):
     async def discoverable_count(self) -> int: ...
 
     # prekeys
-    async def put_keys(self, device: DeviceRef, signed_prekey: SignedKey | None,
-                       kem_last_resort: SignedKey | None, one_time: Sequence[OneTimeKey],
-                       kem_one_time: Sequence[OneTimeKey]) -> KeyCounts: ...
+    async def put_keys(
+        self,
+        device: DeviceRef,
+        signed_prekey: SignedKey | None,
+        kem_last_resort: SignedKey | None,
+        one_time: Sequence[OneTimeKey],
+        kem_one_time: Sequence[OneTimeKey],
+    ) -> KeyCounts: ...
 
     async def key_counts(self, device: DeviceRef) -> KeyCounts: ...
 
@@ -233,14 +256,16 @@ class Storage(Protocol):
         deleted in the same transaction. Raises AccountNotFound."""
 
     # mailboxes
-    async def store_envelopes(self, account_id: str, message_id: str, bodies: dict[int, bytes],
-                              exclude_device: int | None, now_ms: int) -> int:
+    async def store_envelopes(
+        self, account_id: str, message_id: str, bodies: dict[int, bytes], exclude_device: int | None, now_ms: int
+    ) -> int:
         """Stores one row per device, idempotently on (account, device, message_id), after
         checking `bodies` covers exactly the account's devices less `exclude_device`.
         Returns the number of mailboxes addressed. Raises DeviceMismatch, AccountNotFound."""
 
-    async def fetch(self, device: DeviceRef, limit: int, not_before_ms: int,
-                    max_bytes: int) -> tuple[list[Envelope], bool]:
+    async def fetch(
+        self, device: DeviceRef, limit: int, not_before_ms: int, max_bytes: int
+    ) -> tuple[list[Envelope], bool]:
         """Oldest first, only rows received at or after `not_before_ms`; the bool says more
         are waiting."""
 
@@ -253,13 +278,11 @@ class Storage(Protocol):
     # that account can close it and is capped in how many it holds open; message rows hold
     # only (channel, box, bytes). A channel is live while now_ms < expires_at; every read
     # treats an expired channel as gone, before the sweeper deletes it.
-    async def create_channel(self, channel: str, account_id: str, now_ms: int, expires_at: int,
-                             max_open: int) -> None:
+    async def create_channel(self, channel: str, account_id: str, now_ms: int, expires_at: int, max_open: int) -> None:
         """Raises StorageConflict("too_many_channels") when the account holds `max_open` live
         channels, StorageConflict("channel_exists") when the id is taken."""
 
-    async def put_provisioning(self, channel: str, box: str, body: bytes, now_ms: int,
-                               max_queued: int) -> int:
+    async def put_provisioning(self, channel: str, box: str, body: bytes, now_ms: int, max_queued: int) -> int:
         """Queues `body` in the box; returns how many are queued there now. Raises
         ChannelNotFound, StorageConflict("box_full") when `max_queued` are waiting."""
 
@@ -279,20 +302,19 @@ class Storage(Protocol):
     # created_at > live_after_ms (now less the blob retention); every read treats an
     # expired blob as gone, before the sweeper deletes it. Rows hold the uploading account
     # (for its quota and its writes), never who downloads.
-    async def create_blob(self, blob_id: str, account_id: str, size: int, part_size: int,
-                          now_ms: int, live_after_ms: int, quota: int) -> None:
+    async def create_blob(
+        self, blob_id: str, account_id: str, size: int, part_size: int, now_ms: int, live_after_ms: int, quota: int
+    ) -> None:
         """Raises BlobQuotaExceeded when the account's live blobs plus `size` pass `quota`
         (checked in the same transaction as the insert), StorageConflict("blob_exists")."""
 
     async def get_blob(self, blob_id: str, live_after_ms: int) -> BlobInfo | None: ...
 
-    async def add_blob_part(self, blob_id: str, account_id: str, index: int,
-                            live_after_ms: int) -> BlobInfo:
+    async def add_blob_part(self, blob_id: str, account_id: str, index: int, live_after_ms: int) -> BlobInfo:
         """Records part `index` as received (idempotent). Raises BlobNotFound (unknown,
         expired, or another account's), StorageConflict("blob_complete")."""
 
-    async def complete_blob(self, blob_id: str, account_id: str, sha256: bytes,
-                            live_after_ms: int) -> BlobInfo:
+    async def complete_blob(self, blob_id: str, account_id: str, sha256: bytes, live_after_ms: int) -> BlobInfo:
         """Marks the blob complete with its digest; a blob already complete keeps its
         digest (idempotent). Raises BlobNotFound."""
 
@@ -305,8 +327,7 @@ class Storage(Protocol):
 
     # profiles: one opaque ciphertext per account, replaced on each upload
 
-    async def put_profile(self, account_id: str, key_id: bytes, revision: int, body: bytes,
-                          now_ms: int) -> bool:
+    async def put_profile(self, account_id: str, key_id: bytes, revision: int, body: bytes, now_ms: int) -> bool:
         """Store (replacing) the account's profile, unless the one held has a higher
         revision: then nothing changes and the answer is False."""
         ...
@@ -323,14 +344,12 @@ class Storage(Protocol):
     async def get_sealed_access(self, account_id: str) -> tuple[bytes | None, bool]:
         """(verifier or None, allow_anyone); (None, False) for an account with no row."""
 
-    async def set_sealed_access(self, account_id: str, verifier: bytes | None,
-                                allow_anyone: bool) -> None:
+    async def set_sealed_access(self, account_id: str, verifier: bytes | None, allow_anyone: bool) -> None:
         """Upsert; a None verifier keeps the stored one."""
 
     # backups (imsg_relay/backups.py). One row per account; `access_hash` is SHA-256 of a
     # token only the holder of the recovery code can derive.
-    async def put_backup(self, account_id: str, access_hash: bytes, blob_id: str, size: int,
-                         now_ms: int) -> str | None:
+    async def put_backup(self, account_id: str, access_hash: bytes, blob_id: str, size: int, now_ms: int) -> str | None:
         """Records (or replaces) the account's backup; returns the blob id it replaced.
         Raises StorageConflict("backup_access_taken") if another account has that hash."""
 

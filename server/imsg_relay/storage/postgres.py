@@ -11,8 +11,9 @@ taken with `FOR UPDATE SKIP LOCKED`, so concurrent fetches never get the same ke
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Sequence
+from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -24,10 +25,10 @@ from imsg_relay.storage import postgres_handles
 from imsg_relay.storage.base import (
     Account,
     AccountNotFound,
+    BackupInfo,
     BlobInfo,
     BlobNotFound,
     BlobQuotaExceeded,
-    BackupInfo,
     Bundle,
     ChannelNotFound,
     DeviceMismatch,
@@ -159,10 +160,8 @@ class PostgresStorage(postgres_handles.PostgresHandles):
             raise StorageUnavailable(f"cannot reach postgresql: {exc}") from exc
         async with setup:
             if self.schema:
-                await setup.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                    sql.Identifier(self.schema)))
-                await setup.execute(sql.SQL("SET search_path TO {}").format(
-                    sql.Identifier(self.schema)))
+                await setup.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+                await setup.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
             # Two workers starting together must not both create tables at once.
             await setup.execute("SELECT pg_advisory_lock(7366218)")
             try:
@@ -212,17 +211,27 @@ class PostgresStorage(postgres_handles.PostgresHandles):
 
     # accounts and devices
 
-    async def create_account(self, account_id: str, account_key: bytes, handle: HandleRow | None,
-                             device_list: bytes, device_id: int, token_hash: bytes,
-                             now_ms: int) -> None:
+    async def create_account(
+        self,
+        account_id: str,
+        account_key: bytes,
+        handle: HandleRow | None,
+        device_list: bytes,
+        device_id: int,
+        token_hash: bytes,
+        now_ms: int,
+    ) -> None:
         try:
             async with self._tx() as conn:
-                await conn.execute("INSERT INTO accounts (account_id, account_key, device_list, created_at)"
-                                   " VALUES (%s, %s, %s, %s)", (account_id, account_key, device_list, now_ms))
+                await conn.execute(
+                    "INSERT INTO accounts (account_id, account_key, device_list, created_at) VALUES (%s, %s, %s, %s)",
+                    (account_id, account_key, device_list, now_ms),
+                )
                 if handle is not None:
                     await postgres_handles.insert_handle(conn, handle, None)
-                await conn.execute("INSERT INTO devices VALUES (%s, %s, %s, %s)",
-                                   (account_id, device_id, token_hash, now_ms))
+                await conn.execute(
+                    "INSERT INTO devices VALUES (%s, %s, %s, %s)", (account_id, device_id, token_hash, now_ms)
+                )
         except pg_errors.UniqueViolation as exc:
             constraint = exc.diag.constraint_name or ""
             if "handle" in constraint:
@@ -231,52 +240,63 @@ class PostgresStorage(postgres_handles.PostgresHandles):
                 raise StorageConflict("token_taken") from None
             raise StorageConflict("account_exists") from None
 
-    async def add_device(self, account_id: str, device_id: int, token_hash: bytes,
-                         device_list: bytes, now_ms: int, max_devices: int | None = None) -> None:
+    async def add_device(
+        self,
+        account_id: str,
+        device_id: int,
+        token_hash: bytes,
+        device_list: bytes,
+        now_ms: int,
+        max_devices: int | None = None,
+    ) -> None:
         try:
             async with self._tx() as conn:
                 # The UPDATE locks the account row, so concurrent adds to one account take
                 # turns and the count below cannot go stale before the insert.
                 cur = await conn.execute(
-                    "UPDATE accounts SET device_list = %s WHERE account_id = %s",
-                    (device_list, account_id))
+                    "UPDATE accounts SET device_list = %s WHERE account_id = %s", (device_list, account_id)
+                )
                 if cur.rowcount == 0:
                     raise AccountNotFound(account_id)
                 if max_devices is not None:
                     cur = await conn.execute(
-                        "SELECT count(*), count(*) FILTER (WHERE device_id = %s) FROM devices"
-                        " WHERE account_id = %s", (device_id, account_id))
+                        "SELECT count(*), count(*) FILTER (WHERE device_id = %s) FROM devices WHERE account_id = %s",
+                        (device_id, account_id),
+                    )
                     total, same = await cur.fetchone()
                     if same:
                         raise StorageConflict("device_exists")
                     if total >= max_devices:
                         raise StorageConflict("too_many_devices")
-                await conn.execute("INSERT INTO devices VALUES (%s, %s, %s, %s)",
-                                   (account_id, device_id, token_hash, now_ms))
+                await conn.execute(
+                    "INSERT INTO devices VALUES (%s, %s, %s, %s)", (account_id, device_id, token_hash, now_ms)
+                )
         except pg_errors.UniqueViolation as exc:
             if "token" in (exc.diag.constraint_name or ""):
                 raise StorageConflict("token_taken") from None
             raise StorageConflict("device_exists") from None
 
-    async def remove_device(self, account_id: str, device_id: int,
-                            device_list: bytes | None) -> None:
+    async def remove_device(self, account_id: str, device_id: int, device_list: bytes | None) -> None:
         async with self._tx() as conn:
-            cur = await conn.execute("DELETE FROM devices WHERE account_id = %s AND device_id = %s",
-                                     (account_id, device_id))
+            cur = await conn.execute(
+                "DELETE FROM devices WHERE account_id = %s AND device_id = %s", (account_id, device_id)
+            )
             if cur.rowcount == 0:
                 raise AccountNotFound(account_id)
             for table in ("signed_prekeys", "one_time_prekeys", "envelopes"):
                 await conn.execute(
-                    sql.SQL("DELETE FROM {} WHERE account_id = %s AND device_id = %s").format(
-                        sql.Identifier(table)), (account_id, device_id))
+                    sql.SQL("DELETE FROM {} WHERE account_id = %s AND device_id = %s").format(sql.Identifier(table)),
+                    (account_id, device_id),
+                )
             if device_list is not None:
-                await conn.execute("UPDATE accounts SET device_list = %s WHERE account_id = %s",
-                                   (device_list, account_id))
+                await conn.execute(
+                    "UPDATE accounts SET device_list = %s WHERE account_id = %s", (device_list, account_id)
+                )
 
     async def authenticate(self, token_hash: bytes) -> DeviceRef | None:
         row = await self._one(
-            "SELECT account_id, device_id, token_hash FROM devices WHERE token_hash = %s",
-            (token_hash,))
+            "SELECT account_id, device_id, token_hash FROM devices WHERE token_hash = %s", (token_hash,)
+        )
         if row is None or not same_digest(bytes(row[2]), token_hash):
             return None
         return DeviceRef(row[0], row[1])
@@ -284,22 +304,27 @@ class PostgresStorage(postgres_handles.PostgresHandles):
     async def get_account(self, account_id: str) -> Account | None:
         async with self._tx() as conn:
             cur = await conn.execute(
-                "SELECT account_key, device_list FROM accounts WHERE account_id = %s",
-                (account_id,))
+                "SELECT account_key, device_list FROM accounts WHERE account_id = %s", (account_id,)
+            )
             row = await cur.fetchone()
             if row is None:
                 return None
             cur = await conn.execute(
-                "SELECT device_id FROM devices WHERE account_id = %s ORDER BY device_id",
-                (account_id,))
+                "SELECT device_id FROM devices WHERE account_id = %s ORDER BY device_id", (account_id,)
+            )
             devices = tuple(r[0] for r in await cur.fetchall())
         return Account(account_id, bytes(row[0]), bytes(row[1]), devices)
 
     # prekeys
 
-    async def put_keys(self, device: DeviceRef, signed_prekey: SignedKey | None,
-                       kem_last_resort: SignedKey | None, one_time: Sequence[OneTimeKey],
-                       kem_one_time: Sequence[OneTimeKey]) -> KeyCounts:
+    async def put_keys(
+        self,
+        device: DeviceRef,
+        signed_prekey: SignedKey | None,
+        kem_last_resort: SignedKey | None,
+        one_time: Sequence[OneTimeKey],
+        kem_one_time: Sequence[OneTimeKey],
+    ) -> KeyCounts:
         a, d = device.account_id, device.device_id
         async with self._tx() as conn:
             for kind, key in (("x25519", signed_prekey), ("kem", kem_last_resort)):
@@ -309,7 +334,8 @@ class PostgresStorage(postgres_handles.PostgresHandles):
                         " ON CONFLICT (account_id, device_id, kind) DO UPDATE SET"
                         " key_id = EXCLUDED.key_id, public_key = EXCLUDED.public_key,"
                         " signature = EXCLUDED.signature",
-                        (a, d, kind, key.key_id, key.public_key, key.signature))
+                        (a, d, kind, key.key_id, key.public_key, key.signature),
+                    )
             async with conn.cursor() as cur:
                 for kind, keys in (("x25519", one_time), ("kem", kem_one_time)):
                     if keys:
@@ -317,7 +343,8 @@ class PostgresStorage(postgres_handles.PostgresHandles):
                             "INSERT INTO one_time_prekeys VALUES (%s, %s, %s, %s, %s, %s)"
                             " ON CONFLICT (account_id, device_id, kind, key_id) DO UPDATE SET"
                             " public_key = EXCLUDED.public_key, signature = EXCLUDED.signature",
-                            [(a, d, kind, k.key_id, k.public_key, k.signature) for k in keys])
+                            [(a, d, kind, k.key_id, k.public_key, k.signature) for k in keys],
+                        )
             return await _counts(conn, a, d)
 
     async def key_counts(self, device: DeviceRef) -> KeyCounts:
@@ -328,15 +355,15 @@ class PostgresStorage(postgres_handles.PostgresHandles):
         async with self._tx() as conn:
             if device_id is None:
                 cur = await conn.execute(
-                    "SELECT device_id FROM devices WHERE account_id = %s ORDER BY device_id",
-                    (account_id,))
+                    "SELECT device_id FROM devices WHERE account_id = %s ORDER BY device_id", (account_id,)
+                )
                 ids = [r[0] for r in await cur.fetchall()]
                 if not ids:
                     raise AccountNotFound(account_id)
             else:
                 cur = await conn.execute(
-                    "SELECT 1 FROM devices WHERE account_id = %s AND device_id = %s",
-                    (account_id, device_id))
+                    "SELECT 1 FROM devices WHERE account_id = %s AND device_id = %s", (account_id, device_id)
+                )
                 if await cur.fetchone() is None:
                     raise AccountNotFound(account_id)
                 ids = [device_id]
@@ -349,13 +376,13 @@ class PostgresStorage(postgres_handles.PostgresHandles):
 
     # mailboxes
 
-    async def store_envelopes(self, account_id: str, message_id: str, bodies: dict[int, bytes],
-                              exclude_device: int | None, now_ms: int) -> int:
+    async def store_envelopes(
+        self, account_id: str, message_id: str, bodies: dict[int, bytes], exclude_device: int | None, now_ms: int
+    ) -> int:
         async with self._tx() as conn:
             # FOR SHARE: a device removed concurrently waits for this send, or this send
             # sees it gone; never an envelope stored for a removed device.
-            cur = await conn.execute(
-                "SELECT device_id FROM devices WHERE account_id = %s FOR SHARE", (account_id,))
+            cur = await conn.execute("SELECT device_id FROM devices WHERE account_id = %s FOR SHARE", (account_id,))
             current = {r[0] for r in await cur.fetchall()}
             if not current:
                 raise AccountNotFound(account_id)
@@ -368,17 +395,20 @@ class PostgresStorage(postgres_handles.PostgresHandles):
                     await c.executemany(
                         "INSERT INTO envelopes (account_id, device_id, message_id, body,"
                         " received_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                        [(account_id, d, message_id, b, now_ms) for d, b in bodies.items()])
+                        [(account_id, d, message_id, b, now_ms) for d, b in bodies.items()],
+                    )
             return len(bodies)
 
-    async def fetch(self, device: DeviceRef, limit: int, not_before_ms: int,
-                    max_bytes: int) -> tuple[list[Envelope], bool]:
+    async def fetch(
+        self, device: DeviceRef, limit: int, not_before_ms: int, max_bytes: int
+    ) -> tuple[list[Envelope], bool]:
         async with self._tx() as conn:
             cur = await conn.execute(
                 "SELECT message_id, body, received_at FROM envelopes"
                 " WHERE account_id = %s AND device_id = %s AND received_at >= %s"
                 " ORDER BY seq LIMIT %s",
-                (device.account_id, device.device_id, not_before_ms, limit + 1))
+                (device.account_id, device.device_id, not_before_ms, limit + 1),
+            )
             rows = await cur.fetchall()
         out: list[Envelope] = []
         size = 0
@@ -394,51 +424,53 @@ class PostgresStorage(postgres_handles.PostgresHandles):
     async def ack(self, device: DeviceRef, message_ids: Sequence[str]) -> int:
         async with self._tx() as conn:
             cur = await conn.execute(
-                "DELETE FROM envelopes WHERE account_id = %s AND device_id = %s"
-                " AND message_id = ANY(%s)",
-                (device.account_id, device.device_id, list(dict.fromkeys(message_ids))))
+                "DELETE FROM envelopes WHERE account_id = %s AND device_id = %s AND message_id = ANY(%s)",
+                (device.account_id, device.device_id, list(dict.fromkeys(message_ids))),
+            )
             return cur.rowcount
 
     async def delete_expired(self, cutoff_ms: int, limit: int) -> int:
         async with self._tx() as conn:
             cur = await conn.execute(
                 "DELETE FROM envelopes WHERE seq IN (SELECT seq FROM envelopes"
-                " WHERE received_at < %s ORDER BY received_at LIMIT %s)", (cutoff_ms, limit))
+                " WHERE received_at < %s ORDER BY received_at LIMIT %s)",
+                (cutoff_ms, limit),
+            )
             return cur.rowcount
 
     # provisioning channels
 
-    async def create_channel(self, channel: str, account_id: str, now_ms: int, expires_at: int,
-                             max_open: int) -> None:
+    async def create_channel(self, channel: str, account_id: str, now_ms: int, expires_at: int, max_open: int) -> None:
         try:
             async with self._tx() as conn:
                 # Serialise channel creation per account, so the cap holds under concurrency.
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
-                                   ("provisioning:" + account_id,))
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("provisioning:" + account_id,))
                 cur = await conn.execute(
-                    "SELECT count(*) FROM provisioning_channels"
-                    " WHERE account_id = %s AND expires_at > %s", (account_id, now_ms))
+                    "SELECT count(*) FROM provisioning_channels WHERE account_id = %s AND expires_at > %s",
+                    (account_id, now_ms),
+                )
                 if (await cur.fetchone())[0] >= max_open:
                     raise StorageConflict("too_many_channels")
-                await conn.execute("INSERT INTO provisioning_channels VALUES (%s, %s, %s, %s)",
-                                   (channel, account_id, now_ms, expires_at))
+                await conn.execute(
+                    "INSERT INTO provisioning_channels VALUES (%s, %s, %s, %s)",
+                    (channel, account_id, now_ms, expires_at),
+                )
         except pg_errors.UniqueViolation:
             raise StorageConflict("channel_exists") from None
 
-    async def put_provisioning(self, channel: str, box: str, body: bytes, now_ms: int,
-                               max_queued: int) -> int:
+    async def put_provisioning(self, channel: str, box: str, body: bytes, now_ms: int, max_queued: int) -> int:
         async with self._tx() as conn:
             # FOR UPDATE on the channel row: concurrent puts take turns, so the cap holds.
             await _live_channel(conn, channel, now_ms, lock=True)
             cur = await conn.execute(
-                "SELECT count(*) FROM provisioning_messages WHERE channel = %s AND box = %s",
-                (channel, box))
+                "SELECT count(*) FROM provisioning_messages WHERE channel = %s AND box = %s", (channel, box)
+            )
             queued = (await cur.fetchone())[0]
             if queued >= max_queued:
                 raise StorageConflict("box_full")
             await conn.execute(
-                "INSERT INTO provisioning_messages (channel, box, body) VALUES (%s, %s, %s)",
-                (channel, box, body))
+                "INSERT INTO provisioning_messages (channel, box, body) VALUES (%s, %s, %s)", (channel, box, body)
+            )
             return queued + 1
 
     async def take_provisioning(self, channel: str, box: str, now_ms: int) -> bytes | None:
@@ -447,15 +479,18 @@ class PostgresStorage(postgres_handles.PostgresHandles):
             cur = await conn.execute(
                 "DELETE FROM provisioning_messages WHERE seq = (SELECT seq FROM"
                 " provisioning_messages WHERE channel = %s AND box = %s ORDER BY seq LIMIT 1"
-                " FOR UPDATE SKIP LOCKED) RETURNING body", (channel, box))
+                " FOR UPDATE SKIP LOCKED) RETURNING body",
+                (channel, box),
+            )
             row = await cur.fetchone()
             return None if row is None else bytes(row[0])
 
     async def close_channel(self, channel: str, account_id: str, now_ms: int) -> None:
         async with self._tx() as conn:
             cur = await conn.execute(
-                "DELETE FROM provisioning_channels WHERE channel = %s AND account_id = %s"
-                " RETURNING expires_at", (channel, account_id))
+                "DELETE FROM provisioning_channels WHERE channel = %s AND account_id = %s RETURNING expires_at",
+                (channel, account_id),
+            )
             row = await cur.fetchone()
             if row is None:
                 raise ChannelNotFound(channel)
@@ -468,32 +503,34 @@ class PostgresStorage(postgres_handles.PostgresHandles):
             cur = await conn.execute(
                 "DELETE FROM provisioning_channels WHERE channel IN (SELECT channel FROM"
                 " provisioning_channels WHERE expires_at <= %s ORDER BY expires_at LIMIT %s"
-                " FOR UPDATE SKIP LOCKED) RETURNING channel", (now_ms, limit))
+                " FOR UPDATE SKIP LOCKED) RETURNING channel",
+                (now_ms, limit),
+            )
             ids = [r[0] for r in await cur.fetchall()]
             if ids:
-                await conn.execute("DELETE FROM provisioning_messages WHERE channel = ANY(%s)",
-                                   (ids,))
+                await conn.execute("DELETE FROM provisioning_messages WHERE channel = ANY(%s)", (ids,))
             return len(ids)
 
     # attachment blobs
 
-    async def create_blob(self, blob_id: str, account_id: str, size: int, part_size: int,
-                          now_ms: int, live_after_ms: int, quota: int) -> None:
+    async def create_blob(
+        self, blob_id: str, account_id: str, size: int, part_size: int, now_ms: int, live_after_ms: int, quota: int
+    ) -> None:
         try:
             async with self._tx() as conn:
                 # Serialise creation per account, so concurrent uploads cannot pass the quota.
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
-                                   ("blobs:" + account_id,))
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("blobs:" + account_id,))
                 cur = await conn.execute(
-                    "SELECT coalesce(sum(size), 0) FROM blobs"
-                    " WHERE account_id = %s AND created_at > %s", (account_id, live_after_ms))
+                    "SELECT coalesce(sum(size), 0) FROM blobs WHERE account_id = %s AND created_at > %s",
+                    (account_id, live_after_ms),
+                )
                 used = int((await cur.fetchone())[0])
                 if used + size > quota:
                     raise BlobQuotaExceeded(used)
                 await conn.execute(
-                    "INSERT INTO blobs (blob_id, account_id, size, part_size, created_at)"
-                    " VALUES (%s, %s, %s, %s, %s)",
-                    (blob_id, account_id, size, part_size, now_ms))
+                    "INSERT INTO blobs (blob_id, account_id, size, part_size, created_at) VALUES (%s, %s, %s, %s, %s)",
+                    (blob_id, account_id, size, part_size, now_ms),
+                )
         except pg_errors.UniqueViolation:
             raise StorageConflict("blob_exists") from None
 
@@ -501,8 +538,7 @@ class PostgresStorage(postgres_handles.PostgresHandles):
         async with self._tx() as conn:
             return await _blob(conn, blob_id, live_after_ms, lock=False)
 
-    async def add_blob_part(self, blob_id: str, account_id: str, index: int,
-                            live_after_ms: int) -> BlobInfo:
+    async def add_blob_part(self, blob_id: str, account_id: str, index: int, live_after_ms: int) -> BlobInfo:
         async with self._tx() as conn:
             # FOR SHARE: a concurrent complete waits for this part, or this part sees it.
             info = await _blob(conn, blob_id, live_after_ms, lock=True)
@@ -510,24 +546,22 @@ class PostgresStorage(postgres_handles.PostgresHandles):
                 raise BlobNotFound(blob_id)
             if info.complete:
                 raise StorageConflict("blob_complete")
-            await conn.execute("INSERT INTO blob_parts VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                               (blob_id, index))
+            await conn.execute("INSERT INTO blob_parts VALUES (%s, %s) ON CONFLICT DO NOTHING", (blob_id, index))
             return await _blob(conn, blob_id, live_after_ms, lock=False)
 
-    async def complete_blob(self, blob_id: str, account_id: str, sha256: bytes,
-                            live_after_ms: int) -> BlobInfo:
+    async def complete_blob(self, blob_id: str, account_id: str, sha256: bytes, live_after_ms: int) -> BlobInfo:
         async with self._tx() as conn:
             info = await _blob(conn, blob_id, live_after_ms, lock=False)
             if info is None or info.account_id != account_id:
                 raise BlobNotFound(blob_id)
-            await conn.execute("UPDATE blobs SET complete = TRUE, sha256 = %s"
-                               " WHERE blob_id = %s AND NOT complete", (sha256, blob_id))
+            await conn.execute(
+                "UPDATE blobs SET complete = TRUE, sha256 = %s WHERE blob_id = %s AND NOT complete", (sha256, blob_id)
+            )
             return await _blob(conn, blob_id, live_after_ms, lock=False)
 
     async def delete_blob(self, blob_id: str, account_id: str) -> bool:
         async with self._tx() as conn:
-            cur = await conn.execute("DELETE FROM blobs WHERE blob_id = %s AND account_id = %s",
-                                     (blob_id, account_id))
+            cur = await conn.execute("DELETE FROM blobs WHERE blob_id = %s AND account_id = %s", (blob_id, account_id))
             if cur.rowcount == 0:
                 return False
             await conn.execute("DELETE FROM blob_parts WHERE blob_id = %s", (blob_id,))
@@ -536,8 +570,8 @@ class PostgresStorage(postgres_handles.PostgresHandles):
     async def expired_blobs(self, live_after_ms: int, limit: int) -> list[str]:
         async with self._tx() as conn:
             cur = await conn.execute(
-                "SELECT blob_id FROM blobs WHERE created_at <= %s ORDER BY created_at LIMIT %s",
-                (live_after_ms, limit))
+                "SELECT blob_id FROM blobs WHERE created_at <= %s ORDER BY created_at LIMIT %s", (live_after_ms, limit)
+            )
             return [r[0] for r in await cur.fetchall()]
 
     async def delete_blobs(self, blob_ids: Sequence[str]) -> int:
@@ -552,37 +586,38 @@ class PostgresStorage(postgres_handles.PostgresHandles):
 
     # backups
 
-    async def put_backup(self, account_id: str, access_hash: bytes, blob_id: str, size: int,
-                         now_ms: int) -> str | None:
+    async def put_backup(self, account_id: str, access_hash: bytes, blob_id: str, size: int, now_ms: int) -> str | None:
         try:
             async with self._tx() as conn:
-                cur = await conn.execute("SELECT blob_id FROM backups WHERE account_id = %s"
-                                         " FOR UPDATE", (account_id,))
+                cur = await conn.execute("SELECT blob_id FROM backups WHERE account_id = %s FOR UPDATE", (account_id,))
                 old = await cur.fetchone()
                 await conn.execute(
                     "INSERT INTO backups VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (account_id)"
                     " DO UPDATE SET access_hash = EXCLUDED.access_hash, blob_id = EXCLUDED.blob_id,"
                     " size = EXCLUDED.size, updated_at = EXCLUDED.updated_at",
-                    (account_id, access_hash, blob_id, size, now_ms, now_ms))
+                    (account_id, access_hash, blob_id, size, now_ms, now_ms),
+                )
         except pg_errors.UniqueViolation:
             raise StorageConflict("backup_access_taken") from None
         return None if old is None else old[0]
 
     async def get_backup(self, account_id: str) -> BackupInfo | None:
-        row = await self._one("SELECT account_id, blob_id, size, created_at, updated_at"
-                              " FROM backups WHERE account_id = %s", (account_id,))
+        row = await self._one(
+            "SELECT account_id, blob_id, size, created_at, updated_at FROM backups WHERE account_id = %s", (account_id,)
+        )
         return None if row is None else BackupInfo(*row)
 
     async def backup_by_access(self, access_hash: bytes) -> BackupInfo | None:
-        row = await self._one("SELECT account_id, blob_id, size, created_at, updated_at,"
-                              " access_hash FROM backups WHERE access_hash = %s", (access_hash,))
+        row = await self._one(
+            "SELECT account_id, blob_id, size, created_at, updated_at, access_hash FROM backups WHERE access_hash = %s",
+            (access_hash,),
+        )
         if row is None or not same_digest(bytes(row[5]), access_hash):
             return None
         return BackupInfo(*row[:5])
 
     async def delete_backup(self, account_id: str) -> str | None:
-        row = await self._one("DELETE FROM backups WHERE account_id = %s RETURNING blob_id",
-                              (account_id,))
+        row = await self._one("DELETE FROM backups WHERE account_id = %s RETURNING blob_id", (account_id,))
         return None if row is None else row[0]
 
     # the privacy report
@@ -590,67 +625,72 @@ class PostgresStorage(postgres_handles.PostgresHandles):
     async def report_rows(self, query: str, params: Sequence[object]) -> list[tuple]:
         async with self._tx() as conn:
             cur = await conn.execute(query.replace("?", "%s"), tuple(params))
-            return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
-                    for row in await cur.fetchall()]
+            return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in await cur.fetchall()]
 
     # profiles
 
-    async def put_profile(self, account_id: str, key_id: bytes, revision: int, body: bytes,
-                          now_ms: int) -> bool:
+    async def put_profile(self, account_id: str, key_id: bytes, revision: int, body: bytes, now_ms: int) -> bool:
         async with self._tx() as conn:
             cur = await conn.execute(
                 "INSERT INTO profiles VALUES (%s, %s, %s, %s, %s) ON CONFLICT (account_id) DO UPDATE"
                 " SET key_id = excluded.key_id, revision = excluded.revision, body = excluded.body,"
                 " updated_at = excluded.updated_at WHERE profiles.revision <= excluded.revision",
-                (account_id, key_id, revision, body, now_ms))
+                (account_id, key_id, revision, body, now_ms),
+            )
             return cur.rowcount == 1
 
     async def get_profile(self, account_id: str) -> tuple[bytes, bytes] | None:
         row = await self._one("SELECT key_id, body FROM profiles WHERE account_id = %s", (account_id,))
         return (bytes(row[0]), bytes(row[1])) if row else None
 
-
     # sealed sender
 
     async def get_sealed_access(self, account_id: str) -> tuple[bytes | None, bool]:
-        row = await self._one("SELECT access_verifier, allow_anyone FROM sealed_access"
-                              " WHERE account_id = %s", (account_id,))
+        row = await self._one(
+            "SELECT access_verifier, allow_anyone FROM sealed_access WHERE account_id = %s", (account_id,)
+        )
         if row is None:
             return None, False
         return (bytes(row[0]) if row[0] is not None else None), bool(row[1])
 
-    async def set_sealed_access(self, account_id: str, verifier: bytes | None,
-                                allow_anyone: bool) -> None:
+    async def set_sealed_access(self, account_id: str, verifier: bytes | None, allow_anyone: bool) -> None:
         async with self._tx() as conn:
             await conn.execute(
                 "INSERT INTO sealed_access (account_id, access_verifier, allow_anyone)"
                 " VALUES (%s, %s, %s) ON CONFLICT (account_id) DO UPDATE SET"
                 " access_verifier = COALESCE(EXCLUDED.access_verifier,"
                 " sealed_access.access_verifier), allow_anyone = EXCLUDED.allow_anyone",
-                (account_id, verifier, allow_anyone))
+                (account_id, verifier, allow_anyone),
+            )
 
 
-async def _blob(conn: psycopg.AsyncConnection, blob_id: str, live_after_ms: int,
-                lock: bool) -> BlobInfo | None:
+async def _blob(conn: psycopg.AsyncConnection, blob_id: str, live_after_ms: int, lock: bool) -> BlobInfo | None:
     cur = await conn.execute(
         "SELECT account_id, size, part_size, created_at, complete, sha256 FROM blobs"
         " WHERE blob_id = %s AND created_at > %s" + (" FOR SHARE" if lock else ""),
-        (blob_id, live_after_ms))
+        (blob_id, live_after_ms),
+    )
     row = await cur.fetchone()
     if row is None:
         return None
-    cur = await conn.execute("SELECT idx FROM blob_parts WHERE blob_id = %s ORDER BY idx",
-                             (blob_id,))
+    cur = await conn.execute("SELECT idx FROM blob_parts WHERE blob_id = %s ORDER BY idx", (blob_id,))
     received = tuple(r[0] for r in await cur.fetchall())
-    return BlobInfo(blob_id, row[0], int(row[1]), int(row[2]), int(row[3]), bool(row[4]),
-                    None if row[5] is None else bytes(row[5]), received)
+    return BlobInfo(
+        blob_id,
+        row[0],
+        int(row[1]),
+        int(row[2]),
+        int(row[3]),
+        bool(row[4]),
+        None if row[5] is None else bytes(row[5]),
+        received,
+    )
 
 
-async def _live_channel(conn: psycopg.AsyncConnection, channel: str, now_ms: int,
-                        lock: bool) -> None:
+async def _live_channel(conn: psycopg.AsyncConnection, channel: str, now_ms: int, lock: bool) -> None:
     cur = await conn.execute(
-        "SELECT expires_at FROM provisioning_channels WHERE channel = %s"
-        + (" FOR UPDATE" if lock else ""), (channel,))
+        "SELECT expires_at FROM provisioning_channels WHERE channel = %s" + (" FOR UPDATE" if lock else ""), (channel,)
+    )
     row = await cur.fetchone()
     if row is None or row[0] <= now_ms:
         raise ChannelNotFound(channel)
@@ -658,19 +698,19 @@ async def _live_channel(conn: psycopg.AsyncConnection, channel: str, now_ms: int
 
 async def _counts(conn: psycopg.AsyncConnection, account_id: str, device_id: int) -> KeyCounts:
     cur = await conn.execute(
-        "SELECT kind, count(*) FROM one_time_prekeys WHERE account_id = %s AND device_id = %s"
-        " GROUP BY kind", (account_id, device_id))
+        "SELECT kind, count(*) FROM one_time_prekeys WHERE account_id = %s AND device_id = %s GROUP BY kind",
+        (account_id, device_id),
+    )
     counts = dict(await cur.fetchall())
     return KeyCounts(counts.get("x25519", 0), counts.get("kem", 0))
 
 
-async def _take_bundle(conn: psycopg.AsyncConnection, account_id: str,
-                       device_id: int) -> Bundle | None:
+async def _take_bundle(conn: psycopg.AsyncConnection, account_id: str, device_id: int) -> Bundle | None:
     cur = await conn.execute(
-        "SELECT kind, key_id, public_key, signature FROM signed_prekeys"
-        " WHERE account_id = %s AND device_id = %s", (account_id, device_id))
-    signed = {kind: SignedKey(key_id, bytes(pk), bytes(sig))
-              for kind, key_id, pk, sig in await cur.fetchall()}
+        "SELECT kind, key_id, public_key, signature FROM signed_prekeys WHERE account_id = %s AND device_id = %s",
+        (account_id, device_id),
+    )
+    signed = {kind: SignedKey(key_id, bytes(pk), bytes(sig)) for kind, key_id, pk, sig in await cur.fetchall()}
     if "x25519" not in signed:
         return None
     taken: dict[str, OneTimeKey] = {}
@@ -680,11 +720,12 @@ async def _take_bundle(conn: psycopg.AsyncConnection, account_id: str,
             " SELECT account_id, device_id, kind, key_id FROM one_time_prekeys"
             " WHERE account_id = %s AND device_id = %s AND kind = %s"
             " ORDER BY key_id LIMIT 1 FOR UPDATE SKIP LOCKED)"
-            " RETURNING key_id, public_key, signature", (account_id, device_id, kind))
+            " RETURNING key_id, public_key, signature",
+            (account_id, device_id, kind),
+        )
         row = await cur.fetchone()
         if row is not None:
-            taken[kind] = OneTimeKey(row[0], bytes(row[1]),
-                                     bytes(row[2]) if row[2] is not None else None)
+            taken[kind] = OneTimeKey(row[0], bytes(row[1]), bytes(row[2]) if row[2] is not None else None)
     kem_one_time = taken.get("kem")
     if kem_one_time is not None and kem_one_time.signature is not None:
         kem = SignedKey(kem_one_time.key_id, kem_one_time.public_key, kem_one_time.signature)

@@ -23,8 +23,9 @@ import os
 import queue
 import sqlite3
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from imsg_relay.auth import same_digest
 from imsg_relay.errors import StorageUnavailable
@@ -32,10 +33,10 @@ from imsg_relay.storage import sqlite_handles
 from imsg_relay.storage.base import (
     Account,
     AccountNotFound,
+    BackupInfo,
     BlobInfo,
     BlobNotFound,
     BlobQuotaExceeded,
-    BackupInfo,
     Bundle,
     ChannelNotFound,
     DeviceMismatch,
@@ -175,8 +176,9 @@ def _connect(path: Path) -> sqlite3.Connection:
 class _Op:
     __slots__ = ("fn", "future", "loop")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future,
-                 loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.fn = fn
         self.future = future
         self.loop = loop
@@ -196,7 +198,7 @@ class _Writer(threading.Thread):
     def __init__(self, path: Path) -> None:
         super().__init__(name="imsg-relay-sqlite-writer", daemon=True)
         self._path = path
-        self._queue: "queue.SimpleQueue[_Op | None]" = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self.ready = threading.Event()
         self.failed: BaseException | None = None
         self.groups = 0
@@ -255,8 +257,14 @@ class _Writer(threading.Thread):
             for op in batch:
                 try:
                     results.append((op, True, op.fn(conn)))
-                except (StorageConflict, AccountNotFound, DeviceMismatch,
-                        ChannelNotFound, BlobNotFound, BlobQuotaExceeded) as exc:
+                except (
+                    StorageConflict,
+                    AccountNotFound,
+                    DeviceMismatch,
+                    ChannelNotFound,
+                    BlobNotFound,
+                    BlobQuotaExceeded,
+                ) as exc:
                     results.append((op, False, exc))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -270,8 +278,7 @@ class _Writer(threading.Thread):
             log.error("storage operation failed: %s", type(exc).__name__)
             self._rollback(conn)
             failed = batch[len(results)] if len(results) < len(batch) else None
-            results = [(op, False, exc if op is failed else StorageUnavailable("group rolled back"))
-                       for op in batch]
+            results = [(op, False, exc if op is failed else StorageUnavailable("group rolled back")) for op in batch]
         self.groups += 1
         self.ops += len(batch)
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Op, bool, Any]]] = {}
@@ -317,8 +324,9 @@ class SQLiteStorage(sqlite_handles.SQLiteHandles):
         self._writer = writer
         self._reader = _connect(self.path)
         self._stop_checkpoints = threading.Event()
-        self._checkpointer = threading.Thread(target=self._checkpoint_loop,
-                                              name="imsg-relay-sqlite-checkpoint", daemon=True)
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="imsg-relay-sqlite-checkpoint", daemon=True
+        )
         self._checkpointer.start()
 
     def _checkpoint_loop(self) -> None:
@@ -366,9 +374,16 @@ class SQLiteStorage(sqlite_handles.SQLiteHandles):
 
     # accounts and devices
 
-    async def create_account(self, account_id: str, account_key: bytes, handle: HandleRow | None,
-                             device_list: bytes, device_id: int, token_hash: bytes,
-                             now_ms: int) -> None:
+    async def create_account(
+        self,
+        account_id: str,
+        account_key: bytes,
+        handle: HandleRow | None,
+        device_list: bytes,
+        device_id: int,
+        token_hash: bytes,
+        now_ms: int,
+    ) -> None:
         def op(conn: sqlite3.Connection) -> None:
             if conn.execute("SELECT 1 FROM accounts WHERE account_id = ?", (account_id,)).fetchone():
                 raise StorageConflict("account_exists")
@@ -376,87 +391,107 @@ class SQLiteStorage(sqlite_handles.SQLiteHandles):
                 raise StorageConflict("token_taken")
             if handle is not None:  # raises handle_taken before anything is written
                 sqlite_handles.insert_handle(conn, handle, None)
-            conn.execute("INSERT INTO accounts VALUES (?, ?, ?, ?)",
-                         (account_id, account_key, device_list, now_ms))
-            conn.execute("INSERT INTO devices VALUES (?, ?, ?, ?)",
-                         (account_id, device_id, token_hash, now_ms))
+            conn.execute("INSERT INTO accounts VALUES (?, ?, ?, ?)", (account_id, account_key, device_list, now_ms))
+            conn.execute("INSERT INTO devices VALUES (?, ?, ?, ?)", (account_id, device_id, token_hash, now_ms))
 
         await self._write(op)
 
-    async def add_device(self, account_id: str, device_id: int, token_hash: bytes,
-                         device_list: bytes, now_ms: int, max_devices: int | None = None) -> None:
+    async def add_device(
+        self,
+        account_id: str,
+        device_id: int,
+        token_hash: bytes,
+        device_list: bytes,
+        now_ms: int,
+        max_devices: int | None = None,
+    ) -> None:
         def op(conn: sqlite3.Connection) -> None:
             if not conn.execute("SELECT 1 FROM accounts WHERE account_id = ?", (account_id,)).fetchone():
                 raise AccountNotFound(account_id)
-            if conn.execute("SELECT 1 FROM devices WHERE account_id = ? AND device_id = ?",
-                            (account_id, device_id)).fetchone():
+            if conn.execute(
+                "SELECT 1 FROM devices WHERE account_id = ? AND device_id = ?", (account_id, device_id)
+            ).fetchone():
                 raise StorageConflict("device_exists")
-            if max_devices is not None and conn.execute(
-                    "SELECT count(*) FROM devices WHERE account_id = ?",
-                    (account_id,)).fetchone()[0] >= max_devices:
+            if (
+                max_devices is not None
+                and conn.execute("SELECT count(*) FROM devices WHERE account_id = ?", (account_id,)).fetchone()[0]
+                >= max_devices
+            ):
                 raise StorageConflict("too_many_devices")
             if conn.execute("SELECT 1 FROM devices WHERE token_hash = ?", (token_hash,)).fetchone():
                 raise StorageConflict("token_taken")
-            conn.execute("INSERT INTO devices VALUES (?, ?, ?, ?)",
-                         (account_id, device_id, token_hash, now_ms))
-            conn.execute("UPDATE accounts SET device_list = ? WHERE account_id = ?",
-                         (device_list, account_id))
+            conn.execute("INSERT INTO devices VALUES (?, ?, ?, ?)", (account_id, device_id, token_hash, now_ms))
+            conn.execute("UPDATE accounts SET device_list = ? WHERE account_id = ?", (device_list, account_id))
 
         await self._write(op)
 
-    async def remove_device(self, account_id: str, device_id: int,
-                            device_list: bytes | None) -> None:
+    async def remove_device(self, account_id: str, device_id: int, device_list: bytes | None) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            gone = conn.execute("DELETE FROM devices WHERE account_id = ? AND device_id = ?",
-                                (account_id, device_id)).rowcount
+            gone = conn.execute(
+                "DELETE FROM devices WHERE account_id = ? AND device_id = ?", (account_id, device_id)
+            ).rowcount
             if not gone:
                 raise AccountNotFound(account_id)
             for table in ("signed_prekeys", "one_time_prekeys", "envelopes"):
-                conn.execute(f"DELETE FROM {table} WHERE account_id = ? AND device_id = ?",
-                             (account_id, device_id))
+                conn.execute(f"DELETE FROM {table} WHERE account_id = ? AND device_id = ?", (account_id, device_id))
             if device_list is not None:
-                conn.execute("UPDATE accounts SET device_list = ? WHERE account_id = ?",
-                             (device_list, account_id))
+                conn.execute("UPDATE accounts SET device_list = ? WHERE account_id = ?", (device_list, account_id))
 
         await self._write(op)
 
     async def authenticate(self, token_hash: bytes) -> DeviceRef | None:
-        row = self._read().execute(
-            "SELECT account_id, device_id, token_hash FROM devices WHERE token_hash = ?",
-            (token_hash,)).fetchone()
+        row = (
+            self._read()
+            .execute("SELECT account_id, device_id, token_hash FROM devices WHERE token_hash = ?", (token_hash,))
+            .fetchone()
+        )
         if row is None:
             return None
         from imsg_relay.auth import same_digest
+
         if not same_digest(row[2], token_hash):
             return None
         return DeviceRef(row[0], row[1])
 
     async def get_account(self, account_id: str) -> Account | None:
         conn = self._read()
-        row = conn.execute("SELECT account_key, device_list FROM accounts WHERE account_id = ?",
-                           (account_id,)).fetchone()
+        row = conn.execute(
+            "SELECT account_key, device_list FROM accounts WHERE account_id = ?", (account_id,)
+        ).fetchone()
         if row is None:
             return None
-        devices = tuple(r[0] for r in conn.execute(
-            "SELECT device_id FROM devices WHERE account_id = ? ORDER BY device_id", (account_id,)))
+        devices = tuple(
+            r[0]
+            for r in conn.execute(
+                "SELECT device_id FROM devices WHERE account_id = ? ORDER BY device_id", (account_id,)
+            )
+        )
         return Account(account_id, row[0], row[1], devices)
 
     # prekeys
 
-    async def put_keys(self, device: DeviceRef, signed_prekey: SignedKey | None,
-                       kem_last_resort: SignedKey | None, one_time: Sequence[OneTimeKey],
-                       kem_one_time: Sequence[OneTimeKey]) -> KeyCounts:
+    async def put_keys(
+        self,
+        device: DeviceRef,
+        signed_prekey: SignedKey | None,
+        kem_last_resort: SignedKey | None,
+        one_time: Sequence[OneTimeKey],
+        kem_one_time: Sequence[OneTimeKey],
+    ) -> KeyCounts:
         a, d = device.account_id, device.device_id
 
         def op(conn: sqlite3.Connection) -> KeyCounts:
             for kind, key in (("x25519", signed_prekey), ("kem", kem_last_resort)):
                 if key is not None:
-                    conn.execute("INSERT OR REPLACE INTO signed_prekeys VALUES (?, ?, ?, ?, ?, ?)",
-                                 (a, d, kind, key.key_id, key.public_key, key.signature))
+                    conn.execute(
+                        "INSERT OR REPLACE INTO signed_prekeys VALUES (?, ?, ?, ?, ?, ?)",
+                        (a, d, kind, key.key_id, key.public_key, key.signature),
+                    )
             for kind, keys in (("x25519", one_time), ("kem", kem_one_time)):
                 conn.executemany(
                     "INSERT OR REPLACE INTO one_time_prekeys VALUES (?, ?, ?, ?, ?, ?)",
-                    [(a, d, kind, k.key_id, k.public_key, k.signature) for k in keys])
+                    [(a, d, kind, k.key_id, k.public_key, k.signature) for k in keys],
+                )
             return _counts(conn, a, d)
 
         return await self._write(op)
@@ -467,15 +502,21 @@ class SQLiteStorage(sqlite_handles.SQLiteHandles):
     async def take_bundles(self, account_id: str, device_id: int | None) -> list[Bundle]:
         def op(conn: sqlite3.Connection) -> list[Bundle]:
             if device_id is None:
-                ids = [r[0] for r in conn.execute(
-                    "SELECT device_id FROM devices WHERE account_id = ? ORDER BY device_id",
-                    (account_id,))]
-                if not ids and not conn.execute(
-                        "SELECT 1 FROM accounts WHERE account_id = ?", (account_id,)).fetchone():
+                ids = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT device_id FROM devices WHERE account_id = ? ORDER BY device_id", (account_id,)
+                    )
+                ]
+                if (
+                    not ids
+                    and not conn.execute("SELECT 1 FROM accounts WHERE account_id = ?", (account_id,)).fetchone()
+                ):
                     raise AccountNotFound(account_id)
             else:
-                if not conn.execute("SELECT 1 FROM devices WHERE account_id = ? AND device_id = ?",
-                                    (account_id, device_id)).fetchone():
+                if not conn.execute(
+                    "SELECT 1 FROM devices WHERE account_id = ? AND device_id = ?", (account_id, device_id)
+                ).fetchone():
                     raise AccountNotFound(account_id)
                 ids = [device_id]
             bundles = []
@@ -489,13 +530,13 @@ class SQLiteStorage(sqlite_handles.SQLiteHandles):
 
     # mailboxes
 
-    async def store_envelopes(self, account_id: str, message_id: str, bodies: dict[int, bytes],
-                              exclude_device: int | None, now_ms: int) -> int:
+    async def store_envelopes(
+        self, account_id: str, message_id: str, bodies: dict[int, bytes], exclude_device: int | None, now_ms: int
+    ) -> int:
         rows = [(account_id, dev, message_id, body, now_ms) for dev, body in bodies.items()]
 
         def op(conn: sqlite3.Connection) -> int:
-            current = {r[0] for r in conn.execute(
-                "SELECT device_id FROM devices WHERE account_id = ?", (account_id,))}
+            current = {r[0] for r in conn.execute("SELECT device_id FROM devices WHERE account_id = ?", (account_id,))}
             if not current:
                 raise AccountNotFound(account_id)
             current.discard(exclude_device)
@@ -504,18 +545,22 @@ class SQLiteStorage(sqlite_handles.SQLiteHandles):
                 raise DeviceMismatch(current - given, given - current)
             conn.executemany(
                 "INSERT OR IGNORE INTO envelopes (account_id, device_id, message_id, body,"
-                " received_at) VALUES (?, ?, ?, ?, ?)", rows)
+                " received_at) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
             return len(rows)
 
         return await self._write(op)
 
-    async def fetch(self, device: DeviceRef, limit: int, not_before_ms: int,
-                    max_bytes: int) -> tuple[list[Envelope], bool]:
+    async def fetch(
+        self, device: DeviceRef, limit: int, not_before_ms: int, max_bytes: int
+    ) -> tuple[list[Envelope], bool]:
         cursor = self._read().execute(
             "SELECT message_id, body, received_at FROM envelopes"
             " WHERE account_id = ? AND device_id = ? AND received_at >= ?"
             " ORDER BY seq LIMIT ?",
-            (device.account_id, device.device_id, not_before_ms, limit + 1))
+            (device.account_id, device.device_id, not_before_ms, limit + 1),
+        )
         out: list[Envelope] = []
         size = 0
         more = False
@@ -533,8 +578,7 @@ class SQLiteStorage(sqlite_handles.SQLiteHandles):
 
         def op(conn: sqlite3.Connection) -> int:
             before = conn.total_changes
-            conn.executemany("DELETE FROM envelopes WHERE account_id = ? AND device_id = ?"
-                             " AND message_id = ?", rows)
+            conn.executemany("DELETE FROM envelopes WHERE account_id = ? AND device_id = ? AND message_id = ?", rows)
             return conn.total_changes - before
 
         return await self._write(op)
@@ -543,39 +587,41 @@ class SQLiteStorage(sqlite_handles.SQLiteHandles):
         def op(conn: sqlite3.Connection) -> int:
             return conn.execute(
                 "DELETE FROM envelopes WHERE seq IN (SELECT seq FROM envelopes"
-                " WHERE received_at < ? ORDER BY received_at LIMIT ?)", (cutoff_ms, limit)).rowcount
+                " WHERE received_at < ? ORDER BY received_at LIMIT ?)",
+                (cutoff_ms, limit),
+            ).rowcount
 
         return await self._write(op)
 
     # provisioning channels
 
-    async def create_channel(self, channel: str, account_id: str, now_ms: int, expires_at: int,
-                             max_open: int) -> None:
+    async def create_channel(self, channel: str, account_id: str, now_ms: int, expires_at: int, max_open: int) -> None:
         def op(conn: sqlite3.Connection) -> None:
             open_now = conn.execute(
                 "SELECT count(*) FROM provisioning_channels WHERE account_id = ? AND expires_at > ?",
-                (account_id, now_ms)).fetchone()[0]
+                (account_id, now_ms),
+            ).fetchone()[0]
             if open_now >= max_open:
                 raise StorageConflict("too_many_channels")
-            if conn.execute("SELECT 1 FROM provisioning_channels WHERE channel = ?",
-                            (channel,)).fetchone():
+            if conn.execute("SELECT 1 FROM provisioning_channels WHERE channel = ?", (channel,)).fetchone():
                 raise StorageConflict("channel_exists")
-            conn.execute("INSERT INTO provisioning_channels VALUES (?, ?, ?, ?)",
-                         (channel, account_id, now_ms, expires_at))
+            conn.execute(
+                "INSERT INTO provisioning_channels VALUES (?, ?, ?, ?)", (channel, account_id, now_ms, expires_at)
+            )
 
         await self._write(op)
 
-    async def put_provisioning(self, channel: str, box: str, body: bytes, now_ms: int,
-                               max_queued: int) -> int:
+    async def put_provisioning(self, channel: str, box: str, body: bytes, now_ms: int, max_queued: int) -> int:
         def op(conn: sqlite3.Connection) -> int:
             _live_channel(conn, channel, now_ms)
             queued = conn.execute(
-                "SELECT count(*) FROM provisioning_messages WHERE channel = ? AND box = ?",
-                (channel, box)).fetchone()[0]
+                "SELECT count(*) FROM provisioning_messages WHERE channel = ? AND box = ?", (channel, box)
+            ).fetchone()[0]
             if queued >= max_queued:
                 raise StorageConflict("box_full")
-            conn.execute("INSERT INTO provisioning_messages (channel, box, body) VALUES (?, ?, ?)",
-                         (channel, box, body))
+            conn.execute(
+                "INSERT INTO provisioning_messages (channel, box, body) VALUES (?, ?, ?)", (channel, box, body)
+            )
             return queued + 1
 
         return await self._write(op)
@@ -585,8 +631,9 @@ class SQLiteStorage(sqlite_handles.SQLiteHandles):
         # polling an empty box costs no write transaction; the delete goes to the writer.
         conn = self._read()
         _live_channel(conn, channel, now_ms)
-        if not conn.execute("SELECT 1 FROM provisioning_messages WHERE channel = ? AND box = ?"
-                            " LIMIT 1", (channel, box)).fetchone():
+        if not conn.execute(
+            "SELECT 1 FROM provisioning_messages WHERE channel = ? AND box = ? LIMIT 1", (channel, box)
+        ).fetchone():
             return None
 
         def op(conn: sqlite3.Connection) -> bytes | None:
@@ -594,16 +641,19 @@ class SQLiteStorage(sqlite_handles.SQLiteHandles):
             row = conn.execute(
                 "DELETE FROM provisioning_messages WHERE seq = (SELECT seq FROM"
                 " provisioning_messages WHERE channel = ? AND box = ? ORDER BY seq LIMIT 1)"
-                " RETURNING body", (channel, box)).fetchone()
+                " RETURNING body",
+                (channel, box),
+            ).fetchone()
             return None if row is None else row[0]
 
         return await self._write(op)
 
     async def close_channel(self, channel: str, account_id: str, now_ms: int) -> None:
         def op(conn: sqlite3.Connection) -> bool:
-            row = conn.execute("SELECT expires_at FROM provisioning_channels"
-                               " WHERE channel = ? AND account_id = ?",
-                               (channel, account_id)).fetchone()
+            row = conn.execute(
+                "SELECT expires_at FROM provisioning_channels WHERE channel = ? AND account_id = ?",
+                (channel, account_id),
+            ).fetchone()
             if row is None:
                 raise ChannelNotFound(channel)
             conn.execute("DELETE FROM provisioning_messages WHERE channel = ?", (channel,))
@@ -617,9 +667,13 @@ class SQLiteStorage(sqlite_handles.SQLiteHandles):
 
     async def delete_expired_channels(self, now_ms: int, limit: int) -> int:
         def op(conn: sqlite3.Connection) -> int:
-            ids = [(r[0],) for r in conn.execute(
-                "SELECT channel FROM provisioning_channels WHERE expires_at <= ?"
-                " ORDER BY expires_at LIMIT ?", (now_ms, limit))]
+            ids = [
+                (r[0],)
+                for r in conn.execute(
+                    "SELECT channel FROM provisioning_channels WHERE expires_at <= ? ORDER BY expires_at LIMIT ?",
+                    (now_ms, limit),
+                )
+            ]
             conn.executemany("DELETE FROM provisioning_messages WHERE channel = ?", ids)
             conn.executemany("DELETE FROM provisioning_channels WHERE channel = ?", ids)
             return len(ids)
@@ -628,27 +682,29 @@ class SQLiteStorage(sqlite_handles.SQLiteHandles):
 
     # attachment blobs
 
-    async def create_blob(self, blob_id: str, account_id: str, size: int, part_size: int,
-                          now_ms: int, live_after_ms: int, quota: int) -> None:
+    async def create_blob(
+        self, blob_id: str, account_id: str, size: int, part_size: int, now_ms: int, live_after_ms: int, quota: int
+    ) -> None:
         def op(conn: sqlite3.Connection) -> None:
             used = conn.execute(
                 "SELECT coalesce(sum(size), 0) FROM blobs WHERE account_id = ? AND created_at > ?",
-                (account_id, live_after_ms)).fetchone()[0]
+                (account_id, live_after_ms),
+            ).fetchone()[0]
             if used + size > quota:
                 raise BlobQuotaExceeded(used)
             if conn.execute("SELECT 1 FROM blobs WHERE blob_id = ?", (blob_id,)).fetchone():
                 raise StorageConflict("blob_exists")
-            conn.execute("INSERT INTO blobs (blob_id, account_id, size, part_size, created_at)"
-                         " VALUES (?, ?, ?, ?, ?)",
-                         (blob_id, account_id, size, part_size, now_ms))
+            conn.execute(
+                "INSERT INTO blobs (blob_id, account_id, size, part_size, created_at) VALUES (?, ?, ?, ?, ?)",
+                (blob_id, account_id, size, part_size, now_ms),
+            )
 
         await self._write(op)
 
     async def get_blob(self, blob_id: str, live_after_ms: int) -> BlobInfo | None:
         return _blob(self._read(), blob_id, live_after_ms)
 
-    async def add_blob_part(self, blob_id: str, account_id: str, index: int,
-                            live_after_ms: int) -> BlobInfo:
+    async def add_blob_part(self, blob_id: str, account_id: str, index: int, live_after_ms: int) -> BlobInfo:
         def op(conn: sqlite3.Connection) -> BlobInfo:
             info = _blob(conn, blob_id, live_after_ms)
             if info is None or info.account_id != account_id:
@@ -660,22 +716,23 @@ class SQLiteStorage(sqlite_handles.SQLiteHandles):
 
         return await self._write(op)
 
-    async def complete_blob(self, blob_id: str, account_id: str, sha256: bytes,
-                            live_after_ms: int) -> BlobInfo:
+    async def complete_blob(self, blob_id: str, account_id: str, sha256: bytes, live_after_ms: int) -> BlobInfo:
         def op(conn: sqlite3.Connection) -> BlobInfo:
             info = _blob(conn, blob_id, live_after_ms)
             if info is None or info.account_id != account_id:
                 raise BlobNotFound(blob_id)
-            conn.execute("UPDATE blobs SET complete = 1, sha256 = ? WHERE blob_id = ?"
-                         " AND complete = 0", (sha256, blob_id))
+            conn.execute(
+                "UPDATE blobs SET complete = 1, sha256 = ? WHERE blob_id = ? AND complete = 0", (sha256, blob_id)
+            )
             return _blob(conn, blob_id, live_after_ms)
 
         return await self._write(op)
 
     async def delete_blob(self, blob_id: str, account_id: str) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
-            row = conn.execute("DELETE FROM blobs WHERE blob_id = ? AND account_id = ?"
-                               " RETURNING created_at", (blob_id, account_id)).fetchone()
+            row = conn.execute(
+                "DELETE FROM blobs WHERE blob_id = ? AND account_id = ? RETURNING created_at", (blob_id, account_id)
+            ).fetchone()
             if row is None:
                 return False
             conn.execute("DELETE FROM blob_parts WHERE blob_id = ?", (blob_id,))
@@ -684,9 +741,12 @@ class SQLiteStorage(sqlite_handles.SQLiteHandles):
         return await self._write(op)
 
     async def expired_blobs(self, live_after_ms: int, limit: int) -> list[str]:
-        return [r[0] for r in self._read().execute(
-            "SELECT blob_id FROM blobs WHERE created_at <= ? ORDER BY created_at LIMIT ?",
-            (live_after_ms, limit))]
+        return [
+            r[0]
+            for r in self._read().execute(
+                "SELECT blob_id FROM blobs WHERE created_at <= ? ORDER BY created_at LIMIT ?", (live_after_ms, limit)
+            )
+        ]
 
     async def delete_blobs(self, blob_ids: Sequence[str]) -> int:
         ids = [(b,) for b in dict.fromkeys(blob_ids)]
@@ -702,41 +762,50 @@ class SQLiteStorage(sqlite_handles.SQLiteHandles):
 
     # backups
 
-    async def put_backup(self, account_id: str, access_hash: bytes, blob_id: str, size: int,
-                         now_ms: int) -> str | None:
+    async def put_backup(self, account_id: str, access_hash: bytes, blob_id: str, size: int, now_ms: int) -> str | None:
         def op(conn: sqlite3.Connection) -> str | None:
-            holder = conn.execute("SELECT account_id FROM backups WHERE access_hash = ?",
-                                  (access_hash,)).fetchone()
+            holder = conn.execute("SELECT account_id FROM backups WHERE access_hash = ?", (access_hash,)).fetchone()
             if holder is not None and holder[0] != account_id:
                 raise StorageConflict("backup_access_taken")
-            old = conn.execute("SELECT blob_id FROM backups WHERE account_id = ?",
-                               (account_id,)).fetchone()
+            old = conn.execute("SELECT blob_id FROM backups WHERE account_id = ?", (account_id,)).fetchone()
             conn.execute(
                 "INSERT INTO backups VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE"
                 " SET access_hash = excluded.access_hash, blob_id = excluded.blob_id,"
                 " size = excluded.size, updated_at = excluded.updated_at",
-                (account_id, access_hash, blob_id, size, now_ms, now_ms))
+                (account_id, access_hash, blob_id, size, now_ms, now_ms),
+            )
             return None if old is None else old[0]
 
         return await self._write(op)
 
     async def get_backup(self, account_id: str) -> BackupInfo | None:
-        row = self._read().execute("SELECT account_id, blob_id, size, created_at, updated_at"
-                                   " FROM backups WHERE account_id = ?", (account_id,)).fetchone()
+        row = (
+            self._read()
+            .execute(
+                "SELECT account_id, blob_id, size, created_at, updated_at FROM backups WHERE account_id = ?",
+                (account_id,),
+            )
+            .fetchone()
+        )
         return None if row is None else BackupInfo(*row)
 
     async def backup_by_access(self, access_hash: bytes) -> BackupInfo | None:
-        row = self._read().execute("SELECT account_id, blob_id, size, created_at, updated_at,"
-                                   " access_hash FROM backups WHERE access_hash = ?",
-                                   (access_hash,)).fetchone()
+        row = (
+            self._read()
+            .execute(
+                "SELECT account_id, blob_id, size, created_at, updated_at,"
+                " access_hash FROM backups WHERE access_hash = ?",
+                (access_hash,),
+            )
+            .fetchone()
+        )
         if row is None or not same_digest(bytes(row[5]), access_hash):
             return None
         return BackupInfo(*row[:5])
 
     async def delete_backup(self, account_id: str) -> str | None:
         def op(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute("DELETE FROM backups WHERE account_id = ? RETURNING blob_id",
-                               (account_id,)).fetchone()
+            row = conn.execute("DELETE FROM backups WHERE account_id = ? RETURNING blob_id", (account_id,)).fetchone()
             return None if row is None else row[0]
 
         return await self._write(op)
@@ -748,73 +817,83 @@ class SQLiteStorage(sqlite_handles.SQLiteHandles):
 
     # profiles
 
-    async def put_profile(self, account_id: str, key_id: bytes, revision: int, body: bytes,
-                          now_ms: int) -> bool:
+    async def put_profile(self, account_id: str, key_id: bytes, revision: int, body: bytes, now_ms: int) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(
                 "INSERT INTO profiles VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE"
                 " SET key_id = excluded.key_id, revision = excluded.revision, body = excluded.body,"
                 " updated_at = excluded.updated_at WHERE profiles.revision <= excluded.revision",
-                (account_id, key_id, revision, body, now_ms))
+                (account_id, key_id, revision, body, now_ms),
+            )
             return cur.rowcount == 1
 
         return await self._write(op)
 
     async def get_profile(self, account_id: str) -> tuple[bytes, bytes] | None:
-        row = self._read().execute("SELECT key_id, body FROM profiles WHERE account_id = ?",
-                                   (account_id,)).fetchone()
+        row = self._read().execute("SELECT key_id, body FROM profiles WHERE account_id = ?", (account_id,)).fetchone()
         return (row[0], row[1]) if row else None
-
 
     # sealed sender
 
     async def get_sealed_access(self, account_id: str) -> tuple[bytes | None, bool]:
-        row = self._read().execute(
-            "SELECT access_verifier, allow_anyone FROM sealed_access WHERE account_id = ?",
-            (account_id,)).fetchone()
+        row = (
+            self._read()
+            .execute("SELECT access_verifier, allow_anyone FROM sealed_access WHERE account_id = ?", (account_id,))
+            .fetchone()
+        )
         return (row[0], bool(row[1])) if row else (None, False)
 
-    async def set_sealed_access(self, account_id: str, verifier: bytes | None,
-                                allow_anyone: bool) -> None:
+    async def set_sealed_access(self, account_id: str, verifier: bytes | None, allow_anyone: bool) -> None:
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO sealed_access (account_id, access_verifier, allow_anyone)"
                 " VALUES (?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET"
                 " access_verifier = COALESCE(excluded.access_verifier, access_verifier),"
-                " allow_anyone = excluded.allow_anyone", (account_id, verifier, int(allow_anyone)))
+                " allow_anyone = excluded.allow_anyone",
+                (account_id, verifier, int(allow_anyone)),
+            )
 
         await self._write(op)
 
 
 def _blob(conn: sqlite3.Connection, blob_id: str, live_after_ms: int) -> BlobInfo | None:
-    row = conn.execute("SELECT account_id, size, part_size, created_at, complete, sha256"
-                       " FROM blobs WHERE blob_id = ? AND created_at > ?",
-                       (blob_id, live_after_ms)).fetchone()
+    row = conn.execute(
+        "SELECT account_id, size, part_size, created_at, complete, sha256"
+        " FROM blobs WHERE blob_id = ? AND created_at > ?",
+        (blob_id, live_after_ms),
+    ).fetchone()
     if row is None:
         return None
-    received = tuple(r[0] for r in conn.execute(
-        "SELECT idx FROM blob_parts WHERE blob_id = ? ORDER BY idx", (blob_id,)))
+    received = tuple(
+        r[0] for r in conn.execute("SELECT idx FROM blob_parts WHERE blob_id = ? ORDER BY idx", (blob_id,))
+    )
     return BlobInfo(blob_id, row[0], row[1], row[2], row[3], bool(row[4]), row[5], received)
 
 
 def _live_channel(conn: sqlite3.Connection, channel: str, now_ms: int) -> None:
-    row = conn.execute("SELECT expires_at FROM provisioning_channels WHERE channel = ?",
-                       (channel,)).fetchone()
+    row = conn.execute("SELECT expires_at FROM provisioning_channels WHERE channel = ?", (channel,)).fetchone()
     if row is None or row[0] <= now_ms:
         raise ChannelNotFound(channel)
 
 
 def _counts(conn: sqlite3.Connection, account_id: str, device_id: int) -> KeyCounts:
-    counts = dict(conn.execute(
-        "SELECT kind, count(*) FROM one_time_prekeys WHERE account_id = ? AND device_id = ?"
-        " GROUP BY kind", (account_id, device_id)).fetchall())
+    counts = dict(
+        conn.execute(
+            "SELECT kind, count(*) FROM one_time_prekeys WHERE account_id = ? AND device_id = ? GROUP BY kind",
+            (account_id, device_id),
+        ).fetchall()
+    )
     return KeyCounts(counts.get("x25519", 0), counts.get("kem", 0))
 
 
 def _take_bundle(conn: sqlite3.Connection, account_id: str, device_id: int) -> Bundle | None:
-    signed = {kind: SignedKey(key_id, pk, sig) for kind, key_id, pk, sig in conn.execute(
-        "SELECT kind, key_id, public_key, signature FROM signed_prekeys"
-        " WHERE account_id = ? AND device_id = ?", (account_id, device_id))}
+    signed = {
+        kind: SignedKey(key_id, pk, sig)
+        for kind, key_id, pk, sig in conn.execute(
+            "SELECT kind, key_id, public_key, signature FROM signed_prekeys WHERE account_id = ? AND device_id = ?",
+            (account_id, device_id),
+        )
+    }
     if "x25519" not in signed:
         return None
     taken: dict[str, OneTimeKey] = {}
@@ -822,7 +901,9 @@ def _take_bundle(conn: sqlite3.Connection, account_id: str, device_id: int) -> B
         row = conn.execute(
             "DELETE FROM one_time_prekeys WHERE rowid = (SELECT rowid FROM one_time_prekeys"
             " WHERE account_id = ? AND device_id = ? AND kind = ? ORDER BY key_id LIMIT 1)"
-            " RETURNING key_id, public_key, signature", (account_id, device_id, kind)).fetchone()
+            " RETURNING key_id, public_key, signature",
+            (account_id, device_id, kind),
+        ).fetchone()
         if row is not None:
             taken[kind] = OneTimeKey(row[0], row[1], row[2])
     kem_one_time = taken.get("kem")
