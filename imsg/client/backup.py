@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
 
 from imsg import errors
+from imsg.client.results import BackupResult, BackupStatus
 from imsg.handles import canonical_handle
 from imsg.protocol import backup as bk
 from imsg.protocol.encoding import KEY_ED25519, encode_key
@@ -42,25 +42,6 @@ DEVICE_LOCAL_PREFIXES = ("backup.", "passcode.", "vault.", "lock.", "sealed.cert
 BACKUP_INTERVAL_MS = 24 * 3600 * 1000  # a day, as phones back up nightly
 RETRY_AFTER_MS = 3600 * 1000  # after a failed automatic backup
 MAX_DOWNLOAD = bk.padded_length(bk.MAX_PLAINTEXT + 8) + bk.HEADER_LEN + 16
-
-
-@dataclass(frozen=True, slots=True)
-class BackupStatus:
-    on: bool
-    last_at: int | None  # our last successful upload (ms)
-    size: int | None  # its size in bytes
-    next_at: int | None  # when the next automatic backup is due
-    last_error: str | None
-    relay_size: int | None  # what the relay holds now (None: nothing)
-    relay_updated_at: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class BackupResult:
-    size: int
-    messages: int
-    contacts: int
-    at: int
 
 
 def _b64url(raw: bytes) -> str:

@@ -19,7 +19,7 @@ import platform
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from imsg import errors
@@ -27,8 +27,19 @@ from imsg.client import attachments as attachment_io
 from imsg.client.backup import BackupMixin
 from imsg.client.profiles import ProfileMixin
 from imsg.client.reachable import ReachableMixin
+from imsg.client.results import (
+    AttachmentInfo,
+    ContactInfo,
+    DeviceInfo,
+    Draft,
+    Message,
+    Pairing,
+    Problem,
+    SentMessage,
+    Verification,
+    WhoAmI,
+)
 from imsg.client.sealed import check_certified_identity
-from imsg.crypto import stream
 from imsg.handles import canonical_handle
 from imsg.protocol import consts
 from imsg.protocol import envelope as env
@@ -72,118 +83,6 @@ from imsg.protocol.stores import (
 from imsg.relay_client import RelayClient, b64d, b64e
 
 STORE_FILE = "imsg.db"
-
-
-@dataclass(frozen=True, slots=True)
-class WhoAmI:
-    account_id: str
-    handle: str
-    name: str
-    device_id: int
-    relay: str
-    fingerprint: str
-    devices: int
-
-
-@dataclass(frozen=True, slots=True)
-class SentMessage:
-    id: str
-    to: str
-    sent_at: int
-    devices: int
-    sealed: bool = False  # the relay was not told who sent it (sealed sender)
-
-
-@dataclass(frozen=True, slots=True)
-class AttachmentInfo:
-    id: str  # the relay's blob id
-    name: str  # as the sender named it (sanitised when saved)
-    size: int  # plaintext bytes
-    type: str  # the sender's claim
-    saved_path: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A message as a reader sees it (receive, watch, history)."""
-
-    id: str
-    sender: str  # handle
-    to: str  # handle
-    text: str
-    sent_at: int  # ms, sender's clock
-    direction: str  # "in" | "out"
-    peer: str  # the other party's handle
-    attachments: tuple[AttachmentInfo, ...] = ()
-
-    @classmethod
-    def from_stored(cls, m: StoredMessage, attachments=()) -> Message:
-        infos = tuple(
-            AttachmentInfo(a.blob_id, a.name, _plain_size(a.size), a.content_type, a.saved_path) for a in attachments
-        )
-        return cls(
-            m.message_id, m.sender_handle, m.recipient_handle, m.text, m.sent_at, m.direction, m.peer_handle, infos
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Draft:
-    id: str  # blob id: pass to send(drafts=[...])
-    name: str
-    size: int
-    type: str
-    expires_at: int
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceInfo:
-    device_id: int
-    name: str
-    fingerprint: str
-    added_at: int
-    this_device: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Pairing:
-    code: str
-    channel: bytes
-    secret: bytes
-    expires_at: int
-
-
-@dataclass(frozen=True, slots=True)
-class ContactInfo:
-    handle: str
-    account_id: str
-    state: str  # verified | unverified | changed
-    verified: bool
-    devices: int
-    fingerprint: str
-    held: int
-    in_contacts: bool = False
-    nickname: str = ""  # the name we gave them
-    profile_name: str = ""  # the name they share with us (their profile), if any
-    sharing: bool = False  # they hold our current profile key
-    handle_verified: bool = True  # False: the holder only claimed the handle (relay without verifier)
-
-
-@dataclass(frozen=True, slots=True)
-class Verification:
-    handle: str
-    safety_number: str
-    verified: bool
-    changed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """An envelope that could not be accepted (tampered, replayed, untrusted sender).
-    It is acked and dropped — it can never become readable — and reported."""
-
-    message_id: str
-    code: str
-    message: str
 
 
 def _now_ms() -> int:
@@ -850,10 +749,7 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
 
     def with_saved_paths(self, m: Message) -> Message:
         """`m` with its attachments' current saved paths (after save_attachments)."""
-        infos = tuple(
-            AttachmentInfo(a.blob_id, a.name, _plain_size(a.size), a.content_type, a.saved_path)
-            for a in self.store.attachments(m.id)
-        )
+        infos = tuple(AttachmentInfo.from_stored(a) for a in self.store.attachments(m.id))
         return replace(m, attachments=infos)
 
     def _accept(self, account: LocalAccount, e) -> bool:
@@ -1683,13 +1579,6 @@ def _optional_key(doc: dict, name: str) -> bytes:
     if not doc.get(name):
         return b""
     return prov.unb64(doc, name, 32)
-
-
-def _plain_size(ciphertext_size: int) -> int:
-    try:
-        return stream.plaintext_length(ciphertext_size)
-    except ValueError:
-        return 0
 
 
 def _stored_attachments(message_id: str, pointers) -> list:

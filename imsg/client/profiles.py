@@ -22,10 +22,11 @@ from __future__ import annotations
 import base64
 import os
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from imsg import errors
+from imsg.client.results import OwnProfile, Problem, SavedPhoto
 from imsg.handles import canonical_handle
 from imsg.protocol import envelope as env
 from imsg.protocol import profile as pf
@@ -39,24 +40,6 @@ SETTING_PUBLISHED = "profile.published"  # the revision the relay holds (0: none
 DEFAULT_SHARE = "contacts"
 SHARE_ANSWERS = ("yes", "no")
 MAX_NICKNAME_LEN = 64
-
-
-@dataclass(frozen=True, slots=True)
-class OwnProfile:
-    name: str
-    photo_type: str  # "" without a photo
-    photo_size: int
-    revision: int
-    share: str  # contacts | ask | off
-    published: bool  # the relay holds this revision
-    shared_with: tuple[str, ...]  # handles holding our current profile key
-
-
-@dataclass(frozen=True, slots=True)
-class SavedPhoto:
-    path: Path
-    type: str
-    size: int
 
 
 class ProfileMixin:
@@ -500,7 +483,5 @@ def _read_photo(path: Path) -> bytes:
     return data
 
 
-def _profile_problem(handle: str, message: str):
-    from imsg.client.core import Problem
-
+def _profile_problem(handle: str, message: str) -> Problem:
     return Problem("", "profile_rejected", f"profile of {handle}: {message}")

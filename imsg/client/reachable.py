@@ -10,9 +10,10 @@ HandleStore is a cache of the last list. Lookups (`lookup`, and every send) run 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from imsg import errors
+from imsg.client.results import LookupResult
 from imsg.handles import canonical_handle
 from imsg.protocol import discovery
 from imsg.protocol.errors import DecodeError
@@ -20,14 +21,6 @@ from imsg.protocol.stores import LocalAccount, OwnHandle
 
 MAX_BATCH = 1000  # elements per evaluation request and prefixes per bucket request
 UNVERIFIED = "reachable.unverified:"  # setting prefix: a contact handle only claimed, not verified
-
-
-@dataclass(frozen=True, slots=True)
-class LookupResult:
-    handle: str  # canonical
-    reachable: bool
-    verified: bool  # the relay verified the holder's claim (False when not reachable)
-    account_id: str = ""
 
 
 class ReachableMixin:

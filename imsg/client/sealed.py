@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from imsg import errors
+from imsg.client.results import SealedStatus
 from imsg.crypto.kdf import constant_time_equal
 from imsg.protocol import consts
 from imsg.protocol import envelope as env
@@ -41,15 +42,6 @@ SETTING_ONLY = "sealed.only"
 SETTING_RELAY_KEYS = "sealed.relay_keys"
 SETTING_CERTIFICATE = "sealed.certificate"
 SETTING_ACCESS = "sealed.access"
-
-
-@dataclass(frozen=True, slots=True)
-class SealedStatus:
-    sealed_only: bool
-    allow_anyone: bool
-    access_key_set: bool  # at the relay (None-safe: False when unknown)
-    relay_keys: tuple[str, ...]  # key ids (hex) this home trusts
-    certificate_expires_at: int  # 0 when none is held
 
 
 @dataclass(frozen=True, slots=True)
