@@ -19,19 +19,28 @@ import hashlib
 import mimetypes
 import os
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imsg import errors
+from imsg.client.results import Draft
 from imsg.crypto import stream
 from imsg.crypto.errors import AuthenticationError
 from imsg.crypto.kdf import constant_time_equal
 from imsg.protocol.content import MAX_NAME_LEN, AttachmentPointer
-from imsg.protocol.stores import StoredAttachment, Upload
+from imsg.protocol.stores import Store, StoredAttachment, Upload
 from imsg.relay_client import RelayClient
 
+if TYPE_CHECKING:
+    from hashlib import _Hash
+
+    from imsg.client.context import Context
+
 Progress = Callable[[int], None]
+# What a caller of the client passes: (file name, bytes done, bytes in all).
+FileProgress = Callable[[str, int, int], None]
 _CHUNK_SEGMENTS = 16  # ~1 MiB of ciphertext per chunk: memory stays flat whatever the size
 
 
@@ -75,7 +84,7 @@ def describe(path: Path) -> tuple[str, str]:
 
 
 def upload(
-    relay: RelayClient, store, path: Path, *, key: bytes, now_ms: int, progress: Progress | None = None
+    relay: RelayClient, store: Store, path: Path, *, key: bytes, now_ms: int, progress: Progress | None = None
 ) -> Upload:
     """Upload `path` encrypted, resuming an earlier interrupted upload of the same file."""
     path = path.resolve()
@@ -148,7 +157,7 @@ def pointer(record: Upload) -> AttachmentPointer:
     return AttachmentPointer(record.blob_id, record.key, record.digest, record.size, record.name, record.content_type)
 
 
-def _hashed(chunks: Iterator[bytes], digest) -> Iterator[bytes]:
+def _hashed(chunks: Iterator[bytes], digest: _Hash) -> Iterator[bytes]:
     for chunk in chunks:
         digest.update(chunk)
         yield chunk
@@ -163,7 +172,7 @@ def _parts(ciphertext: Iterator[bytes], total: int, part_size: int) -> Iterator[
     while offset < total:
         length = min(part_size, total - offset)
 
-        def part(length=length):
+        def part(length: int = length) -> Iterator[bytes]:
             nonlocal carry
             left = length
             while left:
@@ -236,3 +245,89 @@ def download(
         raise errors.SecurityError(f"attachment {attachment.name!r} failed to decrypt: tampered") from None
     temp.unlink(missing_ok=True)
     return target
+
+
+class Attachments:
+    """Attachments of one client: drafts (uploaded before the message is written), the
+    uploads of a send, and saving what a message carried."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.store = ctx.store
+
+    def upload(self, path: Path, progress: FileProgress | None) -> Upload:
+        total = path.stat().st_size if path.exists() else 0
+        report = (lambda n: progress(path.name, n, total)) if progress else None
+        return upload(
+            self.ctx.relay(), self.store, path, key=self.ctx.rng(32), now_ms=self.ctx.now_ms(), progress=report
+        )
+
+    def pointers(
+        self, drafts: Iterable[str], paths: Iterable[str | os.PathLike[str]], progress: FileProgress | None
+    ) -> list[AttachmentPointer]:
+        """What a message carries: the drafts named, then each file, encrypted while it
+        streams to the relay."""
+        out = [self.draft_pointer(d) for d in drafts]
+        for path in paths:
+            out.append(pointer(self.upload(Path(path), progress)))
+        return out
+
+    def attach(self, path: str | os.PathLike[str], *, progress: FileProgress | None = None) -> Draft:
+        """Upload a file now (encrypted) and keep it as a draft to send later, as iMessage
+        does while you type. The relay purges drafts never sent after 30 days."""
+        self.ctx.account()
+        record = self.upload(Path(path), progress)
+        return Draft(record.blob_id, record.name, record.plain_size, record.content_type, record.expires_at)
+
+    def drafts(self) -> list[Draft]:
+        return [
+            Draft(u.blob_id, u.name, u.plain_size, u.content_type, u.expires_at)
+            for u in self.store.uploads()
+            if u.complete and u.expires_at > self.ctx.now_ms()
+        ]
+
+    def draft_pointer(self, draft_id: str) -> AttachmentPointer:
+        record = self.store.get_upload(draft_id)
+        if record is None or not record.complete:
+            raise errors.LocalStateError(f"no draft attachment {draft_id}", hint="see imsg attach FILE")
+        if record.expires_at <= self.ctx.now_ms():
+            raise errors.LocalStateError(f"draft {draft_id} expired at the relay", hint="attach the file again")
+        return pointer(record)
+
+    def save(
+        self, message_id: str, out_dir: str | os.PathLike[str], *, progress: FileProgress | None = None
+    ) -> list[Path]:
+        """Download, check (length and digest from the encrypted message, before
+        decrypting), decrypt and write each attachment of a message, 0600, under its
+        sanitised name in `out_dir`. Returns the paths written."""
+        self.ctx.account()
+        rows = self.store.attachments(message_id)
+        if not rows:
+            if not self.store.has_message(message_id):
+                raise errors.LocalStateError(f"no message {message_id}")
+            return []
+        out = Path(out_dir).expanduser()
+        paths = []
+        for a in rows:
+            if a.saved_path and Path(a.saved_path).exists():
+                paths.append(Path(a.saved_path))
+                continue
+            report = _per_file(progress, a.name, a.size) if progress else None
+            try:
+                path = download(self.ctx.relay(), a, out, progress=report)
+            except errors.RelayRefusedError as exc:
+                if exc.status == 404:
+                    raise errors.RelayRefusedError(
+                        f"attachment {a.name!r} is no longer on the relay (kept 30 days from upload)",
+                        status=404,
+                        relay_code="not_found",
+                    ) from None
+                raise
+            with self.store.transaction():
+                self.store.set_saved_path(message_id, a.index, str(path))
+            paths.append(path)
+        return paths
+
+
+def _per_file(progress: FileProgress, name: str, total: int) -> Progress:
+    return lambda n: progress(name, n, total)

@@ -16,22 +16,25 @@ import base64
 import json
 import os
 import platform
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 from imsg import errors
-from imsg.client import attachments as attachment_io
+from imsg.client.attachments import Attachments
 from imsg.client.backup import BackupMixin
+from imsg.client.context import Context
+from imsg.client.discovery import Discovery
+from imsg.client.prekeys import Prekeys
 from imsg.client.profiles import ProfileMixin
-from imsg.client.reachable import ReachableMixin
+from imsg.client.reachable import Reachable
 from imsg.client.results import (
     AttachmentInfo,
     ContactInfo,
     DeviceInfo,
     Draft,
+    LookupResult,
     Message,
     Pairing,
     Problem,
@@ -39,9 +42,10 @@ from imsg.client.results import (
     Verification,
     WhoAmI,
 )
-from imsg.client.sealed import check_certified_identity
+from imsg.client.retention import Retention
+from imsg.client.sealed import SealedSender, check_certified_identity
 from imsg.handles import canonical_handle
-from imsg.protocol import consts
+from imsg.protocol import consts, discovery
 from imsg.protocol import envelope as env
 from imsg.protocol import provisioning as prov
 from imsg.protocol import session as sess
@@ -67,7 +71,7 @@ from imsg.protocol.identity import (
     seal_device_name,
     verify_device_list,
 )
-from imsg.protocol.prekeys import KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey
+from imsg.protocol.prekeys import KemPreKey, PreKeyBundle
 from imsg.protocol.sealed import is_sealed
 from imsg.protocol.session import Address
 from imsg.protocol.stores import (
@@ -76,9 +80,9 @@ from imsg.protocol.stores import (
     HeldMessage,
     LocalAccount,
     OutgoingBatch,
+    OwnHandle,
     Store,
     StoredMessage,
-    Upload,
 )
 from imsg.relay_client import RelayClient, b64d, b64e
 
@@ -104,7 +108,7 @@ def default_home() -> Path:
     return Path(user_data_dir("imsg", appauthor=False))
 
 
-class Client(BackupMixin, ProfileMixin, ReachableMixin):
+class Client(BackupMixin, ProfileMixin):
     def __init__(
         self,
         store: Store,
@@ -115,15 +119,21 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
         allow_insecure: bool = False,
         relay_transport=None,
     ):
+        ctx = self._ctx = Context(
+            store,
+            relay_url=relay_url,
+            now_ms=now_ms,
+            rng=rng,
+            allow_insecure=allow_insecure,
+            transport=relay_transport,
+        )
         self.store = store
-        self._relay_url = relay_url
-        self._now = now_ms
-        self._rng = rng
-        self._allow_insecure = allow_insecure
-        self._transport = relay_transport
-        self._relay: RelayClient | None = None
-        self._sealed = None  # imsg.client.sealed.SealedSender, made on first use
-        self.problems: list[Problem] = []  # filled by receive(); read and cleared by callers
+        self._prekeys = Prekeys(ctx)
+        self._discovery = Discovery(ctx)
+        self._reachable = Reachable(ctx)
+        self._sealed = SealedSender(ctx)
+        self._retention = Retention(ctx)
+        self._attachments = Attachments(ctx)
         self._from_checked: dict[tuple[str, str], bool] = {}  # (account, handle) -> holds it
         # Set when the key came from the unlock agent: `watch` stops once `imsg lock` ran.
         self.still_unlocked: Callable[[], bool] | None = None
@@ -156,11 +166,40 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             raise
         return client
 
+    @property
+    def problems(self) -> list[Problem]:
+        """Filled by receive() (and other calls that carry on past a failure); read and
+        cleared by callers."""
+        return self._ctx.problems
+
+    # Transitional: the mixins still read these.
+    @property
+    def _now(self) -> Callable[[], int]:
+        return self._ctx.now_ms
+
+    @_now.setter
+    def _now(self, clock: Callable[[], int]) -> None:
+        self._ctx.now_ms = clock
+
+    @property
+    def _rng(self) -> Callable[[int], bytes]:
+        return self._ctx.rng
+
+    @property
+    def _relay_url(self) -> str | None:
+        return self._ctx.relay_url
+
+    @property
+    def _allow_insecure(self) -> bool:
+        return self._ctx.allow_insecure
+
+    @property
+    def _transport(self):
+        return self._ctx.transport
+
     def close(self) -> None:
-        if self._sealed is not None:
-            self._sealed.close()
-        if self._relay is not None:
-            self._relay.close()
+        self._sealed.close()
+        self._ctx.close()
         self.store.close()
 
     def __enter__(self) -> Client:
@@ -172,31 +211,16 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
     # --- plumbing ---
 
     def _account(self) -> LocalAccount:
-        account = self.store.load_account()
-        if account is None:
-            raise errors.NoAccountError()
-        return account
+        return self._ctx.account()
 
     def relay(self) -> RelayClient:
-        if self._relay is None:
-            account = self.store.load_account()
-            url = self._relay_url or (account.relay_url if account else None)
-            if not url:
-                raise errors.UsageError("no relay given", hint="pass --relay URL or set IMSG_RELAY")
-            self._relay = RelayClient(
-                url, account.token if account else None, allow_insecure=self._allow_insecure, transport=self._transport
-            )
-        return self._relay
+        return self._ctx.relay()
 
     def _device(self, account: LocalAccount) -> DeviceKeys:
-        return DeviceKeys(account.device_id, account.identity_private, account.signing_private)
+        return self._ctx.device(account)
 
-    def sealed(self):
+    def sealed(self) -> SealedSender:
         """Sealed sender: settings, certificate, relay keys (imsg/client/sealed.py)."""
-        if self._sealed is None:
-            from imsg.client.sealed import SealedSender
-
-            self._sealed = SealedSender(self)
         return self._sealed
 
     def publish_sealed_access(self) -> None:
@@ -225,10 +249,8 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             )
         )
         token = base64.urlsafe_b64encode(self._rng(32)).rstrip(b"=").decode("ascii")
-        relay = RelayClient(self._relay_url, token, allow_insecure=self._allow_insecure, transport=self._transport)
+        relay = self._ctx.connect(token)
         try:
-            from imsg.protocol.discovery import seal_label
-
             registered = relay.register(
                 account_id=account_key.account_id,
                 account_key=encode_key(KEY_ED25519, account_key.public),
@@ -236,7 +258,7 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
                 device_list=device_list,
                 device_id=1,
                 token=token,
-                label=seal_label(account_key.private, handle, self._rng, start=True),
+                label=discovery.seal_label(account_key.private, handle, self._rng, start=True),
             )
             if registered.get("handle_state") == "pending" and registered.get("code_sent") is False:
                 # registered; the relay's verifier failed for now
@@ -270,7 +292,7 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             profile_key=self._rng(32),
         )
         self.store.save_account(account)
-        self._relay = relay
+        self._ctx.use_relay(relay)
         self.maintain_prekeys(force=True)
         self.sealed().pin_relay_keys()
         self.sealed().publish_access()
@@ -295,54 +317,7 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
     def maintain_prekeys(self, *, force: bool = False) -> dict:
         """Rotate the signed prekey weekly, keep a last-resort KEM prekey, refill one-time
         prekeys when the relay holds fewer than the refill mark. Returns what was published."""
-        account = self._account()
-        device = self._device(account)
-        now = self._now()
-        payload: dict = {}
-        with self.store.transaction():
-            signed = self.store.signed_prekeys()
-            newest = signed[-1] if signed else None
-            if newest is None or now - newest.created_at > consts.SIGNED_PREKEY_ROTATE_MS:
-                spk = SignedPreKey.generate(device, self.store.next_prekey_id(), now, self._rng)
-                self.store.save_signed_prekey(spk)
-                payload["signed_prekey"] = {
-                    "key_id": spk.key_id,
-                    "public_key": b64e(encode_key(KEY_X25519, spk.public)),
-                    "signature": b64e(spk.signature),
-                }
-                # Old signed prekeys stay for mail still in flight, then go.
-                for old in signed:
-                    if now - old.created_at > consts.SIGNED_PREKEY_KEEP_MS:
-                        self.store.remove_signed_prekey(old.key_id)
-            if force:
-                kpk = KemPreKey.generate(device, self.store.next_prekey_id(), now, self._rng, last_resort=True)
-                self.store.save_kem_prekey(kpk)
-                payload["kem_last_resort"] = _kem_json(kpk)
-        counts = self.relay().key_count() if not force else {"one_time": 0, "kem_one_time": 0}
-        with self.store.transaction():
-            if int(counts.get("one_time", 0)) < consts.ONE_TIME_PREKEY_REFILL_BELOW:
-                keys = [
-                    OneTimePreKey.generate(self.store.next_prekey_id(), self._rng)
-                    for _ in range(consts.ONE_TIME_PREKEY_BATCH)
-                ]
-                for k in keys:
-                    self.store.save_one_time_prekey(k)
-                payload["one_time"] = [
-                    {"key_id": k.key_id, "public_key": b64e(encode_key(KEY_X25519, k.public))} for k in keys
-                ]
-            if int(counts.get("kem_one_time", 0)) < consts.ONE_TIME_PREKEY_REFILL_BELOW:
-                keys = [
-                    KemPreKey.generate(device, self.store.next_prekey_id(), now, self._rng, last_resort=False)
-                    for _ in range(consts.ONE_TIME_PREKEY_BATCH)
-                ]
-                for k in keys:
-                    self.store.save_kem_prekey(k)
-                payload["kem_one_time"] = [_kem_json(k) for k in keys]
-        # Private halves are committed before the public halves are published, so the
-        # relay can never serve a prekey we cannot use.
-        if payload:
-            self.relay().publish_keys(payload)
-        return payload
+        return self._prekeys.maintain(force=force)
 
     # --- contacts and trust ---
 
@@ -388,9 +363,9 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
         if pinned is not None and pinned.status != "ok":
             pinned = None  # only changed/replaced identities: nothing pinned to compare with
         try:
-            holder = self._holder(handle)  # the private lookup (OPRF + bucket)
+            holder = self._discovery.holder(handle)  # the private lookup (OPRF + bucket)
             account_id = holder.account_id
-            self._note_handle_verified(handle, holder.verified)
+            self._discovery.note_handle_verified(handle, holder.verified)
         except errors.RelayUnavailableError:
             if pinned is None:
                 raise
@@ -478,10 +453,8 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             raise errors.UsageError("empty message")
         sender_handle = self._sending_handle(account, from_)
         self.flush_outbox()
-        pointers = [self._draft_pointer(d) for d in drafts]
-        for path in attachments:  # each encrypted while it streams to the relay
-            pointers.append(attachment_io.pointer(self._upload(Path(path), progress)))
-        message_id = secrets.token_hex(16) if self._rng is os.urandom else self._rng(16).hex()
+        pointers = self._attachments.pointers(drafts, attachments, progress)
+        message_id = self._ctx.message_id()
         try:
             contact, devices = self._resolve(to, on_key_change)
         except errors.IdentityChangedError as exc:
@@ -720,7 +693,7 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
                 relay.ack(acks)
             if not more:
                 break
-        if used_prekeys or self._signed_prekey_due():
+        if used_prekeys or self._prekeys.signed_prekey_due():
             self.maintain_prekeys()
         self._refresh_profiles()  # contacts who announced a new name or photo
         self._backup_quietly()
@@ -732,10 +705,6 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             self.backup_if_due()
         except errors.ImsgError as exc:
             self.problems.append(Problem("", "backup_failed", f"automatic backup failed: {exc}"))
-
-    def _signed_prekey_due(self) -> bool:
-        signed = self.store.signed_prekeys()
-        return not signed or self._now() - signed[-1].created_at > consts.SIGNED_PREKEY_ROTATE_MS
 
     def take_unshown(self) -> list[Message]:
         rows = self.store.unshown()
@@ -912,7 +881,7 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
         lookup maps that handle to the same account."""
         try:
             handle = canonical_handle(claimed)
-            holder = self._private_lookup([handle])[handle]
+            holder = self._discovery.holders([handle])[handle]
         except errors.UsageError:
             holder = None
         except errors.RelayRefusedError as exc:
@@ -921,7 +890,7 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             holder = None
         if holder is None or holder.account_id != contact.account_id:
             raise errors.UntrustedIdentityError("sender claims a handle it does not hold")
-        self._note_handle_verified(handle, holder.verified)
+        self._discovery.note_handle_verified(handle, holder.verified)
         pinned = self.store.contact_by_handle(handle)
         status = (
             "changed"
@@ -943,7 +912,7 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
         key = (contact.account_id, handle)
         if key not in checked:
             try:
-                holder = self._private_lookup([handle])[handle] if handle else None
+                holder = self._discovery.holders([handle])[handle] if handle else None
             except errors.RelayRefusedError as exc:
                 if exc.status == 429:
                     raise  # out of lookups for now: leave the envelope for a later receive
@@ -977,85 +946,31 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
     def apply_retention(self) -> int:
         """Delete messages older than the retention setting (imsg.client.retention); cheap when
         none are due. Returns how many were deleted."""
-        from imsg.client import retention
-
-        return retention.sweep(self.store, self._now())
+        return self._retention.apply()
 
     def retention(self) -> str:
-        from imsg.client import retention
-
-        return retention.current(self.store)
+        return self._retention.current()
 
     def set_retention(self, period: str) -> int:
         """Set how long messages are kept (30d, 1y, forever) and apply it now; returns how
         many messages that deleted."""
-        from imsg.client import retention
-
-        retention.set_period(self.store, period)
-        return self.apply_retention()
+        return self._retention.set(period)
 
     # --- attachments ---
-
-    def _upload(self, path: Path, progress) -> Upload:
-        total = path.stat().st_size if path.exists() else 0
-        report = (lambda n: progress(path.name, n, total)) if progress else None
-        return attachment_io.upload(
-            self.relay(), self.store, path, key=self._rng(32), now_ms=self._now(), progress=report
-        )
 
     def attach(self, path: str | os.PathLike, *, progress=None) -> Draft:
         """Upload a file now (encrypted) and keep it as a draft to send later, as iMessage
         does while you type. The relay purges drafts never sent after 30 days."""
-        self._account()
-        record = self._upload(Path(path), progress)
-        return Draft(record.blob_id, record.name, record.plain_size, record.content_type, record.expires_at)
+        return self._attachments.attach(path, progress=progress)
 
     def drafts(self) -> list[Draft]:
-        return [
-            Draft(u.blob_id, u.name, u.plain_size, u.content_type, u.expires_at)
-            for u in self.store.uploads()
-            if u.complete and u.expires_at > self._now()
-        ]
-
-    def _draft_pointer(self, draft_id: str):
-        record = self.store.get_upload(draft_id)
-        if record is None or not record.complete:
-            raise errors.LocalStateError(f"no draft attachment {draft_id}", hint="see imsg attach FILE")
-        if record.expires_at <= self._now():
-            raise errors.LocalStateError(f"draft {draft_id} expired at the relay", hint="attach the file again")
-        return attachment_io.pointer(record)
+        return self._attachments.drafts()
 
     def save_attachments(self, message_id: str, out_dir: str | os.PathLike, *, progress=None) -> list[Path]:
         """Download, check (length and digest from the encrypted message, before
         decrypting), decrypt and write each attachment of a message, 0600, under its
         sanitised name in `out_dir`. Returns the paths written."""
-        self._account()
-        rows = self.store.attachments(message_id)
-        if not rows:
-            if not self.store.has_message(message_id):
-                raise errors.LocalStateError(f"no message {message_id}")
-            return []
-        out = Path(out_dir).expanduser()
-        paths = []
-        for a in rows:
-            if a.saved_path and Path(a.saved_path).exists():
-                paths.append(Path(a.saved_path))
-                continue
-            report = (lambda n, a=a: progress(a.name, n, a.size)) if progress else None
-            try:
-                path = attachment_io.download(self.relay(), a, out, progress=report)
-            except errors.RelayRefusedError as exc:
-                if exc.status == 404:
-                    raise errors.RelayRefusedError(
-                        f"attachment {a.name!r} is no longer on the relay (kept 30 days from upload)",
-                        status=404,
-                        relay_code="not_found",
-                    ) from None
-                raise
-            with self.store.transaction():
-                self.store.set_saved_path(message_id, a.index, str(path))
-            paths.append(path)
-        return paths
+        return self._attachments.save(message_id, out_dir, progress=progress)
 
     def delete_messages(self, message_ids: list[str]) -> int:
         """Delete messages from this home, with the attachment files saved for them.
@@ -1267,9 +1182,7 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
             self.store.add_attachments(list(attachments))
             for key, value in (settings or {}).items():
                 self.store.set_setting(key, value)
-        if self._relay is not None:  # the next relay() carries this device's token
-            self._relay.close()
-            self._relay = None
+        self._ctx.use_relay(None)  # the next relay() carries this device's token
         self.maintain_prekeys(force=True)
         self.sealed().pin_relay_keys()
         self.reachable_list()  # the account's handles, as every device lists them
@@ -1511,6 +1424,46 @@ class Client(BackupMixin, ProfileMixin, ReachableMixin):
         if contact is None:
             raise errors.UnknownContactError(f"no conversation with {handle}")
         return [self._message(m) for m in self.store.history(contact.account_id, limit)]
+
+    # --- reachable at (this account's handles) and the private lookup ---
+
+    def lookup(self, handles: list[str]) -> list[LookupResult]:
+        """Whether each handle is reachable by imsg, without the relay learning which
+        handles were asked about (one OPRF evaluation each, against the account's budget)."""
+        return self._discovery.lookup(handles)
+
+    def reachable_list(self, *, refresh: bool = True) -> list[OwnHandle]:
+        """This account's handles as the relay holds them (refreshed into the local cache)."""
+        return self._reachable.handles(refresh=refresh)
+
+    def reachable_add(self, handle: str) -> OwnHandle:
+        """Claim a handle: a verifying relay sends it a code (then `reachable_verify`); one
+        that does not verify records it as claimed, unverified."""
+        return self._reachable.add(handle)
+
+    def reachable_verify(self, handle: str, code: str) -> OwnHandle:
+        return self._reachable.verify(handle, code)
+
+    def reachable_remove(self, handle: str) -> OwnHandle:
+        return self._reachable.remove(handle)
+
+    def reachable_start_from(self, handle: str) -> OwnHandle:
+        return self._reachable.start_from(handle)
+
+    def reachable_receive(self, handle: str, on: bool) -> OwnHandle:
+        """Stop (or resume) receiving at a handle: off, it is not discoverable, and no new
+        conversation can start at it; it stays the account's, verified."""
+        return self._reachable.set_receiving(handle, on)
+
+    # Transitional, for the mixins.
+    def _own_handle_names(self, account: LocalAccount) -> set[str]:
+        return self._reachable.own_handle_names(account)
+
+    def _sending_handle(self, account: LocalAccount, from_: str | None) -> str:
+        return self._reachable.sending_handle(account, from_)
+
+    def _handle_verified(self, handle: str) -> bool:
+        return self._discovery.handle_verified(handle)
 
     # --- privacy ---
 

@@ -17,8 +17,13 @@ setting: they hold a source path and an attachment key and can no longer be used
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imsg import errors
+from imsg.protocol.stores import Store
+
+if TYPE_CHECKING:
+    from imsg.client.context import Context
 
 SETTING = "retention"
 DAY_MS = 24 * 3600 * 1000
@@ -34,19 +39,19 @@ def parse(value: str) -> str:
     return period
 
 
-def current(store) -> str:
+def current(store: Store) -> str:
     value = store.get_setting(SETTING)
     return value if value in PERIODS else DEFAULT
 
 
-def set_period(store, value: str) -> str:
+def set_period(store: Store, value: str) -> str:
     period = parse(value)
     with store.transaction():
         store.set_setting(SETTING, None if period == DEFAULT else period)
     return period
 
 
-def sweep(store, now_ms: int) -> int:
+def sweep(store: Store, now_ms: int) -> int:
     """Delete every message older than the setting, with its attachment records and the
     files saved for it, and the records of drafts the relay has purged. Returns how many
     messages were deleted."""
@@ -69,7 +74,7 @@ def sweep(store, now_ms: int) -> int:
     return deleted
 
 
-def purge_expired_uploads(store, now_ms: int) -> int:
+def purge_expired_uploads(store: Store, now_ms: int) -> int:
     """Drop upload records (source path, attachment key) whose blob the relay has purged
     (30 days after upload): they can neither resume nor be sent, whatever the setting.
     Sent uploads are dropped at send time; this table holds only drafts, so it is small."""
@@ -79,6 +84,26 @@ def purge_expired_uploads(store, now_ms: int) -> int:
             for blob_id in expired:
                 store.remove_upload(blob_id)
     return len(expired)
+
+
+class Retention:
+    """The setting and the sweep for one client (its store and clock)."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    def apply(self) -> int:
+        """Delete messages older than the setting; cheap when none are due. Returns how
+        many were deleted."""
+        return sweep(self.ctx.store, self.ctx.now_ms())
+
+    def current(self) -> str:
+        return current(self.ctx.store)
+
+    def set(self, period: str) -> int:
+        """Set the period and apply it now; returns how many messages that deleted."""
+        set_period(self.ctx.store, period)
+        return self.apply()
 
 
 def remove_files(paths: list[str]) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from imsg import errors
+from imsg.client.context import Context
 from imsg.client.results import SealedStatus
 from imsg.crypto.kdf import constant_time_equal
 from imsg.protocol import consts
@@ -30,12 +31,12 @@ from imsg.protocol import envelope as env
 from imsg.protocol import sealed as proto
 from imsg.protocol.encoding import KEY_ED25519, KEY_X25519, decode_key, encode_key
 from imsg.protocol.errors import CertificateError, DecodeError, ProtocolError
-from imsg.protocol.identity import verify_device_list
+from imsg.protocol.identity import DeviceKeys, verify_device_list
 from imsg.protocol.session import Address
-from imsg.protocol.stores import OutgoingBatch
+from imsg.protocol.stores import LocalAccount, OutgoingBatch
+from imsg.relay_client import RelayClient
 
 if TYPE_CHECKING:
-    from imsg.client.core import Client
     from imsg.relay_client import Envelope as RelayEnvelope
 
 SETTING_ONLY = "sealed.only"
@@ -55,11 +56,11 @@ class Opened:
 
 
 class SealedSender:
-    def __init__(self, client: Client):
-        self.client = client
-        self.store = client.store
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.store = ctx.store
         self.sent_sealed: set[str] = set()  # message ids this process delivered sealed
-        self._unauthenticated = None
+        self._unauthenticated: RelayClient | None = None
 
     def close(self) -> None:
         if self._unauthenticated is not None:
@@ -99,9 +100,7 @@ class SealedSender:
         endorsed are added — a relay that swaps its key without an endorsement is not
         followed, and certificates under the new key are rejected."""
         try:
-            chain = [
-                (decode_key(KEY_ED25519, pub), endorsement) for pub, endorsement in self.client.relay().sealed_keys()
-            ]
+            chain = [(decode_key(KEY_ED25519, pub), endorsement) for pub, endorsement in self.ctx.relay().sealed_keys()]
         except DecodeError:
             raise errors.UntrustedIdentityError("relay served a malformed sealed-sender key") from None
         trusted = self.trusted_relay_keys()
@@ -120,9 +119,9 @@ class SealedSender:
     def certificate(self) -> bytes:
         """This device's certificate, renewed an hour before it expires. A new one must
         verify under a trusted relay key and name exactly this device and identity key."""
-        account = self.client._account()
-        now = self.client._now()
-        device = self.client._device(account)
+        account = self.ctx.account()
+        now = self.ctx.now_ms()
+        device = self.ctx.device(account)
         me = Address(account.account_id, account.device_id)
         cached = self._cached_certificate()
         if cached is not None:
@@ -132,7 +131,7 @@ class SealedSender:
             # if it is this device's (a restored backup brings its old device's settings).
             if 0 <= now - fetched_at < consts.SENDER_CERTIFICATE_REFRESH_MS and self._names(cert, me, device):
                 return cert
-        cert = self.client.relay().sender_certificate(encode_key(KEY_X25519, device.identity.public))
+        cert = self.ctx.relay().sender_certificate(encode_key(KEY_X25519, device.identity.public))
         try:
             parsed = proto.SenderCertificate.decode(cert)
             # Signature and key only: expiry is the relay's clock against the relay's clock
@@ -147,7 +146,7 @@ class SealedSender:
         return cert
 
     @staticmethod
-    def _names(cert: bytes, me: Address, device) -> bool:
+    def _names(cert: bytes, me: Address, device: DeviceKeys) -> bool:
         try:
             parsed = proto.SenderCertificate.decode(cert)
         except DecodeError:
@@ -174,21 +173,21 @@ class SealedSender:
         """Give the relay the access key derived from the account's current profile key
         (and the allow-anyone flag). Call it after the profile key rotates: senders holding
         the old key then get 401 and send identified (or wait, with sealed-only)."""
-        account = self.client._account()
+        account = self.ctx.account()
         if len(account.profile_key) != 32:
             raise errors.LocalStateError("this account has no profile key")
         key = proto.access_key(account.profile_key)
         if allow_anyone is None:
             published = self._published()
             allow_anyone = published[1] if published else False
-        self.client.relay().set_sealed_access(key, allow_anyone)
+        self.ctx.relay().set_sealed_access(key, allow_anyone)
         with self.store.transaction():
             self.store.set_setting(SETTING_ACCESS, f"{hashlib.sha256(key).hexdigest()}:{int(allow_anyone)}")
 
     def ensure_access_published(self) -> None:
         """Publish when the profile key changed since the last publication (a rotation made
         elsewhere, e.g. `profile share off`, or a home that never published)."""
-        account = self.client._account()
+        account = self.ctx.account()
         if len(account.profile_key) != 32:
             return
         digest = hashlib.sha256(proto.access_key(account.profile_key)).hexdigest()
@@ -200,7 +199,7 @@ class SealedSender:
                 pass  # the next send tries again
 
     def status(self) -> SealedStatus:
-        remote = self.client.relay().sealed_access()
+        remote = self.ctx.relay().sealed_access()
         published = self._published()
         cached = self._cached_certificate()
         expires = 0
@@ -219,9 +218,9 @@ class SealedSender:
 
     # --- sending ---
 
-    def _relay(self):
+    def _relay(self) -> RelayClient:
         if self._unauthenticated is None:
-            self._unauthenticated = self.client.relay().unauthenticated()
+            self._unauthenticated = self.ctx.relay().unauthenticated()
         return self._unauthenticated
 
     def _seal(self, batch: OutgoingBatch) -> list[tuple[int, bytes]] | None:
@@ -255,7 +254,7 @@ class SealedSender:
     def deliver(self, batch: OutgoingBatch) -> bool:
         """Try to send `batch` sealed. True: the relay took it. False: send it identified.
         With sealed-only, instead of False: SealedOnlyError (the batch stays queued)."""
-        account = self.client._account()
+        account = self.ctx.account()
         if batch.account_id == account.account_id:
             return False  # sync copies and notes to self: our own account knows it is us
         self.ensure_access_published()
@@ -286,11 +285,11 @@ class SealedSender:
 
     # --- receiving ---
 
-    def open(self, account, e: RelayEnvelope) -> Opened:
+    def open(self, account: LocalAccount, e: RelayEnvelope) -> Opened:
         """The outer layer of a sealed envelope, and its certificate checked: signed by a
         trusted relay key, unexpired when the relay received it. (The caller then checks
         the certified identity against the sender's signed device list and the session.)"""
-        device = self.client._device(account)
+        device = self.ctx.device(account)
         me = Address(account.account_id, account.device_id)
         unsealed = proto.open_envelope(e.body, me, device.sealed)
         cert = unsealed.certificate

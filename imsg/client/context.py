@@ -1,0 +1,109 @@
+"""The one narrow context every service of the client shares.
+
+A service gets this object and the few services it builds on (passed in by the facade,
+imsg/client/facade.py), never the facade itself. What it holds:
+
+- `store`: the home's Store (every record kind, settings included, through the small
+  Protocols in imsg.protocol.stores; writes grouped by `store.transaction()`);
+- the relay: `relay()` is the one credentialed RelayClient of this process (made on first
+  use, from the account's URL and token), `connect()` a separate one for the calls made
+  before this device has a token of its own (init, link, restore);
+- the clock and the randomness: `now_ms()` and `rng(n)`, injectable for tests;
+- the account: `account()` loads it (NoAccountError without one), `device()` its keys;
+- `problems`: what went wrong without failing the call (see results.Problem).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+
+import httpx
+
+from imsg import errors
+from imsg.client.results import Problem
+from imsg.protocol.identity import DeviceKeys
+from imsg.protocol.stores import LocalAccount, Store
+from imsg.relay_client import RelayClient
+
+Clock = Callable[[], int]
+Rng = Callable[[int], bytes]
+
+
+class Context:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        relay_url: str | None,
+        now_ms: Clock,
+        rng: Rng,
+        allow_insecure: bool = False,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self.store = store
+        self.relay_url = relay_url
+        self.now_ms = now_ms
+        self.rng = rng
+        self.allow_insecure = allow_insecure
+        self.transport = transport
+        self.problems: list[Problem] = []
+        self._relay: RelayClient | None = None
+
+    # --- the relay ---
+
+    def relay(self) -> RelayClient:
+        """The credentialed relay client (this device's token), made on first use."""
+        if self._relay is None:
+            account = self.store.load_account()
+            url = self.relay_url or (account.relay_url if account else None)
+            if not url:
+                raise errors.UsageError("no relay given", hint="pass --relay URL or set IMSG_RELAY")
+            self._relay = RelayClient(
+                url, account.token if account else None, allow_insecure=self.allow_insecure, transport=self.transport
+            )
+        return self._relay
+
+    def require_relay_url(self) -> str:
+        """The relay given for a new account or device (there is no account to take it from)."""
+        if not self.relay_url:
+            raise errors.UsageError("no relay given", hint="pass --relay URL or set IMSG_RELAY")
+        return self.relay_url
+
+    def connect(self, token: str | None) -> RelayClient:
+        """A relay client of its own, for a device that has no account here yet."""
+        return RelayClient(
+            self.require_relay_url(), token, allow_insecure=self.allow_insecure, transport=self.transport
+        )
+
+    def use_relay(self, relay: RelayClient | None) -> None:
+        """Make `relay` the credentialed client (None: close the current one; the next
+        `relay()` carries the token the account now holds)."""
+        if self._relay is not None and self._relay is not relay:
+            self._relay.close()
+        self._relay = relay
+
+    def close(self) -> None:
+        self.use_relay(None)
+
+    # --- the account ---
+
+    def account(self) -> LocalAccount:
+        account = self.store.load_account()
+        if account is None:
+            raise errors.NoAccountError()
+        return account
+
+    @staticmethod
+    def device(account: LocalAccount) -> DeviceKeys:
+        return DeviceKeys(account.device_id, account.identity_private, account.signing_private)
+
+    # --- ids and problems ---
+
+    def message_id(self) -> str:
+        """A fresh message id: from the OS, or from the injected rng (reproducible tests)."""
+        return secrets.token_hex(16) if self.rng is os.urandom else self.rng(16).hex()
+
+    def report(self, message_id: str, code: str, message: str) -> None:
+        self.problems.append(Problem(message_id, code, message))
