@@ -27,6 +27,7 @@ import json
 
 from imsg import errors
 from imsg.client.results import BackupResult, BackupStatus
+from imsg.client.trust import accept_device_list
 from imsg.handles import canonical_handle
 from imsg.protocol import backup as bk
 from imsg.protocol.encoding import KEY_ED25519, encode_key
@@ -191,7 +192,6 @@ class BackupMixin:
         home as a NEW device of the account (fresh keys, signed into the device list with
         the account key from the backup), then store its history, contacts and settings.
         Nothing is written to the home unless all of that succeeded."""
-        from imsg.client.core import _accept_device_list
         from imsg.relay_client import RelayClient
 
         if self.store.load_account() is not None:
@@ -241,7 +241,7 @@ class BackupMixin:
                 KEY_ED25519, contents.account_public
             ):
                 raise errors.UntrustedIdentityError("the relay served another account for this backup")
-            current = _accept_device_list(
+            current = accept_device_list(
                 remote.device_list,
                 contents.account_public,
                 verify_device_list(contents.device_list, contents.account_public),

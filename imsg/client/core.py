@@ -25,6 +25,7 @@ from imsg import errors
 from imsg.client.attachments import Attachments
 from imsg.client.backup import BackupMixin
 from imsg.client.context import Context
+from imsg.client.delivery import Delivery
 from imsg.client.discovery import Discovery
 from imsg.client.prekeys import Prekeys
 from imsg.client.profiles import ProfileMixin
@@ -44,20 +45,20 @@ from imsg.client.results import (
 )
 from imsg.client.retention import Retention
 from imsg.client.sealed import SealedSender, check_certified_identity
+from imsg.client.trust import Trust, own_devices
 from imsg.handles import canonical_handle
 from imsg.protocol import consts, discovery
 from imsg.protocol import envelope as env
 from imsg.protocol import provisioning as prov
 from imsg.protocol import session as sess
 from imsg.protocol.content import KIND_PROFILE, KIND_SYNC, KIND_TEXT, Content
-from imsg.protocol.encoding import KEY_ED25519, KEY_MLKEM768, KEY_X25519, decode_key, encode_key
+from imsg.protocol.encoding import KEY_ED25519, KEY_MLKEM768, decode_key, encode_key
 from imsg.protocol.errors import (
     DecodeError,
     DuplicateMessageError,
     ProtocolError,
     RemoteProtocolError,
 )
-from imsg.protocol.errors import UntrustedIdentityError as ProtocolUntrusted
 from imsg.protocol.identity import (
     AccountKey,
     DeviceEntry,
@@ -67,11 +68,10 @@ from imsg.protocol.identity import (
     device_fingerprint,
     fingerprint,
     open_device_name,
-    safety_number,
     seal_device_name,
     verify_device_list,
 )
-from imsg.protocol.prekeys import KemPreKey, PreKeyBundle
+from imsg.protocol.prekeys import KemPreKey
 from imsg.protocol.sealed import is_sealed
 from imsg.protocol.session import Address
 from imsg.protocol.stores import (
@@ -84,7 +84,7 @@ from imsg.protocol.stores import (
     Store,
     StoredMessage,
 )
-from imsg.relay_client import RelayClient, b64d, b64e
+from imsg.relay_client import RelayClient, b64e
 
 STORE_FILE = "imsg.db"
 
@@ -134,6 +134,8 @@ class Client(BackupMixin, ProfileMixin):
         self._sealed = SealedSender(ctx)
         self._retention = Retention(ctx)
         self._attachments = Attachments(ctx)
+        self._trust = Trust(ctx, self._discovery, self._reachable)
+        self._delivery = Delivery(ctx, self._trust, self._sealed)
         self._from_checked: dict[tuple[str, str], bool] = {}  # (account, handle) -> holds it
         # Set when the key came from the unlock agent: `watch` stops once `imsg lock` ran.
         self.still_unlocked: Callable[[], bool] | None = None
@@ -319,110 +321,22 @@ class Client(BackupMixin, ProfileMixin):
         prekeys when the relay holds fewer than the refill mark. Returns what was published."""
         return self._prekeys.maintain(force=force)
 
-    # --- contacts and trust ---
+    # --- contacts and trust (transitional aliases: still called below) ---
 
     def _fetch_contact(self, account_id: str, handle: str) -> tuple[Contact, DeviceList]:
-        """Fetch an account's key and signed device list; check the key matches the
-        account id (so the relay cannot substitute a key) and that the key signs the list."""
-        remote = self.relay().get_account(account_id)
-        try:
-            account_key = decode_key(KEY_ED25519, remote.account_key)
-        except DecodeError:
-            raise errors.UntrustedIdentityError("relay served a malformed account key") from None
-        if account_id_for(account_key) != account_id:
-            raise errors.UntrustedIdentityError("relay served an account key that does not match the account")
-        known = self.store.get_contact(account_id)  # same id, so the same key: ids derive from keys
-        old = verify_device_list(known.device_list, account_key) if known is not None else None
-        devices = _accept_device_list(remote.device_list, account_key, old, "the contact's")
-        if known is not None:
-            added = set(devices.device_ids) - set(old.device_ids)
-            if added and known.status == "ok":
-                # Signed by the same account key: shown, but the safety number is unchanged.
-                self.problems.append(
-                    Problem(
-                        "",
-                        "devices_changed",
-                        f"{known.handle} added a device (now {len(devices.devices)}); their safety number is unchanged",
-                    )
-                )
-        if known is not None:  # everything else we know of them (nickname, profile...) stays
-            contact = replace(known, handle=handle or known.handle, device_list=remote.device_list)
-        else:
-            contact = Contact(account_id, handle, account_key, remote.device_list, first_seen=self._now())
-        return contact, devices
+        return self._trust.fetch_contact(account_id, handle)
 
     def _resolve(self, handle: str, on_key_change: str = "hold") -> tuple[Contact, DeviceList]:
-        """The identity to send to. The handle is looked up on every send: if the relay now
-        maps it to another account (a new account key), that is a key change — loud, and
-        nothing is sent to the new identity until the user trusts it (or the caller said
-        `on_key_change="accept"`)."""
-        account = self._account()
-        if handle in self._own_handle_names(account):
-            return self._own_contact(account), self._own_devices(account)
-        pinned = self.store.contact_by_handle(handle)  # the "ok" identity first, if any
-        if pinned is not None and pinned.status != "ok":
-            pinned = None  # only changed/replaced identities: nothing pinned to compare with
-        try:
-            holder = self._discovery.holder(handle)  # the private lookup (OPRF + bucket)
-            account_id = holder.account_id
-            self._discovery.note_handle_verified(handle, holder.verified)
-        except errors.RelayUnavailableError:
-            if pinned is None:
-                raise
-            # Offline: send to the identity the user already trusts; the message queues
-            # in the outbox and the key-change check runs again on the next send.
-            return pinned, verify_device_list(pinned.device_list, pinned.account_key)
-        if pinned is not None and account_id == pinned.account_id:
-            return pinned, verify_device_list(pinned.device_list, pinned.account_key)
-        contact, devices = self._fetch_contact(account_id, handle)
-        if pinned is None:  # first contact: trust on first use
-            with self.store.transaction():
-                self.store.save_contact(replace(contact, status="ok"))
-            return contact, devices
-        # The handle's identity changed.
-        if on_key_change == "accept":
-            self._accept_identity(contact, pinned)
-            return self.store.get_contact(contact.account_id), devices
-        with self.store.transaction():
-            self.store.save_contact(replace(contact, status="changed", verified=False))
-        raise errors.IdentityChangedError(
-            f"the safety number with {handle} changed: their account key is not the one you had",
-            hint=f"compare it with: imsg verify {handle}; then release held messages with: imsg trust {handle}",
-            handle=handle,
-        )
+        return self._trust.resolve(handle, on_key_change)
 
     def _accept_identity(self, contact: Contact, previous: Contact | None) -> None:
-        """Make `contact` the pinned identity for its handle (unverified)."""
-        with self.store.transaction():
-            if previous is not None and previous.account_id != contact.account_id:
-                self.store.save_contact(replace(previous, status="replaced"))
-                self.store.reassign_messages(previous.account_id, contact.account_id)
-            self.store.save_contact(replace(contact, status="ok", verified=False))
-
-    def _own_contact(self, account: LocalAccount) -> Contact:
-        return Contact(
-            account.account_id,
-            account.handle,
-            account.account_public,
-            account.device_list,
-            verified=True,
-            first_seen=account.created_at,
-        )
+        self._trust.accept_identity(contact, previous)
 
     def _own_devices(self, account: LocalAccount) -> DeviceList:
-        return verify_device_list(account.device_list, account.account_public)
+        return own_devices(account)
 
     def _refresh_own_devices(self) -> DeviceList:
-        """Fetch our account's signed device list; accept it only if our account key signed
-        it and it is not older than the one we hold (the relay cannot add or roll back)."""
-        account = self._account()
-        remote = self.relay().get_account(account.account_id)
-        current = self._own_devices(account)
-        devices = _accept_device_list(remote.device_list, account.account_public, current, "our own")
-        if devices.serial > current.serial:
-            with self.store.transaction():
-                self.store.save_account(replace(account, device_list=remote.device_list))
-        return devices
+        return self._trust.refresh_own_devices()
 
     # --- sending ---
 
@@ -555,121 +469,14 @@ class Client(BackupMixin, ProfileMixin):
     def _encrypt_for(
         self, account: LocalAccount, account_id: str, targets, package: bytes, content_ct: bytes
     ) -> list[tuple[int, bytes]]:
-        """Encrypt the key package to each target device, committing each advanced ratchet
-        before the envelope can leave (a crash must never reuse a message key)."""
-        device = self._device(account)
-        me = Address(account.account_id, account.device_id)
-        missing = [d for d in targets if self.store.load_session(Address(account_id, d.device_id)) is None]
-        bundles = {}
-        if missing:
-            for raw in self.relay().fetch_bundles(account_id):
-                b = _parse_bundle(raw)
-                if b is not None:
-                    bundles[b.device_id] = b
-        out = []
-        with self.store.transaction():
-            for d in targets:
-                address = Address(account_id, d.device_id)
-                stored = self.store.load_session(address)
-                record = sess.SessionRecord.decode(stored) if stored else sess.SessionRecord()
-                if record.current is None or record.current.remote_identity_key != d.identity_key:
-                    bundle = bundles.get(d.device_id)
-                    if bundle is None:
-                        bundle = _parse_bundle(self.relay().fetch_bundles(account_id, d.device_id)[0])
-                    if bundle is None:
-                        raise errors.RelayRefusedError(f"no prekeys for device {d.device_id}", relay_code="no_prekeys")
-                    try:
-                        record.promote(
-                            sess.initiate(device, me, address, d.identity_key, d.signing_key, bundle, self._rng)
-                        )
-                    except ProtocolUntrusted as exc:
-                        raise errors.UntrustedIdentityError(str(exc)) from None
-                    except ProtocolError as exc:
-                        raise errors.SecurityError(f"session set-up failed: {exc}") from None
-                session_message = record.current.encrypt(package, self._rng)
-                self.store.save_session(address, record.encode())
-                envelope = env.Envelope(env.KIND_IDENTIFIED, me, session_message, content_ct)
-                out.append((d.device_id, envelope.encode()))
-        return out
+        return self._delivery.encrypt_for(account, account_id, targets, package, content_ct)
 
     def _deliver(self, batch: OutgoingBatch, package: bytes | None = None, content_ct: bytes | None = None) -> int:
-        """Send a batch; on a device mismatch refetch the signed list, keep the envelopes of
-        devices still present, encrypt for new ones, and retry once. Returns the number of
-        devices the relay accepted envelopes for."""
-        try:
-            self._send_batch(batch)
-        except errors.RelayRefusedError as exc:
-            if exc.relay_code != "device_mismatch":
-                raise
-            account = self._account()
-            own = batch.account_id == account.account_id
-            contact = None
-            if own:
-                devices = self._refresh_own_devices()
-            else:
-                contact = self.store.get_contact(batch.account_id)
-                contact, devices = self._fetch_contact(batch.account_id, contact.handle if contact else "")
-            # The relay wants envelopes for a device the account key never signed: it (or
-            # someone who controls it) added a device of its own. Never encrypt to it.
-            unsigned = sorted(int(d) for d in exc.details.get("missing") or [] if devices.device(int(d)) is None)
-            if unsigned:
-                raise errors.UntrustedIdentityError(
-                    f"the relay lists device(s) {unsigned} that the account's signed device list does not hold"
-                ) from None
-            sent_to = {d for d, _ in batch.envelopes}
-            keep = {d: e for d, e in batch.envelopes if devices.device(d) is not None}
-            new = [
-                d
-                for d in devices.devices
-                if d.device_id not in keep
-                and not (batch.account_id == account.account_id and d.device_id == account.device_id)
-            ]
-            if package is None:  # a queued batch: its content key is gone, new devices miss it
-                new = []
-            envelopes = sorted(
-                list(keep.items()) + self._encrypt_for(account, batch.account_id, new, package, content_ct)
-            )
-            batch = OutgoingBatch(batch.message_id, batch.account_id, tuple(envelopes), batch.created_at)
-            with self.store.transaction():
-                if contact is not None:
-                    self.store.save_contact(contact)
-                for gone in sent_to - {d.device_id for d in devices.devices}:  # removed devices
-                    self.store.delete_session(Address(batch.account_id, gone))
-                self.store.add_outgoing(batch)
-            self._send_batch(batch)
-        with self.store.transaction():
-            self.store.remove_outgoing(batch.message_id, batch.account_id)
-        return len(batch.envelopes)
-
-    def _send_batch(self, batch: OutgoingBatch) -> None:
-        """Sealed when the recipient lets us (imsg/client/sealed.py), else identified."""
-        if not self.sealed().deliver(batch):
-            self.relay().send(batch.account_id, batch.message_id, list(batch.envelopes))
+        return self._delivery.deliver(batch, package, content_ct)
 
     def flush_outbox(self) -> int:
         """Re-send envelopes a previous run encrypted but could not hand to the relay."""
-        sent = 0
-        for batch in self.store.outgoing():
-            try:
-                self._deliver(batch)
-            except errors.SealedOnlyError as exc:  # kept queued until it can go sealed
-                self.problems.append(Problem(batch.message_id, "sealed_only_waiting", str(exc)))
-                continue
-            except errors.RelayRefusedError as exc:
-                if exc.status == 429 or exc.status == 0:
-                    raise  # retry later, in order
-                # Refused for good (unknown account, too large...): drop it, say so.
-                with self.store.transaction():
-                    self.store.remove_outgoing(batch.message_id, batch.account_id)
-                self.problems.append(Problem(batch.message_id, "undeliverable", str(exc)))
-                continue
-            except errors.SecurityError as exc:  # e.g. the relay added an unsigned device
-                with self.store.transaction():
-                    self.store.remove_outgoing(batch.message_id, batch.account_id)
-                self.problems.append(Problem(batch.message_id, "rejected", str(exc)))
-                continue
-            sent += 1
-        return sent
+        return self._delivery.flush_outbox()
 
     # --- receiving ---
 
@@ -1337,69 +1144,18 @@ class Client(BackupMixin, ProfileMixin):
     # --- contacts, verification and trust ---
 
     def contacts(self) -> list[ContactInfo]:
-        account = self._account()
-        out = []
-        changed = {c.handle for c in self.store.contacts() if c.status == "changed"}
-        for c in self.store.contacts():
-            # One row per handle: a changed identity stands in for the one it may replace.
-            if c.status == "replaced" or (c.status == "ok" and c.handle in changed):
-                continue
-            devices = verify_device_list(c.device_list, c.account_key)
-            state = "changed" if c.status == "changed" else ("verified" if c.verified else "unverified")
-            out.append(
-                ContactInfo(
-                    c.handle,
-                    c.account_id,
-                    state,
-                    c.verified,
-                    len(devices.devices),
-                    fingerprint(c.account_key),
-                    len(self.store.held_messages(c.handle)),
-                    c.in_contacts,
-                    c.nickname,
-                    self._profile_name(c),
-                    bool(c.shared_profile_key) and c.shared_profile_key == account.profile_key,
-                    self._handle_verified(c.handle),
-                )
-            )
-        return out
+        return self._trust.contacts()
 
     def verify(self, handle: str, *, mark: bool = False) -> Verification:
         """The safety number with a contact; `mark=True` records that it was compared.
         For a contact whose key changed, it is the number of the new key."""
-        handle = canonical_handle(handle)
-        account = self._account()
-        contact = self._newest_identity(handle)
-        number = safety_number(account.account_public, contact.account_key)
-        if mark:
-            with self.store.transaction():
-                if contact.status == "changed":
-                    previous = self.store.contact_by_handle(handle)
-                    self._accept_identity(contact, previous)
-                self.store.save_contact(replace(self.store.get_contact(contact.account_id), verified=True, status="ok"))
-        return Verification(
-            handle,
-            number,
-            mark or (contact.verified and contact.status == "ok"),
-            contact.status == "changed" and not mark,
-        )
-
-    def _newest_identity(self, handle: str) -> Contact:
-        rows = [c for c in self.store.contacts() if c.handle == handle and c.status != "replaced"]
-        if not rows:
-            raise errors.UnknownContactError(
-                f"no contact {handle}", hint=f"send them a message first: imsg send {handle} ..."
-            )
-        changed = [c for c in rows if c.status == "changed"]
-        return changed[0] if changed else rows[0]
+        return self._trust.verify(handle, mark=mark)
 
     def trust(self, handle: str) -> list[SentMessage]:
         """Accept a contact's new identity (unverified) and send the messages held for it."""
         handle = canonical_handle(handle)
         account = self._account()
-        contact = self._newest_identity(handle)
-        if contact.status == "changed":
-            self._accept_identity(contact, self.store.contact_by_handle(handle))
+        self._trust.accept_new_identity(handle)
         sent = []
         for held in self.store.held_messages(handle):
             contact, devices = self._resolve(handle)
@@ -1477,27 +1233,6 @@ def _kem_json(k: KemPreKey) -> dict:
     return {"key_id": k.key_id, "public_key": b64e(encode_key(KEY_MLKEM768, k.public)), "signature": b64e(k.signature)}
 
 
-def _parse_bundle(raw: dict) -> PreKeyBundle | None:
-    """Parse one device's bundle from the relay. Malformed keys raise a security error:
-    the relay is not trusted to serve well-formed keys."""
-    try:
-        spk, kpk, otk = raw["signed_prekey"], raw["kem_prekey"], raw.get("one_time")
-        return PreKeyBundle(
-            device_id=int(raw["device_id"]),
-            signed_prekey_id=int(spk["key_id"]),
-            signed_prekey=decode_key(KEY_X25519, b64d(spk["public_key"])),
-            signed_prekey_signature=b64d(spk["signature"]),
-            kem_prekey_id=int(kpk["key_id"]),
-            kem_prekey=decode_key(KEY_MLKEM768, b64d(kpk["public_key"])),
-            kem_prekey_signature=b64d(kpk["signature"]),
-            kem_last_resort=bool(kpk.get("last_resort", False)),
-            one_time_prekey_id=int(otk["key_id"]) if otk else None,
-            one_time_prekey=decode_key(KEY_X25519, b64d(otk["public_key"])) if otk else None,
-        )
-    except (KeyError, TypeError, ValueError, DecodeError, errors.RelayRefusedError):
-        raise errors.UntrustedIdentityError("relay served a malformed prekey bundle") from None
-
-
 def _message_from_link(doc, account: LocalAccount, now: int) -> StoredMessage | None:
     """A history row sent by our own device at link time; malformed rows are skipped."""
     try:
@@ -1541,15 +1276,3 @@ def _stored_attachments(message_id: str, pointers) -> list:
         StoredAttachment(message_id, i, p.blob_id, p.key, p.digest, p.size, p.name, p.content_type)
         for i, p in enumerate(pointers)
     ]
-
-
-def _accept_device_list(blob: bytes, account_key: bytes, seen: DeviceList | None, whose: str) -> DeviceList:
-    """A relay-served device list, only if `account_key` signed it and it is not older than
-    one already seen (the relay can neither add a device nor roll a removal back)."""
-    try:
-        devices = verify_device_list(blob, account_key)
-    except (ProtocolUntrusted, DecodeError) as exc:
-        raise errors.UntrustedIdentityError(f"{whose} device list from the relay is rejected: {exc}") from None
-    if seen is not None and devices.serial < seen.serial:
-        raise errors.UntrustedIdentityError(f"relay served an older device list of {whose} account than one seen")
-    return devices

@@ -23,7 +23,8 @@ import pytest
 from device_helpers import link_device
 
 from imsg import errors
-from imsg.client.core import Client, _parse_bundle
+from imsg.client.core import Client
+from imsg.client.delivery import Delivery, parse_bundle
 from imsg.protocol import consts
 from imsg.protocol import envelope as env
 from imsg.protocol import provisioning as prov
@@ -464,7 +465,7 @@ def test_sync_message_from_a_relay_injected_own_device_is_rejected(make_client, 
     rogue = DeviceKeys.generate(2, os.urandom)
     mine = decode_device_list(me.device_list)[0].device(1)
     with RelayClient(relay.url, token) as rc:
-        bundle = _parse_bundle(rc.fetch_bundles(me.account_id, 1)[0])
+        bundle = parse_bundle(rc.fetch_bundles(me.account_id, 1)[0])
         session = sess.initiate(
             rogue,
             sess.Address(me.account_id, 2),
@@ -510,13 +511,13 @@ def test_relay_injected_own_device_never_gets_sync_copies(make_client, relay, se
     alice2, _ = link(make_client, relay, alice, "alice2")
     me = alice.whoami().account_id
     encrypted: list[tuple[str, list[int]]] = []
-    real = Client._encrypt_for
+    real = Delivery.encrypt_for
 
     def spy(self, account, account_id, targets, package, content_ct):
         encrypted.append((account_id, [d.device_id for d in targets]))
         return real(self, account, account_id, targets, package, content_ct)
 
-    monkeypatch.setattr(Client, "_encrypt_for", spy)
+    monkeypatch.setattr(Delivery, "encrypt_for", spy)
     token = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
     with relay.db() as db:
         db.execute("INSERT INTO devices VALUES (?, ?, ?, ?)", (me, 3, _token_hash(token), 0))
@@ -608,13 +609,13 @@ def test_removed_device_receives_nothing_and_contacts_refetch(make_client, relay
 
 
 def _encrypt_spy(monkeypatch, log: list):
-    real = Client._encrypt_for
+    real = Delivery.encrypt_for
 
     def spy(self, account, account_id, targets, package, content_ct):
         log.append((account_id, [d.device_id for d in targets]))
         return real(self, account, account_id, targets, package, content_ct)
 
-    monkeypatch.setattr(Client, "_encrypt_for", spy)
+    monkeypatch.setattr(Delivery, "encrypt_for", spy)
 
 
 @pytest.mark.parametrize("when", ["between_encrypt_and_send", "stale_cache"])
