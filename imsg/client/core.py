@@ -22,13 +22,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from imsg import errors
+from imsg.client import profiles
 from imsg.client.attachments import Attachments
 from imsg.client.backup import BackupMixin
 from imsg.client.context import Context
 from imsg.client.delivery import Delivery
 from imsg.client.discovery import Discovery
 from imsg.client.prekeys import Prekeys
-from imsg.client.profiles import ProfileMixin
+from imsg.client.profiles import Profiles
 from imsg.client.reachable import Reachable
 from imsg.client.results import (
     AttachmentInfo,
@@ -37,8 +38,10 @@ from imsg.client.results import (
     Draft,
     LookupResult,
     Message,
+    OwnProfile,
     Pairing,
     Problem,
+    SavedPhoto,
     SentMessage,
     Verification,
     WhoAmI,
@@ -108,7 +111,7 @@ def default_home() -> Path:
     return Path(user_data_dir("imsg", appauthor=False))
 
 
-class Client(BackupMixin, ProfileMixin):
+class Client(BackupMixin):
     def __init__(
         self,
         store: Store,
@@ -136,6 +139,7 @@ class Client(BackupMixin, ProfileMixin):
         self._attachments = Attachments(ctx)
         self._trust = Trust(ctx, self._discovery, self._reachable)
         self._delivery = Delivery(ctx, self._trust, self._sealed)
+        self._profiles = Profiles(ctx, self._trust, self._delivery, self._sealed)
         self._from_checked: dict[tuple[str, str], bool] = {}  # (account, handle) -> holds it
         # Set when the key came from the unlock agent: `watch` stops once `imsg lock` ran.
         self.still_unlocked: Callable[[], bool] | None = None
@@ -392,7 +396,7 @@ class Client(BackupMixin, ProfileMixin):
         now = self._now()
         to = contact.handle
         sender_handle = sender_handle or self._sending_handle(account, None)
-        profile, contact = self._profile_for(account, contact, share_profile)
+        profile, contact = self._profiles.share_for(account, contact, share_profile)
         content = Content(message_id, now, KIND_TEXT, sender_handle, to, text, attachments=pointers, profile=profile)
         try:
             package, content_ct = env.seal_content(content.encode(), self._rng)
@@ -502,7 +506,7 @@ class Client(BackupMixin, ProfileMixin):
                 break
         if used_prekeys or self._prekeys.signed_prekey_due():
             self.maintain_prekeys()
-        self._refresh_profiles()  # contacts who announced a new name or photo
+        self._profiles.refresh_all()  # contacts who announced a new name or photo
         self._backup_quietly()
         return self.take_unshown()
 
@@ -582,7 +586,7 @@ class Client(BackupMixin, ProfileMixin):
                         from_handle = contact.handle
                     else:
                         from_handle = self._claimed_from(contact, content.sender_handle, e.message_id)
-                    contact = self._received_profile(contact, content)
+                    contact = profiles.received_profile(contact, content)
                     self.store.save_contact(contact)
                     message = StoredMessage(
                         content.message_id,
@@ -640,7 +644,7 @@ class Client(BackupMixin, ProfileMixin):
         a change of our profile key or policy."""
         now = self._now()
         if content.kind == KIND_PROFILE:
-            self._own_profile_update(account, content)
+            self._profiles.own_update(account, content)
             return None
         if content.kind != KIND_SYNC:  # a note to self, written on another of our devices
             return StoredMessage(
@@ -919,12 +923,12 @@ class Client(BackupMixin, ProfileMixin):
                         "verified": c.verified,
                         "status": c.status,
                         "profile_key": prov.b64(c.profile_key),
-                        **self._profile_link_fields(c),
+                        **profiles.link_fields(c),
                     }
                     for c in self.store.contacts()
                     if c.status != "replaced"
                 ],
-                **self._profile_link_settings(),
+                **self._profiles.link_settings(),
                 "history": self._history_for_link(history),
             }
             relay.put_box(
@@ -1095,7 +1099,7 @@ class Client(BackupMixin, ProfileMixin):
             handle = canonical_handle(prov.field(welcome, "handle", str))
             contacts = [self._contact_from_link(c) for c in prov.field(welcome, "contacts", list)]
             profile_key = _optional_key(welcome, "profile_key")
-            profile_settings = self._profile_settings_from_link(welcome)
+            profile_settings = profiles.settings_from_link(welcome)
             history = prov.field(welcome, "history", list)
         except (ProtocolError, errors.UsageError) as exc:
             raise errors.SecurityError(f"pairing failed: {exc}") from None
@@ -1139,7 +1143,7 @@ class Client(BackupMixin, ProfileMixin):
             status,
             _optional_key(doc, "profile_key"),
         )
-        return Client._profile_fields_from_link(contact, doc)
+        return profiles.fields_from_link(contact, doc)
 
     # --- contacts, verification and trust ---
 
@@ -1220,6 +1224,61 @@ class Client(BackupMixin, ProfileMixin):
 
     def _handle_verified(self, handle: str) -> bool:
         return self._discovery.handle_verified(handle)
+
+    # --- profiles: our name and photo, who gets them, and the address book ---
+
+    def share_policy(self) -> str:
+        return self._profiles.policy()
+
+    def profile_revision(self) -> int:
+        return self._profiles.revision()
+
+    def set_share_policy(self, policy: str) -> str:
+        """Set who gets our name and photo (contacts, ask, off). `off` also rotates the
+        profile key, so people who had the old key stop seeing updates."""
+        return self._profiles.set_policy(policy)
+
+    def share_pending(self, handle: str) -> bool:
+        """True if a message to `handle` now would need an answer first: the policy is
+        `ask` and we never answered for them (the CLI asks, a script passes share_profile)."""
+        return self._profiles.pending(handle)
+
+    def rotate_profile_key(self) -> bytes:
+        """A new profile key (and revision): the relay's copy is re-encrypted under it, and
+        our other devices are told."""
+        return self._profiles.rotate_key()
+
+    def profile_set(
+        self, name: str | None = None, photo: str | os.PathLike | None = None, *, remove_photo: bool = False
+    ) -> OwnProfile:
+        """Change our name and/or photo: encrypted under our profile key, stored at the relay
+        (replacing the old copy), and told to our other devices. A photo must be a JPEG,
+        PNG, WebP or HEIC file of at most 512 KiB; it is never decoded."""
+        return self._profiles.change(name, photo, remove_photo=remove_photo)
+
+    def profile_show(self) -> OwnProfile:
+        return self._profiles.show()
+
+    def contact_photo(self, handle: str, out: str | os.PathLike) -> SavedPhoto:
+        """Write the photo `handle` shares with us to `out` (0600, never over an existing
+        file), refetching it first if they announced a newer one."""
+        return self._profiles.contact_photo(handle, out)
+
+    def contacts_add(self, handle: str, nickname: str = "") -> Contact:
+        """Put someone in our contacts (looked up and pinned, as a first message would), with
+        an optional nickname of our own; the `contacts` policy shares with them."""
+        return self._profiles.contacts_add(handle, nickname)
+
+    def contacts_remove(self, handle: str) -> Contact:
+        """Take someone out of our contacts: the `contacts` policy stops sharing with them."""
+        return self._profiles.contacts_remove(handle)
+
+    # Transitional, for the backup mixin; and a seam the tests use.
+    def _announce_profile(self, account: LocalAccount) -> None:
+        self._profiles.announce(account)
+
+    def _own_profile_update(self, account: LocalAccount, content: Content) -> None:
+        self._profiles.own_update(account, content)
 
     # --- privacy ---
 

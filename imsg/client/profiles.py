@@ -1,7 +1,6 @@
-"""Name and photo sharing, and the address book, as `Client` methods (a mixin: the
-`Client` class inherits them, so scripts call `client.contacts_add(...)` as any other).
+"""Name and photo sharing, and the address book.
 
-Who gets our profile key (`_profile_for`), with the policy in the setting `profile.share`:
+Who gets our profile key (`Profiles.share_for`), with the policy in the setting `profile.share`:
 
 - `contacts` (the default): the people in our address book (`contacts add`), unless we
   answered "no" for them; anyone we answered "yes" for.
@@ -21,12 +20,16 @@ from __future__ import annotations
 
 import base64
 import os
-import secrets
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from imsg import errors
+from imsg.client.context import Context
+from imsg.client.delivery import Delivery
 from imsg.client.results import OwnProfile, Problem, SavedPhoto
+from imsg.client.sealed import SealedSender
+from imsg.client.trust import Trust, own_devices
 from imsg.handles import canonical_handle
 from imsg.protocol import envelope as env
 from imsg.protocol import profile as pf
@@ -42,45 +45,53 @@ SHARE_ANSWERS = ("yes", "no")
 MAX_NICKNAME_LEN = 64
 
 
-class ProfileMixin:
-    """Profile sharing and the address book; mixed into `imsg.client.core.Client`."""
+class Profiles:
+    def __init__(self, ctx: Context, trust: Trust, delivery: Delivery, sealed: SealedSender):
+        self.ctx = ctx
+        self.store = ctx.store
+        self.trust = trust
+        self.delivery = delivery
+        self.sealed = sealed
+        # A revision the relay did not have yet is asked for again by the next process, not
+        # on every receive of a long `watch`: (account id, profile key, revision).
+        self._misses: set[tuple[str, bytes, int]] = set()
 
     # --- policy ---
 
-    def share_policy(self) -> str:
+    def policy(self) -> str:
         value = self.store.get_setting(SETTING_SHARE)
         return value if value in SHARE_POLICIES else DEFAULT_SHARE
 
-    def profile_revision(self) -> int:
+    def revision(self) -> int:
         try:
             return int(self.store.get_setting(SETTING_REVISION) or 0)
         except ValueError:
             return 0
 
-    def set_share_policy(self, policy: str) -> str:
+    def set_policy(self, policy: str) -> str:
         """Set who gets our name and photo. `off` also rotates the profile key (and
         re-encrypts the relay's copy under the new one), so people who had the old key stop
         seeing updates; what they already saved stays on their devices."""
         if policy not in SHARE_POLICIES:
             raise errors.UsageError(f"unknown share policy {policy!r}", hint="use contacts, ask or off")
-        self._account()
+        self.ctx.account()
         if policy == "off":
             with self.store.transaction():
                 self.store.set_setting(SETTING_SHARE, policy)
-            self.rotate_profile_key()
+            self.rotate_key()
             return policy
         with self.store.transaction():  # a new revision, so our other devices take the change
             self.store.set_setting(SETTING_SHARE, policy)
             self._bump_revision()
         self._publish_quietly()
-        self._announce_profile(self._account())
+        self.announce(self.ctx.account())
         return policy
 
-    def share_pending(self, handle: str) -> bool:
+    def pending(self, handle: str) -> bool:
         """True if a message to `handle` now would need an answer first: the policy is
         `ask` and we never answered for them (the CLI asks, a script passes share_profile)."""
-        account = self._account()
-        if self.share_policy() != "ask" or not account.profile_key:
+        account = self.ctx.account()
+        if self.policy() != "ask" or not account.profile_key:
             return False
         handle = canonical_handle(handle)
         if handle == account.handle:
@@ -88,7 +99,7 @@ class ProfileMixin:
         contact = self.store.contact_by_handle(handle)
         return contact is None or contact.share_profile not in SHARE_ANSWERS
 
-    def _profile_for(
+    def share_for(
         self, account: LocalAccount, contact: Contact, share_profile: str | None
     ) -> tuple[ProfileShare | None, Contact]:
         """What to give `contact` with a message now: our key and revision, or None; and the
@@ -99,34 +110,21 @@ class ProfileMixin:
             contact = replace(contact, share_profile=share_profile)
         if contact.account_id == account.account_id or not account.profile_key:
             return None, contact
-        policy = self.share_policy()
+        policy = self.policy()
         if policy == "off" or contact.share_profile == "no":
             return None, contact
         if contact.share_profile == "yes" or (policy == "contacts" and contact.in_contacts):
             self._publish_quietly()
-            return ProfileShare(account.profile_key, self.profile_revision()), contact
+            return ProfileShare(account.profile_key, self.revision()), contact
         return None, contact
 
     # --- receiving ---
 
-    @staticmethod
-    def _received_profile(contact: Contact, content: Content) -> Contact:
-        """A contact's message carried their profile key: keep it (a new key replaces the
-        old one; the same key with a higher revision means their profile changed)."""
-        p = content.profile
-        if p is None:
-            return contact
-        if p.key != contact.profile_key:
-            return replace(contact, profile_key=p.key, profile_revision=p.revision)
-        if p.revision > contact.profile_revision:
-            return replace(contact, profile_revision=p.revision)
-        return contact
-
-    def _own_profile_update(self, account: LocalAccount, content: Content) -> None:
+    def own_update(self, account: LocalAccount, content: Content) -> None:
         """Another of our devices changed our profile key, revision or policy (a newer
         revision wins; a replayed or older one changes nothing)."""
         p = content.profile
-        if p is None or p.revision <= self.profile_revision():
+        if p is None or p.revision <= self.revision():
             return
         self.store.save_account(replace(account, profile_key=p.key))
         self.store.set_setting(SETTING_REVISION, str(p.revision))
@@ -134,57 +132,57 @@ class ProfileMixin:
 
     # --- our own key ---
 
-    def rotate_profile_key(self) -> bytes:
+    def rotate_key(self) -> bytes:
         """A new profile key (and revision): the relay's copy is re-encrypted under it (which
         replaces the old one, so the old key opens nothing there any more), and our other
         devices are told."""
         current = self._own_profile()  # before the key changes: it may come from the relay
         with self.store.transaction():
-            account = replace(self._account(), profile_key=self._rng(32))
+            account = replace(self.ctx.account(), profile_key=self.ctx.rng(32))
             self.store.save_account(account)
             self._bump_revision()
-        self._publish(current, required=False)
-        self._announce_profile(self._account())
+        self.publish(current, required=False)
+        self.announce(self.ctx.account())
         try:  # the relay's access check follows the key: the old key's holders get 401
-            self.publish_sealed_access()
+            self.sealed.publish_access()
         except errors.RelayUnavailableError:
             pass  # published before our next send (imsg/client/sealed.py, ensure_access_published)
         return account.profile_key
 
     def _bump_revision(self) -> int:
-        revision = self.profile_revision() + 1
+        revision = self.revision() + 1
         self.store.set_setting(SETTING_REVISION, str(revision))
         return revision
 
-    def _announce_profile(self, account: LocalAccount) -> None:
+    def announce(self, account: LocalAccount) -> None:
         """Send our key, revision and policy to our other devices (queued in the outbox if
         the relay is out of reach; the next send or receive delivers it)."""
-        others = [d for d in self._own_devices(account).devices if d.device_id != account.device_id]
+        others = [d for d in own_devices(account).devices if d.device_id != account.device_id]
         if not others:
             return
-        now = self._now()
-        message_id = secrets.token_hex(16) if self._rng is os.urandom else self._rng(16).hex()
+        now = self.ctx.now_ms()
+        message_id = self.ctx.message_id()
         content = Content(
             message_id,
             now,
             KIND_PROFILE,
             account.handle,
             account.handle,
-            profile=ProfileShare(account.profile_key, self.profile_revision(), self.share_policy()),
+            profile=ProfileShare(account.profile_key, self.revision(), self.policy()),
         )
-        package, content_ct = env.seal_content(content.encode(), self._rng)
-        envelopes = self._encrypt_for(account, account.account_id, others, package, content_ct)
+        package, content_ct = env.seal_content(content.encode(), self.ctx.rng)
+        envelopes = self.delivery.encrypt_for(account, account.account_id, others, package, content_ct)
         batch = OutgoingBatch(message_id, account.account_id, tuple(envelopes), now)
         with self.store.transaction():
             self.store.add_outgoing(batch)
         try:
-            self._deliver(batch, package, content_ct)
+            self.delivery.deliver(batch, package, content_ct)
         except errors.RelayUnavailableError:
             pass  # queued: flush_outbox sends it
 
     # --- our name and photo ---
 
-    def profile_set(
+    def change(
         self, name: str | None = None, photo: str | os.PathLike | None = None, *, remove_photo: bool = False
     ) -> OwnProfile:
         """Change our name and/or photo: encrypted under our profile key, stored at the relay
@@ -201,22 +199,22 @@ class ProfileMixin:
             raise errors.UsageError(f"cannot use that name: {exc}") from None
         new_photo = b"" if remove_photo else (current.photo if photo is None else _read_photo(Path(photo)))
         with self.store.transaction():
-            self.store.save_account(replace(self._account(), name=new_name))
+            self.store.save_account(replace(self.ctx.account(), name=new_name))
             self._bump_revision()
         try:
-            self._publish(pf.Profile(new_name, new_photo), required=True)
+            self.publish(pf.Profile(new_name, new_photo), required=True)
         except errors.RelayUnavailableError as exc:
             raise errors.RelayUnavailableError(
                 f"{exc}; your name and photo are saved here",
                 hint="they go to the relay (and your other devices) before your next shared message",
             ) from None
-        self._announce_profile(self._account())
-        return self.profile_show()
+        self.announce(self.ctx.account())
+        return self.show()
 
-    def profile_show(self) -> OwnProfile:
-        account = self._account()
+    def show(self) -> OwnProfile:
+        account = self.ctx.account()
         own = self._own_profile()
-        revision = self.profile_revision()
+        revision = self.revision()
         shared = tuple(
             sorted(
                 c.handle
@@ -229,7 +227,7 @@ class ProfileMixin:
             own.photo_type,
             len(own.photo),
             revision,
-            self.share_policy(),
+            self.policy(),
             self._published() == revision and revision > 0,
             shared,
         )
@@ -243,39 +241,39 @@ class ProfileMixin:
     def _own_profile(self) -> pf.Profile:
         """Our name and photo as of our current revision: from this home, or (after another
         of our devices changed them) from the relay, checked under our own key."""
-        account = self._account()
+        account = self.ctx.account()
         cached = self.store.cached_profile(account.account_id)
-        revision = self.profile_revision()
+        revision = self.revision()
         if (cached is None or cached.revision < revision) and revision > 0 and account.profile_key:
             try:
                 fetched = self._fetch_profile(account.account_id, account.profile_key, revision)
             except errors.RelayUnavailableError:
                 fetched = None
             except errors.SecurityError as exc:  # ours, tampered with: keep what this home holds
-                self.problems.append(_profile_problem(account.handle, str(exc)))
+                self.ctx.problems.append(_profile_problem(account.handle, str(exc)))
                 fetched = None
             if fetched is not None:
                 with self.store.transaction():
                     self.store.save_cached_profile(fetched)
-                    self.store.save_account(replace(self._account(), name=fetched.name))
+                    self.store.save_account(replace(self.ctx.account(), name=fetched.name))
                 return pf.Profile(fetched.name, fetched.photo)
         return pf.Profile(account.name, cached.photo if cached is not None else b"")
 
-    def _publish(self, profile: pf.Profile, *, required: bool) -> None:
+    def publish(self, profile: pf.Profile, *, required: bool) -> None:
         """Store `profile` at the relay under our current key and revision; remember it here
         first, so a relay out of reach loses nothing (the next share publishes it). Without
         `required`, an empty profile never published before is not published at all."""
-        account = self._account()
-        revision = self.profile_revision()
+        account = self.ctx.account()
+        revision = self.revision()
         with self.store.transaction():
             self.store.save_cached_profile(
-                CachedProfile(account.account_id, revision, profile.name, profile.photo, self._now())
+                CachedProfile(account.account_id, revision, profile.name, profile.photo, self.ctx.now_ms())
             )
         if not required and not profile.name and not profile.photo and not self._published():
             return
-        blob = pf.seal(account.profile_key, account.account_id, revision, profile, self._rng)
+        blob = pf.seal(account.profile_key, account.account_id, revision, profile, self.ctx.rng)
         try:
-            self.relay().put_profile(pf.key_id(account.profile_key, account.account_id).hex(), blob)
+            self.ctx.relay().put_profile(pf.key_id(account.profile_key, account.account_id).hex(), blob)
         except errors.RelayRefusedError as exc:
             if exc.relay_code == "stale_revision":
                 raise errors.LocalStateError(
@@ -289,7 +287,7 @@ class ProfileMixin:
     def _publish_quietly(self) -> None:
         """Publish the current revision if the relay lacks it (before sharing it, after a
         policy change); a relay out of reach is retried on the next share."""
-        revision = self.profile_revision()
+        revision = self.revision()
         if revision and self._published() == revision:
             return
         own = self._own_profile()
@@ -299,8 +297,8 @@ class ProfileMixin:
             with self.store.transaction():
                 self._bump_revision()
         try:
-            self._publish(own, required=False)
-            self._announce_profile(self._account())  # the revision our other devices missed
+            self.publish(own, required=False)
+            self.announce(self.ctx.account())  # the revision our other devices missed
         except (errors.RelayUnavailableError, errors.RelayRefusedError, errors.LocalStateError):
             pass
 
@@ -310,7 +308,7 @@ class ProfileMixin:
         """Fetch and open an account's profile; None if the relay has none under this key,
         or only an older revision than `min_revision` (not yet uploaded: retried later). A
         blob that fails any check is a security failure."""
-        blob = self.relay().get_profile(account_id, pf.key_id(profile_key, account_id).hex(), max_bytes=pf.MAX_BLOB)
+        blob = self.ctx.relay().get_profile(account_id, pf.key_id(profile_key, account_id).hex(), max_bytes=pf.MAX_BLOB)
         if blob is None:
             return None
         try:
@@ -319,7 +317,7 @@ class ProfileMixin:
             raise errors.SecurityError(f"the relay served a profile that fails its checks: {exc}") from None
         if revision < min_revision:  # authentic but older than announced: not taken
             return None
-        return CachedProfile(account_id, revision, profile.name, profile.photo, self._now())
+        return CachedProfile(account_id, revision, profile.name, profile.photo, self.ctx.now_ms())
 
     def _refresh_profile(self, contact: Contact) -> CachedProfile | None:
         """The contact's profile, refetched if they announced a newer revision than the copy
@@ -331,9 +329,7 @@ class ProfileMixin:
             or (cached is not None and cached.revision >= contact.profile_revision)
         ):
             return cached
-        # A revision the relay did not have yet is asked for again by the next process, not
-        # on every receive of a long `watch`.
-        misses = self.__dict__.setdefault("_profile_misses", set())
+        misses = self._misses
         wanted = (contact.account_id, contact.profile_key, contact.profile_revision)
         if wanted in misses:
             return cached
@@ -345,7 +341,7 @@ class ProfileMixin:
             self.store.save_cached_profile(fetched)
         return fetched
 
-    def _refresh_profiles(self) -> None:
+    def refresh_all(self) -> None:
         """After receiving: fetch the profiles whose owners announced a new revision. A
         tampered one is reported (as a rejected message is); a relay out of reach, retried."""
         for contact in self.store.contacts():
@@ -354,21 +350,16 @@ class ProfileMixin:
             try:
                 self._refresh_profile(contact)
             except errors.SecurityError as exc:
-                self.problems.append(_profile_problem(contact.handle, str(exc)))
+                self.ctx.problems.append(_profile_problem(contact.handle, str(exc)))
             except (errors.RelayUnavailableError, errors.RelayRefusedError):
                 return
-
-    def _profile_name(self, contact: Contact) -> str:
-        """The name `contact` shares with us, from their profile as last fetched."""
-        cached = self.store.cached_profile(contact.account_id)
-        return cached.name if cached is not None else ""
 
     def contact_photo(self, handle: str, out: str | os.PathLike) -> SavedPhoto:
         """Write the photo `handle` shares with us to `out` (0600, never over an existing
         file), refetching it first if they announced a newer one. Its bytes are written as
         they came, after the type check; nothing decodes them."""
         handle = canonical_handle(handle)
-        self._account()
+        self.ctx.account()
         contact = self.store.contact_by_handle(handle)
         if contact is None:
             raise errors.UnknownContactError(f"no contact {handle}")
@@ -389,49 +380,9 @@ class ProfileMixin:
             f.write(cached.photo)
         return SavedPhoto(path, pf.photo_type(cached.photo) or "", len(cached.photo))
 
-    # --- linking a device: the address book and sharing state go with the account ---
-
-    @staticmethod
-    def _profile_link_fields(contact: Contact) -> dict:
-        return {
-            "in_contacts": contact.in_contacts,
-            "nickname": contact.nickname,
-            "profile_revision": contact.profile_revision,
-            "share_profile": contact.share_profile,
-            "shared_profile_key": base64.b64encode(contact.shared_profile_key).decode(),
-        }
-
-    @staticmethod
-    def _profile_fields_from_link(contact: Contact, doc: dict) -> Contact:
-        """The fields above, from our own device's welcome (checked, never trusted blindly:
-        a malformed field is dropped, not fatal)."""
-        nickname = doc.get("nickname")
-        revision = doc.get("profile_revision")
-        try:
-            shared = base64.b64decode(doc.get("shared_profile_key") or "", validate=True)
-        except (ValueError, TypeError):
-            shared = b""
-        return replace(
-            contact,
-            in_contacts=doc.get("in_contacts") is True,
-            nickname=nickname if isinstance(nickname, str) and len(nickname) <= MAX_NICKNAME_LEN else "",
-            profile_revision=revision if type(revision) is int and 0 <= revision < 1 << 63 else 0,
-            share_profile=doc.get("share_profile") if doc.get("share_profile") in SHARE_ANSWERS else "",
-            shared_profile_key=shared if len(shared) == 32 else b"",
-        )
-
-    def _profile_link_settings(self) -> dict:
-        return {"profile_share": self.share_policy(), "profile_revision": self.profile_revision()}
-
-    @staticmethod
-    def _profile_settings_from_link(welcome: dict) -> dict[str, str]:
-        out = {}
-        if welcome.get("profile_share") in SHARE_POLICIES:
-            out[SETTING_SHARE] = welcome["profile_share"]
-        revision = welcome.get("profile_revision")
-        if type(revision) is int and 0 <= revision < 1 << 63:
-            out[SETTING_REVISION] = str(revision)
-        return out
+    def link_settings(self) -> dict[str, Any]:
+        """Our policy and revision, for a device being linked (see link_fields)."""
+        return {"profile_share": self.policy(), "profile_revision": self.revision()}
 
     # --- the address book ---
 
@@ -441,10 +392,10 @@ class ProfileMixin:
         handle = canonical_handle(handle)
         if len(nickname) > MAX_NICKNAME_LEN or any(ord(ch) < 32 for ch in nickname):
             raise errors.UsageError(f"a nickname is at most {MAX_NICKNAME_LEN} printable characters")
-        account = self._account()
+        account = self.ctx.account()
         if handle == account.handle:
             raise errors.UsageError("that is your own handle")
-        contact, _ = self._resolve(handle)
+        contact, _ = self.trust.resolve(handle)
         with self.store.transaction():
             contact = replace(
                 self.store.get_contact(contact.account_id) or contact,
@@ -458,7 +409,7 @@ class ProfileMixin:
         """Take someone out of our contacts: the `contacts` policy stops sharing with them
         (the key they already hold stays theirs: `imsg profile share off` rotates it)."""
         handle = canonical_handle(handle)
-        self._account()
+        self.ctx.account()
         contact = self.store.contact_by_handle(handle)
         if contact is None or not contact.in_contacts:
             raise errors.UnknownContactError(f"{handle} is not in your contacts")
@@ -466,6 +417,63 @@ class ProfileMixin:
             contact = replace(contact, in_contacts=False, nickname="")
             self.store.save_contact(contact)
         return contact
+
+
+def received_profile(contact: Contact, content: Content) -> Contact:
+    """A contact's message carried their profile key: keep it (a new key replaces the
+    old one; the same key with a higher revision means their profile changed)."""
+    p = content.profile
+    if p is None:
+        return contact
+    if p.key != contact.profile_key:
+        return replace(contact, profile_key=p.key, profile_revision=p.revision)
+    if p.revision > contact.profile_revision:
+        return replace(contact, profile_revision=p.revision)
+    return contact
+
+
+# --- linking a device: the address book and sharing state go with the account ---
+
+
+def link_fields(contact: Contact) -> dict[str, Any]:
+    return {
+        "in_contacts": contact.in_contacts,
+        "nickname": contact.nickname,
+        "profile_revision": contact.profile_revision,
+        "share_profile": contact.share_profile,
+        "shared_profile_key": base64.b64encode(contact.shared_profile_key).decode(),
+    }
+
+
+def fields_from_link(contact: Contact, doc: dict[str, Any]) -> Contact:
+    """The fields above, from our own device's welcome (checked, never trusted blindly:
+    a malformed field is dropped, not fatal)."""
+    nickname = doc.get("nickname")
+    revision = doc.get("profile_revision")
+    try:
+        shared = base64.b64decode(doc.get("shared_profile_key") or "", validate=True)
+    except (ValueError, TypeError):
+        shared = b""
+    share = doc.get("share_profile")
+    return replace(
+        contact,
+        in_contacts=doc.get("in_contacts") is True,
+        nickname=nickname if isinstance(nickname, str) and len(nickname) <= MAX_NICKNAME_LEN else "",
+        profile_revision=revision if type(revision) is int and 0 <= revision < 1 << 63 else 0,
+        share_profile=share if isinstance(share, str) and share in SHARE_ANSWERS else "",
+        shared_profile_key=shared if len(shared) == 32 else b"",
+    )
+
+
+def settings_from_link(welcome: dict[str, Any]) -> dict[str, str]:
+    """Our policy and revision from our own device's welcome (see Profiles.link_settings)."""
+    out = {}
+    if welcome.get("profile_share") in SHARE_POLICIES:
+        out[SETTING_SHARE] = str(welcome["profile_share"])
+    revision = welcome.get("profile_revision")
+    if type(revision) is int and 0 <= revision < 1 << 63:
+        out[SETTING_REVISION] = str(revision)
+    return out
 
 
 def _read_photo(path: Path) -> bytes:

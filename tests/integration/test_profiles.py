@@ -172,7 +172,7 @@ def test_stale_device_cannot_overwrite_a_newer_profile(make_client, relay):
     alice.profile_set("newer")
     with pytest.raises(errors.LocalStateError, match="another of your devices"):
         # alice2 has not received the change: its revision is older than the relay's
-        alice2._publish(pf.Profile("older"), required=True)
+        alice2._profiles.publish(pf.Profile("older"), required=True)
     ((_, _, _, body),) = relay_rows(relay)
     assert pf.open_(alice.store.load_account().profile_key, alice.whoami().account_id, body)[1].name == "newer"
 
