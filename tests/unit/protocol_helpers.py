@@ -1,10 +1,12 @@
 """A `SessionPair`: Alice and Bob on in-memory stores with a seeded RNG and an injected
 clock, joined by a fake link (as h11's ConnectionPair). Nothing here touches a network.
 
-The send and receive paths follow `imsg.client.core` (`_encrypt_for` and `_accept`): the
-sender promotes a fresh `session.initiate` into its record when it has no session, then
-`Session.encrypt`s and saves the record; the receiver runs `session.decrypt`, opens the
-content, and only then saves the record and removes the used prekeys, in one transaction.
+The receive path is the client's own: `imsg.protocol.receive` (sender device, content
+id and kind checks; decrypt, then session save and used-prekey removal in one transaction),
+which imsg/client/inbox.py runs too. The send path follows the client's
+`Delivery.encrypt_for` (imsg/client/delivery.py): the sender promotes a fresh
+`session.initiate` into its record when it has no session, then `Session.encrypt`s and
+saves the record.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from dataclasses import dataclass, field
 from imsg.crypto import dh
 from imsg.protocol import envelope as env
 from imsg.protocol import ratchet as rt
+from imsg.protocol import receive
 from imsg.protocol import session as sess
 from imsg.protocol.content import KIND_TEXT, Content
-from imsg.protocol.errors import UntrustedIdentityError
 from imsg.protocol.identity import AccountKey, DeviceKeys, DeviceList, verify_device_list
 from imsg.protocol.prekeys import KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey
 from imsg.store.memory import MemoryStore
@@ -172,35 +174,30 @@ class SessionPair:
         return message
 
     def deliver(self, to, message: bytes) -> sess.Decrypted:
-        """Decrypt a session message at `to` and commit, as `_accept` does."""
+        """Decrypt a session message at `to` and commit, as the client does
+        (`receive.accept`: session save and used-prekey removal in the same transaction)."""
         me = self.party(to)
         peer = self.peer(me)
-        with me.store.transaction():
-            result = self._decrypt(me, peer, message)
-            self._commit(me, peer, result)
+        _, result = receive.accept(me.store, message, then=lambda plaintext: None, **self._keys(me, peer.address))
         return result
 
     def _decrypt(self, me: Party, peer: Party, message: bytes) -> sess.Decrypted:
-        trusted = verify_device_list(peer.device_list, peer.account.public)
-        entry = trusted.device(peer.device.device_id)
-        return sess.decrypt(
-            self.record(me, peer),
-            message,
-            local=me.device,
-            local_address=me.address,
-            remote_address=peer.address,
-            remote_identity_key=entry.identity_key,
-            prekeys=me.store,
-            now=self.now,
-        )
+        """Decrypt only (nothing is written), as `receive.accept` does first."""
+        return receive.decrypt(me.store, message, **self._keys(me, peer.address))
 
-    @staticmethod
-    def _commit(me: Party, peer: Party, result: sess.Decrypted) -> None:
-        me.store.save_session(peer.address, result.record.encode())
-        if result.used_one_time_prekey is not None:
-            me.store.remove_one_time_prekey(result.used_one_time_prekey)
-        if result.used_kem_prekey is not None:
-            me.store.remove_kem_prekey(result.used_kem_prekey)
+    def _keys(self, me: Party, sender: sess.Address) -> dict:
+        """The keyword arguments of receive.decrypt/accept for a message `sender` sent to
+        `me`: the sender device's identity key from its account's signed device list."""
+        peer = self.peer(me)
+        trusted = verify_device_list(peer.device_list, peer.account.public)
+        entry = receive.sender_device(trusted, sender)
+        return {
+            "local": me.device,
+            "local_address": me.address,
+            "remote_address": sender,
+            "remote_identity_key": entry.identity_key,
+            "now": self.now,
+        }
 
     # --- envelopes (content layer included) ---
 
@@ -213,19 +210,23 @@ class SessionPair:
         return mid, env.Envelope(env.KIND_IDENTIFIED, me.address, session_message, ciphertext).encode()
 
     def receive_envelope(self, to, blob: bytes, message_id: str | None = None) -> Content:
-        """The receive path of `_accept`, minus the relay: everything is parsed only
-        through decoders of peer data, and nothing is saved unless all of it succeeds."""
+        """The client's receive rules (imsg.protocol.receive), minus the relay and the
+        message store: everything is parsed only through decoders of peer data, and nothing
+        is saved unless all of it succeeds. Without `message_id` (no relay envelope to
+        bind) the content-id check is left out."""
         me = self.party(to)
-        peer = self.peer(me)
         envelope = env.Envelope.decode(blob)
-        if envelope.sender != peer.address:
-            raise UntrustedIdentityError("sender device is not in its account's signed device list")
-        with me.store.transaction():
-            result = self._decrypt(me, peer, envelope.session_message)
-            content = Content.decode(env.open_content(result.plaintext, envelope.content_ciphertext))
-            if message_id is not None and content.message_id != message_id:
-                raise UntrustedIdentityError("content id does not match the envelope's message id")
-            self._commit(me, peer, result)
+        own = receive.from_own_account(envelope.sender, me.address)  # False: two accounts
+
+        def keep(plaintext: bytes) -> Content:
+            content = receive.open_content(plaintext, envelope.content_ciphertext)
+            if message_id is not None:
+                receive.check_content_id(content, message_id)
+            receive.check_kind(content, own=own)
+            return content
+
+        keys = self._keys(me, envelope.sender)
+        content, _ = receive.accept(me.store, envelope.session_message, then=keep, **keys)
         return content
 
     def handshake(self) -> None:
