@@ -28,11 +28,11 @@ class State:
     def home_path(self):
         from pathlib import Path
 
-        from imsg.client.core import default_home
+        from imsg.client import default_home
 
         return Path(self.home).expanduser() if self.home else default_home()
 
     def client(self, *, retention: bool = True):
-        from imsg.client.core import Client
+        from imsg.client import Client
 
         return Client.open(self.home, self.relay, allow_insecure=self.insecure, keys=self.keys(), retention=retention)

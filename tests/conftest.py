@@ -195,7 +195,7 @@ def make_client(tmp_path: Path, relay: ThreadRelay) -> Iterator[Callable[..., An
 
     The home is tmp_path/"homes"/name, so calling it again with the same name (after
     closing the first) reopens the same home: a client restart."""
-    from imsg.client.core import Client
+    from imsg.client import Client
 
     opened: list[Client] = []
 

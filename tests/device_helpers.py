@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from imsg.client.core import Client
+from imsg.client import Client
 
 
 def link_device(relay_url: str, existing: Client, home: Path, device_name: str = "", *, history: int = 0):

@@ -157,6 +157,14 @@ def pointer(record: Upload) -> AttachmentPointer:
     return AttachmentPointer(record.blob_id, record.key, record.digest, record.size, record.name, record.content_type)
 
 
+def stored_attachments(message_id: str, pointers: Iterable[AttachmentPointer]) -> list[StoredAttachment]:
+    """The attachment rows of a message (sent or received), in the order the content lists them."""
+    return [
+        StoredAttachment(message_id, i, p.blob_id, p.key, p.digest, p.size, p.name, p.content_type)
+        for i, p in enumerate(pointers)
+    ]
+
+
 def _hashed(chunks: Iterator[bytes], digest: _Hash) -> Iterator[bytes]:
     for chunk in chunks:
         digest.update(chunk)

@@ -1,4 +1,4 @@
-"""Encrypted backups at the relay, and restoring one as a new device (`Client` methods).
+"""Encrypted backups at the relay, and restoring one as a new device.
 
     code = client.backup_on()          # shown once; the relay never sees it
     client.backup_now()                # also automatic: see backup_if_due
@@ -26,7 +26,10 @@ import base64
 import json
 
 from imsg import errors
-from imsg.client.results import BackupResult, BackupStatus
+from imsg.client.context import Context
+from imsg.client.devices import Devices
+from imsg.client.profiles import Profiles
+from imsg.client.results import BackupResult, BackupStatus, WhoAmI
 from imsg.client.trust import accept_device_list
 from imsg.handles import canonical_handle
 from imsg.protocol import backup as bk
@@ -49,12 +52,16 @@ def _b64url(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-class BackupMixin:
-    """Mixed into `Client` (it provides store, relay(), _account(), _now, _rng...)."""
+class Backup:
+    def __init__(self, ctx: Context, devices: Devices, profiles: Profiles):
+        self.ctx = ctx
+        self.store = ctx.store
+        self.devices = devices
+        self.profiles = profiles
 
     # --- state ---
 
-    def _backup_state(self) -> dict | None:
+    def _state(self) -> dict | None:
         raw = self.store.get_setting(STATE_KEY)
         if not raw:
             return None
@@ -68,20 +75,20 @@ class BackupMixin:
                 hint="turn backups off and on again: imsg backup off; imsg backup on",
             ) from None
 
-    def _save_backup_state(self, state: dict | None) -> None:
+    def _save_state(self, state: dict | None) -> None:
         with self.store.transaction():
             self.store.set_setting(STATE_KEY, None if state is None else json.dumps(state, sort_keys=True))
 
     # --- making one ---
 
-    def _backup_contents(self, account: LocalAccount) -> bk.BackupContents:
+    def _contents(self, account: LocalAccount) -> bk.BackupContents:
         messages = []
         for chat in self.store.conversations():
             messages.extend(self.store.history(chat.peer_account_id, 1 << 40))
         attachments = [a for m in messages for a in self.store.attachments(m.message_id)]
         settings = {k: v for k, v in self.store.settings().items() if not k.startswith(DEVICE_LOCAL_PREFIXES)}
         return bk.BackupContents(
-            self._now(),
+            self.ctx.now_ms(),
             account.account_id,
             account.handle,
             account.name,
@@ -95,33 +102,33 @@ class BackupMixin:
             settings,
         )
 
-    def _upload_backup(self, account: LocalAccount, secret: bytes) -> BackupResult:
-        contents = self._backup_contents(account)
+    def _upload(self, account: LocalAccount, secret: bytes) -> BackupResult:
+        contents = self._contents(account)
         try:
-            sealed = bk.seal_backup(secret, bk.encode_document(contents), self._rng)
+            sealed = bk.seal_backup(secret, bk.encode_document(contents), self.ctx.rng)
         except ValueError as exc:
             raise errors.LocalStateError(
                 f"cannot back up: {exc}", hint="delete old messages (imsg delete) to make it smaller"
             ) from None
-        self.relay().put_backup(sealed, bk.access_hash(secret))
+        self.ctx.relay().put_backup(sealed, bk.access_hash(secret))
         return BackupResult(len(sealed), len(contents.messages), len(contents.contacts), contents.created_at)
 
-    def backup_on(self) -> str:
+    def on(self) -> str:
         """Make a recovery code, upload the first backup under it, and return the code (show
         it once: it is the only way to read the backup). Nothing changes if the upload fails."""
-        account = self._account()
+        account = self.ctx.account()
         if account.account_private is None:
             raise errors.LocalStateError(
                 "this device does not hold the account key, so its backup could not enrol a new device",
                 hint="turn backups on from your first device",
             )
-        if self._backup_state() is not None:
+        if self._state() is not None:
             raise errors.LocalStateError(
                 "backups are already on", hint="for a new recovery code: imsg backup off, then imsg backup on"
             )
-        secret = self._rng(bk.SECRET_LEN)
-        result = self._upload_backup(account, secret)
-        self._save_backup_state(
+        secret = self.ctx.rng(bk.SECRET_LEN)
+        result = self._upload(account, secret)
+        self._save_state(
             {
                 "secret": base64.b64encode(secret).decode("ascii"),
                 "last_at": result.at,
@@ -132,39 +139,39 @@ class BackupMixin:
         )
         return bk.recovery_code(secret)
 
-    def backup_now(self) -> BackupResult:
-        account = self._account()
-        state = self._backup_state()
+    def now(self) -> BackupResult:
+        account = self.ctx.account()
+        state = self._state()
         if state is None:
             raise errors.LocalStateError("backups are off", hint="turn them on with: imsg backup on")
-        now = self._now()
+        now = self.ctx.now_ms()
         try:
-            result = self._upload_backup(account, base64.b64decode(state["secret"]))
+            result = self._upload(account, base64.b64decode(state["secret"]))
         except errors.ImsgError as exc:
-            self._save_backup_state({**state, "last_error": str(exc), "last_attempt_at": now})
+            self._save_state({**state, "last_error": str(exc), "last_attempt_at": now})
             raise
-        self._save_backup_state(
+        self._save_state(
             {**state, "last_at": result.at, "size": result.size, "last_error": None, "last_attempt_at": now}
         )
         return result
 
-    def backup_if_due(self) -> BackupResult | None:
+    def if_due(self) -> BackupResult | None:
         """Back up if backups are on and the last one is over a day old (a failed attempt
         is retried after an hour). Cheap when nothing is due: one settings read."""
-        state = self._backup_state()
+        state = self._state()
         if state is None:
             return None
-        now = self._now()
+        now = self.ctx.now_ms()
         if now - int(state.get("last_at") or 0) < BACKUP_INTERVAL_MS:
             return None
         if state.get("last_error") and now - int(state.get("last_attempt_at") or 0) < RETRY_AFTER_MS:
             return None
-        return self.backup_now()
+        return self.now()
 
-    def backup_status(self, *, relay: bool = True) -> BackupStatus:
-        self._account()
-        state = self._backup_state()
-        remote = self.relay().backup_status() if relay else None
+    def status(self, *, relay: bool = True) -> BackupStatus:
+        self.ctx.account()
+        state = self._state()
+        remote = self.ctx.relay().backup_status() if relay else None
         on = state is not None
         last_at = state.get("last_at") if on else None
         return BackupStatus(
@@ -177,23 +184,21 @@ class BackupMixin:
             remote.get("updated_at") if remote else None,
         )
 
-    def backup_off(self) -> bool:
+    def off(self) -> bool:
         """Delete the relay's copy at once, then forget the recovery code here. Returns
         whether the relay held a backup. If the relay cannot be reached nothing changes."""
-        self._account()
-        deleted = self.relay().delete_backup()
-        self._save_backup_state(None)
+        self.ctx.account()
+        deleted = self.ctx.relay().delete_backup()
+        self._save_state(None)
         return deleted
 
     # --- restoring ---
 
-    def backup_restore(self, handle: str, code: str, name: str = ""):
+    def restore(self, handle: str, code: str, name: str = "") -> WhoAmI:
         """On a fresh home: fetch and decrypt the backup the recovery code opens, enrol this
         home as a NEW device of the account (fresh keys, signed into the device list with
         the account key from the backup), then store its history, contacts and settings.
         Nothing is written to the home unless all of that succeeded."""
-        from imsg.relay_client import RelayClient
-
         if self.store.load_account() is not None:
             raise errors.AccountExistsError()
         handle = canonical_handle(handle)
@@ -204,14 +209,7 @@ class BackupMixin:
                 f"not a valid recovery code: {exc}",
                 hint="type the 36 characters imsg backup on showed; dashes are optional",
             ) from None
-        if not self._relay_url:
-            raise errors.UsageError("no relay given", hint="pass --relay URL or set IMSG_RELAY")
-        with RelayClient(
-            self._relay_url,
-            _b64url(bk.access_token(secret)),
-            allow_insecure=self._allow_insecure,
-            transport=self._transport,
-        ) as relay:
+        with self.ctx.connect(_b64url(bk.access_token(secret))) as relay:
             try:
                 remote = relay.restore_account()
                 sealed = relay.restore_backup(MAX_DOWNLOAD)
@@ -247,8 +245,8 @@ class BackupMixin:
                 verify_device_list(contents.device_list, contents.account_public),
                 "our own",
             )
-            keys = DeviceKeys.generate(0, self._rng)  # its id comes from the list
-            device_id, device_list = self._list_with_device(
+            keys = DeviceKeys.generate(0, self.ctx.rng)  # its id comes from the list
+            device_id, device_list = self.devices.list_with_device(
                 contents.account_private,
                 current,
                 keys.identity.public,
@@ -256,8 +254,8 @@ class BackupMixin:
                 name or "restored device",
                 keys.sealed.public,
             )
-            raw_token = self._rng(32)
-            signed_at = self._now()
+            raw_token = self.ctx.rng(32)
+            signed_at = self.ctx.now_ms()
             statement = bk.restore_statement(contents.account_id, device_id, raw_token, device_list, signed_at)
             try:
                 relay.restore_device(
@@ -276,7 +274,7 @@ class BackupMixin:
                         hint="check this machine's clock; then try again",
                     ) from None
                 raise
-        now = self._now()
+        now = self.ctx.now_ms()
         account = LocalAccount(
             account_id=contents.account_id,
             handle=contents.handle,
@@ -305,12 +303,12 @@ class BackupMixin:
             sort_keys=True,
         )
         contacts = [c for c in contents.contacts if c.account_id != contents.account_id]
-        me = self._install_account(account, contacts, contents.messages, contents.attachments, settings)
+        me = self.devices.install_account(account, contacts, contents.messages, contents.attachments, settings)
         # Our other devices did not sign this device in (the backup's account key did), so
         # they hold the older list. A message from us makes each of them refetch the signed
         # list at its next receive, and from then on they sync what they send to us too.
         try:
-            self._announce_profile(self._account())
+            self.profiles.announce(self.ctx.account())
         except errors.ImsgError:
             pass  # best effort: their next send to us, or ours to them, does the same
         return me

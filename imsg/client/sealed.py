@@ -25,12 +25,11 @@ from typing import TYPE_CHECKING
 from imsg import errors
 from imsg.client.context import Context
 from imsg.client.results import SealedStatus
-from imsg.crypto.kdf import constant_time_equal
 from imsg.protocol import consts
 from imsg.protocol import envelope as env
 from imsg.protocol import sealed as proto
 from imsg.protocol.encoding import KEY_ED25519, KEY_X25519, decode_key, encode_key
-from imsg.protocol.errors import CertificateError, DecodeError, ProtocolError
+from imsg.protocol.errors import CertificateError, DecodeError
 from imsg.protocol.identity import DeviceKeys, verify_device_list
 from imsg.protocol.session import Address
 from imsg.protocol.stores import LocalAccount, OutgoingBatch
@@ -299,14 +298,3 @@ class SealedSender:
             raise CertificateError(f"sender certificate cannot be checked: {exc}") from None
         # RelayUnavailableError passes: the envelope stays unacked and is tried again later.
         return Opened(cert.sender, unsealed.session_message, unsealed.content_ciphertext, cert.identity_key)
-
-
-def check_certified_identity(opened, identity_key: bytes) -> None:
-    """A certificate must name the identity key the sender's signed device list holds (and
-    so the one the session authenticates)."""
-    certified = getattr(opened, "certified_identity", None)
-    if certified is not None and not constant_time_equal(certified, identity_key):
-        raise CertificateError("sender certificate names another identity key than the sender device's")
-
-
-__all__ = ["SealedSender", "SealedStatus", "Opened", "check_certified_identity", "ProtocolError"]

@@ -149,6 +149,7 @@ class Trust:
 
     def accept_new_identity(self, handle: str) -> None:
         """`imsg trust`: a contact's changed identity becomes the pinned one (unverified)."""
+        self.ctx.account()
         contact = self.newest_identity(handle)
         if contact.status == "changed":
             self.accept_identity(contact, self.store.contact_by_handle(handle))

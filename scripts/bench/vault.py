@@ -33,7 +33,7 @@ def row(label: str, stats: tuple[float, float, float]) -> None:
 
 
 def main() -> int:
-    from imsg.client.core import Client
+    from imsg.client import Client
     from imsg.store import vault, vault_agent
 
     work = Path(tempfile.mkdtemp(prefix="imsg-bench-vault-"))

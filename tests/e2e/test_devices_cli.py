@@ -261,7 +261,7 @@ def test_receive_from_a_changed_key_exits_6(env):
     stored and shown, but `receive` exits 6 with an identity_changed error."""
     from dataclasses import replace
 
-    from imsg.client.core import Client
+    from imsg.client import Client
 
     alice, bob, mallory = init(env, "jill"), init(env, "ivan"), init(env, "otto")
     ok(imsg(alice, "send", "ivan@example.com", "hi ivan"))

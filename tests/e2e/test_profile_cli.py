@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from imsg.client.core import Client
+from imsg.client import Client
 from tests.e2e.test_devices_cli import imsg, json_error, ok
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(256)) * 8

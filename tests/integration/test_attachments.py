@@ -28,8 +28,8 @@ from device_helpers import link_device
 from transfer_helpers import Recorder, _root_conftest
 
 from imsg import errors
+from imsg.client import Client
 from imsg.client import attachments as attachment_io
-from imsg.client.core import Client
 from imsg.crypto import stream
 from imsg.protocol.content import MAX_NAME_LEN
 from imsg.relay_client import RelayClient

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from imsg import errors
+from imsg.client import Client
 from imsg.client.backup import BACKUP_INTERVAL_MS, STATE_KEY
-from imsg.client.core import Client
 from imsg.protocol import backup as bk
 from imsg.protocol.identity import verify_device_list
 from imsg.protocol.session import Address

@@ -86,7 +86,7 @@ def test_three_parties(make_client):
 def _send_from_thread(home, relay_url, to, text, delay=0.3) -> tuple[threading.Thread, dict]:
     """Send from another thread, with its own Client on the sender's home (a Client, like
     its SQLite connection, belongs to the thread that opened it)."""
-    from imsg.client.core import Client
+    from imsg.client import Client
 
     out: dict = {}
 

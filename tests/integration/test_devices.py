@@ -23,7 +23,7 @@ import pytest
 from device_helpers import link_device
 
 from imsg import errors
-from imsg.client.core import Client
+from imsg.client import Client
 from imsg.client.delivery import Delivery, parse_bundle
 from imsg.protocol import consts
 from imsg.protocol import envelope as env

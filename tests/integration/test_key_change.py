@@ -13,7 +13,7 @@ import pytest
 from device_helpers import link_device
 
 from imsg import errors
-from imsg.client.core import Client
+from imsg.client import Client
 from imsg.protocol.identity import safety_number
 
 ALICE, BOB = "alice@example.com", "bob@example.com"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from imsg import errors
-from imsg.client.core import Client
+from imsg.client import Client
 from tests.integration import test_devices
 from tests.integration.test_devices import link
 

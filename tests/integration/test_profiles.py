@@ -14,7 +14,7 @@ import stat
 import pytest
 
 from imsg import errors
-from imsg.client.core import Client
+from imsg.client import Client
 from imsg.protocol import consts
 from imsg.protocol import profile as pf
 from tests.integration import test_devices

@@ -9,7 +9,7 @@ import pytest
 from device_helpers import link_device
 
 from imsg import errors
-from imsg.client.core import Client
+from imsg.client import Client
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
 ALICE_PHONE = "+15551234567"

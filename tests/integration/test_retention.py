@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from imsg.client.core import Client
+from imsg.client import Client
 from imsg.errors import UsageError
 
 DAY = 24 * 3600 * 1000

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from imsg import errors
-from imsg.client.core import Client
+from imsg.client import Client
 from imsg.protocol import sealed as proto
 from imsg.protocol.consts import SEALED_BUCKETS
 from imsg.protocol.encoding import KEY_X25519, encode_key

@@ -392,7 +392,7 @@ def test_profiles_on_postgres_hold_no_name_or_photo(pg_live, pg_schema, tmp_path
     byte in the clear (every column of every row, searched)."""
     import psycopg
 
-    from imsg.client.core import Client
+    from imsg.client import Client
     from imsg.protocol import profile as pf
 
     name, photo = "Hypatia Unmistakable-Name", b"\xff\xd8\xff\xe0" + os.urandom(6000)
