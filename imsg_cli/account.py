@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from imsg_cli.state import State
+
+if TYPE_CHECKING:
+    from imsg.client.results import WhoAmI
 
 
 def init(
@@ -35,7 +38,7 @@ def whoami(ctx: typer.Context) -> None:
     print_whoami(state, me)
 
 
-def print_whoami(state: State, me) -> None:
+def print_whoami(state: State, me: WhoAmI) -> None:
     out = state.out
     if out.json:
         out.record(

@@ -62,7 +62,7 @@ def status(ctx: typer.Context) -> None:
                 "next_at": iso(s.next_at) if s.next_at else None,
                 "last_error": s.last_error,
                 "relay": (
-                    {"size": s.relay_size, "updated_at": iso(s.relay_updated_at)} if s.relay_size is not None else None
+                    {"size": s.relay_size, "updated_at": _iso(s.relay_updated_at)} if s.relay_size is not None else None
                 ),
             }
         )
@@ -75,20 +75,16 @@ def status(ctx: typer.Context) -> None:
                 ""
                 if s.relay_size is None
                 else f" here; the relay holds a backup of this account from "
-                f"{local_time(s.relay_updated_at)} (made by another device)"
+                f"{_when(s.relay_updated_at)} (made by another device)"
             )
         )
         return
-    out.line(f"backups are on; last {local_time(s.last_at)} ({human_size(s.size)}), next due {local_time(s.next_at)}")
+    out.line(f"backups are on; last {_when(s.last_at)} ({human_size(s.size or 0)}), next due {_when(s.next_at)}")
     if s.last_error:
         out.line(f"the last attempt failed: {s.last_error}")
     out.line(
         "the relay holds "
-        + (
-            f"{human_size(s.relay_size)} from {local_time(s.relay_updated_at)}"
-            if s.relay_size is not None
-            else "no backup"
-        )
+        + (f"{human_size(s.relay_size)} from {_when(s.relay_updated_at)}" if s.relay_size is not None else "no backup")
     )
 
 
@@ -122,3 +118,12 @@ def restore(
     from imsg_cli.account import print_whoami
 
     print_whoami(state, me)
+
+
+def _iso(ms: int | None) -> str | None:
+    return iso(ms) if ms is not None else None
+
+
+def _when(ms: int | None) -> str:
+    """A time the relay or this home reported; a backup record without one says so."""
+    return local_time(ms) if ms is not None else "(unknown)"

@@ -4,11 +4,14 @@ name a contact shares with you, or the nickname you gave them."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from imsg_cli.state import State
+
+if TYPE_CHECKING:
+    from imsg.client.results import ContactInfo
 
 app = typer.Typer(
     invoke_without_command=True, no_args_is_help=False, help="Your contacts: list (no subcommand), add, remove, photo."
@@ -49,13 +52,13 @@ def contacts(ctx: typer.Context) -> None:
         )
 
 
-def _shown_name(c) -> str:
+def _shown_name(c: ContactInfo) -> str:
     if c.nickname:
         return c.nickname
     return f"{c.profile_name} (shared)" if c.profile_name else ""
 
 
-def _record(c) -> dict:
+def _record(c: ContactInfo) -> dict[str, Any]:
     name_source = "nickname" if c.nickname else ("shared" if c.profile_name else "")
     return {
         "handle": c.handle,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from imsg_cli.output import iso, local_time, print_qr
 from imsg_cli.state import State
+
+if TYPE_CHECKING:
+    from imsg.client.results import DeviceInfo
 
 app = typer.Typer(help="Link, list and remove this account's devices.", no_args_is_help=True)
 
@@ -88,7 +91,7 @@ def remove(
     _print_devices(state, devices)
 
 
-def _print_devices(state: State, devices) -> None:
+def _print_devices(state: State, devices: list[DeviceInfo]) -> None:
     out = state.out
     if out.json:
         for d in devices:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from imsg_cli.output import print_message
 from imsg_cli.state import State
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from imsg.client import Client
+    from imsg.client.results import Message
 
 
 def send(
@@ -95,7 +101,7 @@ def send(
         out.info(f"sent to {sent.to}" + (" (sealed sender)" if sent.sealed else ""))
 
 
-def _report_problems(state: State, client) -> int:
+def _report_problems(state: State, client: Client) -> int:
     """Print dropped envelopes; return how many were security rejections."""
     rejected = 0
     for p in client.problems:
@@ -164,7 +170,7 @@ def watch(ctx: typer.Context) -> None:
             _report_problems(state, client)
 
 
-def _download_all(state: State, client, messages, directory: str):
+def _download_all(state: State, client: Client, messages: Iterable[Message], directory: str) -> list[Message]:
     """Save the attachments of `messages`; return the messages with their saved paths."""
     from imsg_cli.output import Transfers
 

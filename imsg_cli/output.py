@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from imsg.client.results import Message
 
 
 def iso(ms: int) -> str:
@@ -64,7 +69,7 @@ class Output:
         Console(soft_wrap=True).print(table)
 
 
-def message_record(m) -> dict[str, Any]:
+def message_record(m: Message) -> dict[str, Any]:
     return {
         "id": m.id,
         "from": m.sender,
@@ -86,7 +91,7 @@ def message_record(m) -> dict[str, Any]:
     }
 
 
-def human_size(n: int) -> str:
+def human_size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -94,7 +99,7 @@ def human_size(n: int) -> str:
     return f"{n} B"
 
 
-def print_message(out: Output, m) -> None:
+def print_message(out: Output, m: Message) -> None:
     if out.json:
         out.record(message_record(m))
     else:
@@ -132,8 +137,8 @@ class Transfers:
 
     def __init__(self, out: Output):
         self._enabled = not out.json and sys.stderr.isatty()
-        self._progress = None
-        self._tasks: dict[str, Any] = {}
+        self._progress: Progress | None = None
+        self._tasks: dict[str, TaskID] = {}
 
     def __enter__(self) -> Transfers:
         if self._enabled:
@@ -147,7 +152,7 @@ class Transfers:
                 TransferSpeedColumn,
             )
 
-            self._progress = Progress(
+            progress = self._progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 DownloadColumn(),
@@ -156,10 +161,10 @@ class Transfers:
                 console=Console(stderr=True),
                 transient=True,
             )
-            self._progress.start()
+            progress.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.stop()
 
@@ -172,5 +177,5 @@ class Transfers:
         self._progress.advance(task, done)
 
     @property
-    def callback(self):
+    def callback(self) -> Transfers | None:
         return self if self._enabled else None

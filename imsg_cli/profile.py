@@ -4,16 +4,20 @@ puts before a first message to someone."""
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from imsg_cli.state import State
 
+if TYPE_CHECKING:
+    from imsg.client import Client
+    from imsg.client.results import OwnProfile
+
 app = typer.Typer(no_args_is_help=True, help="Your name and photo, and whom they are shared with.")
 
 
-def share_answer(client, to: str, given: str | None) -> str | None:
+def share_answer(client: Client, to: str, given: str | None) -> str | None:
     """The answer for sharing our profile with `to`: the one given on the command line;
     else, when the `ask` policy needs one and a person is at the terminal, theirs; else
     None (a script without --share-profile shares nothing new)."""
@@ -85,7 +89,7 @@ def show(ctx: typer.Context) -> None:
     _show(state, shown)
 
 
-def _show(state: State, p) -> None:
+def _show(state: State, p: OwnProfile) -> None:
     out = state.out
     if out.json:
         out.record(

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from imsg_cli.state import State
+
+if TYPE_CHECKING:
+    from imsg.protocol.stores import OwnHandle
 
 app = typer.Typer(help="The phone numbers and e-mail addresses you can be reached at.", no_args_is_help=True)
 
 HandleArg = Annotated[str, typer.Argument(help="An e-mail address or E.164 phone number of yours.")]
 
 
-def _print(state: State, rows) -> None:
+def _print(state: State, rows: list[OwnHandle]) -> None:
     out = state.out
     if out.json:
         for h in rows:
@@ -28,7 +31,7 @@ def _print(state: State, rows) -> None:
     )
 
 
-def _pending_hint(state: State, h) -> None:
+def _pending_hint(state: State, h: OwnHandle) -> None:
     if h.state == "pending":
         state.out.info(f"a code was sent to {h.handle}; confirm it with: imsg reachable verify {h.handle} CODE")
     elif h.state == "unverified":

@@ -3,11 +3,14 @@ yours may ever go without it."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from imsg_cli.state import State
+
+if TYPE_CHECKING:
+    from imsg.client.results import SealedStatus
 
 app = typer.Typer(help="Sealed sender: the relay does not learn who sent a message.", no_args_is_help=True)
 
@@ -22,7 +25,7 @@ def _flag(value: str) -> bool:
     return value == "on"
 
 
-def _print(state: State, st) -> None:
+def _print(state: State, st: SealedStatus) -> None:
     from imsg_cli.output import iso
 
     out = state.out

@@ -58,8 +58,10 @@ def _new_passcode(state: State, path: str | None, *, allow_current: bool) -> str
         passcode = vault.read_passcode_file(path)
     elif os.environ.get("IMSG_NEW_PASSCODE"):
         passcode = os.environ["IMSG_NEW_PASSCODE"]
-    elif allow_current and (os.environ.get("IMSG_PASSCODE") or state.passcode_file):
-        passcode = os.environ.get("IMSG_PASSCODE") or vault.read_passcode_file(state.passcode_file)
+    elif allow_current and os.environ.get("IMSG_PASSCODE"):
+        passcode = os.environ["IMSG_PASSCODE"]
+    elif allow_current and state.passcode_file:
+        passcode = vault.read_passcode_file(state.passcode_file)
     else:
         keys = vault.KeySource.from_environment()
         if keys.prompt is None:
@@ -119,7 +121,8 @@ def change(
     old_key = vault.current_key(home, state.keys().passcode_only())  # checked before asking for the new one
     passcode = _new_passcode(state, new_passcode_file, allow_current=False)
     vault.change_passcode(home, old_key, passcode, keyring=keyring)
-    _done(state, "passcode changed", passcode=True, keyring=vault.read_keyfile(home).keyring)
+    keyfile = vault.read_keyfile(home)
+    _done(state, "passcode changed", passcode=True, keyring=keyfile is not None and keyfile.keyring)
 
 
 @passcode_app.command("remove")
@@ -134,7 +137,7 @@ def remove(ctx: typer.Context) -> None:
     _done(state, "passcode removed: this home is no longer encrypted at rest", passcode=False, keyring=False)
 
 
-def _done(state: State, message: str, **record) -> None:
+def _done(state: State, message: str, **record: object) -> None:
     if state.out.json:
         state.out.record(record)
     else:

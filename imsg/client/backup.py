@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 from imsg import errors
 from imsg.client.context import Context
@@ -61,12 +62,12 @@ class Backup:
 
     # --- state ---
 
-    def _state(self) -> dict | None:
+    def _state(self) -> dict[str, Any] | None:
         raw = self.store.get_setting(STATE_KEY)
         if not raw:
             return None
         try:
-            state = json.loads(raw)
+            state: dict[str, Any] = json.loads(raw)
             base64.b64decode(state["secret"], validate=True)
             return state
         except (ValueError, KeyError, TypeError):
@@ -75,13 +76,15 @@ class Backup:
                 hint="turn backups off and on again: imsg backup off; imsg backup on",
             ) from None
 
-    def _save_state(self, state: dict | None) -> None:
+    def _save_state(self, state: dict[str, Any] | None) -> None:
         with self.store.transaction():
             self.store.set_setting(STATE_KEY, None if state is None else json.dumps(state, sort_keys=True))
 
     # --- making one ---
 
     def _contents(self, account: LocalAccount) -> bk.BackupContents:
+        if account.account_private is None:  # backup_on refuses such a device
+            raise errors.LocalStateError("this device does not hold the account key, so it cannot back up")
         messages = []
         for chat in self.store.conversations():
             messages.extend(self.store.history(chat.peer_account_id, 1 << 40))
@@ -172,16 +175,19 @@ class Backup:
         self.ctx.account()
         state = self._state()
         remote = self.ctx.relay().backup_status() if relay else None
-        on = state is not None
-        last_at = state.get("last_at") if on else None
+        relay_size = remote.get("size") if remote else None
+        relay_updated_at = remote.get("updated_at") if remote else None
+        if state is None:
+            return BackupStatus(False, None, None, None, None, relay_size, relay_updated_at)
+        last_at = state.get("last_at")
         return BackupStatus(
-            on,
+            True,
             last_at,
-            state.get("size") if on else None,
-            (last_at or 0) + BACKUP_INTERVAL_MS if on else None,
-            state.get("last_error") if on else None,
-            remote.get("size") if remote else None,
-            remote.get("updated_at") if remote else None,
+            state.get("size"),
+            (last_at or 0) + BACKUP_INTERVAL_MS,
+            state.get("last_error"),
+            relay_size,
+            relay_updated_at,
         )
 
     def off(self) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -41,7 +42,7 @@ from imsg.protocol.identity import (
     verify_device_list,
 )
 from imsg.protocol.session import Address
-from imsg.protocol.stores import Contact, LocalAccount, StoredMessage
+from imsg.protocol.stores import Contact, LocalAccount, StoredAttachment, StoredMessage
 
 
 class Devices:
@@ -79,11 +80,7 @@ class Devices:
         ]
 
     def _sign(self, account: LocalAccount, devices: tuple[DeviceEntry, ...], current: DeviceList) -> bytes:
-        if account.account_private is None:
-            raise errors.LocalStateError(
-                "this device does not hold the account key", hint="add or remove devices from the first device"
-            )
-        key = AccountKey(account.account_private)
+        key = AccountKey(_account_key(account, "add or remove devices from the first device"))
         return key.sign_device_list(DeviceList(account.account_public, current.serial + 1, self.ctx.now_ms(), devices))
 
     def remove(self, device_id: int) -> list[DeviceInfo]:
@@ -104,11 +101,7 @@ class Devices:
 
     def add_start(self) -> Pairing:
         """Open a pairing channel at the relay; show `Pairing.code` to the new device."""
-        account = self.ctx.account()
-        if account.account_private is None:
-            raise errors.LocalStateError(
-                "this device does not hold the account key", hint="add devices from the first device"
-            )
+        _account_key(self.ctx.account(), "add devices from the first device")
         if len(self.trust.refresh_own_devices().devices) >= consts.MAX_DEVICES:
             raise errors.LocalStateError(
                 f"this account already has {consts.MAX_DEVICES} devices", hint="remove one first: imsg device remove ID"
@@ -161,9 +154,10 @@ class Devices:
             account = self.ctx.account()
             current = self.trust.refresh_own_devices()
             account = self.ctx.account()
+            account_private = _account_key(account, "add devices from the first device")
             now = self.ctx.now_ms()
             device_id, blob = self.list_with_device(
-                account.account_private, current, identity_key, signing_key, name, sealed_key
+                account_private, current, identity_key, signing_key, name, sealed_key
             )
             relay.add_device(device_id, token, blob)
             with self.store.transaction():
@@ -173,7 +167,7 @@ class Devices:
                 "account_id": account.account_id,
                 "handle": account.handle,
                 "name": account.name,
-                "account_private": prov.b64(account.account_private),
+                "account_private": prov.b64(account_private),
                 "device_id": device_id,
                 "device_list": prov.b64(blob),
                 "relay": relay.base_url,
@@ -243,7 +237,12 @@ class Devices:
         return device_id, key.sign_device_list(devices)
 
     def install_account(
-        self, account: LocalAccount, contacts, messages, attachments=(), settings: dict[str, str] | None = None
+        self,
+        account: LocalAccount,
+        contacts: Iterable[Contact],
+        messages: Sequence[StoredMessage],
+        attachments: Iterable[StoredAttachment] = (),
+        settings: dict[str, str] | None = None,
     ) -> WhoAmI:
         """A new device's first state (linked or restored), in one transaction; then its
         prekeys go to the relay. Old messages arrive already shown."""
@@ -386,6 +385,13 @@ class Devices:
         return self.install_account(account, contacts, messages, settings=profile_settings)
 
 
+def _account_key(account: LocalAccount, hint: str) -> bytes:
+    """The account key, which only some devices hold (the first, and those it gave it to)."""
+    if account.account_private is None:
+        raise errors.LocalStateError("this device does not hold the account key", hint=hint)
+    return account.account_private
+
+
 def _contact_from_link(doc: Any) -> Contact:
     if not isinstance(doc, dict):
         raise DecodeError("malformed contact")
@@ -395,7 +401,7 @@ def _contact_from_link(doc: Any) -> Contact:
     if account_id_for(key) != account_id:
         raise DecodeError("contact key does not match its account")
     verify_device_list(blob, key)
-    status = doc.get("status") if doc.get("status") in ("ok", "changed") else "ok"
+    status = "changed" if doc.get("status") == "changed" else "ok"
     contact = Contact(
         account_id,
         canonical_handle(prov.field(doc, "handle", str)),

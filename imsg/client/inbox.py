@@ -155,7 +155,8 @@ class Inbox:
                 receive.check_content_id(content, e.message_id)
                 receive.check_kind(content, own=own)
                 if peer is None:
-                    return self._keep_own(account, content, sender)
+                    self._keep_own(account, content, sender)
+                    return None
                 return self._keep(peer, known is None, content, sender, e.message_id)
 
             kept, result = receive.accept(

@@ -31,6 +31,7 @@ from imsg.client.results import OwnProfile, Problem, SavedPhoto
 from imsg.client.sealed import SealedSender
 from imsg.client.trust import Trust, own_devices
 from imsg.handles import canonical_handle
+from imsg.protocol import consts
 from imsg.protocol import envelope as env
 from imsg.protocol import profile as pf
 from imsg.protocol.content import KIND_PROFILE, SHARE_POLICIES, Content, ProfileShare
@@ -183,7 +184,7 @@ class Profiles:
     # --- our name and photo ---
 
     def change(
-        self, name: str | None = None, photo: str | os.PathLike | None = None, *, remove_photo: bool = False
+        self, name: str | None = None, photo: str | os.PathLike[str] | None = None, *, remove_photo: bool = False
     ) -> OwnProfile:
         """Change our name and/or photo: encrypted under our profile key, stored at the relay
         (replacing the old copy), and told to our other devices; everyone we share with gets
@@ -354,7 +355,7 @@ class Profiles:
             except (errors.RelayUnavailableError, errors.RelayRefusedError):
                 return
 
-    def contact_photo(self, handle: str, out: str | os.PathLike) -> SavedPhoto:
+    def contact_photo(self, handle: str, out: str | os.PathLike[str]) -> SavedPhoto:
         """Write the photo `handle` shares with us to `out` (0600, never over an existing
         file), refetching it first if they announced a newer one. Its bytes are written as
         they came, after the type check; nothing decodes them."""
@@ -481,7 +482,7 @@ def _read_photo(path: Path) -> bytes:
     unless it starts like a JPEG, PNG, WebP or HEIC image."""
     try:
         with path.open("rb") as f:
-            data = f.read(pf.consts.PROFILE_PHOTO_MAX + 1)
+            data = f.read(consts.PROFILE_PHOTO_MAX + 1)
     except OSError as exc:
         raise errors.UsageError(f"cannot read {path}: {exc.strerror}") from None
     try:

@@ -259,7 +259,7 @@ class SealedSender:
         self.ensure_access_published()
         contact = self.store.get_contact(batch.account_id)
         sealed = self._seal(batch) if contact is not None else None
-        if sealed is None:
+        if contact is None or sealed is None:
             return self._refuse(batch, "a device of the recipient has no sealed-sender key")
         key = proto.access_key(contact.profile_key) if len(contact.profile_key) == 32 else None
         try:
