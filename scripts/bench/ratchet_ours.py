@@ -81,7 +81,7 @@ def handshake(alice: Party, bob: Party, bundle: PreKeyBundle, payload: bytes = M
 
 
 def handshake_full(alice: Party, bob: Party, bundle: PreKeyBundle):
-    """The same through the envelope and content layers, as client.send / client._accept."""
+    """The same through the envelope and content layers, as client.send and the inbox do."""
     mid = os.urandom(16).hex()
     content = Content(mid, NOW, KIND_TEXT, "alice@example.com", "bob@example.com", "x" * 200)
     package, content_ct = env.seal_content(content.encode(), rng)

@@ -156,7 +156,7 @@ class SessionPair:
 
     def send(self, who, plaintext: bytes) -> bytes:
         """Encrypt one session message from `who` to its peer (starting a session if
-        needed) and save the advanced record first, as `_encrypt_for` does."""
+        needed) and save the advanced record first, as `Delivery.encrypt_for` does."""
         me = self.party(who)
         peer = self.peer(me)
         with me.store.transaction():
