@@ -25,8 +25,6 @@ class Reachable:
         self.ctx = ctx
         self.store = ctx.store
 
-    # --- this account's handles ---
-
     def label(self, account: LocalAccount, handle: str, start: bool = False) -> bytes:
         if account.account_private is None:
             return b""
