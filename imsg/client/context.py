@@ -18,14 +18,17 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable
-
-import httpx
+from typing import TYPE_CHECKING
 
 from imsg import errors
 from imsg.client.results import Problem
 from imsg.protocol.identity import DeviceKeys
 from imsg.protocol.stores import LocalAccount, Store
 from imsg.relay_client import RelayClient
+
+if TYPE_CHECKING:
+    # Not imported here: imsg.relay_client imports httpx first (see the note there).
+    import httpx
 
 Clock = Callable[[], int]
 Rng = Callable[[int], bytes]

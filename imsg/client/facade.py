@@ -34,8 +34,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from imsg.client.account import Account
 from imsg.client.attachments import Attachments, FileProgress
 from imsg.client.backup import Backup
@@ -74,6 +72,8 @@ from imsg.protocol.stores import Contact, Conversation, LocalAccount, OwnHandle,
 from imsg.relay_client import RelayClient
 
 if TYPE_CHECKING:
+    import httpx
+
     from imsg.store.vault import KeySource
 
 
