@@ -11,13 +11,13 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-IMSG = [sys.executable, "-m", "imsg_cli.main"]
+from support.cli import IMSG
+
 PASS = "correct horse battery"
 SECRET = "meet me at the old mill at nine"
 

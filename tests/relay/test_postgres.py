@@ -14,7 +14,8 @@ import time
 import httpx
 import pytest
 
-from .helpers import LiveRelay, b64, new_message_id, private_lookup, register, relay_settings, send
+from .helpers import b64, new_message_id, private_lookup, register, send
+from support.relays import ThreadRelay, relay_settings
 
 PG = os.environ.get("IMSG_TEST_POSTGRES", "host=127.0.0.1 port=5432 dbname=test user=postgres")
 REDIS = os.environ.get("IMSG_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -60,7 +61,7 @@ def pg_live(tmp_path, pg_schema):
     from imsg_relay.storage.postgres import PostgresStorage
 
     storage = PostgresStorage(PG, schema=pg_schema, pool_size=4)
-    with LiveRelay(relay_settings(tmp_path), storage=storage) as relay:
+    with ThreadRelay(relay_settings(tmp_path), storage=storage) as relay:
         yield relay
 
 
@@ -118,7 +119,7 @@ def test_long_poll_on_one_worker_wakes_from_a_send_on_another(tmp_path, pg_schem
     channel = f"imsg-test:{pg_schema}"
     secret = tmp_path / "shared.secret"
     relays = [
-        LiveRelay(
+        ThreadRelay(
             relay_settings(tmp_path / name, secret_file=secret),
             storage=PostgresStorage(PG, schema=pg_schema, pool_size=2),
             push=RedisPush(REDIS, channel=channel),
@@ -156,7 +157,7 @@ def test_provisioning_and_device_cap_on_postgres(tmp_path, pg_schema):
     now = [1_800_000_000.0]
     storage = PostgresStorage(PG, schema=pg_schema, pool_size=4)
     with (
-        LiveRelay(relay_settings(tmp_path, max_devices=3), storage=storage, clock=lambda: now[0]) as relay,
+        ThreadRelay(relay_settings(tmp_path, max_devices=3), storage=storage, clock=lambda: now[0]) as relay,
         httpx.Client(base_url=relay.url, timeout=10) as c,
     ):
         alice, mallory = register(c, devices=3), register(c)
@@ -293,7 +294,7 @@ def test_handles_codes_and_private_lookup_on_postgres(tmp_path, pg_schema):
     codes = tmp_path / "codes.txt"
     storage = PostgresStorage(PG, schema=pg_schema, pool_size=4)
     settings = relay_settings(tmp_path / "data", verifier=f"file:{codes}")
-    with LiveRelay(settings, storage=storage) as relay, httpx.Client(base_url=relay.url, timeout=10) as c:
+    with ThreadRelay(settings, storage=storage) as relay, httpx.Client(base_url=relay.url, timeout=10) as c:
         alice, bob, carol = register(c, "alice@example.com"), register(c), register(c)
 
         def claim(who, handle):

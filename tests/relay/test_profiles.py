@@ -13,7 +13,8 @@ from starlette.testclient import TestClient
 from imsg_relay.app import create_app
 from imsg_relay.profiles import PROFILE_MAX, PROFILE_MIN
 
-from .helpers import register, relay_settings
+from .helpers import register
+from support.relays import relay_settings
 
 OCTETS = {"Content-Type": "application/octet-stream"}
 
