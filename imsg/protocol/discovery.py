@@ -27,12 +27,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import imsg_oprf
 from imsg.crypto.kdf import hkdf
+from imsg.crypto.labels import LABEL_HANDLE_LABEL, LABEL_RECORD, LABEL_RECORD_KEY, LABEL_TAG
 from imsg.protocol.errors import DecodeError
 
-LABEL_TAG = b"imsg/v1/discovery-tag"
-LABEL_RECORD_KEY = b"imsg/v1/discovery-record-key"
-LABEL_RECORD = b"imsg/v1/discovery-record"
-LABEL_HANDLE_LABEL = b"imsg/v1/handle-label"
 FLAG_VERIFIED = 0x01
 BUCKET_BITS = 16
 LABEL_PAD = 320  # label plaintexts are padded to this, so their length says nothing

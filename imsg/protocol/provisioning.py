@@ -32,7 +32,7 @@ from typing import Any
 from imsg.crypto import aead
 from imsg.crypto.errors import AuthenticationError
 from imsg.crypto.kdf import hkdf
-from imsg.protocol.consts import LABEL_PROVISIONING
+from imsg.crypto.labels import LABEL_PROVISIONING
 from imsg.protocol.errors import DecodeError, DecryptionError
 
 CHANNEL_LEN = 8

@@ -28,14 +28,8 @@ import struct
 from imsg.crypto import aead, dh
 from imsg.crypto.errors import AuthenticationError, CryptoError
 from imsg.crypto.kdf import hkdf, hmac_sha256
-from imsg.protocol.consts import (
-    LABEL_MESSAGE_KEYS,
-    LABEL_ROOT,
-    MAX_FORWARD_JUMPS,
-    MAX_MESSAGE_KEYS,
-    MAX_SKIPPED_KEY_AGE_MS,
-    WIRE_VERSION,
-)
+from imsg.crypto.labels import LABEL_MESSAGE_KEYS, LABEL_ROOT
+from imsg.protocol.consts import MAX_FORWARD_JUMPS, MAX_MESSAGE_KEYS, MAX_SKIPPED_KEY_AGE_MS, WIRE_VERSION
 from imsg.protocol.encoding import KEY_X25519, Reader, Writer
 from imsg.protocol.errors import (
     DecodeError,

@@ -40,12 +40,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from imsg import errors
+from imsg.crypto.labels import LABEL_KEY_CHECK
 
 STORE_FILE = "imsg.db"
 KEY_FILE = "storage-key"
 LOCK_FILE = "lock"
 KEY_FORMAT = "imsg-storage-key/v1"
-LABEL_KEY_CHECK = b"imsg/v1/storage-key-check"
 PLAIN_HEADER = b"SQLite format 3\x00"
 MIN_PASSCODE_LEN = 4  # a phone's shortest; docs/STORAGE.md gives the guessing cost
 
