@@ -191,7 +191,7 @@ class RelayClient:
         except (KeyError, TypeError, ValueError):
             raise RelayRefusedError("relay sent a malformed account", relay_code="bad_response") from None
 
-    # --- reachable handles and private discovery (docs/RELAY-API.md) ---
+    # --- discovery: the private lookup of who holds a handle (docs/PROTOCOL.md §8a) ---
 
     def evaluate(self, elements: list[bytes]) -> tuple[list[bytes], int]:
         """RFC 9497 BlindEvaluate of each blinded element; and the bucket prefix length."""
@@ -213,6 +213,8 @@ class RelayClient:
             }
         except (KeyError, TypeError, ValueError):
             raise RelayRefusedError("relay sent malformed buckets", relay_code="bad_response") from None
+
+    # --- reachable: this account's own handles, each with its handle label ---
 
     def add_handle(self, handle: str, label: bytes) -> dict:
         return self._request("POST", "/v1/handles", json={"handle": handle, "label": b64e(label)})
