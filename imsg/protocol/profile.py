@@ -51,7 +51,7 @@ class Profile:
 
     @property
     def photo_type(self) -> str:
-        return photo_type(self.photo) if self.photo else ""
+        return (photo_type(self.photo) or "") if self.photo else ""  # "" also for a type open_ would refuse
 
 
 def _u16(n: int) -> bytes:
@@ -158,7 +158,7 @@ def blob_revision(blob: bytes) -> int:
     """The revision a blob claims (authenticated only by `open_`)."""
     if len(blob) < MIN_BLOB:
         raise DecodeError("profile blob too short")
-    return struct.unpack(">Q", blob[33:41])[0]
+    return int.from_bytes(blob[33:41], "big")
 
 
 def open_(profile_key: bytes, account_id: str, blob: bytes, *, min_revision: int = 0) -> tuple[int, Profile]:
