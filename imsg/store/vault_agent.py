@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from imsg import errors
 
@@ -58,6 +58,15 @@ def socket_path(home: Path) -> Path:
     return runtime_dir() / f"agent-{home_id(Path(home).expanduser())}.sock"
 
 
+class Answer(TypedDict, total=False):
+    """What the agent answers (see the module doc); a caller checks each field it reads."""
+
+    key: str  # hex
+    until: int  # ms
+    locked: bool
+    error: str
+
+
 def check_socket_path(path: Path) -> None:
     """LocalStateError when `path` is too long to bind a Unix socket to (see the module doc)."""
     size = len(os.fsencode(path))
@@ -69,7 +78,7 @@ def check_socket_path(path: Path) -> None:
         )
 
 
-def _ask(home: Path, request: str) -> dict[str, Any] | None:
+def _ask(home: Path, request: str) -> dict[str, object] | None:
     path = socket_path(home)
     if not path.exists():
         return None
@@ -94,9 +103,10 @@ def _ask(home: Path, request: str) -> dict[str, Any] | None:
 
 def fetch_key(home: Path) -> bytes | None:
     answer = _ask(home, "key")
+    text = answer.get("key") if answer else None
     try:
-        key = bytes.fromhex(answer["key"]) if answer else None
-    except (KeyError, TypeError, ValueError):
+        key = bytes.fromhex(text) if isinstance(text, str) else None
+    except ValueError:
         return None
     return key if key is not None and len(key) == 32 else None
 
@@ -232,6 +242,7 @@ def serve(path: Path, until_ms: int, key: bytearray) -> int:
                     request = conn.recv(_MAX_REQUEST).strip()
                 except OSError:
                     continue
+                answer: Answer
                 if request == b"key":
                     answer = {"key": key.hex(), "until": until_ms}
                 elif request == b"status":
@@ -274,7 +285,7 @@ def _unlink_own(path: Path, ident: int) -> None:
         pass
 
 
-def _send(conn: socket.socket, answer: dict[str, Any]) -> None:
+def _send(conn: socket.socket, answer: Answer) -> None:
     try:
         conn.sendall(json.dumps(answer).encode() + b"\n")
     except OSError:
