@@ -109,7 +109,7 @@ def build_openapi(operations: Iterable[Any], settings: Settings) -> dict[str, An
                 }
             )
         entry: dict[str, Any] = {
-            "operationId": op.handler,
+            "operationId": op.operation_id,
             "summary": op.summary,
             "responses": {
                 **ok,

@@ -112,7 +112,7 @@ def test_concurrent_prekey_fetches_on_postgres(pg_live):
 @pytest.mark.skipif(_redis_reason() is not None, reason=_redis_reason() or "")
 def test_long_poll_on_one_worker_wakes_from_a_send_on_another(tmp_path, pg_schema):
     """Two relays sharing one database and Redis: a send to worker B wakes a fetch on A."""
-    from imsg_relay.push_redis import RedisPush
+    from imsg_relay.push.redis import RedisPush
     from imsg_relay.storage.postgres import PostgresStorage
 
     channel = f"imsg-test:{pg_schema}"

@@ -347,7 +347,7 @@ class Storage(Protocol):
     async def set_sealed_access(self, account_id: str, verifier: bytes | None, allow_anyone: bool) -> None:
         """Upsert; a None verifier keeps the stored one."""
 
-    # backups (imsg_relay/backups.py). One row per account; `access_hash` is SHA-256 of a
+    # backups (imsg_relay/routes/backups.py). One row per account; `access_hash` is SHA-256 of a
     # token only the holder of the recovery code can derive.
     async def put_backup(self, account_id: str, access_hash: bytes, blob_id: str, size: int, now_ms: int) -> str | None:
         """Records (or replaces) the account's backup; returns the blob id it replaced.
