@@ -168,7 +168,7 @@ class PostgresStorage:
     async def delete_backup(self, account_id: str) -> str | None:
         return await blobs.delete_backup(self._db, account_id)
 
-    async def report_rows(self, query: str, params: Sequence[object]) -> list[tuple]:
+    async def report_rows(self, query: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
         return await blobs.report_rows(self._db, query, params)
 
     async def put_profile(self, account_id: str, key_id: bytes, revision: int, body: bytes, now_ms: int) -> bool:

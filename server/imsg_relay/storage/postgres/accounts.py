@@ -24,7 +24,7 @@ from imsg_relay.storage.base import (
     StorageConflict,
 )
 from imsg_relay.storage.postgres import handles
-from imsg_relay.storage.postgres.database import Database
+from imsg_relay.storage.postgres.database import Database, one_row
 
 
 async def create_account(
@@ -80,7 +80,7 @@ async def add_device(
                     "SELECT count(*), count(*) FILTER (WHERE device_id = %s) FROM devices WHERE account_id = %s",
                     (device_id, account_id),
                 )
-                total, same = await cur.fetchone()
+                total, same = await one_row(cur)
                 if same:
                     raise StorageConflict("device_exists")
                 if total >= max_devices:
@@ -229,7 +229,7 @@ async def _counts(conn: psycopg.AsyncConnection, account_id: str, device_id: int
         "SELECT kind, count(*) FROM one_time_prekeys WHERE account_id = %s AND device_id = %s GROUP BY kind",
         (account_id, device_id),
     )
-    counts = dict(await cur.fetchall())
+    counts: dict[str, int] = dict(await cur.fetchall())
     return KeyCounts(counts.get("x25519", 0), counts.get("kem", 0))
 
 
@@ -255,6 +255,7 @@ async def _take_bundle(conn: psycopg.AsyncConnection, account_id: str, device_id
         if row is not None:
             taken[kind] = OneTimeKey(row[0], bytes(row[1]), bytes(row[2]) if row[2] is not None else None)
     kem_one_time = taken.get("kem")
+    kem: SignedKey | None
     if kem_one_time is not None and kem_one_time.signature is not None:
         kem = SignedKey(kem_one_time.key_id, kem_one_time.public_key, kem_one_time.signature)
         last_resort = False

@@ -5,13 +5,14 @@ privacy report's read-only queries: the SQL, each operation one transaction.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
 
 from imsg_relay.auth import same_digest
 from imsg_relay.storage.base import BackupInfo, BlobInfo, BlobNotFound, BlobQuotaExceeded, StorageConflict
-from imsg_relay.storage.postgres.database import Database
+from imsg_relay.storage.postgres.database import Database, one_row
 
 
 async def create_blob(
@@ -25,7 +26,7 @@ async def create_blob(
                 "SELECT coalesce(sum(size), 0) FROM blobs WHERE account_id = %s AND created_at > %s",
                 (account_id, live_after_ms),
             )
-            used = int((await cur.fetchone())[0])
+            used = int((await one_row(cur))[0])
             if used + size > quota:
                 raise BlobQuotaExceeded(used)
             await conn.execute(
@@ -44,24 +45,20 @@ async def get_blob(db: Database, blob_id: str, live_after_ms: int) -> BlobInfo |
 async def add_blob_part(db: Database, blob_id: str, account_id: str, index: int, live_after_ms: int) -> BlobInfo:
     async with db.tx() as conn:
         # FOR SHARE: a concurrent complete waits for this part, or this part sees it.
-        info = await _blob(conn, blob_id, live_after_ms, lock=True)
-        if info is None or info.account_id != account_id:
-            raise BlobNotFound(blob_id)
+        info = await _own_blob(conn, blob_id, account_id, live_after_ms, lock=True)
         if info.complete:
             raise StorageConflict("blob_complete")
         await conn.execute("INSERT INTO blob_parts VALUES (%s, %s) ON CONFLICT DO NOTHING", (blob_id, index))
-        return await _blob(conn, blob_id, live_after_ms, lock=False)
+        return await _own_blob(conn, blob_id, account_id, live_after_ms, lock=False)
 
 
 async def complete_blob(db: Database, blob_id: str, account_id: str, sha256: bytes, live_after_ms: int) -> BlobInfo:
     async with db.tx() as conn:
-        info = await _blob(conn, blob_id, live_after_ms, lock=False)
-        if info is None or info.account_id != account_id:
-            raise BlobNotFound(blob_id)
+        await _own_blob(conn, blob_id, account_id, live_after_ms, lock=False)
         await conn.execute(
             "UPDATE blobs SET complete = TRUE, sha256 = %s WHERE blob_id = %s AND NOT complete", (sha256, blob_id)
         )
-        return await _blob(conn, blob_id, live_after_ms, lock=False)
+        return await _own_blob(conn, blob_id, account_id, live_after_ms, lock=False)
 
 
 async def delete_blob(db: Database, blob_id: str, account_id: str) -> bool:
@@ -132,7 +129,7 @@ async def delete_backup(db: Database, account_id: str) -> str | None:
     return None if row is None else row[0]
 
 
-async def report_rows(db: Database, query: str, params: Sequence[object]) -> list[tuple]:
+async def report_rows(db: Database, query: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
     async with db.tx() as conn:
         cur = await conn.execute(query.replace("?", "%s"), tuple(params))
         return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in await cur.fetchall()]
@@ -159,3 +156,13 @@ async def _blob(conn: psycopg.AsyncConnection, blob_id: str, live_after_ms: int,
         None if row[5] is None else bytes(row[5]),
         received,
     )
+
+
+async def _own_blob(
+    conn: psycopg.AsyncConnection[Any], blob_id: str, account_id: str, live_after_ms: int, lock: bool
+) -> BlobInfo:
+    """The live blob `account_id` uploaded; BlobNotFound for any other."""
+    info = await _blob(conn, blob_id, live_after_ms, lock=lock)
+    if info is None or info.account_id != account_id:
+        raise BlobNotFound(blob_id)
+    return info

@@ -85,3 +85,11 @@ class Database:
         async with self.tx() as conn:
             cur = await conn.execute(query, params)
             return await cur.fetchone()
+
+
+async def one_row(cur: psycopg.AsyncCursor[Any]) -> tuple[Any, ...]:
+    """The row of a query that always returns one (an aggregate: count, sum)."""
+    row = await cur.fetchone()
+    if row is None:
+        raise RuntimeError("an aggregate query returned no row")
+    return tuple(row)

@@ -18,7 +18,7 @@ from imsg_relay.storage.base import (
     Envelope,
     StorageConflict,
 )
-from imsg_relay.storage.postgres.database import Database
+from imsg_relay.storage.postgres.database import Database, one_row
 
 
 async def store_envelopes(
@@ -98,7 +98,7 @@ async def create_channel(
                 "SELECT count(*) FROM provisioning_channels WHERE account_id = %s AND expires_at > %s",
                 (account_id, now_ms),
             )
-            if (await cur.fetchone())[0] >= max_open:
+            if (await one_row(cur))[0] >= max_open:
                 raise StorageConflict("too_many_channels")
             await conn.execute(
                 "INSERT INTO provisioning_channels VALUES (%s, %s, %s, %s)",
@@ -115,7 +115,7 @@ async def put_provisioning(db: Database, channel: str, box: str, body: bytes, no
         cur = await conn.execute(
             "SELECT count(*) FROM provisioning_messages WHERE channel = %s AND box = %s", (channel, box)
         )
-        queued = (await cur.fetchone())[0]
+        queued: int = (await one_row(cur))[0]
         if queued >= max_queued:
             raise StorageConflict("box_full")
         await conn.execute(

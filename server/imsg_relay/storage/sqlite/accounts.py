@@ -218,6 +218,7 @@ def _take_bundle(conn: sqlite3.Connection, account_id: str, device_id: int) -> B
         if row is not None:
             taken[kind] = OneTimeKey(row[0], row[1], row[2])
     kem_one_time = taken.get("kem")
+    kem: SignedKey | None
     if kem_one_time is not None and kem_one_time.signature is not None:
         kem = SignedKey(kem_one_time.key_id, kem_one_time.public_key, kem_one_time.signature)
         last_resort = False

@@ -40,23 +40,19 @@ def get_blob(conn: sqlite3.Connection, blob_id: str, live_after_ms: int) -> Blob
 
 
 def add_blob_part(conn: sqlite3.Connection, blob_id: str, account_id: str, index: int, live_after_ms: int) -> BlobInfo:
-    info = _blob(conn, blob_id, live_after_ms)
-    if info is None or info.account_id != account_id:
-        raise BlobNotFound(blob_id)
+    info = _own_blob(conn, blob_id, account_id, live_after_ms)
     if info.complete:
         raise StorageConflict("blob_complete")
     conn.execute("INSERT OR IGNORE INTO blob_parts VALUES (?, ?)", (blob_id, index))
-    return _blob(conn, blob_id, live_after_ms)
+    return _own_blob(conn, blob_id, account_id, live_after_ms)
 
 
 def complete_blob(
     conn: sqlite3.Connection, blob_id: str, account_id: str, sha256: bytes, live_after_ms: int
 ) -> BlobInfo:
-    info = _blob(conn, blob_id, live_after_ms)
-    if info is None or info.account_id != account_id:
-        raise BlobNotFound(blob_id)
+    _own_blob(conn, blob_id, account_id, live_after_ms)
     conn.execute("UPDATE blobs SET complete = 1, sha256 = ? WHERE blob_id = ? AND complete = 0", (sha256, blob_id))
-    return _blob(conn, blob_id, live_after_ms)
+    return _own_blob(conn, blob_id, account_id, live_after_ms)
 
 
 def delete_blob(conn: sqlite3.Connection, blob_id: str, account_id: str) -> bool:
@@ -139,3 +135,11 @@ def _blob(conn: sqlite3.Connection, blob_id: str, live_after_ms: int) -> BlobInf
         r[0] for r in conn.execute("SELECT idx FROM blob_parts WHERE blob_id = ? ORDER BY idx", (blob_id,))
     )
     return BlobInfo(blob_id, row[0], row[1], row[2], row[3], bool(row[4]), row[5], received)
+
+
+def _own_blob(conn: sqlite3.Connection, blob_id: str, account_id: str, live_after_ms: int) -> BlobInfo:
+    """The live blob `account_id` uploaded; BlobNotFound for any other."""
+    info = _blob(conn, blob_id, live_after_ms)
+    if info is None or info.account_id != account_id:
+        raise BlobNotFound(blob_id)
+    return info

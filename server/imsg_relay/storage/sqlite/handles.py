@@ -6,13 +6,15 @@ no reader; only "verified" or "unverified" rows that receive are served.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
+from typing import Any
 
 from imsg_relay.storage.base import HandleRow, StorageConflict
 
 _COLUMNS = "tag, account_id, state, receiving, label, created_at, record, code_hash, code_expires_at, code_tries"
 
 
-def _row(r) -> HandleRow:
+def _row(r: Sequence[Any]) -> HandleRow:
     return HandleRow(
         bytes(r[0]),
         r[1],
@@ -110,7 +112,8 @@ def discovery_bucket(conn: sqlite3.Connection, low: int, high: int) -> list[tupl
 
 
 def discoverable_count(conn: sqlite3.Connection) -> int:
-    return conn.execute("SELECT count(*) FROM handles WHERE receiving = 1 AND state != 'pending'").fetchone()[0]
+    count: int = conn.execute("SELECT count(*) FROM handles WHERE receiving = 1 AND state != 'pending'").fetchone()[0]
+    return count
 
 
 def update_handle(

@@ -98,7 +98,7 @@ def put_provisioning(
     conn: sqlite3.Connection, channel: str, box: str, body: bytes, now_ms: int, max_queued: int
 ) -> int:
     _live_channel(conn, channel, now_ms)
-    queued = conn.execute(
+    queued: int = conn.execute(
         "SELECT count(*) FROM provisioning_messages WHERE channel = ? AND box = ?", (channel, box)
     ).fetchone()[0]
     if queued >= max_queued:

@@ -50,7 +50,7 @@ class Op:
     __slots__ = ("fn", "future", "loop")
 
     def __init__(
-        self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future, loop: asyncio.AbstractEventLoop
+        self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop
     ) -> None:
         self.fn = fn
         self.future = future
