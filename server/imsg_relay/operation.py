@@ -77,7 +77,7 @@ class Call:
             return {}
         if media_type(self.request) != "application/json":
             raise RelayError("unsupported_media_type", "request body must be application/json")
-        return decode_body(self.op.request, raw)
+        return decode_body(self.op, raw)
 
     def path(self, name: str) -> Any:
         spec = _spec(self.op.path_params, name)
@@ -93,13 +93,14 @@ class Call:
         return schema.validate(spec, _int(raw, name) if spec["type"] == "integer" else raw, name)
 
 
-def decode_body(request_schema: str, raw: bytes) -> dict[str, Any]:
-    """Parse and validate a JSON request body against the named schema."""
+def decode_body(op: Operation, raw: bytes) -> dict[str, Any]:
+    """Parse a JSON request body and validate it against the operation's request schema."""
+    assert op.request is not None
     try:
         data = loads(raw)
     except (ValueError, RecursionError):
         raise bad_request("request body is not valid json") from None
-    out: dict[str, Any] = schema.validate(schema.S[request_schema], data)
+    out: dict[str, Any] = schema.validate(schema.S[op.request], data)
     return out
 
 

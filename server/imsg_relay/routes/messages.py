@@ -15,6 +15,7 @@ from starlette.responses import Response
 from imsg_relay import schema
 from imsg_relay.context import RelayContext
 from imsg_relay.errors import RelayError, bad_request
+from imsg_relay.jsonio import dumps
 from imsg_relay.operation import Call, json_response
 from imsg_relay.push import Mailbox
 from imsg_relay.settings import MAX_FETCH_BYTES
@@ -102,16 +103,19 @@ async def fetch(relay: RelayContext, call: Call) -> Response:
         return await relay.storage.fetch(device, limit, not_before, MAX_FETCH_BYTES)
 
     messages, more = await long_poll(relay, (device.account_id, device.device_id), wait, read, lambda r: not r[0])
-    return json_response(messages_json(messages, more))
+    return Response(encode_messages(messages, more), media_type="application/json")
 
 
-def messages_json(messages: list[Envelope], more: bool) -> dict[str, Any]:
-    return {
-        "messages": [
-            {"message_id": m.message_id, "body": schema.b64(m.body), "received_at": m.received_at} for m in messages
-        ],
-        "more": more,
-    }
+def encode_messages(messages: list[Envelope], more: bool) -> bytes:
+    """The JSON body of a fetch answer."""
+    return dumps(
+        {
+            "messages": [
+                {"message_id": m.message_id, "body": schema.b64(m.body), "received_at": m.received_at} for m in messages
+            ],
+            "more": more,
+        }
+    )
 
 
 async def ack(relay: RelayContext, call: Call) -> Response:
