@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
 
 from imsg_relay import schema
 
@@ -131,23 +134,23 @@ NOT_ACCOUNT_DATA: dict[str, str] = {}
 
 COVERED_TABLES = frozenset(t for s in SECTIONS for t in s.tables)
 
-schema.S["PrivacyReport"] = {
-    "type": "object",
-    "required": ["account_id", "generated_at", "retention", *[s.name for s in SECTIONS]],
-    "properties": {
-        "account_id": schema.ACCOUNT_ID,
-        "generated_at": schema.TIME_MS,
-        "retention": {"type": "object", "description": "the relay's retention periods, in days"},
-        **{
-            s.name: {
-                "type": "array",
-                "items": {"type": "object"},
-                "description": f"rows of {', '.join(s.tables)} for this account",
-            }
+# The report's shape: fixed fields, then one list of rows per section.
+PrivacyReport = msgspec.defstruct(
+    "PrivacyReport",
+    [
+        ("account_id", schema.AccountId),
+        ("generated_at", schema.TimeMs),
+        ("retention", Annotated[dict[str, int], Meta(description="the relay's retention periods, in days")]),
+        ("envelopes_listed_max", int),
+        *[
+            (
+                s.name,
+                Annotated[list[dict[str, Any]], Meta(description=f"rows of {', '.join(s.tables)} for this account")],
+            )
             for s in SECTIONS
-        },
-    },
-}
+        ],
+    ],
+)
 
 
 def json_value(v: Any) -> Any:

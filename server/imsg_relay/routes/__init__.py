@@ -13,7 +13,8 @@ report).
 from __future__ import annotations
 
 from imsg_relay import schema
-from imsg_relay.operation import Operation
+from imsg_relay.operation import Operation, Param
+from imsg_relay.privacy import PrivacyReport
 from imsg_relay.routes import (
     accounts,
     backups,
@@ -27,30 +28,25 @@ from imsg_relay.routes import (
     reachable,
     sealed,
 )
-from imsg_relay.settings import MAX_FETCH_LIMIT
 
-_ACCOUNT_PARAM = (("account_id", schema.ACCOUNT_ID),)
-_DEVICE_PARAM = (("device_id", schema.DEVICE_ID),)
-_CHANNEL_PARAM = (("channel", schema.CHANNEL),)
-_BOX_PARAMS = (("channel", schema.CHANNEL), ("box", schema.BOX))
-_BLOB_PARAM = (("blob_id", schema.BLOB_ID),)
-_PART_PARAMS = (("blob_id", schema.BLOB_ID), ("index", schema.PART_INDEX))
-_WAIT = (
-    "wait",
-    {"type": "integer", "minimum": 0, "maximum": 60, "default": 0},
-    "seconds to hold the request while the mailbox is empty",
-)
+_ACCOUNT_PARAM = (("account_id", schema.AccountId),)
+_DEVICE_PARAM = (("device_id", schema.DeviceId),)
+_CHANNEL_PARAM = (("channel", schema.ChannelId),)
+_BOX_PARAMS = (("channel", schema.ChannelId), ("box", schema.Box))
+_BLOB_PARAM = (("blob_id", schema.BlobId),)
+_PART_PARAMS = (("blob_id", schema.BlobId), ("index", schema.PartIndex))
+_WAIT = Param("wait", schema.Wait, "seconds to hold the request while the mailbox is empty", 0)
 
 OPERATIONS: tuple[Operation, ...] = (
-    Operation("GET", "/v1/health", accounts.health, "relay liveness", 200, "Health", auth=False),
+    Operation("GET", "/v1/health", accounts.health, "relay liveness", 200, schema.Health, auth=False),
     Operation(
         "POST",
         "/v1/accounts",
         accounts.register,
         "register an account and its first device",
         201,
-        "DeviceCreated",
-        "RegisterRequest",
+        schema.DeviceCreated,
+        schema.RegisterRequest,
         auth=False,
         errors=(409, 429),
     ),
@@ -60,7 +56,7 @@ OPERATIONS: tuple[Operation, ...] = (
         accounts.get_account,
         "an account's key, signed device list and devices",
         200,
-        "Account",
+        schema.Account,
         errors=(404,),
         path_params=_ACCOUNT_PARAM,
     ),
@@ -71,8 +67,8 @@ OPERATIONS: tuple[Operation, ...] = (
         reachable.add_handle,
         "claim a handle for the caller's account; a verifying relay sends it a code",
         200,
-        "Handle",
-        "HandleRequest",
+        reachable.Handle,
+        reachable.HandleRequest,
         errors=(409, 502),
     ),
     Operation(
@@ -81,21 +77,23 @@ OPERATIONS: tuple[Operation, ...] = (
         reachable.verify_handle,
         "confirm a pending handle with the code it received",
         200,
-        "Handle",
-        "VerifyHandleRequest",
+        reachable.Handle,
+        reachable.VerifyHandleRequest,
         errors=(403, 404, 409),
     ),
-    Operation("GET", "/v1/handles", reachable.list_handles, "the caller's account's handles (blinded)", 200, "Handles"),
+    Operation(
+        "GET", "/v1/handles", reachable.list_handles, "the caller's account's handles (blinded)", 200, reachable.Handles
+    ),
     Operation(
         "PATCH",
         "/v1/handles/{handle_id}",
         reachable.update_handle,
         "stop or resume receiving at a handle, or replace its sealed label",
         200,
-        "Handle",
-        "UpdateHandleRequest",
+        reachable.Handle,
+        reachable.UpdateHandleRequest,
         errors=(404,),
-        path_params=(("handle_id", schema.HANDLE_ID),),
+        path_params=(("handle_id", schema.HandleId),),
     ),
     Operation(
         "DELETE",
@@ -103,9 +101,9 @@ OPERATIONS: tuple[Operation, ...] = (
         reachable.remove_handle,
         "remove a handle from the caller's account",
         200,
-        "HandleRemoved",
+        reachable.HandleRemoved,
         errors=(404,),
-        path_params=(("handle_id", schema.HANDLE_ID),),
+        path_params=(("handle_id", schema.HandleId),),
     ),
     Operation(
         "POST",
@@ -113,8 +111,8 @@ OPERATIONS: tuple[Operation, ...] = (
         discovery.evaluate,
         "RFC 9497 OPRF evaluation of blinded elements (rate-limited per account; nothing is recorded)",
         200,
-        "Evaluated",
-        "EvaluateRequest",
+        discovery.Evaluated,
+        discovery.EvaluateRequest,
         errors=(429,),
     ),
     Operation(
@@ -123,8 +121,8 @@ OPERATIONS: tuple[Operation, ...] = (
         discovery.buckets,
         "the blinded entries of discovery buckets, by tag prefix (nothing is recorded)",
         200,
-        "Buckets",
-        "BucketsRequest",
+        discovery.Buckets,
+        discovery.BucketsRequest,
         errors=(409,),
     ),
     Operation(
@@ -133,8 +131,8 @@ OPERATIONS: tuple[Operation, ...] = (
         accounts.add_device,
         "add a device to the caller's account",
         201,
-        "DeviceCreated",
-        "AddDeviceRequest",
+        schema.DeviceCreated,
+        schema.AddDeviceRequest,
         errors=(409,),
         path_params=_DEVICE_PARAM,
     ),  # device_exists, too_many_devices
@@ -144,24 +142,26 @@ OPERATIONS: tuple[Operation, ...] = (
         accounts.remove_device,
         "remove a device of the caller's account, with its keys and mailbox",
         200,
-        "DeviceRemoved",
-        "RemoveDeviceRequest",
+        schema.DeviceRemoved,
+        schema.RemoveDeviceRequest,
         errors=(404,),
         path_params=_DEVICE_PARAM,
         request_required=False,
     ),
-    Operation("PUT", "/v1/keys", keys.put_keys, "publish this device's prekeys", 200, "KeyCounts", "KeysRequest"),
-    Operation("GET", "/v1/keys/count", keys.key_counts, "one-time prekeys held for this device", 200, "KeyCounts"),
+    Operation(
+        "PUT", "/v1/keys", keys.put_keys, "publish this device's prekeys", 200, schema.KeyCounts, schema.KeysRequest
+    ),
+    Operation("GET", "/v1/keys/count", keys.key_counts, "one-time prekeys held for this device", 200, schema.KeyCounts),
     Operation(
         "GET",
         "/v1/keys/{account_id}",
         keys.get_bundles,
         "prekey bundles, one per device; one-time keys are served once",
         200,
-        "Bundles",
+        schema.Bundles,
         errors=(404, 429),
         path_params=_ACCOUNT_PARAM,
-        query=(("device_id", schema.DEVICE_ID, "only this device"),),
+        query=(Param("device_id", schema.DeviceId, "only this device"),),
     ),
     Operation(
         "PUT",
@@ -169,8 +169,8 @@ OPERATIONS: tuple[Operation, ...] = (
         messages.send,
         "store an envelope for every device of an account",
         200,
-        "SendResult",
-        "SendRequest",
+        schema.SendResult,
+        schema.SendRequest,
         errors=(404, 409, 429),
         path_params=_ACCOUNT_PARAM,
     ),
@@ -180,17 +180,12 @@ OPERATIONS: tuple[Operation, ...] = (
         messages.fetch,
         "this device's mailbox, oldest first",
         200,
-        "Messages",
-        query=(
-            _WAIT,
-            (
-                "limit",
-                {"type": "integer", "minimum": 1, "maximum": MAX_FETCH_LIMIT, "default": 100},
-                "most envelopes to return",
-            ),
-        ),
+        schema.Messages,
+        query=(_WAIT, Param("limit", schema.FetchLimit, "most envelopes to return", 100)),
     ),
-    Operation("POST", "/v1/messages/ack", messages.ack, "delete delivered envelopes", 200, "AckResult", "AckRequest"),
+    Operation(
+        "POST", "/v1/messages/ack", messages.ack, "delete delivered envelopes", 200, schema.AckResult, schema.AckRequest
+    ),
     # Device linking. Only the account's side authenticates: the new device has no
     # credential yet, and holding the channel id (shown to it as a pairing code) is its
     # capability. The relay sees opaque bytes in two boxes, each read once.
@@ -200,8 +195,8 @@ OPERATIONS: tuple[Operation, ...] = (
         provisioning.open_channel,
         "open a provisioning channel (10 minutes) to link a new device",
         201,
-        "Channel",
-        "ChannelRequest",
+        schema.Channel,
+        schema.ChannelRequest,
         errors=(409,),
         request_required=False,
         links=tuple(
@@ -219,8 +214,8 @@ OPERATIONS: tuple[Operation, ...] = (
         provisioning.put_provisioning,
         "queue an opaque message in a channel's box; no authentication, the channel id is the capability",
         200,
-        "ProvisioningQueued",
-        "ProvisioningPut",
+        schema.ProvisioningQueued,
+        schema.ProvisioningPut,
         auth=False,
         errors=(404, 429),
         path_params=_BOX_PARAMS,
@@ -231,11 +226,11 @@ OPERATIONS: tuple[Operation, ...] = (
         provisioning.take_provisioning,
         "the oldest message of a channel's box, deleted as it is served (long poll); no authentication",
         200,
-        "ProvisioningMessage",
+        schema.ProvisioningMessage,
         auth=False,
         errors=(404, 429),
         path_params=_BOX_PARAMS,
-        query=(("wait", _WAIT[1], "seconds to hold the request while the box is empty"),),
+        query=(_WAIT._replace(description="seconds to hold the request while the box is empty"),),
     ),
     Operation(
         "DELETE",
@@ -243,7 +238,7 @@ OPERATIONS: tuple[Operation, ...] = (
         provisioning.close_channel,
         "close a provisioning channel of the caller's account and delete its messages",
         200,
-        "ChannelClosed",
+        schema.ChannelClosed,
         errors=(404,),
         path_params=_CHANNEL_PARAM,
     ),
@@ -255,8 +250,8 @@ OPERATIONS: tuple[Operation, ...] = (
         blobs.create_blob,
         "start uploading an attachment blob; the relay draws its id",
         201,
-        "BlobCreated",
-        "BlobRequest",
+        schema.BlobCreated,
+        schema.BlobRequest,
         errors=(413,),
         links=tuple(
             (name, target, {"blob_id": "$response.body#/blob_id"})
@@ -276,7 +271,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "upload one part (exactly part_size bytes, the last one the remainder) of the "
         "caller's account's blob; re-sending a received part is allowed",
         200,
-        "BlobParts",
+        schema.BlobParts,
         "BlobBytes",
         errors=(404, 409),
         path_params=_PART_PARAMS,
@@ -288,7 +283,7 @@ OPERATIONS: tuple[Operation, ...] = (
         blobs.blob_status,
         "an upload's parts received so far (to resume it)",
         200,
-        "BlobStatus",
+        schema.BlobStatus,
         errors=(404,),
         path_params=_BLOB_PARAM,
     ),
@@ -298,7 +293,7 @@ OPERATIONS: tuple[Operation, ...] = (
         blobs.complete_blob,
         "finish an upload once every part is received; the blob becomes read-only",
         200,
-        "BlobCompleted",
+        schema.BlobCompleted,
         errors=(404, 409),
         path_params=_BLOB_PARAM,
     ),
@@ -319,7 +314,7 @@ OPERATIONS: tuple[Operation, ...] = (
         blobs.delete_blob,
         "delete a blob of the caller's account, row and bytes, at once",
         200,
-        "BlobDeleted",
+        schema.BlobDeleted,
         errors=(404,),
         path_params=_BLOB_PARAM,
     ),
@@ -330,7 +325,7 @@ OPERATIONS: tuple[Operation, ...] = (
         sealed.sealed_keys,
         "the relay's sender-certificate keys, oldest first, each endorsed by the one before",
         200,
-        "SealedKeys",
+        sealed.SealedKeys,
         auth=False,
     ),
     Operation(
@@ -339,8 +334,8 @@ OPERATIONS: tuple[Operation, ...] = (
         sealed.sender_certificate,
         "a short-lived sender certificate for the calling device",
         200,
-        "SenderCertificate",
-        "CertificateRequest",
+        sealed.SenderCertificate,
+        sealed.CertificateRequest,
     ),
     Operation(
         "GET",
@@ -348,7 +343,7 @@ OPERATIONS: tuple[Operation, ...] = (
         sealed.get_sealed_access,
         "whether the caller's account has an access key set and allows anyone",
         200,
-        "SealedAccess",
+        sealed.SealedAccess,
     ),
     Operation(
         "PUT",
@@ -356,8 +351,8 @@ OPERATIONS: tuple[Operation, ...] = (
         sealed.put_sealed_access,
         "set the caller's account's unidentified access key and allow-anyone flag",
         200,
-        "SealedAccess",
-        "SealedAccessRequest",
+        sealed.SealedAccess,
+        sealed.SealedAccessRequest,
     ),
     Operation(
         "PUT",
@@ -366,8 +361,8 @@ OPERATIONS: tuple[Operation, ...] = (
         "store sealed envelopes (no sender) for every device of an account; no "
         "credential, the recipient's access key instead",
         200,
-        "SendResult",
-        "SendRequest",
+        schema.SendResult,
+        schema.SendRequest,
         auth=False,
         errors=(401, 409, 429),
         path_params=_ACCOUNT_PARAM,
@@ -387,7 +382,7 @@ OPERATIONS: tuple[Operation, ...] = (
         profiles.put_profile,
         "store (replace) the caller's account's profile ciphertext",
         200,
-        "ProfileStored",
+        profiles.ProfileStored,
         "ProfileBytes",
         errors=(409, 413, 415),
         path_params=profiles.PROFILE_PARAMS,
@@ -412,11 +407,11 @@ OPERATIONS: tuple[Operation, ...] = (
         handler=backups.put_backup,
         summary="upload (replace) this account's backup: raw ciphertext",
         ok=200,
-        response="BackupStored",
+        response=backups.BackupStored,
         request="BlobBytes",
         errors=(409,),
         binary_request=True,
-        query=(("access_hash", backups.ACCESS_HASH, "SHA-256 of the backup access token (required)"),),
+        query=(Param("access_hash", backups.AccessHash, "SHA-256 of the backup access token (required)"),),
     ),
     Operation(
         method="GET",
@@ -424,7 +419,7 @@ OPERATIONS: tuple[Operation, ...] = (
         handler=backups.backup_status,
         summary="this account's backup: size and times",
         ok=200,
-        response="BackupStored",
+        response=backups.BackupStored,
         errors=(404,),
     ),
     Operation(
@@ -433,7 +428,7 @@ OPERATIONS: tuple[Operation, ...] = (
         handler=backups.delete_backup,
         summary="delete this account's backup, row and bytes, at once",
         ok=200,
-        response="BackupDeleted",
+        response=backups.BackupDeleted,
     ),
     Operation(
         method="GET",
@@ -441,7 +436,7 @@ OPERATIONS: tuple[Operation, ...] = (
         handler=backups.restore_account,
         summary="the account whose backup the access token (bearer) opens",
         ok=200,
-        response="Account",
+        response=schema.Account,
         auth=False,
         errors=(401, 404, 429),
     ),
@@ -462,11 +457,11 @@ OPERATIONS: tuple[Operation, ...] = (
         handler=backups.restore_device,
         summary="enrol a restored device: access token (bearer) and an account-key signature",
         ok=201,
-        response="DeviceCreated",
-        request="RestoreDeviceRequest",
+        response=schema.DeviceCreated,
+        request=backups.RestoreDeviceRequest,
         auth=False,
         errors=(401, 404, 409, 429),
-        path_params=(("device_id", schema.DEVICE_ID),),
+        path_params=_DEVICE_PARAM,
     ),
     Operation(
         method="GET",
@@ -474,6 +469,6 @@ OPERATIONS: tuple[Operation, ...] = (
         handler=privacy.privacy_report,
         summary="everything the relay holds about the caller's account, from its tables",
         ok=200,
-        response="PrivacyReport",
+        response=PrivacyReport,
     ),
 )

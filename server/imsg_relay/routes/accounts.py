@@ -11,12 +11,12 @@ import hashlib
 
 from starlette.responses import Response
 
-from imsg_relay import schema
 from imsg_relay.auth import decode_token, token_hash
 from imsg_relay.context import RelayContext
 from imsg_relay.errors import RelayError, bad_request
 from imsg_relay.operation import Call, json_response
 from imsg_relay.routes import reachable
+from imsg_relay.schema import AddDeviceRequest, RegisterRequest, RemoveDeviceRequest, UnsetType
 from imsg_relay.storage.base import Account, AccountNotFound, StorageConflict
 
 API_VERSION = "1"
@@ -59,8 +59,8 @@ def new_token_hash(token: str) -> bytes:
 def account_json(account: Account) -> dict[str, object]:
     return {
         "account_id": account.account_id,
-        "account_key": schema.b64(account.account_key),
-        "device_list": schema.b64(account.device_list),
+        "account_key": account.account_key,
+        "device_list": account.device_list,
         "devices": list(account.devices),
     }
 
@@ -71,24 +71,28 @@ async def health(relay: RelayContext, call: Call) -> Response:
 
 async def register(relay: RelayContext, call: Call) -> Response:
     relay.limits.register.check("register")
-    data = await call.body()
-    key = data["account_key"]
+    data = await call.body(RegisterRequest)
+    key = data.account_key
     if len(key) != ACCOUNT_KEY_BYTES or key[0] != ACCOUNT_KEY_TAG:
         raise bad_request("account_key must be 33 bytes: 0x06 then an ed25519 public key")
-    if derive_account_id(key) != data["account_id"]:
+    if derive_account_id(key) != data.account_id:
         raise bad_request("account_id is not derived from account_key")
-    digest = new_token_hash(data["token"])
-    handle, code = await reachable.new_handle_row(relay, data["account_id"], data["handle"], data.get("label", b""))
+    digest = new_token_hash(data.token)
+    handle, code = await reachable.new_handle_row(relay, data.account_id, data.handle, data.label)
     try:
         await relay.storage.create_account(
-            data["account_id"], key, handle, data["device_list"], data["device_id"], digest, relay.now_ms()
+            data.account_id, key, handle, data.device_list, data.device_id, digest, relay.now_ms()
         )
     except StorageConflict as exc:
         raise conflict(exc) from None
-    created = {"account_id": data["account_id"], "device_id": data["device_id"], "handle_state": handle.state}
+    created: dict[str, object] = {
+        "account_id": data.account_id,
+        "device_id": data.device_id,
+        "handle_state": handle.state,
+    }
     if code is not None:  # registered either way; `POST /v1/handles` sends a new code
         try:
-            await reachable.send_code(relay, data["handle"], code)
+            await reachable.send_code(relay, data.handle, code)
             created["code_sent"] = True
         except RelayError:
             created["code_sent"] = False
@@ -106,12 +110,12 @@ async def get_account(relay: RelayContext, call: Call) -> Response:
 async def add_device(relay: RelayContext, call: Call) -> Response:
     device = await relay.authenticate(call.request)
     device_id = call.path("device_id")
-    data = await call.body()
-    digest = new_token_hash(data["token"])
+    data = await call.body(AddDeviceRequest)
+    digest = new_token_hash(data.token)
     cap = relay.settings.max_devices
     try:
         await relay.storage.add_device(
-            device.account_id, device_id, digest, data["device_list"], relay.now_ms(), max_devices=cap
+            device.account_id, device_id, digest, data.device_list, relay.now_ms(), max_devices=cap
         )
     except StorageConflict as exc:
         if exc.code == "too_many_devices":
@@ -125,9 +129,10 @@ async def add_device(relay: RelayContext, call: Call) -> Response:
 async def remove_device(relay: RelayContext, call: Call) -> Response:
     device = await relay.authenticate(call.request)
     device_id = call.path("device_id")
-    data = await call.body()
+    data = await call.body(RemoveDeviceRequest)
+    device_list = None if isinstance(data.device_list, UnsetType) else data.device_list
     try:
-        await relay.storage.remove_device(device.account_id, device_id, data.get("device_list"))
+        await relay.storage.remove_device(device.account_id, device_id, device_list)
     except AccountNotFound:
         raise RelayError("not_found", "no such device on this account") from None
     return json_response({"account_id": device.account_id, "device_id": device_id})

@@ -21,9 +21,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 import struct
+from typing import Annotated
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from msgspec import Meta, Struct
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
@@ -43,32 +45,29 @@ LABEL_RESTORE_DEVICE = b"imsg/v1/sig/restore-device"
 # A signed enrolment is accepted this long either side of the relay's clock: long enough
 # for a slow clock, short enough that a captured request is soon worthless.
 RESTORE_SIGNATURE_WINDOW_MS = 5 * 60 * 1000
-ACCESS_HASH = {
-    "type": "string",
-    "pattern": r"^[0-9a-f]{64}$",
-    "description": "SHA-256 of the backup access token, 64 lowercase hex characters",
-}
+AccessHash = Annotated[
+    str, schema.pattern("^[0-9a-f]{64}$", "SHA-256 of the backup access token, 64 lowercase hex characters")
+]
 
-schema.S["BackupStored"] = {
-    "type": "object",
-    "required": ["size", "created_at", "updated_at"],
-    "properties": {
-        "size": {"type": "integer", "minimum": 1},
-        "created_at": {**schema.TIME_MS, "description": "first upload"},
-        "updated_at": {**schema.TIME_MS, "description": "latest upload"},
-    },
-}
-schema.S["BackupDeleted"] = {"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "boolean"}}}
-schema.S["RestoreDeviceRequest"] = {
-    "type": "object",
-    "required": ["token", "device_list", "signed_at", "signature"],
-    "properties": {
-        "token": schema.TOKEN,
-        "device_list": schema._b64(schema.MAX_BLOB_B64),
-        "signed_at": schema.TIME_MS,
-        "signature": schema._b64(128, "Ed25519 signature by the account key over LABEL_RESTORE_DEVICE || statement"),
-    },
-}
+
+class BackupStored(Struct):
+    size: Annotated[int, Meta(ge=1)]
+    created_at: Annotated[int, Meta(ge=0, description="first upload")]
+    updated_at: Annotated[int, Meta(ge=0, description="latest upload")]
+
+
+class BackupDeleted(Struct):
+    deleted: bool
+
+
+class RestoreDeviceRequest(Struct):
+    token: schema.Token
+    device_list: schema.DeviceList
+    signed_at: schema.TimeMs
+    signature: Annotated[
+        bytes,
+        Meta(max_length=96, description="Ed25519 signature by the account key over LABEL_RESTORE_DEVICE || statement"),
+    ]
 
 
 def restore_statement(account_id: str, device_id: int, token: bytes, device_list: bytes, signed_at: int) -> bytes:
@@ -185,29 +184,29 @@ async def restore_backup(relay: RelayContext, call: Call) -> Response:
 async def restore_device(relay: RelayContext, call: Call) -> Response:
     info = await _restoring(relay, call)
     device_id = call.path("device_id")
-    data = await call.body()
-    raw_token = decode_token(data["token"])
+    data = await call.body(RestoreDeviceRequest)
+    raw_token = decode_token(data.token)
     if raw_token is None:
         raise bad_request("token must be 32 bytes, base64url without padding")
     now = relay.now_ms()
-    if abs(now - data["signed_at"]) > RESTORE_SIGNATURE_WINDOW_MS:
+    if abs(now - data.signed_at) > RESTORE_SIGNATURE_WINDOW_MS:
         raise RelayError(
             "unauthorized", "the enrolment signature is stale (or the clock is off by more than five minutes)"
         )
     account = await relay.storage.get_account(info.account_id)
     if account is None:
         raise _no_backup()
-    statement = restore_statement(account.account_id, device_id, raw_token, data["device_list"], data["signed_at"])
+    statement = restore_statement(account.account_id, device_id, raw_token, data.device_list, data.signed_at)
     try:
         Ed25519PublicKey.from_public_bytes(account.account_key[1:]).verify(
-            data["signature"], LABEL_RESTORE_DEVICE + statement
+            data.signature, LABEL_RESTORE_DEVICE + statement
         )
     except (InvalidSignature, ValueError):
         raise RelayError("unauthorized", "the enrolment is not signed by the account key") from None
     cap = relay.settings.max_devices
     try:
         await relay.storage.add_device(
-            account.account_id, device_id, new_token_hash(data["token"]), data["device_list"], now, max_devices=cap
+            account.account_id, device_id, new_token_hash(data.token), data.device_list, now, max_devices=cap
         )
     except StorageConflict as exc:
         if exc.code == "too_many_devices":

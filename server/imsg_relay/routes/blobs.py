@@ -17,6 +17,7 @@ from imsg_relay.blobs.base import BlobMissing, BlobReader
 from imsg_relay.context import RelayContext
 from imsg_relay.errors import RelayError, bad_request
 from imsg_relay.operation import Call, json_response, media_type
+from imsg_relay.schema import BlobRequest
 from imsg_relay.settings import BLOB_READ_CHUNK
 from imsg_relay.storage.base import BlobInfo, BlobNotFound, BlobQuotaExceeded, DeviceRef, StorageConflict
 
@@ -39,8 +40,8 @@ async def _own_blob(relay: RelayContext, call: Call, device: DeviceRef) -> BlobI
 
 async def create_blob(relay: RelayContext, call: Call) -> Response:
     device = await relay.authenticate(call.request)
-    data = await call.body()
-    size, cap, quota = data["size"], relay.settings.max_blob, relay.settings.blob_quota
+    data = await call.body(BlobRequest)
+    size, cap, quota = data.size, relay.settings.max_blob, relay.settings.blob_quota
     if size > cap:
         raise RelayError("payload_too_large", f"a blob may be at most {cap} bytes", limit=cap)
     now = relay.now_ms()

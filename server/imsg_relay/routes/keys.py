@@ -3,6 +3,7 @@ per device, and each one-time key is served once (deleted in the same transactio
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.responses import Response
@@ -11,16 +12,17 @@ from imsg_relay import schema
 from imsg_relay.context import RelayContext
 from imsg_relay.errors import RelayError
 from imsg_relay.operation import Call, json_response
+from imsg_relay.schema import UnsetType
 from imsg_relay.storage.base import AccountNotFound, Bundle, KeyCounts, OneTimeKey, SignedKey
 
 
-def _signed(d: dict[str, Any] | None) -> SignedKey | None:
-    return None if d is None else SignedKey(d["key_id"], d["public_key"], d["signature"])
+def _signed(d: schema.SignedPrekey | UnsetType) -> SignedKey | None:
+    return None if isinstance(d, UnsetType) else SignedKey(d.key_id, d.public_key, d.signature)
 
 
-def _unique_keys(items: list[dict[str, Any]], signed: bool) -> list[OneTimeKey]:
+def _unique_keys(items: Sequence[schema.OneTimePrekey | schema.SignedPrekey]) -> list[OneTimeKey]:
     # A key_id given twice in one list: the last one wins, as it would across requests.
-    keys = {k["key_id"]: OneTimeKey(k["key_id"], k["public_key"], k["signature"] if signed else None) for k in items}
+    keys = {k.key_id: OneTimeKey(k.key_id, k.public_key, getattr(k, "signature", None)) for k in items}
     return list(keys.values())
 
 
@@ -34,19 +36,19 @@ def bundle_json(b: Bundle) -> dict[str, Any]:
     if b.kem_prekey is not None:
         kem = {
             "key_id": b.kem_prekey.key_id,
-            "public_key": schema.b64(b.kem_prekey.public_key),
-            "signature": schema.b64(b.kem_prekey.signature),
+            "public_key": (b.kem_prekey.public_key),
+            "signature": (b.kem_prekey.signature),
             "last_resort": b.kem_last_resort,
         }
     one_time = None
     if b.one_time is not None:
-        one_time = {"key_id": b.one_time.key_id, "public_key": schema.b64(b.one_time.public_key)}
+        one_time = {"key_id": b.one_time.key_id, "public_key": (b.one_time.public_key)}
     return {
         "device_id": b.device_id,
         "signed_prekey": {
             "key_id": sp.key_id,
-            "public_key": schema.b64(sp.public_key),
-            "signature": schema.b64(sp.signature),
+            "public_key": (sp.public_key),
+            "signature": (sp.signature),
         },
         "one_time": one_time,
         "kem_prekey": kem,
@@ -55,13 +57,13 @@ def bundle_json(b: Bundle) -> dict[str, Any]:
 
 async def put_keys(relay: RelayContext, call: Call) -> Response:
     device = await relay.authenticate(call.request)
-    data = await call.body()
+    data = await call.body(schema.KeysRequest)
     counts = await relay.storage.put_keys(
         device,
-        _signed(data.get("signed_prekey")),
-        _signed(data.get("kem_last_resort")),
-        _unique_keys(data.get("one_time", []), signed=False),
-        _unique_keys(data.get("kem_one_time", []), signed=True),
+        _signed(data.signed_prekey),
+        _signed(data.kem_last_resort),
+        _unique_keys(data.one_time),
+        _unique_keys(data.kem_one_time),
     )
     return json_response(_counts_json(counts))
 

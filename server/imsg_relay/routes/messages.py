@@ -8,33 +8,33 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from starlette.responses import Response
 
-from imsg_relay import schema
 from imsg_relay.context import RelayContext
 from imsg_relay.errors import RelayError, bad_request
 from imsg_relay.jsonio import dumps
 from imsg_relay.operation import Call, json_response
 from imsg_relay.push import Mailbox
+from imsg_relay.schema import AckRequest, SendRequest
 from imsg_relay.settings import MAX_FETCH_BYTES
 from imsg_relay.storage.base import AccountNotFound, DeviceMismatch, Envelope
 
 
-def envelope_bodies(relay: RelayContext, data: dict[str, Any]) -> dict[int, bytes]:
+def envelope_bodies(relay: RelayContext, data: SendRequest) -> dict[int, bytes]:
     """device id -> envelope of a send (authenticated or sealed): each device once, each
     envelope within the relay's limit."""
     limit = relay.settings.max_envelope
     bodies: dict[int, bytes] = {}
-    for m in data["messages"]:
-        if m["device_id"] in bodies:
-            raise bad_request(f"device {m['device_id']} is addressed twice")
-        if len(m["body"]) > limit:
+    for m in data.messages:
+        if m.device_id in bodies:
+            raise bad_request(f"device {m.device_id} is addressed twice")
+        if len(m.body) > limit:
             raise RelayError(
-                "payload_too_large", f"envelope for device {m['device_id']} is over {limit} bytes", limit=limit
+                "payload_too_large", f"envelope for device {m.device_id} is over {limit} bytes", limit=limit
             )
-        bodies[m["device_id"]] = m["body"]
+        bodies[m.device_id] = m.body
     return bodies
 
 
@@ -56,14 +56,14 @@ async def send(relay: RelayContext, call: Call) -> Response:
     device = await relay.authenticate(call.request)
     relay.limits.send.check(device)
     account_id = call.path("account_id")
-    data = await call.body()
+    data = await call.body(SendRequest)
     bodies = envelope_bodies(relay, data)
     exclude = device.device_id if account_id == device.account_id else None
     try:
-        stored = await store(relay, account_id, data["message_id"], bodies, exclude)
+        stored = await store(relay, account_id, data.message_id, bodies, exclude)
     except AccountNotFound:
         raise RelayError("not_found", "no such account") from None
-    return json_response({"message_id": data["message_id"], "stored": stored})
+    return json_response({"message_id": data.message_id, "stored": stored})
 
 
 T = TypeVar("T")
@@ -110,9 +110,7 @@ def encode_messages(messages: list[Envelope], more: bool) -> bytes:
     """The JSON body of a fetch answer."""
     return dumps(
         {
-            "messages": [
-                {"message_id": m.message_id, "body": schema.b64(m.body), "received_at": m.received_at} for m in messages
-            ],
+            "messages": [{"message_id": m.message_id, "body": m.body, "received_at": m.received_at} for m in messages],
             "more": more,
         }
     )
@@ -120,5 +118,5 @@ def encode_messages(messages: list[Envelope], more: bool) -> bytes:
 
 async def ack(relay: RelayContext, call: Call) -> Response:
     device = await relay.authenticate(call.request)
-    data = await call.body()
-    return json_response({"acked": await relay.storage.ack(device, data["message_ids"])})
+    data = await call.body(AckRequest)
+    return json_response({"acked": await relay.storage.ack(device, data.message_ids)})

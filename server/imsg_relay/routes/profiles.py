@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hmac
 import struct
+from typing import Annotated
 
+from msgspec import Meta, Struct
 from starlette.responses import Response
 
 from imsg_relay import schema
@@ -27,20 +29,16 @@ from imsg_relay.operation import Call, json_response, media_type
 PROFILE_FORMAT = 1
 PROFILE_MIN = 1 + 32 + 8 + 12 + 256 + 4 + 16
 PROFILE_MAX = PROFILE_MIN + 512 * 1024
-KEY_ID = {
-    "type": "string",
-    "pattern": r"^[0-9a-f]{64}$",
-    "description": "64 lowercase hex characters: HKDF of the profile key (PROTOCOL.md §6c)",
-}
-PROFILE_PARAMS = (("key_id", KEY_ID),)
-PROFILE_READ_PARAMS = (("account_id", schema.ACCOUNT_ID), ("key_id", KEY_ID))
+ProfileKeyId = Annotated[
+    str, schema.pattern("^[0-9a-f]{64}$", "64 lowercase hex characters: HKDF of the profile key (PROTOCOL.md §6c)")
+]
+PROFILE_PARAMS = (("key_id", ProfileKeyId),)
+PROFILE_READ_PARAMS = (("account_id", schema.AccountId), ("key_id", ProfileKeyId))
 
-schema.S["ProfileStored"] = {
-    "type": "object",
-    "required": ["revision", "size"],
-    "properties": {"revision": {"type": "integer", "minimum": 0}, "size": {"type": "integer", "minimum": 1}},
-}
-schema.S["ProfileBytes"] = {"type": "string", "format": "binary"}
+
+class ProfileStored(Struct):
+    revision: Annotated[int, Meta(ge=0)]
+    size: Annotated[int, Meta(ge=1)]
 
 
 def _no_profile() -> RelayError:

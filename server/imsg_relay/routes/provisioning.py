@@ -12,12 +12,12 @@ import secrets
 
 from starlette.responses import Response
 
-from imsg_relay import schema
 from imsg_relay.context import RelayContext
 from imsg_relay.errors import RelayError
 from imsg_relay.operation import Call, json_response
 from imsg_relay.push import Mailbox
 from imsg_relay.routes.messages import long_poll
+from imsg_relay.schema import BOXES, ChannelRequest, ProvisioningPut
 from imsg_relay.settings import MAX_OPEN_CHANNELS, MAX_PROVISIONING_MESSAGE, MAX_PROVISIONING_QUEUED
 from imsg_relay.storage.base import ChannelNotFound, StorageConflict
 
@@ -38,7 +38,7 @@ def box_wakeup(channel: str, box: str) -> Mailbox:
 
 async def open_channel(relay: RelayContext, call: Call) -> Response:
     device = await relay.authenticate(call.request)
-    await call.body()
+    await call.body(ChannelRequest)
     now = relay.now_ms()
     expires_at = now + relay.settings.provisioning_ttl_ms
     while True:  # 64 random bits: a collision is retried, never expected
@@ -68,17 +68,15 @@ def _target(relay: RelayContext, call: Call) -> tuple[str, str]:
 
 async def put_provisioning(relay: RelayContext, call: Call) -> Response:
     channel, box = _target(relay, call)
-    data = await call.body()
-    if len(data["body"]) > MAX_PROVISIONING_MESSAGE:
+    data = await call.body(ProvisioningPut)
+    if len(data.body) > MAX_PROVISIONING_MESSAGE:
         raise RelayError(
             "payload_too_large",
             f"provisioning message is over {MAX_PROVISIONING_MESSAGE} bytes",
             limit=MAX_PROVISIONING_MESSAGE,
         )
     try:
-        queued = await relay.storage.put_provisioning(
-            channel, box, data["body"], relay.now_ms(), MAX_PROVISIONING_QUEUED
-        )
+        queued = await relay.storage.put_provisioning(channel, box, data.body, relay.now_ms(), MAX_PROVISIONING_QUEUED)
     except ChannelNotFound:
         raise _no_channel() from None
     except StorageConflict:  # box_full
@@ -104,7 +102,7 @@ async def take_provisioning(relay: RelayContext, call: Call) -> Response:
             raise _no_channel() from None
 
     body = await long_poll(relay, box_wakeup(channel, box), wait, take, lambda b: b is None)
-    return json_response({"body": None if body is None else schema.b64(body)})
+    return json_response({"body": body})
 
 
 async def close_channel(relay: RelayContext, call: Call) -> Response:
@@ -116,5 +114,5 @@ async def close_channel(relay: RelayContext, call: Call) -> Response:
         raise _no_channel() from None
     finally:
         # Waiting readers re-read at once: they answer 404 instead of waiting out the poll.
-        await relay.push.notify([box_wakeup(channel, b) for b in schema.BOX["enum"]])
+        await relay.push.notify([box_wakeup(channel, b) for b in BOXES])
     return json_response({"channel": channel})

@@ -1,5 +1,5 @@
 """Reachable handles (the caller's own, blinded): claim, verify with a code, list, update,
-remove; and the schemas of these routes and of private discovery (routes/discovery.py).
+remove (private discovery, the lookups, is routes/discovery.py).
 See docs/RELAY-API.md "Reachable handles" and docs/PROTOCOL.md §8a.
 
 What the relay learns, and keeps:
@@ -18,8 +18,9 @@ import hashlib
 import hmac
 import logging
 import secrets
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from msgspec import UNSET, Meta, Struct, UnsetType
 from starlette.responses import Response
 
 from imsg_relay import schema
@@ -36,105 +37,43 @@ CODE_DIGITS = 6
 CODE_TTL_MS = 10 * 60 * 1000  # a code expires 10 minutes after it is sent
 CODE_MAX_TRIES = 5  # wrong guesses before a code is void
 LABEL_CODE = b"imsg/v1/verification-code"
-MAX_EVALUATIONS = 1000  # blinded elements per request
-MAX_PREFIXES = 1000  # buckets per request
 MAX_LABEL = 1024  # the client-sealed label of a handle (for the account's own devices)
 
-_ELEMENT = schema._b64(44, "a ristretto255 element (32 bytes)")
-_TAG_HEX = {
-    "type": "string",
-    "pattern": r"^[0-9a-f]{64}$",
-    "description": "a handle's id: its blinded tag, 64 lowercase hex characters",
-}
-_LABEL = schema._b64(
-    -(-MAX_LABEL // 3) * 4, "the handle sealed by the account's devices for each other; opaque to the relay"
-)
-_CODE = {"type": "string", "pattern": r"^[0-9]{6}$", "description": "6 digits"}
-_STATE = {"type": "string", "enum": ["pending", "verified", "unverified"]}
+# A handle's label, sealed by the account's devices: at most MAX_LABEL bytes (413 past it,
+# so it is checked in the route, not by the type).
+Label = Annotated[bytes, Meta(description="the handle sealed by the account's devices for each other; opaque")]
 
-schema.S["HandleRequest"] = {
-    "type": "object",
-    "required": ["handle", "label"],
-    "properties": {"handle": schema.HANDLE, "label": _LABEL},
-}
-schema.S["VerifyHandleRequest"] = {
-    "type": "object",
-    "required": ["handle", "code"],
-    "properties": {"handle": schema.HANDLE, "code": _CODE},
-}
-schema.S["UpdateHandleRequest"] = {
-    "type": "object",
-    "properties": {"receiving": {"type": "boolean"}, "label": _LABEL},
-}
-schema.S["Handle"] = {
-    "type": "object",
-    "required": ["id", "state", "receiving", "label", "added_at"],
-    "properties": {
-        "id": _TAG_HEX,
-        "state": _STATE,
-        "receiving": {"type": "boolean"},
-        "label": _LABEL,
-        "added_at": schema.TIME_MS,
-        "code_expires_at": schema.TIME_MS,
-    },
-}
-schema.S["Handles"] = {
-    "type": "object",
-    "required": ["handles"],
-    "properties": {"handles": {"type": "array", "items": {"$ref": "#/components/schemas/Handle"}}},
-}
-schema.S["HandleRemoved"] = {"type": "object", "required": ["id"], "properties": {"id": _TAG_HEX}}
-schema.S["EvaluateRequest"] = {
-    "type": "object",
-    "required": ["elements"],
-    "properties": {"elements": {"type": "array", "minItems": 1, "maxItems": MAX_EVALUATIONS, "items": _ELEMENT}},
-}
-schema.S["Evaluated"] = {
-    "type": "object",
-    "required": ["evaluated", "prefix_bits"],
-    "properties": {
-        "evaluated": {"type": "array", "items": _ELEMENT},
-        "prefix_bits": {"type": "integer", "minimum": 0, "maximum": 16},
-    },
-}
-schema.S["BucketsRequest"] = {
-    "type": "object",
-    "required": ["prefix_bits", "prefixes"],
-    "properties": {
-        "prefix_bits": {"type": "integer", "minimum": 0, "maximum": 16},
-        "prefixes": {
-            "type": "array",
-            "minItems": 1,
-            "maxItems": MAX_PREFIXES,
-            "items": {"type": "integer", "minimum": 0, "maximum": 65535},
-        },
-    },
-}
-schema.S["Buckets"] = {
-    "type": "object",
-    "required": ["prefix_bits", "buckets"],
-    "properties": {
-        "prefix_bits": {"type": "integer", "minimum": 0, "maximum": 16},
-        "buckets": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["prefix", "entries"],
-                "properties": {
-                    "prefix": {"type": "integer", "minimum": 0},
-                    "entries": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "required": ["tag", "record"],
-                            "properties": {"tag": schema._b64(44), "record": schema._b64(80)},
-                        },
-                    },
-                },
-            },
-        },
-    },
-}
+
+class HandleRequest(Struct):
+    handle: schema.Handle
+    label: Label
+
+
+class VerifyHandleRequest(Struct):
+    handle: schema.Handle
+    code: Annotated[str, schema.pattern("^[0-9]{6}$", "6 digits")]
+
+
+class UpdateHandleRequest(Struct):
+    receiving: bool | UnsetType = UNSET
+    label: Label | UnsetType = UNSET
+
+
+class Handle(Struct, omit_defaults=True):
+    id: schema.HandleId
+    state: Literal["pending", "verified", "unverified"]
+    receiving: bool
+    label: bytes
+    added_at: schema.TimeMs
+    code_expires_at: schema.TimeMs | UnsetType = UNSET
+
+
+class Handles(Struct):
+    handles: list[Handle]
+
+
+class HandleRemoved(Struct):
+    id: schema.HandleId
 
 
 def _handle_json(row: HandleRow, now_ms: int) -> dict[str, Any]:
@@ -142,7 +81,7 @@ def _handle_json(row: HandleRow, now_ms: int) -> dict[str, Any]:
         "id": row.tag.hex(),
         "state": row.state,
         "receiving": row.receiving,
-        "label": schema.b64(row.label),
+        "label": (row.label),
         "added_at": row.created_at,
     }
     if row.state == "pending" and row.code_hash is not None and row.code_expires_at > now_ms:
@@ -193,13 +132,13 @@ def _label_limit(label: bytes) -> None:
 
 async def add_handle(relay: RelayContext, call: Call) -> Response:
     device = await relay.authenticate(call.request)
-    data = await call.body()
-    _label_limit(data["label"])
-    tag = tag_for(relay.discovery_key.output(data["handle"]))
+    data = await call.body(HandleRequest)
+    _label_limit(data.label)
+    tag = tag_for(relay.discovery_key.output(data.handle))
     existing = await relay.storage.get_handle(device.account_id, tag)
     if existing is not None and existing.state in ("verified", "unverified"):
         return json_response(_handle_json(existing, relay.now_ms()))  # already held: no new code
-    row, code = await new_handle_row(relay, device.account_id, data["handle"], data["label"])
+    row, code = await new_handle_row(relay, device.account_id, data.handle, data.label)
     cap = relay.settings.max_handles
     try:
         await relay.storage.put_handle(row, cap)
@@ -210,15 +149,15 @@ async def add_handle(relay: RelayContext, call: Call) -> Response:
             ) from None
         raise RelayError("handle_taken", "another account holds this handle") from None
     if code is not None:
-        await send_code(relay, data["handle"], code)
+        await send_code(relay, data.handle, code)
     return json_response(_handle_json(row, relay.now_ms()))
 
 
 async def verify_handle(relay: RelayContext, call: Call) -> Response:
     device = await relay.authenticate(call.request)
     relay.limits.code_guess.check(device.account_id)
-    data = await call.body()
-    output = relay.discovery_key.output(data["handle"])
+    data = await call.body(VerifyHandleRequest)
+    output = relay.discovery_key.output(data.handle)
     tag = tag_for(output)
     row = await relay.storage.get_handle(device.account_id, tag)
     if row is None:
@@ -229,7 +168,7 @@ async def verify_handle(relay: RelayContext, call: Call) -> Response:
         raise RelayError(
             "no_code", "no live code for this handle (expired, used, or too many wrong tries): ask for a new one"
         )
-    if not hmac.compare_digest(row.code_hash, _code_hash(relay, device.account_id, tag, data["code"])):
+    if not hmac.compare_digest(row.code_hash, _code_hash(relay, device.account_id, tag, data.code)):
         left = await relay.storage.wrong_code(device.account_id, tag, CODE_MAX_TRIES)
         raise RelayError(
             "wrong_code",
@@ -257,9 +196,11 @@ def _tag_param(call: Call) -> bytes:
 async def update_handle(relay: RelayContext, call: Call) -> Response:
     device = await relay.authenticate(call.request)
     tag = _tag_param(call)
-    data = await call.body()
-    _label_limit(data.get("label", b""))
-    row = await relay.storage.update_handle(device.account_id, tag, data.get("receiving"), data.get("label"))
+    data = await call.body(UpdateHandleRequest)
+    receiving = None if isinstance(data.receiving, UnsetType) else data.receiving
+    label = None if isinstance(data.label, UnsetType) else data.label
+    _label_limit(label or b"")
+    row = await relay.storage.update_handle(device.account_id, tag, receiving, label)
     if row is None:
         raise RelayError("not_found", "this account holds no such handle")
     return json_response(_handle_json(row, relay.now_ms()))

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import hmac
+from typing import Annotated
 
+from msgspec import UNSET, Meta, Struct, UnsetType
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -19,6 +21,7 @@ from imsg_relay.context import RelayContext
 from imsg_relay.errors import RelayError, bad_request
 from imsg_relay.operation import Call, json_response
 from imsg_relay.routes.messages import envelope_bodies, store
+from imsg_relay.schema import SendRequest
 from imsg_relay.sealed import (
     ACCESS_HEADER,
     ACCESS_KEY_BYTES,
@@ -49,64 +52,37 @@ def _header_key(request: Request) -> bytes | None:
     return key if len(key) == ACCESS_KEY_BYTES else b""
 
 
-schema.S["SealedKeys"] = {
-    "type": "object",
-    "required": ["keys"],
-    "properties": {
-        "keys": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["key_id", "public_key", "endorsement"],
-                "properties": {
-                    "key_id": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
-                    "public_key": {"type": "string", "format": "byte", "description": "0x06 || Ed25519 public key"},
-                    "endorsement": {
-                        "type": "string",
-                        "format": "byte",
-                        "nullable": True,
-                        "description": "the previous key's signature of this one; null for the first",
-                    },
-                },
-            },
-        }
-    },
-}
-schema.S["CertificateRequest"] = {
-    "type": "object",
-    "required": ["identity_key"],
-    "properties": {
-        "identity_key": {
-            "type": "string",
-            "format": "byte",
-            "maxLength": 44,
-            "description": "0x05 || this device's X25519 identity key",
-        }
-    },
-}
-schema.S["SenderCertificate"] = {
-    "type": "object",
-    "required": ["certificate", "expires_at"],
-    "properties": {"certificate": {"type": "string", "format": "byte"}, "expires_at": schema.TIME_MS},
-}
-schema.S["SealedAccessRequest"] = {
-    "type": "object",
-    "required": ["allow_anyone"],
-    "properties": {
-        "access_key": {
-            "type": "string",
-            "format": "byte",
-            "maxLength": 24,
-            "description": "16 bytes; omit to keep the current one",
-        },
-        "allow_anyone": {"type": "boolean"},
-    },
-}
-schema.S["SealedAccess"] = {
-    "type": "object",
-    "required": ["access_key_set", "allow_anyone"],
-    "properties": {"access_key_set": {"type": "boolean"}, "allow_anyone": {"type": "boolean"}},
-}
+class SealedKey(Struct):
+    key_id: Annotated[str, schema.pattern("^[0-9a-f]{16}$")]
+    public_key: Annotated[bytes, Meta(description="0x06 || Ed25519 public key")]
+    endorsement: Annotated[
+        bytes | None, Meta(description="the previous key's signature of this one; null for the first")
+    ]
+
+
+class SealedKeys(Struct):
+    keys: list[SealedKey]
+
+
+class CertificateRequest(Struct):
+    identity_key: Annotated[bytes, Meta(max_length=33, description="0x05 || this device's X25519 identity key")]
+
+
+class SenderCertificate(Struct):
+    certificate: bytes
+    expires_at: schema.TimeMs
+
+
+class SealedAccessRequest(Struct):
+    allow_anyone: bool
+    access_key: (
+        Annotated[bytes, Meta(max_length=18, description="16 bytes; omit to keep the current one")] | UnsetType
+    ) = UNSET
+
+
+class SealedAccess(Struct):
+    access_key_set: bool
+    allow_anyone: bool
 
 
 async def sealed_keys(relay: RelayContext, call: Call) -> Response:
@@ -115,14 +91,14 @@ async def sealed_keys(relay: RelayContext, call: Call) -> Response:
 
 async def sender_certificate(relay: RelayContext, call: Call) -> Response:
     device = await relay.authenticate(call.request)
-    data = await call.body()
-    identity = data["identity_key"]
+    data = await call.body(CertificateRequest)
+    identity = data.identity_key
     if len(identity) != 33 or identity[0] != X25519_TAG:
         raise bad_request("identity_key must be 33 bytes: 0x05 then an x25519 public key")
     expires_at = relay.now_ms() + relay.settings.sender_certificate_hours * 3_600_000
     key = relay.sealed_signing_keys()[-1]
     cert = sign_certificate(key, device.account_id, device.device_id, identity, expires_at)
-    return json_response({"certificate": schema.b64(cert), "expires_at": expires_at})
+    return json_response({"certificate": (cert), "expires_at": expires_at})
 
 
 async def get_sealed_access(relay: RelayContext, call: Call) -> Response:
@@ -133,12 +109,12 @@ async def get_sealed_access(relay: RelayContext, call: Call) -> Response:
 
 async def put_sealed_access(relay: RelayContext, call: Call) -> Response:
     device = await relay.authenticate(call.request)
-    data = await call.body()
-    key = data.get("access_key")
+    data = await call.body(SealedAccessRequest)
+    key = None if isinstance(data.access_key, UnsetType) else data.access_key
     if key is not None and len(key) != ACCESS_KEY_BYTES:
         raise bad_request(f"access_key must be {ACCESS_KEY_BYTES} bytes")
     verifier = access_verifier(key) if key is not None else None
-    await relay.storage.set_sealed_access(device.account_id, verifier, data["allow_anyone"])
+    await relay.storage.set_sealed_access(device.account_id, verifier, data.allow_anyone)
     stored, anyone = await relay.storage.get_sealed_access(device.account_id)
     return json_response({"access_key_set": stored is not None, "allow_anyone": anyone})
 
@@ -155,10 +131,10 @@ async def send_sealed(relay: RelayContext, call: Call) -> Response:
         allowed = hmac.compare_digest(access_verifier(offered), verifier)
     if not allowed:
         raise _access_denied()
-    data = await call.body()
+    data = await call.body(SendRequest)
     bodies = envelope_bodies(relay, data)
     try:
-        stored = await store(relay, account_id, data["message_id"], bodies, None)
+        stored = await store(relay, account_id, data.message_id, bodies, None)
     except AccountNotFound:
         raise _access_denied() from None
-    return json_response({"message_id": data["message_id"], "stored": stored})
+    return json_response({"message_id": data.message_id, "stored": stored})
