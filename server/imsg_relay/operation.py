@@ -1,6 +1,6 @@
 """One operation of the API (`Operation`: the data the router, the validator and
 /openapi.json are all built from) and one request to it (`Call`: its body, path and query
-values, each validated against the specs of its operation).
+values, each validated against the types its operation names).
 
 Route functions are `async def name(relay: RelayContext, call: Call) -> Response`; they ask
 `call` for what they need in the order they need it, so the checks (and so the errors a bad
