@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.requests import Request
 
 from imsg_relay.auth import bearer_token_hash
+from imsg_relay.blinding import load_or_create_secret
 from imsg_relay.blobs.base import BlobStore
 from imsg_relay.discovery import DiscoveryKey
 from imsg_relay.errors import RelayError
@@ -101,8 +102,6 @@ class RelayContext:
 
     def load_keys(self) -> None:
         """The relay secret and the discovery key, from their 0600 files (made on first start)."""
-        from imsg_relay.blinding import load_or_create_secret
-
         self.secret = load_or_create_secret(self.settings.secret_path)
         self._discovery_key = DiscoveryKey.load(self.settings.discovery_key_path)
 
