@@ -11,7 +11,7 @@ import os
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from imsg_relay.backups import LABEL_RESTORE_DEVICE, restore_statement
+from imsg_relay.routes.backups import LABEL_RESTORE_DEVICE, restore_statement
 
 from .helpers import Identity, account_id_of, new_token, registration
 from .test_privacy_report import backend  # noqa: F401 (the sqlite/postgres fixture)

@@ -11,7 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from imsg_relay.app import create_app
-from imsg_relay.profiles import PROFILE_MAX, PROFILE_MIN
+from imsg_relay.routes.profiles import PROFILE_MAX, PROFILE_MIN
 
 from .helpers import register
 from support.relays import relay_settings
