@@ -49,19 +49,25 @@ def _scan(package_root: Path, base: Path) -> list[Found]:
     name it is assigned to, if any. `base` is the directory the module names start from."""
     found = []
     for path in sorted(package_root.rglob("*.py")):
-        tree = ast.parse(path.read_text(), filename=str(path))
-        named: dict[int, str] = {}
-        for node in tree.body:
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-                named[id(node.value)] = node.targets[0].id
-            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
-                named[id(node.value)] = node.target.id
         parts = path.relative_to(base).with_suffix("").parts
         module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, bytes) and node.value.startswith(b"imsg/"):
-                found.append(Found(str(path.relative_to(ROOT)), module, named.get(id(node)), node.value))
+        found += _scan_source(path.read_text(), str(path.relative_to(ROOT)), module)
     return found
+
+
+def _scan_source(source: str, path: str = "<test>", module: str = "<test>") -> list[Found]:
+    tree = ast.parse(source, filename=path)
+    named: dict[int, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            named[id(node.value)] = node.targets[0].id
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            named[id(node.value)] = node.target.id
+    return [
+        Found(path, module, named.get(id(node)), node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, bytes) and node.value.startswith(b"imsg/")
+    ]
 
 
 CLIENT = _scan(ROOT / "imsg", ROOT) + _scan(ROOT / "imsg_cli", ROOT)
@@ -98,7 +104,9 @@ BY_VALUE = {row.value: row for row in TABLE}
 def test_the_scan_finds_labels_on_both_sides():
     # a scan that found nothing would pass everything below
     assert len({f.value for f in CLIENT}) >= 30 and len({f.value for f in RELAY}) >= 8
-    assert any(f.name is None for f in RELAY)  # inline literals are found too
+    # inline literals (bound to no name) are found too
+    inline = _scan_source('x = hash(b"imsg/v1/some-inline-label" + y)\nLABEL_N = b"imsg/v1/named"\n')
+    assert [(f.name, f.value) for f in inline] == [(None, b"imsg/v1/some-inline-label"), ("LABEL_N", b"imsg/v1/named")]
 
 
 def test_the_table_has_one_row_per_label_and_one_label_per_name():
