@@ -4,11 +4,18 @@
 Imports are lazy so that `imsg --help` starts fast.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from imsg.client import Client
+
 __version__ = "0.2.0"
 __all__ = ["Client", "__version__"]
 
 
-def __getattr__(name: str):  # type: ignore[no-untyped-def]
+def __getattr__(name: str) -> type[Client]:
     if name == "Client":
         from imsg.client import Client
 

@@ -8,6 +8,8 @@ interrupted.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ImsgError(Exception):
     """imsg failed"""
@@ -16,10 +18,12 @@ class ImsgError(Exception):
     exit_code = 1
     hint: str | None = None
 
-    def __init__(self, message: str | None = None, *, hint: str | None = None, **details):
+    def __init__(self, message: str | None = None, *, hint: str | None = None, **details: Any):
         super().__init__(message or (self.__class__.__doc__ or "").strip())
         if hint is not None:
             self.hint = hint
+        # extra fields of the JSON error: ours, or those the relay sent with its error
+        # (unvalidated, hence Any: a reader checks a field before using it, as with any relay JSON)
         self.details = details
 
 
@@ -73,8 +77,16 @@ class RelayRefusedError(ImsgError):
 
     code, exit_code = "relay_refused", 5
 
-    def __init__(self, message: str | None = None, *, status: int = 0, relay_code: str = "", **details):
-        super().__init__(message, **details)
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        status: int = 0,
+        relay_code: str = "",
+        hint: str | None = None,
+        **details: Any,
+    ):
+        super().__init__(message, hint=hint, **details)
         self.status = status
         self.relay_code = relay_code or "relay_refused"
         self.code = self.relay_code
@@ -92,8 +104,8 @@ class SealedOnlyError(RelayRefusedError):
         "or turn sealed-only off: imsg sealed only off"
     )
 
-    def __init__(self, message: str | None = None, **details):
-        super().__init__(message, status=401, relay_code="sealed_only", **details)
+    def __init__(self, message: str | None = None, *, hint: str | None = None, **details: Any):
+        super().__init__(message, status=401, relay_code="sealed_only", hint=hint, **details)
 
 
 class InsecureRelayError(UsageError):

@@ -6,7 +6,7 @@ Canonicalisation happens before anything is sent, compared, blinded or looked up
 `phonenumbers` (Google's libphonenumber metadata); the country code is required, since a
 handle has no home region. A number must be *possible* for its country (right length), not
 necessarily assigned: test ranges such as +1 555 are possible, and a handle that nobody
-holds is simply not reachable.
+holds simply has no holder (a lookup finds nothing).
 """
 
 from __future__ import annotations

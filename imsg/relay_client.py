@@ -10,15 +10,17 @@ from __future__ import annotations
 import base64
 import ipaddress
 import sys
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 # httpx imports its own command-line client (rich, click: ~70 ms, a quarter of the `imsg
 # send` budget) when they are installed, and falls back cleanly when that import fails.
 # We never use httpx's CLI, so mark it absent before the first import of httpx.
 if "httpx" not in sys.modules:
-    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]  # None there means "absent" to import
 
 import httpx
 
@@ -28,6 +30,10 @@ from imsg.errors import (
     RelayUnavailableError,
     UsageError,
 )
+
+# A JSON object as the relay sent it: decoded, not validated. Each caller checks the fields
+# it reads (a relay may send anything), so the values stay Any.
+JsonObject = dict[str, Any]
 
 DEFAULT_TIMEOUT = 15.0
 TRANSFER_TIMEOUT = 120.0  # one attachment part (8 MiB) or a download's gaps between chunks
@@ -102,22 +108,35 @@ class RelayClient:
     def __enter__(self) -> RelayClient:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, *, json=None, params=None, timeout=None, headers=None) -> dict:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: object = None,
+        params: Mapping[str, str | int] | None = None,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> JsonObject:
         try:
-            kwargs = {"json": json, "params": params, "headers": headers}
-            if timeout is not None:
-                kwargs["timeout"] = timeout
-            response = self._http.request(method, path, **kwargs)
+            response = self._http.request(
+                method,
+                path,
+                json=json,
+                params=params,
+                headers=headers,
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+            )
         except httpx.TimeoutException:
             raise RelayUnavailableError(f"relay at {self.base_url} timed out") from None
         except httpx.HTTPError as exc:
             raise RelayUnavailableError(f"relay at {self.base_url} unreachable ({type(exc).__name__})") from None
         return self._answer(response)
 
-    def _answer(self, response: httpx.Response) -> dict:
+    def _answer(self, response: httpx.Response) -> JsonObject:
         """The JSON body of a 2xx answer, or the error it stands for."""
         if response.status_code == 204:
             return {}
@@ -151,7 +170,7 @@ class RelayClient:
 
     # --- accounts ---
 
-    def health(self) -> dict:
+    def health(self) -> JsonObject:
         return self._request("GET", "/v1/health")
 
     def register(
@@ -164,7 +183,7 @@ class RelayClient:
         device_id: int,
         token: str,
         label: bytes = b"",
-    ) -> dict:
+    ) -> JsonObject:
         return self._request(
             "POST",
             "/v1/accounts",
@@ -191,7 +210,7 @@ class RelayClient:
         except (KeyError, TypeError, ValueError):
             raise RelayRefusedError("relay sent a malformed account", relay_code="bad_response") from None
 
-    # --- reachable handles and private discovery (docs/RELAY-API.md) ---
+    # --- discovery: the private lookup of who holds a handle (docs/PROTOCOL.md §8a) ---
 
     def evaluate(self, elements: list[bytes]) -> tuple[list[bytes], int]:
         """RFC 9497 BlindEvaluate of each blinded element; and the bucket prefix length."""
@@ -214,49 +233,51 @@ class RelayClient:
         except (KeyError, TypeError, ValueError):
             raise RelayRefusedError("relay sent malformed buckets", relay_code="bad_response") from None
 
-    def add_handle(self, handle: str, label: bytes) -> dict:
+    # --- reachable: this account's own handles, each with its handle label ---
+
+    def add_handle(self, handle: str, label: bytes) -> JsonObject:
         return self._request("POST", "/v1/handles", json={"handle": handle, "label": b64e(label)})
 
-    def verify_handle(self, handle: str, code: str) -> dict:
+    def verify_handle(self, handle: str, code: str) -> JsonObject:
         return self._request("POST", "/v1/handles/verify", json={"handle": handle, "code": code})
 
-    def list_handles(self) -> list[dict]:
+    def list_handles(self) -> list[JsonObject]:
         body = self._request("GET", "/v1/handles")
         rows = body.get("handles")
-        if not isinstance(rows, list):
+        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
             raise RelayRefusedError("relay sent a malformed handle list", relay_code="bad_response")
         return rows
 
-    def update_handle(self, handle_id: str, *, receiving: bool | None = None, label: bytes | None = None) -> dict:
-        doc: dict = {}
+    def update_handle(self, handle_id: str, *, receiving: bool | None = None, label: bytes | None = None) -> JsonObject:
+        doc: JsonObject = {}
         if receiving is not None:
             doc["receiving"] = receiving
         if label is not None:
             doc["label"] = b64e(label)
         return self._request("PATCH", f"/v1/handles/{handle_id}", json=doc)
 
-    def remove_handle(self, handle_id: str) -> dict:
+    def remove_handle(self, handle_id: str) -> JsonObject:
         return self._request("DELETE", f"/v1/handles/{handle_id}")
 
     # --- prekeys ---
 
-    def publish_keys(self, payload: dict) -> dict:
+    def publish_keys(self, payload: JsonObject) -> JsonObject:
         return self._request("PUT", "/v1/keys", json=payload)
 
-    def key_count(self) -> dict:
+    def key_count(self) -> JsonObject:
         return self._request("GET", "/v1/keys/count")
 
-    def fetch_bundles(self, account_id: str, device_id: int | None = None) -> list[dict]:
+    def fetch_bundles(self, account_id: str, device_id: int | None = None) -> list[JsonObject]:
         params = {"device_id": device_id} if device_id is not None else None
         body = self._request("GET", f"/v1/keys/{account_id}", params=params)
         devices = body.get("devices")
-        if not isinstance(devices, list):
+        if not isinstance(devices, list) or not all(isinstance(d, dict) for d in devices):
             raise RelayRefusedError("relay sent malformed prekey bundles", relay_code="bad_response")
         return devices
 
     # --- messages ---
 
-    def send(self, account_id: str, message_id: str, envelopes: list[tuple[int, bytes]]) -> dict:
+    def send(self, account_id: str, message_id: str, envelopes: list[tuple[int, bytes]]) -> JsonObject:
         return self._request(
             "PUT",
             f"/v1/messages/{account_id}",
@@ -302,18 +323,18 @@ class RelayClient:
         body = self._request("POST", "/v1/sealed/certificate", json={"identity_key": b64e(identity_key)})
         return b64d(str(body.get("certificate", "")))
 
-    def sealed_access(self) -> dict:
+    def sealed_access(self) -> JsonObject:
         return self._request("GET", "/v1/sealed/access")
 
-    def set_sealed_access(self, access_key: bytes | None, allow_anyone: bool) -> dict:
-        body: dict = {"allow_anyone": allow_anyone}
+    def set_sealed_access(self, access_key: bytes | None, allow_anyone: bool) -> JsonObject:
+        body: JsonObject = {"allow_anyone": allow_anyone}
         if access_key is not None:
             body["access_key"] = b64e(access_key)
         return self._request("PUT", "/v1/sealed/access", json=body)
 
     def send_sealed(
         self, account_id: str, message_id: str, envelopes: list[tuple[int, bytes]], access_key: bytes | None
-    ) -> dict:
+    ) -> JsonObject:
         headers = {"Unidentified-Access-Key": b64e(access_key)} if access_key else None
         return self._request(
             "PUT",
@@ -327,10 +348,10 @@ class RelayClient:
 
     # --- devices ---
 
-    def add_device(self, device_id: int, token: str, device_list: bytes) -> dict:
+    def add_device(self, device_id: int, token: str, device_list: bytes) -> JsonObject:
         return self._request("PUT", f"/v1/devices/{device_id}", json={"token": token, "device_list": b64e(device_list)})
 
-    def remove_device(self, device_id: int, device_list: bytes | None) -> dict:
+    def remove_device(self, device_id: int, device_list: bytes | None) -> JsonObject:
         body = {"device_list": b64e(device_list)} if device_list is not None else {}
         return self._request("DELETE", f"/v1/devices/{device_id}", json=body)
 
@@ -356,13 +377,13 @@ class RelayClient:
 
     # --- attachment blobs (opaque ciphertext) ---
 
-    def create_blob(self, size: int) -> dict:
+    def create_blob(self, size: int) -> JsonObject:
         return self._request("POST", "/v1/blobs", json={"size": size})
 
-    def blob_status(self, blob_id: str) -> dict:
+    def blob_status(self, blob_id: str) -> JsonObject:
         return self._request("GET", f"/v1/blobs/{blob_id}/status")
 
-    def put_part(self, blob_id: str, index: int, chunks, length: int) -> dict:
+    def put_part(self, blob_id: str, index: int, chunks: Iterable[bytes], length: int) -> JsonObject:
         """Upload one part, streaming `chunks` (an iterable of bytes) of exactly `length` bytes."""
         try:
             response = self._http.request(
@@ -378,13 +399,13 @@ class RelayClient:
             raise RelayUnavailableError(f"relay at {self.base_url} unreachable ({type(exc).__name__})") from None
         return self._answer(response)
 
-    def complete_blob(self, blob_id: str) -> dict:
+    def complete_blob(self, blob_id: str) -> JsonObject:
         return self._request("POST", f"/v1/blobs/{blob_id}/complete", json={}, timeout=TRANSFER_TIMEOUT)
 
-    def delete_blob(self, blob_id: str) -> dict:
+    def delete_blob(self, blob_id: str) -> JsonObject:
         return self._request("DELETE", f"/v1/blobs/{blob_id}")
 
-    def download_blob(self, blob_id: str, *, start: int = 0):
+    def download_blob(self, blob_id: str, *, start: int = 0) -> Iterator[bytes]:
         """Yield the blob's bytes from offset `start` (an HTTP range), in chunks."""
         headers = {"Range": f"bytes={start}-"} if start else {}
         try:
@@ -402,7 +423,7 @@ class RelayClient:
 
     # --- profiles ---
 
-    def put_profile(self, key_id: str, blob: bytes) -> dict:
+    def put_profile(self, key_id: str, blob: bytes) -> JsonObject:
         """Store our profile ciphertext (replacing the one held) under `key_id` (hex)."""
         with self._network():
             response = self._http.request(
@@ -436,7 +457,7 @@ class RelayClient:
                 response.close()
 
     @contextmanager
-    def _network(self):
+    def _network(self) -> Iterator[None]:
         try:
             yield
         except httpx.TimeoutException:
@@ -446,7 +467,7 @@ class RelayClient:
 
     # --- backups (the bytes are ciphertext sealed under the recovery code) ---
 
-    def put_backup(self, data: bytes, access_hash: bytes) -> dict:
+    def put_backup(self, data: bytes, access_hash: bytes) -> JsonObject:
         try:
             response = self._http.request(
                 "PUT",
@@ -462,7 +483,7 @@ class RelayClient:
             raise RelayUnavailableError(f"relay at {self.base_url} unreachable ({type(exc).__name__})") from None
         return self._answer(response)
 
-    def backup_status(self) -> dict | None:
+    def backup_status(self) -> JsonObject | None:
         try:
             return self._request("GET", "/v1/backup")
         except RelayRefusedError as exc:
@@ -509,7 +530,7 @@ class RelayClient:
 
     def restore_device(
         self, device_id: int, *, token: str, device_list: bytes, signed_at: int, signature: bytes
-    ) -> dict:
+    ) -> JsonObject:
         return self._request(
             "PUT",
             f"/v1/restore/devices/{device_id}",
@@ -523,5 +544,5 @@ class RelayClient:
 
     # --- privacy report ---
 
-    def privacy_report(self) -> dict:
+    def privacy_report(self) -> JsonObject:
         return self._request("GET", "/v1/privacy/report")

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 from imsg.crypto import dh, sign
+from imsg.crypto.labels import LABEL_SENDER_CERTIFICATE
 from imsg.protocol import envelope, pqxdh, ratchet, sealed
-from imsg.protocol.consts import LABEL_SENDER_CERTIFICATE
 from imsg.protocol.identity import AccountKey, DeviceKeys, DeviceList, account_id_for, safety_number
 from imsg.protocol.session import Address, associated_data
 

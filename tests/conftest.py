@@ -6,6 +6,7 @@
   operator would).
 - `relay_proc`: `imsg-relay serve --port 0` as a subprocess (the way users run it), with its
   stderr captured to a file; yields a `ProcessRelay` with `url`, `data_dir`, `log_path`.
+  (Both launchers live in tests/support/relays.py.)
 - `make_client`: a factory of `Client`s, each in its own home under tmp_path; closed at
   teardown. `make_client("alice")` registers `alice@example.com`.
 
@@ -15,94 +16,24 @@ rate-limit behaviour itself belongs to tests/relay.
 
 from __future__ import annotations
 
-import os
-import select
-import signal
-import socket
-import sqlite3
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-FAST_LIMITS: dict[str, float] = {
-    "send_rate": 100_000.0,
-    "send_burst": 100_000.0,
-    "request_rate": 100_000.0,
-    "request_burst": 100_000.0,
-    "lookup_rate": 100_000.0,
-    "lookup_burst": 100_000.0,
-    "register_rate": 100_000.0,
-    "register_burst": 100_000.0,
-    "discovery_rate": 100_000.0,
-    "discovery_burst": 100_000.0,
-}
-FAST_LIMITS_ENV = {f"IMSG_RELAY_{k.upper()}": str(int(v)) for k, v in FAST_LIMITS.items()}
+from support.relays import (
+    FAST_LIMITS,
+    FAST_LIMITS_ENV,
+    ProcessRelay,
+    ThreadRelay,
+    closed_port_url,
+    start_process_relay,
+    start_thread_relay,
+)
 
-
-@dataclass
-class ThreadRelay:
-    url: str
-    data_dir: Path
-    server: Any = field(repr=False)
-    thread: threading.Thread = field(repr=False)
-    sock: socket.socket = field(repr=False)
-
-    @property
-    def db_path(self) -> Path:
-        return self.data_dir / "relay.db"
-
-    def db(self) -> sqlite3.Connection:
-        """A second connection to the relay's live database (WAL lets both work)."""
-        conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=10)
-        conn.execute("PRAGMA busy_timeout = 10000")
-        return conn
-
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            self.server.should_exit = True
-            self.thread.join(10)
-        self.sock.close()
-
-
-def start_thread_relay(data_dir: Path, **overrides: Any) -> ThreadRelay:
-    import uvicorn
-
-    from imsg_relay.app import create_app
-    from imsg_relay.settings import Settings
-
-    settings = Settings(data_dir=data_dir, **{**FAST_LIMITS, **overrides})
-    app = create_app(settings)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(512)
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        loop="asyncio",
-        http="h11",
-        ws="none",
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=1,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"relay-{port}")
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            server.should_exit = True
-            raise RuntimeError("thread relay did not start")
-        time.sleep(0.005)
-    return ThreadRelay(f"http://127.0.0.1:{port}", data_dir, server, thread, sock)
+__all__ = ["FAST_LIMITS", "FAST_LIMITS_ENV", "ProcessRelay", "ThreadRelay", "closed_port_url"]
+__all__ += ["start_process_relay", "start_thread_relay"]
 
 
 @pytest.fixture
@@ -114,54 +45,6 @@ def relay(tmp_path: Path) -> Iterator[ThreadRelay]:
         r.stop()
 
 
-@dataclass
-class ProcessRelay:
-    url: str
-    data_dir: Path
-    log_path: Path
-    proc: subprocess.Popen = field(repr=False)
-
-    @property
-    def db_path(self) -> Path:
-        return self.data_dir / "relay.db"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if self.proc.stdout:
-            self.proc.stdout.close()
-        return self.proc.returncode
-
-
-def start_process_relay(
-    data_dir: Path, log_path: Path, env: dict[str, str] | None = None, timeout: float = 15.0
-) -> ProcessRelay:
-    full_env = {**os.environ, **FAST_LIMITS_ENV, **(env or {})}
-    with open(log_path, "ab") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "imsg_relay.cli", "serve", "--port", "0", "--data", str(data_dir)],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            env=full_env,
-        )
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline().decode() if ready else ""
-    prefix = "imsg-relay listening on "
-    if not line.startswith(prefix):
-        proc.kill()
-        proc.wait(5)
-        raise RuntimeError(f"relay did not start: {line!r} {log_path.read_text(errors='replace')}")
-    return ProcessRelay(line[len(prefix) :].strip(), data_dir, log_path, proc)
-
-
 @pytest.fixture
 def relay_proc(tmp_path: Path) -> Iterator[ProcessRelay]:
     r = start_process_relay(tmp_path / "relay-proc-data", tmp_path / "relay-proc.log")
@@ -169,15 +52,6 @@ def relay_proc(tmp_path: Path) -> Iterator[ProcessRelay]:
         yield r
     finally:
         r.stop()
-
-
-def closed_port_url() -> str:
-    """A loopback URL nothing listens on (bound, then closed: refused at once)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
@@ -263,7 +137,7 @@ def module_relay_proc_factory(tmp_path_factory: pytest.TempPathFactory) -> Itera
     def start(env: dict[str, str] | None = None) -> ProcessRelay:
         base = tmp_path_factory.mktemp("relay-proc")
         r = start_process_relay(base / "data", base / "relay.log", env=env)
-        r.base = base  # type: ignore[attr-defined]
+        r.base = base
         started.append(r)
         return r
 

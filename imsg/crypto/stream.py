@@ -2,7 +2,7 @@
 
 A file is encrypted under a fresh random 256-bit attachment key K, drawn by the caller::
 
-    stream_key = HKDF-SHA256(ikm=K, salt=None, info="imsg/v1/attachment", L=32)
+    stream_key = HKDF-SHA256(ikm=K, salt=None, info=LABEL_ATTACHMENT, L=32)
     P          = P_0 || P_1 || ... || P_n      |P_i| = SEGMENT for i < n,  |P_n| <= SEGMENT
     nonce_i    = I2OSP(i, 11) || (0x01 if i = n else 0x00)
     C_i        = AES-256-GCM-Seal(stream_key, nonce_i, P_i, ad="")   |C_i| = |P_i| + 16
@@ -39,10 +39,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from imsg.crypto.errors import AuthenticationError, InvalidKeyError
 from imsg.crypto.kdf import hkdf
-
-# HKDF info for the stream key (the crypto package imports nothing else of ours, so the
-# label lives here rather than in protocol.consts).
-LABEL_ATTACHMENT = b"imsg/v1/attachment"
+from imsg.crypto.labels import LABEL_ATTACHMENT
 
 KEY_LEN = 32
 SEGMENT = 65536

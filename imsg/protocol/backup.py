@@ -30,19 +30,19 @@ from typing import Any
 from imsg.crypto import aead, sign
 from imsg.crypto.errors import AuthenticationError
 from imsg.crypto.kdf import hkdf
+from imsg.crypto.labels import (
+    LABEL_BACKUP_ACCESS,
+    LABEL_BACKUP_AD,
+    LABEL_BACKUP_KEY,
+    LABEL_RECOVERY_CHECKSUM,
+    LABEL_RESTORE_DEVICE,
+)
 from imsg.protocol.errors import DecodeError, DecryptionError, UntrustedIdentityError
 from imsg.protocol.identity import account_id_for, verify_device_list
 from imsg.protocol.provisioning import b64, field, unb64
 from imsg.protocol.stores import Contact, StoredAttachment, StoredMessage
 
 Rng = Callable[[int], bytes]
-
-# --- labels (each appears word for word in docs/PROTOCOL.md) ---
-LABEL_BACKUP_KEY = b"imsg/v1/backup/key"
-LABEL_BACKUP_ACCESS = b"imsg/v1/backup/access"
-LABEL_BACKUP_AD = b"imsg/v1/backup/ad"
-LABEL_RECOVERY_CHECKSUM = b"imsg/v1/backup/recovery-code-checksum"
-LABEL_RESTORE_DEVICE = b"imsg/v1/sig/restore-device"
 
 MAGIC = b"imsgbak\x01"  # 7 bytes of name, then the format version
 SALT_LEN = 32

@@ -1,39 +1,8 @@
-"""Domain-separation labels and named limits. Each label appears word for word in
-docs/PROTOCOL.md. Every context that derives a key or signs gets its own label, so a
-ciphertext or signature from one context is never accepted in another (SECURITY-TESTS 6, 10).
+"""The protocol's version and named limits, each with its reason. The domain-separation
+labels are in `imsg.crypto.labels` (and docs/PROTOCOL.md §1's label table).
 """
 
 WIRE_VERSION = 1
-
-# --- key derivation (HKDF info strings) ---
-LABEL_PQXDH = b"imsg/v1/pqxdh X25519 ML-KEM-768 SHA-256"
-LABEL_ROOT = b"imsg/v1/ratchet/root"
-LABEL_MESSAGE_KEYS = b"imsg/v1/ratchet/message-keys"
-LABEL_CONTENT_KEY = b"imsg/v1/content"
-
-LABEL_DEVICE_NAME = b"imsg/v1/device-name"
-LABEL_PROVISIONING = b"imsg/v1/provisioning"
-LABEL_SYNC = b"imsg/v1/sync"
-# Sealed sender (§6e): a device's HPKE seed from its identity key, the HPKE info of the
-# sealed layer, and the unidentified-access key from the profile key.
-LABEL_SEALED_DEVICE_KEY = b"imsg/v1/sealed/device-key"
-LABEL_SEALED_ENVELOPE = b"imsg/v1/sealed/envelope"
-LABEL_ACCESS_KEY = b"imsg/v1/sealed/access-key"
-
-# --- associated data ---
-LABEL_MESSAGE_AD = b"imsg/v1/ratchet/ad"
-LABEL_CONTENT_AD = b"imsg/v1/content/ad"
-
-# --- signature contexts ---
-LABEL_DEVICE_LIST = b"imsg/v1/sig/device-list"
-LABEL_SIGNED_PREKEY = b"imsg/v1/sig/signed-prekey"
-LABEL_KEM_PREKEY = b"imsg/v1/sig/kem-prekey"
-LABEL_SENDER_CERTIFICATE = b"imsg/v1/sig/sender-certificate"  # by the relay
-LABEL_RELAY_KEY = b"imsg/v1/sig/relay-key"  # a relay key endorsing its successor
-
-# --- identifiers and fingerprints ---
-LABEL_ACCOUNT_ID = b"imsg/v1/account-id"
-LABEL_SAFETY_NUMBER = b"imsg/v1/safety-number"
 
 # PQXDH's 32 0xFF bytes before the DH outputs (Signal PQXDH §2.2: for X25519 the
 # discontinuity bytes keep the KDF input from ever equalling an XEdDSA/other input).
@@ -83,10 +52,8 @@ SEALED_BUCKETS = (2048, 4096, 8192, 16384, 32768, 65536, 98304)
 # A sender certificate is fetched again after this long on our clock (they live 24 hours
 # on the relay's), so clock skew never makes a client send an expired one.
 SENDER_CERTIFICATE_REFRESH_MS = 3600 * 1000
+
 # --- profiles (name and photo, docs/PROTOCOL.md §6c) ---
-LABEL_PROFILE_ID = b"imsg/v1/profile/id"
-LABEL_PROFILE_KEY = b"imsg/v1/profile/key"
-LABEL_PROFILE_AD = b"imsg/v1/profile/ad"
 
 # A profile name is at most this many UTF-8 bytes; it is padded to a fixed block, so every
 # name has the same ciphertext length.

@@ -11,8 +11,11 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
+from typing import Any, NotRequired, TypedDict, TypeVar
 
 from imsg.protocol.errors import DecodeError
+
+T = TypeVar("T")
 
 KIND_TEXT = "text"
 # A copy of a message this account sent, for the account's other devices. Accepted only
@@ -34,6 +37,46 @@ MAX_NAME_LEN = 255
 MAX_TYPE_LEN = 127
 
 
+# --- the JSON shapes on the wire (what `encode` writes; `decode` checks every field) ---
+
+
+class AttachmentJson(TypedDict):
+    blob: str
+    key: str  # base64
+    digest: str  # base64
+    size: int
+    name: str
+    type: str
+
+
+class ProfileJson(TypedDict):
+    key: str  # base64
+    rev: int
+    share: NotRequired[str]
+
+
+class SyncJson(TypedDict):
+    dest: str
+    dest_key: str  # base64
+
+
+ContentJson = TypedDict(  # functional form: "from" is a keyword
+    "ContentJson",
+    {
+        "v": int,
+        "id": str,
+        "sent_at": int,
+        "kind": str,
+        "from": str,
+        "to": str,
+        "text": str,
+        "attachments": NotRequired[list[AttachmentJson]],
+        "profile": NotRequired[ProfileJson],
+        "sync": NotRequired[SyncJson],
+    },
+)
+
+
 @dataclass(frozen=True, slots=True)
 class AttachmentPointer:
     """Where an attachment is and how to open it; travels only inside the E2E content.
@@ -47,7 +90,7 @@ class AttachmentPointer:
     name: str  # the sender's file name: untrusted, sanitised before it touches a disk
     content_type: str  # the sender's claim: never used to decode anything
 
-    def to_json(self) -> dict:
+    def to_json(self) -> AttachmentJson:
         return {
             "blob": self.blob_id,
             "key": base64.b64encode(self.key).decode(),
@@ -58,7 +101,7 @@ class AttachmentPointer:
         }
 
     @classmethod
-    def from_json(cls, doc) -> AttachmentPointer:
+    def from_json(cls, doc: object) -> AttachmentPointer:
         if not isinstance(doc, dict):
             raise DecodeError("attachment must be an object")
         blob = _field(doc, "blob", str)
@@ -83,14 +126,14 @@ class ProfileShare:
     revision: int  # grows with every change of name, photo or key
     share: str = ""
 
-    def to_json(self) -> dict:
-        doc = {"key": base64.b64encode(self.key).decode(), "rev": self.revision}
+    def to_json(self) -> ProfileJson:
+        doc: ProfileJson = {"key": base64.b64encode(self.key).decode(), "rev": self.revision}
         if self.share:
             doc["share"] = self.share
         return doc
 
     @classmethod
-    def from_json(cls, doc) -> ProfileShare:
+    def from_json(cls, doc: object) -> ProfileShare:
         if not isinstance(doc, dict):
             raise DecodeError("profile must be an object")
         revision = _field(doc, "rev", int)
@@ -116,7 +159,7 @@ class Content:
     profile: ProfileShare | None = None
 
     def encode(self) -> bytes:
-        doc = {
+        doc: ContentJson = {
             "v": 1,
             "id": self.message_id,
             "sent_at": self.sent_at,
@@ -182,7 +225,7 @@ class Content:
         return cls(message_id, sent_at, kind, sender, recipient, text, dest, dest_key, attachments, profile)
 
 
-def _field(doc: dict, name: str, kind: type):
+def _field(doc: dict[str, Any], name: str, kind: type[T]) -> T:
     value = doc.get(name)
     if not isinstance(value, kind):
         raise DecodeError(f"content field {name!r} missing or of the wrong type")
@@ -193,7 +236,7 @@ def _is_hex(s: str) -> bool:
     return all(c in "0123456789abcdef" for c in s)
 
 
-def _b64(doc: dict, name: str, length: int) -> bytes:
+def _b64(doc: dict[str, Any], name: str, length: int) -> bytes:
     try:
         raw = base64.b64decode(_field(doc, name, str), validate=True)
     except ValueError:

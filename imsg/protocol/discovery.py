@@ -1,5 +1,5 @@
-"""Private contact discovery, the client's half (docs/PROTOCOL.md §8a). Sans-I/O: the
-caller carries the messages to the relay.
+"""Discovery, the client's half: the private lookup of who holds a handle (docs/PROTOCOL.md
+§8a; §1 Words). Sans-I/O: the caller carries the messages to the relay.
 
     blind(handle)           -> (blind, element)         send element to /v1/discovery/evaluate
     finalize(handle, blind, evaluated) -> output        RFC 9497 Finalize
@@ -9,9 +9,10 @@ caller carries the messages to the relay.
 The relay sees the blinded element (random to it) and the prefix (shared by a bucket of
 registered handles); the record is sealed under a key only the handle's OPRF output gives.
 
-Also here: the label, the handle sealed under a key from the account key, so that the
-account's other devices (which hold the account key) can list the account's handles from
-the relay without the relay learning them.
+Also here, though it serves *reachable* (the account's own handles) rather than discovery:
+the handle label, a handle sealed under a key from the account key, so that the account's
+other devices (which hold the account key) can list its reachable handles from the relay
+without the relay learning them. It lives beside the record it is stored with.
 """
 
 from __future__ import annotations
@@ -27,12 +28,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import imsg_oprf
 from imsg.crypto.kdf import hkdf
+from imsg.crypto.labels import LABEL_HANDLE_LABEL, LABEL_RECORD, LABEL_RECORD_KEY, LABEL_TAG
 from imsg.protocol.errors import DecodeError
 
-LABEL_TAG = b"imsg/v1/discovery-tag"
-LABEL_RECORD_KEY = b"imsg/v1/discovery-record-key"
-LABEL_RECORD = b"imsg/v1/discovery-record"
-LABEL_HANDLE_LABEL = b"imsg/v1/handle-label"
 FLAG_VERIFIED = 0x01
 BUCKET_BITS = 16
 LABEL_PAD = 320  # label plaintexts are padded to this, so their length says nothing

@@ -122,13 +122,13 @@ class Reader:
         return self._take(1)[0]
 
     def u16(self) -> int:
-        return _U16.unpack(self._take(2))[0]
+        return int.from_bytes(self._take(2), "big")
 
     def u32(self) -> int:
-        return _U32.unpack(self._take(4))[0]
+        return int.from_bytes(self._take(4), "big")
 
     def u64(self) -> int:
-        return _U64.unpack(self._take(8))[0]
+        return int.from_bytes(self._take(8), "big")
 
     def raw(self, n: int) -> bytes:
         return self._take(n)

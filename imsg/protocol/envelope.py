@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from imsg.crypto import aead
 from imsg.crypto.errors import AuthenticationError
 from imsg.crypto.kdf import constant_time_equal, hkdf
-from imsg.protocol.consts import LABEL_CONTENT_AD, LABEL_CONTENT_KEY, PAD_BLOCK, WIRE_VERSION
+from imsg.crypto.labels import LABEL_CONTENT_AD, LABEL_CONTENT_KEY
+from imsg.protocol.consts import PAD_BLOCK, WIRE_VERSION
 from imsg.protocol.encoding import Reader, Writer
 from imsg.protocol.errors import DecodeError, DecryptionError
 from imsg.protocol.identity import Rng

@@ -15,15 +15,14 @@ from dataclasses import dataclass
 from imsg.crypto import aead, dh, hpke, sign
 from imsg.crypto.errors import AuthenticationError, BadSignatureError
 from imsg.crypto.kdf import hkdf
-from imsg.protocol.consts import (
+from imsg.crypto.labels import (
     LABEL_ACCOUNT_ID,
     LABEL_DEVICE_LIST,
     LABEL_DEVICE_NAME,
     LABEL_SAFETY_NUMBER,
     LABEL_SEALED_DEVICE_KEY,
-    MAX_DEVICES,
-    WIRE_VERSION,
 )
+from imsg.protocol.consts import MAX_DEVICES, WIRE_VERSION
 from imsg.protocol.encoding import (
     KEY_ED25519,
     KEY_HPKE_MLKEM768_X25519,

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 from imsg.crypto import dh, kem
 from imsg.crypto.kdf import hkdf
-from imsg.protocol.consts import LABEL_PQXDH, PQXDH_F
+from imsg.crypto.labels import LABEL_PQXDH
+from imsg.protocol.consts import PQXDH_F
 from imsg.protocol.encoding import KEY_MLKEM768, KEY_X25519, encode_key
 from imsg.protocol.identity import DeviceKeys, Rng
 from imsg.protocol.prekeys import KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from imsg.crypto import dh, kem, sign
 from imsg.crypto.errors import BadSignatureError
-from imsg.protocol.consts import LABEL_KEM_PREKEY, LABEL_SIGNED_PREKEY
+from imsg.crypto.labels import LABEL_KEM_PREKEY, LABEL_SIGNED_PREKEY
 from imsg.protocol.encoding import KEY_MLKEM768, KEY_X25519, Reader, Writer, encode_key
 from imsg.protocol.errors import UntrustedIdentityError
 from imsg.protocol.identity import DeviceKeys, Rng

@@ -23,7 +23,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from imsg.crypto import aead
+from imsg.crypto import aead, labels
 from imsg.crypto.errors import AuthenticationError
 from imsg.crypto.kdf import constant_time_equal, hkdf
 from imsg.protocol import consts
@@ -51,7 +51,7 @@ class Profile:
 
     @property
     def photo_type(self) -> str:
-        return photo_type(self.photo) if self.photo else ""
+        return (photo_type(self.photo) or "") if self.photo else ""  # "" also for a type open_ would refuse
 
 
 def _u16(n: int) -> bytes:
@@ -68,11 +68,11 @@ def _aid(account_id: str) -> bytes:
 def key_id(profile_key: bytes, account_id: str) -> bytes:
     """The 32 bytes the relay files a profile under; only holders of the key know it."""
     _check_key(profile_key)
-    return hkdf(profile_key, salt=None, info=consts.LABEL_PROFILE_ID + _aid(account_id), length=32)
+    return hkdf(profile_key, salt=None, info=labels.LABEL_PROFILE_ID + _aid(account_id), length=32)
 
 
 def _cipher_key(profile_key: bytes, account_id: str) -> bytes:
-    return hkdf(profile_key, salt=None, info=consts.LABEL_PROFILE_KEY + _aid(account_id), length=32)
+    return hkdf(profile_key, salt=None, info=labels.LABEL_PROFILE_KEY + _aid(account_id), length=32)
 
 
 def _check_key(profile_key: bytes) -> None:
@@ -141,7 +141,7 @@ def _padded(profile: Profile) -> bytes:
 
 
 def _ad(account_id: str, kid: bytes, revision: int) -> bytes:
-    return consts.LABEL_PROFILE_AD + _aid(account_id) + kid + struct.pack(">Q", revision)
+    return labels.LABEL_PROFILE_AD + _aid(account_id) + kid + struct.pack(">Q", revision)
 
 
 def seal(profile_key: bytes, account_id: str, revision: int, profile: Profile, rng: Callable[[int], bytes]) -> bytes:
@@ -158,7 +158,7 @@ def blob_revision(blob: bytes) -> int:
     """The revision a blob claims (authenticated only by `open_`)."""
     if len(blob) < MIN_BLOB:
         raise DecodeError("profile blob too short")
-    return struct.unpack(">Q", blob[33:41])[0]
+    return int.from_bytes(blob[33:41], "big")
 
 
 def open_(profile_key: bytes, account_id: str, blob: bytes, *, min_revision: int = 0) -> tuple[int, Profile]:

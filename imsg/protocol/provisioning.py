@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from imsg.crypto import aead
 from imsg.crypto.errors import AuthenticationError
 from imsg.crypto.kdf import hkdf
-from imsg.protocol.consts import LABEL_PROVISIONING
+from imsg.crypto.labels import LABEL_PROVISIONING
 from imsg.protocol.errors import DecodeError, DecryptionError
+
+T = TypeVar("T")
 
 CHANNEL_LEN = 8
 SECRET_LEN = 10
@@ -102,7 +104,7 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def unb64(doc: dict, name: str, length: int | None = None) -> bytes:
+def unb64(doc: dict[str, Any], name: str, length: int | None = None) -> bytes:
     value = doc.get(name)
     if not isinstance(value, str):
         raise DecodeError(f"pairing field {name!r} missing")
@@ -115,7 +117,7 @@ def unb64(doc: dict, name: str, length: int | None = None) -> bytes:
     return raw
 
 
-def field(doc: dict, name: str, kind: type):
+def field(doc: dict[str, Any], name: str, kind: type[T]) -> T:
     value = doc.get(name)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise DecodeError(f"pairing field {name!r} missing or of the wrong type")

@@ -28,14 +28,8 @@ import struct
 from imsg.crypto import aead, dh
 from imsg.crypto.errors import AuthenticationError, CryptoError
 from imsg.crypto.kdf import hkdf, hmac_sha256
-from imsg.protocol.consts import (
-    LABEL_MESSAGE_KEYS,
-    LABEL_ROOT,
-    MAX_FORWARD_JUMPS,
-    MAX_MESSAGE_KEYS,
-    MAX_SKIPPED_KEY_AGE_MS,
-    WIRE_VERSION,
-)
+from imsg.crypto.labels import LABEL_MESSAGE_KEYS, LABEL_ROOT
+from imsg.protocol.consts import MAX_FORWARD_JUMPS, MAX_MESSAGE_KEYS, MAX_SKIPPED_KEY_AGE_MS, WIRE_VERSION
 from imsg.protocol.encoding import KEY_X25519, Reader, Writer
 from imsg.protocol.errors import (
     DecodeError,
@@ -51,6 +45,8 @@ _HEADER = struct.Struct(">BBB32sII")  # version, type, key tag, dh public, pn, n
 HEADER_LEN = _HEADER.size  # 43
 _CK_MSG = b"\x01"
 _CK_NEXT = b"\x02"
+
+Skipped = tuple[tuple[bytes, int], bytes]  # ((ratchet public key, n), message key)
 
 
 def kdf_rk(rk: bytes, dh_out: bytes) -> tuple[bytes, bytes]:
@@ -126,12 +122,12 @@ class RatchetState:
     # --- set-up ---
 
     @classmethod
-    def initiator(cls, sk: bytes, remote_ratchet_key: bytes, ad_send: bytes, ad_recv: bytes):
+    def initiator(cls, sk: bytes, remote_ratchet_key: bytes, ad_send: bytes, ad_recv: bytes) -> RatchetState:
         """Alice: she knows Bob's signed prekey, which is his first ratchet key."""
         return cls(root_key=sk, dhr=remote_ratchet_key, ad_send=ad_send, ad_recv=ad_recv)
 
     @classmethod
-    def responder(cls, sk: bytes, signed_prekey: dh.KeyPair, ad_send: bytes, ad_recv: bytes):
+    def responder(cls, sk: bytes, signed_prekey: dh.KeyPair, ad_send: bytes, ad_recv: bytes) -> RatchetState:
         """Bob: his signed prekey is his first ratchet key; he sends after he receives."""
         return cls(
             root_key=sk,
@@ -197,9 +193,9 @@ class RatchetState:
             raise DecryptionError()
         if n > MAX_FORWARD_JUMPS or (self.ckr is not None and pn - self.nr > MAX_FORWARD_JUMPS):
             raise TooFarAheadError()
-        old_skipped: list[tuple[tuple[bytes, int], bytes]] = []
-        if self.ckr is not None and pn > self.nr:
-            old_skipped, _, _ = _advance(self.ckr, self.nr, pn, self.dhr, last=False)
+        old_skipped: list[Skipped] = []
+        if self.ckr is not None and self.dhr is not None and pn > self.nr:  # a receiving chain has its dhr
+            old_skipped, _ = _skip(self.ckr, self.nr, pn, self.dhr)
         try:
             dh_out = dh.exchange(self.dhs_private, dh_pub)
         except CryptoError:
@@ -214,7 +210,7 @@ class RatchetState:
         self._store_skipped(old_skipped + new_skipped, now)
         return plaintext
 
-    def _store_skipped(self, keys: list[tuple[tuple[bytes, int], bytes]], now: int) -> None:
+    def _store_skipped(self, keys: list[Skipped], now: int) -> None:
         if not keys and not self.skipped:
             return
         skipped = self.skipped
@@ -274,20 +270,21 @@ class RatchetState:
         )
 
 
-def _advance(
-    ck: bytes, start: int, until: int, dh_pub: bytes | None, last: bool = True
-) -> tuple[list[tuple[tuple[bytes, int], bytes]], bytes, bytes | None]:
-    """Step a receiving chain from index `start` to `until`. Returns the message keys of the
-    skipped indices [start, until), the chain key after `until` (or at `until` when
-    `last=False`), and the message key for `until` (None when `last=False`)."""
+def _skip(ck: bytes, start: int, until: int, dh_pub: bytes) -> tuple[list[Skipped], bytes]:
+    """Step a receiving chain from index `start` to `until`: the message keys of the skipped
+    indices [start, until), and the chain key at `until`."""
     skipped = []
     for i in range(start, until):
         skipped.append(((dh_pub, i), hmac_sha256(ck, _CK_MSG)))
         ck = hmac_sha256(ck, _CK_NEXT)
-    if not last:
-        return skipped, ck, None
-    mk = hmac_sha256(ck, _CK_MSG)
-    return skipped, hmac_sha256(ck, _CK_NEXT), mk
+    return skipped, ck
+
+
+def _advance(ck: bytes, start: int, until: int, dh_pub: bytes) -> tuple[list[Skipped], bytes, bytes]:
+    """`_skip` to `until`, then take its message: the skipped keys, the chain key after
+    `until`, and the message key for `until`."""
+    skipped, ck = _skip(ck, start, until, dh_pub)
+    return skipped, hmac_sha256(ck, _CK_NEXT), hmac_sha256(ck, _CK_MSG)
 
 
 def _open(mk: bytes, body: bytes, ad: bytes) -> bytes:

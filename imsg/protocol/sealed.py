@@ -26,14 +26,8 @@ from dataclasses import dataclass
 from imsg.crypto import hpke, sign
 from imsg.crypto.errors import AuthenticationError, BadSignatureError
 from imsg.crypto.kdf import hkdf
-from imsg.protocol.consts import (
-    LABEL_ACCESS_KEY,
-    LABEL_RELAY_KEY,
-    LABEL_SEALED_ENVELOPE,
-    LABEL_SENDER_CERTIFICATE,
-    SEALED_BUCKETS,
-    WIRE_VERSION,
-)
+from imsg.crypto.labels import LABEL_ACCESS_KEY, LABEL_RELAY_KEY, LABEL_SEALED_ENVELOPE, LABEL_SENDER_CERTIFICATE
+from imsg.protocol.consts import SEALED_BUCKETS, WIRE_VERSION
 from imsg.protocol.encoding import KEY_ED25519, KEY_X25519, Reader, Writer, encode_key
 from imsg.protocol.errors import CertificateError, DecodeError, DecryptionError
 from imsg.protocol.session import Address

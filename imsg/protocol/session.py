@@ -23,8 +23,9 @@ from typing import Protocol
 
 from imsg.crypto import dh, kem
 from imsg.crypto.errors import CryptoError
+from imsg.crypto.labels import LABEL_MESSAGE_AD
 from imsg.protocol import pqxdh
-from imsg.protocol.consts import LABEL_MESSAGE_AD, MAX_PREVIOUS_SESSIONS, WIRE_VERSION
+from imsg.protocol.consts import MAX_PREVIOUS_SESSIONS, WIRE_VERSION
 from imsg.protocol.encoding import KEY_X25519, Reader, Writer, encode_key, is_canonical_x25519
 from imsg.protocol.errors import (
     DecodeError,

@@ -249,14 +249,14 @@ class SettingsStore(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class OwnHandle:
-    """A phone number or e-mail address this account is reachable at, as the relay last
-    reported it (every device lists the same: the handle itself travels sealed under the
-    account key, see protocol/discovery.py)."""
+    """A reachable handle: a phone number or e-mail address this account can be reached at,
+    as the relay last reported it (every device lists the same: the handle itself travels
+    sealed under the account key, as a handle label, see protocol/discovery.py)."""
 
     handle: str  # canonical
     handle_id: str  # the relay's id for it: the blinded tag, hex
     state: str  # pending | verified | unverified (claimed under a relay that does not verify)
-    receiving: bool  # discoverable and accepting new conversations
+    receiving: bool  # discovery may find it, so others can start conversations at it
     start_from: bool  # the handle new conversations start from
     added_at: int
 

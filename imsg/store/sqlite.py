@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from imsg.protocol.prekeys import KemPreKey, OneTimePreKey, SignedPreKey
 from imsg.protocol.session import Address
@@ -112,8 +113,12 @@ _ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# A result row: sqlite3 (and sqlcipher3) hand back plain tuples of column values.
+Row = tuple[Any, ...]
+
+
 class SQLiteStore:
-    def __init__(self, path: str | os.PathLike, *, key: bytes | None = None, lock_fd: int | None = None):
+    def __init__(self, path: str | os.PathLike[str], *, key: bytes | None = None, lock_fd: int | None = None):
         """`key`: the 32-byte storage key of a passcode-protected home (SQLCipher; see
         imsg/store/vault.py, which opens homes). `lock_fd`: the home's lock, released on close."""
         self.path = Path(path)
@@ -191,8 +196,9 @@ class SQLiteStore:
         )
         return [r[0] for r in rows]
 
-    def _one(self, sql: str, args: tuple = ()):
-        return self._db.execute(sql, args).fetchone()
+    def _one(self, sql: str, args: tuple[object, ...] = ()) -> Row | None:
+        row: Row | None = self._db.execute(sql, args).fetchone()
+        return row
 
     # accounts
     def load_account(self) -> LocalAccount | None:
@@ -350,9 +356,7 @@ class SQLiteStore:
     )
 
     @staticmethod
-    def _contact(row) -> Contact | None:
-        if row is None:
-            return None
+    def _contact(row: Row) -> Contact:
         return Contact(
             row[0],
             row[1],
@@ -370,16 +374,16 @@ class SQLiteStore:
         )
 
     def get_contact(self, account_id: str) -> Contact | None:
-        return self._contact(self._one(self._CONTACT + " WHERE account_id = ?", (account_id,)))
+        row = self._one(self._CONTACT + " WHERE account_id = ?", (account_id,))
+        return None if row is None else self._contact(row)
 
     def contact_by_handle(self, handle: str) -> Contact | None:
-        return self._contact(
-            self._one(
-                self._CONTACT + " WHERE handle = ? ORDER BY CASE status WHEN 'ok' THEN 0 WHEN 'changed' THEN 1 "
-                "ELSE 2 END, first_seen DESC LIMIT 1",
-                (handle,),
-            )
+        row = self._one(
+            self._CONTACT + " WHERE handle = ? ORDER BY CASE status WHEN 'ok' THEN 0 WHEN 'changed' THEN 1 "
+            "ELSE 2 END, first_seen DESC LIMIT 1",
+            (handle,),
         )
+        return None if row is None else self._contact(row)
 
     def reassign_messages(self, old_account_id: str, new_account_id: str) -> None:
         self._db.execute(
@@ -533,22 +537,23 @@ class SQLiteStore:
         )
 
     @staticmethod
-    def _upload(row) -> Upload | None:
-        if row is None:
-            return None
-        return Upload(*row[:12], complete=bool(row[12]))
+    def _upload(row: Row) -> Upload:
+        # the columns in table order (SELECT *), as save_upload writes them
+        blob_id, path, plain_size, mtime_ns, key, size, part_size, name, ctype, created, expires, digest, done = row
+        return Upload(
+            blob_id, path, plain_size, mtime_ns, key, size, part_size, name, ctype, created, expires, digest, bool(done)
+        )
 
     def get_upload(self, blob_id: str) -> Upload | None:
-        return self._upload(self._one("SELECT * FROM uploads WHERE blob_id = ?", (blob_id,)))
+        row = self._one("SELECT * FROM uploads WHERE blob_id = ?", (blob_id,))
+        return None if row is None else self._upload(row)
 
     def find_upload(self, path: str, plain_size: int, mtime_ns: int) -> Upload | None:
-        return self._upload(
-            self._one(
-                "SELECT * FROM uploads WHERE path = ? AND plain_size = ? AND mtime_ns = ? "
-                "ORDER BY created_at DESC LIMIT 1",
-                (path, plain_size, mtime_ns),
-            )
+        row = self._one(
+            "SELECT * FROM uploads WHERE path = ? AND plain_size = ? AND mtime_ns = ? ORDER BY created_at DESC LIMIT 1",
+            (path, plain_size, mtime_ns),
         )
+        return None if row is None else self._upload(row)
 
     def uploads(self) -> list[Upload]:
         return [self._upload(r) for r in self._db.execute("SELECT * FROM uploads ORDER BY created_at")]

@@ -38,14 +38,18 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO, TypedDict, Unpack
 
 from imsg import errors
+from imsg.crypto.labels import LABEL_KEY_CHECK
+
+if TYPE_CHECKING:
+    from imsg.store.sqlite import SQLiteStore  # imported when a store is opened: `imsg --help` stays fast
 
 STORE_FILE = "imsg.db"
 KEY_FILE = "storage-key"
 LOCK_FILE = "lock"
 KEY_FORMAT = "imsg-storage-key/v1"
-LABEL_KEY_CHECK = b"imsg/v1/storage-key-check"
 PLAIN_HEADER = b"SQLite format 3\x00"
 MIN_PASSCODE_LEN = 4  # a phone's shortest; docs/STORAGE.md gives the guessing cost
 
@@ -90,7 +94,9 @@ def _b64e(b: bytes) -> str:
     return base64.b64encode(b).decode("ascii")
 
 
-def _b64d(s, length: int) -> bytes:
+def _b64d(s: object, length: int) -> bytes:
+    if not isinstance(s, str):
+        raise errors.LocalStateError(f"{KEY_FILE} is damaged")
     try:
         raw = base64.b64decode(s, validate=True)
     except (ValueError, TypeError):
@@ -98,6 +104,15 @@ def _b64d(s, length: int) -> bytes:
     if len(raw) != length:
         raise errors.LocalStateError(f"{KEY_FILE} is damaged")
     return raw
+
+
+class Argon2Params(TypedDict, total=False):
+    """Argon2id costs other than the defaults above (tests pass small ones; they are stored
+    in the key file, so a home opens with whatever it was set with)."""
+
+    memory_kib: int
+    iterations: int
+    lanes: int
 
 
 @dataclass(frozen=True)
@@ -259,7 +274,7 @@ class KeySource:
         return replace(self, use_agent=False, use_keyring=False)
 
 
-def _isatty(stream) -> bool:
+def _isatty(stream: TextIO | None) -> bool:
     try:
         return stream is not None and stream.isatty()
     except (ValueError, OSError):
@@ -336,7 +351,7 @@ def _recover(home: Path) -> None:
         (home / KEY_FILE).unlink(missing_ok=True)  # an interrupted removal
 
 
-def open_store(home: str | os.PathLike, keys: KeySource | None = None):
+def open_store(home: str | os.PathLike[str], keys: KeySource | None = None) -> SQLiteStore:
     """Open the store of `home` (created if new), unlocking it if it has a passcode.
 
     Raises LockedError when the home has a passcode and `keys` offers no way to get it,
@@ -359,7 +374,7 @@ def open_store(home: str | os.PathLike, keys: KeySource | None = None):
         raise
 
 
-def _open_encrypted(home: Path, key: bytes, fd: int):
+def _open_encrypted(home: Path, key: bytes, fd: int) -> SQLiteStore:
     import sqlcipher3
 
     from imsg.store.sqlite import SQLiteStore
@@ -403,7 +418,7 @@ def storage_key(home: Path, kf: KeyFile, keys: KeySource) -> bytes:
 def _try_passcode(home: Path, kf: KeyFile, passcode: str, keys: KeySource) -> bytes:
     from imsg.store.runtime import FailureCounter
 
-    counter = FailureCounter(home, **({"sleep": keys.sleep} if keys.sleep else {}))
+    counter = FailureCounter(home) if keys.sleep is None else FailureCounter(home, sleep=keys.sleep)
     counter.wait_turn()
     try:
         key = unwrap(kf, passcode)
@@ -468,12 +483,17 @@ def check_new_passcode(passcode: str) -> str:
 
 
 def set_passcode(
-    home: str | os.PathLike, passcode: str, *, keyring: bool = False, rng: Callable[[int], bytes] = os.urandom, **argon2
+    home: str | os.PathLike[str],
+    passcode: str,
+    *,
+    keyring: bool = False,
+    rng: Callable[[int], bytes] = os.urandom,
+    **argon2: Unpack[Argon2Params],
 ) -> None:
     """Encrypt a home that has no passcode yet."""
     home = Path(home).expanduser()
     refuse_if_set(home)
-    _rewrite(home, None, rng(32), check_new_passcode(passcode), keyring=keyring, rng=rng, **argon2)
+    _rewrite(home, None, (rng(32), check_new_passcode(passcode)), keyring=keyring, rng=rng, **argon2)
 
 
 def refuse_if_set(home: Path) -> None:
@@ -481,20 +501,20 @@ def refuse_if_set(home: Path) -> None:
         raise errors.LocalStateError("this home already has a passcode", hint="change it with: imsg passcode change")
 
 
-def current_key(home: str | os.PathLike, keys: KeySource) -> bytes:
+def current_key(home: str | os.PathLike[str], keys: KeySource) -> bytes:
     """The storage key of a home that has a passcode (LocalStateError if it has none)."""
     home = Path(home).expanduser()
     return storage_key(home, require_keyfile(home), keys)
 
 
 def change_passcode(
-    home: str | os.PathLike,
+    home: str | os.PathLike[str],
     old_key: bytes,
     new_passcode: str,
     *,
     keyring: bool | None = None,
     rng: Callable[[int], bytes] = os.urandom,
-    **argon2,
+    **argon2: Unpack[Argon2Params],
 ) -> None:
     """Re-encrypt under a new storage key wrapped by the new passcode (`old_key` from
     current_key). If the home was unlocked, it stays unlocked under the new key."""
@@ -507,8 +527,7 @@ def change_passcode(
     _rewrite(
         home,
         old_key,
-        new,
-        check_new_passcode(new_passcode),
+        (new, check_new_passcode(new_passcode)),
         keyring=kf.keyring if keyring is None else keyring,
         rng=rng,
         **argon2,
@@ -519,11 +538,11 @@ def change_passcode(
         vault_agent.start(home, new, unlocked_until)
 
 
-def remove_passcode(home: str | os.PathLike, old_key: bytes) -> None:
+def remove_passcode(home: str | os.PathLike[str], old_key: bytes) -> None:
     """Decrypt the home back to plain SQLite (the old behaviour)."""
     home = Path(home).expanduser()
     kf = require_keyfile(home)
-    _rewrite(home, old_key, None, None, keyring=False, rng=os.urandom)
+    _rewrite(home, old_key, None, keyring=False, rng=os.urandom)
     if kf.keyring:
         keyring_set(home, None)
 
@@ -540,11 +559,20 @@ def _raw_key(key: bytes | None) -> str:
 
 
 def _rewrite(
-    home: Path, old: bytes | None, new: bytes | None, passcode: str | None, *, keyring: bool, rng, **argon2
+    home: Path,
+    old: bytes | None,
+    to: tuple[bytes, str] | None,
+    *,
+    keyring: bool,
+    rng: Callable[[int], bytes],
+    **argon2: Unpack[Argon2Params],
 ) -> None:
-    """Copy the database into a new file under `new` (None: plain), then commit with one
-    rename. Holds the home's lock exclusively throughout (HomeBusyError if a process has it)."""
+    """Copy the database into a new file under the new storage key of `to` (the key and the
+    passcode that wraps it; None: plain), then commit with one rename. Holds the home's lock
+    exclusively throughout (HomeBusyError if a process has it)."""
     import sqlcipher3
+
+    new = to[0] if to is not None else None
 
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = _lock(home, exclusive=True)
@@ -571,8 +599,9 @@ def _rewrite(
             db.close()
         _fsync(tmp)
         header = tmp.read_bytes()[:16]
-        if new is not None:
-            kf = wrap(new, passcode, header, rng=rng, keyring=keyring, **argon2)
+        if to is not None:
+            new_key, passcode = to
+            kf = wrap(new_key, passcode, header, rng=rng, keyring=keyring, **argon2)
             _write_new(home / (KEY_FILE + ".next"), kf.dumps())
             if keyring:
                 keyring_set(home, new)

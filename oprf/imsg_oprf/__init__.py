@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
+from typing import Protocol, cast
 
 IDENTIFIER = b"ristretto255-SHA512"
 MODE_OPRF = 0x00
@@ -47,7 +48,18 @@ class LibsodiumMissing(OprfError):
     """libsodium (>= 1.0.18, with ristretto255) is not installed"""
 
 
-def _sodium():
+class _Ristretto255(Protocol):
+    """The part of pysodium (untyped: ctypes over libsodium) that this module calls."""
+
+    def crypto_core_ristretto255_from_hash(self, r: bytes, /) -> bytes: ...
+    def crypto_core_ristretto255_is_valid_point(self, p: bytes, /) -> bool: ...
+    def crypto_core_ristretto255_scalar_reduce(self, s: bytes, /) -> bytes: ...
+    def crypto_core_ristretto255_scalar_invert(self, s: bytes, /) -> bytes: ...
+    def crypto_scalarmult_ristretto255(self, n: bytes, p: bytes, /) -> bytes: ...
+    def crypto_scalarmult_ristretto255_base(self, n: bytes, /) -> bytes: ...
+
+
+def _sodium() -> _Ristretto255:
     """pysodium, loaded on first use: it binds the system libsodium with ctypes."""
     try:
         import pysodium
@@ -59,7 +71,7 @@ def _sodium():
             "install it, e.g. `apt-get install libsodium23` or `brew install libsodium` "
             f"({type(exc).__name__}: {exc})"
         ) from None
-    return pysodium
+    return cast(_Ristretto255, pysodium)
 
 
 def require_libsodium() -> None:

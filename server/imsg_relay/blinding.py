@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 SECRET_BYTES = 32
@@ -19,7 +20,7 @@ class SecretFileError(Exception):
     """the relay secret file is unusable"""
 
 
-def create_once(path: Path, make) -> None:
+def create_once(path: Path, make: Callable[[], bytes]) -> None:
     """Write `make()` to a new 0600 file at `path` unless it exists. O_EXCL: of two workers
     starting together one writes and the other reads what it wrote, never a second value."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

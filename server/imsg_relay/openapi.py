@@ -1,15 +1,26 @@
-"""/openapi.json, generated from the operations table in `app.py` and the schemas in
-`schema.py` — the same objects the router and the validator use."""
+"""/openapi.json (OpenAPI 3.1, whose schemas are JSON Schema 2020-12), generated from the
+operations table (routes/__init__.py) and the msgspec types it names: the same objects the
+router and the validator use. msgspec writes the JSON Schema of every type; this module
+adds the paths, parameters, error responses and security around them.
+"""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 from typing import Any
 
+import msgspec
+
 from imsg_relay import schema
+from imsg_relay.operation import Operation
 from imsg_relay.settings import MAX_PROVISIONING_MESSAGE, Settings
 
+_REF = "#/components/schemas/{name}"
+# Raw bytes, not JSON: a part upload's body, a download's response, a profile.
+_BINARY_SCHEMAS = {
+    "BlobBytes": {"type": "string", "format": "binary"},
+    "ProfileBytes": {"type": "string", "format": "binary"},
+}
 _BINARY = {"application/octet-stream": {"schema": {"$ref": "#/components/schemas/BlobBytes"}}}
 
 _ERROR_TEXT = {
@@ -51,11 +62,47 @@ def _error_response(status: int) -> dict[str, Any]:
     return response
 
 
-def _param_schema(spec: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in spec.items() if k != "description"}
+def _ecma(node: Any) -> Any:
+    """The schema with ECMA-262 patterns: a pattern's final `\\Z` (Python's end of string,
+    see schema.py) published as `$`."""
+    if isinstance(node, dict):
+        out = {k: _ecma(v) for k, v in node.items()}
+        p = out.get("pattern")
+        if isinstance(p, str) and p.endswith("\\Z"):
+            out["pattern"] = p[:-2] + "$"
+        return out
+    if isinstance(node, list):
+        return [_ecma(v) for v in node]
+    return node
 
 
-def build_openapi(operations: Iterable[Any], settings: Settings) -> dict[str, Any]:
+def _param_schema(kind: Any) -> dict[str, Any]:
+    """An inline schema of a path, query or header value (its description goes on the
+    parameter, not in the schema)."""
+    if isinstance(kind, dict):
+        spec = kind
+    else:
+        (spec,), _ = msgspec.json.schema_components([kind], ref_template=_REF)
+    return {k: v for k, v in _ecma(spec).items() if k != "description"}
+
+
+def _ref(kind: Any) -> dict[str, str]:
+    name = kind if isinstance(kind, str) else kind.__name__
+    return {"$ref": _REF.format(name=name)}
+
+
+def _components(operations: Iterable[Operation]) -> dict[str, Any]:
+    types = {schema.Error}
+    for op in operations:
+        for kind in (op.request, op.response):
+            if kind is not None and not isinstance(kind, str):
+                types.add(kind)
+    _, components = msgspec.json.schema_components(sorted(types, key=lambda t: t.__name__), ref_template=_REF)
+    return {**_ecma(components), **_BINARY_SCHEMAS}
+
+
+def build_openapi(operations: Iterable[Operation], settings: Settings) -> dict[str, Any]:
+    operations = tuple(operations)
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
         statuses = {400, 413, 503}  # any route: bad query/path values, an oversized body
@@ -68,9 +115,12 @@ def build_openapi(operations: Iterable[Any], settings: Settings) -> dict[str, An
         parameters = []
         for name, spec in op.path_params:
             parameters.append({"name": name, "in": "path", "required": True, "schema": _param_schema(spec)})
-        for name, spec, text in op.query:
+        for param in op.query:
+            spec = _param_schema(param.type)
+            if param.default is not None:
+                spec["default"] = param.default
             parameters.append(
-                {"name": name, "in": "query", "required": False, "description": text, "schema": _param_schema(spec)}
+                {"name": param.name, "in": "query", "required": False, "description": param.description, "schema": spec}
             )
         for name, spec, text in op.headers:
             parameters.append(
@@ -79,7 +129,7 @@ def build_openapi(operations: Iterable[Any], settings: Settings) -> dict[str, An
         ok: dict[str, Any] = {
             str(op.ok): {
                 "description": "success",
-                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{op.response}"}}},
+                "content": {"application/json": {"schema": _ref(op.response)}},
             }
         }
         if op.binary_response:
@@ -109,7 +159,7 @@ def build_openapi(operations: Iterable[Any], settings: Settings) -> dict[str, An
                 }
             )
         entry: dict[str, Any] = {
-            "operationId": op.handler,
+            "operationId": op.operation_id,
             "summary": op.summary,
             "responses": {
                 **ok,
@@ -126,7 +176,7 @@ def build_openapi(operations: Iterable[Any], settings: Settings) -> dict[str, An
             media = "application/octet-stream" if op.binary_request else "application/json"
             entry["requestBody"] = {
                 "required": op.request_required,
-                "content": {media: {"schema": {"$ref": f"#/components/schemas/{op.request}"}}},
+                "content": {media: {"schema": _ref(op.request)}},
             }
         entry["security"] = [{"bearer": []}] if op.auth else []
         paths.setdefault(op.path, {})[op.method.lower()] = entry
@@ -144,7 +194,7 @@ def build_openapi(operations: Iterable[Any], settings: Settings) -> dict[str, An
         }
     }
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "imsg relay",
             "version": "1",
@@ -158,7 +208,7 @@ def build_openapi(operations: Iterable[Any], settings: Settings) -> dict[str, An
         },
         "paths": paths,
         "components": {
-            "schemas": copy.deepcopy(schema.S),
+            "schemas": _components(operations),
             "securitySchemes": {
                 "bearer": {
                     "type": "http",

@@ -1,5 +1,6 @@
-"""`GET /v1/privacy/report`: everything the relay holds about the caller's account, read
-straight from the tables (docs/RELAY-API.md, "Privacy report").
+"""What `GET /v1/privacy/report` reads: everything the relay holds about the caller's
+account, straight from the tables (docs/RELAY-API.md, "Privacy report"; the route is in
+routes/privacy.py).
 
 Every table of the relay is either read by a section below or listed in
 NOT_ACCOUNT_DATA with the reason it holds nothing about an account;
@@ -16,13 +17,12 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from starlette.requests import Request
-from starlette.responses import Response
+import msgspec
+from msgspec import Meta
 
 from imsg_relay import schema
-from imsg_relay.jsonio import dumps
 
 # Queued envelopes are listed one by one up to this many (the per-device totals always
 # count all of them), so a full mailbox cannot make the report itself huge.
@@ -134,75 +134,27 @@ NOT_ACCOUNT_DATA: dict[str, str] = {}
 
 COVERED_TABLES = frozenset(t for s in SECTIONS for t in s.tables)
 
-schema.S["PrivacyReport"] = {
-    "type": "object",
-    "required": ["account_id", "generated_at", "retention", *[s.name for s in SECTIONS]],
-    "properties": {
-        "account_id": schema.ACCOUNT_ID,
-        "generated_at": schema.TIME_MS,
-        "retention": {"type": "object", "description": "the relay's retention periods, in days"},
-        **{
-            s.name: {
-                "type": "array",
-                "items": {"type": "object"},
-                "description": f"rows of {', '.join(s.tables)} for this account",
-            }
+# The report's shape: fixed fields, then one list of rows per section.
+PrivacyReport = msgspec.defstruct(
+    "PrivacyReport",
+    [
+        ("account_id", schema.AccountId),
+        ("generated_at", schema.TimeMs),
+        ("retention", Annotated[dict[str, int], Meta(description="the relay's retention periods, in days")]),
+        ("envelopes_listed_max", int),
+        *[
+            (
+                s.name,
+                Annotated[list[dict[str, Any]], Meta(description=f"rows of {', '.join(s.tables)} for this account")],
+            )
             for s in SECTIONS
-        },
-    },
-}
-
-OPERATION_SPECS: tuple[dict[str, Any], ...] = (
-    dict(
-        method="GET",
-        path="/v1/privacy/report",
-        handler="privacy_report",
-        summary="everything the relay holds about the caller's account, from its tables",
-        ok=200,
-        response="PrivacyReport",
-    ),
+        ],
+    ],
 )
 
 
-def _value(v: Any) -> Any:
+def json_value(v: Any) -> Any:
+    """A column value as JSON: bytes as base64."""
     if isinstance(v, (bytes, bytearray, memoryview)):
         return base64.b64encode(bytes(v)).decode("ascii")
     return v
-
-
-class PrivacyRoutes:
-    """Mixed into app.Relay."""
-
-    async def privacy_report(self, request: Request) -> Response:
-        device = await self.authenticate(request)
-        now = self.now_ms()
-        envelope_ms, blob_ms = self.settings.retention_ms, self.settings.blob_retention_ms
-        report: dict[str, Any] = {
-            "account_id": device.account_id,
-            "generated_at": now,
-            "retention": {
-                "envelope_days": self.settings.retention_days,
-                "blob_days": self.settings.blob_retention_days,
-            },
-        }
-        for section in SECTIONS:
-            rows = await self.storage.report_rows(section.query, (device.account_id,))
-            report[section.name] = [dict(zip(section.columns, map(_value, row), strict=True)) for row in rows]
-        # Expiry as the relay enforces it; an expired row may still sit on disk until the
-        # sweeper runs (it is never served), and is reported, marked.
-        for row in report["envelopes"]:
-            row["expires_at"] = row["received_at"] + envelope_ms
-            row["expired"] = row["expires_at"] <= now
-        for row in report["mailboxes"]:
-            row["bytes"] = int(row["bytes"] or 0)
-        for row in report["blobs"]:
-            row["complete"] = bool(row["complete"])
-            row["expires_at"] = row["created_at"] + blob_ms
-            row["expired"] = row["expires_at"] <= now
-        for row in report["handles"]:
-            row["receiving"] = bool(row["receiving"])
-        for row in report["provisioning_channels"]:
-            row["queued_bytes"] = int(row["queued_bytes"] or 0)
-            row["expired"] = row["expires_at"] <= now
-        report["envelopes_listed_max"] = MAX_LISTED_ENVELOPES
-        return Response(dumps(report), media_type="application/json")

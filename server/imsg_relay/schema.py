@@ -1,414 +1,341 @@
-"""JSON schemas of the API, and the small validator that enforces them.
+"""The API's types: request and response bodies as msgspec Structs, path and query values
+as constrained scalar types. The same types validate requests (operation.Call decodes each
+body straight into its Struct) and describe them in /openapi.json (openapi.py asks msgspec
+for their JSON Schema), so the document cannot drift from what the relay accepts.
 
-One table serves both purposes: handlers validate request bodies against the same schemas
-that /openapi.json publishes, so the document cannot drift from what the relay accepts.
-Supported keywords are the few used here (OpenAPI 3.0 subset). Violations are 400 with the
-field's path, except `maxItems`, a limit, which is 413 (docs/RELAY-API.md).
+Conventions, so the contract of docs/RELAY-API.md holds:
+- `bytes` fields are standard base64 with padding in JSON; their `max_length` bounds the
+  decoded bytes (msgspec publishes the matching base64 `maxLength`).
+- Patterns end in `\\Z`, not `$`: msgspec matches with Python's `re.search`, where `$` also
+  matches before a final newline. openapi.py publishes them with `$` (ECMA-262's end).
+- An optional field that must not be null is `X | UnsetType = UNSET`.
+- A list over its limit is `413 payload_too_large`, not 400: the limit is checked in
+  `__post_init__` (`max_items`), which raises the RelayError itself; the JSON Schema still
+  publishes `maxItems`.
+
+Route-specific types live with their routes (routes/reachable.py, discovery.py, sealed.py,
+profiles.py, backups.py, privacy.py); these are the shared ones and the core routes'.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from imsg_relay.auth import TOKEN_PATTERN
-from imsg_relay.errors import RelayError, bad_request
-from imsg_relay.settings import MAX_ACK_IDS, MAX_KEYS_PER_LIST, MAX_PROVISIONING_MESSAGE
+from imsg_relay.errors import RelayError
+from imsg_relay.settings import MAX_ACK_IDS, MAX_FETCH_LIMIT, MAX_KEYS_PER_LIST, MAX_PROVISIONING_MESSAGE
+
+__all__ = ["UNSET", "UnsetType"]
 
 MAX_DEVICE_ID = 2**31 - 1
-HEX32 = r"^[0-9a-f]{32}$"
 # Canonical handles: E.164 (`+` and up to 15 digits) or a lower-case e-mail address: no
 # upper case, no second "@", no space or control character. Spelled out rather than with
 # `\s`, which Python and ECMA-262 (JSON Schema's dialect) read differently (\x1c-\x1f).
 HANDLE_PATTERN = r"^(\+[0-9]{1,15}|[^@\x00-\x20\x7f-\x9fA-Z]+@[^@\x00-\x20\x7f-\x9fA-Z]+)$"
-MAX_KEY_B64 = 8192  # ML-KEM-768 public keys are 1184 bytes; room for type tags and growth
-MAX_BLOB_B64 = 65536  # device lists and signatures: small signed structures
-
-# Named schemas, published under components/schemas.
-S: dict[str, dict[str, Any]] = {}
+MAX_KEY_BYTES = 6144  # ML-KEM-768 public keys are 1184 bytes; room for type tags and growth
+MAX_BLOB_BYTES = 49152  # device lists and signatures: small signed structures
 
 
-def _b64(max_length: int | None = None, description: str = "") -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "string", "format": "byte"}
-    if max_length is not None:
-        schema["maxLength"] = max_length
-    if description:
-        schema["description"] = description
-    return schema
+def pattern(p: str, description: str | None = None) -> Meta:
+    """A string constraint from a JSON Schema pattern ending in `$` (matched as `\\Z`)."""
+    assert p.endswith("$")
+    return Meta(pattern=p[:-1] + r"\Z", description=description)
 
 
-ACCOUNT_ID = {"type": "string", "pattern": HEX32, "description": "32 lowercase hex characters"}
-MESSAGE_ID = {"type": "string", "pattern": HEX32, "description": "32 lowercase hex characters"}
-DEVICE_ID = {"type": "integer", "minimum": 1, "maximum": MAX_DEVICE_ID}
-KEY_ID = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}
-COUNT = {"type": "integer", "minimum": 0}
-TOKEN = {"type": "string", "pattern": TOKEN_PATTERN, "description": "32 random bytes, base64url without padding"}
-HANDLE = {"type": "string", "minLength": 1, "maxLength": 254, "pattern": HANDLE_PATTERN}
-CHANNEL = {
-    "type": "string",
-    "pattern": r"^[0-9a-f]{16}$",
-    "description": "provisioning channel id: 16 lowercase hex characters (8 random bytes)",
-}
-BLOB_ID = {
-    "type": "string",
-    "pattern": HEX32,
-    "description": "32 lowercase hex characters (128 random bits the relay draws); "
-    "holding it is the capability to download the blob",
-}
-PART_INDEX = {
-    "type": "integer",
-    "minimum": 0,
-    "maximum": 2**31 - 1,
-    "description": "0-based part number; below `parts` of the blob (else 400)",
-}
-TIME_MS = {"type": "integer", "minimum": 0}
-HANDLE_ID = {
-    "type": "string",
-    "pattern": r"^[0-9a-f]{64}$",
-    "description": "a handle's id: its blinded tag, 64 lowercase hex characters",
-}
-BOX = {
-    "type": "string",
-    "enum": ["new", "existing"],
-    "description": "new: messages for the new device; existing: for the existing device",
-}
-
-S["Error"] = {
-    "type": "object",
-    "required": ["error", "message"],
-    "properties": {
-        "error": {"type": "string"},
-        "message": {"type": "string"},
-        "missing": {"type": "array", "items": {"type": "integer"}},
-        "extra": {"type": "array", "items": {"type": "integer"}},
-        "retry_after": {"type": "integer"},
-        "limit": {"type": "integer"},
-        "used": {"type": "integer"},
-    },
-}
-S["Health"] = {
-    "type": "object",
-    "required": ["status", "version"],
-    "properties": {"status": {"type": "string"}, "version": {"type": "string"}},
-}
-S["RegisterRequest"] = {
-    "type": "object",
-    "required": ["account_id", "account_key", "handle", "device_list", "device_id", "token"],
-    "properties": {
-        "account_id": ACCOUNT_ID,
-        "account_key": _b64(44, "0x06 || Ed25519 public key (33 bytes, so 44 base64 characters starting with B)"),
-        "handle": HANDLE,
-        "label": _b64(1368, "the handle sealed by the account's devices for each other (opaque; see POST /v1/handles)"),
-        "device_list": _b64(MAX_BLOB_B64, "opaque signed device list"),
-        "device_id": DEVICE_ID,
-        "token": TOKEN,
-    },
-}
-S["DeviceCreated"] = {
-    "type": "object",
-    "required": ["account_id", "device_id"],
-    "properties": {
-        "account_id": ACCOUNT_ID,
-        "device_id": DEVICE_ID,
-        "handle_state": {"type": "string", "enum": ["pending", "unverified"]},
-        "code_sent": {"type": "boolean"},
-    },
-}
-S["AddDeviceRequest"] = {
-    "type": "object",
-    "required": ["token", "device_list"],
-    "properties": {"token": TOKEN, "device_list": _b64(MAX_BLOB_B64)},
-}
-S["RemoveDeviceRequest"] = {
-    "type": "object",
-    "properties": {"device_list": _b64(MAX_BLOB_B64)},
-}
-S["DeviceRemoved"] = {
-    "type": "object",
-    "required": ["account_id", "device_id"],
-    "properties": {"account_id": ACCOUNT_ID, "device_id": DEVICE_ID},
-}
-S["Account"] = {
-    "type": "object",
-    "required": ["account_id", "account_key", "device_list", "devices"],
-    "properties": {
-        "account_id": ACCOUNT_ID,
-        "account_key": _b64(),
-        "device_list": _b64(),
-        "devices": {"type": "array", "items": DEVICE_ID},
-    },
-}
-S["SignedPrekey"] = {
-    "type": "object",
-    "required": ["key_id", "public_key", "signature"],
-    "properties": {"key_id": KEY_ID, "public_key": _b64(MAX_KEY_B64), "signature": _b64(MAX_KEY_B64)},
-}
-S["OneTimePrekey"] = {
-    "type": "object",
-    "required": ["key_id", "public_key"],
-    "properties": {"key_id": KEY_ID, "public_key": _b64(MAX_KEY_B64)},
-}
-S["KeysRequest"] = {
-    "type": "object",
-    "properties": {
-        "signed_prekey": {"$ref": "#/components/schemas/SignedPrekey"},
-        "kem_last_resort": {"$ref": "#/components/schemas/SignedPrekey"},
-        "one_time": {
-            "type": "array",
-            "maxItems": MAX_KEYS_PER_LIST,
-            "items": {"$ref": "#/components/schemas/OneTimePrekey"},
-        },
-        "kem_one_time": {
-            "type": "array",
-            "maxItems": MAX_KEYS_PER_LIST,
-            "items": {"$ref": "#/components/schemas/SignedPrekey"},
-        },
-    },
-}
-S["KeyCounts"] = {
-    "type": "object",
-    "required": ["one_time", "kem_one_time"],
-    "properties": {"one_time": COUNT, "kem_one_time": COUNT},
-}
-S["KemPrekey"] = {
-    "type": "object",
-    "required": ["key_id", "public_key", "signature", "last_resort"],
-    "properties": {"key_id": KEY_ID, "public_key": _b64(), "signature": _b64(), "last_resort": {"type": "boolean"}},
-    "nullable": True,
-}
-S["Bundle"] = {
-    "type": "object",
-    "required": ["device_id", "signed_prekey", "one_time", "kem_prekey"],
-    "properties": {
-        "device_id": DEVICE_ID,
-        "signed_prekey": {"$ref": "#/components/schemas/SignedPrekey"},
-        "one_time": {
-            "type": "object",
-            "nullable": True,
-            "required": ["key_id", "public_key"],
-            "properties": {"key_id": KEY_ID, "public_key": _b64()},
-        },
-        "kem_prekey": {"$ref": "#/components/schemas/KemPrekey"},
-    },
-}
-S["Bundles"] = {
-    "type": "object",
-    "required": ["account_id", "devices"],
-    "properties": {
-        "account_id": ACCOUNT_ID,
-        "devices": {"type": "array", "items": {"$ref": "#/components/schemas/Bundle"}},
-    },
-}
-S["OutgoingMessage"] = {
-    "type": "object",
-    "required": ["device_id", "body"],
-    "properties": {"device_id": DEVICE_ID, "body": _b64(description="the envelope; at most 96 KiB decoded (413)")},
-}
-S["SendRequest"] = {
-    "type": "object",
-    "required": ["message_id", "messages"],
-    "properties": {
-        "message_id": MESSAGE_ID,
-        "messages": {"type": "array", "items": {"$ref": "#/components/schemas/OutgoingMessage"}},
-    },
-}
-S["SendResult"] = {
-    "type": "object",
-    "required": ["message_id", "stored"],
-    "properties": {"message_id": MESSAGE_ID, "stored": COUNT},
-}
-S["IncomingMessage"] = {
-    "type": "object",
-    "required": ["message_id", "body", "received_at"],
-    "properties": {"message_id": MESSAGE_ID, "body": _b64(), "received_at": {"type": "integer", "minimum": 0}},
-}
-S["Messages"] = {
-    "type": "object",
-    "required": ["messages", "more"],
-    "properties": {
-        "messages": {"type": "array", "items": {"$ref": "#/components/schemas/IncomingMessage"}},
-        "more": {"type": "boolean"},
-    },
-}
-S["AckRequest"] = {
-    "type": "object",
-    "required": ["message_ids"],
-    "properties": {"message_ids": {"type": "array", "maxItems": MAX_ACK_IDS, "items": MESSAGE_ID}},
-}
-S["AckResult"] = {"type": "object", "required": ["acked"], "properties": {"acked": COUNT}}
-S["ChannelRequest"] = {"type": "object", "properties": {}}
-S["Channel"] = {
-    "type": "object",
-    "required": ["channel", "expires_at"],
-    "properties": {"channel": CHANNEL, "expires_at": {"type": "integer", "minimum": 0}},
-}
-S["ChannelClosed"] = {"type": "object", "required": ["channel"], "properties": {"channel": CHANNEL}}
-S["ProvisioningPut"] = {
-    "type": "object",
-    "required": ["body"],
-    "properties": {
-        "body": _b64(
-            description=f"opaque, end-to-end encrypted; at most {MAX_PROVISIONING_MESSAGE // 1024} KiB decoded (413)"
-        )
-    },
-}
-S["ProvisioningQueued"] = {"type": "object", "required": ["queued"], "properties": {"queued": COUNT}}
-S["ProvisioningMessage"] = {
-    "type": "object",
-    "required": ["body"],
-    "properties": {
-        "body": {
-            **_b64(description="the oldest queued message, now deleted; null when the box stayed empty for the wait"),
-            "nullable": True,
-        }
-    },
-}
-
-S["BlobRequest"] = {
-    "type": "object",
-    "required": ["size"],
-    "properties": {
-        "size": {
-            "type": "integer",
-            "minimum": 1,
-            "description": "ciphertext bytes; over the relay's maximum blob size is 413 payload_too_large",
-        }
-    },
-}
-_BLOB_SHAPE = {
-    "blob_id": BLOB_ID,
-    "size": {"type": "integer", "minimum": 1},
-    "part_size": {"type": "integer", "minimum": 1},
-    "parts": {"type": "integer", "minimum": 1},
-    "expires_at": {**TIME_MS, "description": "the relay deletes the blob then (complete or not)"},
-}
-S["BlobCreated"] = {"type": "object", "required": list(_BLOB_SHAPE), "properties": _BLOB_SHAPE}
-_RECEIVED = {
-    "type": "array",
-    "items": {"type": "integer", "minimum": 0},
-    "description": "indices of the parts received (durably), ascending",
-}
-S["BlobParts"] = {
-    "type": "object",
-    "required": ["received", "complete"],
-    "properties": {
-        "received": _RECEIVED,
-        "complete": {"type": "boolean", "description": "every part is received: call complete next"},
-    },
-}
-S["BlobStatus"] = {
-    "type": "object",
-    "required": [*_BLOB_SHAPE, "received", "complete"],
-    "properties": {
-        **_BLOB_SHAPE,
-        "received": _RECEIVED,
-        "complete": {
-            "type": "boolean",
-            "description": "the upload was completed (POST .../complete): read-only and downloadable",
-        },
-    },
-}
-S["BlobCompleted"] = {
-    "type": "object",
-    "required": ["blob_id", "size", "sha256"],
-    "properties": {
-        "blob_id": BLOB_ID,
-        "size": {"type": "integer", "minimum": 1},
-        "sha256": {
-            "type": "string",
-            "pattern": r"^[0-9a-f]{64}$",
-            "description": "SHA-256 of the ciphertext, lowercase hex",
-        },
-    },
-}
-S["BlobDeleted"] = {"type": "object", "required": ["blob_id"], "properties": {"blob_id": BLOB_ID}}
-# Raw bytes, not JSON: the request body of a part upload and the response of a download.
-S["BlobBytes"] = {"type": "string", "format": "binary"}
-
-_PATTERNS: dict[str, re.Pattern[str]] = {}
+def max_items(where: str, items: list[Any] | UnsetType, limit: int) -> None:
+    if not isinstance(items, UnsetType) and len(items) > limit:
+        raise RelayError("payload_too_large", f"{where} has more than {limit} items", limit=limit)
 
 
-def _pattern(p: str) -> re.Pattern[str]:
-    compiled = _PATTERNS.get(p)
-    if compiled is None:
-        # JSON Schema's "$" is the end of the string; Python's also matches before a final
-        # newline, so anchor with \Z instead.
-        python = p[:-1] + r"\Z" if p.endswith("$") else p
-        compiled = _PATTERNS[p] = re.compile(python)
-    return compiled
+def _list_meta(limit: int, **kw: Any) -> Meta:
+    # Published as maxItems; enforced by max_items in __post_init__ (413, not 400).
+    return Meta(extra_json_schema={"maxItems": limit}, **kw)
 
 
-def validate(schema: dict[str, Any], value: Any, where: str = "body") -> Any:
-    """Check `value` against `schema`; returns it with base64 fields decoded to bytes and
-    integral floats turned into ints. Raises RelayError (400, or 413 for maxItems)."""
-    ref = schema.get("$ref")
-    if ref is not None:
-        schema = S[ref.rsplit("/", 1)[1]]
-    if value is None:
-        if schema.get("nullable"):
-            return None
-        raise bad_request(f"{where} must not be null")
-    kind = schema.get("type")
-    if kind == "object":
-        if not isinstance(value, dict):
-            raise bad_request(f"{where} must be an object")
-        out = {}
-        for name in schema.get("required", ()):
-            if name not in value:
-                raise bad_request(f"{where}.{name} is missing")
-        for name, sub in schema.get("properties", {}).items():
-            if name in value:
-                out[name] = validate(sub, value[name], f"{where}.{name}")
-        return out
-    if kind == "array":
-        if not isinstance(value, list):
-            raise bad_request(f"{where} must be an array")
-        limit = schema.get("maxItems")
-        if limit is not None and len(value) > limit:
-            raise RelayError("payload_too_large", f"{where} has more than {limit} items", limit=limit)
-        items = schema.get("items", {})
-        return [validate(items, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if kind == "integer":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad_request(f"{where} must be an integer")
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise bad_request(f"{where} must be an integer")
-            value = int(value)
-        if "minimum" in schema and value < schema["minimum"]:
-            raise bad_request(f"{where} is below {schema['minimum']}")
-        if "maximum" in schema and value > schema["maximum"]:
-            raise bad_request(f"{where} is above {schema['maximum']}")
-        return value
-    if kind == "boolean":
-        if not isinstance(value, bool):
-            raise bad_request(f"{where} must be true or false")
-        return value
-    if kind == "string":
-        if not isinstance(value, str):
-            raise bad_request(f"{where} must be a string")
-        if len(value) < schema.get("minLength", 0):
-            raise bad_request(f"{where} is too short")
-        if "maxLength" in schema and len(value) > schema["maxLength"]:
-            raise bad_request(f"{where} is longer than {schema['maxLength']} characters")
-        if "enum" in schema and value not in schema["enum"]:
-            raise bad_request(f"{where} is not one of {', '.join(schema['enum'])}")
-        if "pattern" in schema and not _pattern(schema["pattern"]).search(value):
-            raise bad_request(f"{where} is not in the expected format")
-        if schema.get("format") == "byte":
-            return decode_b64(value, where)
-        return value
-    raise AssertionError(f"schema without a supported type at {where}")
+_HEX32 = "^[0-9a-f]{32}$"
+_HEX64 = "^[0-9a-f]{64}$"
+
+AccountId = Annotated[str, pattern(_HEX32, "32 lowercase hex characters")]
+MessageId = Annotated[str, pattern(_HEX32, "32 lowercase hex characters")]
+DeviceId = Annotated[int, Meta(ge=1, le=MAX_DEVICE_ID)]
+KeyId = Annotated[int, Meta(ge=0, le=2**32 - 1)]
+Count = Annotated[int, Meta(ge=0)]
+TimeMs = Annotated[int, Meta(ge=0)]
+Token = Annotated[str, pattern(TOKEN_PATTERN, "32 random bytes, base64url without padding")]
+Handle = Annotated[str, Meta(min_length=1, max_length=254, pattern=HANDLE_PATTERN[:-1] + r"\Z")]
+ChannelId = Annotated[
+    str, pattern("^[0-9a-f]{16}$", "provisioning channel id: 16 lowercase hex characters (8 random bytes)")
+]
+BlobId = Annotated[
+    str,
+    pattern(
+        _HEX32,
+        "32 lowercase hex characters (128 random bits the relay draws); "
+        "holding it is the capability to download the blob",
+    ),
+]
+PartIndex = Annotated[
+    int, Meta(ge=0, le=2**31 - 1, description="0-based part number; below `parts` of the blob (else 400)")
+]
+HandleId = Annotated[str, pattern(_HEX64, "a handle's id: its blinded tag, 64 lowercase hex characters")]
+Box = Annotated[
+    Literal["new", "existing"],
+    Meta(description="new: messages for the new device; existing: for the existing device"),
+]
+BOXES = ("new", "existing")
+Wait = Annotated[int, Meta(ge=0, le=60)]
+FetchLimit = Annotated[int, Meta(ge=1, le=MAX_FETCH_LIMIT)]
+# base64 in JSON; the bound is on the decoded bytes
+AccountKey = Annotated[
+    bytes, Meta(max_length=33, description="0x06 || Ed25519 public key (33 bytes, so 44 base64 characters)")
+]
+DeviceList = Annotated[bytes, Meta(max_length=MAX_BLOB_BYTES, description="opaque signed device list")]
+PublicKey = Annotated[bytes, Meta(max_length=MAX_KEY_BYTES)]
+Signature = Annotated[bytes, Meta(max_length=MAX_KEY_BYTES)]
+Envelope = Annotated[bytes, Meta(description="the envelope; at most 96 KiB decoded (413)")]
+HandleLabel = Annotated[
+    bytes,
+    Meta(
+        max_length=1026,  # base64: 1368 characters
+        description="the handle sealed by the account's devices for each other (opaque to the relay)",
+    ),
+]
 
 
-def decode_b64(value: str, where: str) -> bytes:
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise bad_request(f"{where} is not valid base64") from None
+# --- errors and health ---
 
 
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+class Error(Struct, omit_defaults=True):
+    error: str
+    message: str
+    missing: list[int] | UnsetType = UNSET
+    extra: list[int] | UnsetType = UNSET
+    retry_after: int | UnsetType = UNSET
+    limit: int | UnsetType = UNSET
+    used: int | UnsetType = UNSET
+
+
+class Health(Struct):
+    status: str
+    version: str
+
+
+# --- accounts and devices ---
+
+
+class RegisterRequest(Struct):
+    account_id: AccountId
+    account_key: AccountKey
+    handle: Handle
+    device_list: DeviceList
+    device_id: DeviceId
+    token: Token
+    label: HandleLabel = b""
+
+
+class DeviceCreated(Struct, omit_defaults=True):
+    account_id: AccountId
+    device_id: DeviceId
+    handle_state: Literal["pending", "unverified"] | UnsetType = UNSET
+    code_sent: bool | UnsetType = UNSET
+
+
+class AddDeviceRequest(Struct):
+    token: Token
+    device_list: DeviceList
+
+
+class RemoveDeviceRequest(Struct):
+    device_list: DeviceList | UnsetType = UNSET
+
+
+class DeviceRemoved(Struct):
+    account_id: AccountId
+    device_id: DeviceId
+
+
+class Account(Struct):
+    account_id: AccountId
+    account_key: bytes
+    device_list: bytes
+    devices: list[DeviceId]
+
+
+# --- prekeys ---
+
+
+class SignedPrekey(Struct):
+    key_id: KeyId
+    public_key: PublicKey
+    signature: Signature
+
+
+class OneTimePrekey(Struct):
+    key_id: KeyId
+    public_key: PublicKey
+
+
+class KeysRequest(Struct):
+    signed_prekey: SignedPrekey | UnsetType = UNSET
+    kem_last_resort: SignedPrekey | UnsetType = UNSET
+    one_time: Annotated[list[OneTimePrekey], _list_meta(MAX_KEYS_PER_LIST)] = []
+    kem_one_time: Annotated[list[SignedPrekey], _list_meta(MAX_KEYS_PER_LIST)] = []
+
+    def __post_init__(self) -> None:
+        max_items("body.one_time", self.one_time, MAX_KEYS_PER_LIST)
+        max_items("body.kem_one_time", self.kem_one_time, MAX_KEYS_PER_LIST)
+
+
+class KeyCounts(Struct):
+    one_time: Count
+    kem_one_time: Count
+
+
+class KemPrekey(Struct):
+    key_id: KeyId
+    public_key: bytes
+    signature: bytes
+    last_resort: bool
+
+
+class BundleOneTime(Struct):
+    key_id: KeyId
+    public_key: bytes
+
+
+class Bundle(Struct):
+    device_id: DeviceId
+    signed_prekey: SignedPrekey
+    one_time: BundleOneTime | None
+    kem_prekey: KemPrekey | None
+
+
+class Bundles(Struct):
+    account_id: AccountId
+    devices: list[Bundle]
+
+
+# --- mailboxes ---
+
+
+class OutgoingMessage(Struct):
+    device_id: DeviceId
+    body: Envelope
+
+
+class SendRequest(Struct):
+    message_id: MessageId
+    messages: list[OutgoingMessage]
+
+
+class SendResult(Struct):
+    message_id: MessageId
+    stored: Count
+
+
+class IncomingMessage(Struct):
+    message_id: MessageId
+    body: bytes
+    received_at: TimeMs
+
+
+class Messages(Struct):
+    messages: list[IncomingMessage]
+    more: bool
+
+
+class AckRequest(Struct):
+    message_ids: Annotated[list[MessageId], _list_meta(MAX_ACK_IDS)]
+
+    def __post_init__(self) -> None:
+        max_items("body.message_ids", self.message_ids, MAX_ACK_IDS)
+
+
+class AckResult(Struct):
+    acked: Count
+
+
+# --- provisioning channels ---
+
+
+class ChannelRequest(Struct):
+    pass
+
+
+class Channel(Struct):
+    channel: ChannelId
+    expires_at: TimeMs
+
+
+class ChannelClosed(Struct):
+    channel: ChannelId
+
+
+class ProvisioningPut(Struct):
+    body: Annotated[
+        bytes,
+        Meta(description=f"opaque, end-to-end encrypted; at most {MAX_PROVISIONING_MESSAGE // 1024} KiB decoded (413)"),
+    ]
+
+
+class ProvisioningQueued(Struct):
+    queued: Count
+
+
+class ProvisioningMessage(Struct):
+    body: Annotated[
+        bytes | None,
+        Meta(description="the oldest queued message, now deleted; null when the box stayed empty for the wait"),
+    ]
+
+
+# --- attachment blobs ---
+
+
+class BlobRequest(Struct):
+    size: Annotated[
+        int, Meta(ge=1, description="ciphertext bytes; over the relay's maximum blob size is 413 payload_too_large")
+    ]
+
+
+PartsReceived = Annotated[
+    list[Annotated[int, Meta(ge=0)]], Meta(description="indices of the parts received (durably), ascending")
+]
+Expiry = Annotated[int, Meta(ge=0, description="the relay deletes the blob then (complete or not)")]
+
+
+class BlobCreated(Struct):
+    blob_id: BlobId
+    size: Annotated[int, Meta(ge=1)]
+    part_size: Annotated[int, Meta(ge=1)]
+    parts: Annotated[int, Meta(ge=1)]
+    expires_at: Expiry
+
+
+class BlobParts(Struct):
+    received: PartsReceived
+    complete: Annotated[bool, Meta(description="every part is received: call complete next")]
+
+
+class BlobStatus(Struct):
+    blob_id: BlobId
+    size: Annotated[int, Meta(ge=1)]
+    part_size: Annotated[int, Meta(ge=1)]
+    parts: Annotated[int, Meta(ge=1)]
+    expires_at: Expiry
+    received: PartsReceived
+    complete: Annotated[
+        bool, Meta(description="the upload was completed (POST .../complete): read-only and downloadable")
+    ]
+
+
+class BlobCompleted(Struct):
+    blob_id: BlobId
+    size: Annotated[int, Meta(ge=1)]
+    sha256: Annotated[str, pattern(_HEX64, "SHA-256 of the ciphertext, lowercase hex")]
+
+
+class BlobDeleted(Struct):
+    blob_id: BlobId

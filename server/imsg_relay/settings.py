@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -218,14 +219,14 @@ class Settings:
     def secret_path(self) -> Path:
         return self.secret_file if self.secret_file is not None else self.data_dir / "relay.secret"
 
-    def with_(self, **changes: object) -> Settings:
+    def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Settings from `IMSG_RELAY_<FIELD>` variables; explicit overrides (CLI flags) win."""
         env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(f"IMSG_RELAY_{f.name.upper()}")
             if f.name == "data_dir":
@@ -235,11 +236,11 @@ class Settings:
             values[f.name] = _convert(f.name, f.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "data_dir" in values:
-            values["data_dir"] = Path(values["data_dir"])  # type: ignore[arg-type]
+            values["data_dir"] = Path(values["data_dir"])
         # A send rate given alone also sets its burst, so "60 per second" means what it says.
         if "send_rate" in values and "send_burst" not in values:
             values["send_burst"] = values["send_rate"]
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)
 
 
 def _convert(name: str, annotation: object, raw: str) -> object:

@@ -17,6 +17,8 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Protocol
 
+from imsg_relay.settings import Settings
+
 
 class VerifierError(Exception):
     """the verification code could not be sent"""
@@ -132,7 +134,7 @@ class WebhookVerifier:
             raise VerifierError(f"sms gateway answered {r.status_code}")
 
 
-def build_verifier(settings) -> Verifier:
+def build_verifier(settings: Settings) -> Verifier:
     """The verifier the settings name (`verifier` = smtp | sms-webhook | file:PATH | none)."""
     spec = settings.verifier
     if spec == "none":
@@ -149,6 +151,8 @@ def build_verifier(settings) -> Verifier:
             settings.smtp_password,
         )
     if spec == "sms-webhook":
+        if not settings.webhook_url:  # Settings refuses this too; kept so the type is str
+            raise ValueError("the sms-webhook verifier needs a webhook url")
         return WebhookVerifier(
             settings.webhook_url,
             settings.webhook_template,

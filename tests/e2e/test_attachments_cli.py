@@ -11,8 +11,6 @@ Exit codes: 0 ok, 2 usage, 3 local state, 4 relay unreachable, 5 relay refused, 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import shutil
 import stat
 import subprocess
@@ -21,11 +19,25 @@ import time
 from pathlib import Path
 
 import pytest
-from transfer_helpers import Recorder, _root_conftest
 
 from imsg.crypto import stream
 
-IMSG = [sys.executable, "-m", "imsg_cli.main"]
+from support.cli import assert_ok as ok
+from support.cli import clean_env as _env
+from support.cli import imsg_command, run_imsg
+from support.cli import json_lines as lines
+from support.recorder import Recorder
+from support.relays import ThreadRelay, relay_settings, start_process_relay
+
+
+def cmd(home: Path, *args: str, relay: str | None = None, json_mode: bool = True) -> list[str]:
+    return imsg_command(home, *args, relay=relay, json_mode=json_mode)
+
+
+def imsg(home: Path, *args: str, relay: str | None = None, json_mode: bool = True, timeout: float = 60):
+    return run_imsg(home, *args, relay=relay, json_mode=json_mode, timeout=timeout)
+
+
 KIB, MIB = 1024, 1024 * 1024
 PART = 1 * MIB
 BOB = "bob@example.com"
@@ -33,49 +45,13 @@ BOB = "bob@example.com"
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory):
-    import imsg_relay.app as relay_app
-
-    real = relay_app.create_app
-    holder: dict = {}
-
-    def create_app(*args, **kwargs):
-        holder["rec"] = Recorder(real(*args, **kwargs))
-        return holder["rec"]
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(relay_app, "create_app", create_app)
-        r = _root_conftest().start_thread_relay(tmp_path_factory.mktemp("relay") / "data", blob_part_size=PART)
-    r.recorder = holder["rec"]
+    r = ThreadRelay(relay_settings(tmp_path_factory.mktemp("relay") / "data", blob_part_size=PART), wrap=Recorder)
+    r.start()
+    r.recorder = r.middleware
     try:
         yield r
     finally:
         r.stop()
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("IMSG_")}
-
-
-def cmd(home: Path, *args: str, relay: str | None = None, json_mode: bool = True) -> list[str]:
-    return (
-        [*IMSG, "--home", str(home)]
-        + (["--relay", relay] if relay else [])
-        + (["--json"] if json_mode else [])
-        + list(args)
-    )
-
-
-def imsg(
-    home: Path, *args: str, relay: str | None = None, json_mode: bool = True, timeout: float = 60
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        cmd(home, *args, relay=relay, json_mode=json_mode),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=_env(),
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def spawn(home: Path, *args: str) -> subprocess.Popen:
@@ -87,15 +63,6 @@ def spawn(home: Path, *args: str) -> subprocess.Popen:
         env=_env(),
         stdin=subprocess.DEVNULL,
     )
-
-
-def lines(text: str) -> list[dict]:
-    return [json.loads(x) for x in text.splitlines() if x.strip()]
-
-
-def ok(r: subprocess.CompletedProcess) -> list[dict]:
-    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
-    return lines(r.stdout)
 
 
 def json_error(r: subprocess.CompletedProcess, code: int) -> dict:
@@ -349,7 +316,7 @@ def big_relay(tmp_path_factory):
     """`imsg-relay serve` as a subprocess, as users run it, with the default part size
     (8 MiB) and room for a 512 MiB blob; two accounts on it."""
     base = tmp_path_factory.mktemp("big-relay")
-    r = _root_conftest().start_process_relay(
+    r = start_process_relay(
         base / "data",
         base / "relay.log",
         env={"IMSG_RELAY_MAX_BLOB": str(1024 * MIB), "IMSG_RELAY_BLOB_QUOTA": str(4096 * MIB)},

@@ -8,7 +8,6 @@ object per line on stdout, and an error is a JSON object on stderr; stable exit 
 from __future__ import annotations
 
 import json
-import os
 import select
 import signal
 import sqlite3
@@ -20,56 +19,9 @@ from pathlib import Path
 
 import pytest
 
-IMSG = [sys.executable, "-m", "imsg_cli.main"]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMSG_")}
-    env.update(extra)
-    return env
-
-
-def imsg(
-    home: Path | None,
-    *args: str,
-    relay: str | None = None,
-    stdin: str | None = None,
-    json_mode: bool = False,
-    timeout: float = 30,
-) -> subprocess.CompletedProcess:
-    cmd = list(IMSG)
-    if home is not None:
-        cmd += ["--home", str(home)]
-    if relay is not None:
-        cmd += ["--relay", relay]
-    if json_mode:
-        cmd.append("--json")
-    cmd += list(args)
-    return subprocess.run(
-        cmd,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=_env(),
-        stdin=None if stdin is not None else subprocess.DEVNULL,
-    )
-
-
-def json_lines(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def assert_json_error(r: subprocess.CompletedProcess, code: int, error: str | None = None) -> dict:
-    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
-    assert r.stdout == "", "errors must not write to stdout"
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, f"one JSON object on stderr, got {r.stderr!r}"
-    doc = json.loads(lines[0])
-    assert set(doc) >= {"error", "message"} and doc["message"]
-    if error is not None:
-        assert doc["error"] == error, doc
-    return doc
+from support.cli import IMSG, assert_json_error, json_lines
+from support.cli import clean_env as _env
+from support.cli import run_imsg as imsg
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,7 +24,8 @@ from imsg.protocol import envelope as env
 from imsg.protocol import ratchet, session
 from imsg.store.sqlite import SQLiteStore
 
-IMSG = [sys.executable, "-m", "imsg_cli.main"]
+from support.cli import IMSG
+
 KILLS = 30
 
 

@@ -12,7 +12,6 @@ import re
 import select
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,29 +19,14 @@ import pytest
 
 from imsg.protocol import provisioning as prov
 
-IMSG = [sys.executable, "-m", "imsg_cli.main"]
+from support.cli import IMSG, run_imsg
+from support.cli import assert_ok as ok
+from support.cli import clean_env as _env
+from support.cli import json_lines as lines
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("IMSG_")}
-
-
-def imsg(
-    home: Path, *args: str, relay: str | None = None, json_mode: bool = True, timeout: float = 60
-) -> subprocess.CompletedProcess:
-    cmd = [*IMSG, "--home", str(home)] + (["--relay", relay] if relay else []) + (["--json"] if json_mode else [])
-    return subprocess.run(
-        cmd + list(args), capture_output=True, text=True, timeout=timeout, env=_env(), stdin=subprocess.DEVNULL
-    )
-
-
-def lines(text: str) -> list[dict]:
-    return [json.loads(x) for x in text.splitlines() if x.strip()]
-
-
-def ok(r: subprocess.CompletedProcess) -> list[dict]:
-    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
-    return lines(r.stdout)
+def imsg(home: Path, *args: str, relay: str | None = None, json_mode: bool = True, timeout: float = 60):
+    return run_imsg(home, *args, relay=relay, json_mode=json_mode, timeout=timeout)
 
 
 def json_error(r: subprocess.CompletedProcess, code: int) -> dict:

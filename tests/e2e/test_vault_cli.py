@@ -2,31 +2,35 @@
 subprocesses against a relay subprocess, with the real Argon2id parameters (issue 6).
 
 Each test has its own runtime dir (XDG_RUNTIME_DIR: the unlock agent's socket, the
-wrong-passcode counter) and its own homes.
+wrong-passcode counter) and its own homes. The runtime dir sits directly under the temp
+dir, not in tmp_path: the agent's socket path must fit a Unix socket's 107 bytes, which
+pytest-xdist's deeper tmp_path plus a test's name can exceed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
-import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-IMSG = [sys.executable, "-m", "imsg_cli.main"]
+from support.cli import IMSG
+
 PASS = "correct horse battery"
 SECRET = "meet me at the old mill at nine"
 
 
 class Env:
-    def __init__(self, tmp_path: Path, url: str):
+    def __init__(self, tmp_path: Path, run_dir: Path, url: str):
         self.url = url
-        self.run_dir = tmp_path / "run"
-        self.run_dir.mkdir(mode=0o700)
+        self.run_dir = run_dir
         self.base = {k: v for k, v in os.environ.items() if not k.startswith(("IMSG_", "PYTHON_KEYRING"))}
         self.base.update(
             XDG_RUNTIME_DIR=str(self.run_dir),
@@ -50,11 +54,36 @@ class Env:
 
 @pytest.fixture
 def cli(tmp_path: Path, relay_proc):
-    env = Env(tmp_path, relay_proc.url)  # a relay of its own: the handles repeat
+    run_dir = Path(tempfile.mkdtemp(prefix="imsg-run-"))  # 0700, short (see the module doc)
+    env = Env(tmp_path, run_dir, relay_proc.url)  # a relay of its own: the handles repeat
     yield env
     for home in tmp_path.glob("*"):  # never leave an unlock agent behind
         if (home / "storage-key").exists():
             env(home, "lock")
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Poll for `condition` (a generous timeout, for a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    """Whether process `pid` has `path` open (Linux /proc)."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except FileNotFoundError:
+        return False
+    for fd in fds:
+        try:
+            if Path(os.readlink(fd)) == path:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _ok(r: subprocess.CompletedProcess) -> list[dict]:
@@ -184,11 +213,13 @@ def test_unlock_for_a_while_then_lock(cli: Env, tmp_path: Path):
         text=True,
     )
     try:
-        time.sleep(1.5)
+        # its database open means it has the key from the agent (nothing else could open it)
+        _until(lambda: _has_open(watch.pid, (bob / "imsg.db").resolve()) or watch.poll() is not None, "the watch")
+        assert watch.poll() is None, watch.stderr.read()
         assert _ok(cli(bob, "lock")) == [{"locked": True, "was_unlocked": True}]
         _ok(cli(alice, "send", "bob@example.com", "wake the watch"))  # ends its long poll
         assert watch.wait(30) == 3
-        assert '"locked"' in watch.stderr.read()
+        assert "this home was locked" in json.loads(watch.stderr.read().strip().splitlines()[-1])["message"]
     finally:
         if watch.poll() is None:
             watch.kill()
@@ -203,9 +234,10 @@ def test_unlock_for_a_while_then_lock(cli: Env, tmp_path: Path):
     _error(cli(bob, "passcode", "remove"), 3, "locked")  # unlocked is not enough to remove it
     _ok(cli(bob, "passcode", "change", env={"IMSG_PASSCODE": PASS, "IMSG_NEW_PASSCODE": "changed passcode"}))
     _ok(cli(bob, "history", "alice@example.com"))  # still unlocked, under the new key
-    _ok(cli(bob, "unlock", "--for", "2s", env={"IMSG_PASSCODE": "changed passcode"}))
+    # 5 s: long enough for the next command to start on a loaded machine, short enough to wait out
+    _ok(cli(bob, "unlock", "--for", "5s", env={"IMSG_PASSCODE": "changed passcode"}))
     _ok(cli(bob, "history", "alice@example.com"))
-    time.sleep(3)
+    _until(lambda: not sock.exists(), "the agent to exit at its deadline")
     _error(cli(bob, "history", "alice@example.com"), 3, "locked")
 
 

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 from device_helpers import link_device
-from transfer_helpers import Recorder, _root_conftest
 
 from imsg import errors
 from imsg.client import Client
@@ -34,29 +33,19 @@ from imsg.crypto import stream
 from imsg.protocol.content import MAX_NAME_LEN
 from imsg.relay_client import RelayClient
 
+from support.recorder import Recorder
+from support.relays import ThreadRelay, relay_settings
+
 KIB, MIB = 1024, 1024 * 1024
 PART = 1 * MIB
 BOB = "bob@example.com"
 SEG = stream.SEGMENT
 
 
-def start_recorded_relay(data_dir: Path, monkeypatch, **overrides):
-    """A thread relay (tests/conftest.py) whose app is wrapped in a Recorder."""
-    import imsg_relay.app as relay_app
-
-    real = relay_app.create_app
-    holder: dict = {}
-
-    def create_app(*args, **kwargs):
-        holder["rec"] = Recorder(real(*args, **kwargs))
-        return holder["rec"]
-
-    monkeypatch.setattr(relay_app, "create_app", create_app)
-    try:
-        r = _root_conftest().start_thread_relay(data_dir, **overrides)
-    finally:
-        monkeypatch.setattr(relay_app, "create_app", real)
-    r.recorder = holder["rec"]
+def start_recorded_relay(data_dir: Path, **overrides):
+    """A thread relay whose app is wrapped in a Recorder (`.recorder`)."""
+    r = ThreadRelay(relay_settings(data_dir, **overrides), wrap=Recorder).start()
+    r.recorder = r.middleware
     return r
 
 
@@ -64,8 +53,7 @@ def start_recorded_relay(data_dir: Path, monkeypatch, **overrides):
 def relay(tmp_path_factory):
     """Overrides tests/conftest.py's relay (and so make_client's) for this module: one
     relay for every test, 1 MiB parts, recorded."""
-    with pytest.MonkeyPatch.context() as mp:
-        r = start_recorded_relay(tmp_path_factory.mktemp("relay") / "data", mp, blob_part_size=PART)
+    r = start_recorded_relay(tmp_path_factory.mktemp("relay") / "data", blob_part_size=PART)
     try:
         yield r
     finally:

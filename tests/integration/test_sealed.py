@@ -155,8 +155,9 @@ def test_relay_log_names_no_sender_of_sealed_messages(tmp_path, relay_proc):
 
 def test_sealed_conversation_on_postgres_leaves_no_sender(tmp_path):
     psycopg = pytest.importorskip("psycopg")
-    from relay.helpers import LiveRelay, relay_settings
     from relay.test_postgres import PG, pg_reason
+
+    from support.relays import ThreadRelay, relay_settings
 
     if pg_reason is not None:
         pytest.skip(pg_reason)
@@ -164,7 +165,7 @@ def test_sealed_conversation_on_postgres_leaves_no_sender(tmp_path):
 
     schema = f"imsg_test_sealed_{int(time.time() * 1000) % 10**9}"
     try:
-        with LiveRelay(relay_settings(tmp_path / "relay"), storage=PostgresStorage(PG, schema=schema)) as live:
+        with ThreadRelay(relay_settings(tmp_path / "relay"), storage=PostgresStorage(PG, schema=schema)) as live:
             alice, bob = Client.open(tmp_path / "a", relay=live.url), Client.open(tmp_path / "b", relay=live.url)
             try:
                 alice.init(ALICE)

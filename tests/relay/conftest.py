@@ -13,7 +13,7 @@ from starlette.testclient import TestClient  # noqa: E402
 from imsg_relay.app import create_app  # noqa: E402
 from imsg_relay.settings import Settings  # noqa: E402
 
-from .helpers import LiveRelay, relay_settings  # noqa: E402
+from support.relays import ThreadRelay, relay_settings  # noqa: E402
 
 
 @pytest.fixture
@@ -28,6 +28,6 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def live(settings: Settings) -> Iterator[LiveRelay]:
-    with LiveRelay(settings) as relay:
+def live(settings: Settings) -> Iterator[ThreadRelay]:
+    with ThreadRelay(settings) as relay:
         yield relay

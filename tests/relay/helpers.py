@@ -1,4 +1,5 @@
-"""Helpers shared by the relay tests: make accounts, tokens and message ids."""
+"""Helpers shared by the relay tests: make accounts, tokens and message ids. The relay
+launchers themselves are in tests/support/relays.py."""
 
 from __future__ import annotations
 
@@ -7,16 +8,8 @@ import hashlib
 import os
 import secrets
 import socket
-import threading
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import uvicorn
-
-from imsg_relay.app import create_app
-from imsg_relay.settings import Settings
 
 
 def b64(data: bytes) -> str:
@@ -124,129 +117,11 @@ def send(
     return client.put(f"/v1/messages/{to.account_id}", json=payload, headers=sender.headers(sender_device))
 
 
-class LiveRelay:
-    """A real uvicorn server on a loopback socket bound to port 0, in a thread."""
-
-    def __init__(self, settings: Settings, **app_kwargs: Any) -> None:
-        self.app = create_app(settings, **app_kwargs)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(512)
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            self.app,
-            loop="asyncio",
-            http="httptools",
-            ws="none",
-            lifespan="on",
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=1,
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> LiveRelay:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("live relay did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
-
-
-def relay_settings(data_dir: Path, **overrides: Any) -> Settings:
-    # Tests send far faster than people; the rate-limit tests set their own limits.
-    base: dict[str, Any] = {
-        "data_dir": data_dir,
-        "send_rate": 10_000.0,
-        "send_burst": 10_000.0,
-        "request_rate": 10_000.0,
-        "request_burst": 10_000.0,
-        "lookup_rate": 10_000.0,
-        "lookup_burst": 10_000.0,
-        "register_rate": 10_000.0,
-        "register_burst": 10_000.0,
-        "provisioning_rate": 10_000.0,
-        "provisioning_burst": 10_000.0,
-        "provisioning_global_rate": 10_000.0,
-        "provisioning_global_burst": 10_000.0,
-    }
-    base.update(overrides)
-    return Settings(**base)
-
-
-class RelayProcess:
-    """`imsg-relay serve --port 0` as a subprocess, the way scripts and users run it."""
-
-    def __init__(self, data_dir: Path, stderr_path: Path | None = None, env: dict[str, str] | None = None) -> None:
-        self.data_dir = data_dir
-        self.stderr_path = stderr_path
-        # Tests send far faster than people do.
-        self.env = {
-            "IMSG_RELAY_SEND_RATE": "100000",
-            "IMSG_RELAY_REQUEST_RATE": "100000",
-            "IMSG_RELAY_REGISTER_RATE": "100000",
-            "IMSG_RELAY_LOOKUP_RATE": "100000",
-            **(env or {}),
-        }
-        self.proc: Any = None
-        self.url = ""
-
-    def start(self, timeout: float = 15.0) -> RelayProcess:
-        import subprocess
-        import sys
-
-        env = {**os.environ, **self.env}
-        stderr = open(self.stderr_path, "ab") if self.stderr_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "imsg_relay.cli", "serve", "--port", "0", "--data", str(self.data_dir)],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            env=env,
-        )
-        if self.stderr_path:
-            stderr.close()
-        import select
-
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            self.proc.kill()
-            raise RuntimeError("relay did not print its listening line in time")
-        line = self.proc.stdout.readline().decode()
-        prefix = "imsg-relay listening on "
-        if not line.startswith(prefix):
-            self.proc.kill()
-            raise RuntimeError(f"unexpected first line from the relay: {line!r}")
-        self.url = line[len(prefix) :].strip()
-        return self
-
-    def kill(self) -> None:
-        import signal
-
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def terminate(self) -> int:
-        import signal
-
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(10)
-
-
 def flood_until_answered(port: int, head: bytes, *, give_up_after: int = 64 * 1024 * 1024) -> tuple[bytes, int]:
     """Open a raw connection, send `head` (request line and headers of a chunked request),
     then stream 64 KiB chunks until the relay answers (or `give_up_after` bytes). Returns the
     answer's head and how many body bytes were sent: a relay that checks its cap while
     streaming answers 413 long before the end."""
-    import socket
 
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(head)

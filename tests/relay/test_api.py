@@ -14,9 +14,9 @@ from .helpers import (
     private_lookup,
     register,
     registration,
-    relay_settings,
     send,
 )
+from support.relays import relay_settings
 
 
 def test_health(client):

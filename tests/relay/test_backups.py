@@ -11,10 +11,11 @@ import os
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from imsg_relay.backups import LABEL_RESTORE_DEVICE, restore_statement
+from imsg_relay.routes.backups import LABEL_RESTORE_DEVICE, restore_statement
 
-from .helpers import Identity, LiveRelay, account_id_of, new_token, registration, relay_settings
+from .helpers import Identity, account_id_of, new_token, registration
 from .test_privacy_report import backend  # noqa: F401 (the sqlite/postgres fixture)
+from support.relays import ThreadRelay, relay_settings
 
 OCTET = {"Content-Type": "application/octet-stream"}
 
@@ -136,7 +137,7 @@ def test_backup_lifecycle_and_restore_enrolment(backend):  # noqa: F811
 
 def test_backup_over_the_cap_is_refused_before_it_is_read(tmp_path):
     with (
-        LiveRelay(relay_settings(tmp_path, max_backup=4096)) as relay,
+        ThreadRelay(relay_settings(tmp_path, max_backup=4096)) as relay,
         httpx.Client(base_url=relay.url, timeout=10) as c,
     ):
         me, _ = _account(c)
@@ -150,7 +151,7 @@ def test_backup_over_the_cap_is_refused_before_it_is_read(tmp_path):
 
 def test_restore_routes_are_rate_limited_relay_wide(tmp_path):
     with (
-        LiveRelay(relay_settings(tmp_path, register_rate=2.0, register_burst=2.0)) as relay,
+        ThreadRelay(relay_settings(tmp_path, register_rate=2.0, register_burst=2.0)) as relay,
         httpx.Client(base_url=relay.url, timeout=10) as c,
     ):
         codes = [c.get("/v1/restore/account", headers=_bearer(os.urandom(32))).status_code for _ in range(4)]

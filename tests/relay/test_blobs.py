@@ -18,7 +18,8 @@ from starlette.testclient import TestClient
 from imsg_relay.app import create_app
 from imsg_relay.sweeper import sweep_blobs
 
-from .helpers import flood_until_answered, register, relay_settings
+from .helpers import flood_until_answered, register
+from support.relays import relay_settings
 
 PART = 4096
 DAY = 86_400.0
@@ -374,10 +375,10 @@ def test_the_running_sweeper_purges_blobs(tmp_path):
 def test_part_streamed_past_its_size_is_refused_before_the_end(tmp_path):
     """Chunked, no Content-Length: 413 arrives while the client still sends, long before
     the 64 MiB it would send (the part is 1 MiB)."""
-    from .helpers import LiveRelay
+    from support.relays import ThreadRelay
 
     settings = relay_settings(tmp_path, blob_part_size=1024 * 1024)
-    with LiveRelay(settings) as live, httpx.Client(base_url=live.url) as c:
+    with ThreadRelay(settings) as live, httpx.Client(base_url=live.url) as c:
         alice = register(c)
         blob = create(c, alice, 4 * 1024 * 1024)
         answer, sent = flood_until_answered(
@@ -394,7 +395,7 @@ def test_part_streamed_past_its_size_is_refused_before_the_end(tmp_path):
 
 
 def test_parts_uploaded_concurrently(tmp_path):
-    from .helpers import LiveRelay
+    from support.relays import ThreadRelay
 
     settings = relay_settings(tmp_path, blob_part_size=64 * 1024)
     data = random.Random(7).randbytes(20 * 64 * 1024 + 77)
@@ -418,7 +419,7 @@ def test_parts_uploaded_concurrently(tmp_path):
             got = await c.get(f"/v1/blobs/{blob['blob_id']}", headers=alice.headers())
             assert got.content == data
 
-    with LiveRelay(settings) as live:
+    with ThreadRelay(settings) as live:
         with httpx.Client(base_url=live.url) as c:
             alice = register(c)
         asyncio.run(main(live.url))
@@ -439,10 +440,10 @@ def _chunk(k):
 def test_64_mib_blob_streams_through_a_relay_process_in_constant_memory(tmp_path):
     """Upload 64 MiB in 8 MiB parts (streamed, chunked), read it back whole and in ranges;
     the relay process's peak RSS grows by less than 20 MB over its warmed-up RSS."""
-    from .helpers import RelayProcess
+    from support.relays import ProcessRelay
 
     total = 64 * 1024 * 1024
-    relay = RelayProcess(tmp_path / "relay").start()
+    relay = ProcessRelay(tmp_path / "relay").start()
     try:
         pid = relay.proc.pid
         with httpx.Client(base_url=relay.url, timeout=60) as c:

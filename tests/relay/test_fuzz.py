@@ -12,7 +12,8 @@ from starlette.testclient import TestClient
 
 from imsg_relay.app import OPERATIONS, create_app
 
-from .helpers import open_channel, register, relay_settings
+from .helpers import open_channel, register
+from support.relays import relay_settings
 
 json_values = st.recursive(
     st.none()

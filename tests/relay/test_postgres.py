@@ -1,5 +1,10 @@
 """PostgreSQL storage and Redis wake-ups, through the real app on a live server.
 
+What every Storage method does is checked on PostgreSQL and SQLite alike by
+test_storage_conformance.py; what is here is what only a live PostgreSQL shows: two
+workers on one database woken through Redis, device-cap and provisioning races through
+the app, and what the PostgreSQL tables hold (no handle, name or photo in the clear).
+
 Skipped, with the reason, when PostgreSQL (127.0.0.1:5432, database `test`, user `postgres`)
 or Redis (127.0.0.1:6379) is not reachable. Each test gets its own PostgreSQL schema.
 """
@@ -14,7 +19,8 @@ import time
 import httpx
 import pytest
 
-from .helpers import LiveRelay, b64, new_message_id, private_lookup, register, relay_settings, send
+from .helpers import b64, new_message_id, private_lookup, register
+from support.relays import ThreadRelay, relay_settings
 
 PG = os.environ.get("IMSG_TEST_POSTGRES", "host=127.0.0.1 port=5432 dbname=test user=postgres")
 REDIS = os.environ.get("IMSG_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -60,65 +66,21 @@ def pg_live(tmp_path, pg_schema):
     from imsg_relay.storage.postgres import PostgresStorage
 
     storage = PostgresStorage(PG, schema=pg_schema, pool_size=4)
-    with LiveRelay(relay_settings(tmp_path), storage=storage) as relay:
+    with ThreadRelay(relay_settings(tmp_path), storage=storage) as relay:
         yield relay
-
-
-def test_conversation_and_ack_semantics_on_postgres(pg_live):
-    with httpx.Client(base_url=pg_live.url, timeout=10) as c:
-        alice, bob = register(c, "alice@example.com"), register(c, devices=3)
-        r = c.post("/v1/accounts", json={**_reg_payload(alice), "token": _tok()})
-        assert r.status_code == 409 and r.json()["error"] == "account_exists"
-        assert private_lookup(c, bob, "alice@example.com") == alice.account_id
-        mid = new_message_id()
-        assert send(c, alice, bob, b"x", mid).json() == {"message_id": mid, "stored": 3}
-        assert send(c, alice, bob, b"x", mid).json() == {"message_id": mid, "stored": 3}
-        r = send(c, alice, bob, devices=[1, 2, 4])
-        assert r.status_code == 409 and (r.json()["missing"], r.json()["extra"]) == ([3], [4])
-        assert c.post(
-            "/v1/messages/ack", json={"message_ids": [mid, new_message_id()]}, headers=bob.headers(1)
-        ).json() == {"acked": 1}
-        assert c.get("/v1/messages", headers=bob.headers(1)).json()["messages"] == []
-        for d in (2, 3):
-            msgs = c.get("/v1/messages", headers=bob.headers(d)).json()["messages"]
-            assert [m["message_id"] for m in msgs] == [mid]
-        assert c.request("DELETE", "/v1/devices/3", headers=bob.headers(1)).status_code == 200
-        assert c.get("/v1/messages", headers=bob.headers(3)).status_code == 401
-
-
-def test_concurrent_prekey_fetches_on_postgres(pg_live):
-    with httpx.Client(base_url=pg_live.url, timeout=10) as c:
-        alice, bob = register(c), register(c)
-        body = {
-            "signed_prekey": {"key_id": 1, "public_key": b64(b"s"), "signature": b64(b"s")},
-            "kem_last_resort": {"key_id": 1, "public_key": b64(b"l"), "signature": b64(b"s")},
-            "one_time": [{"key_id": i, "public_key": b64(b"o")} for i in range(8)],
-            "kem_one_time": [{"key_id": i, "public_key": b64(b"k"), "signature": b64(b"s")} for i in range(8)],
-        }
-        assert c.put("/v1/keys", json=body, headers=bob.headers()).json() == {"one_time": 8, "kem_one_time": 8}
-
-    async def fetch_all():
-        async with httpx.AsyncClient(base_url=pg_live.url, timeout=10) as c:
-            return await asyncio.gather(
-                *[c.get(f"/v1/keys/{bob.account_id}", headers=alice.headers()) for _ in range(12)]
-            )
-
-    devices = [r.json()["devices"][0] for r in asyncio.run(fetch_all())]
-    assert sorted(d["one_time"]["key_id"] for d in devices if d["one_time"]) == list(range(8))
-    assert sum(d["kem_prekey"]["last_resort"] for d in devices) == 4
 
 
 @pytest.mark.redis
 @pytest.mark.skipif(_redis_reason() is not None, reason=_redis_reason() or "")
 def test_long_poll_on_one_worker_wakes_from_a_send_on_another(tmp_path, pg_schema):
     """Two relays sharing one database and Redis: a send to worker B wakes a fetch on A."""
-    from imsg_relay.push_redis import RedisPush
+    from imsg_relay.push.redis import RedisPush
     from imsg_relay.storage.postgres import PostgresStorage
 
     channel = f"imsg-test:{pg_schema}"
     secret = tmp_path / "shared.secret"
     relays = [
-        LiveRelay(
+        ThreadRelay(
             relay_settings(tmp_path / name, secret_file=secret),
             storage=PostgresStorage(PG, schema=pg_schema, pool_size=2),
             push=RedisPush(REDIS, channel=channel),
@@ -156,7 +118,7 @@ def test_provisioning_and_device_cap_on_postgres(tmp_path, pg_schema):
     now = [1_800_000_000.0]
     storage = PostgresStorage(PG, schema=pg_schema, pool_size=4)
     with (
-        LiveRelay(relay_settings(tmp_path, max_devices=3), storage=storage, clock=lambda: now[0]) as relay,
+        ThreadRelay(relay_settings(tmp_path, max_devices=3), storage=storage, clock=lambda: now[0]) as relay,
         httpx.Client(base_url=relay.url, timeout=10) as c,
     ):
         alice, mallory = register(c, devices=3), register(c)
@@ -202,60 +164,6 @@ def test_provisioning_and_device_cap_on_postgres(tmp_path, pg_schema):
         open_channel(c, alice)  # expired ones no longer count
 
 
-def test_sweeper_deletes_expired_channels_on_postgres(pg_schema):
-    from imsg_relay.storage.base import ChannelNotFound
-    from imsg_relay.storage.postgres import PostgresStorage
-    from imsg_relay.sweeper import sweep_channels
-
-    async def scenario():
-        s = PostgresStorage(PG, schema=pg_schema, pool_size=2)
-        await s.open()
-        try:
-            await s.create_channel("0" * 16, "a" * 32, 0, 1_000, 3)
-            await s.create_channel("1" * 16, "a" * 32, 0, 5_000, 3)
-            await s.put_provisioning("0" * 16, "new", b"old", 10, 8)
-            await s.put_provisioning("1" * 16, "new", b"young", 10, 8)
-            assert await sweep_channels(s, 2_000, batch=1) == 1
-            with pytest.raises(ChannelNotFound):
-                await s.take_provisioning("0" * 16, "new", 0)
-            assert await s.take_provisioning("1" * 16, "new", 2_000) == b"young"
-            async with s._tx() as conn:
-                cur = await conn.execute("SELECT count(*) FROM provisioning_messages")
-                assert (await cur.fetchone())[0] == 0
-        finally:
-            await s.close()
-
-    asyncio.run(scenario())
-
-
-def _tok():
-    from .helpers import new_token
-
-    return new_token()
-
-
-def _reg_payload(ident):
-    from .helpers import registration
-
-    return registration(ident)
-
-
-def test_blob_metadata_on_postgres(pg_schema):
-    from imsg_relay.storage.postgres import PostgresStorage
-
-    from .test_blob_storage import blob_storage_scenario
-
-    async def scenario():
-        s = PostgresStorage(PG, schema=pg_schema, pool_size=2)
-        await s.open()
-        try:
-            await blob_storage_scenario(s)
-        finally:
-            await s.close()
-
-    asyncio.run(scenario())
-
-
 def test_blob_upload_and_ranged_download_on_postgres(pg_live):
     data = os.urandom(3 * 1024 * 1024 + 5)
     with httpx.Client(base_url=pg_live.url, timeout=30) as c:
@@ -293,7 +201,7 @@ def test_handles_codes_and_private_lookup_on_postgres(tmp_path, pg_schema):
     codes = tmp_path / "codes.txt"
     storage = PostgresStorage(PG, schema=pg_schema, pool_size=4)
     settings = relay_settings(tmp_path / "data", verifier=f"file:{codes}")
-    with LiveRelay(settings, storage=storage) as relay, httpx.Client(base_url=relay.url, timeout=10) as c:
+    with ThreadRelay(settings, storage=storage) as relay, httpx.Client(base_url=relay.url, timeout=10) as c:
         alice, bob, carol = register(c, "alice@example.com"), register(c), register(c)
 
         def claim(who, handle):

@@ -15,8 +15,9 @@ import pytest
 
 from imsg_relay import privacy
 
-from .helpers import LiveRelay, b64, new_message_id, open_channel, register, relay_settings, send
+from .helpers import b64, new_message_id, open_channel, register, send
 from .test_postgres import PG, pg_reason
+from support.relays import ThreadRelay, relay_settings
 
 DAY_MS = 86_400_000
 
@@ -39,10 +40,10 @@ def _postgres(schema: str):
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request, tmp_path):
-    """(LiveRelay, run(sql, *params) -> rows, list of table names)."""
+    """(ThreadRelay, run(sql, *params) -> rows, list of table names)."""
     clock = Clock()
     if request.param == "sqlite":
-        with LiveRelay(relay_settings(tmp_path), clock=clock) as relay:
+        with ThreadRelay(relay_settings(tmp_path), clock=clock) as relay:
             conn = sqlite3.connect(tmp_path / "relay.db")
 
             def run(sql, *params):
@@ -59,7 +60,7 @@ def backend(request, tmp_path):
     schema = f"imsg_test_{secrets.token_hex(6)}"
     storage = PostgresStorage(PG, schema=schema, pool_size=2)
     try:
-        with LiveRelay(relay_settings(tmp_path), storage=storage, clock=clock) as relay:
+        with ThreadRelay(relay_settings(tmp_path), storage=storage, clock=clock) as relay:
             conn = _postgres(schema)
 
             def run(sql, *params):

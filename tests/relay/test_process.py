@@ -11,11 +11,12 @@ import time
 
 import httpx
 
-from .helpers import RelayProcess, b64, new_message_id, private_lookup, register
+from .helpers import b64, new_message_id, private_lookup, register
+from support.relays import ProcessRelay
 
 
 def test_serve_port_0_prints_url_and_stops_cleanly_on_sigterm(tmp_path):
-    relay = RelayProcess(tmp_path / "data").start()
+    relay = ProcessRelay(tmp_path / "data").start()
     try:
         assert relay.url.startswith("http://127.0.0.1:")
         port = int(relay.url.rsplit(":", 1)[1])
@@ -53,7 +54,7 @@ def _sender(url_box, alice, bob, acked, stop, errors):
 
 def test_sigkill_loses_nothing_acknowledged(tmp_path):
     data = tmp_path / "data"
-    relay = RelayProcess(data).start()
+    relay = ProcessRelay(data).start()
     pairs = []
     with httpx.Client(base_url=relay.url) as c:
         for _ in range(4):
@@ -75,7 +76,7 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path):
             with sqlite3.connect(data / "relay.db") as db:
                 assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             restarted = time.monotonic()
-            relay = RelayProcess(data).start()
+            relay = ProcessRelay(data).start()
             assert time.monotonic() - restarted < 5
             url_box[0] = relay.url
         time.sleep(0.5)
@@ -109,7 +110,7 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path):
 def test_database_and_log_hold_no_handles_tokens_or_addresses(tmp_path):
     data = tmp_path / "data"
     log_path = tmp_path / "relay.log"
-    relay = RelayProcess(data, stderr_path=log_path).start()
+    relay = ProcessRelay(data, log_path=log_path).start()
     handles = ["alice.liddell@example.com", "+15550001111"]
     try:
         with httpx.Client(base_url=relay.url, timeout=10) as c:

@@ -11,9 +11,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from imsg_relay.app import create_app
-from imsg_relay.profiles import PROFILE_MAX, PROFILE_MIN
+from imsg_relay.routes.profiles import PROFILE_MAX, PROFILE_MIN
 
-from .helpers import register, relay_settings
+from .helpers import register
+from support.relays import relay_settings
 
 OCTETS = {"Content-Type": "application/octet-stream"}
 

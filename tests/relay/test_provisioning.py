@@ -15,7 +15,8 @@ from imsg_relay.app import create_app
 from imsg_relay.settings import Settings
 from imsg_relay.sweeper import sweep_channels
 
-from .helpers import b64, new_token, open_channel, register, relay_settings
+from .helpers import b64, new_token, open_channel, register
+from support.relays import relay_settings
 
 KIB = 1024
 

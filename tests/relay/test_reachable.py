@@ -19,7 +19,8 @@ from starlette.testclient import TestClient
 
 from imsg_relay.app import create_app
 
-from .helpers import b64, new_identity, private_lookup, register, registration, relay_settings
+from .helpers import b64, new_identity, private_lookup, register, registration
+from support.relays import relay_settings
 
 CODE = re.compile(r"\b(\d{6})\b")
 
@@ -234,12 +235,12 @@ def test_lookups_leave_no_trace_in_database_or_log(tmp_path):
     beyond its row), and no table changed."""
     import httpx
 
-    from .helpers import RelayProcess
+    from support.relays import ProcessRelay
 
     data = tmp_path / "data"
     log_path = tmp_path / "relay.log"
-    relay = RelayProcess(
-        data, stderr_path=log_path, env={"IMSG_RELAY_DISCOVERY_BURST": "100000", "IMSG_RELAY_DISCOVERY_RATE": "100000"}
+    relay = ProcessRelay(
+        data, log_path=log_path, env={"IMSG_RELAY_DISCOVERY_BURST": "100000", "IMSG_RELAY_DISCOVERY_RATE": "100000"}
     ).start()
     looked_up = ["+15559990001", "zed@example.com", "+442079460958"]
     try:
@@ -394,13 +395,13 @@ def test_sms_webhook_posts_the_template_to_the_gateway(tmp_path):
 def test_a_relay_process_logs_neither_handles_codes_nor_the_gateway_key(tmp_path):
     import httpx
 
-    from .helpers import RelayProcess
+    from support.relays import ProcessRelay
 
     log_path = tmp_path / "relay.log"
     with _Gateway() as gw:
-        relay = RelayProcess(
+        relay = ProcessRelay(
             tmp_path / "data",
-            stderr_path=log_path,
+            log_path=log_path,
             env={"IMSG_RELAY_VERIFIER": "sms-webhook", "IMSG_RELAY_WEBHOOK_URL": gw.url + "/send?key=GWSECRET42"},
         ).start()
         try:

@@ -9,7 +9,8 @@ from starlette.testclient import TestClient
 from imsg_relay.app import create_app
 from imsg_relay.sweeper import sweep
 
-from .helpers import register, relay_settings, send
+from .helpers import register, send
+from support.relays import relay_settings
 
 DAY = 86_400.0
 

@@ -17,7 +17,8 @@ from imsg_relay.sealed import (
     rotate_keys,
 )
 
-from .helpers import LiveRelay, b64, new_message_id, register, relay_settings
+from .helpers import b64, new_message_id, register
+from support.relays import ThreadRelay, relay_settings
 
 KEY = bytes(range(16))
 IDENTITY = b"\x05" + bytes(range(32))
@@ -37,7 +38,7 @@ def sealed_send(c, to, key: bytes | None, devices=(1,), message_id=None, body=b"
 
 @pytest.fixture
 def live(tmp_path):
-    with LiveRelay(relay_settings(tmp_path, sealed_rate=0.1, sealed_burst=5.0)) as relay:
+    with ThreadRelay(relay_settings(tmp_path, sealed_rate=0.1, sealed_burst=5.0)) as relay:
         relay.data_dir = tmp_path
         yield relay
 
@@ -116,7 +117,7 @@ def test_access_settings_and_sealed_sends(live):
 
 
 def test_sealed_send_is_deduplicated_and_capped(tmp_path):
-    with LiveRelay(relay_settings(tmp_path)) as live, httpx.Client(base_url=live.url, timeout=10) as c:
+    with ThreadRelay(relay_settings(tmp_path)) as live, httpx.Client(base_url=live.url, timeout=10) as c:
         bob = register(c)
         c.put("/v1/sealed/access", headers=bob.headers(), json={"access_key": b64(KEY), "allow_anyone": False})
         mid = new_message_id()

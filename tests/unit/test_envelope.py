@@ -14,16 +14,11 @@ from protocol_helpers import SessionPair, flip, seeded_rng
 
 from imsg.crypto import aead, sign
 from imsg.crypto.errors import CryptoError
+from imsg.crypto.labels import LABEL_CONTENT_AD, LABEL_KEM_PREKEY, LABEL_SENDER_CERTIFICATE, LABEL_SIGNED_PREKEY
 from imsg.protocol import envelope as env
 from imsg.protocol import sealed
 from imsg.protocol import session as sess
-from imsg.protocol.consts import (
-    LABEL_CONTENT_AD,
-    LABEL_KEM_PREKEY,
-    LABEL_SENDER_CERTIFICATE,
-    LABEL_SIGNED_PREKEY,
-    PAD_BLOCK,
-)
+from imsg.protocol.consts import PAD_BLOCK
 from imsg.protocol.content import KIND_TEXT, Content
 from imsg.protocol.encoding import KEY_MLKEM768, KEY_X25519, encode_key
 from imsg.protocol.errors import (

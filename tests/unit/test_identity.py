@@ -12,7 +12,8 @@ import inspect
 import pytest
 from protocol_helpers import T0, seeded_rng
 
-from imsg.protocol.consts import LABEL_DEVICE_LIST, MAX_DEVICES
+from imsg.crypto.labels import LABEL_DEVICE_LIST
+from imsg.protocol.consts import MAX_DEVICES
 from imsg.protocol.encoding import KEY_ED25519, encode_key
 from imsg.protocol.errors import DecodeError, UntrustedIdentityError
 from imsg.protocol.identity import (

@@ -13,9 +13,9 @@ from protocol_helpers import LOW_ORDER_POINTS, T0, SessionPair, seeded_rng
 
 from imsg.crypto import kem
 from imsg.crypto.errors import CryptoError
+from imsg.crypto.labels import LABEL_DEVICE_LIST, LABEL_KEM_PREKEY, LABEL_SIGNED_PREKEY
 from imsg.protocol import pqxdh
 from imsg.protocol import session as sess
-from imsg.protocol.consts import LABEL_DEVICE_LIST, LABEL_KEM_PREKEY, LABEL_SIGNED_PREKEY
 from imsg.protocol.encoding import (
     KEY_ED25519,
     KEY_MLKEM768,

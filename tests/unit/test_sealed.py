@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imsg.crypto import hpke, sign
+from imsg.crypto.labels import LABEL_RELAY_KEY, LABEL_SENDER_CERTIFICATE
 from imsg.protocol import sealed
-from imsg.protocol.consts import LABEL_RELAY_KEY, LABEL_SENDER_CERTIFICATE, SEALED_BUCKETS
+from imsg.protocol.consts import SEALED_BUCKETS
 from imsg.protocol.encoding import KEY_ED25519, KEY_HPKE_MLKEM768_X25519, encode_key
 from imsg.protocol.errors import CertificateError, DecodeError, DecryptionError, ProtocolError
 from imsg.protocol.identity import AccountKey, DeviceKeys, DeviceList, decode_device_list, verify_device_list

@@ -13,7 +13,10 @@ import os
 import shutil
 import sqlite3
 import stat
+import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,11 +34,14 @@ PROFILE_KEY = bytes(range(101, 133))
 
 
 @pytest.fixture(autouse=True)
-def runtime(tmp_path: Path, monkeypatch) -> Path:
-    run = tmp_path / "run"
-    run.mkdir(mode=0o700)
+def runtime(monkeypatch) -> Iterator[Path]:
+    """A private runtime dir of this test's own, directly under the temp dir: the agent's
+    socket path must fit a Unix socket's 107 bytes, and pytest-xdist's tmp_path (one level
+    deeper per worker) plus the test's name does not always leave room."""
+    run = Path(tempfile.mkdtemp(prefix="imsg-run-"))  # 0700
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
-    return run
+    yield run
+    shutil.rmtree(run, ignore_errors=True)
 
 
 def _fill(home: Path) -> None:
@@ -341,8 +347,6 @@ def test_unlock_agent_does_not_inherit_the_passcode(tmp_path: Path, monkeypatch)
     key = vault.current_key(home, vault.KeySource.from_environment(interactive=False))
     vault_agent.start(home, key, int((time.time() + 60) * 1000))
     try:
-        import subprocess
-
         pids = subprocess.run(
             ["pgrep", "-f", str(vault_agent.socket_path(home))], capture_output=True, text=True
         ).stdout.split()
@@ -379,6 +383,49 @@ def test_an_agent_with_a_stale_key_is_not_used(tmp_path: Path):
         vault_agent.stop(home)
 
 
+def test_unlock_agent_socket_path_limit_is_exact(tmp_path: Path, runtime: Path, monkeypatch):
+    """A socket path of exactly MAX_SOCKET_PATH bytes works; one byte more is refused before
+    anything starts, with an error that names the path and says what to do."""
+    home = tmp_path / "home"
+    vault.set_passcode(home, "correct horse", **FAST)
+    key = vault.current_key(home, vault.KeySource(passcode="correct horse"))
+    suffix = len(str(vault_agent.socket_path(home))) - len(str(runtime))  # "/imsg/agent-<id>.sock"
+    for extra in (0, 1):
+        run = runtime / ("r" * (vault_agent.MAX_SOCKET_PATH - suffix - len(str(runtime)) - 1 + extra))
+        run.mkdir(mode=0o700)
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+        sock = vault_agent.socket_path(home)
+        assert len(os.fsencode(sock)) == vault_agent.MAX_SOCKET_PATH + extra
+        if not extra:
+            vault_agent.start(home, key, int((time.time() + 60) * 1000))
+            try:
+                assert vault_agent.fetch_key(home) == key
+            finally:
+                assert vault_agent.stop(home)
+            continue
+        with pytest.raises(errors.LocalStateError) as info:
+            vault_agent.start(home, key, int((time.time() + 60) * 1000))
+        assert str(sock) in str(info.value) and f"{vault_agent.MAX_SOCKET_PATH + 1} bytes" in str(info.value)
+        assert "XDG_RUNTIME_DIR" in info.value.hint and info.value.exit_code == 3
+        assert not sock.exists()
+        assert subprocess.run(["pgrep", "-f", str(sock)], capture_output=True).returncode == 1  # none started
+
+
+def test_unlock_agent_that_cannot_start_says_why(tmp_path: Path):
+    """The agent's own stderr reaches the error: here its socket's name is taken by a directory."""
+    home = tmp_path / "home"
+    vault.set_passcode(home, "correct horse", **FAST)
+    key = vault.current_key(home, vault.KeySource(passcode="correct horse"))
+    sock = vault_agent.socket_path(home)
+    sock.mkdir()
+    with pytest.raises(errors.LocalStateError) as info:
+        vault_agent.start(home, key, int((time.time() + 60) * 1000))
+    message = str(info.value)
+    assert message.startswith("the unlock agent did not start (exit status 1): imsg unlock agent: cannot listen on")
+    assert str(sock) in message and "Is a directory" in message
+    assert sock.is_dir() and vault_agent.fetch_key(home) is None
+
+
 def test_keyring_opt_in_with_a_file_backed_keyring(tmp_path: Path, monkeypatch):
     import keyring
     from keyrings.alt.file import PlaintextKeyring
@@ -409,20 +456,18 @@ def test_keyring_opt_in_with_a_file_backed_keyring(tmp_path: Path, monkeypatch):
         keyring.set_keyring(previous)
 
 
-def test_runtime_dir_must_be_private(tmp_path: Path, monkeypatch):
-    assert runtime_dir() == tmp_path / "run" / "imsg"
+def test_runtime_dir_must_be_private(tmp_path: Path, runtime: Path, monkeypatch):
+    assert runtime_dir() == runtime / "imsg"
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o777)
     shared.chmod(0o777)
     assert not _private_dir(shared, os.getuid(), create=False)
     link = tmp_path / "link"
-    link.symlink_to(tmp_path / "run")
+    link.symlink_to(runtime)
     assert not _private_dir(link, os.getuid(), create=False)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(shared))  # not private: fall back to <tmp>/imsg-<uid>
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    import tempfile
-
     monkeypatch.setattr(tempfile, "tempdir", None)
     assert runtime_dir() == tmp_path / "tmp" / f"imsg-{os.getuid()}"
 

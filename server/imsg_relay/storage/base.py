@@ -12,9 +12,9 @@ Every method that changes state commits durably before it returns: a caller that
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,10 +163,10 @@ class BlobQuotaExceeded(Exception):
 class DeviceMismatch(Exception):
     """the envelopes are not addressed to exactly the account's devices"""
 
-    def __init__(self, missing: Sequence[int], extra: Sequence[int]) -> None:
-        super().__init__(f"missing {list(missing)}, extra {list(extra)}")
+    def __init__(self, missing: Iterable[int], extra: Iterable[int]) -> None:
         self.missing = sorted(missing)
         self.extra = sorted(extra)
+        super().__init__(f"missing {self.missing}, extra {self.extra}")
 
 
 class Storage(Protocol):
@@ -347,7 +347,7 @@ class Storage(Protocol):
     async def set_sealed_access(self, account_id: str, verifier: bytes | None, allow_anyone: bool) -> None:
         """Upsert; a None verifier keeps the stored one."""
 
-    # backups (imsg_relay/backups.py). One row per account; `access_hash` is SHA-256 of a
+    # backups (imsg_relay/routes/backups.py). One row per account; `access_hash` is SHA-256 of a
     # token only the holder of the recovery code can derive.
     async def put_backup(self, account_id: str, access_hash: bytes, blob_id: str, size: int, now_ms: int) -> str | None:
         """Records (or replaces) the account's backup; returns the blob id it replaced.
@@ -362,4 +362,4 @@ class Storage(Protocol):
 
     # the privacy report (imsg_relay/privacy.py): its read-only queries, written with `?`
     # placeholders, run against the real tables.
-    async def report_rows(self, query: str, params: Sequence[object]) -> list[tuple]: ...
+    async def report_rows(self, query: str, params: Sequence[object]) -> list[tuple[Any, ...]]: ...

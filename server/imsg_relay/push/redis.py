@@ -15,7 +15,8 @@ from collections.abc import Iterable
 
 import redis.asyncio as aioredis
 
-from imsg_relay.push import InProcessPush, Mailbox
+from imsg_relay.push.base import Mailbox
+from imsg_relay.push.inprocess import InProcessPush
 
 log = logging.getLogger("imsg_relay.push")
 

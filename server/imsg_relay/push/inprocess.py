@@ -1,8 +1,5 @@
-"""Wake-ups for long-polling fetches.
-
-`InProcessPush` serves one worker: waiters register on a mailbox, a stored envelope wakes
-them. The `Push` protocol is the seam for a pub/sub implementation (Redis) shared by many
-workers: `notify` publishes, a subscriber task calls the local `wake`.
+"""Wake-ups within one worker: waiters register on a mailbox, a stored envelope wakes them.
+The Redis implementation (push/redis.py) builds on it: a subscriber task calls `wake`.
 """
 
 from __future__ import annotations
@@ -10,17 +7,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Protocol
 
-Mailbox = tuple[str, int]  # (account_id, device_id)
-
-
-class Push(Protocol):
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
-    @contextmanager
-    def waiter(self, mailbox: Mailbox) -> Iterator[asyncio.Event]: ...
-    async def notify(self, mailboxes: Iterable[Mailbox]) -> None: ...
+from imsg_relay.push.base import Mailbox
 
 
 class InProcessPush:

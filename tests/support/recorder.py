@@ -1,25 +1,10 @@
-"""Test helpers for attachment transfers, importable by name (`conftest` is ambiguous:
-tests/unit has one too): the root conftest as a module, and an ASGI middleware that
-records (and can slow) the relay's HTTP requests."""
+"""An ASGI middleware that records (and can slow) the relay's HTTP requests, for the
+attachment-transfer tests: wrap a relay with `ThreadRelay(settings, wrap=Recorder)`."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 import threading
-from pathlib import Path
-
-
-def _root_conftest():
-    """tests/conftest.py as a module (its name `conftest` is ambiguous with tests/unit's)."""
-    name = "imsg_tests_root_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "conftest.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 class Recorder:

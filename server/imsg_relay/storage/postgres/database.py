@@ -1,0 +1,95 @@
+"""The connection pool of the PostgreSQL storage: a fixed number of connections, each
+operation one transaction on one of them (`tx`), committed on success and rolled back on
+any error. PostgreSQL commits concurrent transactions together on its own (group commit in
+its WAL writer), so nothing here batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from imsg_relay.errors import StorageUnavailable
+from imsg_relay.storage.postgres import schema
+
+
+class Database:
+    def __init__(self, conninfo: str, pool_size: int, search_path: str | None) -> None:
+        self.conninfo = conninfo
+        self.pool_size = pool_size
+        self.search_path = search_path
+        self._pool: asyncio.Queue[psycopg.AsyncConnection[Any]] | None = None
+        self._all: list[psycopg.AsyncConnection[Any]] = []
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=False)
+        if self.search_path:
+            await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.search_path)))
+            await conn.commit()
+        return conn
+
+    async def open(self) -> None:
+        try:
+            setup = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise StorageUnavailable(f"cannot reach postgresql: {exc}") from exc
+        async with setup:
+            if self.search_path:
+                name = sql.Identifier(self.search_path)
+                await setup.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(name))
+                await setup.execute(sql.SQL("SET search_path TO {}").format(name))
+            await schema.create(setup)
+        self._pool = asyncio.Queue()
+        for _ in range(self.pool_size):
+            conn = await self._connect()
+            self._all.append(conn)
+            self._pool.put_nowait(conn)
+
+    async def close(self) -> None:
+        for conn in self._all:
+            await conn.close()
+        self._all.clear()
+        self._pool = None
+
+    @asynccontextmanager
+    async def tx(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection inside one transaction, committed on success."""
+        if self._pool is None:
+            raise StorageUnavailable("storage is closed")
+        pool = self._pool
+        conn = await pool.get()
+        try:
+            if conn.closed or conn.broken:
+                self._all.remove(conn)
+                conn = await self._connect()
+                self._all.append(conn)
+            try:
+                yield conn
+                await conn.commit()
+            except BaseException:
+                if not conn.closed:
+                    await conn.rollback()
+                raise
+        except psycopg.OperationalError as exc:
+            raise StorageUnavailable(str(exc)) from exc
+        finally:
+            pool.put_nowait(conn)
+
+    async def one(self, query: str, params: Sequence[Any]) -> Any:
+        """The first row of one query in its own transaction (None when there is none)."""
+        async with self.tx() as conn:
+            cur = await conn.execute(query, params)
+            return await cur.fetchone()
+
+
+async def one_row(cur: psycopg.AsyncCursor[Any]) -> tuple[Any, ...]:
+    """The row of a query that always returns one (an aggregate: count, sum)."""
+    row = await cur.fetchone()
+    if row is None:
+        raise RuntimeError("an aggregate query returned no row")
+    return tuple(row)
