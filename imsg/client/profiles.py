@@ -320,7 +320,7 @@ class Profiles:
             return None
         return CachedProfile(account_id, revision, profile.name, profile.photo, self.ctx.now_ms())
 
-    def _refresh_profile(self, contact: Contact) -> CachedProfile | None:
+    def refresh(self, contact: Contact) -> CachedProfile | None:
         """The contact's profile, refetched if they announced a newer revision than the copy
         held. Without their key (or once they rotated it away) the copy held stays."""
         cached = self.store.cached_profile(contact.account_id)
@@ -349,7 +349,7 @@ class Profiles:
             if contact.status == "replaced" or not contact.profile_key:
                 continue
             try:
-                self._refresh_profile(contact)
+                self.refresh(contact)
             except errors.SecurityError as exc:
                 self.ctx.problems.append(_profile_problem(contact.handle, str(exc)))
             except (errors.RelayUnavailableError, errors.RelayRefusedError):
@@ -365,7 +365,7 @@ class Profiles:
         if contact is None:
             raise errors.UnknownContactError(f"no contact {handle}")
         try:
-            cached = self._refresh_profile(contact)
+            cached = self.refresh(contact)
         except errors.RelayUnavailableError:
             cached = self.store.cached_profile(contact.account_id)
         if cached is None or not cached.photo:
