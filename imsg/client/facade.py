@@ -12,8 +12,9 @@ tests.
 
 This class only builds the services and delegates to them; each public method is a line
 or two. The services share one Context (imsg/client/context.py) and take the services they
-build on as arguments, in this order (none imports this module, none imports one built
-after it):
+build on as arguments, in this order; a module may also use helper functions of a module
+above it (trust.own_devices, account.whoami...), never of one below it, and none imports
+this module:
 
     prekeys, discovery, reachable, sealed, retention, attachments   (the context only)
     trust        discovery, reachable
