@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from imsg_cli.render import one_line
 from imsg_cli.state import State
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def print_whoami(state: State, me: WhoAmI) -> None:
             }
         )
         return
-    out.line(f"handle       {me.handle}" + (f" ({me.name})" if me.name else ""))
+    out.line(f"handle       {one_line(me.handle)}" + (f" ({one_line(me.name)})" if me.name else ""))
     out.line(f"account      {me.account_id}")
     out.line(f"device       {me.device_id} of {me.devices}")
     out.line(f"relay        {me.relay}")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from imsg_cli.render import one_line
 from imsg_cli.state import State
 
 if TYPE_CHECKING:
@@ -137,5 +138,5 @@ def photo(
             {"handle": _canonical(handle), "path": str(saved.path), "type": saved.type, "size": saved.size}
         )
     else:
-        state.out.line(str(saved.path))
+        state.out.line(one_line(str(saved.path)))
         state.out.info(f"{saved.type}, {saved.size} bytes")

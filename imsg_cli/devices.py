@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from imsg_cli.output import iso, local_time, print_qr
+from imsg_cli.render import one_line
 from imsg_cli.state import State
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def add(
     else:
         out.line(
             f"linked device {device.device_id}"
-            + (f" ({device.name})" if device.name else "")
+            + (f" ({one_line(device.name)})" if device.name else "")
             + f"  fingerprint {device.fingerprint}"
         )
 

@@ -49,6 +49,7 @@ def history(
 
 
 def _preview(text: str, width: int = 40) -> str:
+    """The start of a message on one line (the table renders it safe: render.one_line)."""
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 

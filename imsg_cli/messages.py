@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from imsg_cli.output import print_message
+from imsg_cli.render import one_line
 from imsg_cli.state import State
 
 if TYPE_CHECKING:
@@ -222,4 +223,4 @@ def attachment_save(
         if state.out.json:
             state.out.record({"message_id": message_id, "path": str(path)})
         else:
-            state.out.line(str(path))
+            state.out.line(one_line(str(path)))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import typer
 
 from imsg_cli.output import human_size, local_time
@@ -29,7 +27,7 @@ def report(ctx: typer.Context) -> None:
         doc = client.privacy_report()
     out = state.out
     if out.json:
-        out.line(json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
+        out.record(doc)
         return
     now = doc["generated_at"]
     for a in doc["account"]:

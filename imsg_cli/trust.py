@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from imsg_cli.output import iso, print_qr
+from imsg_cli.render import one_line
 from imsg_cli.state import State
 
 
@@ -27,7 +28,7 @@ def verify(
         return
     if v.changed:
         out.info(f"warning: the safety number with {v.handle} CHANGED; messages to them are held")
-    out.line(v.safety_number)
+    out.line(one_line(v.safety_number))
     print_qr(v.safety_number.replace(" ", ""))
     out.info(
         f"{v.handle}: " + ("verified" if v.verified else f"not verified — compare, then: imsg verify {v.handle} --mark")
