@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 def init(
     ctx: typer.Context,
     handle: Annotated[str, typer.Argument(help="Your e-mail address or E.164 phone number.")],
-    name: Annotated[str, typer.Option("--name", help="Your display name (kept on this device).")] = "",
+    name: Annotated[str, typer.Option("--name", metavar="NAME", help="Your display name (kept on this device).")] = "",
 ) -> None:
     """Create an account: account key, this device's keys and prekeys; register with the relay."""
     state: State = ctx.obj

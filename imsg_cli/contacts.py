@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from imsg_cli.confirm import Yes, confirm
 from imsg_cli.render import one_line
 from imsg_cli.state import State
 
@@ -103,12 +104,17 @@ def add(
 def remove(
     ctx: typer.Context,
     handle: Annotated[str, typer.Argument(help="Their handle.")],
+    yes: Yes = False,
 ) -> None:
     """Take someone out of your contacts (and forget your nickname for them). Your
     conversation stays. They keep the profile key they already have: to stop them seeing
-    later changes of your name and photo, run imsg profile share off (it rotates the key)."""
+    later changes of your name and photo, run imsg profile share off (it rotates the key).
+    Asks first (--yes: do not)."""
     state: State = ctx.obj
     with state.client() as client:
+        canonical = _canonical(handle)
+        if any(c.handle == canonical and c.in_contacts for c in client.contacts()):  # else the library's error
+            confirm(f"remove {one_line(canonical)} from your contacts (and your nickname for them)?", yes)
         contact = client.contacts_remove(handle)
     if state.out.json:
         state.out.record({"handle": contact.handle, "in_contacts": False})

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from imsg_cli.confirm import Yes, confirm
 from imsg_cli.output import iso, local_time, print_qr
 from imsg_cli.render import one_line
 from imsg_cli.state import State
@@ -20,10 +21,11 @@ app = typer.Typer(help="Link, list and remove this account's devices.", no_args_
 def add(
     ctx: typer.Context,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=10, max=600, help="Seconds to wait for the new device.")
+        float, typer.Option("--timeout", min=10, max=600, metavar="SECONDS", help="Seconds to wait for the new device.")
     ] = 300,
     history: Annotated[
-        int, typer.Option("--history", min=0, max=10000, help="Send the new device this many recent messages.")
+        int,
+        typer.Option("--history", min=0, max=10000, metavar="N", help="Send the new device this many recent messages."),
     ] = 0,
 ) -> None:
     """Show a one-time pairing code, then wait until a new device links with it.
@@ -57,7 +59,9 @@ def add(
 def link(
     ctx: typer.Context,
     code: Annotated[str, typer.Argument(help="The code `imsg device add` shows on an existing device.")],
-    name: Annotated[str, typer.Option("--name", help="A name for this device (only your devices can read it).")] = "",
+    name: Annotated[
+        str, typer.Option("--name", metavar="NAME", help="A name for this device (only your devices can read it).")
+    ] = "",
 ) -> None:
     """Join an existing account from this (new) home."""
     import platform
@@ -83,10 +87,16 @@ def list_(ctx: typer.Context) -> None:
 def remove(
     ctx: typer.Context,
     device_id: Annotated[int, typer.Argument(min=1, help="The device's id (see imsg device list).")],
+    yes: Yes = False,
 ) -> None:
-    """Remove a device: it stops receiving at once, and the list is re-signed without it."""
+    """Remove a device: it stops receiving at once, and the list is re-signed without it.
+    Asks first (--yes: do not)."""
     state: State = ctx.obj
     with state.client() as client:
+        known = {d.device_id: d for d in client.devices(refresh=False)}
+        if device_id in known and not known[device_id].this_device:  # else the library's own error
+            name = known[device_id].name
+            confirm(f"remove device {device_id}{f' ({one_line(name)})' if name else ''} from this account?", yes)
         devices = client.device_remove(device_id)
     state.out.info(f"removed device {device_id}")
     _print_devices(state, devices)

@@ -130,7 +130,10 @@ def _report_problems(state: State, client: Client) -> int:
 
 def receive(
     ctx: typer.Context,
-    wait: Annotated[float, typer.Option("--wait", min=0, max=3600, help="Wait up to SECONDS for a first message.")] = 0,
+    wait: Annotated[
+        float,
+        typer.Option("--wait", min=0, max=3600, metavar="SECONDS", help="Wait up to SECONDS for a first message."),
+    ] = 0,
     download: Annotated[
         str | None,
         typer.Option(

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from imsg_cli.confirm import Yes, confirm
 from imsg_cli.render import one_line
 from imsg_cli.state import State
 
@@ -39,15 +40,19 @@ def share_answer(client: Client, to: str, given: str | None) -> str | None:
 def share(
     ctx: typer.Context,
     policy: Annotated[str, typer.Argument(metavar="contacts|ask|off", help="Who gets your name and photo.")],
+    yes: Yes = False,
 ) -> None:
     """Choose who gets your name and photo (with your next message to them).
 
     contacts: everyone in your contacts (imsg contacts add). ask: you are asked before a
     first message to someone (scripts: imsg send --share-profile yes|no). off: nobody from
     now on; your profile key is rotated and the relay's copy re-encrypted, so people who had
-    it stop seeing updates. What they already saved stays on their devices."""
+    it stop seeing updates. What they already saved stays on their devices. Off asks
+    first (--yes: do not)."""
     state: State = ctx.obj
     with state.client() as client:
+        if policy == "off" and client.share_policy() != "off":
+            confirm("stop sharing your name and photo, and rotate your profile key?", yes)
         client.set_share_policy(policy)
     if state.out.json:
         state.out.record({"share": policy})

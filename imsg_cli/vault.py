@@ -177,7 +177,7 @@ def unlock(
     import time
 
     from imsg.store import vault, vault_agent
-    from imsg_cli.output import iso
+    from imsg_cli.output import iso, local_time
 
     state: State = ctx.obj
     seconds = parse_duration(for_)
@@ -188,4 +188,4 @@ def unlock(
     if state.out.json:
         state.out.record({"unlocked_until": iso(until)})
     else:
-        state.out.info(f"unlocked until {iso(until)}; lock now with: imsg lock")
+        state.out.info(f"unlocked until {local_time(until)}; lock now with: imsg lock")

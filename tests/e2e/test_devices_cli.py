@@ -142,7 +142,7 @@ def test_add_link_list_sync_remove(env):
         assert [m["text"] for m in hist] == ["hello from dana's first device", "hi dana"]
 
     # Remove the laptop: exit 0, the list shrinks, the laptop is refused with a clear message.
-    rows = ok(imsg(alice, "device", "remove", "2"))
+    rows = ok(imsg(alice, "device", "remove", "2", "--yes"))
     assert [r["device_id"] for r in rows] == [1]
     ok(imsg(bob, "send", "dana@example.com", "after removal"))
     r = imsg(new, "receive")
