@@ -308,3 +308,17 @@ def test_passcode_prompts_on_a_terminal(cli: Env, tmp_path: Path):
     code, out = _on_a_terminal(cli, home, ["passcode", "change"], ["typed passcode", "new one 1", "new one 2"])
     assert code == 2 and "differ" in out, out  # the two new passcodes differ: nothing changed
     _ok(cli(home, "retention", "show", env={"IMSG_PASSCODE": "typed passcode"}))
+
+
+def test_passcode_prompts_explain_themselves(cli: Env, tmp_path: Path):
+    """Issue 18 item 9: a too-short passcode is refused before it is asked again; a wrong
+    one at a terminal says so, with how long the wait is and why."""
+    home = tmp_path / "tty"
+    code, out = _on_a_terminal(cli, home, ["passcode", "set"], ["abc", "long enough", "long enough"])
+    assert code == 0, out
+    short = out.index("at least 4 characters")
+    assert short < out.index("new passcode again") and out.count("new passcode: ") == 2, out
+    code, out = _on_a_terminal(cli, home, ["retention", "show"], ["wrong one", "long enough"])
+    assert code == 0 and "forever" in out, out
+    assert "wrong passcode (2 more tries)" in out and "waiting 1 s before the next try" in out, out
+    assert out.index("waiting 1 s") < out.rindex("passcode for")  # explained before the prompt returns
