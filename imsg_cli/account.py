@@ -46,7 +46,7 @@ def print_whoami(state: State, me: WhoAmI) -> None:
             {
                 "account_id": me.account_id,
                 "handle": me.handle,
-                "name": me.name,
+                "name": me.name or None,
                 "device_id": me.device_id,
                 "devices": me.devices,
                 "relay": me.relay,

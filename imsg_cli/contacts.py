@@ -61,13 +61,14 @@ def _shown_name(c: ContactInfo) -> str:
 
 
 def _record(c: ContactInfo) -> dict[str, Any]:
-    name_source = "nickname" if c.nickname else ("shared" if c.profile_name else "")
+    # A missing value is null (never ""), as in every other --json row.
+    name_source = "nickname" if c.nickname else ("shared" if c.profile_name else None)
     return {
         "handle": c.handle,
-        "name": c.nickname or c.profile_name,
+        "name": c.nickname or c.profile_name or None,
         "name_source": name_source,
-        "nickname": c.nickname,
-        "shared_name": c.profile_name,
+        "nickname": c.nickname or None,
+        "shared_name": c.profile_name or None,
         "in_contacts": c.in_contacts,
         "sharing_with": c.sharing,
         "account_id": c.account_id,

@@ -45,7 +45,12 @@ def add(
         device = client.device_add_finish(pairing, timeout=timeout, history=history)
     if out.json:
         out.record(
-            {"linked": True, "device_id": device.device_id, "name": device.name, "fingerprint": device.fingerprint}
+            {
+                "linked": True,
+                "device_id": device.device_id,
+                "name": device.name or None,
+                "fingerprint": device.fingerprint,
+            }
         )
     else:
         out.line(
@@ -109,7 +114,7 @@ def _print_devices(state: State, devices: list[DeviceInfo]) -> None:
             out.record(
                 {
                     "device_id": d.device_id,
-                    "name": d.name,
+                    "name": d.name or None,
                     "fingerprint": d.fingerprint,
                     "added_at": iso(d.added_at),
                     "this_device": d.this_device,

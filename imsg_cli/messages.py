@@ -90,16 +90,30 @@ def send(
             from_=from_,
         )
         _report_problems(state, client)  # e.g. an earlier queued message the relay refused
+        sender = _sent_from(client, sent.to, sent.id) if state.out.json else None
     out = state.out
     if out.json:
         from imsg_cli.output import iso
 
         out.record(
-            {"id": sent.id, "to": sent.to, "sent_at": iso(sent.sent_at), "devices": sent.devices, "sealed": sent.sealed}
+            {
+                "id": sent.id,
+                "from": sender,
+                "to": sent.to,
+                "sent_at": iso(sent.sent_at),
+                "devices": sent.devices,
+                "sealed": sent.sealed,
+            }
         )
     else:
         out.line(sent.id)
         out.info(f"sent to {sent.to}" + (" (sealed sender)" if sent.sealed else ""))
+
+
+def _sent_from(client: Client, to: str, message_id: str) -> str | None:
+    """The handle a message just sent went out from, as this home stored it (the newest
+    few messages of the conversation hold it)."""
+    return next((m.sender for m in client.history(to, 5) if m.id == message_id), None)
 
 
 def _report_problems(state: State, client: Client) -> int:
@@ -122,6 +136,10 @@ def _report_problems(state: State, client: Client) -> int:
             "unverified_from",
         ):  # notes, not dropped messages
             state.out.warning(p.code, p.message)
+        elif p.code == "duplicate":  # a relay's redelivery (or a receive beside a watch): harmless
+            state.out.warning(
+                p.code, f"already received: redelivered copy of {p.message_id} ignored", message_id=p.message_id
+            )
         else:
             state.out.warning(p.code, f"ignored message {p.message_id}: {p.message}", message_id=p.message_id)
     client.problems.clear()

@@ -100,7 +100,7 @@ def _show(state: State, p: OwnProfile) -> None:
     if out.json:
         out.record(
             {
-                "name": p.name,
+                "name": p.name or None,
                 "photo": {"type": p.photo_type, "size": p.photo_size} if p.photo_size else None,
                 "revision": p.revision,
                 "share": p.share,

@@ -44,9 +44,21 @@ def trust(
     with state.client() as client:
         sent = client.trust(to)
     out = state.out
+    if out.json:  # one row, also when nothing was held: a script learns it worked
+        out.record(
+            {
+                "handle": _canonical(to),
+                "trusted": True,
+                "sent": [{"id": s.id, "to": s.to, "sent_at": iso(s.sent_at), "devices": s.devices} for s in sent],
+            }
+        )
+        return
     for s in sent:
-        if out.json:
-            out.record({"id": s.id, "to": s.to, "sent_at": iso(s.sent_at), "devices": s.devices})
-        else:
-            out.line(s.id)
+        out.line(s.id)
     out.info(f"trusting {to}'s current identity; {len(sent)} held message(s) sent")
+
+
+def _canonical(handle: str) -> str:
+    from imsg.handles import canonical_handle
+
+    return canonical_handle(handle)

@@ -218,10 +218,11 @@ def test_contacts_verify_trust_and_key_change(env, tmp_path):
     assert "CHANGED" in r.stderr
     assert ok(imsg(mallory, "receive")) == [] and ok(imsg(bob, "receive")) == []
     # trust releases it to the new identity, exactly once.
-    released = ok(imsg(alice, "trust", HANK))
-    assert [(m["id"], m["to"]) for m in released] == [(held_id, HANK)]
+    [trusted] = ok(imsg(alice, "trust", HANK))
+    assert trusted["handle"] == HANK and trusted["trusted"] is True
+    assert [(m["id"], m["to"]) for m in trusted["sent"]] == [(held_id, HANK)]
     assert [(m["id"], m["text"]) for m in ok(imsg(mallory, "receive"))] == [(held_id, "held for hank")]
-    assert ok(imsg(alice, "trust", HANK)) == []
+    assert ok(imsg(alice, "trust", HANK)) == [{"handle": HANK, "trusted": True, "sent": []}]
     assert ok(imsg(mallory, "receive")) == []
 
     # Back to hank's real account: a change again; --on-key-change accept sends at once.

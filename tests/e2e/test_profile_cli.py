@@ -60,7 +60,7 @@ def test_contacts_group_add_list_remove(env):
     assert human.returncode == 0 and "Benny" in human.stdout and "ben@example.com" in human.stdout
     ok(imsg(ann, "contacts", "remove", "ben@example.com", "--yes"))
     rows = ok(imsg(ann, "contacts"))
-    assert rows[0]["in_contacts"] is False and rows[0]["name"] == ""
+    assert rows[0]["in_contacts"] is False and rows[0]["name"] is None
     del ben
 
 
