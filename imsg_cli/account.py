@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -32,14 +33,28 @@ def init(
 
 
 def whoami(ctx: typer.Context) -> None:
-    """Show this home's account, handle, device and relay."""
+    """Show this home's account, handle, device and relay. Asks the relay for the current
+    device list (so a device removed elsewhere says so); offline, shows what it holds."""
+    from imsg.errors import RelayRefusedError, RelayUnavailableError
+
     state: State = ctx.obj
+    removed = False
     with state.client() as client:
         me = client.whoami()
-    print_whoami(state, me)
+        try:
+            listed = [d.device_id for d in client.devices(refresh=True)]
+            removed = me.device_id not in listed
+        except RelayRefusedError as exc:
+            removed = exc.status == 401  # this device's credential is revoked: it was removed
+            listed = [d.device_id for d in client.devices(refresh=False)]  # the others, as last known
+        except RelayUnavailableError:
+            listed = [d.device_id for d in client.devices(refresh=False)]
+            state.out.info("(the relay is unreachable: the device list is this home's copy)")
+    devices = len([d for d in listed if d != me.device_id]) if removed else len(listed)
+    print_whoami(state, replace(me, devices=devices), removed=removed)
 
 
-def print_whoami(state: State, me: WhoAmI) -> None:
+def print_whoami(state: State, me: WhoAmI, *, removed: bool = False) -> None:
     out = state.out
     if out.json:
         out.record(
@@ -51,11 +66,15 @@ def print_whoami(state: State, me: WhoAmI) -> None:
                 "devices": me.devices,
                 "relay": me.relay,
                 "fingerprint": me.fingerprint,
+                "removed": removed,
             }
         )
         return
     out.line(f"handle       {one_line(me.handle)}" + (f" ({one_line(me.name)})" if me.name else ""))
     out.line(f"account      {me.account_id}")
-    out.line(f"device       {me.device_id} of {me.devices}")
+    if removed:
+        out.line(f"device       {me.device_id}, REMOVED from this account (it can no longer send or receive)")
+    else:
+        out.line(f"device       {me.device_id} of {me.devices}")
     out.line(f"relay        {me.relay}")
     out.line(f"fingerprint  {me.fingerprint}")

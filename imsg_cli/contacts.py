@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from imsg_cli.confirm import Yes, confirm
+from imsg_cli.output import human_size
 from imsg_cli.render import one_line
 from imsg_cli.state import State
 
@@ -146,4 +147,4 @@ def photo(
         )
     else:
         state.out.line(one_line(str(saved.path)))
-        state.out.info(f"{saved.type}, {saved.size} bytes")
+        state.out.info(f"{saved.type}, {human_size(saved.size)}")

@@ -72,23 +72,31 @@ def send(
         if text.endswith("\n"):
             text = text[:-1]
     text = text or ""
-    if not text and not files and not drafts:
-        raise UsageError("empty message")
+    if not text.strip() and not files and not drafts:
+        raise UsageError("empty message" if not text else "empty message: only whitespace")
+    _check_length(text)
     from imsg_cli.output import Transfers
     from imsg_cli.profile import share_answer
 
     with state.client() as client, Transfers(state.out) as bars:
         share_profile = share_answer(client, to, share_profile)
-        sent = client.send(
-            to,
-            text,
-            on_key_change=on_key_change,
-            attachments=files,
-            drafts=drafts,
-            progress=bars.callback,
-            share_profile=share_profile,
-            from_=from_,
-        )
+        try:
+            sent = client.send(
+                to,
+                text,
+                on_key_change=on_key_change,
+                attachments=files,
+                drafts=drafts,
+                progress=bars.callback,
+                share_profile=share_profile,
+                from_=from_,
+            )
+        except UsageError as exc:
+            if str(exc) == "message too long":  # with attachments and profile, the content outgrew its cap
+                raise _too_long(
+                    "encrypted with its attachments and profile, it exceeds the 64 KiB a message holds"
+                ) from None
+            raise
         _report_problems(state, client)  # e.g. an earlier queued message the relay refused
         sender = _sent_from(client, sent.to, sent.id) if state.out.json else None
     out = state.out
@@ -108,6 +116,27 @@ def send(
     else:
         out.line(sent.id)
         out.info(f"sent to {sent.to}" + (" (sealed sender)" if sent.sealed else ""))
+
+
+def _too_long(detail: str) -> Exception:
+    from imsg.errors import UsageError
+    from imsg.protocol.content import MAX_TEXT_LEN
+
+    return UsageError(
+        f"message too long: {detail}; the limit is {MAX_TEXT_LEN:,} characters (about {MAX_TEXT_LEN // 1024} KiB)",
+        hint="send long text as a file: imsg send TO --attach FILE",
+    )
+
+
+def _check_length(text: str) -> None:
+    """Refuse before anything is opened what a recipient would refuse as too long."""
+    from imsg.protocol.content import MAX_TEXT_LEN
+
+    if len(text) > MAX_TEXT_LEN:
+        raise _too_long(f"{len(text):,} characters")
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_TEXT_LEN:  # the encrypted content has room for about this many bytes
+        raise _too_long(f"{size:,} bytes of UTF-8")
 
 
 def _sent_from(client: Client, to: str, message_id: str) -> str | None:

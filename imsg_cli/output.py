@@ -153,16 +153,26 @@ class Transfers:
                 BarColumn,
                 DownloadColumn,
                 Progress,
+                ProgressColumn,
+                Task,
                 TextColumn,
                 TimeRemainingColumn,
-                TransferSpeedColumn,
             )
+            from rich.text import Text
+
+            class Speed(ProgressColumn):
+                """Bytes per second in binary units (rich's own column says MB/s; imsg
+                says KiB and MiB everywhere)."""
+
+                def render(self, task: Task) -> Text:
+                    speed = task.finished_speed or task.speed
+                    return Text("?" if speed is None else f"{human_size(speed)}/s")
 
             progress = self._progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
+                DownloadColumn(binary_units=True),
+                Speed(),
                 TimeRemainingColumn(),
                 console=Console(stderr=True),
                 transient=True,
@@ -179,7 +189,7 @@ class Transfers:
             return
         task = self._tasks.get(name)
         if task is None:
-            task = self._tasks[name] = self._progress.add_task(name[:40], total=total)
+            task = self._tasks[name] = self._progress.add_task(render.one_line(name)[:40], total=total)
         self._progress.advance(task, done)
 
     @property

@@ -52,7 +52,7 @@ def report(ctx: typer.Context) -> None:
     now = doc["generated_at"]
     for a in doc["account"]:
         out.line(
-            f"account {a['account_id']}: public key, a signed device list of {a['device_list_bytes']} B, "
+            f"account {a['account_id']}: public key, a signed device list of {human_size(a['device_list_bytes'])}, "
             f"registered {local_time(a['created_at'])}"
         )
     states = ", ".join(h.get("state", "?") for h in doc["handles"])

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from imsg_cli.confirm import Yes, confirm
+from imsg_cli.output import human_size
 from imsg_cli.render import one_line
 from imsg_cli.state import State
 
@@ -111,7 +112,7 @@ def _show(state: State, p: OwnProfile) -> None:
         return
     # The name may come from another of our devices or a backup; handles from contacts.
     out.line(f"name:     {one_line(p.name) if p.name else '(none)'}")
-    out.line(f"photo:    {f'{p.photo_type}, {p.photo_size} bytes' if p.photo_size else '(none)'}")
+    out.line(f"photo:    {f'{p.photo_type}, {human_size(p.photo_size)}' if p.photo_size else '(none)'}")
     out.line(f"sharing:  {p.share}")
     out.line(f"revision: {p.revision}" + ("" if p.published or not p.revision else " (not yet on the relay)"))
     out.line(f"shared with: {', '.join(map(one_line, p.shared_with)) if p.shared_with else 'nobody yet'}")

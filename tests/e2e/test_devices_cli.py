@@ -150,6 +150,13 @@ def test_add_link_list_sync_remove(env):
     assert "removed" in err["message"]
     r = imsg(new, "receive", json_mode=False)
     assert r.returncode == 5 and "removed" in r.stderr
+    # whoami on the removed device says so (it said "device 2 of 2"); the other one does not.
+    [me] = ok(imsg(new, "whoami"))
+    assert me["removed"] is True and me["device_id"] == 2 and me["devices"] == 1
+    r = imsg(new, "whoami", json_mode=False)
+    assert r.returncode == 0 and "REMOVED" in r.stdout and "of 2" not in r.stdout
+    [me] = ok(imsg(alice, "whoami"))
+    assert me["removed"] is False and me["devices"] == 1
     assert [m["text"] for m in ok(imsg(alice, "receive"))] == ["after removal"]
     # Removing it again, or this device itself: clear errors.
     assert imsg(alice, "device", "remove", "2").returncode == 3
