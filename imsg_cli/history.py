@@ -8,6 +8,7 @@ import typer
 
 from imsg.errors import LocalStateError
 from imsg_cli.confirm import Yes, confirm
+from imsg_cli.names import names, resolve
 from imsg_cli.output import iso, local_time, print_message
 from imsg_cli.render import one_line
 from imsg_cli.state import State
@@ -24,6 +25,7 @@ def chats(ctx: typer.Context) -> None:
     state: State = ctx.obj
     with state.client() as client:
         rows = client.chats()
+        shown = {} if state.out.json else names(client)
     out = state.out
     if out.json:
         for c in rows:
@@ -40,14 +42,23 @@ def chats(ctx: typer.Context) -> None:
         out.info("no conversations yet")
     else:
         out.table(
-            ["with", "messages", "last", "when"],
-            [[c.peer_handle, str(c.messages), _preview(c.last_text), local_time(c.last_at)] for c in rows],
+            ["with", "name", "messages", "last", "when"],
+            [
+                [
+                    c.peer_handle,
+                    shown.get(c.peer_handle, ""),
+                    str(c.messages),
+                    _preview(c.last_text),
+                    local_time(c.last_at),
+                ]
+                for c in rows
+            ],
         )
 
 
 def history(
     ctx: typer.Context,
-    to: Annotated[str, typer.Argument(help="The other party's handle.")],
+    to: Annotated[str, typer.Argument(help="The other party's handle, or a contact's nickname.")],
     limit: Annotated[
         int, typer.Option("--limit", "-n", min=1, max=100000, metavar="N", help="Newest N messages.")
     ] = 50,
@@ -55,8 +66,10 @@ def history(
     """Show a conversation, oldest first."""
     state: State = ctx.obj
     with state.client() as client:
+        to = resolve(client, to)
+        shown = {} if state.out.json else names(client)
         for m in client.history(to, limit):
-            print_message(state.out, m)
+            print_message(state.out, m, shown)
 
 
 def _preview(text: str, width: int = 40) -> str:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from imsg_cli.names import names
 from imsg_cli.output import print_message
 from imsg_cli.render import one_line
 from imsg_cli.state import State
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 def send(
     ctx: typer.Context,
-    to: Annotated[str, typer.Argument(help="Recipient handle (e-mail or +phone).")],
+    to: Annotated[str, typer.Argument(help="Recipient handle (e-mail or +phone), or a contact's nickname.")],
     text: Annotated[str | None, typer.Argument(help="Message text; read from stdin when omitted or '-'.")] = None,
     attach: Annotated[
         list[str] | None,
@@ -75,10 +76,12 @@ def send(
     if not text.strip() and not files and not drafts:
         raise UsageError("empty message" if not text else "empty message: only whitespace")
     _check_length(text)
+    from imsg_cli.names import resolve
     from imsg_cli.output import Transfers
     from imsg_cli.profile import share_answer
 
     with state.client() as client, Transfers(state.out) as bars:
+        to = resolve(client, to)  # a handle, or the nickname of a contact
         share_profile = share_answer(client, to, share_profile)
         try:
             sent = client.send(
@@ -201,8 +204,9 @@ def receive(
             messages = client.receive(wait=min(60, max(1, deadline - time.monotonic())))
         if download:
             messages = _download_all(state, client, messages, download)
+        shown = {} if state.out.json or not messages else names(client)
         for m in messages:
-            print_message(state.out, m)
+            print_message(state.out, m, shown)
         rejected = _report_problems(state, client)
     if rejected:
         raise SecurityError(
@@ -217,7 +221,7 @@ def watch(ctx: typer.Context) -> None:
     state.out.info("watching for messages; Ctrl-C to stop")
     with state.client() as client:
         for m in client.watch():
-            print_message(state.out, m)
+            print_message(state.out, m, None if state.out.json else names(client))  # names may change
             _report_problems(state, client)
 
 

@@ -105,19 +105,27 @@ def human_size(n: float) -> str:
     return f"{n} B"
 
 
-def print_message(out: Output, m: Message) -> None:
+def print_message(out: Output, m: Message, names: dict[str, str] | None = None) -> None:
+    """One message: `[time] who: text`, who with the name beside the handle (`names`:
+    imsg_cli.names); an attachment line says how to save it (by the message's id)."""
+    from imsg_cli.names import with_name
+
     if out.json:
         out.record(message_record(m))
         return
     # Everything but the time came from a sender (or a relay): rendered safe, continuation
     # lines indented, so no message can pass for a line of imsg's own.
-    arrow = " → " + render.one_line(m.to) if m.direction == "out" else ""
-    who = "you" if m.direction == "out" else render.one_line(m.sender)
+    arrow = " → " + with_name(m.to, names) if m.direction == "out" else ""
+    who = "you" if m.direction == "out" else with_name(m.sender, names)
     out.line(f"[{local_time(m.sent_at)}] {who}{arrow}: {render.message_text(m.text)}")
     for a in m.attachments:
         out.line(
             f"    [attachment] {render.one_line(a.name)} ({human_size(a.size)}, {render.one_line(a.type)})"
-            + (f" saved to {render.one_line(a.saved_path)}" if a.saved_path else f"  id {render.one_line(a.id)}")
+            + (
+                f" saved to {render.one_line(a.saved_path)}"
+                if a.saved_path
+                else f"; save it with: imsg attachment save {render.one_line(m.id)}"
+            )
         )
 
 

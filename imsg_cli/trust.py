@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from imsg_cli.names import resolve
 from imsg_cli.output import iso, print_qr
 from imsg_cli.render import one_line
 from imsg_cli.state import State
@@ -14,14 +15,14 @@ from imsg_cli.state import State
 
 def verify(
     ctx: typer.Context,
-    to: Annotated[str, typer.Argument(help="The contact's handle.")],
+    to: Annotated[str, typer.Argument(help="The contact's handle, or your nickname for them.")],
     mark: Annotated[bool, typer.Option("--mark", help="Record that you compared the safety number.")] = False,
 ) -> None:
     """Show the safety number with a contact (text and QR code); compare it in person or over
     a channel you trust, then record it with --mark."""
     state: State = ctx.obj
     with state.client() as client:
-        v = client.verify(to, mark=mark)
+        v = client.verify(resolve(client, to), mark=mark)
     out = state.out
     if out.json:
         out.record({"handle": v.handle, "safety_number": v.safety_number, "verified": v.verified, "changed": v.changed})

@@ -50,3 +50,44 @@ def test_sizes_in_binary_units(homes, tmp_path):
     assert_ok(imsg(homes["ann"], "profile", "set", "--photo", str(tmp_path / "me.png"), json_mode=True))
     r = imsg(homes["ann"], "profile", "show")
     assert r.returncode == 0 and "image/png, 2.0 KiB" in r.stdout and "bytes" not in r.stdout
+
+
+def test_human_output_gives_the_id_attachment_save_needs(homes, tmp_path):
+    f = tmp_path / "plan.txt"
+    f.write_text("the plan")
+    [sent] = assert_ok(imsg(homes["ann"], "send", BEN, "see the plan", "--attach", str(f), json_mode=True))
+    r = imsg(homes["ben"], "receive", "--wait", "5")
+    assert r.returncode == 0, r.stderr
+    [hint] = [line for line in r.stdout.splitlines() if "[attachment] plan.txt" in line]
+    assert hint.endswith(f"save it with: imsg attachment save {sent['id']}")
+    out = tmp_path / "saved"
+    out.mkdir()
+    r = imsg(homes["ben"], "attachment", "save", sent["id"], "--out", str(out))
+    assert r.returncode == 0 and (out / "plan.txt").read_text() == "the plan"
+    r = imsg(homes["ben"], "history", ANN, "-n", "1")
+    assert "saved to" in r.stdout
+
+
+def test_names_beside_handles_and_nicknames_address_contacts(homes):
+    ann, ben = homes["ann"], homes["ben"]
+    assert_ok(imsg(ann, "profile", "set", "--name", "Ann Arbor", json_mode=True))
+    assert_ok(imsg(ann, "contacts", "add", BEN, json_mode=True))  # the contacts policy shares with ben
+    assert_ok(imsg(ann, "send", BEN, "my name travels with this", json_mode=True))
+    r = imsg(ben, "receive", "--wait", "5")
+    # A name they chose is marked ~ (it is theirs, not yours).
+    assert r.returncode == 0 and f"] {ANN} (~Ann Arbor): my name travels with this" in r.stdout, r.stdout
+    assert_ok(imsg(ben, "contacts", "add", ANN, "--nickname", "Annie", json_mode=True))
+    # By nickname (any case): send, history, verify.
+    [sent] = assert_ok(imsg(ben, "send", "annie", "hi by nickname", json_mode=True))
+    assert sent["to"] == ANN
+    [got] = assert_ok(imsg(ann, "receive", "--wait", "5", json_mode=True))
+    assert got["text"] == "hi by nickname"
+    r = imsg(ben, "history", "Annie")
+    assert r.returncode == 0
+    assert f"] {ANN} (Annie): my name travels with this" in r.stdout
+    assert f"] you → {ANN} (Annie): hi by nickname" in r.stdout
+    assert_ok(imsg(ben, "verify", "Annie", json_mode=True))
+    r = imsg(ben, "chats")
+    assert r.returncode == 0 and "Annie" in r.stdout
+    # A shared name never addresses anyone; an unknown nickname is an invalid handle.
+    assert_json_error(imsg(ben, "send", "Ann Arbor", "no", json_mode=True), 2, "invalid_handle")
