@@ -145,7 +145,12 @@ def _check_length(text: str) -> None:
 def _sent_from(client: Client, to: str, message_id: str) -> str | None:
     """The handle a message just sent went out from, as this home stored it (the newest
     few messages of the conversation hold it)."""
-    return next((m.sender for m in client.history(to, 5) if m.id == message_id), None)
+    from imsg.errors import ImsgError
+
+    try:
+        return next((m.sender for m in client.history(to, 5) if m.id == message_id), None)
+    except ImsgError:  # the message is sent: a history that cannot be read must not fail it
+        return None
 
 
 def _report_problems(state: State, client: Client) -> int:
