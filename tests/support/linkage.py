@@ -474,14 +474,16 @@ def without(findings: Iterable[Finding], *kinds: str) -> list[Finding]:
     return [f for f in findings if f.kind not in kinds]
 
 
-def summary(findings: Iterable[Finding], limit: int = 40) -> str:
-    """The findings for a person: counts per kind, then the first `limit` reasons."""
+def summary(findings: Iterable[Finding], per_kind: int = 4) -> str:
+    """The findings for a person: counts per kind, then up to `per_kind` reasons of each."""
     findings = list(findings)
-    counts: dict[str, int] = defaultdict(int)
+    by_kind: dict[str, list[Finding]] = defaultdict(list)
     for f in findings:
-        counts[f.kind] += 1
-    head = ", ".join(f"{k} {counts[k]}" for k in KINDS if counts[k]) or "no findings"
-    lines = [head, *(str(f) for f in findings[:limit])]
-    if len(findings) > limit:
-        lines.append(f"... and {len(findings) - limit} more")
+        by_kind[f.kind].append(f)
+    head = ", ".join(f"{k} {len(by_kind[k])}" for k in KINDS if by_kind[k]) or "no findings"
+    lines = [head]
+    for k in KINDS:
+        lines += [str(f) for f in by_kind[k][:per_kind]]
+        if len(by_kind[k]) > per_kind:
+            lines.append(f"... and {len(by_kind[k]) - per_kind} more of kind {k}")
     return "\n".join(lines)
