@@ -49,7 +49,7 @@ def still_learns(doc: dict[str, Any], *, proxy: str | None, sealed_only: bool) -
         "nothing identified: sealed-only is on, so a message to someone whose access key you lack waits instead"
         if sealed_only
         else "the sender and recipient of a first message to someone whose access key you do not hold "
-        "(it goes identified: send --json says \"sealed\": false); sealed-only (imsg sealed only on) refuses those"
+        '(it goes identified: send --json says "sealed": false); sealed-only (imsg sealed only on) refuses those'
     )
     return [
         {
