@@ -43,6 +43,7 @@ class Limits:
     provisioning: RateLimiter  # unauthenticated provisioning requests, per channel id
     provisioning_global: RateLimiter  # ... and relay-wide
     discovery: RateLimiter  # OPRF evaluations, one event per element, per account
+    bucket_read: RateLimiter  # discovery bucket reads (no credential), relay-wide
     code_handle: RateLimiter  # verification codes sent, per handle tag
     code_account: RateLimiter  # ... and per account
     code_guess: RateLimiter  # code guesses per account
@@ -60,6 +61,7 @@ class Limits:
             provisioning=RateLimiter(s.provisioning_rate, s.provisioning_burst),
             provisioning_global=RateLimiter(s.provisioning_global_rate, s.provisioning_global_burst),
             discovery=RateLimiter(s.discovery_rate, s.discovery_burst),
+            bucket_read=RateLimiter(s.bucket_read_rate, s.bucket_read_burst),
             code_handle=RateLimiter(s.code_handle_rate, s.code_handle_burst),
             code_account=RateLimiter(s.code_account_rate, s.code_account_burst),
             code_guess=RateLimiter(s.code_guess_rate, s.code_guess_burst),

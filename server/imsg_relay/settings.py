@@ -110,6 +110,10 @@ class Settings:
     # evaluation answers "is this one handle registered?", so this bounds enumeration.
     discovery_rate: float = 0.1
     discovery_burst: float = 1000.0
+    # Discovery bucket reads carry no credential (so a prefix is never joined to an
+    # account): counted relay-wide, per request.
+    bucket_read_rate: float = 200.0
+    bucket_read_burst: float = 400.0
     # Verification codes sent, per handle and per account (in memory), and code guesses
     # per account: codes are 6 digits, so guesses are what protects them.
     code_handle_rate: float = 6 / 3600
@@ -172,6 +176,8 @@ class Settings:
         for name in (
             "discovery_rate",
             "discovery_burst",
+            "bucket_read_rate",
+            "bucket_read_burst",
             "code_handle_rate",
             "code_handle_burst",
             "code_account_rate",

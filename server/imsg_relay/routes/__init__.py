@@ -106,10 +106,20 @@ OPERATIONS: tuple[Operation, ...] = (
         path_params=(("handle_id", schema.HandleId),),
     ),
     Operation(
+        "GET",
+        "/v1/discovery/key",
+        discovery.discovery_key,
+        "the relay's VOPRF public key, signed by its current sealed-sender key",
+        200,
+        discovery.DiscoveryKeyInfo,
+        auth=False,
+    ),
+    Operation(
         "POST",
         "/v1/discovery/evaluate",
         discovery.evaluate,
-        "RFC 9497 OPRF evaluation of blinded elements (rate-limited per account; nothing is recorded)",
+        "RFC 9497 VOPRF (mode 0x01) evaluation of blinded elements with one batched proof"
+        " (rate-limited per account; nothing is recorded)",
         200,
         discovery.Evaluated,
         discovery.EvaluateRequest,
@@ -119,11 +129,13 @@ OPERATIONS: tuple[Operation, ...] = (
         "POST",
         "/v1/discovery/buckets",
         discovery.buckets,
-        "the blinded entries of discovery buckets, by tag prefix (nothing is recorded)",
+        "the blinded entries of discovery buckets, by tag prefix (no credential; rate-limited"
+        " relay-wide; nothing is recorded)",
         200,
         discovery.Buckets,
         discovery.BucketsRequest,
-        errors=(409,),
+        auth=False,
+        errors=(409, 429),
     ),
     Operation(
         "PUT",
