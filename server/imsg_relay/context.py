@@ -39,7 +39,11 @@ class Limits:
     request: RateLimiter
     lookup: RateLimiter
     register: RateLimiter  # relay-wide: registrations and restores have no credential yet
-    sealed: RateLimiter  # sealed sends carry no credential: counted per recipient account
+    sealed: RateLimiter  # allowed sealed sends (no credential): counted per recipient account
+    sealed_refused: RateLimiter  # refused sealed attempts (bad access key), per recipient
+    account_read: RateLimiter  # unauthenticated account reads, per target account
+    account_read_global: RateLimiter  # ... and relay-wide
+    bundle: RateLimiter  # bundle fetches authorized by an access key, per target account
     provisioning: RateLimiter  # unauthenticated provisioning requests, per channel id
     provisioning_global: RateLimiter  # ... and relay-wide
     discovery: RateLimiter  # OPRF evaluations, one event per element, per account
@@ -49,6 +53,8 @@ class Limits:
     code_guess: RateLimiter  # code guesses per account
     profile: RateLimiter  # profile reads, per account read
     profile_global: RateLimiter  # ... and relay-wide
+    blob_read: RateLimiter  # unauthenticated blob downloads, per blob id
+    blob_read_global: RateLimiter  # ... and relay-wide
 
     @classmethod
     def from_settings(cls, s: Settings) -> Limits:
@@ -58,6 +64,10 @@ class Limits:
             lookup=RateLimiter(s.lookup_rate, s.lookup_burst),
             register=RateLimiter(s.register_rate, s.register_burst),
             sealed=RateLimiter(s.sealed_rate, s.sealed_burst),
+            sealed_refused=RateLimiter(s.sealed_refused_rate, s.sealed_refused_burst),
+            account_read=RateLimiter(s.account_read_rate, s.account_read_burst),
+            account_read_global=RateLimiter(s.account_read_global_rate, s.account_read_global_burst),
+            bundle=RateLimiter(s.bundle_rate, s.bundle_burst),
             provisioning=RateLimiter(s.provisioning_rate, s.provisioning_burst),
             provisioning_global=RateLimiter(s.provisioning_global_rate, s.provisioning_global_burst),
             discovery=RateLimiter(s.discovery_rate, s.discovery_burst),
@@ -68,6 +78,9 @@ class Limits:
             # profile reads share the provisioning settings, in buckets of their own
             profile=RateLimiter(s.provisioning_rate, s.provisioning_burst),
             profile_global=RateLimiter(s.provisioning_global_rate, s.provisioning_global_burst),
+            # blob downloads (no credential since issue 12) too
+            blob_read=RateLimiter(s.provisioning_rate, s.provisioning_burst),
+            blob_read_global=RateLimiter(s.provisioning_global_rate, s.provisioning_global_burst),
         )
 
 
