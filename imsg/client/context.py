@@ -7,7 +7,8 @@ imsg/client/facade.py), never the facade itself. What it holds:
   Protocols in imsg.protocol.stores; writes grouped by `store.transaction()`);
 - the relay: `relay()` is the one credentialed RelayClient of this process (made on first
   use, from the account's URL and token), `connect()` a separate one for the calls made
-  before this device has a token of its own (init, link, restore);
+  before this device has a token of its own (init, link, restore), and `anonymous()` the
+  credential-free AnonymousRelay (a fresh connection per request, the proxy if set);
 - the clock and the randomness: `now_ms()` and `rng(n)`, injectable for tests;
 - the account: `account()` loads it (NoAccountError without one), `device()` its keys;
 - `problems`: what went wrong without failing the call (see results.Problem).
@@ -24,7 +25,7 @@ from imsg import errors
 from imsg.client.results import Problem
 from imsg.protocol.identity import DeviceKeys
 from imsg.protocol.stores import LocalAccount, Store
-from imsg.relay_client import RelayClient
+from imsg.relay_client import AnonymousRelay, RelayClient
 
 if TYPE_CHECKING:
     # Not imported here: imsg.relay_client imports httpx first (see the note there).
@@ -44,6 +45,7 @@ class Context:
         rng: Rng,
         allow_insecure: bool = False,
         transport: httpx.BaseTransport | None = None,
+        proxy: str | None = None,
     ):
         self.store = store
         self.relay_url = relay_url
@@ -51,6 +53,7 @@ class Context:
         self.rng = rng
         self.allow_insecure = allow_insecure
         self.transport = transport
+        self.proxy = proxy
         self.problems: list[Problem] = []
         self._relay: RelayClient | None = None
 
@@ -64,9 +67,23 @@ class Context:
             if not url:
                 raise errors.UsageError("no relay given", hint="pass --relay URL or set IMSG_RELAY")
             self._relay = RelayClient(
-                url, account.token if account else None, allow_insecure=self.allow_insecure, transport=self.transport
+                url,
+                account.token if account else None,
+                allow_insecure=self.allow_insecure,
+                transport=self.transport,
+                proxy=self.proxy,
             )
         return self._relay
+
+    def anonymous(self) -> AnonymousRelay:
+        """The relay without any credential, each request on a fresh connection (through
+        the SOCKS5 proxy, if one is set): the only way recipient data is fetched or sealed
+        messages sent (docs/PROTOCOL.md, "what the relay learns")."""
+        account = self.store.load_account()
+        url = self.relay_url or (account.relay_url if account else None)
+        if not url:
+            raise errors.UsageError("no relay given", hint="pass --relay URL or set IMSG_RELAY")
+        return AnonymousRelay(url, proxy=self.proxy, allow_insecure=self.allow_insecure, transport=self.transport)
 
     def require_relay_url(self) -> str:
         """The relay given for a new account or device (there is no account to take it from)."""
@@ -77,7 +94,11 @@ class Context:
     def connect(self, token: str | None) -> RelayClient:
         """A relay client of its own, for a device that has no account here yet."""
         return RelayClient(
-            self.require_relay_url(), token, allow_insecure=self.allow_insecure, transport=self.transport
+            self.require_relay_url(),
+            token,
+            allow_insecure=self.allow_insecure,
+            transport=self.transport,
+            proxy=self.proxy,
         )
 
     def use_relay(self, relay: RelayClient | None) -> None:

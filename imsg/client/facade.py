@@ -108,9 +108,16 @@ class Client:
         rng: Rng = os.urandom,
         allow_insecure: bool = False,
         relay_transport: httpx.BaseTransport | None = None,
+        proxy: str | None = None,
     ):
         ctx = self._ctx = Context(
-            store, relay_url=relay_url, now_ms=now_ms, rng=rng, allow_insecure=allow_insecure, transport=relay_transport
+            store,
+            relay_url=relay_url,
+            now_ms=now_ms,
+            rng=rng,
+            allow_insecure=allow_insecure,
+            transport=relay_transport,
+            proxy=proxy,
         )
         self.store = store
         # Set when the key came from the unlock agent: `watch` stops once `imsg lock` ran.
@@ -158,6 +165,8 @@ class Client:
         from imsg.store.vault import KeySource, open_store
 
         path = Path(home).expanduser() if home else default_home()
+        # The SOCKS5 proxy for unauthenticated requests (socks5://HOST:PORT, e.g. Tor's).
+        kwargs.setdefault("proxy", os.environ.get("IMSG_PROXY") or None)
         keys = keys if keys is not None else KeySource.from_environment(interactive=False)
         client = cls(open_store(path, keys), relay_url=relay or os.environ.get("IMSG_RELAY"), **kwargs)
         if keys.from_agent:

@@ -33,7 +33,6 @@ from imsg.protocol.errors import CertificateError, DecodeError
 from imsg.protocol.identity import DeviceKeys, verify_device_list
 from imsg.protocol.session import Address
 from imsg.protocol.stores import LocalAccount, OutgoingBatch
-from imsg.relay_client import RelayClient
 
 if TYPE_CHECKING:
     from imsg.relay_client import Envelope as RelayEnvelope
@@ -59,12 +58,9 @@ class SealedSender:
         self.ctx = ctx
         self.store = ctx.store
         self.sent_sealed: set[str] = set()  # message ids this process delivered sealed
-        self._unauthenticated: RelayClient | None = None
 
     def close(self) -> None:
-        if self._unauthenticated is not None:
-            self._unauthenticated.close()
-            self._unauthenticated = None
+        pass  # nothing held: every sealed send has a connection of its own
 
     # --- settings ---
 
@@ -217,11 +213,6 @@ class SealedSender:
 
     # --- sending ---
 
-    def _relay(self) -> RelayClient:
-        if self._unauthenticated is None:
-            self._unauthenticated = self.ctx.relay().unauthenticated()
-        return self._unauthenticated
-
     def _seal(self, batch: OutgoingBatch) -> list[tuple[int, bytes]] | None:
         """The batch's identified envelopes sealed to each device, or None when some device
         of the signed list has no sealed-sender key (an older client)."""
@@ -263,7 +254,9 @@ class SealedSender:
             return self._refuse(batch, "a device of the recipient has no sealed-sender key")
         key = proto.access_key(contact.profile_key) if len(contact.profile_key) == 32 else None
         try:
-            self._relay().send_sealed(batch.account_id, batch.message_id, sealed, key)
+            # A fresh connection each (AnonymousRelay): sealed sends of one process are
+            # not joined by a shared keep-alive connection (issue 12, row 5).
+            self.ctx.anonymous().send_sealed(batch.account_id, batch.message_id, sealed, key)
         except errors.RelayRefusedError as exc:
             if exc.status != 401:
                 raise  # 409 device_mismatch, 429...: handled as for identified sends
