@@ -20,7 +20,9 @@ timing        a credentialed request of S naming R, from the same address, at mo
               seconds before a sealed send to R
 identified    the visible fallback: S's identified send to R (the request, or an envelope
               row in R's mailbox whose body names S), the credentialed bundle fetch right
-              before it, and sealed sends to R from S's address just after it
+              before it, sealed sends to R from S's address just after that fetch, and a
+              refused (401) sealed try whose message id S then sends identified (outside a
+              first contact, that is the forged-401 downgrade)
 address       the request came from a source address that also carried credentials: the
               candidates are every account seen credentialed from it (a proxy hides this)
 
@@ -279,7 +281,8 @@ class Analysis:
                 out.extend(self._narrows(r))
             for account, (how, what) in self.named(r).items():
                 out.extend(self._naming(r, account, how, what, identified_sends, naming))
-        out.extend(self._timing(naming, identified_sends))
+        fallback = {f.seq for f in out if f.kind == IDENTIFIED and f.seq is not None}
+        out.extend(self._timing(naming, fallback))
         out.extend(self._message_ids())
         out.extend(self._envelope_rows())
         return out
@@ -383,11 +386,11 @@ class Analysis:
         )
         return [Finding(NARROWS, reason, by, None, r.seq, tuple(inside))]
 
-    def _timing(
-        self, naming: list[tuple[Recorded, str, str, str, str]], identified_sends: list[tuple[Recorded, str, str]]
-    ) -> list[Finding]:
+    def _timing(self, naming: list[tuple[Recorded, str, str, str, str]], fallback: set[int]) -> list[Finding]:
+        """Sealed sends just after a credentialed request naming their recipient from the
+        same address. After the identified fallback (`fallback`: its send and prekey fetch)
+        that is part of the fallback's visible cost, not a new leak."""
         out = []
-        identified = {s.seq for s, _, _ in identified_sends}
         for r in self.records:
             m = SEALED_PATH.match(r.path) if r.method == "PUT" else None
             if not m:
@@ -398,7 +401,7 @@ class Analysis:
                     continue
                 if not (q.seq < r.seq and r.t - q.t <= self.window):
                     continue
-                kind = IDENTIFIED if q.seq in identified else TIMING
+                kind = IDENTIFIED if q.seq in fallback else TIMING
                 reason = (
                     f"sealed send to {self.k.label(recipient)} {r.t - q.t:.3f}s after {self.k.label(by)}'s "
                     f"credentialed {q.method} {q.path} (naming it by {what}) from the same address {r.address}"
@@ -441,7 +444,10 @@ class Analysis:
                     f"sealed send to {self.k.label(recipient)} uses message id {mid[:8]}, also {how} "
                     f"{self.k.label(account)} ({where})"
                 )
-                out.append(Finding(MESSAGE_ID, reason, account, recipient, r.seq))
+                # A refused (401) sealed try resent identified under its id is the visible
+                # fallback; outside a first contact it is the forged-401 downgrade.
+                kind = IDENTIFIED if how == "sent identified by" and r.status == 401 else MESSAGE_ID
+                out.append(Finding(kind, reason, account, recipient, r.seq))
         return out
 
     def _envelope_rows(self) -> list[Finding]:

@@ -309,3 +309,18 @@ def test_the_summary_counts_kinds():
     text = linkage.summary(log.findings())
     assert text.splitlines()[0] == "credential 1, names 1"
     assert linkage.summary([]) == "no findings"
+
+
+def test_a_sealed_attempt_between_the_fallbacks_bundle_fetch_and_send_is_part_of_the_fallback():
+    """A first contact: prekeys fetched with the credential, a sealed try without a key
+    (refused), then the identified send. The try's closeness to the fetch is the fallback's
+    visible cost (identified), not a timing leak of its own."""
+    log = Log().register(A, B)
+    log.add("GET", f"/v1/keys/{B}", by=A)
+    log.sealed(B, address=ADDR[A]).status = 401
+    log.add("PUT", f"/v1/messages/{B}", by=A, body={"message_id": MID, "messages": []})
+    found = log.findings()
+    assert kinds(found) == ["address", "identified"], linkage.summary(found)
+    # had the relay stored it (200), the same id would have been a message-id join
+    log.records[-2].status = 200
+    assert "message_id" in kinds(log.findings())
