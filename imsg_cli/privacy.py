@@ -7,7 +7,6 @@ say what it observes, and only the client knows whether it uses a proxy or seale
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import typer
@@ -92,8 +91,7 @@ def report(ctx: typer.Context) -> None:
     with state.client() as client:
         doc = client.privacy_report()
         sealed_only = client.sealed().sealed_only
-    proxy = getattr(state, "proxy", None) or os.environ.get("IMSG_PROXY") or None
-    learns = still_learns(doc, proxy=proxy, sealed_only=sealed_only)
+    learns = still_learns(doc, proxy=state.proxy, sealed_only=sealed_only)
     out = state.out
     if out.json:
         out.line(json.dumps({**doc, "still_learns": learns}, ensure_ascii=False, separators=(",", ":")))
