@@ -89,9 +89,9 @@ class Recorded:
     path: str
     query: str
     headers: list[tuple[str, str]]
-    body: bytes
+    body: bytes | bytearray
     status: int | None = None
-    response: bytes = b""  # the first `max_response` bytes of the answer's body
+    response: bytes | bytearray = b""  # the first `max_response` bytes of the answer's body
     peer: tuple[str, int] = ("", 0)
     note: str = ""  # what the test was doing (RecordingRelay.phase)
 
@@ -186,35 +186,34 @@ class RecordingRelay:
             path=scope["path"],
             query=(scope.get("query_string") or b"").decode("latin-1"),
             headers=[(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers") or []],
-            body=b"",
+            body=bytearray(),  # grows as the body streams in (bytes compare equal to it)
+            response=bytearray(),
             peer=(str(client[0]), int(client[1])),
             note=self._phase,
         )
-        body = bytearray()
-        response = bytearray()
+        # Logged on arrival and filled in as the exchange goes: by the time the client has
+        # the answer, its record is complete (status and answer are set before they are sent).
+        with self.lock:
+            self.log.append(rec)
         inner_receive, inner_send = receive, send
 
         async def receive_():
             message = await inner_receive()
             if message["type"] == "http.request":
                 chunk = message.get("body", b"")
-                if self.max_body is None or len(body) < self.max_body:
-                    body.extend(chunk if self.max_body is None else chunk[: self.max_body - len(body)])
+                if self.max_body is not None:
+                    chunk = chunk[: max(0, self.max_body - len(rec.body))]
+                rec.body.extend(chunk)
             return message
 
         async def send_(message):
             if message["type"] == "http.response.start":
                 rec.status = int(message["status"])
-            elif message["type"] == "http.response.body" and len(response) < self.max_response:
-                response.extend(message.get("body", b"")[: self.max_response - len(response)])
+            elif message["type"] == "http.response.body" and len(rec.response) < self.max_response:
+                rec.response.extend(message.get("body", b"")[: self.max_response - len(rec.response)])
             await inner_send(message)
 
-        try:
-            await self.app(scope, receive_, send_)
-        finally:
-            rec.body, rec.response = bytes(body), bytes(response)
-            with self.lock:
-                self.log.append(rec)
+        await self.app(scope, receive_, send_)
 
     def records(self) -> list[Recorded]:
         """The log so far, in arrival order."""
