@@ -25,6 +25,7 @@ from support import linkage
 from support.linkage import ADDRESS, IDENTIFIED, NAMES, TIMING
 from support.recorder import RecordingRelay
 from support.relays import ThreadRelay, relay_settings
+from support.socks import SocksProxy
 
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + os.urandom(2000)
@@ -173,7 +174,16 @@ def check_the_day(day: Day, findings: list[linkage.Finding], *, allow_address: b
             assert records[f.seq].note == FIRST_CONTACT, f"identified outside a first contact: {f}"
 
 
-def test_a_day_of_traffic_joins_no_sealed_sender_but_by_address(recorded, tmp_path):
+@pytest.mark.parametrize("proxied", [False, True], ids=["direct", "through-socks5"])
+def test_a_day_of_traffic_joins_no_sealed_sender_but_by_address(recorded, tmp_path, monkeypatch, proxied):
+    """Direct, every request comes from 127.0.0.1, so an operator who records addresses
+    still narrows each sealed send to the accounts seen from it. Through a SOCKS5 proxy
+    (IMSG_PROXY: every Client of the day, the linking threads' too) the unauthenticated
+    requests come from the proxy's address, each under a fresh proxy username, and no
+    join by address is left either."""
+    proxy = SocksProxy().start() if proxied else None
+    if proxy is not None:
+        monkeypatch.setenv("IMSG_PROXY", proxy.url)
     day = Day(recorded, tmp_path / "homes")
     try:
         scripted_day(day, tmp_path)
@@ -184,12 +194,20 @@ def test_a_day_of_traffic_joins_no_sealed_sender_but_by_address(recorded, tmp_pa
         assert any(r.method == "GET" and r.path.startswith("/v1/profile/") for r in records)
         findings = day.analyse()
         day.rec.dump(tmp_path / "day.jsonl")  # for a person reading a failure
-        check_the_day(day, findings, allow_address=True)
-        # Everything comes from 127.0.0.1 here, so an operator who records addresses still
-        # narrows every sealed send to the accounts seen from it (a proxy hides that).
-        assert any(f.kind == ADDRESS for f in findings)
+        check_the_day(day, findings, allow_address=not proxied)
+        if proxy is None:
+            assert any(f.kind == ADDRESS for f in findings)
+        else:
+            anonymous = [r for r in records if r.bearer is None]
+            assert {r.address for r in records if r.bearer is not None} == {"127.0.0.1"}
+            assert {r.address for r in sealed} == {proxy.egress}
+            through = [r for r in anonymous if r.address == proxy.egress]
+            names = proxy.usernames()
+            assert len(names) >= len(through) and len(set(names)) == len(names)  # one circuit each
     finally:
         day.close()
+        if proxy is not None:
+            proxy.stop()
 
 
 def test_the_analysis_finds_a_credentialed_read_naming_the_recipient(recorded, tmp_path):
