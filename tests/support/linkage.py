@@ -16,8 +16,8 @@ message_id    one message id went to R sealed and also belongs to S: S's identif
               S's own mailbox row (a sync copy under the same id), S's ack or fetch of it
 narrows       a credentialed discovery bucket read of S (`POST /v1/discovery/buckets` with a
               prefix): it narrows S's lookup to the accounts whose handles are in those buckets
-timing        a credentialed request of S naming R, from the same address, at most `window`
-              seconds before a sealed send to R
+timing        a credentialed request of S naming R at most `window` seconds before a sealed
+              send to R (from any address: a proxy hides the address, not the clock)
 identified    the visible fallback: S's identified send to R (the request, or an envelope
               row in R's mailbox whose body names S), the credentialed bundle fetch right
               before it, sealed sends to R from S's address just after that fetch, and a
@@ -387,8 +387,7 @@ class Analysis:
         return [Finding(NARROWS, reason, by, None, r.seq, tuple(inside))]
 
     def _timing(self, naming: list[tuple[Recorded, str, str, str, str]], fallback: set[int]) -> list[Finding]:
-        """Sealed sends just after a credentialed request naming their recipient from the
-        same address. After the identified fallback (`fallback`: its send and prekey fetch)
+        """Sealed sends just after a credentialed request naming their recipient. After the identified fallback (`fallback`: its send and prekey fetch)
         that is part of the fallback's visible cost, not a new leak."""
         out = []
         for r in self.records:
@@ -397,14 +396,15 @@ class Analysis:
                 continue
             recipient = m.group(1)
             for q, by, account, _how, what in naming:
-                if account != recipient or by == recipient or q.address != r.address:
+                if account != recipient or by == recipient:
                     continue
                 if not (q.seq < r.seq and r.t - q.t <= self.window):
                     continue
                 kind = IDENTIFIED if q.seq in fallback else TIMING
                 reason = (
                     f"sealed send to {self.k.label(recipient)} {r.t - q.t:.3f}s after {self.k.label(by)}'s "
-                    f"credentialed {q.method} {q.path} (naming it by {what}) from the same address {r.address}"
+                    f"credentialed {q.method} {q.path} (naming it by {what})"
+                    + (f" from the same address {r.address}" if q.address == r.address else "")
                 )
                 out.append(Finding(kind, reason, by, recipient, r.seq))
         return out

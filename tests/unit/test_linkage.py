@@ -181,6 +181,10 @@ def test_timing_joins_a_credentialed_lookup_to_the_sealed_send_just_after_it():
     assert kinds(found) == ["address", "names", "timing"]
     [timing] = [f for f in found if f.kind == "timing"]
     assert (timing.sender, timing.recipient) == (A, B)
+    proxied = Log().register(A, B)
+    proxied.add("GET", f"/v1/accounts/{B}", by=A)
+    proxied.sealed(B, address=PROXY, dt=0.5)  # a proxy hides the address, not the clock
+    assert kinds(proxied.findings()) == ["names", "timing"]
     late = Log().register(A, B)
     late.add("GET", f"/v1/accounts/{B}", by=A)
     late.sealed(B, address=ADDR[A], dt=30)  # outside the window: only the lookup and the address
