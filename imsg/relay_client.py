@@ -79,6 +79,16 @@ class RemoteAccount:
 
 
 @dataclass(frozen=True, slots=True)
+class Evaluation:
+    """An answer of POST /v1/discovery/evaluate, as the relay sent it (unchecked)."""
+
+    evaluated: list[bytes]
+    proof: bytes
+    prefix_bits: int
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Envelope:
     message_id: str
     body: bytes
@@ -378,17 +388,21 @@ class RelayClient:
 
     # --- discovery: the private lookup of who holds a handle (docs/PROTOCOL.md §8a) ---
 
-    def evaluate(self, elements: list[bytes]) -> tuple[list[bytes], int]:
-        """RFC 9497 BlindEvaluate of each blinded element; and the bucket prefix length."""
+    def evaluate(self, elements: list[bytes]) -> Evaluation:
+        """RFC 9497 VOPRF BlindEvaluate of each blinded element, the one proof for them, the
+        key id the relay says it used, and the bucket prefix length (the caller checks the
+        proof and the length against its own limits)."""
         body = self._request("POST", "/v1/discovery/evaluate", json={"elements": [b64e(e) for e in elements]})
         try:
             evaluated = [b64d(e) for e in body["evaluated"]]
+            proof = b64d(body["proof"])
             bits = int(body["prefix_bits"])
+            key_id = str(body["key_id"])
         except (KeyError, TypeError, ValueError):
             raise RelayRefusedError("relay sent a malformed evaluation", relay_code="bad_response") from None
         if len(evaluated) != len(elements) or not 0 <= bits <= 16:
             raise RelayRefusedError("relay sent a malformed evaluation", relay_code="bad_response")
-        return evaluated, bits
+        return Evaluation(evaluated, proof, bits, key_id)
 
     def buckets(self, bits: int, prefixes: list[int]) -> dict[int, list[tuple[bytes, bytes]]]:
         return parse_buckets(
