@@ -20,6 +20,7 @@ from typing import Any
 from imsg import errors
 from imsg.client.account import new_token, whoami
 from imsg.client.context import Context
+from imsg.client.discovery import Discovery
 from imsg.client.prekeys import Prekeys
 from imsg.client.profiles import Profiles, fields_from_link, link_fields, settings_from_link
 from imsg.client.reachable import Reachable
@@ -54,7 +55,9 @@ class Devices:
         prekeys: Prekeys,
         sealed: SealedSender,
         reachable: Reachable,
+        discovery: Discovery,
     ):
+        self.discovery = discovery
         self.ctx = ctx
         self.store = ctx.store
         self.trust = trust
@@ -259,6 +262,7 @@ class Devices:
         self.ctx.use_relay(None)  # the next relay() carries this device's token
         self.prekeys.maintain(force=True)
         self.sealed.pin_relay_keys()
+        self.discovery.pin_key()  # signed by a sealed-sender key this device trusts
         self.reachable.handles()  # the account's handles, as every device lists them
         return whoami(self.ctx)
 

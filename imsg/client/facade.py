@@ -123,9 +123,9 @@ class Client:
         # Set when the key came from the unlock agent: `watch` stops once `imsg lock` ran.
         self.still_unlocked: Callable[[], bool] | None = None
         self._prekeys = Prekeys(ctx)
-        self._discovery = Discovery(ctx)
         self._reachable = Reachable(ctx)
         self._sealed = SealedSender(ctx)
+        self._discovery = Discovery(ctx, self._sealed)
         self._retention = Retention(ctx)
         self._attachments = Attachments(ctx)
         self._trust = Trust(ctx, self._discovery, self._reachable)
@@ -134,8 +134,10 @@ class Client:
         self._messaging = Messaging(
             ctx, self._trust, self._delivery, self._profiles, self._reachable, self._attachments, self._sealed
         )
-        self._account_service = Account(ctx, self._prekeys, self._sealed, self._reachable)
-        self._devices = Devices(ctx, self._trust, self._profiles, self._prekeys, self._sealed, self._reachable)
+        self._account_service = Account(ctx, self._prekeys, self._sealed, self._reachable, self._discovery)
+        self._devices = Devices(
+            ctx, self._trust, self._profiles, self._prekeys, self._sealed, self._reachable, self._discovery
+        )
         self._backup = Backup(ctx, self._devices, self._profiles)
         self._inbox = Inbox(
             ctx,

@@ -10,11 +10,16 @@ incoming event is lost.
 
 Who wrote: a first message names its sender's handle, believed only if the private lookup
 maps the handle to the sender's account; a known contact writing as another handle is
-shown as that handle only if the lookup says the handle is theirs.
+shown as that handle only if the lookup says the handle is theirs. A lookup the relay
+refuses for now (429: anyone can drain our budget by writing from fresh handles) never
+stops receive: the message is stored and acked, shown with a Problem `from_unchecked`, and
+the check is kept pending (setting `trust.pending_from:<message id>`) and completed by a
+later receive. Each receive also runs the contacts' background re-verification (Trust).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
@@ -41,6 +46,8 @@ from imsg.protocol.sealed import is_sealed
 from imsg.protocol.session import Address
 from imsg.protocol.stores import Contact, LocalAccount, StoredMessage
 from imsg.relay_client import Envelope as RelayEnvelope
+
+PENDING_FROM = "trust.pending_from:"  # setting prefix (+ message id): a sender check to finish
 
 
 class Inbox:
@@ -88,6 +95,8 @@ class Inbox:
                 break
         if used_prekeys or self.prekeys.signed_prekey_due():
             self.prekeys.maintain()
+        self.complete_pending_checks()
+        self.trust.recheck_due()  # the contacts' randomized re-verification (key changes)
         self.profiles.refresh_all()  # contacts who announced a new name or photo
         self._backup_quietly()
         return self.take_unshown()
@@ -201,8 +210,8 @@ class Inbox:
         """Store a contact's message (inside receive.accept's transaction); returns the
         contact as saved with it."""
         if fresh_contact or not contact.handle:
-            contact = self._check_claimed_handle(contact, content.sender_handle)
-            from_handle = contact.handle
+            contact = self._check_claimed_handle(contact, content.sender_handle, message_id)
+            from_handle = contact.handle or _canonical_or(content.sender_handle, "")
         else:
             from_handle = self._claimed_from(contact, content.sender_handle, message_id)
         contact = received_profile(contact, content)
@@ -285,9 +294,22 @@ class Inbox:
 
     # --- who wrote ---
 
-    def _check_claimed_handle(self, contact: Contact, claimed: str) -> Contact:
+    def _pend(self, message_id: str, contact: Contact, handle: str) -> None:
+        """Out of lookups for now: keep the check of `handle` for a later receive."""
+        self.store.set_setting(
+            PENDING_FROM + message_id, json.dumps({"account_id": contact.account_id, "handle": handle})
+        )
+        self.ctx.report(
+            message_id,
+            "from_unchecked",
+            f"a message claims to be from {handle}; not checked yet (the relay refused the lookup for now), "
+            "so the sender is unverified until a later receive checks it",
+        )
+
+    def _check_claimed_handle(self, contact: Contact, claimed: str, message_id: str) -> Contact:
         """A first message names its sender's handle; believe it only if the private
-        lookup maps that handle to the same account."""
+        lookup maps that handle to the same account. Refused for now (429): the message is
+        kept under a contact with no handle, and the check is completed later."""
         try:
             handle = canonical_handle(claimed)
             holder = self.discovery.holders([handle])[handle]
@@ -295,11 +317,17 @@ class Inbox:
             holder = None
         except errors.RelayRefusedError as exc:
             if exc.status == 429:
-                raise  # out of lookups for now: leave the envelope for a later receive
+                self._pend(message_id, contact, handle)
+                return contact  # no handle yet (a first contact has none): nothing pinned to it
             holder = None
         if holder is None or holder.account_id != contact.account_id:
             raise errors.UntrustedIdentityError("sender claims a handle it does not hold")
-        self.discovery.note_handle_verified(handle, holder.verified)
+        return self._pin_checked(contact, handle, holder.verified)
+
+    def _pin_checked(self, contact: Contact, handle: str, verified: bool) -> Contact:
+        """`contact` holds `handle` (the lookup said so): its handle, "changed" if another
+        identity is pinned for that handle."""
+        self.discovery.note_handle_verified(handle, verified)
         pinned = self.store.contact_by_handle(handle)
         status = (
             "changed"
@@ -323,9 +351,10 @@ class Inbox:
             try:
                 holder = self.discovery.holders([handle])[handle] if handle else None
             except errors.RelayRefusedError as exc:
-                if exc.status == 429:
-                    raise  # out of lookups for now: leave the envelope for a later receive
-                holder = None
+                if exc.status != 429:
+                    raise
+                self._pend(message_id, contact, handle)  # shown as their known handle meanwhile
+                return contact.handle
             checked[key] = holder is not None and holder.account_id == contact.account_id
         if checked[key]:
             return handle
@@ -336,6 +365,43 @@ class Inbox:
             "not hold; shown as from their known handle",
         )
         return contact.handle
+
+    def complete_pending_checks(self) -> int:
+        """Finish the sender checks an earlier receive could not make (the relay refused
+        the lookups for now). Returns how many were completed; the rest stay pending."""
+        pending = {k: v for k, v in self.store.settings().items() if k.startswith(PENDING_FROM)}
+        if not pending:
+            return 0
+        checks: dict[str, tuple[str, str]] = {}
+        for key, raw in pending.items():
+            try:
+                doc = json.loads(raw)
+                checks[key[len(PENDING_FROM) :]] = (str(doc["account_id"]), str(doc["handle"]))
+            except (ValueError, KeyError, TypeError):
+                self.store.set_setting(key, None)  # unreadable: nothing to finish
+        handles = sorted({h for _, h in checks.values()})
+        try:
+            found = self.discovery.holders(handles)
+        except (errors.RelayUnavailableError, errors.RelayRefusedError):
+            return 0  # still refused: a later receive tries again
+        done = 0
+        for message_id, (account_id, handle) in checks.items():
+            holder = found.get(handle)
+            contact = self.store.get_contact(account_id)
+            with self.store.transaction():
+                if holder is not None and holder.account_id == account_id:
+                    if contact is not None and not contact.handle:
+                        self.store.save_contact(self._pin_checked(contact, handle, holder.verified))
+                    self.ctx.report(message_id, "from_checked", f"checked: the message is from {handle}")
+                else:
+                    self.ctx.report(
+                        message_id,
+                        "unverified_from",
+                        f"a message claimed to be from {handle}, a handle its sender's account does not hold",
+                    )
+                self.store.set_setting(PENDING_FROM + message_id, None)
+            done += 1
+        return done
 
 
 def _canonical_or(handle: str, fallback: str) -> str:

@@ -24,8 +24,8 @@ import pytest
 
 from imsg import errors
 from imsg.client import Client
-from imsg.protocol import sealed as proto
 from imsg.relay_client import AnonymousRelay
+
 from support.relays import ThreadRelay, relay_settings
 
 ALICE, BOB = "alice@example.com", "bob@example.com"

@@ -50,7 +50,9 @@ def test_a_batch_is_evaluated_under_the_key_with_one_proof(tmp_path):
         alice = register(c)
         key = discovery_public_key(c)
         blinded = [discovery.blind(f"+1555000{i:04d}", os.urandom) for i in range(5)]
-        r = c.post("/v1/discovery/evaluate", json={"elements": [b64(b.element) for b in blinded]}, headers=alice.headers())
+        r = c.post(
+            "/v1/discovery/evaluate", json={"elements": [b64(b.element) for b in blinded]}, headers=alice.headers()
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         assert len(body["evaluated"]) == 5 and len(base64.b64decode(body["proof"])) == 64
@@ -67,7 +69,9 @@ def test_a_batch_is_evaluated_under_the_key_with_one_proof(tmp_path):
 def test_registered_handles_are_found_through_verified_evaluations(tmp_path):
     with TestClient(create_app(relay_settings(tmp_path / "data"))) as c:
         alice, bob = register(c), register(c)
-        r = c.post("/v1/handles", json={"handle": "+15551239999", "label": b64(os.urandom(60))}, headers=alice.headers())
+        r = c.post(
+            "/v1/handles", json={"handle": "+15551239999", "label": b64(os.urandom(60))}, headers=alice.headers()
+        )
         assert r.status_code == 200, r.text
         assert private_lookup(c, bob, "+15551239999") == alice.account_id
         assert private_lookup(c, bob, "+15551239998") is None
