@@ -76,7 +76,7 @@ class Finding:
     """One join the operator can make. `sender` is the account the operator would name as
     the sender (or one side of a pair), `recipient` the other; `seq` the log record it rests
     on (None for a database row alone); `candidates` for an address join: every account
-    seen credentialed from that address."""
+    seen credentialed from that address; `related` the other request of a join of two."""
 
     kind: str
     reason: str
@@ -84,6 +84,7 @@ class Finding:
     recipient: str | None = None
     seq: int | None = None
     candidates: tuple[str, ...] = ()
+    related: int | None = None  # the other request of a two-request join (timing, message id)
 
     def __str__(self) -> str:
         where = f" [request {self.seq}]" if self.seq is not None else ""
@@ -406,7 +407,7 @@ class Analysis:
                     f"credentialed {q.method} {q.path} (naming it by {what})"
                     + (f" from the same address {r.address}" if q.address == r.address else "")
                 )
-                out.append(Finding(kind, reason, by, recipient, r.seq))
+                out.append(Finding(kind, reason, by, recipient, r.seq, related=q.seq))
         return out
 
     def _message_ids(self) -> list[Finding]:
@@ -447,7 +448,7 @@ class Analysis:
                 # A refused (401) sealed try resent identified under its id is the visible
                 # fallback; outside a first contact it is the forged-401 downgrade.
                 kind = IDENTIFIED if how == "sent identified by" and r.status == 401 else MESSAGE_ID
-                out.append(Finding(kind, reason, account, recipient, r.seq))
+                out.append(Finding(kind, reason, account, recipient, r.seq, related=seq))
         return out
 
     def _envelope_rows(self) -> list[Finding]:
