@@ -23,7 +23,7 @@ from imsg.client import Client
 
 from support import linkage
 from support.linkage import ADDRESS, IDENTIFIED, NAMES, TIMING
-from support.recorder import RecordingRelay
+from support.recorder import RecordingRelay, counting_http_protocol
 from support.relays import ThreadRelay, relay_settings
 from support.socks import SocksProxy
 
@@ -41,7 +41,7 @@ def _no_sync_delay(monkeypatch):
 
 @pytest.fixture
 def recorded(tmp_path):
-    r = ThreadRelay(relay_settings(tmp_path / "relay"), wrap=RecordingRelay).start()
+    r = ThreadRelay(relay_settings(tmp_path / "relay"), wrap=RecordingRelay, http=counting_http_protocol()).start()
     try:
         yield r
     finally:
@@ -235,5 +235,37 @@ def test_the_analysis_finds_a_credentialed_read_naming_the_recipient(recorded, t
             findings
         )
         assert any(f.kind == TIMING and (f.sender, f.recipient) == (alice_id, bob_id) for f in bad)
+    finally:
+        day.close()
+
+
+def test_the_recording_relay_keeps_what_an_operator_would(recorded, tmp_path):
+    """Every header, the body, the status, the peer and the connection's serial: the
+    credentialed requests of one client share its keep-alive connection, and the
+    anonymous ones each have their own."""
+    from imsg.relay_client import AnonymousRelay
+
+    rec: RecordingRelay = recorded.middleware
+    day = Day(recorded, tmp_path / "homes")
+    try:
+        alice = day.init("alice", ALICE)
+        account = alice.store.load_account()
+        [register] = [r for r in rec.records() if r.path == "/v1/accounts" and r.method == "POST"]
+        assert register.json()["token"] == account.token and register.status == 201
+        rec.clear()
+        alice.relay().key_count()
+        alice.relay().key_count()
+        anon = AnonymousRelay(recorded.url)
+        for _ in range(2):
+            anon.get_account(account.account_id)
+        counts, reads = rec.records()[:2], rec.records()[2:]
+        assert [r.bearer for r in counts] == [account.token] * 2
+        assert counts[0].connection_key == counts[1].connection_key and counts[0].conn > 0
+        assert [r.bearer for r in reads] == [None, None] and reads[0].header("authorization") is None
+        assert len({r.connection_key for r in reads} | {counts[0].connection_key}) == 3
+        assert all(r.peer[0] == "127.0.0.1" and r.peer[1] > 0 for r in rec.records())
+        assert reads[0].response_json()["account_id"] == account.account_id
+        rec.dump(tmp_path / "log.jsonl")
+        assert RecordingRelay.load(tmp_path / "log.jsonl") == rec.records()
     finally:
         day.close()

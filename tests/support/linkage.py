@@ -145,11 +145,11 @@ class Analysis:
             who = self.account_of(r)
             if who is not None:
                 self.cred[r.seq] = who
-        self.by_connection: dict[tuple[str, int], set[str]] = defaultdict(set)
+        self.by_connection: dict[tuple[str, int, int], set[str]] = defaultdict(set)
         self.by_address: dict[str, set[str]] = defaultdict(set)
         for r in self.records:
             if r.seq in self.cred:
-                self.by_connection[r.peer].add(self.cred[r.seq])
+                self.by_connection[r.connection_key].add(self.cred[r.seq])
                 self.by_address[r.address].add(self.cred[r.seq])
 
     # --- what the operator knows ---
@@ -298,7 +298,7 @@ class Analysis:
             return [
                 Finding(CREDENTIAL, f"sealed send to {to} carried {self.k.label(s)}'s credential", s, recipient, r.seq)
             ]
-        on_conn = self.by_connection.get(r.peer, set())
+        on_conn = self.by_connection.get(r.connection_key, set())
         if on_conn:
             return [
                 Finding(
@@ -351,7 +351,7 @@ class Analysis:
                 return [Finding(IDENTIFIED, reason, by, account, r.seq)]
             reason = f"{who}'s credentialed {request} names {label} by {what}"
             return [Finding(how, reason, by, account, r.seq)]
-        others = self.by_connection.get(r.peer, set()) - {account}
+        others = self.by_connection.get(r.connection_key, set()) - {account}
         if others:
             return [
                 Finding(

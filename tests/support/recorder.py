@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import os
 import threading
@@ -94,10 +95,17 @@ class Recorded:
     response: bytes | bytearray = b""  # the first `max_response` bytes of the answer's body
     peer: tuple[str, int] = ("", 0)
     note: str = ""  # what the test was doing (RecordingRelay.phase)
+    conn: int = 0  # the server's serial number of the TCP connection (0: not known)
 
     @property
     def connection(self) -> str:
-        return f"{self.peer[0]}:{self.peer[1]}"
+        return f"{self.peer[0]}:{self.peer[1]}" + (f"#{self.conn}" if self.conn else "")
+
+    @property
+    def connection_key(self) -> tuple[str, int, int]:
+        """What identifies the TCP connection: the peer, and the serial when known (a port
+        the OS reuses for a later connection then does not look like the same one)."""
+        return (self.peer[0], self.peer[1], self.conn)
 
     @property
     def address(self) -> str:
@@ -148,12 +156,37 @@ class Recorded:
         return cls(**d)
 
 
+CONNECTION_SCOPE_KEY = "imsg.connection"
+
+
+def counting_http_protocol() -> type:
+    """uvicorn's httptools protocol, numbering its TCP connections: each request's scope
+    gets the serial of the connection it came on (`imsg.connection`). Pass it to
+    `ThreadRelay(..., http=counting_http_protocol())`; without it a connection is known
+    only by its peer (host, port)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    serial = itertools.count(1)
+
+    class CountingHttpToolsProtocol(HttpToolsProtocol):
+        def connection_made(self, transport):  # type: ignore[no-untyped-def]
+            super().connection_made(transport)
+            self.imsg_connection = next(serial)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.scope[CONNECTION_SCOPE_KEY] = self.imsg_connection  # type: ignore[literal-required]
+
+    return CountingHttpToolsProtocol
+
+
 class RecordingRelay:
     """ASGI middleware that records every HTTP request in full, as a relay operator
     compelled to log everything would: time, method, path, query, every header (the
     Authorization token, Unidentified-Access-Key...), the whole request body, the status,
     the start of the answer, and the TCP peer (address, port). Use it as
-    `ThreadRelay(settings, wrap=RecordingRelay)`; the log is `.log` (a list of Recorded).
+    `ThreadRelay(settings, wrap=RecordingRelay)` — with `http=counting_http_protocol()` too,
+    to number connections exactly; the log is `.log` (a list of Recorded).
 
     Request bodies are kept whole (blob parts too, unless `max_body` says otherwise): the
     analysis (tests/support/linkage.py) reads JSON bodies and paths, not the ciphertext."""
@@ -190,6 +223,7 @@ class RecordingRelay:
             response=bytearray(),
             peer=(str(client[0]), int(client[1])),
             note=self._phase,
+            conn=int(scope.get(CONNECTION_SCOPE_KEY, 0)),
         )
         # Logged on arrival and filled in as the exchange goes: by the time the client has
         # the answer, its record is complete (status and answer are set before they are sent).
