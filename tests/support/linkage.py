@@ -10,7 +10,8 @@ credential    the sealed send itself carried a Bearer token
 connection    a request (sealed send, or one naming R) went on a TCP connection (peer host,
               port) that carried some account's credential in another request
 names         a credentialed request of S names R: R's account id, R's plaintext handle, R's
-              unidentified-access key, R's profile key id (path, query, JSON body)
+              unidentified-access key, R's profile key id (path, query, JSON body); or an
+              unauthenticated one names two accounts (a sealed send to R carrying S's key)
 blob          a credentialed request of D names a blob that S uploaded (S and D are joined)
 message_id    one message id went to R sealed and also belongs to S: S's identified send,
               S's own mailbox row (a sync copy under the same id), S's ack or fetch of it
@@ -275,6 +276,8 @@ class Analysis:
         naming: list[tuple[Recorded, str, str, str, str]] = []  # (request, by, named, how, what)
         for r in self.records:
             sealed = SEALED_PATH.match(r.path) if r.method == "PUT" else None
+            if r.seq not in self.cred:
+                out.extend(self._names_two(r, sealed.group(1) if sealed else None))
             if sealed:
                 out.extend(self._sealed(r, sealed.group(1)))
                 continue
@@ -323,6 +326,21 @@ class Analysis:
                 )
             ]
         return []
+
+    def _names_two(self, r: Recorded, recipient: str | None) -> list[Finding]:
+        """An unauthenticated request that names two accounts joins them with no credential
+        at all (say, a sealed send to R whose body or headers carry something of S's)."""
+        named = self.named(r)
+        if recipient is not None:
+            named.setdefault(recipient, (NAMES, "the path"))
+        if len(named) < 2:
+            return []
+        accounts = sorted(named)
+        whats = "; ".join(f"{self.k.label(a)} by {named[a][1]}" for a in accounts)
+        reason = f"unauthenticated {r.method} {r.path} names several accounts: {whats}"
+        others = [a for a in accounts if a != recipient] if recipient else accounts[1:]
+        target = recipient or accounts[0]
+        return [Finding(NAMES, reason, a, target, r.seq) for a in others]
 
     def _naming(
         self,

@@ -328,3 +328,17 @@ def test_a_sealed_attempt_between_the_fallbacks_bundle_fetch_and_send_is_part_of
     # had the relay stored it (200), the same id would have been a message-id join
     log.records[-2].status = 200
     assert "message_id" in kinds(log.findings())
+
+
+def test_an_unauthenticated_request_naming_two_accounts_joins_them():
+    log = Log().register(A, B)
+    log.add("PUT", "/v1/sealed/access", by=A, body={"access_key": base64.b64encode(b"a" * 16).decode()})
+    # a sealed send to bob that carries alice's own access key: no credential, still a join
+    log.sealed(B, headers={"Unidentified-Access-Key": base64.b64encode(b"a" * 16).decode()})
+    [f] = log.findings()
+    assert (f.kind, f.sender, f.recipient) == ("names", A, B) and "access key" in f.reason
+    # a sealed copy to one's own account with one's own key names one account: nothing
+    own = Log().register(A, B)
+    own.add("PUT", "/v1/sealed/access", by=A, body={"access_key": base64.b64encode(b"a" * 16).decode()})
+    own.sealed(A, headers={"Unidentified-Access-Key": base64.b64encode(b"a" * 16).decode()})
+    assert own.findings() == []
