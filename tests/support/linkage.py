@@ -512,3 +512,25 @@ def summary(findings: Iterable[Finding], per_kind: int = 4) -> str:
         if len(by_kind[k]) > per_kind:
             lines.append(f"... and {len(by_kind[k]) - per_kind} more of kind {k}")
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`cd tests && python -m support.linkage LOG.jsonl RELAY.db`: every finding of a
+    dumped log (RecordingRelay.dump; the day test leaves day.jsonl and relay/relay.db in
+    its tmp_path); exit 1 if any is neither identified nor by address."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("log", type=Path)
+    parser.add_argument("db", type=Path, nargs="?")
+    parser.add_argument("--window", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    from support.recorder import RecordingRelay
+
+    findings = analyse(RecordingRelay.load(args.log), args.db, window=args.window)
+    print(summary(findings, per_kind=1000))
+    return 1 if without(findings, ADDRESS, IDENTIFIED) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
