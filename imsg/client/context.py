@@ -34,6 +34,24 @@ if TYPE_CHECKING:
 Clock = Callable[[], int]
 Rng = Callable[[int], bytes]
 
+# How long a copy to our own devices waits after the message it copies (seconds, drawn
+# uniformly): long enough that its timing does not link it to the send (issue 12, C5).
+DEFAULT_SYNC_DELAY = (2.0, 30.0)
+
+
+def parse_sync_delay(text: str) -> tuple[float, float]:
+    """IMSG_SYNC_DELAY: "A-B" seconds (or "N": exactly N)."""
+    lo, sep, hi = text.strip().partition("-")
+    try:
+        a, b = float(lo), float(hi) if sep else float(lo)
+    except ValueError:
+        raise errors.UsageError(
+            f"IMSG_SYNC_DELAY={text!r} is not 'A-B' seconds", hint="for example 2-30, or 0"
+        ) from None
+    if not 0 <= a <= b <= 3600:
+        raise errors.UsageError(f"IMSG_SYNC_DELAY={text!r}: need 0 <= A <= B <= 3600 seconds")
+    return a, b
+
 
 class Context:
     def __init__(
@@ -46,8 +64,13 @@ class Context:
         allow_insecure: bool = False,
         transport: httpx.BaseTransport | None = None,
         proxy: str | None = None,
+        sync_delay: tuple[float, float] | None = None,
     ):
         self.store = store
+        if sync_delay is None:
+            env = os.environ.get("IMSG_SYNC_DELAY")
+            sync_delay = parse_sync_delay(env) if env else DEFAULT_SYNC_DELAY
+        self.sync_delay = sync_delay
         self.relay_url = relay_url
         self.now_ms = now_ms
         self.rng = rng
@@ -128,6 +151,14 @@ class Context:
     def message_id(self) -> str:
         """A fresh message id: from the OS, or from the injected rng (reproducible tests)."""
         return secrets.token_hex(16) if self.rng is os.urandom else self.rng(16).hex()
+
+    def sync_not_before(self, now: int) -> int:
+        """When a copy to our own devices made at `now` may leave: a uniformly random
+        point in the sync delay (from the injectable rng, so tests can fix it)."""
+        lo, hi = (int(x * 1000) for x in self.sync_delay)
+        if hi <= lo:
+            return now + lo
+        return now + lo + int.from_bytes(self.rng(8), "big") % (hi - lo + 1)
 
     def report(self, message_id: str, code: str, message: str) -> None:
         self.problems.append(Problem(message_id, code, message))
