@@ -79,6 +79,7 @@ class Context:
         self.proxy = proxy
         self.problems: list[Problem] = []
         self._relay: RelayClient | None = None
+        self._anonymous: AnonymousRelay | None = None
 
     # --- the relay ---
 
@@ -102,11 +103,17 @@ class Context:
         """The relay without any credential, each request on a fresh connection (through
         the SOCKS5 proxy, if one is set): the only way recipient data is fetched or sealed
         messages sent (docs/PROTOCOL.md, "what the relay learns")."""
-        account = self.store.load_account()
-        url = self.relay_url or (account.relay_url if account else None)
-        if not url:
-            raise errors.UsageError("no relay given", hint="pass --relay URL or set IMSG_RELAY")
-        return AnonymousRelay(url, proxy=self.proxy, allow_insecure=self.allow_insecure, transport=self.transport)
+        # One object is fine: it holds no connection (each request opens its own), only
+        # the proxy's answer to whether it takes credentials.
+        if self._anonymous is None:
+            account = self.store.load_account()
+            url = self.relay_url or (account.relay_url if account else None)
+            if not url:
+                raise errors.UsageError("no relay given", hint="pass --relay URL or set IMSG_RELAY")
+            self._anonymous = AnonymousRelay(
+                url, proxy=self.proxy, allow_insecure=self.allow_insecure, transport=self.transport
+            )
+        return self._anonymous
 
     def require_relay_url(self) -> str:
         """The relay given for a new account or device (there is no account to take it from)."""
@@ -130,6 +137,7 @@ class Context:
         if self._relay is not None and self._relay is not relay:
             self._relay.close()
         self._relay = relay
+        self._anonymous = None  # made again from the account the home now holds
 
     def close(self) -> None:
         self.use_relay(None)

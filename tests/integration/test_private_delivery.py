@@ -16,7 +16,11 @@ carried a credential.
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -380,3 +384,67 @@ def test_one_recipients_429_does_not_block_other_sends_or_receive_row8(tmp_path)
         finally:
             for c in made:
                 c.close()
+
+
+# --- the network address: a real SOCKS5 proxy on loopback ---
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def socks_proxy(tmp_path):
+    """Debian's microsocks on a loopback port, its outgoing connections bound to 127.0.0.2:
+    the relay sees that address for every proxied request, 127.0.0.1 for the others."""
+    binary = shutil.which("microsocks")
+    if binary is None:
+        pytest.skip("microsocks (Debian package) is not installed and scripts/_setup.sh could not install it")
+    port = _free_port()
+    log = open(tmp_path / "microsocks.log", "wb")
+    proc = subprocess.Popen([binary, "-i", "127.0.0.1", "-p", str(port), "-b", PROXY_EXIT], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # until it accepts connections (a condition, not a sleep of a guessed length)
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"microsocks did not start: {(tmp_path / 'microsocks.log').read_text()}")
+                time.sleep(0.02)
+        yield f"socks5://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+PROXY_EXIT = "127.0.0.2"
+
+
+def test_through_a_socks_proxy_the_relay_sees_only_the_proxy_for_unauthenticated_requests(
+    recorded, clients, socks_proxy, tmp_path
+):
+    alice, bob = clients("alice", proxy=socks_proxy), clients("bob", proxy=socks_proxy)
+    share(alice, bob)
+    share(bob, alice)
+    bob.receive()
+    src = tmp_path / "doc.bin"
+    src.write_bytes(bytes(3000))
+    rec: Connections = recorded.middleware
+    rec.take()
+    for i in range(3):
+        assert alice.send(BOB, f"via the proxy {i}").sealed
+    alice.send(BOB, "with a file", attachments=[src])
+    got = bob.receive()
+    bob.save_attachments(got[-1].id, tmp_path / "out")
+    assert [m.text for m in got] == ["via the proxy 0", "via the proxy 1", "via the proxy 2", "with a file"]
+    log = rec.take()
+    anonymous = [s for s in log if not s.token]
+    assert {s.path.split("/")[2] for s in anonymous} >= {"sealed", "blobs"}
+    assert {s.peer[0] for s in anonymous} == {PROXY_EXIT}  # never our own address
+    assert len({s.peer for s in anonymous}) == len(anonymous)  # and each its own connection
+    assert {s.peer[0] for s in log if s.token} == {"127.0.0.1"}  # credentialed: direct, as they name us anyway
