@@ -237,13 +237,15 @@ class AnonymousRelay:
         """An account's key and signed device list: public data (the caller checks both)."""
         return parse_account(self._request("GET", f"/v1/accounts/{account_id}"))
 
-    def fetch_bundles(self, account_id: str, access_key: bytes, device_id: int | None = None) -> list[JsonObject]:
+    def fetch_bundles(
+        self, account_id: str, access_key: bytes | None, device_id: int | None = None
+    ) -> list[JsonObject]:
         """Prekey bundles, authorized by the account's unidentified-access key (our own
-        account's for our own devices): no credential of ours names whom we fetch."""
+        account's for our own devices; None: only an account that allows anyone answers):
+        no credential of ours names whom we fetch."""
         params = {"device_id": device_id} if device_id is not None else None
-        body = self._request(
-            "GET", f"/v1/keys/{account_id}", params=params, headers={"Unidentified-Access-Key": b64e(access_key)}
-        )
+        headers = {"Unidentified-Access-Key": b64e(access_key)} if access_key else None
+        body = self._request("GET", f"/v1/keys/{account_id}", params=params, headers=headers)
         return parse_bundles(body)
 
     def send_sealed(
@@ -565,22 +567,6 @@ class RelayClient:
     def delete_blob(self, blob_id: str) -> JsonObject:
         return self._request("DELETE", f"/v1/blobs/{blob_id}")
 
-    def download_blob(self, blob_id: str, *, start: int = 0) -> Iterator[bytes]:
-        """Yield the blob's bytes from offset `start` (an HTTP range), in chunks."""
-        headers = {"Range": f"bytes={start}-"} if start else {}
-        try:
-            with self._http.stream("GET", f"/v1/blobs/{blob_id}", headers=headers, timeout=TRANSFER_TIMEOUT) as r:
-                if r.status_code >= 400:
-                    r.read()
-                    self._answer(r)
-                if start and r.status_code != 206:
-                    raise RelayRefusedError("relay ignored the range of a resumed download", relay_code="bad_response")
-                yield from r.iter_bytes(1 << 20)
-        except httpx.TimeoutException:
-            raise RelayUnavailableError(f"relay at {self.base_url} timed out during a download") from None
-        except httpx.HTTPError as exc:
-            raise RelayUnavailableError(f"relay at {self.base_url} unreachable ({type(exc).__name__})") from None
-
     # --- profiles ---
 
     def put_profile(self, key_id: str, blob: bytes) -> JsonObject:
@@ -590,31 +576,6 @@ class RelayClient:
                 "PUT", f"/v1/profile/{key_id}", content=blob, headers={"Content-Type": "application/octet-stream"}
             )
         return self._answer(response)
-
-    def get_profile(self, account_id: str, key_id: str, *, max_bytes: int) -> bytes | None:
-        """An account's profile ciphertext, or None (none under that key id). Sent without
-        our credential, so the relay does not learn who reads whose profile; a body longer
-        than `max_bytes` is refused while it streams."""
-        request = self._http.build_request("GET", f"/v1/profile/{account_id}/{key_id}")
-        request.headers.pop("Authorization", None)
-        with self._network():
-            response = self._http.send(request, stream=True)
-            try:
-                if response.status_code == 404:
-                    return None
-                if response.status_code >= 400:
-                    response.read()
-                    self._answer(response)
-                data = bytearray()
-                for chunk in response.iter_bytes(1 << 16):
-                    data += chunk
-                    if len(data) > max_bytes:
-                        raise RelayRefusedError(
-                            "relay sent a profile larger than any profile can be", relay_code="bad_response"
-                        )
-                return bytes(data)
-            finally:
-                response.close()
 
     @contextmanager
     def _network(self) -> Iterator[None]:

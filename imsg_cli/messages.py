@@ -93,12 +93,19 @@ def send(
     if out.json:
         from imsg_cli.output import iso
 
-        out.record(
-            {"id": sent.id, "to": sent.to, "sent_at": iso(sent.sent_at), "devices": sent.devices, "sealed": sent.sealed}
-        )
+        record = {"id": sent.id, "to": sent.to, "sent_at": iso(sent.sent_at), "devices": sent.devices}
+        record["sealed"] = sent.sealed
+        if not sent.sealed and sent.sealed_reason:  # a visible fall-back, never a silent one
+            record["sealed_reason"] = sent.sealed_reason
+        out.record(record)
     else:
         out.line(sent.id)
-        out.info(f"sent to {sent.to}" + (" (sealed sender)" if sent.sealed else ""))
+        if sent.sealed:
+            out.info(f"sent to {sent.to} (sealed sender)")
+        elif sent.sealed_reason:  # the relay was told who sent it: say so, and why
+            out.info(f"sent to {sent.to} (identified: {sent.sealed_reason.replace('_', ' ')})")
+        else:
+            out.info(f"sent to {sent.to}")
 
 
 def _report_problems(state: State, client: Client) -> int:

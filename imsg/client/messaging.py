@@ -156,9 +156,14 @@ class Messaging:
             for p in pointers:  # sent: no longer a draft, nor a resumable upload
                 store.remove_upload(p.blob_id)
         reached = len(targets)
+        refused: errors.SealedRefusedError | None = None
         try:
             for batch, package, content_ct in batches:
-                delivered = self.delivery.deliver(batch, package, content_ct)
+                try:
+                    delivered = self.delivery.deliver(batch, package, content_ct)
+                except errors.SealedRefusedError as exc:
+                    refused = exc  # kept queued; our own devices still get their copy
+                    continue
                 if batch.account_id == contact.account_id:
                     reached = delivered  # after a 409 and refetch, the devices really addressed
         except errors.SecurityError:
@@ -172,7 +177,11 @@ class Messaging:
                 hint="the next imsg send or receive that reaches the relay delivers it: do not send it again",
                 message_id=message_id,
             ) from None
-        return SentMessage(message_id, to, now, reached, message_id in self.sealed.sent_sealed)
+        if refused is not None:
+            raise refused
+        sealed = message_id in self.sealed.sent_sealed
+        reason = "" if sealed or to_self else self.sealed.reasons.get(message_id, "")
+        return SentMessage(message_id, to, now, reached, sealed, reason)
 
     def send_held(self, handle: str) -> list[SentMessage]:
         """Send the messages held for `handle` while its identity changed (after `trust`)."""

@@ -37,6 +37,8 @@ from imsg.protocol.stores import LocalAccount, OutgoingBatch
 if TYPE_CHECKING:
     from imsg.relay_client import Envelope as RelayEnvelope
 
+REASONS = ("no_access_key", "no_sealed_key", "access_denied")
+
 SETTING_ONLY = "sealed.only"
 SETTING_RELAY_KEYS = "sealed.relay_keys"
 SETTING_CERTIFICATE = "sealed.certificate"
@@ -58,6 +60,8 @@ class SealedSender:
         self.ctx = ctx
         self.store = ctx.store
         self.sent_sealed: set[str] = set()  # message ids this process delivered sealed
+        # Why a message went identified (`send --json` "sealed_reason"): REASONS.
+        self.reasons: dict[str, str] = {}
 
     def close(self) -> None:
         pass  # nothing held: every sealed send has a connection of its own
@@ -242,8 +246,11 @@ class SealedSender:
         return out
 
     def deliver(self, batch: OutgoingBatch) -> bool:
-        """Try to send `batch` sealed. True: the relay took it. False: send it identified.
-        With sealed-only, instead of False: SealedOnlyError (the batch stays queued)."""
+        """Try to send `batch` sealed. True: the relay took it. False: send it identified
+        (why: `reasons[message_id]`, one of REASONS), only when we hold no access key for
+        the recipient. No silent downgrade (issue 12, row 2): a 401 although we hold their
+        key raises SealedRefusedError and the batch stays queued; with sealed-only, instead
+        of False, SealedOnlyError (the batch stays queued)."""
         account = self.ctx.account()
         if batch.account_id == account.account_id:
             return False  # sync copies and notes to self: our own account knows it is us
@@ -251,23 +258,37 @@ class SealedSender:
         contact = self.store.get_contact(batch.account_id)
         sealed = self._seal(batch) if contact is not None else None
         if contact is None or sealed is None:
-            return self._refuse(batch, "a device of the recipient has no sealed-sender key")
+            return self._refuse(batch, "no_sealed_key", "a device of the recipient has no sealed-sender key")
         key = proto.access_key(contact.profile_key) if len(contact.profile_key) == 32 else None
         try:
             # A fresh connection each (AnonymousRelay): sealed sends of one process are
             # not joined by a shared keep-alive connection (issue 12, row 5).
             self.ctx.anonymous().send_sealed(batch.account_id, batch.message_id, sealed, key)
         except errors.RelayRefusedError as exc:
-            if exc.status != 401:
-                raise  # 409 device_mismatch, 429...: handled as for identified sends
-            return self._refuse(
-                batch, f"{contact.handle} accepts sealed messages only from people they shared their profile with"
-            )
+            if key is not None and exc.status == 401:
+                # We hold their key: the relay's word alone must not make us name them.
+                message = (
+                    f"the relay refused the sealed send to {contact.handle} with the access key we hold; "
+                    f"message {batch.message_id} is kept in the outbox, not sent identified"
+                )
+                self.ctx.report(batch.message_id, "sealed_refused", message)
+                raise errors.SealedRefusedError(message, message_id=batch.message_id, kept="outbox") from None
+            if key is None and exc.status in (401, 429):
+                # Without a key a sealed send only works if they allow anyone; the refused
+                # attempts have a limit of their own at the relay (429 is a refusal too).
+                reason = "no_access_key" if exc.status == 401 else "access_denied"
+                return self._refuse(
+                    batch,
+                    reason,
+                    f"{contact.handle} accepts sealed messages only from people they shared their profile with",
+                )
+            raise  # 409 device_mismatch (refetched anonymously), 429...: as for identified sends
         self.sent_sealed.add(batch.message_id)
         return True
 
-    def _refuse(self, batch: OutgoingBatch, why: str) -> bool:
+    def _refuse(self, batch: OutgoingBatch, reason: str, why: str) -> bool:
         if not self.sealed_only:
+            self.reasons[batch.message_id] = reason
             return False
         raise errors.SealedOnlyError(
             f"not sent: {why}, and sealed-only delivery is on; message {batch.message_id} is kept in the outbox",

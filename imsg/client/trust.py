@@ -71,8 +71,10 @@ class Trust:
 
     def fetch_contact(self, account_id: str, handle: str) -> tuple[Contact, DeviceList]:
         """Fetch an account's key and signed device list; check the key matches the
-        account id (so the relay cannot substitute a key) and that the key signs the list."""
-        remote = self.ctx.relay().get_account(account_id)
+        account id (so the relay cannot substitute a key) and that the key signs the list.
+        Public data, fetched without a credential on a connection of its own: the relay
+        cannot tell who looks whom up (issue 12)."""
+        remote = self.ctx.anonymous().get_account(account_id)
         try:
             account_key = decode_key(KEY_ED25519, remote.account_key)
         except DecodeError:
@@ -101,7 +103,8 @@ class Trust:
         """Fetch our account's signed device list; accept it only if our account key signed
         it and it is not older than the one we hold (the relay cannot add or roll back)."""
         account = self.ctx.account()
-        remote = self.ctx.relay().get_account(account.account_id)
+        # Anonymous too: it follows sealed sends to our own account (a 409 on a sync copy).
+        remote = self.ctx.anonymous().get_account(account.account_id)
         current = own_devices(account)
         devices = accept_device_list(remote.device_list, account.account_public, current, "our own")
         if devices.serial > current.serial:

@@ -248,9 +248,15 @@ def test_profile_key_rotation_revokes_the_old_access_key(make_client, relay):
     assert alice.send(BOB, "with the key").sealed
     # Bob stops sharing: `profile share off` rotates his key and tells the relay.
     bob.set_share_policy("off")
-    after = alice.send(BOB, "with the old key")
-    assert not after.sealed  # 401 with the old key: sent identified instead
-    assert texts(bob.receive()) == ["with the key", "with the old key"]
+    # Issue 12 (no silent downgrade): a 401 although alice holds a key is not taken as a
+    # reason to send identified — it is exactly what a relay that wants to unmask her
+    # would answer. The message is kept in the outbox and the refusal is reported.
+    with pytest.raises(errors.SealedRefusedError) as exc:
+        alice.send(BOB, "with the old key")
+    assert exc.value.exit_code == 5 and exc.value.details["kept"] == "outbox"
+    assert [b.message_id for b in alice.store.outgoing()] == [exc.value.details["message_id"]]
+    assert any(p.code == "sealed_refused" for p in alice.problems)
+    assert texts(bob.receive()) == ["with the key"]
 
 
 def test_a_rotation_made_elsewhere_is_published_on_the_next_send(make_client, relay):
@@ -261,7 +267,12 @@ def test_a_rotation_made_elsewhere_is_published_on_the_next_send(make_client, re
     with bob.store.transaction():  # rotated without calling publish (another code path)
         bob.store.save_account(replace(account, profile_key=bytes(32 * [9])))
     assert bob.send(ALICE, "bob sends anything").sealed  # bob publishes before sending
-    assert not alice.send(BOB, "old key").sealed
+    with pytest.raises(errors.SealedRefusedError):  # the old key: kept, not sent identified
+        alice.send(BOB, "old key")
+    # The new key comes with bob's next message to alice; the kept message then goes sealed.
+    bob.send(ALICE, "the new key comes with this")
+    alice.receive()
+    assert alice.flush_outbox() == 1 and alice.store.outgoing() == [] and texts(bob.receive()) == ["old key"]
 
 
 def test_wrong_access_key_is_refused_and_nothing_is_stored(make_client, relay):

@@ -126,7 +126,9 @@ async def access_allowed(relay: RelayContext, request: Request, account_id: str)
     verifier, anyone = await relay.storage.get_sealed_access(account_id)
     if anyone:
         return True
-    return bool(offered) and verifier is not None and hmac.compare_digest(access_verifier(offered), verifier)
+    if not offered or verifier is None:
+        return False
+    return hmac.compare_digest(access_verifier(offered), verifier)
 
 
 def access_denied() -> RelayError:
