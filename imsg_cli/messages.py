@@ -117,7 +117,9 @@ def _report_problems(state: State, client: Client) -> int:
             state.out.error(
                 "rejected_message", f"rejected message {p.message_id}: {p.message}", message_id=p.message_id
             )
-        elif p.code in ("identity_changed", "profile_rejected"):  # the latter: a tampered profile
+        # profile_rejected: a tampered profile; discovery_refused: a relay caught cheating
+        # in a background contact check (issue 12)
+        elif p.code in ("identity_changed", "profile_rejected", "discovery_refused"):
             rejected += 1
             state.out.error(p.code, p.message, message_id=p.message_id)
         elif p.code in (
@@ -126,6 +128,9 @@ def _report_problems(state: State, client: Client) -> int:
             "sealed_only_waiting",
             "unverified_handle",
             "unverified_from",
+            "from_unchecked",
+            "from_checked",
+            "recheck_failed",
         ):  # notes, not dropped messages
             state.out.warning(p.code, p.message)
         else:

@@ -202,8 +202,8 @@ class Trust:
 
     def _mark_changed(self, pinned: Contact, account_id: str) -> None:
         known = self.store.get_contact(account_id)
-        if known is not None and known.handle == pinned.handle and known.status in ("changed", "replaced"):
-            return  # already known as changed (sends held), or replaced by the user's choice
+        if known is not None and known.handle == pinned.handle and known.status == "changed":
+            return  # already found (and reported): sends to the handle are held
         try:
             contact, _ = self.fetch_contact(account_id, pinned.handle)
         except (errors.RelayUnavailableError, errors.RelayRefusedError, errors.SecurityError) as exc:
@@ -224,6 +224,7 @@ class Trust:
                 self.store.save_contact(replace(previous, status="replaced"))
                 self.store.reassign_messages(previous.account_id, contact.account_id)
             self.store.save_contact(replace(contact, status="ok", verified=False))
+            self._schedule(contact.account_id)  # newly pinned: re-verified like any contact
 
     def accept_new_identity(self, handle: str) -> None:
         """`imsg trust`: a contact's changed identity becomes the pinned one (unverified)."""

@@ -26,7 +26,6 @@ import imsg_oprf
 from imsg import errors
 from imsg.client import Client
 from imsg.protocol import discovery
-from imsg_oprf import voprf
 
 from support.cli import clean_env, run_imsg
 from support.relays import ThreadRelay, relay_settings
@@ -133,6 +132,8 @@ def clients(tmp_path: Path, evil: ThreadRelay):
 
 def _fresh_key_evaluation(request: dict[str, Any], answer: dict[str, Any], *, claim_pinned: bool) -> dict[str, Any]:
     """What a relay that wants to link lookups does: evaluate under a key of its own."""
+    from imsg_oprf import voprf  # (imported here: the file must collect on the code before VOPRF)
+
     sk, pk = imsg_oprf.derive_key_pair(os.urandom(32), b"per-lookup", imsg_oprf.MODE_VOPRF)
     elements = [base64.b64decode(e) for e in request["elements"]]
     evaluated, proof = voprf.blind_evaluate_batch(sk, pk, elements, os.urandom)
@@ -211,6 +212,8 @@ def test_an_unsigned_discovery_key_change_is_not_followed(clients, evil, tmp_pat
     }
 
     def under_new_key(req: dict[str, Any], ans: dict[str, Any]) -> dict[str, Any]:
+        from imsg_oprf import voprf
+
         elements = [base64.b64decode(e) for e in req["elements"]]
         evaluated, proof = voprf.blind_evaluate_batch(sk, pk, elements, os.urandom)
         return {

@@ -39,6 +39,7 @@ FAST_LIMITS: dict[str, float] = {
         "account_read",
         "account_read_global",
         "bundle",
+        "sealed_refused",
     )
     for part in ("rate", "burst")
 }
