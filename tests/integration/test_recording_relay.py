@@ -25,7 +25,7 @@ from support import linkage
 from support.linkage import ADDRESS, IDENTIFIED, NAMES, TIMING
 from support.recorder import RecordingRelay, counting_http_protocol
 from support.relays import ThreadRelay, relay_settings
-from support.socks import SocksProxy
+from support.socks import Microsocks, SocksProxy
 
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + os.urandom(2000)
@@ -175,14 +175,19 @@ def check_the_day(day: Day, findings: list[linkage.Finding], *, allow_address: b
         assert not notes or FIRST_CONTACT in notes, f"identified outside a first contact: {f}"
 
 
-@pytest.mark.parametrize("proxied", [False, True], ids=["direct", "through-socks5"])
+@pytest.mark.parametrize("proxied", ["", "any-username", "microsocks"], ids=["direct", "socks5", "microsocks"])
 def test_a_day_of_traffic_joins_no_sealed_sender_but_by_address(recorded, tmp_path, monkeypatch, proxied):
     """Direct, every request comes from 127.0.0.1, so an operator who records addresses
     still narrows each sealed send to the accounts seen from it. Through a SOCKS5 proxy
     (IMSG_PROXY: every Client of the day, the linking threads' too) the unauthenticated
     requests come from the proxy's address, each under a fresh proxy username, and no
-    join by address is left either."""
-    proxy = SocksProxy().start() if proxied else None
+    join by address is left either. Two real proxies: one that takes any username (as Tor
+    does, so each request gets a fresh one: its own circuit), and Debian's microsocks,
+    which takes none."""
+    if proxied == "microsocks" and not Microsocks.available():
+        pytest.skip("microsocks (Debian package) is not installed")
+    factory = {"": None, "any-username": SocksProxy, "microsocks": Microsocks}[proxied]
+    proxy = factory().start() if factory else None
     if proxy is not None:
         monkeypatch.setenv("IMSG_PROXY", proxy.url)
     day = Day(recorded, tmp_path / "homes")
@@ -203,8 +208,10 @@ def test_a_day_of_traffic_joins_no_sealed_sender_but_by_address(recorded, tmp_pa
             assert {r.address for r in records if r.bearer is not None} == {"127.0.0.1"}
             assert {r.address for r in sealed} == {proxy.egress}
             through = [r for r in anonymous if r.address == proxy.egress]
+            assert len({r.connection_key for r in through}) == len(through)  # a connection each
             names = proxy.usernames()
-            assert len(names) >= len(through) and len(set(names)) == len(names)  # one circuit each
+            if proxied == "any-username":
+                assert len(names) >= len(through) and len(set(names)) == len(names)  # one circuit each
     finally:
         day.close()
         if proxy is not None:

@@ -9,14 +9,21 @@ subprocess, configured the way Tor behaves towards imsg.
   and the client's own 127.0.0.1 on direct ones, as it would see a Tor exit's.
 
 Use as a context manager: `with SocksProxy() as proxy: ... proxy.url ...`.
+
+`Microsocks` is Debian's microsocks the same way (outgoing from `egress`), a proxy that
+takes no username at all (the client then sends none); it skips when not installed
+(scripts/_setup.sh installs it where it may).
 """
 
 from __future__ import annotations
 
 import select
+import shutil
+import socket
 import subprocess
 import sys
 import threading
+import time
 
 # Runs in the proxy's own process (python -c). The library opens each outgoing connection
 # with asyncio.open_connection: wrapped here to bind it to the egress address.
@@ -118,6 +125,57 @@ class SocksProxy:
         self.proc = None
 
     def __enter__(self) -> SocksProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Microsocks:
+    """Debian's microsocks on a free loopback port, outgoing connections from `egress`."""
+
+    def __init__(self, listen: str = "127.0.0.1", egress: str = "127.0.0.2") -> None:
+        self.listen, self.egress = listen, egress
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("microsocks") is not None
+
+    def start(self, timeout: float = 10.0) -> Microsocks:
+        binary = shutil.which("microsocks")
+        if binary is None:
+            raise RuntimeError("microsocks is not installed (apt-get install microsocks)")
+        with socket.socket() as s:
+            s.bind((self.listen, 0))
+            port = s.getsockname()[1]
+        cmd = [binary, "-i", self.listen, "-p", str(port), "-b", self.egress]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while True:  # until it accepts connections: a condition, not a guessed sleep
+            try:
+                socket.create_connection((self.listen, port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("microsocks did not start") from None
+                time.sleep(0.02)
+        self.url = f"socks5://{self.listen}:{port}"
+        return self
+
+    def usernames(self) -> list[str]:
+        return []  # it takes none
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                self.proc.wait(10)
+            self.proc = None
+
+    def __enter__(self) -> Microsocks:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
