@@ -71,8 +71,9 @@ def still_learns(doc: dict[str, Any], *, proxy: str | None, sealed_only: bool) -
         },
         {
             "what": "timing",
-            "detail": "the time of every request: an upload or a lookup a moment before a sealed send can be "
-            "correlated by time, even through a proxy",
+            "detail": "the time of every request: an upload or a lookup a moment before a sealed send, or the "
+            "fetch of a new sender's keys a moment after your mailbox fetch, can be correlated by time, even "
+            "through a proxy",
         },
         {
             "what": "account",
