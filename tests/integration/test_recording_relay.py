@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from device_helpers import link_device
 
+from imsg import errors
 from imsg.client import Client
 
 from support import linkage
@@ -274,5 +275,61 @@ def test_the_recording_relay_keeps_what_an_operator_would(recorded, tmp_path):
         assert reads[0].response_json()["account_id"] == account.account_id
         rec.dump(tmp_path / "log.jsonl")
         assert RecordingRelay.load(tmp_path / "log.jsonl") == rec.records()
+    finally:
+        day.close()
+
+
+def test_a_lying_relay_gets_no_join_either(recorded, tmp_path):
+    """The relay deviates (issue 12, row 2) on sealed sends to a contact whose access key
+    we hold: a 409 claiming the device list changed, then forged 401s. The client refetches
+    the list without a credential and retries sealed, then keeps the refused message rather
+    than send it identified: the log still shows no join beyond the first contact."""
+    rec: RecordingRelay = recorded.middleware
+    day = Day(recorded, tmp_path / "homes")
+    try:
+        alice, bob = day.init("alice", ALICE), day.init("bob", BOB)
+        alice.contacts_add(BOB)
+        bob.contacts_add(ALICE)
+        rec.phase(FIRST_CONTACT)
+        alice.send(BOB, "hi")
+        rec.phase("conversation")
+        day.receive_all()
+        assert bob.send(ALICE, "hi").sealed
+        day.receive_all()
+        assert alice.send(BOB, "sealed").sealed
+        target = f"/v1/sealed/messages/{bob.store.load_account().account_id}"
+        forged: list[int] = []
+
+        def forge_409(r):
+            if r.method == "PUT" and r.path == target and not forged:
+                forged.append(r.seq)
+                return 409, {"error": "device_mismatch", "message": "device list changed", "missing": [], "extra": []}
+            return None
+
+        rec.phase("forged 409")
+        rec.forge = forge_409
+        assert alice.send(BOB, "after a forged 409").sealed
+        after_409 = [r for r in rec.records() if r.note == "forged 409"]
+        assert forged and [r.path for r in after_409 if r.method == "PUT"] == [target, target]  # retried sealed
+        bob_id = target.rsplit("/", 1)[1]
+        assert [r.bearer for r in after_409 if r.path == f"/v1/accounts/{bob_id}"] == [None]  # refetched anonymously
+        rec.phase("forged 401")
+        rec.forge = lambda r: (
+            (401, {"error": "access_denied", "message": "access denied"})
+            if r.method == "PUT" and r.path == target
+            else None
+        )
+        with pytest.raises(errors.SealedRefusedError):
+            alice.send(BOB, "after a forged 401")
+        rec.forge = None
+        findings = day.analyse()
+        bad = linkage.without(findings, ADDRESS, IDENTIFIED)
+        assert bad == [], linkage.summary(bad)
+        notes = {r.seq: r.note for r in rec.records()}
+        for f in findings:
+            if f.kind == IDENTIFIED and f.seq is not None:
+                assert FIRST_CONTACT in {notes[s] for s in (f.seq, f.related) if s is not None}, str(f)
+        identified = [r for r in rec.records() if r.method == "PUT" and r.path.startswith("/v1/messages/")]
+        assert {r.note for r in identified} == {FIRST_CONTACT}
     finally:
         day.close()

@@ -16,6 +16,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -199,6 +200,10 @@ class RecordingRelay:
         self.max_response = max_response
         self._seq = 0
         self._phase = ""
+        # A relay that deviates: forge(record) -> (status, JSON body) answers a request in
+        # place of the relay (the request is still read and logged), or None lets it through.
+        # It is asked on arrival: the record has the request line and headers, not the body.
+        self.forge: Callable[[Recorded], tuple[int, dict[str, Any]] | None] | None = None
 
     def phase(self, note: str) -> None:
         """Label the requests that arrive from now on (what the scripted test is doing)."""
@@ -247,7 +252,22 @@ class RecordingRelay:
                 rec.response.extend(message.get("body", b"")[: self.max_response - len(rec.response)])
             await inner_send(message)
 
-        await self.app(scope, receive_, send_)
+        forged = self.forge(rec) if self.forge is not None else None
+        if forged is None:
+            await self.app(scope, receive_, send_)
+            return
+        while (await receive_()).get("more_body"):  # the whole body, as the relay would read it
+            pass
+        status, doc = forged
+        data = json.dumps(doc).encode()
+        await send_(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+            }
+        )
+        await send_({"type": "http.response.body", "body": data})
 
     def records(self) -> list[Recorded]:
         """The log so far, in arrival order."""
