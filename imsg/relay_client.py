@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import os
 import secrets
 import socket
+import ssl
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -173,6 +175,14 @@ def check_proxy_url(url: str) -> str:
     return url
 
 
+def _verify_from_env() -> ssl.SSLContext | bool:
+    """What httpx's trust_env would take for certificate checks, and nothing else of it."""
+    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    if not cafile and not capath:
+        return True
+    return ssl.create_default_context(cafile=cafile or None, capath=capath or None)
+
+
 class AnonymousRelay:
     """The relay without our credential, for everything that names or narrows a recipient
     (docs/PROTOCOL.md, "what the relay learns"). Every request goes on a FRESH connection
@@ -209,8 +219,10 @@ class AnonymousRelay:
             transport=self._transport,
             proxy=proxy,
             # No environment: a ~/.netrc entry would add an Authorization header, and an
-            # HTTP(S)_PROXY variable would route around the proxy chosen here.
+            # HTTP(S)_PROXY variable would route around the proxy chosen here. The CA
+            # settings (SSL_CERT_FILE / SSL_CERT_DIR) are still honoured, as by RelayClient.
             trust_env=False,
+            verify=_verify_from_env(),
             limits=httpx.Limits(max_keepalive_connections=0),
         )
 

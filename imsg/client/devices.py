@@ -190,6 +190,7 @@ class Devices:
                     if c.status != "replaced"
                 ],
                 **self.profiles.link_settings(),
+                "discovery": self.discovery.link_settings(),
                 "history": self._history(history),
             }
             relay.put_box(
@@ -366,6 +367,7 @@ class Devices:
             contacts = [_contact_from_link(c) for c in prov.field(welcome, "contacts", list)]
             profile_key = _optional_key(welcome, "profile_key")
             profile_settings = settings_from_link(welcome)
+            profile_settings.update(self.discovery.settings_from_link(welcome.get("discovery")))
             history = prov.field(welcome, "history", list)
         except (ProtocolError, errors.UsageError) as exc:
             raise errors.SecurityError(f"pairing failed: {exc}") from None

@@ -109,6 +109,40 @@ class Discovery:
         self._save_key(served)
         return served
 
+    # --- linking: what a new device of the account takes from an existing one ---
+
+    def link_settings(self) -> dict[str, object]:
+        """For a device being linked (inside the end-to-end encrypted welcome): the pinned
+        discovery key and each handle's first prefix length, so the new device neither
+        trusts the relay's word afresh nor reads a longer prefix than this one did."""
+        pinned = self.pinned_key()
+        bits = {
+            k[len(BITS) :]: int(v) for k, v in self.ctx.store.settings().items() if k.startswith(BITS) and v.isdigit()
+        }
+        return {"key": base64.b64encode(pinned.public_key).decode() if pinned else "", "bits": bits}
+
+    @staticmethod
+    def settings_from_link(doc: object) -> dict[str, str]:
+        """The settings a welcome's discovery part gives (malformed parts are skipped: the
+        new device then pins from the relay, as at init)."""
+        out: dict[str, str] = {}
+        if not isinstance(doc, dict):
+            return out
+        key = doc.get("key")
+        if isinstance(key, str) and key:
+            try:
+                public = base64.b64decode(key, validate=True)
+            except ValueError:
+                public = b""
+            if len(public) == 32:
+                out[SETTING_KEY] = json.dumps({"public_key": key, "key_id": discovery.discovery_key_id(public)})
+        bits = doc.get("bits")
+        if isinstance(bits, dict):
+            for handle, b in bits.items():
+                if isinstance(handle, str) and type(b) is int and 0 <= b <= discovery.MAX_PREFIX_BITS:
+                    out[BITS + handle] = str(b)
+        return out
+
     # --- lookups ---
 
     def lookup(self, handles: list[str]) -> list[LookupResult]:

@@ -47,7 +47,9 @@ BUCKET_BITS = 16  # tags are bucketed by their first 16 bits
 # The relay picks the prefix length so that a bucket holds at least this many registered
 # handles on average: what a lookup reveals is "one of ~MIN_BUCKET registered handles".
 MIN_BUCKET = 256
-MAX_PREFIX_BITS = 12
+# Never past the clients' own ceiling (imsg.protocol.discovery.MAX_PREFIX_BITS): a client
+# refuses a longer prefix, so a larger registry just gets larger buckets.
+MAX_PREFIX_BITS = 10
 
 
 class DiscoveryKey:

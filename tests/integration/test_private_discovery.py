@@ -372,3 +372,16 @@ def test_a_drained_lookup_budget_never_stops_receive(tmp_path):
             assert [m.text for m in alice.receive()] == ["reply"]
     finally:
         r.stop()
+
+
+def test_a_linked_device_takes_the_pinned_key_and_first_prefixes(clients, evil, tmp_path):
+    """The welcome (end-to-end encrypted between the account's devices) carries the pinned
+    discovery key and each handle's first prefix length."""
+    from device_helpers import link_device
+
+    alice, _ = clients("alice"), clients("bob")
+    alice.lookup([BOB])
+    link_device(evil.url, alice, tmp_path / "homes" / "alice2", "second")
+    with Client.open(tmp_path / "homes" / "alice2", relay=evil.url) as alice2:
+        assert alice2.store.get_setting("discovery.key") == alice.store.get_setting("discovery.key")
+        assert alice2.store.get_setting(f"discovery.bits:{BOB}") == "0"

@@ -105,6 +105,8 @@ def test_prefix_bits_keep_buckets_large():
     assert relay_discovery.prefix_bits(512) == 1
     assert relay_discovery.prefix_bits(100_000) == 8  # ~390 registered handles a bucket
     assert relay_discovery.prefix_bits(10**9) == relay_discovery.MAX_PREFIX_BITS
+    # An honest relay never asks for more than a client accepts.
+    assert relay_discovery.MAX_PREFIX_BITS <= discovery.MAX_PREFIX_BITS
     for n in (512, 5_000, 100_000, 1_000_000):
         assert n >> relay_discovery.prefix_bits(n) >= relay_discovery.MIN_BUCKET
 
