@@ -108,6 +108,19 @@ class SealedOnlyError(RelayRefusedError):
         super().__init__(message, status=401, relay_code="sealed_only", hint=hint, **details)
 
 
+class SealedRefusedError(RelayRefusedError):
+    """the relay refused a sealed send with the access key we hold for the recipient: the
+    message is kept, not sent identified (the relay's word alone never downgrades it)"""
+
+    hint = (
+        "they may have rotated their profile key (it comes with their next message), or the relay "
+        "is misbehaving; the message is retried on the next send or receive"
+    )
+
+    def __init__(self, message: str | None = None, *, hint: str | None = None, **details: Any):
+        super().__init__(message, status=401, relay_code="sealed_refused", hint=hint, **details)
+
+
 class InsecureRelayError(UsageError):
     """refusing plain http to a relay that is not on this machine"""
 

@@ -80,6 +80,17 @@ def _global(
             "--relay", envvar="IMSG_RELAY", metavar="URL", help="Relay URL (needed by init; then remembered)."
         ),
     ] = None,
+    proxy: Annotated[
+        str | None,
+        typer.Option(
+            "--proxy",
+            envvar="IMSG_PROXY",
+            metavar="URL",
+            help="SOCKS5 proxy (socks5://HOST:PORT, e.g. Tor) for the requests sent without a credential "
+            "(lookups of recipients, sealed sends, downloads), each under its own proxy username "
+            "[env: IMSG_PROXY].",
+        ),
+    ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Machine-readable output (NDJSON).")] = False,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow plain http to a non-loopback relay.")] = False,
     version: Annotated[
@@ -94,7 +105,7 @@ def _global(
         ),
     ] = None,
 ) -> None:
-    ctx.obj = State(home=home, relay=relay, json=json_, insecure=insecure, passcode_file=passcode_file)
+    ctx.obj = State(home=home, relay=relay, json=json_, insecure=insecure, passcode_file=passcode_file, proxy=proxy)
 
 
 app.command()(account.init)

@@ -106,19 +106,25 @@ def send(
     if out.json:
         from imsg_cli.output import iso
 
-        out.record(
-            {
-                "id": sent.id,
-                "from": sender,
-                "to": sent.to,
-                "sent_at": iso(sent.sent_at),
-                "devices": sent.devices,
-                "sealed": sent.sealed,
-            }
-        )
+        record = {
+            "id": sent.id,
+            "from": sender,
+            "to": sent.to,
+            "sent_at": iso(sent.sent_at),
+            "devices": sent.devices,
+            "sealed": sent.sealed,
+        }
+        if not sent.sealed and sent.sealed_reason:  # a visible fall-back, never a silent one
+            record["sealed_reason"] = sent.sealed_reason
+        out.record(record)
     else:
         out.line(sent.id)
-        out.info(f"sent to {sent.to}" + (" (sealed sender)" if sent.sealed else ""))
+        if sent.sealed:
+            out.info(f"sent to {sent.to} (sealed sender)")
+        elif sent.sealed_reason:  # the relay was told who sent it: say so, and why
+            out.info(f"sent to {sent.to} (identified: {sent.sealed_reason.replace('_', ' ')})")
+        else:
+            out.info(f"sent to {sent.to}")
 
 
 def _too_long(detail: str) -> Exception:
@@ -162,7 +168,9 @@ def _report_problems(state: State, client: Client) -> int:
             state.out.error(
                 "rejected_message", f"rejected message {p.message_id}: {p.message}", message_id=p.message_id
             )
-        elif p.code in ("identity_changed", "profile_rejected"):  # the latter: a tampered profile
+        # profile_rejected: a tampered profile; discovery_refused: a relay caught cheating
+        # in a background contact check (issue 12)
+        elif p.code in ("identity_changed", "profile_rejected", "discovery_refused"):
             rejected += 1
             state.out.error(p.code, p.message, message_id=p.message_id)
         elif p.code in (
@@ -171,6 +179,9 @@ def _report_problems(state: State, client: Client) -> int:
             "sealed_only_waiting",
             "unverified_handle",
             "unverified_from",
+            "from_unchecked",
+            "from_checked",
+            "recheck_failed",
         ):  # notes, not dropped messages
             state.out.warning(p.code, p.message)
         elif p.code == "duplicate":  # a relay's redelivery (or a receive beside a watch): harmless

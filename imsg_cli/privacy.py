@@ -1,4 +1,8 @@
-"""`imsg privacy report`: what the relay holds about this account, from its own tables."""
+"""`imsg privacy report`: what the relay holds about this account, from its own tables,
+and what a relay that records every request still learns (docs/PROTOCOL.md §8b).
+
+The second part is the client's statement, not the relay's: a relay cannot be trusted to
+say what it observes, and only the client knows whether it uses a proxy or sealed-only."""
 
 from __future__ import annotations
 
@@ -38,16 +42,77 @@ def as_json(value: Any, key: str = "") -> Any:
     return value
 
 
+def still_learns(doc: dict[str, Any], *, proxy: str | None, sealed_only: bool) -> list[dict[str, str]]:
+    """What a relay operator who records every request (headers, bodies, connections,
+    addresses, times) still learns about this account, in plain words: one {"what",
+    "detail"} per fact, the numbers taken from the relay's own report `doc`."""
+    devices = len(doc.get("devices", []))
+    queued = sum(int(m.get("count", 0)) for m in doc.get("mailboxes", []))
+    blobs = len(doc.get("blobs", []))
+    if proxy:
+        address = (
+            f"your IP address on credentialed requests only (your mailbox, uploads, lookups' evaluations): "
+            f"requests sent without a credential (sealed sends, recipients' keys and profiles, downloads, "
+            f"bucket reads) go through {proxy}, each under its own proxy username"
+        )
+    else:
+        address = (
+            "your IP address on every request: without a proxy, a relay that records addresses can join "
+            "your sealed sends, lookups and downloads to your credentialed requests (--proxy socks5://HOST:PORT "
+            "or IMSG_PROXY, e.g. Tor, hides it)"
+        )
+    first = (
+        "nothing identified: sealed-only is on, so a message to someone whose access key you lack waits instead"
+        if sealed_only
+        else "the sender and recipient of a first message to someone whose access key you do not hold "
+        '(it goes identified: send --json says "sealed": false); sealed-only (imsg sealed only on) refuses those'
+    )
+    return [
+        {
+            "what": "mailbox_sizes_and_times",
+            "detail": f"how many envelopes reach each of your {devices} device(s) and when ({queued} queued now), "
+            "and when each device fetches and acks them",
+        },
+        {
+            "what": "padded_sizes",
+            "detail": "the padded size of every envelope (2 KiB to 96 KiB buckets) and the exact size of each "
+            "attachment",
+        },
+        {"what": "sealed_recipients", "detail": "that someone sent you a sealed message, and when; not who"},
+        {"what": "ip_address", "detail": address},
+        {"what": "first_contacts", "detail": first},
+        {
+            "what": "uploads",
+            "detail": f"that you uploaded each attachment blob ({blobs} held now), its size and when; "
+            "not who downloads it",
+        },
+        {
+            "what": "timing",
+            "detail": "the time of every request: an upload or a lookup a moment before a sealed send, or the "
+            "fetch of a new sender's keys a moment after your mailbox fetch, can be correlated by time, even "
+            "through a proxy",
+        },
+        {
+            "what": "account",
+            "detail": "that your account exists, its devices' public keys, your handles only blinded, how many "
+            "lookups you make, and when your profile changes",
+        },
+    ]
+
+
 @app.command("report")
 def report(ctx: typer.Context) -> None:
     """Everything the relay holds about this account: devices, prekeys, queued envelopes,
-    blobs, backups, handles... straight from the relay's tables (--json: one document)."""
+    blobs, backups, handles... straight from the relay's tables; then what a relay that
+    records every request still learns (--json: one document, `still_learns`)."""
     state: State = ctx.obj
     with state.client() as client:
         doc = client.privacy_report()
+        sealed_only = client.sealed().sealed_only
+    learns = still_learns(doc, proxy=state.proxy, sealed_only=sealed_only)
     out = state.out
     if out.json:
-        out.record(as_json(doc))
+        out.record({**as_json(doc), "still_learns": learns})
         return
     now = doc["generated_at"]
     for a in doc["account"]:
@@ -112,6 +177,10 @@ def report(ctx: typer.Context) -> None:
     for name, rows in doc.items():  # sections a newer relay reports that this client does not know
         if isinstance(rows, list) and name not in _KNOWN:
             out.line(f"{name}: {len(rows)} records")
+    out.line("")
+    out.line("what the relay still learns (if it records every request; docs/PROTOCOL.md §8b):")
+    for fact in learns:
+        out.line(f"  - {fact['detail']}")
 
 
 _KNOWN = {
@@ -127,4 +196,5 @@ _KNOWN = {
     "backups",
     "profiles",
     "sealed_access",
+    "still_learns",
 }

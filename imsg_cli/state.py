@@ -21,6 +21,7 @@ class State:
     json: bool
     insecure: bool
     passcode_file: str | None = None
+    proxy: str | None = None
 
     @property
     def out(self) -> Output:
@@ -42,4 +43,11 @@ class State:
     def client(self, *, retention: bool = True) -> Client:
         from imsg.client import Client
 
-        return Client.open(self.home, self.relay, allow_insecure=self.insecure, keys=self.keys(), retention=retention)
+        return Client.open(
+            self.home,
+            self.relay,
+            allow_insecure=self.insecure,
+            keys=self.keys(),
+            retention=retention,
+            proxy=self.proxy,
+        )

@@ -16,6 +16,7 @@ from typing import Any
 
 from imsg import errors
 from imsg.client.context import Context
+from imsg.client.discovery import Discovery
 from imsg.client.prekeys import Prekeys
 from imsg.client.reachable import Reachable
 from imsg.client.results import WhoAmI
@@ -48,12 +49,15 @@ def whoami(ctx: Context) -> WhoAmI:
 
 
 class Account:
-    def __init__(self, ctx: Context, prekeys: Prekeys, sealed: SealedSender, reachable: Reachable):
+    def __init__(
+        self, ctx: Context, prekeys: Prekeys, sealed: SealedSender, reachable: Reachable, discovery: Discovery
+    ):
         self.ctx = ctx
         self.store = ctx.store
         self.prekeys = prekeys
         self.sealed = sealed
         self.reachable = reachable
+        self.discovery = discovery
 
     def init(self, handle: str, name: str = "", device_name: str = "") -> WhoAmI:
         """Create the account key, this device's keys and prekeys; register with the relay."""
@@ -119,6 +123,7 @@ class Account:
         ctx.use_relay(relay)
         self.prekeys.maintain(force=True)
         self.sealed.pin_relay_keys()
+        self.discovery.pin_key()  # signed by the sealed-sender key just pinned
         self.sealed.publish_access()
         self.reachable.handles()  # the handle, pending under a relay that verifies
         return self.whoami()

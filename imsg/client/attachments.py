@@ -31,7 +31,7 @@ from imsg.crypto.errors import AuthenticationError
 from imsg.crypto.kdf import constant_time_equal
 from imsg.protocol.content import MAX_NAME_LEN, AttachmentPointer
 from imsg.protocol.stores import Store, StoredAttachment, Upload
-from imsg.relay_client import RelayClient
+from imsg.relay_client import AnonymousRelay, RelayClient
 
 if TYPE_CHECKING:
     from hashlib import _Hash
@@ -202,7 +202,7 @@ def _parts(ciphertext: Iterator[bytes], total: int, part_size: int) -> Iterator[
 
 
 def download(
-    relay: RelayClient, attachment: StoredAttachment, out_dir: Path, *, progress: Progress | None = None
+    relay: AnonymousRelay, attachment: StoredAttachment, out_dir: Path, *, progress: Progress | None = None
 ) -> Path:
     """Fetch, check (length and SHA-256, before decrypting), decrypt, and write the file
     0600 under its sanitised name in `out_dir`. An interrupted download resumes from its
@@ -322,7 +322,9 @@ class Attachments:
                 continue
             report = _per_file(progress, a.name, a.size) if progress else None
             try:
-                path = download(self.ctx.relay(), a, out, progress=report)
+                # Without a credential, on a connection of its own: the download does not
+                # join this device to the uploader (issue 12, row 6).
+                path = download(self.ctx.anonymous(), a, out, progress=report)
             except errors.RelayRefusedError as exc:
                 if exc.status == 404:
                     raise errors.RelayRefusedError(

@@ -15,6 +15,7 @@ that the account key never signed is its own: never encrypted to (SECURITY-TESTS
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from imsg import errors
@@ -22,6 +23,7 @@ from imsg.client.context import Context
 from imsg.client.sealed import SealedSender
 from imsg.client.trust import Trust
 from imsg.protocol import envelope as env
+from imsg.protocol import sealed as sealed_proto
 from imsg.protocol import session as sess
 from imsg.protocol.encoding import KEY_MLKEM768, KEY_X25519, decode_key
 from imsg.protocol.errors import DecodeError, ProtocolError
@@ -50,13 +52,13 @@ class Delivery:
     ) -> list[tuple[int, bytes]]:
         """Encrypt the key package to each target device, committing each advanced ratchet
         before the envelope can leave (a crash must never reuse a message key)."""
-        store, relay = self.store, self.ctx.relay
+        store = self.store
         device = self.ctx.device(account)
         me = Address(account.account_id, account.device_id)
         missing = [d for d in targets if store.load_session(Address(account_id, d.device_id)) is None]
         bundles = {}
         if missing:
-            for raw in relay().fetch_bundles(account_id):
+            for raw in self.fetch_bundles(account, account_id):
                 b = parse_bundle(raw)
                 bundles[b.device_id] = b
         out = []
@@ -67,7 +69,7 @@ class Delivery:
                 record = sess.SessionRecord.decode(stored) if stored else sess.SessionRecord()
                 session = record.current
                 if session is None or session.remote_identity_key != d.identity_key:
-                    bundle = bundles.get(d.device_id) or self._bundle(account_id, d.device_id)
+                    bundle = bundles.get(d.device_id) or self._bundle(account, account_id, d.device_id)
                     try:
                         session = sess.initiate(
                             device, me, address, d.identity_key, d.signing_key, bundle, self.ctx.rng
@@ -83,8 +85,45 @@ class Delivery:
                 out.append((d.device_id, envelope.encode()))
         return out
 
-    def _bundle(self, account_id: str, device_id: int) -> PreKeyBundle:
-        served = self.ctx.relay().fetch_bundles(account_id, device_id)
+    def access_key(self, account: LocalAccount, account_id: str) -> bytes | None:
+        """The unidentified-access key of `account_id` that we hold: ours for our own
+        account, else the one derived from the profile key they shared with us."""
+        if account_id == account.account_id:
+            profile_key = account.profile_key
+        else:
+            contact = self.store.get_contact(account_id)
+            profile_key = contact.profile_key if contact is not None else b""
+        return sealed_proto.access_key(profile_key) if len(profile_key) == 32 else None
+
+    def fetch_bundles(self, account: LocalAccount, account_id: str, device_id: int | None = None) -> list[Any]:
+        """Prekey bundles without a credential, authorized by the access key we hold (none:
+        only a recipient that allows anyone answers), on a connection of their own. Only
+        when that is refused and we hold no key — so the send that follows is identified
+        anyway — does a credentialed request name the recipient; never with sealed-only,
+        and never for a recipient whose key we hold (the relay's 401 alone must not make
+        us name them: issue 12, row 2)."""
+        own = account_id == account.account_id
+        if own:
+            self.sealed.ensure_access_published()  # the key our own devices' bundles open with
+        key = self.access_key(account, account_id)
+        try:
+            return self.ctx.anonymous().fetch_bundles(account_id, key, device_id)
+        except errors.RelayRefusedError as exc:
+            if exc.status != 401:
+                raise
+        if key is not None and not own:
+            raise errors.SealedRefusedError(
+                "the relay refused the access key we hold for this recipient's prekeys; nothing was sent",
+                account_id=account_id,
+            )
+        if self.sealed.sealed_only:
+            raise errors.SealedOnlyError(
+                "not sent: they have not shared their profile with you, and sealed-only delivery is on"
+            )
+        return self.ctx.relay().fetch_bundles(account_id, device_id)
+
+    def _bundle(self, account: LocalAccount, account_id: str, device_id: int) -> PreKeyBundle:
+        served = self.fetch_bundles(account, account_id, device_id)
         if not served:
             raise errors.RelayRefusedError(f"no prekeys for device {device_id}", relay_code="no_prekeys")
         return parse_bundle(served[0])
@@ -126,7 +165,7 @@ class Delivery:
             envelopes = sorted(
                 list(keep.items()) + self.encrypt_for(account, batch.account_id, new, package or b"", content_ct or b"")
             )
-            batch = OutgoingBatch(batch.message_id, batch.account_id, tuple(envelopes), batch.created_at)
+            batch = replace(batch, envelopes=tuple(envelopes))
             with self.store.transaction():
                 if contact is not None:
                     self.store.save_contact(contact)
@@ -141,20 +180,39 @@ class Delivery:
     def _send(self, batch: OutgoingBatch) -> None:
         """Sealed when the recipient lets us (imsg/client/sealed.py), else identified."""
         if not self.sealed.deliver(batch):
-            self.ctx.relay().send(batch.account_id, batch.message_id, list(batch.envelopes))
+            self.ctx.relay().send(batch.account_id, batch.relay_id, list(batch.envelopes))
 
     def flush_outbox(self) -> int:
-        """Re-send envelopes a previous run encrypted but could not hand to the relay."""
+        """Re-send envelopes a previous run encrypted but could not hand to the relay.
+
+        One recipient's trouble never stops the rest (issue 12, C7): a 429 or an outage
+        for a batch skips that recipient's later batches (so its order is kept) and goes
+        on with the others; it is retried by the next flush. Nothing per recipient is
+        raised from here, so `send` and `receive` always get to do their own work."""
         sent = 0
+        skipped: set[str] = set()  # recipients whose earlier batch is still waiting
+        now = self.ctx.now_ms()
         for batch in self.store.outgoing():
+            if batch.account_id in skipped:
+                continue
+            if batch.not_before > now:  # a copy to our own devices, not yet due
+                skipped.add(batch.account_id)
+                continue
             try:
                 self.deliver(batch)
             except errors.SealedOnlyError as exc:  # kept queued until it can go sealed
                 self.ctx.report(batch.message_id, "sealed_only_waiting", str(exc))
                 continue
+            except errors.SealedRefusedError:  # kept queued, reported where it was refused
+                skipped.add(batch.account_id)
+                continue
+            except errors.RelayUnavailableError:
+                skipped.add(batch.account_id)
+                continue
             except errors.RelayRefusedError as exc:
                 if exc.status == 429 or exc.status == 0:
-                    raise  # retry later, in order
+                    skipped.add(batch.account_id)  # retried later, in order
+                    continue
                 # Refused for good (unknown account, too large...): drop it, say so.
                 with self.store.transaction():
                     self.store.remove_outgoing(batch.message_id, batch.account_id)
@@ -167,6 +225,13 @@ class Delivery:
                 continue
             sent += 1
         return sent
+
+    def next_due(self) -> int | None:
+        """When the earliest waiting batch is due (ms; None: nothing waits): `watch` wakes
+        for it."""
+        now = self.ctx.now_ms()
+        times = [b.not_before for b in self.store.outgoing() if b.not_before > now]
+        return min(times) if times else None
 
 
 def parse_bundle(raw: dict[str, Any]) -> PreKeyBundle:

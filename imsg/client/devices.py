@@ -20,6 +20,7 @@ from typing import Any
 from imsg import errors
 from imsg.client.account import new_token, whoami
 from imsg.client.context import Context
+from imsg.client.discovery import Discovery
 from imsg.client.prekeys import Prekeys
 from imsg.client.profiles import Profiles, fields_from_link, link_fields, settings_from_link
 from imsg.client.reachable import Reachable
@@ -54,7 +55,9 @@ class Devices:
         prekeys: Prekeys,
         sealed: SealedSender,
         reachable: Reachable,
+        discovery: Discovery,
     ):
+        self.discovery = discovery
         self.ctx = ctx
         self.store = ctx.store
         self.trust = trust
@@ -187,6 +190,7 @@ class Devices:
                     if c.status != "replaced"
                 ],
                 **self.profiles.link_settings(),
+                "discovery": self.discovery.link_settings(),
                 "history": self._history(history),
             }
             relay.put_box(
@@ -259,6 +263,7 @@ class Devices:
         self.ctx.use_relay(None)  # the next relay() carries this device's token
         self.prekeys.maintain(force=True)
         self.sealed.pin_relay_keys()
+        self.discovery.pin_key()  # signed by a sealed-sender key this device trusts
         self.reachable.handles()  # the account's handles, as every device lists them
         return whoami(self.ctx)
 
@@ -362,6 +367,7 @@ class Devices:
             contacts = [_contact_from_link(c) for c in prov.field(welcome, "contacts", list)]
             profile_key = _optional_key(welcome, "profile_key")
             profile_settings = settings_from_link(welcome)
+            profile_settings.update(self.discovery.settings_from_link(welcome.get("discovery")))
             history = prov.field(welcome, "history", list)
         except (ProtocolError, errors.UsageError) as exc:
             raise errors.SecurityError(f"pairing failed: {exc}") from None

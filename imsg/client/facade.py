@@ -108,17 +108,28 @@ class Client:
         rng: Rng = os.urandom,
         allow_insecure: bool = False,
         relay_transport: httpx.BaseTransport | None = None,
+        proxy: str | None = None,
+        sync_delay: tuple[float, float] | None = None,
     ):
+        """`sync_delay`: (A, B) seconds a copy to our own devices waits (default 2-30, or
+        IMSG_SYNC_DELAY="A-B"); `proxy`: socks5://HOST:PORT for unauthenticated requests."""
         ctx = self._ctx = Context(
-            store, relay_url=relay_url, now_ms=now_ms, rng=rng, allow_insecure=allow_insecure, transport=relay_transport
+            store,
+            relay_url=relay_url,
+            now_ms=now_ms,
+            rng=rng,
+            allow_insecure=allow_insecure,
+            transport=relay_transport,
+            proxy=proxy,
+            sync_delay=sync_delay,
         )
         self.store = store
         # Set when the key came from the unlock agent: `watch` stops once `imsg lock` ran.
         self.still_unlocked: Callable[[], bool] | None = None
         self._prekeys = Prekeys(ctx)
-        self._discovery = Discovery(ctx)
         self._reachable = Reachable(ctx)
         self._sealed = SealedSender(ctx)
+        self._discovery = Discovery(ctx, self._sealed)
         self._retention = Retention(ctx)
         self._attachments = Attachments(ctx)
         self._trust = Trust(ctx, self._discovery, self._reachable)
@@ -127,8 +138,10 @@ class Client:
         self._messaging = Messaging(
             ctx, self._trust, self._delivery, self._profiles, self._reachable, self._attachments, self._sealed
         )
-        self._account_service = Account(ctx, self._prekeys, self._sealed, self._reachable)
-        self._devices = Devices(ctx, self._trust, self._profiles, self._prekeys, self._sealed, self._reachable)
+        self._account_service = Account(ctx, self._prekeys, self._sealed, self._reachable, self._discovery)
+        self._devices = Devices(
+            ctx, self._trust, self._profiles, self._prekeys, self._sealed, self._reachable, self._discovery
+        )
         self._backup = Backup(ctx, self._devices, self._profiles)
         self._inbox = Inbox(
             ctx,
@@ -158,6 +171,8 @@ class Client:
         from imsg.store.vault import KeySource, open_store
 
         path = Path(home).expanduser() if home else default_home()
+        # The SOCKS5 proxy for unauthenticated requests (socks5://HOST:PORT, e.g. Tor's).
+        kwargs.setdefault("proxy", os.environ.get("IMSG_PROXY") or None)
         keys = keys if keys is not None else KeySource.from_environment(interactive=False)
         client = cls(open_store(path, keys), relay_url=relay or os.environ.get("IMSG_RELAY"), **kwargs)
         if keys.from_agent:

@@ -10,11 +10,17 @@ incoming event is lost.
 
 Who wrote: a first message names its sender's handle, believed only if the private lookup
 maps the handle to the sender's account; a known contact writing as another handle is
-shown as that handle only if the lookup says the handle is theirs.
+shown as that handle only if the lookup says the handle is theirs. A lookup the relay
+refuses for now (429: anyone can drain our budget by writing from fresh handles) never
+stops receive: the message is stored and acked, shown with a Problem `from_unchecked`, and
+the check is kept pending (setting `trust.pending_from:<message id>`) and completed by a
+later receive. Each receive also runs the contacts' background re-verification (Trust).
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
@@ -41,6 +47,8 @@ from imsg.protocol.sealed import is_sealed
 from imsg.protocol.session import Address
 from imsg.protocol.stores import Contact, LocalAccount, StoredMessage
 from imsg.relay_client import Envelope as RelayEnvelope
+
+PENDING_FROM = "trust.pending_from:"  # setting prefix (+ message id): a sender check to finish
 
 
 class Inbox:
@@ -88,6 +96,9 @@ class Inbox:
                 break
         if used_prekeys or self.prekeys.signed_prekey_due():
             self.prekeys.maintain()
+        self.complete_pending_checks()
+        self.trust.recheck_due()  # the contacts' randomized re-verification (key changes)
+        self._refresh_certificate_quietly()
         self.profiles.refresh_all()  # contacts who announced a new name or photo
         self._backup_quietly()
         return self.take_unshown()
@@ -102,7 +113,15 @@ class Inbox:
 
                 raise LockedError("this home was locked (imsg lock, or the unlock period ended)")
             self.retention.apply()
-            yield from self.receive(wait=wait)
+            yield from self.receive(wait=self._wait_for_outbox(wait))
+
+    def _wait_for_outbox(self, wait: float) -> float:
+        """The long poll's wait, cut short when a waiting batch (a copy to our own devices,
+        delayed on purpose) falls due before it ends: the next receive flushes it."""
+        due = self.delivery.next_due()
+        if due is None:
+            return wait
+        return max(0.0, min(wait, math.ceil((due - self.ctx.now_ms()) / 1000)))
 
     def take_unshown(self) -> list[Message]:
         rows = self.store.unshown()
@@ -110,6 +129,14 @@ class Inbox:
             with self.store.transaction():
                 self.store.mark_shown([m.message_id for m in rows])
         return [Message.from_stored(m, self.store.attachments(m.message_id)) for m in rows]
+
+    def _refresh_certificate_quietly(self) -> None:
+        """The sender certificate, renewed here on its own schedule (never just before a
+        send: imsg/client/sealed.py); a relay out of reach is tried again next time."""
+        try:
+            self.sealed.refresh_certificate_if_due()
+        except (errors.RelayUnavailableError, errors.RelayRefusedError) as exc:
+            self.ctx.report("", "certificate_refresh_failed", f"sender certificate not renewed: {exc}")
 
     def _backup_quietly(self) -> None:
         """The automatic daily backup (imsg/client/backup.py); a failure is reported, never raised."""
@@ -133,6 +160,8 @@ class Inbox:
             )
             sender = envelope.sender
             me = Address(account.account_id, account.device_id)
+            if receive.is_own_decoy(sender if isinstance(envelope, Opened) else None, me):
+                return False  # our own sealed send's decoy for this device: ack, drop
             own = receive.from_own_account(sender, me)
             peer: Contact | None = None  # the contact who wrote (None: one of our own devices)
             known = None if own else self.store.get_contact(sender.account_id)
@@ -152,7 +181,7 @@ class Inbox:
 
             def keep(plaintext: bytes) -> Contact | None:
                 content = receive.open_content(plaintext, envelope.content_ciphertext)
-                receive.check_content_id(content, e.message_id)
+                receive.check_content_id(content, e.message_id, own=own)
                 receive.check_kind(content, own=own)
                 if peer is None:
                     self._keep_own(account, content, sender)
@@ -201,8 +230,8 @@ class Inbox:
         """Store a contact's message (inside receive.accept's transaction); returns the
         contact as saved with it."""
         if fresh_contact or not contact.handle:
-            contact = self._check_claimed_handle(contact, content.sender_handle)
-            from_handle = contact.handle
+            contact = self._check_claimed_handle(contact, content.sender_handle, message_id)
+            from_handle = contact.handle or _canonical_or(content.sender_handle, "")
         else:
             from_handle = self._claimed_from(contact, content.sender_handle, message_id)
         contact = received_profile(contact, content)
@@ -285,9 +314,22 @@ class Inbox:
 
     # --- who wrote ---
 
-    def _check_claimed_handle(self, contact: Contact, claimed: str) -> Contact:
+    def _pend(self, message_id: str, contact: Contact, handle: str) -> None:
+        """Out of lookups for now: keep the check of `handle` for a later receive."""
+        self.store.set_setting(
+            PENDING_FROM + message_id, json.dumps({"account_id": contact.account_id, "handle": handle})
+        )
+        self.ctx.report(
+            message_id,
+            "from_unchecked",
+            f"a message claims to be from {handle}; not checked yet (the relay refused the lookup for now), "
+            "so the sender is unverified until a later receive checks it",
+        )
+
+    def _check_claimed_handle(self, contact: Contact, claimed: str, message_id: str) -> Contact:
         """A first message names its sender's handle; believe it only if the private
-        lookup maps that handle to the same account."""
+        lookup maps that handle to the same account. Refused for now (429): the message is
+        kept under a contact with no handle, and the check is completed later."""
         try:
             handle = canonical_handle(claimed)
             holder = self.discovery.holders([handle])[handle]
@@ -295,11 +337,17 @@ class Inbox:
             holder = None
         except errors.RelayRefusedError as exc:
             if exc.status == 429:
-                raise  # out of lookups for now: leave the envelope for a later receive
+                self._pend(message_id, contact, handle)
+                return contact  # no handle yet (a first contact has none): nothing pinned to it
             holder = None
         if holder is None or holder.account_id != contact.account_id:
             raise errors.UntrustedIdentityError("sender claims a handle it does not hold")
-        self.discovery.note_handle_verified(handle, holder.verified)
+        return self._pin_checked(contact, handle, holder.verified)
+
+    def _pin_checked(self, contact: Contact, handle: str, verified: bool) -> Contact:
+        """`contact` holds `handle` (the lookup said so): its handle, "changed" if another
+        identity is pinned for that handle."""
+        self.discovery.note_handle_verified(handle, verified)
         pinned = self.store.contact_by_handle(handle)
         status = (
             "changed"
@@ -323,9 +371,10 @@ class Inbox:
             try:
                 holder = self.discovery.holders([handle])[handle] if handle else None
             except errors.RelayRefusedError as exc:
-                if exc.status == 429:
-                    raise  # out of lookups for now: leave the envelope for a later receive
-                holder = None
+                if exc.status != 429:
+                    raise
+                self._pend(message_id, contact, handle)  # shown as their known handle meanwhile
+                return contact.handle
             checked[key] = holder is not None and holder.account_id == contact.account_id
         if checked[key]:
             return handle
@@ -336,6 +385,43 @@ class Inbox:
             "not hold; shown as from their known handle",
         )
         return contact.handle
+
+    def complete_pending_checks(self) -> int:
+        """Finish the sender checks an earlier receive could not make (the relay refused
+        the lookups for now). Returns how many were completed; the rest stay pending."""
+        pending = {k: v for k, v in self.store.settings().items() if k.startswith(PENDING_FROM)}
+        if not pending:
+            return 0
+        checks: dict[str, tuple[str, str]] = {}
+        for key, raw in pending.items():
+            try:
+                doc = json.loads(raw)
+                checks[key[len(PENDING_FROM) :]] = (str(doc["account_id"]), str(doc["handle"]))
+            except (ValueError, KeyError, TypeError):
+                self.store.set_setting(key, None)  # unreadable: nothing to finish
+        handles = sorted({h for _, h in checks.values()})
+        try:
+            found = self.discovery.holders(handles)
+        except (errors.RelayUnavailableError, errors.RelayRefusedError):
+            return 0  # still refused: a later receive tries again
+        done = 0
+        for message_id, (account_id, handle) in checks.items():
+            holder = found.get(handle)
+            contact = self.store.get_contact(account_id)
+            with self.store.transaction():
+                if holder is not None and holder.account_id == account_id:
+                    if contact is not None and not contact.handle:
+                        self.store.save_contact(self._pin_checked(contact, handle, holder.verified))
+                    self.ctx.report(message_id, "from_checked", f"checked: the message is from {handle}")
+                else:
+                    self.ctx.report(
+                        message_id,
+                        "unverified_from",
+                        f"a message claimed to be from {handle}, a handle its sender's account does not hold",
+                    )
+                self.store.set_setting(PENDING_FROM + message_id, None)
+            done += 1
+        return done
 
 
 def _canonical_or(handle: str, fallback: str) -> str:

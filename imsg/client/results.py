@@ -56,6 +56,8 @@ class SentMessage:
     sent_at: int
     devices: int
     sealed: bool = False  # the relay was not told who sent it (sealed sender)
+    # Why not sealed ("" when sealed): no_access_key, no_sealed_key or access_denied.
+    sealed_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)

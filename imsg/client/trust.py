@@ -5,6 +5,14 @@ trusted only as listed in a device list that key signed, and a relay-served list
 only if it is not older than one already seen, so the relay can neither add a device nor
 roll a removal back. A handle the relay now maps to another account is a key change:
 loud, and nothing is sent to the new identity until the user trusts it.
+
+A send to a pinned contact never looks the recipient up: a lookup a few milliseconds
+before a sealed send would tell the relay whom the sender writes to. Key changes are found
+instead by `recheck_due`, which `receive`/`watch` run: each contact is due at a random time
+12-36 h after its last check (setting `trust.next_check:<account id>`), and the due ones
+are looked up in batches padded with cover lookups to COVER_BATCH inputs, so neither the
+schedule nor the batch size says who is checked (docs/PROTOCOL.md §8a). A message from a
+new key claiming the handle is noticed on arrival (imsg/client/inbox.py).
 """
 
 from __future__ import annotations
@@ -24,6 +32,10 @@ from imsg.protocol.identity import DeviceList, account_id_for, fingerprint, safe
 from imsg.protocol.stores import Contact, LocalAccount
 
 KEY_CHANGE_POLICIES = ("hold", "accept")
+NEXT_CHECK = "trust.next_check:"  # setting prefix (+ account id): when to re-verify the contact
+RECHECK_MIN_MS = 12 * 3600 * 1000
+RECHECK_MAX_MS = 36 * 3600 * 1000
+COVER_BATCH = 8  # every background check evaluates exactly this many inputs (real + cover)
 
 
 def accept_device_list(blob: bytes, account_key: bytes, seen: DeviceList | None, whose: str) -> DeviceList:
@@ -59,8 +71,10 @@ class Trust:
 
     def fetch_contact(self, account_id: str, handle: str) -> tuple[Contact, DeviceList]:
         """Fetch an account's key and signed device list; check the key matches the
-        account id (so the relay cannot substitute a key) and that the key signs the list."""
-        remote = self.ctx.relay().get_account(account_id)
+        account id (so the relay cannot substitute a key) and that the key signs the list.
+        Public data, fetched without a credential on a connection of its own: the relay
+        cannot tell who looks whom up (issue 12)."""
+        remote = self.ctx.anonymous().get_account(account_id)
         try:
             account_key = decode_key(KEY_ED25519, remote.account_key)
         except DecodeError:
@@ -89,7 +103,8 @@ class Trust:
         """Fetch our account's signed device list; accept it only if our account key signed
         it and it is not older than the one we hold (the relay cannot add or roll back)."""
         account = self.ctx.account()
-        remote = self.ctx.relay().get_account(account.account_id)
+        # Anonymous too: it follows sealed sends to our own account (a 409 on a sync copy).
+        remote = self.ctx.anonymous().get_account(account.account_id)
         current = own_devices(account)
         devices = accept_device_list(remote.device_list, account.account_public, current, "our own")
         if devices.serial > current.serial:
@@ -100,43 +115,106 @@ class Trust:
     # --- whom to send to ---
 
     def resolve(self, handle: str, on_key_change: str = "hold") -> tuple[Contact, DeviceList]:
-        """The identity to send to. The handle is looked up on every send: if the relay now
-        maps it to another account (a new account key), that is a key change — loud, and
-        nothing is sent to the new identity until the user trusts it (or the caller said
-        `on_key_change="accept"`)."""
+        """The identity to send to. A pinned contact is used as it is, with no lookup (the
+        background re-verification and incoming messages notice key changes). A handle
+        whose identity changed holds the send (IdentityChangedError) unless the caller
+        said `on_key_change="accept"`. Only a first contact is looked up (trust on first use)."""
         account = self.ctx.account()
         if handle in self.reachable.own_handle_names(account):
             return _own_contact(account), own_devices(account)
         pinned = self.store.contact_by_handle(handle)  # the "ok" identity first, if any
         if pinned is not None and pinned.status != "ok":
             pinned = None  # only changed/replaced identities: nothing pinned to compare with
-        try:
-            holder = self.discovery.holder(handle)  # the private lookup (OPRF + bucket)
-            account_id = holder.account_id
-            self.discovery.note_handle_verified(handle, holder.verified)
-        except errors.RelayUnavailableError:
-            if pinned is None:
-                raise
-            # Offline: send to the identity the user already trusts; the message queues
-            # in the outbox and the key-change check runs again on the next send.
-            return pinned, contact_devices(pinned)
-        if pinned is not None and account_id == pinned.account_id:
-            return pinned, contact_devices(pinned)
-        contact, devices = self.fetch_contact(account_id, handle)
-        if pinned is None:  # first contact: trust on first use
+        if pinned is not None:
+            changed = self._changed_identity(handle)
+            if changed is None:
+                return pinned, contact_devices(pinned)
+            if on_key_change == "accept":
+                self.accept_identity(changed, pinned)
+                return self._pinned(changed.account_id), contact_devices(changed)
+            raise _identity_changed(handle)
+        holder = self.discovery.holder(handle)  # first contact: the private lookup
+        self.discovery.note_handle_verified(handle, holder.verified)
+        contact, devices = self.fetch_contact(holder.account_id, handle)
+        with self.store.transaction():
+            self.store.save_contact(replace(contact, status="ok"))
+            self._schedule(contact.account_id)
+        return contact, devices
+
+    def _changed_identity(self, handle: str) -> Contact | None:
+        return next((c for c in self.store.contacts() if c.handle == handle and c.status == "changed"), None)
+
+    # --- background re-verification ---
+
+    def _schedule(self, account_id: str) -> None:
+        """The contact's next check: a uniformly random time 12-36 h from now."""
+        span = RECHECK_MAX_MS - RECHECK_MIN_MS
+        delay = RECHECK_MIN_MS + int.from_bytes(self.ctx.rng(8), "big") % span
+        self.store.set_setting(NEXT_CHECK + account_id, str(self.ctx.now_ms() + delay))
+
+    def due_contacts(self) -> list[Contact]:
+        """Pinned contacts whose check is due; one never scheduled gets its first time now."""
+        now = self.ctx.now_ms()
+        account = self.ctx.account()
+        due = []
+        unscheduled = []
+        for c in self.store.contacts():
+            if c.status != "ok" or not c.handle or c.account_id == account.account_id:
+                continue
+            raw = self.store.get_setting(NEXT_CHECK + c.account_id)
+            if raw is None or not raw.isdigit():
+                unscheduled.append(c.account_id)
+            elif int(raw) <= now:
+                due.append(c)
+        if unscheduled:
             with self.store.transaction():
-                self.store.save_contact(replace(contact, status="ok"))
-            return contact, devices
-        # The handle's identity changed.
-        if on_key_change == "accept":
-            self.accept_identity(contact, pinned)
-            return self._pinned(contact.account_id), devices
+                for account_id in unscheduled:
+                    self._schedule(account_id)
+        return due
+
+    def recheck_due(self) -> int:
+        """Look the due contacts up again (receive and watch call this), each batch padded
+        with cover lookups to COVER_BATCH. A handle now held by another account marks that
+        identity "changed": later sends to the handle are held. Returns how many contacts
+        were checked. Relay trouble (unreachable, out of lookups) leaves them due for the
+        next receive; a relay caught cheating is reported, never followed."""
+        due = self.due_contacts()
+        checked = 0
+        for i in range(0, len(due), COVER_BATCH):
+            batch = due[i : i + COVER_BATCH]
+            try:
+                found = self.discovery.holders([c.handle for c in batch], cover=COVER_BATCH - len(batch))
+            except (errors.RelayUnavailableError, errors.RelayRefusedError):
+                return checked
+            except errors.SecurityError as exc:
+                self.ctx.report("", "discovery_refused", f"background contact check refused: {exc}")
+                return checked
+            for contact in batch:
+                holder = found.get(contact.handle)
+                if holder is not None and holder.account_id != contact.account_id:
+                    self._mark_changed(contact, holder.account_id)
+                elif holder is not None:
+                    self.discovery.note_handle_verified(contact.handle, holder.verified)
+                with self.store.transaction():
+                    self._schedule(contact.account_id)
+                checked += 1
+        return checked
+
+    def _mark_changed(self, pinned: Contact, account_id: str) -> None:
+        known = self.store.get_contact(account_id)
+        if known is not None and known.handle == pinned.handle and known.status == "changed":
+            return  # already found (and reported): sends to the handle are held
+        try:
+            contact, _ = self.fetch_contact(account_id, pinned.handle)
+        except (errors.RelayUnavailableError, errors.RelayRefusedError, errors.SecurityError) as exc:
+            self.ctx.report("", "recheck_failed", f"{pinned.handle} now maps to another account, not fetched: {exc}")
+            return
         with self.store.transaction():
             self.store.save_contact(replace(contact, status="changed", verified=False))
-        raise errors.IdentityChangedError(
-            f"the safety number with {handle} changed: their account key is not the one you had",
-            hint=f"compare it with: imsg verify {handle}; then release held messages with: imsg trust {handle}",
-            handle=handle,
+        self.ctx.report(
+            "",
+            "identity_changed",
+            f"the safety number with {pinned.handle} changed: the relay now maps it to another account key",
         )
 
     def accept_identity(self, contact: Contact, previous: Contact | None) -> None:
@@ -146,6 +224,7 @@ class Trust:
                 self.store.save_contact(replace(previous, status="replaced"))
                 self.store.reassign_messages(previous.account_id, contact.account_id)
             self.store.save_contact(replace(contact, status="ok", verified=False))
+            self._schedule(contact.account_id)  # newly pinned: re-verified like any contact
 
     def accept_new_identity(self, handle: str) -> None:
         """`imsg trust`: a contact's changed identity becomes the pinned one (unverified)."""
@@ -219,6 +298,14 @@ class Trust:
             mark or (contact.verified and contact.status == "ok"),
             contact.status == "changed" and not mark,
         )
+
+
+def _identity_changed(handle: str) -> errors.IdentityChangedError:
+    return errors.IdentityChangedError(
+        f"the safety number with {handle} changed: their account key is not the one you had",
+        hint=f"compare it with: imsg verify {handle}; then release held messages with: imsg trust {handle}",
+        handle=handle,
+    )
 
 
 def _own_contact(account: LocalAccount) -> Contact:

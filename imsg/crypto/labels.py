@@ -59,6 +59,7 @@ LABEL_TAG = b"imsg/v1/discovery-tag"  # hash prefix: OPRF output -> a handle's t
 LABEL_RECORD_KEY = b"imsg/v1/discovery-record-key"  # hash prefix: OPRF output -> record key
 LABEL_RECORD = b"imsg/v1/discovery-record"  # associated data (|| tag) of a discovery record
 LABEL_HANDLE_LABEL = b"imsg/v1/handle-label"  # HKDF info and AD: a handle sealed for the account's devices
+LABEL_DISCOVERY_KEY = b"imsg/v1/sig/discovery-key"  # signature context: the sealed-sender key signs the VOPRF key
 
 # --- local storage (docs/STORAGE.md) ---
 LABEL_KEY_CHECK = b"imsg/v1/storage-key-check"  # HMAC message: tells the right storage key from a stale one

@@ -39,15 +39,22 @@ class Limits:
     request: RateLimiter
     lookup: RateLimiter
     register: RateLimiter  # relay-wide: registrations and restores have no credential yet
-    sealed: RateLimiter  # sealed sends carry no credential: counted per recipient account
+    sealed: RateLimiter  # allowed sealed sends (no credential): counted per recipient account
+    sealed_refused: RateLimiter  # refused sealed attempts (bad access key), per recipient
+    account_read: RateLimiter  # unauthenticated account reads, per target account
+    account_read_global: RateLimiter  # ... and relay-wide
+    bundle: RateLimiter  # bundle fetches authorized by an access key, per target account
     provisioning: RateLimiter  # unauthenticated provisioning requests, per channel id
     provisioning_global: RateLimiter  # ... and relay-wide
     discovery: RateLimiter  # OPRF evaluations, one event per element, per account
+    bucket_read: RateLimiter  # discovery bucket reads (no credential), relay-wide
     code_handle: RateLimiter  # verification codes sent, per handle tag
     code_account: RateLimiter  # ... and per account
     code_guess: RateLimiter  # code guesses per account
     profile: RateLimiter  # profile reads, per account read
     profile_global: RateLimiter  # ... and relay-wide
+    blob_read: RateLimiter  # unauthenticated blob downloads, per blob id
+    blob_read_global: RateLimiter  # ... and relay-wide
 
     @classmethod
     def from_settings(cls, s: Settings) -> Limits:
@@ -57,15 +64,23 @@ class Limits:
             lookup=RateLimiter(s.lookup_rate, s.lookup_burst),
             register=RateLimiter(s.register_rate, s.register_burst),
             sealed=RateLimiter(s.sealed_rate, s.sealed_burst),
+            sealed_refused=RateLimiter(s.sealed_refused_rate, s.sealed_refused_burst),
+            account_read=RateLimiter(s.account_read_rate, s.account_read_burst),
+            account_read_global=RateLimiter(s.account_read_global_rate, s.account_read_global_burst),
+            bundle=RateLimiter(s.bundle_rate, s.bundle_burst),
             provisioning=RateLimiter(s.provisioning_rate, s.provisioning_burst),
             provisioning_global=RateLimiter(s.provisioning_global_rate, s.provisioning_global_burst),
             discovery=RateLimiter(s.discovery_rate, s.discovery_burst),
+            bucket_read=RateLimiter(s.bucket_read_rate, s.bucket_read_burst),
             code_handle=RateLimiter(s.code_handle_rate, s.code_handle_burst),
             code_account=RateLimiter(s.code_account_rate, s.code_account_burst),
             code_guess=RateLimiter(s.code_guess_rate, s.code_guess_burst),
             # profile reads share the provisioning settings, in buckets of their own
             profile=RateLimiter(s.provisioning_rate, s.provisioning_burst),
             profile_global=RateLimiter(s.provisioning_global_rate, s.provisioning_global_burst),
+            # blob downloads (no credential since issue 12) too
+            blob_read=RateLimiter(s.provisioning_rate, s.provisioning_burst),
+            blob_read_global=RateLimiter(s.provisioning_global_rate, s.provisioning_global_burst),
         )
 
 

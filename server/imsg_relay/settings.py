@@ -62,6 +62,15 @@ class Settings:
     # Lookups and prekey-bundle fetches per credential per second: both reveal who exists.
     lookup_rate: float = 5.0
     lookup_burst: float = 30.0
+    # Account reads (GET /v1/accounts/{id}: public data, no credential) per target account,
+    # and relay-wide; prekey-bundle fetches authorized by an access key, per target account.
+    # Counted in memory, never by address (issue 12: recipient data is read anonymously).
+    account_read_rate: float = 10.0
+    account_read_burst: float = 60.0
+    account_read_global_rate: float = 500.0
+    account_read_global_burst: float = 1000.0
+    bundle_rate: float = 5.0
+    bundle_burst: float = 30.0
     # Registrations, relay-wide (there is no credential yet).
     register_rate: float = 20.0
     register_burst: float = 100.0
@@ -77,7 +86,13 @@ class Settings:
     # (default: sealed-sender.keys in the data directory).
     sealed_rate: float = 20.0
     sealed_burst: float = 100.0
-    sender_certificate_hours: int = 24
+    # Refused sealed attempts (no or a wrong access key), per recipient, in a bucket of their
+    # own: a flood of bad keys gets 429 without touching the budget of valid senders.
+    sealed_refused_rate: float = 5.0
+    sealed_refused_burst: float = 30.0
+    # A week: clients refresh on their own schedule (1-3 days in), never just before a
+    # send, so the certificate fetch says nothing about when or to whom they write.
+    sender_certificate_hours: int = 168
     sealed_keys_file: Path | None = field(default=None, repr=False)
     max_devices: int = 10
     retention_days: int = 30
@@ -110,6 +125,10 @@ class Settings:
     # evaluation answers "is this one handle registered?", so this bounds enumeration.
     discovery_rate: float = 0.1
     discovery_burst: float = 1000.0
+    # Discovery bucket reads carry no credential (so a prefix is never joined to an
+    # account): counted relay-wide, per request.
+    bucket_read_rate: float = 200.0
+    bucket_read_burst: float = 400.0
     # Verification codes sent, per handle and per account (in memory), and code guesses
     # per account: codes are 6 digits, so guesses are what protects them.
     code_handle_rate: float = 6 / 3600
@@ -172,6 +191,8 @@ class Settings:
         for name in (
             "discovery_rate",
             "discovery_burst",
+            "bucket_read_rate",
+            "bucket_read_burst",
             "code_handle_rate",
             "code_handle_burst",
             "code_account_rate",
@@ -190,6 +211,14 @@ class Settings:
             "lookup_burst",
             "register_rate",
             "register_burst",
+            "account_read_rate",
+            "account_read_burst",
+            "account_read_global_rate",
+            "account_read_global_burst",
+            "bundle_rate",
+            "bundle_burst",
+            "sealed_refused_rate",
+            "sealed_refused_burst",
             "provisioning_rate",
             "provisioning_burst",
             "provisioning_global_rate",

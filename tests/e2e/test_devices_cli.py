@@ -86,6 +86,19 @@ def account_id(home: Path) -> str:
     return ok(imsg(home, "whoami"))[0]["account_id"]
 
 
+def recheck_now(home: Path) -> subprocess.CompletedProcess:
+    """Make every contact's background re-verification due (it runs 12-36 h after the last
+    check, and the command has no clock to move), then `imsg receive`, which runs it."""
+    from imsg.client import Client
+
+    with Client.open(home) as c:
+        with c.store.transaction():
+            for key in c.store.settings():
+                if key.startswith("trust.next_check:"):
+                    c.store.set_setting(key, "0")
+    return imsg(home, "receive")
+
+
 def map_handle_to(env, handle_owner: str, new_owner: str) -> None:
     """The relay's directory now answers `handle_owner`'s handle with `new_owner`'s account
     (and the other way round): the malicious relay re-seals its blinded rows."""
@@ -209,8 +222,15 @@ def test_contacts_verify_trust_and_key_change(env, tmp_path):
     r = imsg(alice, "verify", HANK, json_mode=False)
     assert r.returncode == 0 and v_alice["safety_number"] in r.stdout
 
-    # The relay maps hank's handle to mona's account: the send is held, exit 6.
+    # The relay maps hank's handle to mona's account. Sends do not look hank up again
+    # (issue 12): the background re-verification in receive finds the change (exit 6,
+    # identity_changed), and from then on the send is held, exit 6.
     map_handle_to(env, ids["bob"], ids["mallory"])
+    assert ok(imsg(alice, "send", HANK, "before the check"))  # not looked up: still to hank
+    assert [m["text"] for m in ok(imsg(bob, "receive"))] == ["before the check"]
+    r = recheck_now(alice)
+    json_error(r, 6)
+    assert "identity_changed" in [e["error"] for e in lines(r.stderr)]
     r = imsg(alice, "send", HANK, "held for hank")
     err = json_error(r, 6)
     assert err["error"] == "identity_changed" and len(err["message_id"]) == 32 and r.stdout == ""
@@ -234,6 +254,7 @@ def test_contacts_verify_trust_and_key_change(env, tmp_path):
 
     # Back to hank's real account: a change again; --on-key-change accept sends at once.
     map_handle_to(env, ids["mallory"], ids["bob"])
+    assert recheck_now(alice).returncode == 6
     assert imsg(alice, "send", HANK, "held again").returncode == 6
     sent = ok(imsg(alice, "send", HANK, "accepted", "--on-key-change", "accept"))[0]
     assert [(m["id"], m["text"]) for m in ok(imsg(bob, "receive"))] == [(sent["id"], "accepted")]
@@ -241,6 +262,7 @@ def test_contacts_verify_trust_and_key_change(env, tmp_path):
 
     # And once more to mona: verify --mark records the new key.
     map_handle_to(env, ids["bob"], ids["mallory"])
+    assert recheck_now(alice).returncode == 6
     assert imsg(alice, "send", HANK, "held third").returncode == 6
     marked = ok(imsg(alice, "verify", HANK, "--mark"))[0]
     assert marked["verified"] is True and marked["changed"] is False

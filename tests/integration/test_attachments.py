@@ -31,7 +31,7 @@ from imsg.client import Client
 from imsg.client import attachments as attachment_io
 from imsg.crypto import stream
 from imsg.protocol.content import MAX_NAME_LEN
-from imsg.relay_client import RelayClient
+from imsg.relay_client import AnonymousRelay, RelayClient
 
 from support.recorder import Recorder
 from support.relays import ThreadRelay, relay_settings
@@ -494,7 +494,7 @@ def test_interrupted_download_resumes_with_a_range(pair, relay, tmp_path, monkey
     sent = alice.send(BOB, attachments=[write(tmp_path / "src" / "movie.mp4", content)])
     (m,) = bob.receive()
     blob_id = m.attachments[0].id
-    real = RelayClient.download_blob
+    real = AnonymousRelay.download_blob
 
     def dropping(self, blob_id, *, start=0):
         for n, chunk in enumerate(real(self, blob_id, start=start)):
@@ -502,7 +502,7 @@ def test_interrupted_download_resumes_with_a_range(pair, relay, tmp_path, monkey
                 raise errors.RelayUnavailableError("connection dropped (test)")
             yield chunk
 
-    monkeypatch.setattr(RelayClient, "download_blob", dropping)
+    monkeypatch.setattr(AnonymousRelay, "download_blob", dropping)
     out = tmp_path / "out"
     with pytest.raises(errors.RelayUnavailableError):
         bob.save_attachments(sent.id, out)
@@ -510,7 +510,7 @@ def test_interrupted_download_resumes_with_a_range(pair, relay, tmp_path, monkey
     assert [p.name for p in out.iterdir()] == [temp.name]
     have = temp.stat().st_size
     assert 0 < have < stream.ciphertext_length(len(content)) and mode(temp) == 0o600
-    monkeypatch.setattr(RelayClient, "download_blob", real)
+    monkeypatch.setattr(AnonymousRelay, "download_blob", real)
     (path,) = bob.save_attachments(sent.id, out)
     assert path.read_bytes() == content
     assert relay.recorder.blob_gets()[-1] == (f"/v1/blobs/{blob_id}", f"bytes={have}-")

@@ -43,6 +43,16 @@ def map_handle_to(relay, handle_owner: str, new_owner: str) -> None:
         )
 
 
+def recheck(client: Client, hours: int = 37) -> None:
+    """Let the background re-verification run: move the client's clock past every
+    contact's next check (12-36 h after the last one) and receive. Twice, so that contacts
+    this home never scheduled (a linked device's) get a time and then reach it."""
+    for _ in range(2):
+        now = client._now()
+        client._now = lambda t=now + hours * 3600 * 1000: t
+        client.receive()
+
+
 def envelope_counts(relay) -> dict[str, int]:
     with relay.db() as db:
         return dict(db.execute("SELECT account_id, COUNT(*) FROM envelopes GROUP BY account_id").fetchall())
@@ -117,6 +127,11 @@ def changed(make_client, relay):
     ids = {n: c.whoami().account_id for n, c in (("alice", alice), ("bob", bob), ("mallory", mallory))}
     map_handle_to(relay, ids["bob"], ids["mallory"])
     assert alice.lookup([BOB])[0].account_id == ids["mallory"]
+    # Sends never look bob up again (issue 12 C3): the change is noticed by the background
+    # re-verification that receive runs once bob's check is due.
+    recheck(alice)
+    assert [p.code for p in alice.problems] == ["identity_changed"]
+    alice.problems.clear()
     return alice, bob, mallory, ids
 
 
@@ -203,6 +218,7 @@ def test_key_change_on_linked_devices_too(changed, relay, tmp_path):
     alice2 = link(relay, alice, tmp_path / "homes" / "alice2")
     try:
         map_handle_to(relay, ids["bob"], ids["mallory"])
+        recheck(alice2)
         with pytest.raises(errors.IdentityChangedError):
             alice2.send(BOB, "from the second device")
         assert envelope_counts(relay) == {}

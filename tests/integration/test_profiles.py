@@ -17,6 +17,7 @@ from imsg import errors
 from imsg.client import Client
 from imsg.protocol import consts
 from imsg.protocol import profile as pf
+from imsg.relay_client import AnonymousRelay
 from tests.integration import test_devices
 from tests.integration.test_devices import link
 
@@ -325,8 +326,16 @@ def test_a_revision_the_relay_lacks_is_asked_for_once_per_process(make_client, r
             )
         )
     asked = []
-    real = bob.relay().get_profile
-    bob.relay().get_profile = lambda *a, **k: asked.append(a) or real(*a, **k)
-    for _ in range(3):
-        bob.receive()
+    real = AnonymousRelay.get_profile
+
+    def counting(self, *a, **k):
+        asked.append(a)
+        return real(self, *a, **k)
+
+    AnonymousRelay.get_profile = counting
+    try:
+        for _ in range(3):
+            bob.receive()
+    finally:
+        AnonymousRelay.get_profile = real
     assert len(asked) == 1 and row(bob, ALICE).profile_name == "Ada"

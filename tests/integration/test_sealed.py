@@ -22,7 +22,7 @@ from imsg.protocol.consts import SEALED_BUCKETS
 from imsg.protocol.encoding import KEY_X25519, encode_key
 from imsg.protocol.identity import verify_device_list
 from imsg.protocol.session import Address
-from imsg.relay_client import RelayClient
+from imsg.relay_client import AnonymousRelay
 from imsg_relay.sealed import KEYS_FILE, load_or_create_keys, sign_certificate
 
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
@@ -196,7 +196,7 @@ def test_sealed_conversation_on_postgres_leaves_no_sender(tmp_path):
 def test_without_the_access_key_the_send_falls_back_to_identified(make_client, relay):
     alice, bob = make_client("alice"), make_client("bob")
     attempts = []
-    real = RelayClient.send_sealed
+    real = AnonymousRelay.send_sealed
 
     def spy(self, *args, **kwargs):
         try:
@@ -205,11 +205,11 @@ def test_without_the_access_key_the_send_falls_back_to_identified(make_client, r
             attempts.append(exc.status)
             raise
 
-    RelayClient.send_sealed = spy
+    AnonymousRelay.send_sealed = spy
     try:
         sent = alice.send(BOB, "no key yet")
     finally:
-        RelayClient.send_sealed = real
+        AnonymousRelay.send_sealed = real
     assert attempts == [401] and not sent.sealed and sent.devices == 1
     got = bob.receive()
     assert texts(got) == ["no key yet"] and got[0].sender == ALICE
@@ -248,9 +248,15 @@ def test_profile_key_rotation_revokes_the_old_access_key(make_client, relay):
     assert alice.send(BOB, "with the key").sealed
     # Bob stops sharing: `profile share off` rotates his key and tells the relay.
     bob.set_share_policy("off")
-    after = alice.send(BOB, "with the old key")
-    assert not after.sealed  # 401 with the old key: sent identified instead
-    assert texts(bob.receive()) == ["with the key", "with the old key"]
+    # Issue 12 (no silent downgrade): a 401 although alice holds a key is not taken as a
+    # reason to send identified — it is exactly what a relay that wants to unmask her
+    # would answer. The message is kept in the outbox and the refusal is reported.
+    with pytest.raises(errors.SealedRefusedError) as exc:
+        alice.send(BOB, "with the old key")
+    assert exc.value.exit_code == 5 and exc.value.details["kept"] == "outbox"
+    assert [b.message_id for b in alice.store.outgoing()] == [exc.value.details["message_id"]]
+    assert any(p.code == "sealed_refused" for p in alice.problems)
+    assert texts(bob.receive()) == ["with the key"]
 
 
 def test_a_rotation_made_elsewhere_is_published_on_the_next_send(make_client, relay):
@@ -261,19 +267,23 @@ def test_a_rotation_made_elsewhere_is_published_on_the_next_send(make_client, re
     with bob.store.transaction():  # rotated without calling publish (another code path)
         bob.store.save_account(replace(account, profile_key=bytes(32 * [9])))
     assert bob.send(ALICE, "bob sends anything").sealed  # bob publishes before sending
-    assert not alice.send(BOB, "old key").sealed
+    with pytest.raises(errors.SealedRefusedError):  # the old key: kept, not sent identified
+        alice.send(BOB, "old key")
+    # The new key comes with bob's next message to alice; the kept message then goes sealed.
+    bob.send(ALICE, "the new key comes with this")
+    alice.receive()
+    assert alice.flush_outbox() == 1 and alice.store.outgoing() == [] and texts(bob.receive()) == ["old key"]
 
 
 def test_wrong_access_key_is_refused_and_nothing_is_stored(make_client, relay):
     alice, bob = make_client("alice"), make_client("bob")
     share(alice, bob)
     bob_id = bob.whoami().account_id
-    unauth = RelayClient(relay.url)
+    unauth = AnonymousRelay(relay.url)
     for key in (b"\x00" * 16, proto.access_key(bytes(32)), None):
         with pytest.raises(errors.RelayRefusedError) as exc:
             unauth.send_sealed(bob_id, "ab" * 16, [(1, b"\x01\x02" + bytes(2046))], key)
         assert (exc.value.status, exc.value.relay_code) == (401, "access_denied")
-    unauth.close()
     assert envelope_sizes(relay) == []
 
 
@@ -311,8 +321,9 @@ def post_sealed(relay, recipient: Client, batch, certificate: bytes) -> None:
                 ),
             )
         )
-    with RelayClient(relay.url) as c:
-        c.send_sealed(account.account_id, batch.message_id, sealed, proto.access_key(account.profile_key))
+    AnonymousRelay(relay.url).send_sealed(
+        account.account_id, batch.message_id, sealed, proto.access_key(account.profile_key)
+    )
 
 
 def certificate_for(key, who: Client, *, expires_in_ms: int = 3_600_000, identity: bytes | None = None) -> bytes:
@@ -398,7 +409,7 @@ def test_sealed_fan_out_409_refetch_and_sync_copies(make_client, relay, tmp_path
     share(alice, bob)
     bob2, _ = test_devices.link(make_client, relay, bob, "bob2")  # alice still has bob's old list
     statuses = []
-    real = RelayClient.send_sealed
+    real = AnonymousRelay.send_sealed
 
     def spy(self, *args, **kwargs):
         try:
@@ -409,33 +420,32 @@ def test_sealed_fan_out_409_refetch_and_sync_copies(make_client, relay, tmp_path
             statuses.append(exc.status)
             raise
 
-    RelayClient.send_sealed = spy
+    AnonymousRelay.send_sealed = spy
     try:
         sent = alice.send(BOB, "to both of bob's devices")
     finally:
-        RelayClient.send_sealed = real
-    assert statuses == [409, 200] and sent.sealed and sent.devices == 2
+        AnonymousRelay.send_sealed = real
+    assert statuses == [409, 200, 200] and sent.sealed and sent.devices == 2  # the last: the sync copy
     for b in (bob, bob2):
         got = b.receive()
         assert [(m.id, m.text, m.sender) for m in got][-1] == (sent.id, "to both of bob's devices", ALICE)
-    alice2.receive()  # the sync copy (identified: it goes to alice's own account)
+    alice2.receive()  # the sync copy (sealed too since issue 12)
     assert [m.text for m in alice2.history(BOB)][-1] == "to both of bob's devices"
 
 
 def test_sealed_outbox_resend_and_dedup(make_client, relay, monkeypatch):
     alice, bob = make_client("alice"), make_client("bob")
     share(alice, bob)
-    unauth = alice.sealed()._relay()
-    real = unauth.send_sealed
+    real = AnonymousRelay.send_sealed
     calls = []
 
-    def flaky(*args, **kwargs):
+    def flaky(self, *args, **kwargs):
         calls.append(args[1])
         if len(calls) == 1:
             raise errors.RelayUnavailableError("relay at test unreachable (ConnectError)")
-        return real(*args, **kwargs)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(unauth, "send_sealed", flaky)
+    monkeypatch.setattr(AnonymousRelay, "send_sealed", flaky)
     with pytest.raises(errors.RelayUnavailableError):
         alice.send(BOB, "queued")
     assert len(alice.store.outgoing()) == 1

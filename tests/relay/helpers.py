@@ -73,21 +73,42 @@ def register(client: Any, handle: str | None = None, devices: int = 1) -> Identi
 
 
 def private_lookup(client: Any, ident: Identity, handle: str) -> str | None:
-    """The account holding `handle`, found the way a client finds it: one OPRF evaluation
-    of a blinded element, then one bucket by tag prefix. None when nobody holds it."""
+    """The account holding `handle`, found the way a client finds it: one VOPRF evaluation
+    of a blinded element (its proof checked under the relay's signed discovery key), then
+    one bucket by tag prefix, read with no credential. None when nobody holds it."""
     from imsg.protocol import discovery
 
+    key = discovery_public_key(client)
     b = discovery.blind(handle, os.urandom)
     r = client.post("/v1/discovery/evaluate", json={"elements": [b64(b.element)]}, headers=ident.headers())
     assert r.status_code == 200, r.text
-    output = discovery.finalize(b, base64.b64decode(r.json()["evaluated"][0]))
-    bits = r.json()["prefix_bits"]
+    body = r.json()
+    assert body["key_id"] == discovery.discovery_key_id(key)
+    [output] = discovery.finalize_all(
+        [b], [base64.b64decode(body["evaluated"][0])], key, base64.b64decode(body["proof"])
+    )
+    bits = body["prefix_bits"]
     prefix = discovery.prefix_of(discovery.tag_of(output), bits)
-    r = client.post("/v1/discovery/buckets", json={"prefix_bits": bits, "prefixes": [prefix]}, headers=ident.headers())
+    r = client.post("/v1/discovery/buckets", json={"prefix_bits": bits, "prefixes": [prefix]})
     assert r.status_code == 200, r.text
     entries = [(base64.b64decode(e["tag"]), base64.b64decode(e["record"])) for e in r.json()["buckets"][0]["entries"]]
     holder = discovery.open_record(output, entries)
     return holder.account_id if holder else None
+
+
+def discovery_public_key(client: Any) -> bytes:
+    """The relay's VOPRF public key, checked against its sealed-sender key chain (trusting
+    the whole chain it serves, as a first pin does)."""
+    from imsg.protocol import discovery
+
+    r = client.get("/v1/discovery/key")
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    chain = client.get("/v1/sealed/keys").json()["keys"]
+    trusted = {k["key_id"]: base64.b64decode(k["public_key"])[1:] for k in chain}
+    return discovery.verify_discovery_key(
+        base64.b64decode(doc["public_key"]), doc["signed_by"], base64.b64decode(doc["signature"]), trusted
+    ).public_key
 
 
 def open_channel(client: Any, ident: Identity, device_id: int = 1) -> str:

@@ -337,3 +337,30 @@ def test_profiles_on_postgres_hold_no_name_or_photo(pg_live, pg_schema, tmp_path
                 for value in record:
                     data = bytes(value) if isinstance(value, (bytes, memoryview)) else str(value).encode()
                     assert not any(n in data for n in needles), (table, value)
+
+
+def test_migration_to_voprf_tags_drops_old_handle_rows_on_postgres(tmp_path, pg_schema):
+    """A database from before schema 6 (no relay_schema row: its tags are mode-0x00 OPRF
+    outputs) loses its handle rows on start; a schema-6 database keeps them on restart."""
+    import psycopg
+    from starlette.testclient import TestClient
+
+    from imsg_relay.app import create_app
+    from imsg_relay.storage.postgres import PostgresStorage
+
+    def app():
+        return create_app(relay_settings(tmp_path), storage=PostgresStorage(PG, schema=pg_schema, pool_size=2))
+
+    with TestClient(app()) as c:
+        alice = register(c)
+        c.post("/v1/handles", json={"handle": "+15551231111", "label": b64(os.urandom(60))}, headers=alice.headers())
+        assert len(c.get("/v1/handles", headers=alice.headers()).json()["handles"]) >= 1
+    with TestClient(app()) as c:  # schema 6 already: kept
+        assert len(c.get("/v1/handles", headers=alice.headers()).json()["handles"]) >= 1
+    with psycopg.connect(PG, autocommit=True) as conn:
+        conn.execute(f'DROP TABLE "{pg_schema}".relay_schema')  # as a schema-5 database has none
+    with TestClient(app()) as c:
+        assert c.get("/v1/handles", headers=alice.headers()).json() == {"handles": []}
+        assert c.get(f"/v1/accounts/{alice.account_id}").status_code == 200  # the rest stays
+    with psycopg.connect(PG, autocommit=True) as conn:
+        assert conn.execute(f'SELECT version FROM "{pg_schema}".relay_schema').fetchone() == (6,)

@@ -27,7 +27,20 @@ from typing import Any
 
 FAST_LIMITS: dict[str, float] = {
     f"{kind}_{part}": 100_000.0
-    for kind in ("send", "request", "lookup", "register", "discovery", "provisioning", "provisioning_global")
+    for kind in (
+        "send",
+        "request",
+        "lookup",
+        "register",
+        "discovery",
+        "bucket_read",
+        "provisioning",
+        "provisioning_global",
+        "account_read",
+        "account_read_global",
+        "bundle",
+        "sealed_refused",
+    )
     for part in ("rate", "burst")
 }
 FAST_LIMITS_ENV = {f"IMSG_RELAY_{k.upper()}": str(int(v)) for k, v in FAST_LIMITS.items()}

@@ -20,7 +20,8 @@ ACCOUNT = "0123456789abcdef0123456789abcdef"
 
 def _client_output(handle: str) -> bytes:
     b = discovery.blind(handle, os.urandom)
-    return discovery.finalize(b, KEY.evaluate_blinded(b.element))
+    evaluated, proof = KEY.evaluate_blinded([b.element])
+    return discovery.finalize_all([b], evaluated, KEY.pk, proof)[0]
 
 
 def test_client_and_relay_agree_on_output_tag_and_record():
@@ -57,9 +58,45 @@ def test_forged_or_misplaced_records_do_not_open():
 
 def test_a_bad_evaluation_is_a_decode_error():
     b = discovery.blind("x@example.com", os.urandom)
+    _, proof = KEY.evaluate_blinded([b.element])
     for bad in (bytes(32), b"\xff" * 32, b"\x01" * 31):
         with pytest.raises(DecodeError):
-            discovery.finalize(b, bad)
+            discovery.finalize_all([b], [bad], KEY.pk, proof)
+
+
+def test_an_evaluation_under_another_key_is_a_proof_error():
+    b = discovery.blind("x@example.com", os.urandom)
+    other = relay_discovery.DiscoveryKey(os.urandom(32))
+    evaluated, proof = other.evaluate_blinded([b.element])
+    with pytest.raises(discovery.ProofError):
+        discovery.finalize_all([b], evaluated, KEY.pk, proof)
+    assert discovery.finalize_all([b], evaluated, other.pk, proof)  # under its own key it verifies
+
+
+def test_the_discovery_key_needs_a_trusted_signature():
+    from imsg.crypto import sign
+
+    sealed = sign.SigningKey(os.urandom(32))
+    sig = sealed.sign(discovery.LABEL_DISCOVERY_KEY, KEY.pk)
+    trusted = {"00" * 8: sealed.public}
+    key = discovery.verify_discovery_key(KEY.pk, "00" * 8, sig, trusted)
+    assert key.public_key == KEY.pk and key.key_id == KEY.key_id.hex()
+    for args in ((KEY.pk, "11" * 8, sig), (os.urandom(32), "00" * 8, sig), (KEY.pk, "00" * 8, bytes(64))):
+        with pytest.raises(DecodeError):
+            discovery.verify_discovery_key(*args, trusted)
+
+
+def test_client_floor_and_sub_prefixes():
+    discovery.check_prefix_bits(discovery.MAX_PREFIX_BITS)
+    with pytest.raises(discovery.NarrowingError):
+        discovery.check_prefix_bits(discovery.MAX_PREFIX_BITS + 1)
+    discovery.check_bucket(0, 1)  # one bucket: all registered handles
+    discovery.check_bucket(3, discovery.MIN_BUCKET)
+    with pytest.raises(discovery.NarrowingError):
+        discovery.check_bucket(3, discovery.MIN_BUCKET - 1)
+    assert discovery.sub_prefixes(0b101, 3, 5) == [0b10100, 0b10101, 0b10110, 0b10111]
+    assert discovery.sub_prefixes(0b101, 3, 3) == [0b101]
+    assert discovery.sub_prefixes(0b101, 3, 2) == [0b10]
 
 
 def test_prefix_bits_keep_buckets_large():
@@ -68,6 +105,8 @@ def test_prefix_bits_keep_buckets_large():
     assert relay_discovery.prefix_bits(512) == 1
     assert relay_discovery.prefix_bits(100_000) == 8  # ~390 registered handles a bucket
     assert relay_discovery.prefix_bits(10**9) == relay_discovery.MAX_PREFIX_BITS
+    # An honest relay never asks for more than a client accepts.
+    assert relay_discovery.MAX_PREFIX_BITS <= discovery.MAX_PREFIX_BITS
     for n in (512, 5_000, 100_000, 1_000_000):
         assert n >> relay_discovery.prefix_bits(n) >= relay_discovery.MIN_BUCKET
 

@@ -100,8 +100,13 @@ async def register(relay: RelayContext, call: Call) -> Response:
 
 
 async def get_account(relay: RelayContext, call: Call) -> Response:
-    await relay.authenticate(call.request)
-    account = await relay.storage.get_account(call.path("account_id"))
+    """Public data (the account key and its signed device list; clients check both), so
+    no credential: a credential here would tell the relay who looks up whom. Counted per
+    target account and relay-wide, in memory, never by address."""
+    account_id = call.path("account_id")
+    relay.limits.account_read_global.check("account")
+    relay.limits.account_read.check(account_id)
+    account = await relay.storage.get_account(account_id)
     if account is None:
         raise RelayError("not_found", "no such account")
     return json_response(account_json(account))

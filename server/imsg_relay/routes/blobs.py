@@ -164,8 +164,12 @@ async def complete_blob(relay: RelayContext, call: Call) -> Response:
 
 
 async def get_blob(relay: RelayContext, call: Call) -> Response:
-    await relay.authenticate(call.request)
+    """No credential: the 128-bit id travels only inside the end-to-end message and is the
+    capability; a credential here would join the downloader to the uploader (issue 12,
+    row 6). Nothing records who downloads; counted per blob and relay-wide, in memory."""
     blob_id = call.path("blob_id")
+    relay.limits.blob_read_global.check("blob")
+    relay.limits.blob_read.check(blob_id)
     info = await relay.storage.get_blob(blob_id, _live_after(relay))
     if info is None or not info.complete:
         raise _no_blob()

@@ -1,6 +1,12 @@
-"""Private discovery: RFC 9497 OPRF evaluations of blinded elements, and discovery buckets
-read by tag prefix (docs/PROTOCOL.md §8a). Nothing here is stored or logged: the relay sees
-a blinded element, uniformly random to it, and a prefix shared by ~MIN_BUCKET handles.
+"""Private discovery: the VOPRF key (signed by the sealed-sender key), RFC 9497 mode 0x01
+evaluations of blinded elements with one batched proof, and discovery buckets read by tag
+prefix (docs/PROTOCOL.md §8a). Nothing here is stored or logged: the relay sees a blinded
+element, uniformly random to it, and a prefix shared by ~MIN_BUCKET handles.
+
+Bucket reads carry no credential (the prefix says something about whom the reader looks
+for, so it must not be joined to an account): they are counted relay-wide, in memory.
+Evaluations stay credentialed: a blinded element says nothing, and the budget per account
+is what bounds enumeration.
 """
 
 from __future__ import annotations
@@ -33,9 +39,21 @@ class EvaluateRequest(Struct):
         schema.max_items("body.elements", self.elements, MAX_EVALUATIONS)
 
 
+Hex16 = Annotated[str, Meta(pattern="^[0-9a-f]{16}$")]
+
+
 class Evaluated(Struct):
     evaluated: list[Element]
+    proof: Annotated[bytes, Meta(max_length=65, description="the batched DLEQ proof c || s (64 bytes)")]
     prefix_bits: PrefixBits
+    key_id: Hex16
+
+
+class DiscoveryKeyInfo(Struct):
+    public_key: Annotated[bytes, Meta(max_length=33, description="the VOPRF public key (a ristretto255 element)")]
+    key_id: Hex16
+    signed_by: Hex16
+    signature: Annotated[bytes, Meta(max_length=65, description="Ed25519 by the sealed-sender key `signed_by`")]
 
 
 class BucketsRequest(Struct):
@@ -72,6 +90,12 @@ async def _prefix_bits(relay: RelayContext) -> int:
     return prefix_bits(cache.count)
 
 
+async def discovery_key(relay: RelayContext, call: Call) -> Response:
+    # Signed by the key that signs sender certificates now: clients follow it only through
+    # the sealed-sender keys they trust (pinned, then endorsed rotations).
+    return json_response(relay.discovery_key.signed(relay.sealed_signing_keys()[-1]))
+
+
 async def evaluate(relay: RelayContext, call: Call) -> Response:
     device = await relay.authenticate(call.request)
     data = await call.body(EvaluateRequest)
@@ -90,17 +114,24 @@ async def evaluate(relay: RelayContext, call: Call) -> Response:
                 headers={"Retry-After": str(seconds)},
                 retry_after=seconds,
             )
-    out = []
     for i, element in enumerate(elements):
         try:
-            out.append(relay.discovery_key.evaluate_blinded(element))
+            imsg_oprf.deserialize_element(element)
         except imsg_oprf.OprfError:
             raise bad_request(f"elements[{i}] is not a valid ristretto255 element") from None
-    return json_response({"evaluated": out, "prefix_bits": await _prefix_bits(relay)})
+    key = relay.discovery_key
+    try:
+        evaluated, proof = key.evaluate_blinded(elements)
+    except imsg_oprf.OprfError:  # valid elements whose product is the identity: never honest
+        raise bad_request("elements cannot be evaluated") from None
+    return json_response(
+        {"evaluated": evaluated, "proof": proof, "prefix_bits": await _prefix_bits(relay), "key_id": key.key_id.hex()}
+    )
 
 
 async def buckets(relay: RelayContext, call: Call) -> Response:
-    await relay.authenticate(call.request)
+    # No authentication: whoever sends a credential here is ignored, not identified.
+    relay.limits.bucket_read.check("relay")
     data = await call.body(BucketsRequest)
     if not data.prefixes:
         raise bad_request("prefixes is empty")

@@ -12,6 +12,7 @@ from imsg_relay import schema
 from imsg_relay.context import RelayContext
 from imsg_relay.errors import RelayError
 from imsg_relay.operation import Call, json_response
+from imsg_relay.routes import sealed
 from imsg_relay.schema import UnsetType
 from imsg_relay.storage.base import AccountNotFound, Bundle, KeyCounts, OneTimeKey, SignedKey
 
@@ -74,9 +75,19 @@ async def key_counts(relay: RelayContext, call: Call) -> Response:
 
 
 async def get_bundles(relay: RelayContext, call: Call) -> Response:
-    device = await relay.authenticate(call.request)
-    relay.limits.lookup.check(device)
+    """Bundles, authorized either by the account's unidentified-access key (no credential:
+    the way clients fetch, so no credential names whom they write to; counted per target
+    account, one 401 for every failure) or by a bearer token (the identified fallback to a
+    recipient whose access key the sender does not hold; counted per device as before)."""
     account_id = call.path("account_id")
+    if call.request.headers.get("authorization") is not None:
+        device = await relay.authenticate(call.request)
+        relay.limits.lookup.check(device)
+    else:
+        if not await sealed.access_allowed(relay, call.request, account_id):
+            relay.limits.sealed_refused.check(account_id)  # a guessing flood gets 429
+            raise sealed.access_denied()
+        relay.limits.bundle.check(account_id)
     device_id = call.query("device_id")
     try:
         bundles = await relay.storage.take_bundles(account_id, device_id)

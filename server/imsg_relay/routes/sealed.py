@@ -119,18 +119,33 @@ async def put_sealed_access(relay: RelayContext, call: Call) -> Response:
     return json_response({"access_key_set": stored is not None, "allow_anyone": anyone})
 
 
-async def send_sealed(relay: RelayContext, call: Call) -> Response:
-    """Store sealed envelopes for every device of an account. No credential: counted per
-    recipient, and allowed only with the account's access key (or allow-anyone)."""
-    account_id = call.path("account_id")
-    relay.limits.sealed.check(account_id)
-    offered = _header_key(call.request)
+async def access_allowed(relay: RelayContext, request: Request, account_id: str) -> bool:
+    """Whether the request's Unidentified-Access-Key opens this account (or it allows
+    anyone). The same check for sealed sends and anonymous bundle fetches."""
+    offered = _header_key(request)
     verifier, anyone = await relay.storage.get_sealed_access(account_id)
-    allowed = anyone
-    if not allowed and offered and verifier is not None:
-        allowed = hmac.compare_digest(access_verifier(offered), verifier)
-    if not allowed:
+    if anyone:
+        return True
+    if not offered or verifier is None:
+        return False
+    return hmac.compare_digest(access_verifier(offered), verifier)
+
+
+def access_denied() -> RelayError:
+    return _access_denied()
+
+
+async def send_sealed(relay: RelayContext, call: Call) -> Response:
+    """Store sealed envelopes for every device of an account. No credential: allowed only
+    with the account's access key (or allow-anyone). The check runs first: a refused
+    attempt is counted in a bucket of its own (429 once a flood exhausts it), and only
+    allowed sends are charged to the recipient's budget, so nobody without the key can
+    use up what its valid senders may send (issue 12, row 8)."""
+    account_id = call.path("account_id")
+    if not await access_allowed(relay, call.request, account_id):
+        relay.limits.sealed_refused.check(account_id)
         raise _access_denied()
+    relay.limits.sealed.check(account_id)
     data = await call.body(SendRequest)
     bodies = envelope_bodies(relay, data)
     try:

@@ -123,6 +123,17 @@ CREATE INDEX IF NOT EXISTS handles_tag ON handles (tag);
 CREATE INDEX IF NOT EXISTS handles_bucket ON handles (bucket) WHERE receiving AND state <> 'pending';
 """
 
+# Upgrades by version: 6 is the first version recorded here (handle tags became VOPRF, mode
+# 0x01, outputs; the mode-0x00 rows of before cannot be re-tagged, the relay never kept the
+# handles, so they are dropped and their owners add them again).
+SCHEMA_VERSION = 6
+VERSION_SCHEMA = """
+CREATE TABLE IF NOT EXISTS relay_schema (
+    one     BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
+    version INTEGER NOT NULL
+);
+"""
+
 SCHEMA_LOCK = 7366218  # pg_advisory_lock key: two workers starting together take turns
 
 
@@ -132,5 +143,17 @@ async def create(conn: AsyncConnection) -> None:
     try:
         await conn.execute(SCHEMA)
         await conn.execute(HANDLES_SCHEMA)
+        await conn.execute(VERSION_SCHEMA)
+        cur = await conn.execute("SELECT version FROM relay_schema")
+        row = await cur.fetchone()
+        version = row[0] if row is not None else 0
+        if version < 6:
+            await conn.execute("DELETE FROM handles")
+        if version < SCHEMA_VERSION:
+            await conn.execute(
+                "INSERT INTO relay_schema (one, version) VALUES (TRUE, %s)"
+                " ON CONFLICT (one) DO UPDATE SET version = EXCLUDED.version",
+                (SCHEMA_VERSION,),
+            )
     finally:
         await conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 5  # 2: provisioning channels; 3: attachment blobs; 4: sealed access, profiles;
-# 5: handles table (OPRF-blinded), accounts without handle_hmac
+SCHEMA_VERSION = 6  # 2: provisioning channels; 3: attachment blobs; 4: sealed access, profiles;
+# 5: handles table (OPRF-blinded), accounts without handle_hmac; 6: handle tags are VOPRF
+# (mode 0x01) outputs, so rows of schema 5 are dropped
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -158,8 +159,19 @@ def migrate_accounts(conn: sqlite3.Connection) -> None:
     conn.execute("COMMIT")
 
 
+def migrate_handles(conn: sqlite3.Connection) -> None:
+    """Schema 5 tagged handles with mode-0x00 OPRF outputs. The relay never kept the handles
+    themselves, so the rows cannot be re-tagged in mode 0x01 (VOPRF): they are dropped, and
+    their owners add them again (`imsg reachable add`)."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'handles'").fetchone()
+    if exists and version < 6:
+        conn.execute("DELETE FROM handles")
+
+
 def create(conn: sqlite3.Connection) -> None:
     """Create or upgrade the schema (idempotent); `conn` is in WAL mode and autocommit."""
     migrate_accounts(conn)
+    migrate_handles(conn)
     conn.executescript(SCHEMA + HANDLES_SCHEMA)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
