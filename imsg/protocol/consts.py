@@ -16,6 +16,14 @@ PQXDH_F = b"\xff" * 32
 # need more than a few thousand, and a smaller cap bounds the work per forged header.
 MAX_FORWARD_JUMPS = 2_000
 
+# The PQ ratchet (docs/PROTOCOL.md §5a): a side takes a PQ step (an ML-KEM-768 ciphertext
+# and a new KEM key, 2,280 bytes on every message of that sending chain) when it opens a
+# sending chain after sending this many messages since its last step, or this long after
+# it. 2,280 / 16 is about 143 bytes a message amortised in a one-way stream; in an
+# alternating conversation a compromised state heals within 2 x 16 messages of each side.
+PQ_STEP_MESSAGES = 16
+PQ_STEP_MAX_MS = 24 * 3600 * 1000
+
 # Most skipped message keys kept per session, across all chains; oldest evicted first.
 # 100 DH ratchets each leaving 50 gaps still leave at most this many (SECURITY-TESTS 19).
 MAX_MESSAGE_KEYS = 2_000

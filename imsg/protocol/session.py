@@ -38,9 +38,10 @@ from imsg.protocol.errors import (
 )
 from imsg.protocol.identity import DeviceKeys, Rng
 from imsg.protocol.prekeys import KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey
-from imsg.protocol.ratchet import MSG_RATCHET, RatchetState
+from imsg.protocol.ratchet import MSG_RATCHET, MSG_RATCHET_PQ, RatchetState
 
 MSG_PREKEY = 0x03
+_RECORD_VERSION = 2  # 2: the ratchet states may carry PQ ratchet state (ratchet state v2)
 _PREKEY_FIXED = struct.Struct(">BB33s33sIII")
 _PREKEY_LEN = _PREKEY_FIXED.size + kem.CIPHERTEXT_LEN
 
@@ -86,10 +87,11 @@ class Session:
         self.base_key = base_key  # EK_A: identifies the session on both sides
         self.pending = pending  # initiator only, until the first message is received
 
-    def encrypt(self, plaintext: bytes, rng: Rng) -> bytes:
+    def encrypt(self, plaintext: bytes, rng: Rng, now: int | None = None) -> bytes:
+        """`now` (ms) drives the time half of the PQ ratchet's schedule (§5a)."""
         p = self.pending
         if p is None:
-            return self.ratchet.encrypt(plaintext, rng)
+            return self.ratchet.encrypt(plaintext, rng, now=now)
         prefix = (
             _PREKEY_FIXED.pack(
                 WIRE_VERSION,
@@ -102,7 +104,7 @@ class Session:
             )
             + p.kem_ciphertext
         )
-        return prefix + self.ratchet.encrypt(plaintext, rng, extra_ad=prefix)
+        return prefix + self.ratchet.encrypt(plaintext, rng, extra_ad=prefix, now=now)
 
     def decrypt_ratchet(self, message: bytes, now: int, extra_ad: bytes = b"") -> bytes:
         plaintext = self.ratchet.decrypt(message, now, extra_ad)
@@ -153,9 +155,18 @@ class SessionRecord:
                 return s
         return None
 
+    def purge_skipped(self, now: int) -> bool:
+        """Erase expired skipped message keys from every state, current and previous; True
+        if anything went (then the record must be saved)."""
+        changed = False
+        for s in [self.current, *self.previous]:
+            if s is not None and s.ratchet.purge_skipped(now):
+                changed = True
+        return changed
+
     def encode(self) -> bytes:
         sessions = [s for s in [self.current, *self.previous] if s is not None]
-        w = Writer().u8(WIRE_VERSION).u8(len(sessions))
+        w = Writer().u8(_RECORD_VERSION).u8(len(sessions))
         for s in sessions:
             w.var(s.encode())
         return w.bytes()
@@ -163,7 +174,9 @@ class SessionRecord:
     @classmethod
     def decode(cls, data: bytes) -> SessionRecord:
         r = Reader(data)
-        if r.u8() != WIRE_VERSION:
+        # Version 1 records hold classical ratchet states; each state names its own
+        # version, so both decode the same way (and are re-encoded as version 2).
+        if r.u8() not in (1, _RECORD_VERSION):
             raise DecodeError("unsupported session record version")
         sessions = [Session.decode(Reader(r.var())) for _ in range(r.u8())]
         r.end()
@@ -215,7 +228,7 @@ def initiate(
 
 
 def message_type(message: bytes) -> int:
-    if len(message) < 2 or message[0] != WIRE_VERSION or message[1] not in (MSG_RATCHET, MSG_PREKEY):
+    if len(message) < 2 or message[0] != WIRE_VERSION or message[1] not in (MSG_RATCHET, MSG_RATCHET_PQ, MSG_PREKEY):
         raise DecodeError("not a version 1 session message")
     return message[1]
 
@@ -235,7 +248,7 @@ def decrypt(
     from a device list signed by the pinned account key. On any failure nothing changes:
     the returned record is a new object and `record` is only mutated on success."""
     kind = message_type(message)
-    if kind == MSG_RATCHET:
+    if kind in (MSG_RATCHET, MSG_RATCHET_PQ):
         if record is None:
             raise NoSessionError("no session with this device")
         return _decrypt_with_record(record, message, now)
