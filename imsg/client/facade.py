@@ -69,6 +69,7 @@ from imsg.client.trust import Trust
 from imsg.handles import canonical_handle
 from imsg.protocol.content import AttachmentPointer, Content
 from imsg.protocol.identity import DeviceEntry, DeviceKeys, DeviceList
+from imsg.protocol.session import purge_expired_skipped_keys
 from imsg.protocol.stores import Contact, Conversation, LocalAccount, OwnHandle, Store
 from imsg.relay_client import RelayClient
 
@@ -120,6 +121,8 @@ class Client:
         self._reachable = Reachable(ctx)
         self._sealed = SealedSender(ctx)
         self._retention = Retention(ctx)
+        # Expired skipped message keys leave every stored session on each open (§5).
+        purge_expired_skipped_keys(store, ctx.now_ms())
         self._attachments = Attachments(ctx)
         self._trust = Trust(ctx, self._discovery, self._reachable)
         self._delivery = Delivery(ctx, self._trust, self._sealed)

@@ -18,6 +18,7 @@ as in Signal: until then the responder may not have the session yet.
 from __future__ import annotations
 
 import struct
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -340,3 +341,42 @@ def _decrypt_with_record(
     if duplicate:
         raise DuplicateMessageError()
     raise DecryptionError()
+
+
+class SessionRecords(Protocol):
+    """What `purge_expired_skipped_keys` needs of a store (see stores.SessionStore)."""
+
+    def session_addresses(self) -> list[Address]: ...
+    def load_session(self, address: Address) -> bytes | None: ...
+    def save_session(self, address: Address, record: bytes) -> None: ...
+    def transaction(self) -> AbstractContextManager[None]: ...
+
+
+def purge_expired_skipped_keys(store: SessionRecords, now: int) -> int:
+    """Erase skipped message keys past MAX_SKIPPED_KEY_AGE_MS from every stored session
+    record, current and previous states alike, and return how many records changed. Run on
+    every open of a store: an idle session would otherwise keep them until it next
+    decrypts, and whoever reads the store could open recorded ciphertext with them. A record
+    that does not decode is left alone (the receive path reports it)."""
+    changed = 0
+    for address in store.session_addresses():
+        if not _purged(store.load_session(address), now):
+            continue  # the common case: read only, no write lock taken
+        with store.transaction():  # again under the lock: a send may have saved it since
+            record = _purged(store.load_session(address), now)
+            if record is not None:
+                store.save_session(address, record.encode())
+                changed += 1
+    return changed
+
+
+def _purged(raw: bytes | None, now: int) -> SessionRecord | None:
+    """The record with its expired skipped keys gone, or None if it had none (or does not
+    decode: the receive path reports that)."""
+    if raw is None:
+        return None
+    try:
+        record = SessionRecord.decode(raw)
+    except DecodeError:
+        return None
+    return record if record.purge_skipped(now) else None

@@ -168,6 +168,9 @@ class MemoryStore:
     def delete_session(self, address: Address) -> None:
         self._sessions.pop(address, None)
 
+    def session_addresses(self) -> list[Address]:
+        return sorted(self._sessions)
+
     # contacts
     def get_contact(self, account_id: str) -> Contact | None:
         return self._contacts.get(account_id)

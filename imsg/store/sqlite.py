@@ -349,6 +349,10 @@ class SQLiteStore:
             (address.account_id, address.device_id),
         )
 
+    def session_addresses(self) -> list[Address]:
+        rows = self._db.execute("SELECT account_id, device_id FROM sessions ORDER BY account_id, device_id")
+        return [Address(r[0], r[1]) for r in rows]
+
     # contacts
     _CONTACT = (
         "SELECT account_id, handle, account_key, device_list, verified, first_seen, status, profile_key, "

@@ -100,7 +100,7 @@ def test_stolen_state_heals_after_the_next_pq_step_completes():
     fresh_keys: set[int] = set()  # KEM key ids drawn after t (Eve has none of their seeds)
     healed_at = None
     log = []
-    for i, name, m, read in _converse(alice, bob, rng, 4 * PQ_STEP_MESSAGES, eve):
+    for _, name, m, read in _converse(alice, bob, rng, 4 * PQ_STEP_MESSAGES, eve):
         parts = _parts(m)
         if parts is not None and parts.pk is not None:
             fresh_keys.add((name, parts.pk_id))
