@@ -30,19 +30,23 @@ def counter_rng(seed: int):
 
 
 def _pq_vectors(sk: bytes, spk: dh.KeyPair) -> tuple[dict, ratchet.RatchetState]:
-    """The PQ ratchet (§5a): its root KDF, the announcing first message (key generation is
-    from seeds, so it is reproducible), and A's state after it, ready for B's PQ step."""
+    """The PQ ratchet (§5a): its root KDF, the responder's first reply announcing its KEM key
+    (key generation is from seeds, so it is reproducible), and its state after it, ready
+    for the initiator's PQ step. Returns the vectors and the initiator's state."""
     rk, ck = ratchet.kdf_rk_pq(bytes([5]) * 32, bytes([6]) * 32, bytes([7]) * 32, bytes(1184), bytes(1088))
     a = ratchet.RatchetState.initiator(sk, spk.public, b"ad-a", b"ad-b")
     b = ratchet.RatchetState.responder(sk, spk, b"ad-b", b"ad-a")
-    announce = a.encrypt(b"hello", counter_rng(300), now=0)  # chain 1: A announces its KEM key
-    assert b.decrypt(announce, 0) == b"hello"
+    first = a.encrypt(b"hello", counter_rng(300), now=0)  # chain 1: 0x04, no KEM parts
+    assert b.decrypt(first, 0) == b"hello"
+    announce = b.encrypt(b"hi", counter_rng(400), now=0)  # chain 2: B announces its KEM key
+    assert a.decrypt(announce, 0) == b"hi"
     vectors = {
         "kdf_rk_pq_out": (rk + ck).hex(),
+        "ratchet_pq_first": first.hex(),
         "ratchet_pq_announce": announce.hex(),
-        "ratchet_pq_state_a": a.encode().hex(),
+        "ratchet_pq_state_b": b.encode().hex(),
     }
-    return vectors, b
+    return vectors, a
 
 
 # ML-KEM encapsulation takes its randomness inside pyca `cryptography`, so a PQ step cannot
@@ -51,13 +55,13 @@ def _pq_vectors(sk: bytes, spk: dh.KeyPair) -> tuple[dict, ratchet.RatchetState]
 RANDOMISED = ("ratchet_pq_step", "ratchet_pq_root_after_step")
 
 
-def pq_step(b: ratchet.RatchetState, a_state: bytes) -> dict:
-    """B's PQ step (a ciphertext to A's announced key and B's next key), and A's root after it."""
-    b.pq_count = PQ_STEP_MESSAGES  # as after 16 messages: B's next chain is a PQ step
-    step = b.encrypt(b"step", counter_rng(400), now=0)
-    a = ratchet.RatchetState.decode(a_state)
-    assert a.decrypt(step, 0) == b"step"
-    return {"ratchet_pq_step": step.hex(), "ratchet_pq_root_after_step": a.root_key.hex()}
+def pq_step(a: ratchet.RatchetState, b_state: bytes) -> dict:
+    """A's PQ step (a ciphertext to B's announced key and A's next key), and B's root after it."""
+    a.pq_count = PQ_STEP_MESSAGES  # as after 16 messages: A's next chain is a PQ step
+    step = a.encrypt(b"step", counter_rng(500), now=0)
+    b = ratchet.RatchetState.decode(b_state)
+    assert b.decrypt(step, 0) == b"step"
+    return {"ratchet_pq_step": step.hex(), "ratchet_pq_root_after_step": b.root_key.hex()}
 
 
 def build() -> dict:
@@ -112,11 +116,11 @@ if __name__ == "__main__":
     path = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "imsg" / "protocol-v1.json"
     vectors = build()
     old = json.loads(path.read_text()) if path.exists() else {}
-    if all(name in old for name in RANDOMISED) and old.get("ratchet_pq_state_a") == vectors["ratchet_pq_state_a"]:
+    if all(name in old for name in RANDOMISED) and old.get("ratchet_pq_state_b") == vectors["ratchet_pq_state_b"]:
         vectors.update({name: old[name] for name in RANDOMISED})  # still valid: keep them
     else:
         sk = bytes.fromhex(vectors["pqxdh_sk_three_dh"])
-        _, b = _pq_vectors(sk, dh.KeyPair(bytes(range(160, 192))))
-        vectors.update(pq_step(b, bytes.fromhex(vectors["ratchet_pq_state_a"])))
+        _, a = _pq_vectors(sk, dh.KeyPair(bytes(range(160, 192))))
+        vectors.update(pq_step(a, bytes.fromhex(vectors["ratchet_pq_state_b"])))
     path.write_text(json.dumps(vectors, indent=2) + "\n")
     print(f"wrote {path}")

@@ -53,9 +53,12 @@ SIGNED_PREKEY_KEEP_MS = 30 * 24 * 3600 * 1000
 MAX_DEVICES = 10
 
 # Sealed envelopes are padded to one of these total sizes (bytes), so the relay sees the
-# size class only: powers of two from 2 KiB (a prekey message with its certificate fits in
-# 4 KiB, a plain one in 2 KiB) to 64 KiB, then the relay's 96 KiB envelope cap.
-SEALED_BUCKETS = (2048, 4096, 8192, 16384, 32768, 65536, 98304)
+# size class only. The bucket is chosen as if every session message carried the largest
+# kind-specific parts (sealed.KIND_HEADROOM, 2,280 bytes), so a first message or a PQ step
+# lands where an ordinary message with the same content does: a short text fills 4 KiB,
+# then 6 KiB, powers of two to 64 KiB, and the relay's 96 KiB envelope cap. 2 KiB is never
+# chosen any more; it is still accepted (envelopes sealed before the change).
+SEALED_BUCKETS = (2048, 4096, 6144, 8192, 16384, 32768, 65536, 98304)
 
 # A sender certificate is fetched again after this long on our clock (they live 24 hours
 # on the relay's), so clock skew never makes a client send an expired one.

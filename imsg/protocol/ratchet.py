@@ -69,8 +69,8 @@ _HEADER = struct.Struct(">BBB32sII")  # version, type, key tag, dh public, pn, n
 HEADER_LEN = _HEADER.size  # 43
 PQ_CT = 0x01  # flags: a ciphertext to the recipient's announced KEM key
 PQ_PK = 0x02  # flags: the sender's new KEM public key
-_PQ_CT_LEN = 4 + kem.CIPHERTEXT_LEN
-_PQ_PK_LEN = 4 + kem.PUBLIC_KEY_LEN
+_PQ_CT_LEN = PQ_CT_PART_LEN = 4 + kem.CIPHERTEXT_LEN  # key id, ciphertext
+_PQ_PK_LEN = PQ_PK_PART_LEN = 4 + kem.PUBLIC_KEY_LEN  # key id, public key
 _STATE_V1 = 1  # classical state (before the PQ ratchet): still decoded
 _STATE_V2 = 2
 _CK_MSG = b"\x01"
@@ -288,9 +288,13 @@ class RatchetState:
             self.kem_next_id += 1
             self.pq_count, self.pq_last = 0, now if now is not None else self.pq_last
         else:
-            if self.pq and self.kem_own is None and self.kem_remote is None:
+            if self.pq and self.kem_own is None and self.kem_remote is None and self.dhs_public is not None:
                 # Nobody holds a KEM key of the other (a new session, or one made before the
-                # PQ ratchet): announce ours so that the peer can take the next PQ step.
+                # PQ ratchet): announce ours so that the peer can take the next PQ step. Not
+                # on the initiator's first chain (no DH key sent yet): it travels in prekey
+                # messages, which carry PQXDH's KEM ciphertext already, so the responder
+                # announces on its first reply and no message kind carries more than 2,280
+                # extra bytes (the sealed bucket's headroom, §6e).
                 seed = rng(kem.SEED_LEN)
                 parts = PqParts(pk_id=self.kem_next_id, pk=kem.KemKeyPair(seed).public)
                 self.kem_own = (self.kem_next_id, seed)

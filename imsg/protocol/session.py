@@ -44,7 +44,7 @@ from imsg.protocol.ratchet import MSG_RATCHET, MSG_RATCHET_PQ, RatchetState
 MSG_PREKEY = 0x03
 _RECORD_VERSION = 2  # 2: the ratchet states may carry PQ ratchet state (ratchet state v2)
 _PREKEY_FIXED = struct.Struct(">BB33s33sIII")
-_PREKEY_LEN = _PREKEY_FIXED.size + kem.CIPHERTEXT_LEN
+_PREKEY_LEN = PREKEY_PREFIX_LEN = _PREKEY_FIXED.size + kem.CIPHERTEXT_LEN
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -57,6 +57,16 @@ class QuantumEve:
         return plaintext
 
 
+def _announced(seed: int = 0):
+    """A pair after Alice's first message and Bob's reply, which announces Bob's KEM key:
+    Alice's next chain may take a PQ step."""
+    alice, bob, rng = ratchet_pair(seed)
+    bob.decrypt(alice.encrypt(b"hi", rng), T0)
+    reply = bob.encrypt(b"hello", rng)
+    alice.decrypt(reply, T0)
+    return alice, bob, rng, reply
+
+
 def _converse(alice, bob, rng, rounds: int, eve: QuantumEve | None = None):
     """Alternate one message each way; yield (round, sender, message, what Eve read)."""
     for i in range(rounds):
@@ -67,30 +77,33 @@ def _converse(alice, bob, rng, rounds: int, eve: QuantumEve | None = None):
             yield i, name, m, read
 
 
-def test_first_chain_announces_and_steps_follow_the_schedule():
+def test_responder_announces_and_steps_follow_the_schedule():
     alice, bob, rng = ratchet_pair()
     first = alice.encrypt(b"hi", rng)
-    parts = _parts(first)
-    assert parts is not None and parts.ct is None and len(parts.pk) == kem.PUBLIC_KEY_LEN
+    assert _parts(first).encode() == b"\x00"  # the initiator's first chain: no KEM parts
     bob.decrypt(first, T0)
-    assert bob.peer_pq and bob.kem_remote is not None
+    assert bob.peer_pq  # a 0x04 message: from now on Bob refuses 0x02
+    reply = bob.encrypt(b"hello", rng)
+    parts = _parts(reply)
+    assert parts is not None and parts.ct is None and len(parts.pk) == kem.PUBLIC_KEY_LEN
+    alice.decrypt(reply, T0)
+    assert alice.peer_pq and alice.kem_remote is not None
     steps = [(i, name) for i, name, m, _ in _converse(alice, bob, rng, 3 * PQ_STEP_MESSAGES) if _is_step(m)]
     # each side steps once per PQ_STEP_MESSAGES of its own messages, alternating sides
-    assert [name for _, name in steps] == ["bob", "alice"] * (len(steps) // 2) + ["bob"] * (len(steps) % 2)
+    assert [name for _, name in steps] == ["alice", "bob"] * (len(steps) // 2) + ["alice"] * (len(steps) % 2)
     assert len(steps) >= 4
     assert all(b[0] - a[0] <= PQ_STEP_MESSAGES for a, b in zip(steps, steps[1:], strict=False))
 
 
 def test_every_message_of_a_step_chain_repeats_the_parts_and_only_one_step_is_taken():
-    alice, bob, rng = ratchet_pair()
-    bob.decrypt(alice.encrypt(b"hi", rng), T0)
-    bob.pq_count = PQ_STEP_MESSAGES
-    chain = [bob.encrypt(f"b{i}".encode(), rng) for i in range(4)]
+    alice, bob, rng, _ = _announced()
+    alice.pq_count = PQ_STEP_MESSAGES
+    chain = [alice.encrypt(f"a{i}".encode(), rng) for i in range(4)]
     assert all(_is_step(m) for m in chain)
     assert len({_parts(m).encode() for m in chain}) == 1
     for i, m in enumerate(chain):
-        assert alice.decrypt(m, T0) == f"b{i}".encode()
-    assert alice.kem_own is None and alice.kem_remote is not None
+        assert bob.decrypt(m, T0) == f"a{i}".encode()
+    assert bob.kem_own is None and bob.kem_remote is not None
 
 
 def test_stolen_state_heals_after_the_next_pq_step_completes():
@@ -147,12 +160,16 @@ def test_a_valid_classical_message_is_refused_once_the_peer_used_the_pq_ratchet(
         bob.decrypt(classical.encrypt(b"downgraded", rng), T0)
 
 
-def test_stripping_the_pq_parts_is_refused():
-    alice, bob, rng = ratchet_pair()
-    bob.decrypt(alice.encrypt(b"hi", rng), T0)
-    bob.pq_count = PQ_STEP_MESSAGES
-    step = bob.encrypt(b"step", rng)
+def _step(alice, rng, text=b"step"):
+    alice.pq_count = PQ_STEP_MESSAGES
+    step = alice.encrypt(text, rng)
     assert _is_step(step)
+    return step
+
+
+def test_stripping_the_pq_parts_is_refused():
+    alice, bob, rng, _ = _announced()
+    step = _step(alice, rng)
     h, body = rt.HEADER_LEN, step[rt.HEADER_LEN + 1 + 4 + kem.CIPHERTEXT_LEN + 4 + kem.PUBLIC_KEY_LEN :]
     stripped = [
         step[:h] + b"\x00" + body,  # flags cleared, parts removed
@@ -160,84 +177,81 @@ def test_stripping_the_pq_parts_is_refused():
         step[:h] + b"\x01" + step[h + 1 : h + 1 + 4 + kem.CIPHERTEXT_LEN] + body,  # new key removed
         step[:1] + bytes([rt.MSG_RATCHET]) + step[2:h] + body,  # rewritten as classical
     ]
-    before = alice.encode()
+    before = bob.encode()
     for forged in stripped:
         with pytest.raises(DecryptionError):
-            alice.decrypt(forged, T0)
-        assert alice.encode() == before
-    assert alice.decrypt(step, T0) == b"step"
+            bob.decrypt(forged, T0)
+        assert bob.encode() == before
+    assert bob.decrypt(step, T0) == b"step"
 
 
 def test_ciphertext_to_a_key_we_do_not_hold_is_refused():
-    alice, bob, rng = ratchet_pair()
-    bob.decrypt(alice.encrypt(b"hi", rng), T0)
-    bob.pq_count = PQ_STEP_MESSAGES
-    step = bob.encrypt(b"step", rng)
+    alice, bob, rng, _ = _announced()
+    step = _step(alice, rng)
     wrong_id = bytearray(step)
     wrong_id[rt.HEADER_LEN + 4] ^= 1  # the recipient key id
     with pytest.raises(DecryptionError):
-        alice.decrypt(bytes(wrong_id), T0)
+        bob.decrypt(bytes(wrong_id), T0)
     # a flipped ciphertext bit: implicit rejection, then the AEAD fails
     with pytest.raises(DecryptionError):
-        alice.decrypt(flip(step, rt.HEADER_LEN + 1 + 4 + 100), T0)
-    assert alice.decrypt(step, T0) == b"step"
+        bob.decrypt(flip(step, rt.HEADER_LEN + 1 + 4 + 100), T0)
+    assert bob.decrypt(step, T0) == b"step"
 
 
 def test_a_malformed_announced_key_is_refused():
     alice, bob, rng = ratchet_pair()
-    first = bytearray(alice.encrypt(b"hi", rng))
+    bob.decrypt(alice.encrypt(b"hi", rng), T0)
+    reply = bytearray(bob.encrypt(b"hello", rng))
     at = rt.HEADER_LEN + 1 + 4
-    first[at : at + kem.PUBLIC_KEY_LEN] = b"\xff" * kem.PUBLIC_KEY_LEN  # coefficients >= q
+    reply[at : at + kem.PUBLIC_KEY_LEN] = b"\xff" * kem.PUBLIC_KEY_LEN  # coefficients >= q
     with pytest.raises(DecryptionError):
-        bob.decrypt(bytes(first), T0)
-    assert not bob.peer_pq
+        alice.decrypt(bytes(reply), T0)
+    assert alice.kem_remote is None
 
 
 # --- loss, reordering and restarts around a PQ step ---
 
 
 def test_out_of_order_and_lost_messages_around_a_pq_step():
-    alice, bob, rng = ratchet_pair()
-    bob.decrypt(alice.encrypt(b"hi", rng), T0)
-    tail_a = [alice.encrypt(f"late {i}".encode(), rng) for i in range(3)]  # Alice's chain, delayed
-    bob.pq_count = PQ_STEP_MESSAGES
-    chain = [bob.encrypt(f"b{i}".encode(), rng) for i in range(5)]
-    assert alice.decrypt(chain[3], T0) == b"b3"  # the step arrives out of order, 0..2 missing
-    assert alice.decrypt(chain[1], T0) == b"b1"
-    assert alice.decrypt(chain[0], T0) == b"b0"  # chain[2] and chain[4] are lost
-    # Alice's PQ step answers (after her count) while Bob still waits for her old chain
+    alice, bob, rng, _ = _announced()
+    tail_b = [bob.encrypt(f"late {i}".encode(), rng) for i in range(3)]  # Bob's chain, delayed
     alice.pq_count = PQ_STEP_MESSAGES
-    answer = [alice.encrypt(f"a{i}".encode(), rng) for i in range(2)]
+    chain = [alice.encrypt(f"a{i}".encode(), rng) for i in range(5)]
+    assert bob.decrypt(chain[3], T0) == b"a3"  # the step arrives out of order, 0..2 missing
+    assert bob.decrypt(chain[1], T0) == b"a1"
+    assert bob.decrypt(chain[0], T0) == b"a0"  # chain[2] and chain[4] are lost
+    # Bob's PQ step answers (after his count) while Alice still waits for his old chain
+    bob.pq_count = PQ_STEP_MESSAGES
+    answer = [bob.encrypt(f"b{i}".encode(), rng) for i in range(2)]
     assert all(_is_step(m) for m in answer)
-    assert bob.decrypt(answer[1], T0) == b"a1"
+    assert alice.decrypt(answer[1], T0) == b"b1"
     for i in (2, 0, 1):
-        assert bob.decrypt(tail_a[i], T0) == f"late {i}".encode()  # skipped keys of the old chain
-    assert bob.decrypt(answer[0], T0) == b"a0"
+        assert alice.decrypt(tail_b[i], T0) == f"late {i}".encode()  # skipped keys of the old chain
+    assert alice.decrypt(answer[0], T0) == b"b0"
     list(_converse(alice, bob, rng, 3))
 
 
 def test_both_sides_restart_mid_step():
-    alice, bob, rng = ratchet_pair()
-    bob.decrypt(alice.encrypt(b"hi", rng), T0)
-    bob.pq_count = PQ_STEP_MESSAGES
-    first = bob.encrypt(b"b0", rng)
-    bob = _copy(bob)  # restart after sending the step, before Alice has it
-    second = bob.encrypt(b"b1", rng)  # the restarted Bob repeats the same parts
+    alice, bob, rng, _ = _announced()
+    first = _step(alice, rng, b"a0")
+    alice = _copy(alice)  # restart after sending the step, before Bob has it
+    second = alice.encrypt(b"a1", rng)  # the restarted Alice repeats the same parts
     assert _parts(first).encode() == _parts(second).encode()
-    alice = _copy(alice)  # restart before receiving it
-    assert alice.decrypt(second, T0) == b"b1"
-    alice = _copy(alice)  # and again after, with one message of the step chain pending
-    assert alice.decrypt(first, T0) == b"b0"
+    bob = _copy(bob)  # restart before receiving it
+    assert bob.decrypt(second, T0) == b"a1"
+    bob = _copy(bob)  # and again after, with one message of the step chain pending
+    assert bob.decrypt(first, T0) == b"a0"
     list(_converse(_copy(alice), _copy(bob), rng, 2 * PQ_STEP_MESSAGES))
 
 
 def test_the_time_trigger_steps_on_the_next_chain():
     alice, bob, rng = ratchet_pair()
     bob.decrypt(alice.encrypt(b"hi", rng, now=T0), T0)
-    assert not _is_step(bob.encrypt(b"soon", rng, now=T0))  # count and time both short
-    alice.decrypt(bob.encrypt(b"x", rng, now=T0), T0)
-    bob.decrypt(alice.encrypt(b"y", rng, now=T0), T0)
-    assert _is_step(bob.encrypt(b"a day later", rng, now=bob.pq_last + PQ_STEP_MAX_MS))
+    alice.decrypt(bob.encrypt(b"announce", rng, now=T0), T0)
+    assert not _is_step(alice.encrypt(b"soon", rng, now=T0))  # count and time both short
+    bob.decrypt(alice.encrypt(b"x", rng, now=T0), T0)
+    alice.decrypt(bob.encrypt(b"y", rng, now=T0), T0)
+    assert _is_step(alice.encrypt(b"a day later", rng, now=alice.pq_last + PQ_STEP_MAX_MS))
 
 
 # --- classical states from before the PQ ratchet ---

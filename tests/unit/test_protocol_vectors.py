@@ -28,12 +28,12 @@ def test_pq_step_vector_decrypts_to_its_root(rebuilt):
     it with the rebuilt state: the same plaintext and the same root key."""
     from imsg.protocol import ratchet
 
-    a = ratchet.RatchetState.decode(bytes.fromhex(rebuilt["ratchet_pq_state_a"]))
+    b = ratchet.RatchetState.decode(bytes.fromhex(rebuilt["ratchet_pq_state_b"]))
     step = bytes.fromhex(VECTORS["ratchet_pq_step"])
     assert ratchet.read_header(step)[4].ct is not None  # it carries a ciphertext and a key
-    assert a.decrypt(step, 0) == b"step"
-    assert a.root_key.hex() == VECTORS["ratchet_pq_root_after_step"]
-    assert a.kem_own is None and a.kem_remote is not None  # A's key is spent; B's is held
+    assert b.decrypt(step, 0) == b"step"
+    assert b.root_key.hex() == VECTORS["ratchet_pq_root_after_step"]
+    assert b.kem_own is None and b.kem_remote is not None  # B's key is spent; A's is held
 
 
 def test_vectors_are_quoted_in_the_spec():

@@ -45,8 +45,8 @@ def test_first_message_is_a_prekey_message_until_a_reply():
     m1 = pair.send("alice", b"one")
     m2 = pair.send("alice", b"two")
     assert sess.message_type(m1) == sess.MSG_PREKEY == sess.message_type(m2)
-    # the inner ratchet message announces Alice's first PQ ratchet KEM key (§5a)
-    assert len(m1) == sess._PREKEY_LEN + rt.HEADER_LEN + 1 + 4 + kem.PUBLIC_KEY_LEN + 3 + 16
+    # the inner ratchet message is a 0x04 one with no KEM parts (Bob announces first, §5a)
+    assert len(m1) == sess._PREKEY_LEN + rt.HEADER_LEN + 1 + 3 + 16
     r = pair.deliver("bob", m1)
     assert r.plaintext == b"one" and r.new_session
     assert sess.message_type(pair.send("bob", b"reply")) == sess.MSG_RATCHET_PQ
