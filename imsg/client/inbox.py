@@ -86,8 +86,7 @@ class Inbox:
                 relay.ack(acks)
             if not more:
                 break
-        if used_prekeys or self.prekeys.signed_prekey_due():
-            self.prekeys.maintain()
+        self.prekeys.after_receive(used_prekeys)  # counts checked every time (drains)
         self.profiles.refresh_all()  # contacts who announced a new name or photo
         self._backup_quietly()
         return self.take_unshown()
