@@ -47,6 +47,7 @@ from imsg.client.messaging import Messaging
 from imsg.client.prekeys import Prekeys
 from imsg.client.profiles import Profiles
 from imsg.client.reachable import Reachable
+from imsg.client.repair import Repair
 from imsg.client.results import (
     BackupResult,
     BackupStatus,
@@ -143,6 +144,7 @@ class Client:
             self._prekeys,
             self._backup,
             self._retention,
+            repair=Repair(ctx, self._delivery),
         )
 
     @classmethod

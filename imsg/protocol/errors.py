@@ -38,6 +38,10 @@ class DuplicateMessageError(RemoteProtocolError):
     """message already received (replay or redelivery)"""
 
 
+class UnknownPreKeyError(DuplicateMessageError):
+    """prekey message names an unknown or used prekey"""
+
+
 class TooFarAheadError(RemoteProtocolError):
     """message skips more keys than allowed: rejected without deriving them"""
 

@@ -35,6 +35,7 @@ from imsg.protocol.errors import (
     NoSessionError,
     RemoteProtocolError,
     TooFarAheadError,
+    UnknownPreKeyError,
     UntrustedIdentityError,
 )
 from imsg.protocol.identity import DeviceKeys, Rng
@@ -281,7 +282,7 @@ def decrypt(
     opk = prekeys.get_one_time_prekey(opk_id) if opk_id else None
     if spk is None or kpk is None or (opk_id and opk is None):
         # A one-time key already used means this is a replay of a handshake we consumed.
-        raise DuplicateMessageError("prekey message names an unknown or used prekey")
+        raise UnknownPreKeyError()
     init = pqxdh.Initiation(identity_key, base_key, spk_id, opk_id or None, kem_id, kem_ct)
     try:
         sk = pqxdh.respond(local, init, spk, kpk, opk)
