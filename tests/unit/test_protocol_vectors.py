@@ -38,5 +38,12 @@ def test_pq_step_vector_decrypts_to_its_root(rebuilt):
 
 def test_vectors_are_quoted_in_the_spec():
     spec = "".join((Path(__file__).parents[2] / "docs" / "PROTOCOL.md").read_text().split())
-    for name in ("account_id", "pqxdh_sk_three_dh", "kdf_rk_out", "safety_number", "account_key_public"):
+    for name in (
+        "account_id",
+        "pqxdh_sk_three_dh",
+        "kdf_rk_out",
+        "kdf_rk_pq_out",
+        "safety_number",
+        "account_key_public",
+    ):
         assert "".join(VECTORS[name].split()) in spec, f"docs/PROTOCOL.md does not quote {name}"
