@@ -79,7 +79,7 @@ class Delivery:
                     except ProtocolError as exc:
                         raise errors.SecurityError(f"session set-up failed: {exc}") from None
                     record.promote(session)
-                session_message = session.encrypt(package, self.ctx.rng)
+                session_message = session.encrypt(package, self.ctx.rng, now=self.ctx.now_ms())
                 store.save_session(address, record.encode())
                 envelope = env.Envelope(env.KIND_IDENTIFIED, me, session_message, content_ct)
                 out.append((d.device_id, envelope.encode()))

@@ -47,6 +47,7 @@ from imsg.client.messaging import Messaging
 from imsg.client.prekeys import Prekeys
 from imsg.client.profiles import Profiles
 from imsg.client.reachable import Reachable
+from imsg.client.repair import Repair
 from imsg.client.results import (
     BackupResult,
     BackupStatus,
@@ -69,6 +70,7 @@ from imsg.client.trust import Trust
 from imsg.handles import canonical_handle
 from imsg.protocol.content import AttachmentPointer, Content
 from imsg.protocol.identity import DeviceEntry, DeviceKeys, DeviceList
+from imsg.protocol.session import purge_expired_skipped_keys
 from imsg.protocol.stores import Contact, Conversation, LocalAccount, OwnHandle, Store
 from imsg.relay_client import RelayClient
 
@@ -131,6 +133,8 @@ class Client:
         self._sealed = SealedSender(ctx)
         self._discovery = Discovery(ctx, self._sealed)
         self._retention = Retention(ctx)
+        # Expired skipped message keys leave every stored session on each open (§5).
+        purge_expired_skipped_keys(store, ctx.now_ms())
         self._attachments = Attachments(ctx)
         self._trust = Trust(ctx, self._discovery, self._reachable)
         self._delivery = Delivery(ctx, self._trust, self._sealed)
@@ -153,6 +157,7 @@ class Client:
             self._prekeys,
             self._backup,
             self._retention,
+            repair=Repair(ctx, self._delivery),
         )
 
     @classmethod

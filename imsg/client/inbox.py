@@ -32,6 +32,7 @@ from imsg.client.delivery import Delivery
 from imsg.client.discovery import Discovery
 from imsg.client.prekeys import Prekeys
 from imsg.client.profiles import Profiles, received_profile
+from imsg.client.repair import Repair
 from imsg.client.results import Message
 from imsg.client.retention import Retention
 from imsg.client.sealed import Opened, SealedSender
@@ -39,9 +40,17 @@ from imsg.client.trust import Trust, contact_devices, own_devices
 from imsg.handles import canonical_handle
 from imsg.protocol import envelope as env
 from imsg.protocol import receive
-from imsg.protocol.content import KIND_PROFILE, KIND_SYNC, Content
+from imsg.protocol.content import KIND_PROFILE, KIND_RETRY, KIND_SYNC, Content
 from imsg.protocol.encoding import KEY_ED25519, decode_key
-from imsg.protocol.errors import DecodeError, DuplicateMessageError, ProtocolError, RemoteProtocolError
+from imsg.protocol.errors import (
+    DecodeError,
+    DecryptionError,
+    DuplicateMessageError,
+    NoSessionError,
+    ProtocolError,
+    RemoteProtocolError,
+    UnknownPreKeyError,
+)
 from imsg.protocol.identity import account_id_for
 from imsg.protocol.sealed import is_sealed
 from imsg.protocol.session import Address
@@ -63,8 +72,10 @@ class Inbox:
         prekeys: Prekeys,
         backup: Backup,
         retention: Retention,
+        repair: Repair | None = None,
     ):
         self.ctx = ctx
+        self.repair = repair
         self.store = ctx.store
         self.trust = trust
         self.delivery = delivery
@@ -94,8 +105,7 @@ class Inbox:
                 relay.ack(acks)
             if not more:
                 break
-        if used_prekeys or self.prekeys.signed_prekey_due():
-            self.prekeys.maintain()
+        self.prekeys.after_receive(used_prekeys)  # counts checked every time (drains)
         self.complete_pending_checks()
         self.trust.recheck_due()  # the contacts' randomized re-verification (key changes)
         self._refresh_certificate_quietly()
@@ -154,6 +164,8 @@ class Inbox:
         use no one-time key at all, and the refill must still happen.)"""
         if self.store.has_message(e.message_id):
             return False  # redelivery of a message already stored: just ack it
+        repairable, peer, sender = False, None, None
+        retries: list[Content] = []
         try:
             envelope: Opened | env.Envelope = (
                 self.sealed.open(account, e) if is_sealed(e.body) else env.Envelope.decode(e.body)
@@ -163,7 +175,7 @@ class Inbox:
             if receive.is_own_decoy(sender if isinstance(envelope, Opened) else None, me):
                 return False  # our own sealed send's decoy for this device: ack, drop
             own = receive.from_own_account(sender, me)
-            peer: Contact | None = None  # the contact who wrote (None: one of our own devices)
+            peer = None  # the contact who wrote (None: one of our own devices)
             known = None if own else self.store.get_contact(sender.account_id)
             if own:
                 devices = own_devices(account)
@@ -178,11 +190,15 @@ class Inbox:
             entry = receive.sender_device(devices, sender)
             certified = envelope.certified_identity if isinstance(envelope, Opened) else None
             receive.check_certified_identity(certified, entry.identity_key)
+            repairable = peer is not None  # from here on a failure is the session's: ask to re-send
 
             def keep(plaintext: bytes) -> Contact | None:
                 content = receive.open_content(plaintext, envelope.content_ciphertext)
                 receive.check_content_id(content, e.message_id, own=own)
                 receive.check_kind(content, own=own)
+                if content.kind == KIND_RETRY:  # answered after the transaction (it sends)
+                    retries.append(content)
+                    return None
                 if peer is None:
                     self._keep_own(account, content, sender)
                     return None
@@ -198,6 +214,8 @@ class Inbox:
                 now=self.ctx.now_ms(),
                 then=keep,
             )
+            if retries and peer is not None and self.repair is not None:
+                self.repair.honour(account, peer, retries[0], sender.device_id)
             if kept is not None and kept.status == "changed":
                 self.ctx.report(
                     e.message_id,
@@ -220,9 +238,21 @@ class Inbox:
             self.ctx.report(e.message_id, "rejected", "envelope names an unknown sender account")
         except DuplicateMessageError as exc:
             self.ctx.report(e.message_id, "duplicate", str(exc))
+            if isinstance(exc, UnknownPreKeyError):
+                self._ask_to_resend(account, repairable, peer, sender, e.message_id)
         except (ProtocolError, errors.SecurityError) as exc:
             self.ctx.report(e.message_id, "rejected", str(exc))
+            if isinstance(exc, (DecryptionError, NoSessionError)):
+                self._ask_to_resend(account, repairable, peer, sender, e.message_id)
         return False
+
+    def _ask_to_resend(
+        self, account: LocalAccount, repairable: bool, peer: Contact | None, sender: Address | None, message_id: str
+    ) -> None:
+        """A message from a contact's signed device did not decrypt: send that device a retry
+        receipt (bounded, imsg.protocol.repair), so the session heals without our reply."""
+        if repairable and peer is not None and sender is not None and self.repair is not None:
+            self.repair.request(account, peer, sender, message_id)
 
     def _keep(
         self, contact: Contact, fresh_contact: bool, content: Content, sender: Address, message_id: str

@@ -34,6 +34,18 @@ class KemKeyPair:
         return self._key.decapsulate(ciphertext)
 
 
+def is_valid_public_key(public: bytes) -> bool:
+    """FIPS 203's encapsulation key check (length, and every coefficient below q), so a
+    malformed key is refused when it arrives, not when we next send."""
+    if len(public) != PUBLIC_KEY_LEN:
+        return False
+    try:
+        MLKEM768PublicKey.from_public_bytes(public)
+    except ValueError:
+        return False
+    return True
+
+
 def encapsulate(public: bytes) -> tuple[bytes, bytes]:
     """Return (shared_secret, ciphertext) for `public`; raises on a malformed key."""
     if len(public) != PUBLIC_KEY_LEN:

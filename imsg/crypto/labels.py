@@ -18,6 +18,7 @@ The values are wire format: changing one breaks every peer and every stored reco
 # --- sessions and messages (§4, §5, §6) ---
 LABEL_PQXDH = b"imsg/v1/pqxdh X25519 ML-KEM-768 SHA-256"  # HKDF info of the session key
 LABEL_ROOT = b"imsg/v1/ratchet/root"  # HKDF info of the root KDF
+LABEL_ROOT_PQ = b"imsg/v1/ratchet/root-pq"  # HKDF info prefix of the root KDF on a PQ step
 LABEL_MESSAGE_KEYS = b"imsg/v1/ratchet/message-keys"  # HKDF info: message key -> AEAD key, nonce
 LABEL_MESSAGE_AD = b"imsg/v1/ratchet/ad"  # associated data of a ratchet message
 LABEL_CONTENT_KEY = b"imsg/v1/content"  # HKDF info: content key -> AEAD key, nonce

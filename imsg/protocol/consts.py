@@ -16,6 +16,14 @@ PQXDH_F = b"\xff" * 32
 # need more than a few thousand, and a smaller cap bounds the work per forged header.
 MAX_FORWARD_JUMPS = 2_000
 
+# The PQ ratchet (docs/PROTOCOL.md §5a): a side takes a PQ step (an ML-KEM-768 ciphertext
+# and a new KEM key, 2,280 bytes on every message of that sending chain) when it opens a
+# sending chain after sending this many messages since its last step, or this long after
+# it. 2,280 / 16 is about 143 bytes a message amortised in a one-way stream; in an
+# alternating conversation a compromised state heals within 2 x 16 messages of each side.
+PQ_STEP_MESSAGES = 16
+PQ_STEP_MAX_MS = 24 * 3600 * 1000
+
 # Most skipped message keys kept per session, across all chains; oldest evicted first.
 # 100 DH ratchets each leaving 50 gaps still leave at most this many (SECURITY-TESTS 19).
 MAX_MESSAGE_KEYS = 2_000
@@ -45,9 +53,12 @@ SIGNED_PREKEY_KEEP_MS = 30 * 24 * 3600 * 1000
 MAX_DEVICES = 10
 
 # Sealed envelopes are padded to one of these total sizes (bytes), so the relay sees the
-# size class only: powers of two from 2 KiB (a prekey message with its certificate fits in
-# 4 KiB, a plain one in 2 KiB) to 64 KiB, then the relay's 96 KiB envelope cap.
-SEALED_BUCKETS = (2048, 4096, 8192, 16384, 32768, 65536, 98304)
+# size class only. The bucket is chosen as if every session message carried the largest
+# kind-specific parts (sealed.KIND_HEADROOM, 2,280 bytes), so a first message or a PQ step
+# lands where an ordinary message with the same content does: a short text fills 4 KiB,
+# then 6 KiB, powers of two to 64 KiB, and the relay's 96 KiB envelope cap. 2 KiB is never
+# chosen any more; it is still accepted (envelopes sealed before the change).
+SEALED_BUCKETS = (2048, 4096, 6144, 8192, 16384, 32768, 65536, 98304)
 
 # --- profiles (name and photo, docs/PROTOCOL.md §6c) ---
 

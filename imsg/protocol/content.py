@@ -26,7 +26,10 @@ KIND_SYNC = "sync"
 # devices after any of them changed (a rotation, a new name or photo, a policy). Accepted
 # only from the account's own signed devices; never stored as a message.
 KIND_PROFILE = "profile"
-KINDS = frozenset({KIND_TEXT, KIND_SYNC, KIND_PROFILE})
+# A retry receipt (session repair, docs/PROTOCOL.md §5b): "your device D's message M did
+# not decrypt here". Never stored as a message; no text.
+KIND_RETRY = "retry"
+KINDS = frozenset({KIND_TEXT, KIND_SYNC, KIND_PROFILE, KIND_RETRY})
 SHARE_POLICIES = ("contacts", "ask", "off")
 MAX_TEXT_LEN = 60_000
 MAX_HANDLE_LEN = 254
@@ -55,6 +58,11 @@ class ProfileJson(TypedDict):
     share: NotRequired[str]
 
 
+class RetryJson(TypedDict):
+    id: str  # the message that did not decrypt
+    device: int  # the sender device it came from
+
+
 class SyncJson(TypedDict):
     dest: str
     dest_key: str  # base64
@@ -73,6 +81,7 @@ ContentJson = TypedDict(  # functional form: "from" is a keyword
         "attachments": NotRequired[list[AttachmentJson]],
         "profile": NotRequired[ProfileJson],
         "sync": NotRequired[SyncJson],
+        "retry": NotRequired[RetryJson],
     },
 )
 
@@ -157,6 +166,8 @@ class Content:
     destination_key: bytes = b""  # sync: the recipient's type-tagged account key
     attachments: tuple[AttachmentPointer, ...] = ()
     profile: ProfileShare | None = None
+    retry_id: str = ""  # retry: the message id that did not decrypt
+    retry_device: int = 0  # retry: the sender device it came from
 
     def encode(self) -> bytes:
         doc: ContentJson = {
@@ -174,6 +185,8 @@ class Content:
             doc["profile"] = self.profile.to_json()
         if self.kind == KIND_SYNC:
             doc["sync"] = {"dest": self.destination, "dest_key": base64.b64encode(self.destination_key).decode()}
+        if self.kind == KIND_RETRY:
+            doc["retry"] = {"id": self.retry_id, "device": self.retry_device}
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
     @classmethod
@@ -210,6 +223,16 @@ class Content:
             raise DecodeError("profile message without a profile and share policy")
         if kind != KIND_PROFILE and profile is not None and profile.share:
             raise DecodeError("a share policy travels only in a profile message")
+        if kind == KIND_RETRY:
+            if text or attachments or profile is not None:
+                raise DecodeError("a retry receipt carries nothing but the failed message")
+            retry = _field(doc, "retry", dict)
+            failed, device = _field(retry, "id", str), _field(retry, "device", int)
+            if len(failed) != 32 or not _is_hex(failed):
+                raise DecodeError("retry id must be 32 hex characters")
+            if isinstance(device, bool) or not 1 <= device < 1 << 31:
+                raise DecodeError("retry device out of range")
+            return cls(message_id, sent_at, kind, sender, recipient, retry_id=failed, retry_device=device)
         if kind != KIND_SYNC:
             return cls(message_id, sent_at, kind, sender, recipient, text, attachments=attachments, profile=profile)
         sync = _field(doc, "sync", dict)

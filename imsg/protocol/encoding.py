@@ -39,13 +39,35 @@ def encode_key(tag: int, raw: bytes) -> bytes:
 
 
 def decode_key(tag: int, data: bytes) -> bytes:
-    """Return the raw key from `tag || raw`, or raise DecodeError."""
+    """Return the raw key from `tag || raw`, or raise DecodeError. An Ed25519 key must be a
+    canonical encoding of a point that is not of small order (see `is_acceptable_ed25519`)."""
     if len(data) != 1 + _KEY_LENGTHS[tag] or data[0] != tag:
         raise DecodeError(f"expected a type-tagged {_KEY_NAMES[tag]} public key")
-    return bytes(data[1:])
+    raw = bytes(data[1:])
+    if tag == KEY_ED25519 and not is_acceptable_ed25519(raw):
+        raise DecodeError("ed25519 public key is of small order or not canonically encoded")
+    return raw
 
 
 _X25519_P = 2**255 - 19
+
+# The y-coordinates of Ed25519's eight points of small order (the torsion subgroup E[8]):
+# the identity (y = 1), the point of order 2 (y = -1), the two of order 4 (y = 0) and the
+# four of order 8 (y = ±Y8). Every encoding of them (either sign bit, y or y + p) names a
+# point whose signatures a forger can satisfy for many messages at once (with A of small
+# order, [8][S]B = [8]R holds whatever the message: "Taming the many EdDSAs", Brendel et al.
+# 2020); a key generated honestly is never one, so they are refused outright.
+_ED25519_Y8 = 0x7A03AC9277FDC74EC6CC392CFA53202A0F67100D760B3CBA4FD84D3D706A17C7
+_ED25519_SMALL_ORDER_Y = frozenset({1, _X25519_P - 1, 0, _ED25519_Y8, _X25519_P - _ED25519_Y8})
+
+
+def is_acceptable_ed25519(raw: bytes) -> bool:
+    """True if `raw` is a canonical Ed25519 point encoding (y below p) of a point that is
+    not of small order. Points off the curve are left to the signature check (it fails)."""
+    if len(raw) != 32:
+        return False
+    y = int.from_bytes(raw, "little") & ((1 << 255) - 1)
+    return y < _X25519_P and y not in _ED25519_SMALL_ORDER_Y
 
 
 def is_canonical_x25519(raw: bytes) -> bool:

@@ -30,8 +30,16 @@ class DecryptionError(RemoteProtocolError):
     """failed to decrypt and authenticate message: it may be corrupted or tampered with"""
 
 
+class DowngradeError(DecryptionError):
+    """message refused: the peer uses the PQ ratchet in this session, and this one lacks it"""
+
+
 class DuplicateMessageError(RemoteProtocolError):
     """message already received (replay or redelivery)"""
+
+
+class UnknownPreKeyError(DuplicateMessageError):
+    """prekey message names an unknown or used prekey"""
 
 
 class TooFarAheadError(RemoteProtocolError):

@@ -37,7 +37,7 @@ from typing import Protocol, TypeVar
 from imsg.crypto.kdf import constant_time_equal
 from imsg.protocol import envelope as env
 from imsg.protocol import session as sess
-from imsg.protocol.content import KIND_SYNC, KIND_TEXT, Content
+from imsg.protocol.content import KIND_RETRY, KIND_SYNC, KIND_TEXT, Content
 from imsg.protocol.errors import CertificateError, RemoteProtocolError, UntrustedIdentityError
 from imsg.protocol.identity import DeviceEntry, DeviceKeys, DeviceList, account_id_for
 from imsg.protocol.session import Address
@@ -177,5 +177,5 @@ def is_own_decoy(sealed_sender: Address | None, local: Address) -> bool:
 
 def check_kind(content: Content, *, own: bool) -> None:
     """Sync copies and profile changes come only from our own devices."""
-    if not own and content.kind != KIND_TEXT:
+    if not own and content.kind not in (KIND_TEXT, KIND_RETRY):
         raise RemoteProtocolError("sync messages are accepted only from our own devices")

@@ -10,7 +10,11 @@
     SealedEnvelope    = u8(1) || u8(0x02) || HPKE.Seal(SK_R, info = LABEL_SEALED_ENVELOPE
                         || addr(R), aad = "", Inner)
 
-`n` pads the whole envelope to the smallest of SEALED_BUCKETS that holds it. The relay
+`n` pads the whole envelope to the smallest of SEALED_BUCKETS that would hold it if its
+session message carried the largest kind-specific parts (`KIND_HEADROOM`: a prekey prefix
+with a KEM announcement, or a PQ step's ciphertext and key), so the bucket depends on the
+content alone and the relay cannot tell a session's first message, or a PQ step, from any
+other (docs/PROTOCOL.md §6e). The relay
 signs certificates for the account and device a request authenticates; the identity key
 is the device's own claim, which the recipient checks against the sender's signed device
 list and the session it decrypts with. A relay key is trusted if the client pinned it or a
@@ -27,9 +31,10 @@ from imsg.crypto import hpke, sign
 from imsg.crypto.errors import AuthenticationError, BadSignatureError
 from imsg.crypto.kdf import hkdf
 from imsg.crypto.labels import LABEL_ACCESS_KEY, LABEL_RELAY_KEY, LABEL_SEALED_ENVELOPE, LABEL_SENDER_CERTIFICATE
+from imsg.protocol import ratchet, session
 from imsg.protocol.consts import SEALED_BUCKETS, WIRE_VERSION
 from imsg.protocol.encoding import KEY_ED25519, KEY_X25519, Reader, Writer, encode_key
-from imsg.protocol.errors import CertificateError, DecodeError, DecryptionError
+from imsg.protocol.errors import CertificateError, DecodeError, DecryptionError, ProtocolError
 from imsg.protocol.session import Address
 
 KIND_SEALED = 0x02
@@ -117,11 +122,42 @@ def endorsed_keys(trusted: Iterable[bytes], chain: list[tuple[bytes, bytes | Non
     return out
 
 
+# The most bytes a session message's kind adds to a plain 0x04 ratchet message: a PQ step's
+# ciphertext and key (2,280), more than a prekey prefix (1,168; the initiator's first chain
+# announces no KEM key, so the two never meet in one message).
+KIND_HEADROOM = max(session.PREKEY_PREFIX_LEN, ratchet.PQ_CT_PART_LEN + ratchet.PQ_PK_PART_LEN)
+
+
 def bucket(size: int) -> int:
     for b in SEALED_BUCKETS:
         if size <= b:
             return b
     raise ValueError("message too large for a sealed envelope")
+
+
+def kind_extra(session_message: bytes) -> int:
+    """The bytes of `session_message` that its kind adds (prekey prefix, KEM parts); 0 for
+    anything that does not parse (the bucket then errs on the large side)."""
+    try:
+        extra = 0
+        inner = session_message
+        if session.message_type(session_message) == session.MSG_PREKEY:
+            extra, inner = session.PREKEY_PREFIX_LEN, session_message[session.PREKEY_PREFIX_LEN :]
+        parts = ratchet.read_header(inner)[4]
+    except ProtocolError:
+        return 0
+    if parts is not None:
+        extra += len(parts.encode()) - 1
+    return extra
+
+
+def envelope_bucket(size: int, session_message: bytes) -> int:
+    """The bucket of an envelope of `size` bytes: as if its session message had the largest
+    kind-specific parts, capped at the largest bucket (where every kind meets anyway)."""
+    if size > SEALED_BUCKETS[-1]:
+        raise ValueError("message too large for a sealed envelope")
+    as_if = size - kind_extra(session_message) + KIND_HEADROOM
+    return bucket(min(as_if, SEALED_BUCKETS[-1]))
 
 
 def _info(recipient: Address) -> bytes:
@@ -138,7 +174,7 @@ def seal_envelope(
     key from the OS: `cryptography` takes no RNG, so this is the one non-injectable draw.)"""
     inner = Writer().u8(WIRE_VERSION).var(certificate).var(session_message).var(content_ciphertext).bytes()
     size = len(_HEADER) + hpke.OVERHEAD + len(inner)
-    inner += bytes(bucket(size) - size)
+    inner += bytes(envelope_bucket(size, session_message) - size)
     return _HEADER + hpke.seal(recipient_key, inner, _info(recipient))
 
 

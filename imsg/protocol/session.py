@@ -18,6 +18,7 @@ as in Signal: until then the responder may not have the session yet.
 from __future__ import annotations
 
 import struct
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,15 +35,17 @@ from imsg.protocol.errors import (
     NoSessionError,
     RemoteProtocolError,
     TooFarAheadError,
+    UnknownPreKeyError,
     UntrustedIdentityError,
 )
 from imsg.protocol.identity import DeviceKeys, Rng
 from imsg.protocol.prekeys import KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey
-from imsg.protocol.ratchet import MSG_RATCHET, RatchetState
+from imsg.protocol.ratchet import MSG_RATCHET, MSG_RATCHET_PQ, RatchetState
 
 MSG_PREKEY = 0x03
+_RECORD_VERSION = 2  # 2: the ratchet states may carry PQ ratchet state (ratchet state v2)
 _PREKEY_FIXED = struct.Struct(">BB33s33sIII")
-_PREKEY_LEN = _PREKEY_FIXED.size + kem.CIPHERTEXT_LEN
+_PREKEY_LEN = PREKEY_PREFIX_LEN = _PREKEY_FIXED.size + kem.CIPHERTEXT_LEN
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -86,10 +89,11 @@ class Session:
         self.base_key = base_key  # EK_A: identifies the session on both sides
         self.pending = pending  # initiator only, until the first message is received
 
-    def encrypt(self, plaintext: bytes, rng: Rng) -> bytes:
+    def encrypt(self, plaintext: bytes, rng: Rng, now: int | None = None) -> bytes:
+        """`now` (ms) drives the time half of the PQ ratchet's schedule (§5a)."""
         p = self.pending
         if p is None:
-            return self.ratchet.encrypt(plaintext, rng)
+            return self.ratchet.encrypt(plaintext, rng, now=now)
         prefix = (
             _PREKEY_FIXED.pack(
                 WIRE_VERSION,
@@ -102,7 +106,7 @@ class Session:
             )
             + p.kem_ciphertext
         )
-        return prefix + self.ratchet.encrypt(plaintext, rng, extra_ad=prefix)
+        return prefix + self.ratchet.encrypt(plaintext, rng, extra_ad=prefix, now=now)
 
     def decrypt_ratchet(self, message: bytes, now: int, extra_ad: bytes = b"") -> bytes:
         plaintext = self.ratchet.decrypt(message, now, extra_ad)
@@ -153,9 +157,18 @@ class SessionRecord:
                 return s
         return None
 
+    def purge_skipped(self, now: int) -> bool:
+        """Erase expired skipped message keys from every state, current and previous; True
+        if anything went (then the record must be saved)."""
+        changed = False
+        for s in [self.current, *self.previous]:
+            if s is not None and s.ratchet.purge_skipped(now):
+                changed = True
+        return changed
+
     def encode(self) -> bytes:
         sessions = [s for s in [self.current, *self.previous] if s is not None]
-        w = Writer().u8(WIRE_VERSION).u8(len(sessions))
+        w = Writer().u8(_RECORD_VERSION).u8(len(sessions))
         for s in sessions:
             w.var(s.encode())
         return w.bytes()
@@ -163,7 +176,9 @@ class SessionRecord:
     @classmethod
     def decode(cls, data: bytes) -> SessionRecord:
         r = Reader(data)
-        if r.u8() != WIRE_VERSION:
+        # Version 1 records hold classical ratchet states; each state names its own
+        # version, so both decode the same way (and are re-encoded as version 2).
+        if r.u8() not in (1, _RECORD_VERSION):
             raise DecodeError("unsupported session record version")
         sessions = [Session.decode(Reader(r.var())) for _ in range(r.u8())]
         r.end()
@@ -215,7 +230,7 @@ def initiate(
 
 
 def message_type(message: bytes) -> int:
-    if len(message) < 2 or message[0] != WIRE_VERSION or message[1] not in (MSG_RATCHET, MSG_PREKEY):
+    if len(message) < 2 or message[0] != WIRE_VERSION or message[1] not in (MSG_RATCHET, MSG_RATCHET_PQ, MSG_PREKEY):
         raise DecodeError("not a version 1 session message")
     return message[1]
 
@@ -235,7 +250,7 @@ def decrypt(
     from a device list signed by the pinned account key. On any failure nothing changes:
     the returned record is a new object and `record` is only mutated on success."""
     kind = message_type(message)
-    if kind == MSG_RATCHET:
+    if kind in (MSG_RATCHET, MSG_RATCHET_PQ):
         if record is None:
             raise NoSessionError("no session with this device")
         return _decrypt_with_record(record, message, now)
@@ -267,7 +282,7 @@ def decrypt(
     opk = prekeys.get_one_time_prekey(opk_id) if opk_id else None
     if spk is None or kpk is None or (opk_id and opk is None):
         # A one-time key already used means this is a replay of a handshake we consumed.
-        raise DuplicateMessageError("prekey message names an unknown or used prekey")
+        raise UnknownPreKeyError()
     init = pqxdh.Initiation(identity_key, base_key, spk_id, opk_id or None, kem_id, kem_ct)
     try:
         sk = pqxdh.respond(local, init, spk, kpk, opk)
@@ -327,3 +342,42 @@ def _decrypt_with_record(
     if duplicate:
         raise DuplicateMessageError()
     raise DecryptionError()
+
+
+class SessionRecords(Protocol):
+    """What `purge_expired_skipped_keys` needs of a store (see stores.SessionStore)."""
+
+    def session_addresses(self) -> list[Address]: ...
+    def load_session(self, address: Address) -> bytes | None: ...
+    def save_session(self, address: Address, record: bytes) -> None: ...
+    def transaction(self) -> AbstractContextManager[None]: ...
+
+
+def purge_expired_skipped_keys(store: SessionRecords, now: int) -> int:
+    """Erase skipped message keys past MAX_SKIPPED_KEY_AGE_MS from every stored session
+    record, current and previous states alike, and return how many records changed. Run on
+    every open of a store: an idle session would otherwise keep them until it next
+    decrypts, and whoever reads the store could open recorded ciphertext with them. A record
+    that does not decode is left alone (the receive path reports it)."""
+    changed = 0
+    for address in store.session_addresses():
+        if not _purged(store.load_session(address), now):
+            continue  # the common case: read only, no write lock taken
+        with store.transaction():  # again under the lock: a send may have saved it since
+            record = _purged(store.load_session(address), now)
+            if record is not None:
+                store.save_session(address, record.encode())
+                changed += 1
+    return changed
+
+
+def _purged(raw: bytes | None, now: int) -> SessionRecord | None:
+    """The record with its expired skipped keys gone, or None if it had none (or does not
+    decode: the receive path reports that)."""
+    if raw is None:
+        return None
+    try:
+        record = SessionRecord.decode(raw)
+    except DecodeError:
+        return None
+    return record if record.purge_skipped(now) else None

@@ -145,6 +145,9 @@ class MemoryStore:
     def remove_kem_prekey(self, key_id: int) -> None:
         self._kem.pop(key_id, None)
 
+    def kem_prekey_ids(self) -> list[int]:
+        return sorted(self._kem)
+
     def get_one_time_prekey(self, key_id: int) -> OneTimePreKey | None:
         return self._one_time.get(key_id)
 
@@ -167,6 +170,9 @@ class MemoryStore:
 
     def delete_session(self, address: Address) -> None:
         self._sessions.pop(address, None)
+
+    def session_addresses(self) -> list[Address]:
+        return sorted(self._sessions)
 
     # contacts
     def get_contact(self, account_id: str) -> Contact | None:

@@ -314,6 +314,9 @@ class SQLiteStore:
     def remove_kem_prekey(self, key_id: int) -> None:
         self._del_prekey("kem", key_id)
 
+    def kem_prekey_ids(self) -> list[int]:
+        return [r[0] for r in self._db.execute("SELECT key_id FROM prekeys WHERE kind = 'kem' ORDER BY key_id")]
+
     def get_one_time_prekey(self, key_id: int) -> OneTimePreKey | None:
         rec = self._get_prekey("one_time", key_id)
         return OneTimePreKey(key_id, rec[:32], rec[32:]) if rec else None
@@ -350,6 +353,10 @@ class SQLiteStore:
             "DELETE FROM sessions WHERE account_id = ? AND device_id = ?",
             (address.account_id, address.device_id),
         )
+
+    def session_addresses(self) -> list[Address]:
+        rows = self._db.execute("SELECT account_id, device_id FROM sessions ORDER BY account_id, device_id")
+        return [Address(r[0], r[1]) for r in rows]
 
     # contacts
     _CONTACT = (

@@ -6,6 +6,8 @@
     bundle's signatures, PQXDH with encapsulation) + the first session.decrypt on the
     responder (PQXDH with decapsulation, first ratchet message); the prekeys are made
     beforehand, as they are in real life (published long before)
+(e) (a) and (b) with classical states (no PQ ratchet, §5a) in the same run, and the mean
+    ratchet-message bytes per 200-byte message of each, one way and alternating
 (d) (c) through the full envelope/content layer: content encode, seal_content, envelope
     encode, then envelope decode, session.decrypt, open_content, content decode; and
     steady-state messages/s through that layer
@@ -20,6 +22,7 @@ import sys
 import time
 
 from imsg.protocol import envelope as env
+from imsg.protocol import ratchet as rt
 from imsg.protocol import session as sess
 from imsg.protocol.content import KIND_TEXT, Content
 from imsg.protocol.identity import AccountKey, DeviceKeys
@@ -152,13 +155,43 @@ def main(seconds: float) -> None:
         got = Content.decode(env.open_content(b.decrypt_ratchet(e.session_message, NOW), e.content_ciphertext))
         assert got.text == content.text
 
+    # The same pair with classical senders: copies of the states, with pq off.
+    ca, cb = (rt.RatchetState.decode(x.encode()) for x in (ra, rb))
+    ca.pq = cb.pq = ca.peer_pq = cb.peer_pq = False
+    sizes: dict[str, list[int]] = {}
+
+    def sized(key, s, r):
+        m = s.encrypt(MSG, rng)
+        sizes.setdefault(key, []).append(len(m))
+        assert r.decrypt(m, NOW) == MSG
+
+    def one_way_classical(n):
+        sized("bytes_one_way_classical", ca, cb)
+
+    def alternating_classical(n):
+        s, r = (ca, cb) if n % 2 == 0 else (cb, ca)
+        sized("bytes_alternating_classical", s, r)
+
+    def one_way_sized(n):
+        sized("bytes_one_way", ra, rb)
+
+    def alternating_sized(n):
+        s, r = (ra, rb) if n % 2 == 0 else (rb, ra)
+        sized("bytes_alternating", s, r)
+
     out = {
         "one_way": rate(one_way, seconds),
         "alternating": rate(alternating, seconds),
+        "one_way_classical": rate(one_way_classical, seconds),
+        "alternating_classical": rate(alternating_classical, seconds),
         "handshake_ms": median_ms(handshake, 200),
         "handshake_full_ms": median_ms(handshake_full, 200),
         "full_one_way": rate(full_one_way, seconds),
     }
+    for fn in (one_way_sized, alternating_sized):
+        for n in range(2000):
+            fn(n)
+    out.update({key: sum(v) / len(v) for key, v in sizes.items()})
     print(json.dumps(out))
 
 

@@ -17,6 +17,12 @@ def ratchet(ours_json: str, ref_json: str) -> int:
     rows = [
         ("(a) ratchet 200 B, one direction", "msg/s", "one_way", ">=", 20_000, "one_way"),
         ("(b) ratchet 200 B, alternating", "msg/s", "alternating", ">=", 3_000, "alternating"),
+        ("(e) (a) classical (no PQ ratchet)", "msg/s", "one_way_classical", None, None, "one_way"),
+        ("(e) (b) classical (no PQ ratchet)", "msg/s", "alternating_classical", None, None, "alternating"),
+        ("(e) bytes/msg one way, PQ ratchet", "B", "bytes_one_way", None, None, None),
+        ("(e) bytes/msg one way, classical", "B", "bytes_one_way_classical", None, None, None),
+        ("(e) bytes/msg alternating, PQ", "B", "bytes_alternating", None, None, None),
+        ("(e) bytes/msg alternating, classical", "B", "bytes_alternating_classical", None, None, None),
         ("(c) handshake, both sides (PQXDH)", "ms", "handshake_ms", "<=", 2.0, "handshake_ms"),
         ("(d) handshake via envelope+content", "ms", "handshake_full_ms", "<=", 2.0, "handshake_ms"),
         ("(d) envelope+content, one direction", "msg/s", "full_one_way", None, None, None),
@@ -35,7 +41,7 @@ def ratchet(ours_json: str, ref_json: str) -> int:
     failed = 0
     for label, unit, key, op, target, ref_key in rows:
         value = ours[key]
-        fmt = (lambda v: f"{v:,.0f}") if unit == "msg/s" else (lambda v: f"{v:.2f}")
+        fmt = (lambda v: f"{v:,.0f}") if unit in ("msg/s", "B") else (lambda v: f"{v:.2f}")
         ref_v = fmt(ref[ref_key]) if ref and ref_key else "-"
         quoted = fmt(QUOTED[ref_key]) if ref_key in QUOTED and key == ref_key else "-"
         if target is None:

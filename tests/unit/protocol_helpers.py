@@ -166,7 +166,7 @@ class SessionPair:
                 record = self.record(me)
             ratchet = record.current.ratchet
             message = record.current.encrypt(plaintext, me.rng)
-            inner = message[-(rt.HEADER_LEN + 16 + len(plaintext)) :]
+            inner = message[sess._PREKEY_LEN :] if sess.message_type(message) == sess.MSG_PREKEY else message
             dh_pub, _, n = rt.parse_header(inner)
             assert ratchet.sending_position == (dh_pub, n + 1)
             me.sent.append((dh_pub, n))
@@ -235,16 +235,16 @@ class SessionPair:
         self.deliver("alice", self.send("bob", b"hi"))
 
 
-def ratchet_pair(seed: int = 0) -> tuple[rt.RatchetState, rt.RatchetState, object]:
+def ratchet_pair(seed: int = 0, *, pq: bool = True) -> tuple[rt.RatchetState, rt.RatchetState, object]:
     """Two bare ratchets sharing a random SK (no PQXDH: fast, for ratchet-only tests).
-    Returns (alice, bob, rng); Alice sends first."""
+    Returns (alice, bob, rng); Alice sends first. `pq=False`: classical senders (0x02)."""
     rng = seeded_rng(1000 + seed)
     sk = rng(32)
     bob_spk = dh.KeyPair(rng(32))
     a2b = b"imsg-test/ad/alice->bob"
     b2a = b"imsg-test/ad/bob->alice"
-    alice = rt.RatchetState.initiator(sk, bob_spk.public, ad_send=a2b, ad_recv=b2a)
-    bob = rt.RatchetState.responder(sk, bob_spk, ad_send=b2a, ad_recv=a2b)
+    alice = rt.RatchetState.initiator(sk, bob_spk.public, ad_send=a2b, ad_recv=b2a, pq=pq)
+    bob = rt.RatchetState.responder(sk, bob_spk, ad_send=b2a, ad_recv=a2b, pq=pq)
     return alice, bob, rng
 
 

@@ -269,7 +269,7 @@ def _contexts():
     }
 
     def ratchet(blob):
-        if sess.message_type(blob) != sess.MSG_RATCHET:
+        if sess.message_type(blob) not in (sess.MSG_RATCHET, sess.MSG_RATCHET_PQ):
             raise DecodeError("not a ratchet message")
         live._decrypt(live.bob, live.alice, blob)
 

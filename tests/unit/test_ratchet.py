@@ -169,7 +169,7 @@ def test_forged_huge_n_rejected_before_any_kdf_work():
     bob.decrypt(first, T0)
     pub = first[3:35]
     for n in (MAX_FORWARD_JUMPS + 2, 2**32 - 1):
-        forged = rt._HEADER.pack(1, rt.MSG_RATCHET, 0x05, pub, 0, n) + bytes(32)
+        forged = rt._HEADER.pack(1, rt.MSG_RATCHET_PQ, 0x05, pub, 0, n) + b"\x00" + bytes(32)
         start = time.perf_counter()
         _rejects_unchanged(bob, forged, TooFarAheadError)
         assert time.perf_counter() - start < 0.050
@@ -332,8 +332,8 @@ def test_forged_header_wrong_tag_leaves_state_identical():
         msgs[2][:-16] + prng.randbytes(16),  # right header, wrong tag (skips keys)
         msgs[1][: rt.HEADER_LEN] + prng.randbytes(len(msgs[1]) - rt.HEADER_LEN),
         # a fresh ratchet key (valid point) with PN and N gaps
-        rt._HEADER.pack(1, rt.MSG_RATCHET, 0x05, alice.dhs_public[::-1], 7, 9) + prng.randbytes(40),
-        rt._HEADER.pack(1, rt.MSG_RATCHET, 0x05, prng.randbytes(32), 1, 1) + prng.randbytes(40),
+        rt._HEADER.pack(1, rt.MSG_RATCHET_PQ, 0x05, alice.dhs_public[::-1], 7, 9) + b"\x00" + prng.randbytes(40),
+        rt._HEADER.pack(1, rt.MSG_RATCHET_PQ, 0x05, prng.randbytes(32), 1, 1) + b"\x00" + prng.randbytes(40),
     ]
     for forged in forgeries:
         _rejects_unchanged(bob, forged, DecryptionError)

@@ -111,7 +111,8 @@ def test_sizes_between_buckets_use_the_next_bucket(bob_keys):
         for total in (b - 1, b, b + 1):
             n = total - base
             env = sealed.seal_envelope(BOB, bob_keys.public, cert(), b"", b"x" * n)
-            assert len(env) == sealed.bucket(total)
+            # the bucket leaves room for the largest kind-specific parts (none here)
+            assert len(env) == sealed.bucket(min(total + sealed.KIND_HEADROOM, SEALED_BUCKETS[-1]))
     with pytest.raises(ValueError):
         sealed.seal_envelope(BOB, bob_keys.public, cert(), b"", b"x" * SEALED_BUCKETS[-1])
 
@@ -175,3 +176,42 @@ def test_device_list_carries_the_sealed_key_signed():
     # A sealed key with the wrong type tag is a decode error, not a key.
     with pytest.raises(DecodeError):
         decode_device_list(blob.replace(tagged, b"\x08" + tagged[1:]))
+
+
+@pytest.mark.parametrize("text_len", [2, 60, 100, 1500, 5000])
+def test_first_messages_and_pq_steps_fill_the_bucket_of_an_ordinary_message(bob_keys, text_len):
+    """The relay cannot tell a session's first (prekey) message, or a PQ ratchet step, from
+    an ordinary message by its bucket: the bucket depends on the content alone."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from protocol_helpers import SessionPair
+
+    from imsg.protocol import envelope as env
+    from imsg.protocol import ratchet as rt
+    from imsg.protocol.consts import PQ_STEP_MESSAGES
+    from imsg.protocol.content import KIND_TEXT, Content
+
+    pair = SessionPair()
+    content = Content("ab" * 16, 1, KIND_TEXT, "alice@example.com", "bob@example.com", "x" * text_len).encode()
+    package, content_ct = env.seal_content(content, pair.alice.rng)
+    first = pair.send("alice", package)  # a prekey message
+    pair.deliver("bob", first)
+    announce = pair.send("bob", package)  # Bob's first reply announces his KEM key
+    pair.deliver("alice", announce)
+    ordinary = pair.send("alice", package)
+    pair.deliver("bob", ordinary)
+    pair.deliver("alice", pair.send("bob", package))
+    record = pair.record("alice")
+    record.current.ratchet.pq_count = PQ_STEP_MESSAGES
+    step = record.current.encrypt(package, pair.alice.rng)
+    assert rt.read_header(step)[4].ct is not None and rt.read_header(ordinary)[4].encode() == b"\x00"
+    assert rt.read_header(announce)[4].pk is not None
+    sizes = {
+        kind: len(sealed.seal_envelope(BOB, bob_keys.public, cert(), message, content_ct))
+        for kind, message in (("first", first), ("announce", announce), ("ordinary", ordinary), ("step", step))
+    }
+    assert len(set(sizes.values())) == 1, sizes
+    if text_len == 2:
+        assert sizes["ordinary"] == 4096  # a short text: one 4 KiB bucket, whatever its kind

@@ -45,12 +45,13 @@ def test_first_message_is_a_prekey_message_until_a_reply():
     m1 = pair.send("alice", b"one")
     m2 = pair.send("alice", b"two")
     assert sess.message_type(m1) == sess.MSG_PREKEY == sess.message_type(m2)
-    assert len(m1) == sess._PREKEY_LEN + rt.HEADER_LEN + 3 + 16
+    # the inner ratchet message is a 0x04 one with no KEM parts (Bob announces first, §5a)
+    assert len(m1) == sess._PREKEY_LEN + rt.HEADER_LEN + 1 + 3 + 16
     r = pair.deliver("bob", m1)
     assert r.plaintext == b"one" and r.new_session
-    assert sess.message_type(pair.send("bob", b"reply")) == sess.MSG_RATCHET
+    assert sess.message_type(pair.send("bob", b"reply")) == sess.MSG_RATCHET_PQ
     pair.deliver("alice", pair.send("bob", b"reply2"))
-    assert sess.message_type(pair.send("alice", b"three")) == sess.MSG_RATCHET
+    assert sess.message_type(pair.send("alice", b"three")) == sess.MSG_RATCHET_PQ
 
 
 def test_one_time_prekeys_removed_after_use_and_replay_refused():
@@ -336,21 +337,22 @@ def test_session_record_round_trip():
     s = rec.current
     again = sess.Session.decode(Reader(s.encode()))
     assert again.encode() == s.encode()
-    assert sess.SessionRecord().encode() == bytes([1, 0])
+    assert sess.SessionRecord().encode() == bytes([2, 0])  # version 2: PQ ratchet states
     assert sess.SessionRecord.decode(bytes([1, 0])).current is None
 
 
 def test_session_record_decode_rejects_garbage():
-    for data in (b"", b"\x02\x00", b"\x01\x01", b"\x01\x00\x00", b"\x01\x01\x00\x00\x00\x05abcde"):
+    for data in (b"", b"\x03\x00", b"\x01\x01", b"\x01\x00\x00", b"\x01\x01\x00\x00\x00\x05abcde"):
         with pytest.raises(DecodeError):
             sess.SessionRecord.decode(data)
 
 
 def test_message_type():
-    for data in (b"", b"\x01", b"\x00\x02", b"\x01\x04", b"\x02\x03"):
+    for data in (b"", b"\x01", b"\x00\x02", b"\x01\x05", b"\x02\x03"):
         with pytest.raises(DecodeError):
             sess.message_type(data)
     assert sess.message_type(b"\x01\x02") == sess.MSG_RATCHET
+    assert sess.message_type(b"\x01\x04") == sess.MSG_RATCHET_PQ
     pair = SessionPair()
     with pytest.raises(DecodeError):
         pair.deliver("bob", b"\x01\x03" + bytes(100))  # truncated prekey message
