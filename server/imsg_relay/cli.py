@@ -70,6 +70,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def serve(settings: Settings, log_level: str = "INFO", tls: tuple[str, str] | None = None) -> int:
     from imsg_relay.app import create_app
+    from imsg_relay.httpserver import DrainingHttpToolsProtocol
 
     _setup_logging(log_level)
     app = create_app(settings)
@@ -81,7 +82,7 @@ def serve(settings: Settings, log_level: str = "INFO", tls: tuple[str, str] | No
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        http=DrainingHttpToolsProtocol,  # httptools, draining early-answered bodies
         ws="none",
         lifespan="on",
         log_config=None,
