@@ -36,7 +36,7 @@ from imsg_relay.errors import (
 )
 from imsg_relay.limits import BodyLimitMiddleware
 from imsg_relay.operation import Call, Operation
-from imsg_relay.push import InProcessPush, Push
+from imsg_relay.push import Push
 from imsg_relay.routes import OPERATIONS
 from imsg_relay.settings import MAX_PROVISIONING_REQUEST, Settings
 from imsg_relay.storage.base import Storage
@@ -87,27 +87,15 @@ def create_app(
     is given, PostgreSQL when `settings.database_url` is set) at startup and closes it at
     shutdown. Blobs live in `blobs` (files under `settings.data_dir / "blobs"` when none is
     given); wake-ups go through `push` (Redis when `settings.redis_url` is set)."""
-    from imsg_relay.blobs.filesystem import FilesystemBlobStore
+    from imsg_relay.backends import build_blobs, build_push, build_storage
     from imsg_relay.openapi import build_openapi
 
     if storage is None:
-        if settings.database_url:
-            from imsg_relay.storage.postgres import PostgresStorage
-
-            storage = PostgresStorage(settings.database_url)
-        else:
-            from imsg_relay.storage.sqlite import SQLiteStorage
-
-            storage = SQLiteStorage(settings.data_dir)
+        storage = build_storage(settings)
     if push is None:
-        if settings.redis_url:
-            from imsg_relay.push.redis import RedisPush
-
-            push = RedisPush(settings.redis_url)
-        else:
-            push = InProcessPush()
+        push = build_push(settings)
     if blobs is None:
-        blobs = FilesystemBlobStore(settings.data_dir / "blobs")
+        blobs = build_blobs(settings)
     relay = RelayContext(settings, storage, push, blobs, clock)
     relay.openapi_body = json.dumps(build_openapi(OPERATIONS, settings)).encode()
 

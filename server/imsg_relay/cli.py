@@ -73,7 +73,11 @@ def serve(settings: Settings, log_level: str = "INFO", tls: tuple[str, str] | No
     from imsg_relay.httpserver import DrainingHttpToolsProtocol
 
     _setup_logging(log_level)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except SettingsError as exc:  # e.g. a backend whose client library is not installed
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         sock = _bind(settings.host, settings.port)
     except OSError as exc:
@@ -163,6 +167,24 @@ def main(argv: list[str] | None = None) -> int:
         "IMSG_RELAY_WEBHOOK_AUTHORIZATION)",
     )
     p.add_argument(
+        "--database",
+        metavar="URL",
+        help="postgresql://... to keep state in PostgreSQL, shared by any number of workers "
+        "(IMSG_RELAY_DATABASE_URL; default SQLite in the data directory; needs imsg-relay[postgres])",
+    )
+    p.add_argument(
+        "--push",
+        metavar="URL",
+        help="redis://... to wake long polls across workers (IMSG_RELAY_REDIS_URL; default in-process; "
+        "needs imsg-relay[redis])",
+    )
+    p.add_argument(
+        "--blobs",
+        metavar="URL",
+        help="where attachment blobs live: a directory, or s3://BUCKET[/PREFIX]?endpoint=URL&region=R "
+        "(IMSG_RELAY_BLOBS_URL; default blobs/ in the data directory; s3 needs imsg-relay[s3])",
+    )
+    p.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="stderr log level"
     )
     r = sub.add_parser(
@@ -188,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
             webhook_url=args.webhook_url,
             webhook_template=args.webhook_template,
             webhook_content_type=args.webhook_content_type,
+            database_url=args.database,
+            redis_url=args.push,
+            blobs_url=args.blobs,
         )
     except (SettingsError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
