@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,6 +35,7 @@ from imsg_relay.errors import (
     relay_error_handler,
     storage_unavailable_handler,
 )
+from imsg_relay.keyset import KeyMismatch, check_fingerprint
 from imsg_relay.limits import BodyLimitMiddleware
 from imsg_relay.operation import Call, Operation
 from imsg_relay.push import Push
@@ -43,6 +45,8 @@ from imsg_relay.storage.base import Storage
 from imsg_relay.sweeper import run_sweeper
 
 __all__ = ["OPERATIONS", "create_app"]
+
+log = logging.getLogger("imsg_relay")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -103,6 +107,12 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         relay.load_keys()
         await relay.storage.open()
+        try:
+            check_fingerprint(await relay.storage.key_fingerprint(relay.key_fingerprint), relay.key_fingerprint)
+        except KeyMismatch as exc:
+            log.error("%s", exc)  # the operator's message, before uvicorn's traceback
+            await relay.storage.close()
+            raise
         await relay.push.start()
         sweeper = asyncio.create_task(
             run_sweeper(

@@ -45,8 +45,12 @@ class DiscoveryKey:
 
     @classmethod
     def load(cls, path: Path) -> DiscoveryKey:
+        return cls.from_seed(load_or_create_secret(path))
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> DiscoveryKey:
         imsg_oprf.require_libsodium()
-        return cls(load_or_create_secret(path))
+        return cls(seed)
 
     def evaluate_blinded(self, element: bytes) -> bytes:
         return imsg_oprf.blind_evaluate(self.sk, element)

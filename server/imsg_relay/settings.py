@@ -126,6 +126,10 @@ class Settings:
     # Where blobs live: a directory (or file: URL), or s3://BUCKET[/PREFIX]?endpoint=URL
     # &region=R for an S3-compatible store (imsg_relay/blobs/s3.py). Default: data_dir/blobs.
     blobs_url: str | None = field(default=None, repr=False)
+    # The key set every worker shares (imsg_relay/keyset.py): a file, or its text in
+    # IMSG_RELAY_KEYS. Neither given: keys are made in the data directory (one worker).
+    keys_file: Path | None = field(default=None, repr=False)
+    keys: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -31,3 +31,22 @@ def client(settings: Settings) -> Iterator[TestClient]:
 def live(settings: Settings) -> Iterator[ThreadRelay]:
     with ThreadRelay(settings) as relay:
         yield relay
+
+
+@pytest.fixture
+def pg_ns() -> Iterator[str]:
+    """A fresh PostgreSQL schema name for one test (created by the test or the relay),
+    dropped afterwards. Tests using it skip themselves when PostgreSQL is absent."""
+    import secrets
+
+    name = f"imsg_test_{secrets.token_hex(6)}"
+    yield name
+    try:
+        import psycopg
+
+        from .test_postgres import PG
+
+        with psycopg.connect(PG, autocommit=True, connect_timeout=2) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    except Exception:
+        pass  # no PostgreSQL here: the test skipped

@@ -14,7 +14,7 @@ import pytest
 from imsg_relay.settings import Settings, SettingsError
 
 from .helpers import new_identity, registration
-from .test_postgres import PG, REDIS, _redis_reason, pg_reason, pg_schema  # noqa: F401 (fixture)
+from .test_postgres import PG, REDIS, _redis_reason, pg_reason
 from support.relays import ProcessRelay
 
 
@@ -87,16 +87,16 @@ def test_a_missing_backend_library_names_the_extra(tmp_path, library, flags, ext
 @pytest.mark.redis
 @pytest.mark.skipif(pg_reason is not None, reason=pg_reason or "")
 @pytest.mark.skipif(_redis_reason() is not None, reason=_redis_reason() or "")
-def test_serve_with_database_push_and_blobs_flags(tmp_path, pg_schema):
+def test_serve_with_database_push_and_blobs_flags(tmp_path, pg_ns):
     """`imsg-relay serve --database --push --blobs`: state lands in PostgreSQL, blob files
     in the --blobs directory, not in the data directory."""
     import psycopg
 
-    make_schema(pg_schema)
+    make_schema(pg_ns)
     blobs = tmp_path / "blob-files"
     relay = ProcessRelay(
         tmp_path / "data",
-        args=("--database", pg_url(pg_schema), "--push", REDIS, "--blobs", str(blobs)),
+        args=("--database", pg_url(pg_ns), "--push", REDIS, "--blobs", str(blobs)),
     ).start()
     try:
         me = new_identity()
@@ -107,7 +107,7 @@ def test_serve_with_database_push_and_blobs_flags(tmp_path, pg_schema):
     finally:
         assert relay.stop() == 0, relay.log()
     with psycopg.connect(PG) as conn:
-        conn.execute(f'SET search_path TO "{pg_schema}"')
+        conn.execute(f'SET search_path TO "{pg_ns}"')
         assert conn.execute("SELECT count(*) FROM accounts").fetchone() == (1,)
     assert not (tmp_path / "data" / "relay.db").exists()
     assert [p.name for p in blobs.rglob("*") if p.is_file()] == [created.json()["blob_id"]]

@@ -77,11 +77,14 @@ def test_long_poll_on_one_worker_wakes_from_a_send_on_another(tmp_path, pg_schem
     from imsg_relay.push.redis import RedisPush
     from imsg_relay.storage.postgres import PostgresStorage
 
+    from imsg_relay.keyset import KeySet
+
     channel = f"imsg-test:{pg_schema}"
-    secret = tmp_path / "shared.secret"
+    keys = tmp_path / "shared.keys"  # workers of one relay share one key set (issue 16)
+    KeySet.generate().write_new(keys)
     relays = [
         ThreadRelay(
-            relay_settings(tmp_path / name, secret_file=secret),
+            relay_settings(tmp_path / name, keys_file=keys),
             storage=PostgresStorage(PG, schema=pg_schema, pool_size=2),
             push=RedisPush(REDIS, channel=channel),
         )

@@ -129,6 +129,10 @@ class BackupInfo:
     updated_at: int  # the latest upload
 
 
+class SchemaTooNew(Exception):
+    """the database was migrated by a newer relay than this one"""
+
+
 class StorageConflict(Exception):
     """a unique value is already held: {code}"""
 
@@ -173,6 +177,10 @@ class Storage(Protocol):
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    async def key_fingerprint(self, fingerprint: bytes) -> bytes:
+        """Records `fingerprint` (of the relay's key set) unless one is recorded, and returns
+        the recorded one: the first worker's, which every later worker must match."""
 
     # accounts and devices
     async def create_account(

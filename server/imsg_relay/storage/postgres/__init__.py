@@ -46,6 +46,17 @@ class PostgresStorage:
     async def close(self) -> None:
         await self._db.close()
 
+    async def key_fingerprint(self, fingerprint: bytes) -> bytes:
+        async with self._db.tx() as conn:
+            await conn.execute(
+                "INSERT INTO relay_meta (name, value) VALUES ('key_fingerprint', %s) ON CONFLICT (name) DO NOTHING",
+                (fingerprint,),
+            )
+            cur = await conn.execute("SELECT value FROM relay_meta WHERE name = 'key_fingerprint'")
+            row = await cur.fetchone()
+        assert row is not None  # inserted or already there, in this transaction
+        return bytes(row[0])
+
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """One transaction on a pooled connection (for tests that look at the tables)."""

@@ -109,6 +109,14 @@ class SQLiteStorage:
         w = self._writer
         return (w.groups, w.ops) if w else (0, 0)
 
+    async def key_fingerprint(self, fingerprint: bytes) -> bytes:
+        def record(conn: sqlite3.Connection) -> bytes:
+            conn.execute("INSERT OR IGNORE INTO relay_meta (name, value) VALUES ('key_fingerprint', ?)", (fingerprint,))
+            row = conn.execute("SELECT value FROM relay_meta WHERE name = 'key_fingerprint'").fetchone()
+            return bytes(row[0])
+
+        return await self._write(record)
+
     # accounts, devices, prekeys (accounts.py)
 
     async def create_account(

@@ -8,8 +8,19 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 5  # 2: provisioning channels; 3: attachment blobs; 4: sealed access, profiles;
-# 5: handles table (OPRF-blinded), accounts without handle_hmac
+from imsg_relay.storage.base import SchemaTooNew
+
+SCHEMA_VERSION = 6  # 2: provisioning channels; 3: attachment blobs; 4: sealed access, profiles;
+# 5: handles table (OPRF-blinded), accounts without handle_hmac; 6: relay_meta (key fingerprint)
+
+# Relay-wide facts: the key set's fingerprint (imsg_relay/keyset.py), never a key.
+META_SCHEMA = """
+CREATE TABLE IF NOT EXISTS relay_meta (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+"""
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -160,6 +171,12 @@ def migrate_accounts(conn: sqlite3.Connection) -> None:
 
 def create(conn: sqlite3.Connection) -> None:
     """Create or upgrade the schema (idempotent); `conn` is in WAL mode and autocommit."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    if current > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"the database schema is at version {current}, newer than this relay's {SCHEMA_VERSION}: "
+            "upgrade the relay (never downgrade a migrated database)"
+        )
     migrate_accounts(conn)
-    conn.executescript(SCHEMA + HANDLES_SCHEMA)
+    conn.executescript(SCHEMA + HANDLES_SCHEMA + META_SCHEMA)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
