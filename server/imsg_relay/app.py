@@ -35,8 +35,10 @@ from imsg_relay.errors import (
     relay_error_handler,
     storage_unavailable_handler,
 )
+from imsg_relay.health import healthz, readyz
 from imsg_relay.keyset import KeyMismatch, check_fingerprint
 from imsg_relay.limits import BodyLimitMiddleware
+from imsg_relay.metrics import MetricsMiddleware, RelayMetrics
 from imsg_relay.operation import Call, Operation
 from imsg_relay.push import Push
 from imsg_relay.routes import OPERATIONS
@@ -101,6 +103,8 @@ def create_app(
     if blobs is None:
         blobs = build_blobs(settings)
     relay = RelayContext(settings, storage, push, blobs, clock)
+    metrics = RelayMetrics()
+    metrics.add_gauges(lambda: _gauges(relay))
     relay.openapi_body = json.dumps(build_openapi(OPERATIONS, settings)).encode()
 
     @contextlib.asynccontextmanager
@@ -122,6 +126,7 @@ def create_app(
                 clock,
                 relay.blobs,
                 settings.blob_retention_ms,
+                metrics,
             )
         )
         try:
@@ -136,11 +141,22 @@ def create_app(
     async def openapi(request: Request) -> Response:
         return Response(relay.openapi_body, media_type="application/json")
 
-    routes = [Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False)]
+    async def metrics_endpoint(request: Request) -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    routes = [
+        Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
+        # Operations endpoints (imsg_relay/health.py, imsg_relay/metrics.py), outside the API.
+        Route("/healthz", healthz, methods=["GET"], include_in_schema=False),
+        Route("/readyz", readyz(relay), methods=["GET"], include_in_schema=False),
+        Route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False),
+    ]
     routes += _routes(relay)
     app = Starlette(
         routes=routes,
         middleware=[
+            Middleware(MetricsMiddleware, metrics=metrics),
             Middleware(CatchAllMiddleware),
             Middleware(
                 BodyLimitMiddleware,
@@ -162,4 +178,19 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.relay = relay
+    app.state.metrics = metrics
     return app
+
+
+def _gauges(relay: RelayContext) -> dict[str, tuple[str, float]]:
+    """Queue depths, read at scrape time: counts only."""
+    gauges = {
+        "imsg_relay_long_polls_waiting": ("long polls waiting on this worker", float(getattr(relay.push, "waiting", 0)))
+    }
+    depth = getattr(relay.storage, "queue_depth", None)
+    if depth is not None:
+        gauges["imsg_relay_storage_queue_depth"] = (
+            "storage operations waiting (SQLite: for the writer; PostgreSQL: for a pooled connection)",
+            float(depth),
+        )
+    return gauges

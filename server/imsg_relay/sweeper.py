@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from imsg_relay.blobs.base import BlobStore
 from imsg_relay.storage.base import Storage
@@ -19,6 +20,11 @@ from imsg_relay.storage.base import Storage
 log = logging.getLogger("imsg_relay.sweeper")
 
 SWEEP_BATCH = 1000
+
+
+class SweepMetrics(Protocol):
+    def sweep_done(self, envelopes: int, channels: int, blobs: int) -> None: ...
+    def sweep_failed(self) -> None: ...
 
 
 async def sweep(storage: Storage, cutoff_ms: int, batch: int = SWEEP_BATCH) -> int:
@@ -66,9 +72,11 @@ async def run_sweeper(
     clock: Callable[[], float],
     blobs: BlobStore | None = None,
     blob_retention_ms: int | None = None,
+    metrics: SweepMetrics | None = None,
 ) -> None:
     """Sweep now and then every `interval` seconds until cancelled."""
     while True:
+        gone = 0
         try:
             now_ms = int(clock() * 1000)
             deleted = await sweep(storage, now_ms - retention_ms)
@@ -81,8 +89,12 @@ async def run_sweeper(
                 gone = await sweep_blobs(storage, blobs, now_ms - blob_retention_ms)
                 if gone:
                     log.info("retention sweep deleted %d expired blobs", gone)
+            if metrics is not None:
+                metrics.sweep_done(deleted, channels, gone)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a failed sweep is retried next interval, never fatal
             log.warning("retention sweep failed: %s", type(exc).__name__)
+            if metrics is not None:
+                metrics.sweep_failed()
         await asyncio.sleep(interval)

@@ -178,6 +178,9 @@ class Storage(Protocol):
 
     async def close(self) -> None: ...
 
+    async def ping(self) -> None:
+        """Returns once the database answered a trivial query (readiness); raises if not."""
+
     async def key_fingerprint(self, fingerprint: bytes) -> bytes:
         """Records `fingerprint` (of the relay's key set) unless one is recorded, and returns
         the recorded one: the first worker's, which every later worker must match."""

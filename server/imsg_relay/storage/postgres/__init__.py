@@ -46,6 +46,14 @@ class PostgresStorage:
     async def close(self) -> None:
         await self._db.close()
 
+    @property
+    def queue_depth(self) -> int:
+        """Transactions waiting for a pooled connection (a /metrics gauge)."""
+        return self._db.waiting
+
+    async def ping(self) -> None:
+        await self._db.one("SELECT 1", ())
+
     async def key_fingerprint(self, fingerprint: bytes) -> bytes:
         async with self._db.tx() as conn:
             await conn.execute(

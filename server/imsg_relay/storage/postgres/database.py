@@ -25,6 +25,7 @@ class Database:
         self.search_path = search_path
         self._pool: asyncio.Queue[psycopg.AsyncConnection[Any]] | None = None
         self._all: list[psycopg.AsyncConnection[Any]] = []
+        self.waiting = 0  # transactions waiting for a free connection
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=False)
@@ -62,7 +63,11 @@ class Database:
         if self._pool is None:
             raise StorageUnavailable("storage is closed")
         pool = self._pool
-        conn = await pool.get()
+        self.waiting += 1
+        try:
+            conn = await pool.get()
+        finally:
+            self.waiting -= 1
         try:
             if conn.closed or conn.broken:
                 self._all.remove(conn)

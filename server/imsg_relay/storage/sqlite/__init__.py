@@ -109,6 +109,16 @@ class SQLiteStorage:
         w = self._writer
         return (w.groups, w.ops) if w else (0, 0)
 
+    @property
+    def queue_depth(self) -> int:
+        """Writes waiting for the writer thread (a /metrics gauge)."""
+        w = self._writer
+        return w.queued if w else 0
+
+    async def ping(self) -> None:
+        # Through the writer: a stuck writer is what makes an SQLite relay unready.
+        await self._write(lambda conn: conn.execute("SELECT 1").fetchone())
+
     async def key_fingerprint(self, fingerprint: bytes) -> bytes:
         def record(conn: sqlite3.Connection) -> bytes:
             conn.execute("INSERT OR IGNORE INTO relay_meta (name, value) VALUES ('key_fingerprint', ?)", (fingerprint,))
