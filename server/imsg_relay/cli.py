@@ -58,7 +58,19 @@ def _setup_logging(level: str) -> None:
     # uvicorn's INFO lines name the bound address ("Uvicorn running on http://127.0.0.1...")
     # and, for some protocol errors, the client's; only its warnings and errors pass.
     # httpx's INFO lines name every URL it posts to: the SMS gateway's may carry its key.
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "asyncio", "httpx", "httpcore"):
+    # boto3's DEBUG and INFO lines name bucket keys, which hold blob ids.
+    for name in (
+        "uvicorn",
+        "uvicorn.error",
+        "uvicorn.access",
+        "asyncio",
+        "httpx",
+        "httpcore",
+        "botocore",
+        "boto3",
+        "s3transfer",
+        "urllib3",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").disabled = True
 

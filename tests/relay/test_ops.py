@@ -41,6 +41,16 @@ def test_readyz_names_the_backend_that_is_down(tmp_path):
         assert c.get("/healthz").status_code == 200  # alive all the same
 
 
+def test_readyz_reports_an_unreachable_s3_store(tmp_path, s3_endpoint):
+    from support.relays import closed_port_url
+
+    settings = relay_settings(tmp_path, blobs_url=f"s3://nobucket?endpoint={closed_port_url()}")
+    with ThreadRelay(settings) as relay, httpx.Client(base_url=relay.url, timeout=30) as c:
+        r = c.get("/readyz")
+    assert r.status_code == 503 and r.json()["blobs"] == "unavailable" and r.json()["database"] == "ok"
+    assert "nobucket" not in r.text and "127.0.0.1" not in r.text
+
+
 def _metric(text: str, name: str, **labels: str) -> float:
     """The value of one sample of the Prometheus text exposition."""
     from prometheus_client.parser import text_string_to_metric_families

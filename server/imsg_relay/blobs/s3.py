@@ -69,7 +69,12 @@ class S3BlobStore:
             endpoint_url=location.endpoint,
             region_name=location.region or "us-east-1",
             # path-style addressing works with every S3-compatible server, not only AWS
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"}),
+            config=Config(
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=60,
+            ),
         )
 
     @classmethod
