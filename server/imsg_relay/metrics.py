@@ -63,7 +63,10 @@ class RelayMetrics:
             registry=self.registry,
         )
         self.sweeps = Counter(
-            "imsg_relay_sweeper_runs", "retention sweeper runs, by result", ("result",), registry=self.registry
+            "imsg_relay_sweeper_runs",
+            "retention sweeper runs, by result (skipped: another worker had the turn)",
+            ("result",),
+            registry=self.registry,
         )
         self.swept = Counter(
             "imsg_relay_swept_rows",
@@ -71,7 +74,7 @@ class RelayMetrics:
             ("kind",),
             registry=self.registry,
         )
-        for result in ("ok", "failed"):
+        for result in ("ok", "failed", "skipped"):
             self.sweeps.labels(result)
         for kind in ("envelopes", "channels", "blobs"):
             self.swept.labels(kind)
@@ -89,6 +92,10 @@ class RelayMetrics:
 
     def sweep_failed(self) -> None:
         self.sweeps.labels("failed").inc()
+
+    def sweep_skipped(self) -> None:
+        """Another worker was sweeping the same database."""
+        self.sweeps.labels("skipped").inc()
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

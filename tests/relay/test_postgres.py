@@ -74,10 +74,9 @@ def pg_live(tmp_path, pg_schema):
 @pytest.mark.skipif(_redis_reason() is not None, reason=_redis_reason() or "")
 def test_long_poll_on_one_worker_wakes_from_a_send_on_another(tmp_path, pg_schema):
     """Two relays sharing one database and Redis: a send to worker B wakes a fetch on A."""
+    from imsg_relay.keyset import KeySet
     from imsg_relay.push.redis import RedisPush
     from imsg_relay.storage.postgres import PostgresStorage
-
-    from imsg_relay.keyset import KeySet
 
     channel = f"imsg-test:{pg_schema}"
     keys = tmp_path / "shared.keys"  # workers of one relay share one key set (issue 16)

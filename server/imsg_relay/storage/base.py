@@ -13,6 +13,7 @@ Every method that changes state commits durably before it returns: a caller that
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -180,6 +181,11 @@ class Storage(Protocol):
 
     async def ping(self) -> None:
         """Returns once the database answered a trivial query (readiness); raises if not."""
+
+    def sweep_turn(self) -> AbstractAsyncContextManager[bool]:
+        """Held while one retention sweep runs: True when this worker has the turn, False
+        when another worker is sweeping the same database (this one skips its round), so
+        several workers never sweep the same rows at once."""
 
     async def key_fingerprint(self, fingerprint: bytes) -> bytes:
         """Records `fingerprint` (of the relay's key set) unless one is recorded, and returns

@@ -10,7 +10,7 @@ split as the SQLite storage, and the tables in schema.py.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import psycopg
@@ -32,6 +32,8 @@ from imsg_relay.storage.postgres.database import Database
 
 __all__ = ["PostgresStorage"]
 
+SWEEP_LOCK = 7366219  # advisory lock class of the retention sweeper (with the schema's hash)
+
 
 class PostgresStorage:
     def __init__(self, conninfo: str, *, pool_size: int = 8, schema: str | None = None) -> None:
@@ -50,6 +52,9 @@ class PostgresStorage:
     def queue_depth(self) -> int:
         """Transactions waiting for a pooled connection (a /metrics gauge)."""
         return self._db.waiting
+
+    def sweep_turn(self) -> AbstractAsyncContextManager[bool]:
+        return self._db.try_lock(SWEEP_LOCK)
 
     async def ping(self) -> None:
         await self._db.one("SELECT 1", ())

@@ -85,6 +85,29 @@ class Database:
         finally:
             pool.put_nowait(conn)
 
+    @asynccontextmanager
+    async def try_lock(self, lock_class: int) -> AsyncIterator[bool]:
+        """A session advisory lock of `lock_class` for this schema, tried once, held on one
+        pooled connection until the block ends: True when this worker got it."""
+        if self._pool is None:
+            raise StorageUnavailable("storage is closed")
+        pool = self._pool
+        conn = await pool.get()
+        got = False
+        try:
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))", (lock_class,))
+            row = await cur.fetchone()
+            await conn.commit()
+            got = bool(row and row[0])
+            yield got
+        except psycopg.OperationalError as exc:
+            raise StorageUnavailable(str(exc)) from exc
+        finally:
+            if got and not conn.closed:
+                await conn.execute("SELECT pg_advisory_unlock(%s, hashtext(current_schema()))", (lock_class,))
+                await conn.commit()
+            pool.put_nowait(conn)
+
     async def one(self, query: str, params: Sequence[Any]) -> Any:
         """The first row of one query in its own transaction (None when there is none)."""
         async with self.tx() as conn:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -114,6 +115,10 @@ class SQLiteStorage:
         """Writes waiting for the writer thread (a /metrics gauge)."""
         w = self._writer
         return w.queued if w else 0
+
+    @asynccontextmanager
+    async def sweep_turn(self) -> AsyncIterator[bool]:
+        yield True  # one process owns an SQLite database: always its turn
 
     async def ping(self) -> None:
         # Through the writer: a stuck writer is what makes an SQLite relay unready.
