@@ -48,7 +48,7 @@ def load_backend(kind: str, what: str) -> ModuleType:
 def build_storage(settings: Settings) -> Storage:
     if settings.database_url:
         storage: Storage = load_backend("postgres", "--database postgresql://...").PostgresStorage(
-            settings.database_url
+            settings.database_url, pool_size=settings.database_pool
         )
         return storage
     from imsg_relay.storage.sqlite import SQLiteStorage

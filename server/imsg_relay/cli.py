@@ -264,6 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         "(IMSG_RELAY_DATABASE_URL; default SQLite in the data directory; needs imsg-relay[postgres])",
     )
     p.add_argument(
+        "--database-pool",
+        type=int,
+        metavar="N",
+        help="PostgreSQL connections per worker (IMSG_RELAY_DATABASE_POOL, default 16)",
+    )
+    p.add_argument(
         "--push",
         metavar="URL",
         help="redis://... to wake long polls across workers (IMSG_RELAY_REDIS_URL; default in-process; "
@@ -333,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             webhook_template=args.webhook_template,
             webhook_content_type=args.webhook_content_type,
             database_url=args.database,
+            database_pool=args.database_pool,
             redis_url=args.push,
             blobs_url=args.blobs,
             keys_file=Path(args.keys) if args.keys else None,

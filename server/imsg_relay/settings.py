@@ -123,6 +123,9 @@ class Settings:
     # Connection strings may carry passwords, so they never appear in repr.
     database_url: str | None = field(default=None, repr=False)
     redis_url: str | None = field(default=None, repr=False)
+    # PostgreSQL connections per worker: concurrent transactions, so also how many commits
+    # can share one WAL flush (group commit); workers x this stays under max_connections.
+    database_pool: int = 16
     # Where blobs live: a directory (or file: URL), or s3://BUCKET[/PREFIX]?endpoint=URL
     # &region=R for an S3-compatible store (imsg_relay/blobs/s3.py). Default: data_dir/blobs.
     blobs_url: str | None = field(default=None, repr=False)
@@ -269,6 +272,8 @@ def _convert(name: str, annotation: object, raw: str) -> object:
 def _check_backend_urls(s: Settings) -> None:
     """The scale-out URLs name what they are (scale-out, issue 16); never echo them: they
     may carry passwords."""
+    if not 1 <= s.database_pool <= 1000:
+        raise SettingsError(f"database pool {s.database_pool} is not between 1 and 1000")
     if s.database_url and not s.database_url.startswith(("postgresql://", "postgres://")):
         raise SettingsError("the database must be a postgresql:// URL (IMSG_RELAY_DATABASE_URL, --database)")
     if s.redis_url and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):

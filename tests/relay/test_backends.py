@@ -46,6 +46,12 @@ def test_backend_urls_of_the_wrong_kind_are_refused(tmp_path, field, value):
     assert value not in str(refused.value)  # URLs may carry passwords: never echoed
 
 
+def test_the_database_pool_is_bounded(tmp_path):
+    assert Settings.from_env({"IMSG_RELAY_DATABASE_POOL": "32"}).database_pool == 32
+    with pytest.raises(SettingsError, match="database pool"):
+        Settings(data_dir=tmp_path, database_pool=0)
+
+
 def test_flags_override_the_environment():
     s = Settings.from_env(
         {"IMSG_RELAY_DATABASE_URL": "postgresql://env/db", "IMSG_RELAY_BLOBS_URL": "/env/blobs"},
