@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         "--database-pool",
         type=int,
         metavar="N",
-        help="PostgreSQL connections per worker (IMSG_RELAY_DATABASE_POOL, default 16)",
+        help="PostgreSQL connections per worker (IMSG_RELAY_DATABASE_POOL, default 32)",
     )
     p.add_argument(
         "--push",

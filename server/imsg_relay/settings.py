@@ -125,7 +125,7 @@ class Settings:
     redis_url: str | None = field(default=None, repr=False)
     # PostgreSQL connections per worker: concurrent transactions, so also how many commits
     # can share one WAL flush (group commit); workers x this stays under max_connections.
-    database_pool: int = 16
+    database_pool: int = 32
     # Where blobs live: a directory (or file: URL), or s3://BUCKET[/PREFIX]?endpoint=URL
     # &region=R for an S3-compatible store (imsg_relay/blobs/s3.py). Default: data_dir/blobs.
     blobs_url: str | None = field(default=None, repr=False)
