@@ -134,7 +134,7 @@ def serve(settings: Settings, log_level: str = "INFO", tls: tuple[str, str] | No
 
 async def _open_storage(settings: Settings) -> Storage:
     """The configured storage, opened: its schema created or upgraded (what `migrate` does)."""
-    storage = build_storage(settings)
+    storage = build_storage(settings.with_(database_pool=1))  # one connection does
     await storage.open()
     return storage
 

@@ -102,7 +102,7 @@ def test_serve_with_database_push_and_blobs_flags(tmp_path, pg_ns):
     blobs = tmp_path / "blob-files"
     relay = ProcessRelay(
         tmp_path / "data",
-        args=("--database", pg_url(pg_ns), "--push", REDIS, "--blobs", str(blobs)),
+        args=("--database", pg_url(pg_ns), "--database-pool", "4", "--push", REDIS, "--blobs", str(blobs)),
     ).start()
     try:
         me = new_identity()

@@ -102,7 +102,7 @@ def test_workers_on_one_database_share_keys_or_refuse_to_start(tmp_path, pg_ns):
     shared, other = _keys(tmp_path, "shared.keys"), _keys(tmp_path, "other.keys")
 
     def worker(name: str, keys: str | None) -> ProcessRelay:
-        args = ("--database", url) + (("--keys", keys) if keys else ())
+        args = ("--database", url, "--database-pool", "4") + (("--keys", keys) if keys else ())
         return ProcessRelay(tmp_path / name, args=args)
 
     a = worker("a", shared).start()
@@ -116,7 +116,9 @@ def test_workers_on_one_database_share_keys_or_refuse_to_start(tmp_path, pg_ns):
             assert "not the ones the database was created under" in w.log() + str(refused.value)
         # The same key set through the environment: one relay, found through either worker.
         text = open(shared).read()
-        b = ProcessRelay(tmp_path / "d", args=("--database", url), env={"IMSG_RELAY_KEYS": text}).start()
+        b = ProcessRelay(
+            tmp_path / "d", args=("--database", url, "--database-pool", "4"), env={"IMSG_RELAY_KEYS": text}
+        ).start()
         try:
             with httpx.Client(base_url=a.url, timeout=10) as ca, httpx.Client(base_url=b.url, timeout=10) as cb:
                 alice = register(ca, "alice@example.com")

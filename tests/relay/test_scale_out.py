@@ -46,7 +46,18 @@ def workers(tmp_path, pg_ns, s3_url):
     make_schema(pg_ns)
     keys = tmp_path / "relay.keys"
     assert main(["keys", "init", "--out", str(keys)]) == 0
-    args = ("--database", pg_url(pg_ns), "--push", REDIS, "--blobs", s3_url, "--keys", str(keys))
+    args = (
+        "--database",
+        pg_url(pg_ns),
+        "--database-pool",
+        "4",
+        "--push",
+        REDIS,
+        "--blobs",
+        s3_url,
+        "--keys",
+        str(keys),
+    )
     # A Redis channel of their own is not a flag (one relay per Redis is the norm); the
     # mailbox ids are random, so tests sharing the default channel never wake each other.
     started = []
