@@ -45,7 +45,7 @@ class RelayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "imsg_relay_requests",
-            "HTTP requests answered, by route template, method and status",
+            "HTTP requests, by route template, method and status (aborted: the client left first)",
             ("route", "method", "status"),
             registry=self.registry,
         )
@@ -113,7 +113,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
+        status = "aborted"  # no answer started: the client left mid-request
         received = 0
         sent = 0
 
@@ -127,7 +127,7 @@ class MetricsMiddleware:
         async def counting_send(message: Message) -> None:
             nonlocal status, sent
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                status = str(int(message["status"]))
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
             await send(message)
@@ -137,7 +137,7 @@ class MetricsMiddleware:
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = scope.get("method", "")
-            self.metrics.requests.labels(route, method if method in METHODS else "other", str(status)).inc()
+            self.metrics.requests.labels(route, method if method in METHODS else "other", status).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)
             if route in BLOB_ROUTES:
                 self.metrics.blob_bytes.labels("in").inc(received)

@@ -167,3 +167,32 @@ def test_migrate_sqlite_and_refuse_a_newer_schema(tmp_path):
     p = _migrate("--data", str(data))
     _, err = p.communicate(timeout=60)
     assert p.returncode == 2 and "newer than this relay" in err
+
+
+def test_a_client_leaving_mid_body_is_no_internal_error(tmp_path, caplog):
+    """A body cut off by the client is counted as aborted, and logged as nothing: it is
+    not the relay's error (it was logged as one, with a traceback, under benchmark load)."""
+    import logging
+    import socket
+
+    caplog.set_level(logging.INFO)
+    with ThreadRelay(relay_settings(tmp_path)) as relay, httpx.Client(base_url=relay.url) as c:
+        me = register(c)
+        sock = socket.create_connection(("127.0.0.1", relay.port))
+        sock.sendall(
+            f"PUT /v1/messages/{me.account_id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {me.tokens[1]}\r\n"
+            'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"message_id"'.encode()
+        )
+        sock.close()
+        for _ in range(500):  # until the relay has seen the request end
+            text = c.get("/metrics").text
+            try:
+                aborted = _metric(
+                    text, "imsg_relay_requests_total", route="/v1/messages/{account_id}", method="PUT", status="aborted"
+                )
+            except AssertionError:
+                aborted = 0
+            if aborted:
+                break
+    assert aborted == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("imsg_relay")]
