@@ -125,6 +125,16 @@ def answer(response: httpx.Response, *, credentialed: bool) -> JsonObject:
                 relay_code=code,
                 hint="to use it again, link it from another device: imsg device add / imsg device link",
             )
+        if response.status_code == 413:
+            # Too large is final: the same request will be refused again, so never the
+            # "unreachable, retrying is safe" advice a reset connection would give.
+            raise RelayRefusedError(
+                f"relay refused: {message}",
+                status=413,
+                relay_code=code,
+                hint="this relay takes nothing that large here; retrying the same request will not help",
+                **extra,
+            )
         raise RelayRefusedError(f"relay refused: {message}", status=response.status_code, relay_code=code, **extra)
     if not isinstance(body, dict):
         raise RelayRefusedError("relay sent an unexpected answer", relay_code="bad_response")

@@ -21,7 +21,7 @@ if [ "$stale" = 1 ]; then
     echo "setup: installing imsg and its dependencies into .venv" >&2
     LOG="$VENV/pip-install.log"
     if ! "$VENV/bin/python" -m pip install --disable-pip-version-check -c "$ROOT/constraints.txt" \
-            -e "$ROOT/oprf" -e "$ROOT/server[postgres,redis]" -e "$ROOT[test,dev]" >"$LOG" 2>&1; then
+            -e "$ROOT/oprf" -e "$ROOT/server[postgres,redis,s3,test]" -e "$ROOT[test,dev]" >"$LOG" 2>&1; then
         tail -40 "$LOG" >&2
         echo "setup: pip install failed (full log: $LOG)" >&2
         exit 1

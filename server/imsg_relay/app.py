@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,15 +35,20 @@ from imsg_relay.errors import (
     relay_error_handler,
     storage_unavailable_handler,
 )
+from imsg_relay.health import healthz, readyz
+from imsg_relay.keyset import KeyMismatch, check_fingerprint
 from imsg_relay.limits import BodyLimitMiddleware
+from imsg_relay.metrics import MetricsMiddleware, RelayMetrics
 from imsg_relay.operation import Call, Operation
-from imsg_relay.push import InProcessPush, Push
+from imsg_relay.push import Push
 from imsg_relay.routes import OPERATIONS
 from imsg_relay.settings import MAX_PROVISIONING_REQUEST, Settings
 from imsg_relay.storage.base import Storage
 from imsg_relay.sweeper import run_sweeper
 
 __all__ = ["OPERATIONS", "create_app"]
+
+log = logging.getLogger("imsg_relay")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -87,34 +93,30 @@ def create_app(
     is given, PostgreSQL when `settings.database_url` is set) at startup and closes it at
     shutdown. Blobs live in `blobs` (files under `settings.data_dir / "blobs"` when none is
     given); wake-ups go through `push` (Redis when `settings.redis_url` is set)."""
-    from imsg_relay.blobs.filesystem import FilesystemBlobStore
+    from imsg_relay.backends import build_blobs, build_push, build_storage
     from imsg_relay.openapi import build_openapi
 
     if storage is None:
-        if settings.database_url:
-            from imsg_relay.storage.postgres import PostgresStorage
-
-            storage = PostgresStorage(settings.database_url)
-        else:
-            from imsg_relay.storage.sqlite import SQLiteStorage
-
-            storage = SQLiteStorage(settings.data_dir)
+        storage = build_storage(settings)
     if push is None:
-        if settings.redis_url:
-            from imsg_relay.push.redis import RedisPush
-
-            push = RedisPush(settings.redis_url)
-        else:
-            push = InProcessPush()
+        push = build_push(settings)
     if blobs is None:
-        blobs = FilesystemBlobStore(settings.data_dir / "blobs")
+        blobs = build_blobs(settings)
     relay = RelayContext(settings, storage, push, blobs, clock)
+    metrics = RelayMetrics()
+    metrics.add_gauges(lambda: _gauges(relay))
     relay.openapi_body = json.dumps(build_openapi(OPERATIONS, settings)).encode()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         relay.load_keys()
         await relay.storage.open()
+        try:
+            check_fingerprint(await relay.storage.key_fingerprint(relay.key_fingerprint), relay.key_fingerprint)
+        except KeyMismatch as exc:
+            log.error("%s", exc)  # the operator's message, before uvicorn's traceback
+            await relay.storage.close()
+            raise
         await relay.push.start()
         sweeper = asyncio.create_task(
             run_sweeper(
@@ -124,6 +126,7 @@ def create_app(
                 clock,
                 relay.blobs,
                 settings.blob_retention_ms,
+                metrics,
             )
         )
         try:
@@ -138,11 +141,22 @@ def create_app(
     async def openapi(request: Request) -> Response:
         return Response(relay.openapi_body, media_type="application/json")
 
-    routes = [Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False)]
+    async def metrics_endpoint(request: Request) -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    routes = [
+        Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
+        # Operations endpoints (imsg_relay/health.py, imsg_relay/metrics.py), outside the API.
+        Route("/healthz", healthz, methods=["GET"], include_in_schema=False),
+        Route("/readyz", readyz(relay), methods=["GET"], include_in_schema=False),
+        Route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False),
+    ]
     routes += _routes(relay)
     app = Starlette(
         routes=routes,
         middleware=[
+            Middleware(MetricsMiddleware, metrics=metrics),
             Middleware(CatchAllMiddleware),
             Middleware(
                 BodyLimitMiddleware,
@@ -164,4 +178,19 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.relay = relay
+    app.state.metrics = metrics
     return app
+
+
+def _gauges(relay: RelayContext) -> dict[str, tuple[str, float]]:
+    """Queue depths, read at scrape time: counts only."""
+    gauges = {
+        "imsg_relay_long_polls_waiting": ("long polls waiting on this worker", float(getattr(relay.push, "waiting", 0)))
+    }
+    depth = getattr(relay.storage, "queue_depth", None)
+    if depth is not None:
+        gauges["imsg_relay_storage_queue_depth"] = (
+            "storage operations waiting (SQLite: for the writer; PostgreSQL: for a pooled connection)",
+            float(depth),
+        )
+    return gauges

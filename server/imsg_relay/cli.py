@@ -10,6 +10,7 @@ addresses are kept below the log level.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import signal
@@ -20,7 +21,11 @@ from types import FrameType
 
 import uvicorn
 
+from imsg_relay.backends import build_storage
+from imsg_relay.errors import StorageUnavailable
+from imsg_relay.keyset import KeyMismatch, KeySet, KeySetError, check_fingerprint, load_key_set
 from imsg_relay.settings import Settings, SettingsError
+from imsg_relay.storage.base import SchemaTooNew, Storage
 
 log = logging.getLogger("imsg_relay")
 
@@ -53,7 +58,19 @@ def _setup_logging(level: str) -> None:
     # uvicorn's INFO lines name the bound address ("Uvicorn running on http://127.0.0.1...")
     # and, for some protocol errors, the client's; only its warnings and errors pass.
     # httpx's INFO lines name every URL it posts to: the SMS gateway's may carry its key.
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "asyncio", "httpx", "httpcore"):
+    # boto3's DEBUG and INFO lines name bucket keys, which hold blob ids.
+    for name in (
+        "uvicorn",
+        "uvicorn.error",
+        "uvicorn.access",
+        "asyncio",
+        "httpx",
+        "httpcore",
+        "botocore",
+        "boto3",
+        "s3transfer",
+        "urllib3",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").disabled = True
 
@@ -70,9 +87,20 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def serve(settings: Settings, log_level: str = "INFO", tls: tuple[str, str] | None = None) -> int:
     from imsg_relay.app import create_app
+    from imsg_relay.httpserver import DrainingHttpToolsProtocol
 
     _setup_logging(log_level)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+        # Keys and schema before the socket opens, so a worker that must not serve says why
+        # in one line (the lifespan checks again, for apps run without this command).
+        asyncio.run(_preflight(settings))
+    except (SettingsError, KeySetError, KeyMismatch, SchemaTooNew) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StorageUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     try:
         sock = _bind(settings.host, settings.port)
     except OSError as exc:
@@ -81,7 +109,7 @@ def serve(settings: Settings, log_level: str = "INFO", tls: tuple[str, str] | No
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        http=DrainingHttpToolsProtocol,  # httptools, draining early-answered bodies
         ws="none",
         lifespan="on",
         log_config=None,
@@ -104,9 +132,77 @@ def serve(settings: Settings, log_level: str = "INFO", tls: tuple[str, str] | No
     return 0
 
 
-def _rotate_sealed_key(data: str | None) -> int:
+async def _open_storage(settings: Settings) -> Storage:
+    """The configured storage, opened: its schema created or upgraded (what `migrate` does)."""
+    storage = build_storage(settings.with_(database_pool=1))  # one connection does
+    await storage.open()
+    return storage
+
+
+async def _preflight(settings: Settings) -> None:
+    keys = load_key_set(settings)
+    storage = await _open_storage(settings)
+    try:
+        check_fingerprint(await storage.key_fingerprint(keys.fingerprint()), keys.fingerprint())
+    finally:
+        await storage.close()
+
+
+def _migrate(settings: Settings) -> int:
+    async def run() -> None:
+        storage = await _open_storage(settings)
+        await storage.close()
+
+    try:
+        asyncio.run(run())
+    except (SettingsError, SchemaTooNew) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StorageUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    if settings.database_url:
+        from imsg_relay.storage.postgres.schema import SCHEMA_VERSION
+
+        print(f"postgresql schema at version {SCHEMA_VERSION}")
+    else:
+        from imsg_relay.storage.sqlite.schema import SCHEMA_VERSION
+
+        print(f"sqlite schema in {settings.data_dir} at version {SCHEMA_VERSION}")
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    try:
+        if args.keys_command == "init":
+            keys = KeySet.generate()
+            keys.write_new(Path(args.out))
+            print(f"wrote {args.out} (fingerprint {keys.fingerprint().hex()}); give every worker this file")
+            return 0
+        settings = Settings.from_env(data_dir=args.data, keys_file=Path(args.keys) if args.keys else None)
+        print(load_key_set(settings).fingerprint().hex())
+        return 0
+    except (SettingsError, KeySetError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _rotate_sealed_key(data: str | None, keys_file: str | None = None) -> int:
     from imsg_relay.sealed import KEYS_FILE, SealedKeyFileError, key_chain, rotate_keys
 
+    if keys_file:  # an operator's key set: append to it, then copy it to every worker
+        try:
+            rotated = KeySet.read(Path(keys_file)).with_new_sealed_key()
+            rotated.replace(Path(keys_file))
+        except (KeySetError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        newest = key_chain(list(rotated.sealed_keys))[-1]
+        print(
+            f"sealed-sender key {newest['key_id']} added to {keys_file} ({len(rotated.sealed_keys)} in the chain); "
+            "give every worker the new file, then restart them"
+        )
+        return 0
     try:
         settings = Settings.from_env(data_dir=data)
         keys = rotate_keys(Path(settings.sealed_keys_file or settings.data_dir / KEYS_FILE))
@@ -173,6 +269,36 @@ def main(argv: list[str] | None = None) -> int:
         "IMSG_RELAY_WEBHOOK_AUTHORIZATION)",
     )
     p.add_argument(
+        "--database",
+        metavar="URL",
+        help="postgresql://... to keep state in PostgreSQL, shared by any number of workers "
+        "(IMSG_RELAY_DATABASE_URL; default SQLite in the data directory; needs imsg-relay[postgres])",
+    )
+    p.add_argument(
+        "--database-pool",
+        type=int,
+        metavar="N",
+        help="PostgreSQL connections per worker (IMSG_RELAY_DATABASE_POOL, default 32)",
+    )
+    p.add_argument(
+        "--push",
+        metavar="URL",
+        help="redis://... to wake long polls across workers (IMSG_RELAY_REDIS_URL; default in-process; "
+        "needs imsg-relay[redis])",
+    )
+    p.add_argument(
+        "--blobs",
+        metavar="URL",
+        help="where attachment blobs live: a directory, or s3://BUCKET[/PREFIX]?endpoint=URL&region=R "
+        "(IMSG_RELAY_BLOBS_URL; default blobs/ in the data directory; s3 needs imsg-relay[s3])",
+    )
+    p.add_argument(
+        "--keys",
+        metavar="FILE",
+        help="the key set every worker shares, from `imsg-relay keys init` (IMSG_RELAY_KEYS_FILE, "
+        "or its text in IMSG_RELAY_KEYS; default: keys made in the data directory, for one worker)",
+    )
+    p.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="stderr log level"
     )
     r = sub.add_parser(
@@ -181,9 +307,34 @@ def main(argv: list[str] | None = None) -> int:
         "(restart the relay's workers to use it)",
     )
     r.add_argument("--data", help="data directory (IMSG_RELAY_DATA)")
+    r.add_argument("--keys", metavar="FILE", help="rotate in this key set file instead (see `keys init`)")
+    m = sub.add_parser(
+        "migrate",
+        help="create or upgrade the database schema (safe to run twice, and from several workers at once)",
+    )
+    m.add_argument("--data", help="data directory, for SQLite (IMSG_RELAY_DATA)")
+    m.add_argument("--database", metavar="URL", help="postgresql://... (IMSG_RELAY_DATABASE_URL)")
+    k = sub.add_parser("keys", help="the key set shared by every worker of one relay")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    ki = ksub.add_parser("init", help="make a new key set in a new 0600 file")
+    ki.add_argument("--out", required=True, metavar="FILE", help="where to write it (never overwritten)")
+    ks = ksub.add_parser(
+        "show-fingerprint", help="the fingerprint of a key set (--keys FILE, IMSG_RELAY_KEYS, or the data directory's)"
+    )
+    ks.add_argument("--keys", metavar="FILE", help="a key set file (IMSG_RELAY_KEYS_FILE)")
+    ks.add_argument("--data", help="data directory whose keys to show (IMSG_RELAY_DATA)")
     args = parser.parse_args(argv)
     if args.command == "rotate-sealed-key":
-        return _rotate_sealed_key(args.data)
+        return _rotate_sealed_key(args.data, args.keys)
+    if args.command == "keys":
+        return _keys(args)
+    if args.command == "migrate":
+        try:
+            settings = Settings.from_env(data_dir=args.data, database_url=args.database)
+        except SettingsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return _migrate(settings)
     try:
         settings = Settings.from_env(
             host=args.host,
@@ -198,6 +349,11 @@ def main(argv: list[str] | None = None) -> int:
             webhook_url=args.webhook_url,
             webhook_template=args.webhook_template,
             webhook_content_type=args.webhook_content_type,
+            database_url=args.database,
+            database_pool=args.database_pool,
+            redis_url=args.push,
+            blobs_url=args.blobs,
+            keys_file=Path(args.keys) if args.keys else None,
         )
     except (SettingsError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -12,19 +12,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.requests import Request
 
 from imsg_relay.auth import bearer_token_hash
-from imsg_relay.blinding import load_or_create_secret
 from imsg_relay.blobs.base import BlobStore
 from imsg_relay.discovery import DiscoveryKey
 from imsg_relay.errors import RelayError
 from imsg_relay.push import Push
 from imsg_relay.ratelimit import RateLimiter
-from imsg_relay.sealed import KEYS_FILE, load_or_create_keys
 from imsg_relay.settings import Settings
 from imsg_relay.storage.base import DeviceRef, Storage
 from imsg_relay.verifiers import Verifier, build_verifier
@@ -109,6 +106,7 @@ class RelayContext:
     # restart does after `imsg-relay rotate-sealed-key`).
     _sealed_keys: list[Ed25519PrivateKey] | None = field(default=None, repr=False)
     discoverable: CountCache = field(default_factory=CountCache)
+    key_fingerprint: bytes = b""  # of the key set load_keys loaded
     openapi_body: bytes = b""
 
     def __post_init__(self) -> None:
@@ -116,9 +114,16 @@ class RelayContext:
         self.verifier = build_verifier(self.settings)
 
     def load_keys(self) -> None:
-        """The relay secret and the discovery key, from their 0600 files (made on first start)."""
-        self.secret = load_or_create_secret(self.settings.secret_path)
-        self._discovery_key = DiscoveryKey.load(self.settings.discovery_key_path)
+        """The relay secret, the discovery key and the sealed-sender keys: the operator's key
+        set (--keys / IMSG_RELAY_KEYS), else their 0600 files in the data directory (made
+        on first start). Their fingerprint is checked against the database's at start-up."""
+        from imsg_relay.keyset import load_key_set
+
+        keys = load_key_set(self.settings)
+        self.secret = keys.relay_secret
+        self._discovery_key = DiscoveryKey.from_seed(keys.discovery_seed)
+        self._sealed_keys = list(keys.sealed_keys)
+        self.key_fingerprint = keys.fingerprint()
 
     @property
     def discovery_key(self) -> DiscoveryKey:
@@ -129,8 +134,9 @@ class RelayContext:
     def sealed_signing_keys(self) -> list[Ed25519PrivateKey]:
         """The sender-certificate keys, oldest first (the last one signs)."""
         if self._sealed_keys is None:
-            path = self.settings.sealed_keys_file or self.settings.data_dir / KEYS_FILE
-            self._sealed_keys = load_or_create_keys(Path(path))
+            from imsg_relay.keyset import load_key_set
+
+            self._sealed_keys = list(load_key_set(self.settings).sealed_keys)
         return self._sealed_keys
 
     def now_ms(self) -> int:

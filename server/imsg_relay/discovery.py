@@ -61,8 +61,12 @@ class DiscoveryKey:
 
     @classmethod
     def load(cls, path: Path) -> DiscoveryKey:
+        return cls.from_seed(load_or_create_secret(path))
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> DiscoveryKey:
         imsg_oprf.require_libsodium()
-        return cls(load_or_create_secret(path))
+        return cls(seed)
 
     def evaluate_blinded(self, elements: list[bytes]) -> tuple[list[bytes], bytes]:
         """Each element evaluated, and one proof for them all (DeserializeError: a bad one)."""

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -121,6 +121,8 @@ class CatchAllMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except ClientDisconnect:
+            return  # the client left mid-request: nothing broke, and nobody to answer
         except Exception as exc:
             route = getattr(scope.get("route"), "path", "?")
             log.error("internal error on %s %s: %s", scope.get("method"), route, type(exc).__name__, exc_info=exc)

@@ -1,15 +1,32 @@
 """Request body cap, enforced before the body is read: on Content-Length when the client
-declares one, and byte by byte while a chunked body streams in."""
+declares one, and byte by byte while a chunked body streams in.
+
+The 413 keeps the connection open: the server protocol (imsg_relay/httpserver.py) drains
+a bounded amount of the unread body before closing, so the client reads the 413 instead
+of a connection reset."""
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imsg_relay.errors import RelayError
+from imsg_relay.settings import MIB
+
+# After an early 413, the server reads and discards at most this much more of the body,
+# for at most this long (imsg_relay/httpserver.py), so the client can read the answer.
+DRAIN_BYTES = 8 * MIB
+DRAIN_SECONDS = 10.0
 
 
-def _too_large(limit: int) -> RelayError:
-    return RelayError("payload_too_large", f"request body is over the {limit} byte limit", limit=limit)
+def _too_large(limit: int, *, close: bool = False) -> RelayError:
+    # `close`: more may follow than the server will drain, so the client must not reuse
+    # the connection (it gets a lingering close instead).
+    return RelayError(
+        "payload_too_large",
+        f"request body is over the {limit} byte limit",
+        headers={"Connection": "close"} if close else None,
+        limit=limit,
+    )
 
 
 class BodyLimitMiddleware:
@@ -40,9 +57,9 @@ class BodyLimitMiddleware:
                     await _send_error(send, RelayError("bad_request", "content-length is not a number"))
                     return
                 if declared > limit:
-                    # Answer without reading a byte of it; the server closes the connection
-                    # rather than drain what is left.
-                    await _send_error(send, _too_large(limit))
+                    # Answer without handing a byte of it to the app; the server
+                    # protocol discards (a bounded amount of) what follows.
+                    await _send_error(send, _too_large(limit, close=declared > DRAIN_BYTES))
                     return
                 break
         seen = 0
@@ -55,15 +72,16 @@ class BodyLimitMiddleware:
                 if seen > limit:
                     # Raised inside the route's body read, so the route's error handling
                     # answers 413 and nothing past the cap is kept.
-                    raise _too_large(limit)
+                    raise _too_large(limit, close=True)
             return message
 
         await self.app(scope, counting_receive, send)
 
 
 async def _send_error(send: Send, error: RelayError) -> None:
+    # No "Connection: close": closing with the body unread would reset the connection
+    # and lose this answer (see imsg_relay/httpserver.py).
     response = error.response()
-    response.headers["Connection"] = "close"
 
     async def no_receive() -> Message:  # the response never reads the request
         return {"type": "http.disconnect"}

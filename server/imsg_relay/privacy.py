@@ -131,7 +131,8 @@ SECTIONS: tuple[Section, ...] = (
 
 # Tables that hold nothing about any account, each with the reason.
 NOT_ACCOUNT_DATA: dict[str, str] = {
-    "relay_schema": "one row, the schema version of a PostgreSQL database (SQLite keeps it in user_version)",
+    "relay_meta": "relay-wide facts: the fingerprint of the relay's key set, nothing per account",
+    "relay_schema": "the schema versions migrations applied (PostgreSQL), nothing per account",
 }
 
 COVERED_TABLES = frozenset(t for s in SECTIONS for t in s.tables)

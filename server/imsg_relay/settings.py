@@ -142,6 +142,16 @@ class Settings:
     # Connection strings may carry passwords, so they never appear in repr.
     database_url: str | None = field(default=None, repr=False)
     redis_url: str | None = field(default=None, repr=False)
+    # PostgreSQL connections per worker: concurrent transactions, so also how many commits
+    # can share one WAL flush (group commit); workers x this stays under max_connections.
+    database_pool: int = 32
+    # Where blobs live: a directory (or file: URL), or s3://BUCKET[/PREFIX]?endpoint=URL
+    # &region=R for an S3-compatible store (imsg_relay/blobs/s3.py). Default: data_dir/blobs.
+    blobs_url: str | None = field(default=None, repr=False)
+    # The key set every worker shares (imsg_relay/keyset.py): a file, or its text in
+    # IMSG_RELAY_KEYS. Neither given: keys are made in the data directory (one worker).
+    keys_file: Path | None = field(default=None, repr=False)
+    keys: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -228,6 +238,8 @@ class Settings:
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be positive")
 
+        _check_backend_urls(self)
+
     @property
     def retention_ms(self) -> int:
         return self.retention_days * 86_400_000
@@ -284,3 +296,16 @@ def _convert(name: str, annotation: object, raw: str) -> object:
     if "Path" in kind:
         return Path(raw)
     return raw
+
+
+def _check_backend_urls(s: Settings) -> None:
+    """The scale-out URLs name what they are (scale-out, issue 16); never echo them: they
+    may carry passwords."""
+    if not 1 <= s.database_pool <= 1000:
+        raise SettingsError(f"database pool {s.database_pool} is not between 1 and 1000")
+    if s.database_url and not s.database_url.startswith(("postgresql://", "postgres://")):
+        raise SettingsError("the database must be a postgresql:// URL (IMSG_RELAY_DATABASE_URL, --database)")
+    if s.redis_url and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError("push must be a redis://, rediss:// or unix:// URL (IMSG_RELAY_REDIS_URL, --push)")
+    if s.blobs_url and "://" in s.blobs_url and not s.blobs_url.startswith(("s3://", "file://")):
+        raise SettingsError("blobs must be a directory, a file:// URL or s3://BUCKET (IMSG_RELAY_BLOBS_URL, --blobs)")

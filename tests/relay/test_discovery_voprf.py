@@ -97,7 +97,7 @@ def test_the_openapi_table_says_who_authenticates(tmp_path):
 
 
 def test_migration_drops_handles_tagged_in_mode_0(tmp_path):
-    """A schema-5 database (mode-0x00 tags): its handle rows go, everything else stays."""
+    """A schema-6 database (mode-0x00 tags): its handle rows go, everything else stays."""
     settings = relay_settings(tmp_path / "data")
     with TestClient(create_app(settings)) as c:
         alice = register(c)
@@ -105,12 +105,12 @@ def test_migration_drops_handles_tagged_in_mode_0(tmp_path):
     db = settings.data_dir / "relay.db"
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM handles").fetchone()[0] >= 1
-        conn.execute("PRAGMA user_version = 5")
+        conn.execute("PRAGMA user_version = 6")  # the last schema with mode-0 tags
     with TestClient(create_app(settings)) as c:
         assert c.get("/v1/handles", headers=alice.headers()).json() == {"handles": []}
         assert c.get(f"/v1/accounts/{alice.account_id}", headers=alice.headers()).status_code == 200
         c.post("/v1/handles", json={"handle": "+15551230000", "label": b64(os.urandom(60))}, headers=alice.headers())
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 6
-    with TestClient(create_app(settings)) as c:  # a restart on schema 6 keeps them
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 7
+    with TestClient(create_app(settings)) as c:  # a restart on schema 7 keeps them
         assert len(c.get("/v1/handles", headers=alice.headers()).json()["handles"]) == 1

@@ -64,13 +64,14 @@ class ThreadRelay:
         self,
         settings: Any,
         *,
-        http: str = "httptools",  # what `imsg-relay serve` runs (uvicorn[standard])
+        http: Any = None,  # None: what `imsg-relay serve` runs (httptools, draining)
         wrap: Callable[[Any], Any] | None = None,
         **app_kwargs: Any,
     ) -> None:
         import uvicorn
 
         from imsg_relay.app import create_app
+        from imsg_relay.httpserver import DrainingHttpToolsProtocol
 
         self.settings = settings
         self.data_dir = Path(settings.data_dir)
@@ -84,7 +85,7 @@ class ThreadRelay:
         config = uvicorn.Config(
             self.middleware or self.app,
             loop="asyncio",
-            http=http,
+            http=http or DrainingHttpToolsProtocol,
             ws="none",
             lifespan="on",
             log_config=None,

@@ -31,6 +31,16 @@ class FilesystemBlobStore:
             raise ValueError("blob id is not 32 lowercase hex characters")
         return self.root / blob_id[:2] / blob_id
 
+    async def ping(self) -> None:
+        """Raises unless the blob directory exists (or can be made) and is writable."""
+
+        def check() -> None:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not os.access(self.root, os.W_OK | os.X_OK):
+                raise PermissionError("blob directory is not writable")
+
+        await asyncio.to_thread(check)
+
     async def create(self, blob_id: str, size: int) -> None:
         await asyncio.to_thread(self._create, self.path(blob_id), size)
 

@@ -46,6 +46,10 @@ class RedisPush(InProcessPush):
         if self._redis is not None:
             await self._redis.aclose()
 
+    async def ping(self) -> None:
+        assert self._redis is not None
+        await self._redis.ping()
+
     async def notify(self, mailboxes: Iterable[Mailbox]) -> None:
         assert self._redis is not None
         boxes = list(mailboxes)

@@ -13,6 +13,7 @@ Every method that changes state commits durably before it returns: a caller that
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -129,6 +130,10 @@ class BackupInfo:
     updated_at: int  # the latest upload
 
 
+class SchemaTooNew(Exception):
+    """the database was migrated by a newer relay than this one"""
+
+
 class StorageConflict(Exception):
     """a unique value is already held: {code}"""
 
@@ -173,6 +178,18 @@ class Storage(Protocol):
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Returns once the database answered a trivial query (readiness); raises if not."""
+
+    def sweep_turn(self) -> AbstractAsyncContextManager[bool]:
+        """Held while one retention sweep runs: True when this worker has the turn, False
+        when another worker is sweeping the same database (this one skips its round), so
+        several workers never sweep the same rows at once."""
+
+    async def key_fingerprint(self, fingerprint: bytes) -> bytes:
+        """Records `fingerprint` (of the relay's key set) unless one is recorded, and returns
+        the recorded one: the first worker's, which every later worker must match."""
 
     # accounts and devices
     async def create_account(

@@ -10,7 +10,7 @@ split as the SQLite storage, and the tables in schema.py.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import psycopg
@@ -32,6 +32,8 @@ from imsg_relay.storage.postgres.database import Database
 
 __all__ = ["PostgresStorage"]
 
+SWEEP_LOCK = 7366219  # advisory lock class of the retention sweeper (with the schema's hash)
+
 
 class PostgresStorage:
     def __init__(self, conninfo: str, *, pool_size: int = 8, schema: str | None = None) -> None:
@@ -45,6 +47,28 @@ class PostgresStorage:
 
     async def close(self) -> None:
         await self._db.close()
+
+    @property
+    def queue_depth(self) -> int:
+        """Transactions waiting for a pooled connection (a /metrics gauge)."""
+        return self._db.waiting
+
+    def sweep_turn(self) -> AbstractAsyncContextManager[bool]:
+        return self._db.try_lock(SWEEP_LOCK)
+
+    async def ping(self) -> None:
+        await self._db.one("SELECT 1", ())
+
+    async def key_fingerprint(self, fingerprint: bytes) -> bytes:
+        async with self._db.tx() as conn:
+            await conn.execute(
+                "INSERT INTO relay_meta (name, value) VALUES ('key_fingerprint', %s) ON CONFLICT (name) DO NOTHING",
+                (fingerprint,),
+            )
+            cur = await conn.execute("SELECT value FROM relay_meta WHERE name = 'key_fingerprint'")
+            row = await cur.fetchone()
+        assert row is not None  # inserted or already there, in this transaction
+        return bytes(row[0])
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:

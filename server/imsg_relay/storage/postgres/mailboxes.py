@@ -20,29 +20,51 @@ from imsg_relay.storage.base import (
 )
 from imsg_relay.storage.postgres.database import Database, one_row
 
+# One statement, so one round trip in autocommit (it was BEGIN, SELECT, INSERT, COMMIT):
+# the account's devices are read FOR SHARE (a device removed concurrently waits for this
+# send, or this send sees it gone; never an envelope stored for a removed device), and the
+# envelopes are inserted only when the bodies name exactly those devices. The devices are
+# returned either way, so a mismatch is reported as before and nothing was stored.
+_STORE = """
+WITH current AS (
+    SELECT device_id FROM devices WHERE account_id = %(account)s FOR SHARE
+), matches AS (
+    SELECT (SELECT coalesce(array_agg(device_id ORDER BY device_id), '{}')
+            FROM current WHERE device_id IS DISTINCT FROM %(exclude)s) = %(given)s::int[] AS ok
+), stored AS (
+    INSERT INTO envelopes (account_id, device_id, message_id, body, received_at)
+    SELECT %(account)s, b.device_id, %(message)s, b.body, %(now)s
+    FROM unnest(%(given)s::int[], %(bodies)s::bytea[]) AS b(device_id, body)
+    WHERE (SELECT ok FROM matches)
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT coalesce(array_agg(device_id), '{}') FROM current
+"""
+
 
 async def store_envelopes(
     db: Database, account_id: str, message_id: str, bodies: dict[int, bytes], exclude_device: int | None, now_ms: int
 ) -> int:
-    async with db.tx() as conn:
-        # FOR SHARE: a device removed concurrently waits for this send, or this send
-        # sees it gone; never an envelope stored for a removed device.
-        cur = await conn.execute("SELECT device_id FROM devices WHERE account_id = %s FOR SHARE", (account_id,))
-        current = {r[0] for r in await cur.fetchall()}
-        if not current:
-            raise AccountNotFound(account_id)
-        current.discard(exclude_device)
-        given = set(bodies)
-        if given != current:
-            raise DeviceMismatch(current - given, given - current)
-        if bodies:
-            async with conn.cursor() as c:
-                await c.executemany(
-                    "INSERT INTO envelopes (account_id, device_id, message_id, body,"
-                    " received_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                    [(account_id, d, message_id, b, now_ms) for d, b in bodies.items()],
-                )
-        return len(bodies)
+    given = sorted(bodies)
+    row = await db.one(
+        _STORE,
+        {
+            "account": account_id,
+            "exclude": exclude_device,
+            "given": given,
+            "bodies": [bodies[d] for d in given],
+            "message": message_id,
+            "now": now_ms,
+        },
+    )
+    current = set(row[0]) if row else set()
+    if not current:
+        raise AccountNotFound(account_id)
+    current.discard(exclude_device)
+    if set(given) != current:
+        raise DeviceMismatch(current - set(given), set(given) - current)
+    return len(bodies)
 
 
 async def fetch(

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from psycopg import AsyncConnection
 
+from imsg_relay.storage.base import SchemaTooNew
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
     account_id  TEXT PRIMARY KEY,
@@ -123,37 +125,50 @@ CREATE INDEX IF NOT EXISTS handles_tag ON handles (tag);
 CREATE INDEX IF NOT EXISTS handles_bucket ON handles (bucket) WHERE receiving AND state <> 'pending';
 """
 
-# Upgrades by version: 6 is the first version recorded here (handle tags became VOPRF, mode
-# 0x01, outputs; the mode-0x00 rows of before cannot be re-tagged, the relay never kept the
-# handles, so they are dropped and their owners add them again).
-SCHEMA_VERSION = 6
-VERSION_SCHEMA = """
-CREATE TABLE IF NOT EXISTS relay_schema (
-    one     BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
-    version INTEGER NOT NULL
+# Key set fingerprint (imsg_relay/keyset.py) and other relay-wide facts; never a key.
+META_SCHEMA = """
+CREATE TABLE IF NOT EXISTS relay_meta (
+    name  TEXT PRIMARY KEY,
+    value BYTEA NOT NULL
 );
 """
+
+# Versioned migrations, applied in order, each in its own transaction with its version.
+# Version 1 is everything before versioning; its statements are idempotent (IF NOT EXISTS),
+# so a database made before versioning upgrades through it unharmed.
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, SCHEMA + HANDLES_SCHEMA),
+    (2, META_SCHEMA),
+    # Handle tags became VOPRF (mode 0x01) outputs. The mode-0x00 rows of before cannot be
+    # re-tagged (the relay never kept the handles): dropped; their owners add them again.
+    (3, "DELETE FROM handles"),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 SCHEMA_LOCK = 7366218  # pg_advisory_lock key: two workers starting together take turns
 
 
-async def create(conn: AsyncConnection) -> None:
-    """Create the tables if missing; `conn` is in autocommit mode, on the right search_path."""
+async def create(conn: AsyncConnection) -> int:
+    """Create or upgrade the tables to SCHEMA_VERSION and return it; `conn` is in autocommit
+    mode, on the right search_path. Safe to run twice and from several workers at once:
+    the advisory lock makes them take turns, and each finds the work done by the first."""
     await conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
     try:
-        await conn.execute(SCHEMA)
-        await conn.execute(HANDLES_SCHEMA)
-        await conn.execute(VERSION_SCHEMA)
-        cur = await conn.execute("SELECT version FROM relay_schema")
+        await conn.execute("CREATE TABLE IF NOT EXISTS relay_schema (version INTEGER NOT NULL)")
+        cur = await conn.execute("SELECT max(version) FROM relay_schema")
         row = await cur.fetchone()
-        version = row[0] if row is not None else 0
-        if version < 6:
-            await conn.execute("DELETE FROM handles")
-        if version < SCHEMA_VERSION:
-            await conn.execute(
-                "INSERT INTO relay_schema (one, version) VALUES (TRUE, %s)"
-                " ON CONFLICT (one) DO UPDATE SET version = EXCLUDED.version",
-                (SCHEMA_VERSION,),
+        current = int(row[0]) if row and row[0] is not None else 0
+        if current > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"the database schema is at version {current}, newer than this relay's {SCHEMA_VERSION}: "
+                "upgrade the relay (never downgrade a migrated database)"
             )
+        for version, statements in MIGRATIONS:
+            if version <= current:
+                continue
+            async with conn.transaction():
+                await conn.execute(statements)
+                await conn.execute("INSERT INTO relay_schema (version) VALUES (%s)", (version,))
+        return SCHEMA_VERSION
     finally:
         await conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))

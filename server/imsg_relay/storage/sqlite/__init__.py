@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -108,6 +109,28 @@ class SQLiteStorage:
         """(transactions committed, operations in them): their ratio is the group size."""
         w = self._writer
         return (w.groups, w.ops) if w else (0, 0)
+
+    @property
+    def queue_depth(self) -> int:
+        """Writes waiting for the writer thread (a /metrics gauge)."""
+        w = self._writer
+        return w.queued if w else 0
+
+    @asynccontextmanager
+    async def sweep_turn(self) -> AsyncIterator[bool]:
+        yield True  # one process owns an SQLite database: always its turn
+
+    async def ping(self) -> None:
+        # Through the writer: a stuck writer is what makes an SQLite relay unready.
+        await self._write(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def key_fingerprint(self, fingerprint: bytes) -> bytes:
+        def record(conn: sqlite3.Connection) -> bytes:
+            conn.execute("INSERT OR IGNORE INTO relay_meta (name, value) VALUES ('key_fingerprint', ?)", (fingerprint,))
+            row = conn.execute("SELECT value FROM relay_meta WHERE name = 'key_fingerprint'").fetchone()
+            return bytes(row[0])
+
+        return await self._write(record)
 
     # accounts, devices, prekeys (accounts.py)
 

@@ -8,9 +8,20 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 6  # 2: provisioning channels; 3: attachment blobs; 4: sealed access, profiles;
-# 5: handles table (OPRF-blinded), accounts without handle_hmac; 6: handle tags are VOPRF
-# (mode 0x01) outputs, so rows of schema 5 are dropped
+from imsg_relay.storage.base import SchemaTooNew
+
+SCHEMA_VERSION = 7  # 2: provisioning channels; 3: attachment blobs; 4: sealed access, profiles;
+# 5: handles table (OPRF-blinded), accounts without handle_hmac; 6: relay_meta (key fingerprint);
+# 7: handle tags are VOPRF (mode 0x01) outputs, so rows tagged before are dropped
+
+# Relay-wide facts: the key set's fingerprint (imsg_relay/keyset.py), never a key.
+META_SCHEMA = """
+CREATE TABLE IF NOT EXISTS relay_meta (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+"""
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -160,18 +171,24 @@ def migrate_accounts(conn: sqlite3.Connection) -> None:
 
 
 def migrate_handles(conn: sqlite3.Connection) -> None:
-    """Schema 5 tagged handles with mode-0x00 OPRF outputs. The relay never kept the handles
+    """Schemas 5 and 6 tagged handles with mode-0x00 OPRF outputs. The relay never kept the handles
     themselves, so the rows cannot be re-tagged in mode 0x01 (VOPRF): they are dropped, and
-    their owners add them again (`imsg reachable add`)."""
+    their owners add them again (`imsg reachable add`). Schema 7 is the first with VOPRF tags."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'handles'").fetchone()
-    if exists and version < 6:
+    if exists and version < 7:
         conn.execute("DELETE FROM handles")
 
 
 def create(conn: sqlite3.Connection) -> None:
     """Create or upgrade the schema (idempotent); `conn` is in WAL mode and autocommit."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    if current > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"the database schema is at version {current}, newer than this relay's {SCHEMA_VERSION}: "
+            "upgrade the relay (never downgrade a migrated database)"
+        )
     migrate_accounts(conn)
     migrate_handles(conn)
-    conn.executescript(SCHEMA + HANDLES_SCHEMA)
+    conn.executescript(SCHEMA + HANDLES_SCHEMA + META_SCHEMA)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

@@ -83,6 +83,11 @@ class Writer(threading.Thread):
     def stop(self) -> None:
         self._queue.put(None)
 
+    @property
+    def queued(self) -> int:
+        """Operations submitted and not yet picked up (approximate, for metrics)."""
+        return self._queue.qsize()
+
     def run(self) -> None:
         try:
             conn = connect(self._path)
