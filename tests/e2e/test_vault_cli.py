@@ -154,7 +154,8 @@ def test_passcode_set_wrong_change_remove(cli: Env, tmp_path: Path):
     # Locked, no passcode source, no terminal: exit 3 at once with a hint, no prompt.
     t0 = time.monotonic()
     doc = _error(cli(bob, "history", "alice@example.com"), 3, "locked")
-    assert "imsg unlock" in doc["hint"] and time.monotonic() - t0 < 10
+    # "At once": no prompt waits for a person (a hang would meet this bound, a loaded machine not).
+    assert "imsg unlock" in doc["hint"] and time.monotonic() - t0 < 60
 
     before = _snapshot(bob)
     t0 = time.monotonic()
@@ -163,7 +164,9 @@ def test_passcode_set_wrong_change_remove(cli: Env, tmp_path: Path):
     t0 = time.monotonic()
     _error(cli(bob, "history", "alice@example.com", env={"IMSG_PASSCODE": "wrong horse"}), 3, "wrong_passcode")
     second = time.monotonic() - t0
-    assert first >= 1.0 and second >= 2.0 and second > first  # the delay grows
+    # The delay grows: 1 s after the first wrong passcode, 2 s after the second. Only lower
+    # bounds: load makes a run slower, never faster, so comparing the two times would flake.
+    assert first >= 1.0 and second >= 2.0
     assert _snapshot(bob) == before  # byte-identical, same mtimes and modes
 
     pfile = tmp_path / "passcode.txt"
