@@ -11,6 +11,7 @@ import base64
 import ipaddress
 import os
 import secrets
+import socket
 import ssl
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -204,11 +205,13 @@ class AnonymousRelay:
         self.proxy = check_proxy_url(proxy) if proxy else None
         self._timeout = timeout
         self._transport = transport  # tests: an in-process relay (then there is no connection)
+        self._takes_credentials: bool | None = None  # the proxy's answer, asked once
 
     def _client(self) -> httpx.Client:
         proxy = None
         if self.proxy and self._transport is None:
-            proxy = httpx.Proxy(self.proxy, auth=(secrets.token_hex(8), secrets.token_hex(8)))
+            auth = (secrets.token_hex(8), secrets.token_hex(8)) if self._proxy_takes_credentials() else None
+            proxy = httpx.Proxy(self.proxy, auth=auth)
         return httpx.Client(
             base_url=self.base_url,
             headers={"User-Agent": "imsg/0.1"},
@@ -222,6 +225,25 @@ class AnonymousRelay:
             verify=_verify_from_env(),
             limits=httpx.Limits(max_keepalive_connections=0),
         )
+
+    def _proxy_takes_credentials(self) -> bool:
+        """Whether the proxy takes a username and password (Tor does, and with
+        IsolateSOCKSAuth gives each username a circuit of its own). A proxy that takes
+        only "no authentication" (most local SOCKS servers) gets none: offering only
+        credentials, the request would fail. Asked once, with a bare SOCKS5 greeting
+        (RFC 1928 §3) that carries no request and reaches no relay."""
+        if self._takes_credentials is None:
+            parts = urlsplit(self.proxy or "")
+            try:
+                with socket.create_connection((parts.hostname or "", parts.port or 0), timeout=self._timeout) as s:
+                    s.sendall(b"\x05\x01\x02")  # version 5, one method: username/password
+                    answer = b""
+                    while len(answer) < 2 and (chunk := s.recv(2 - len(answer))):
+                        answer += chunk
+            except OSError as exc:
+                raise RelayUnavailableError(f"SOCKS proxy {self.proxy} unreachable ({type(exc).__name__})") from None
+            self._takes_credentials = answer == b"\x05\x02"
+        return self._takes_credentials
 
     @contextmanager
     def _network(self, what: str = "") -> Iterator[None]:

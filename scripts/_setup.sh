@@ -41,4 +41,11 @@ if ! "$VENV/bin/python" -c "import imsg_oprf; imsg_oprf.require_libsodium()" 2>/
         exit 1
     }
 fi
+# The SOCKS5 test (tests/integration/test_private_delivery.py) runs a real SOCKS5 server on
+# loopback: Debian's microsocks. Installed when missing and we may; the test skips, saying
+# why, only where it cannot be installed.
+if ! command -v microsocks >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing microsocks (apt-get)" >&2
+    { apt-get install -y microsocks || { apt-get update && apt-get install -y microsocks; }; } >/dev/null 2>&1 || true
+fi
 export PATH="$VENV/bin:$PATH"

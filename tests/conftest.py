@@ -16,11 +16,17 @@ rate-limit behaviour itself belongs to tests/relay.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# Copies to our own devices leave at once in tests (the default waits 2-30 s so that their
+# timing does not link them to the send): the tests check what arrives, not when. The real
+# delay has its own test (tests/integration/test_private_delivery.py), with sync_delay=.
+os.environ["IMSG_SYNC_DELAY"] = "0"
 
 from support.relays import (
     FAST_LIMITS,

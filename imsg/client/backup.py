@@ -43,7 +43,7 @@ STATE_KEY = "backup.state"
 # Settings that belong to one device, never carried to another: backup state (it holds the
 # recovery secret), anything about how this home is locked, and the relay's short-lived
 # sender certificate, which names this device.
-DEVICE_LOCAL_PREFIXES = ("backup.", "passcode.", "vault.", "lock.", "sealed.certificate")
+DEVICE_LOCAL_PREFIXES = ("backup.", "passcode.", "vault.", "lock.", "sealed.certificate", "sealed.cert_refresh_at")
 BACKUP_INTERVAL_MS = 24 * 3600 * 1000  # a day, as phones back up nightly
 RETRY_AFTER_MS = 3600 * 1000  # after a failed automatic backup
 MAX_DOWNLOAD = bk.padded_length(bk.MAX_PLAINTEXT + 8) + bk.HEADER_LEN + 16

@@ -34,6 +34,24 @@ if TYPE_CHECKING:
 Clock = Callable[[], int]
 Rng = Callable[[int], bytes]
 
+# How long a copy to our own devices waits after the message it copies (seconds, drawn
+# uniformly): long enough that its timing does not link it to the send (issue 12, C5).
+DEFAULT_SYNC_DELAY = (2.0, 30.0)
+
+
+def parse_sync_delay(text: str) -> tuple[float, float]:
+    """IMSG_SYNC_DELAY: "A-B" seconds (or "N": exactly N)."""
+    lo, sep, hi = text.strip().partition("-")
+    try:
+        a, b = float(lo), float(hi) if sep else float(lo)
+    except ValueError:
+        raise errors.UsageError(
+            f"IMSG_SYNC_DELAY={text!r} is not 'A-B' seconds", hint="for example 2-30, or 0"
+        ) from None
+    if not 0 <= a <= b <= 3600:
+        raise errors.UsageError(f"IMSG_SYNC_DELAY={text!r}: need 0 <= A <= B <= 3600 seconds")
+    return a, b
+
 
 class Context:
     def __init__(
@@ -46,8 +64,13 @@ class Context:
         allow_insecure: bool = False,
         transport: httpx.BaseTransport | None = None,
         proxy: str | None = None,
+        sync_delay: tuple[float, float] | None = None,
     ):
         self.store = store
+        if sync_delay is None:
+            env = os.environ.get("IMSG_SYNC_DELAY")
+            sync_delay = parse_sync_delay(env) if env else DEFAULT_SYNC_DELAY
+        self.sync_delay = sync_delay
         self.relay_url = relay_url
         self.now_ms = now_ms
         self.rng = rng
@@ -56,6 +79,7 @@ class Context:
         self.proxy = proxy
         self.problems: list[Problem] = []
         self._relay: RelayClient | None = None
+        self._anonymous: AnonymousRelay | None = None
 
     # --- the relay ---
 
@@ -79,11 +103,17 @@ class Context:
         """The relay without any credential, each request on a fresh connection (through
         the SOCKS5 proxy, if one is set): the only way recipient data is fetched or sealed
         messages sent (docs/PROTOCOL.md, "what the relay learns")."""
-        account = self.store.load_account()
-        url = self.relay_url or (account.relay_url if account else None)
-        if not url:
-            raise errors.UsageError("no relay given", hint="pass --relay URL or set IMSG_RELAY")
-        return AnonymousRelay(url, proxy=self.proxy, allow_insecure=self.allow_insecure, transport=self.transport)
+        # One object is fine: it holds no connection (each request opens its own), only
+        # the proxy's answer to whether it takes credentials.
+        if self._anonymous is None:
+            account = self.store.load_account()
+            url = self.relay_url or (account.relay_url if account else None)
+            if not url:
+                raise errors.UsageError("no relay given", hint="pass --relay URL or set IMSG_RELAY")
+            self._anonymous = AnonymousRelay(
+                url, proxy=self.proxy, allow_insecure=self.allow_insecure, transport=self.transport
+            )
+        return self._anonymous
 
     def require_relay_url(self) -> str:
         """The relay given for a new account or device (there is no account to take it from)."""
@@ -107,6 +137,7 @@ class Context:
         if self._relay is not None and self._relay is not relay:
             self._relay.close()
         self._relay = relay
+        self._anonymous = None  # made again from the account the home now holds
 
     def close(self) -> None:
         self.use_relay(None)
@@ -128,6 +159,14 @@ class Context:
     def message_id(self) -> str:
         """A fresh message id: from the OS, or from the injected rng (reproducible tests)."""
         return secrets.token_hex(16) if self.rng is os.urandom else self.rng(16).hex()
+
+    def sync_not_before(self, now: int) -> int:
+        """When a copy to our own devices made at `now` may leave: a uniformly random
+        point in the sync delay (from the injectable rng, so tests can fix it)."""
+        lo, hi = (int(x * 1000) for x in self.sync_delay)
+        if hi <= lo:
+            return now + lo
+        return now + lo + int.from_bytes(self.rng(8), "big") % (hi - lo + 1)
 
     def report(self, message_id: str, code: str, message: str) -> None:
         self.problems.append(Problem(message_id, code, message))

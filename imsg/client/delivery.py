@@ -15,6 +15,7 @@ that the account key never signed is its own: never encrypted to (SECURITY-TESTS
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from imsg import errors
@@ -164,7 +165,7 @@ class Delivery:
             envelopes = sorted(
                 list(keep.items()) + self.encrypt_for(account, batch.account_id, new, package or b"", content_ct or b"")
             )
-            batch = OutgoingBatch(batch.message_id, batch.account_id, tuple(envelopes), batch.created_at)
+            batch = replace(batch, envelopes=tuple(envelopes))
             with self.store.transaction():
                 if contact is not None:
                     self.store.save_contact(contact)
@@ -179,7 +180,7 @@ class Delivery:
     def _send(self, batch: OutgoingBatch) -> None:
         """Sealed when the recipient lets us (imsg/client/sealed.py), else identified."""
         if not self.sealed.deliver(batch):
-            self.ctx.relay().send(batch.account_id, batch.message_id, list(batch.envelopes))
+            self.ctx.relay().send(batch.account_id, batch.relay_id, list(batch.envelopes))
 
     def flush_outbox(self) -> int:
         """Re-send envelopes a previous run encrypted but could not hand to the relay.
@@ -190,8 +191,12 @@ class Delivery:
         raised from here, so `send` and `receive` always get to do their own work."""
         sent = 0
         skipped: set[str] = set()  # recipients whose earlier batch is still waiting
+        now = self.ctx.now_ms()
         for batch in self.store.outgoing():
             if batch.account_id in skipped:
+                continue
+            if batch.not_before > now:  # a copy to our own devices, not yet due
+                skipped.add(batch.account_id)
                 continue
             try:
                 self.deliver(batch)
@@ -220,6 +225,13 @@ class Delivery:
                 continue
             sent += 1
         return sent
+
+    def next_due(self) -> int | None:
+        """When the earliest waiting batch is due (ms; None: nothing waits): `watch` wakes
+        for it."""
+        now = self.ctx.now_ms()
+        times = [b.not_before for b in self.store.outgoing() if b.not_before > now]
+        return min(times) if times else None
 
 
 def parse_bundle(raw: dict[str, Any]) -> PreKeyBundle:

@@ -109,7 +109,10 @@ class Client:
         allow_insecure: bool = False,
         relay_transport: httpx.BaseTransport | None = None,
         proxy: str | None = None,
+        sync_delay: tuple[float, float] | None = None,
     ):
+        """`sync_delay`: (A, B) seconds a copy to our own devices waits (default 2-30, or
+        IMSG_SYNC_DELAY="A-B"); `proxy`: socks5://HOST:PORT for unauthenticated requests."""
         ctx = self._ctx = Context(
             store,
             relay_url=relay_url,
@@ -118,6 +121,7 @@ class Client:
             allow_insecure=allow_insecure,
             transport=relay_transport,
             proxy=proxy,
+            sync_delay=sync_delay,
         )
         self.store = store
         # Set when the key came from the unlock agent: `watch` stops once `imsg lock` ran.

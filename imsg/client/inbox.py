@@ -3,10 +3,10 @@
 
 An envelope is acked once it is stored or rejected: a tampered, replayed or forged one
 can never become readable, so it is dropped and reported as a Problem rather than left to
-block the mailbox. One that could not be checked for now (the relay out of reach, out of
-lookups) stays unacked and is tried again by the next receive. Messages stored by an
-earlier run but never returned (it stopped before printing) are returned too, so no
-incoming event is lost.
+block the mailbox. One that could not be checked for now (the relay out of reach, or a
+device list it would not serve yet) stays unacked and is tried again by the next receive.
+Messages stored by an earlier run but never returned (it stopped before printing) are
+returned too, so no incoming event is lost.
 
 Who wrote: a first message names its sender's handle, believed only if the private lookup
 maps the handle to the sender's account; a known contact writing as another handle is
@@ -20,6 +20,7 @@ later receive. Each receive also runs the contacts' background re-verification (
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
@@ -97,6 +98,7 @@ class Inbox:
             self.prekeys.maintain()
         self.complete_pending_checks()
         self.trust.recheck_due()  # the contacts' randomized re-verification (key changes)
+        self._refresh_certificate_quietly()
         self.profiles.refresh_all()  # contacts who announced a new name or photo
         self._backup_quietly()
         return self.take_unshown()
@@ -111,7 +113,15 @@ class Inbox:
 
                 raise LockedError("this home was locked (imsg lock, or the unlock period ended)")
             self.retention.apply()
-            yield from self.receive(wait=wait)
+            yield from self.receive(wait=self._wait_for_outbox(wait))
+
+    def _wait_for_outbox(self, wait: float) -> float:
+        """The long poll's wait, cut short when a waiting batch (a copy to our own devices,
+        delayed on purpose) falls due before it ends: the next receive flushes it."""
+        due = self.delivery.next_due()
+        if due is None:
+            return wait
+        return max(0.0, min(wait, math.ceil((due - self.ctx.now_ms()) / 1000)))
 
     def take_unshown(self) -> list[Message]:
         rows = self.store.unshown()
@@ -119,6 +129,14 @@ class Inbox:
             with self.store.transaction():
                 self.store.mark_shown([m.message_id for m in rows])
         return [Message.from_stored(m, self.store.attachments(m.message_id)) for m in rows]
+
+    def _refresh_certificate_quietly(self) -> None:
+        """The sender certificate, renewed here on its own schedule (never just before a
+        send: imsg/client/sealed.py); a relay out of reach is tried again next time."""
+        try:
+            self.sealed.refresh_certificate_if_due()
+        except (errors.RelayUnavailableError, errors.RelayRefusedError) as exc:
+            self.ctx.report("", "certificate_refresh_failed", f"sender certificate not renewed: {exc}")
 
     def _backup_quietly(self) -> None:
         """The automatic daily backup (imsg/client/backup.py); a failure is reported, never raised."""
@@ -142,6 +160,8 @@ class Inbox:
             )
             sender = envelope.sender
             me = Address(account.account_id, account.device_id)
+            if receive.is_own_decoy(sender if isinstance(envelope, Opened) else None, me):
+                return False  # our own sealed send's decoy for this device: ack, drop
             own = receive.from_own_account(sender, me)
             peer: Contact | None = None  # the contact who wrote (None: one of our own devices)
             known = None if own else self.store.get_contact(sender.account_id)
@@ -161,7 +181,7 @@ class Inbox:
 
             def keep(plaintext: bytes) -> Contact | None:
                 content = receive.open_content(plaintext, envelope.content_ciphertext)
-                receive.check_content_id(content, e.message_id)
+                receive.check_content_id(content, e.message_id, own=own)
                 receive.check_kind(content, own=own)
                 if peer is None:
                     self._keep_own(account, content, sender)

@@ -130,9 +130,18 @@ class Messaging:
             )
             sync_package, sync_ct = env.seal_content(sync.encode(), ctx.rng)
             envelopes = self.delivery.encrypt_for(account, account.account_id, own_others, sync_package, sync_ct)
-            batches.append(
-                (OutgoingBatch(message_id, account.account_id, tuple(envelopes), now), sync_package, sync_ct)
+            # Sealed like any send, under a fresh random id (the true one is inside the
+            # content) and after a random delay, so the relay can link it neither by id
+            # nor by timing to the message it copies (issue 12, row 1).
+            sync_batch = OutgoingBatch(
+                message_id,
+                account.account_id,
+                tuple(envelopes),
+                now,
+                envelope_id=ctx.message_id(),
+                not_before=ctx.sync_not_before(now),
             )
+            batches.append((sync_batch, sync_package, sync_ct))
         with store.transaction():
             if not to_self:  # an answer given now, and the key given to them
                 store.save_contact(replace(contact, shared_profile_key=profile.key) if profile else contact)
@@ -159,10 +168,15 @@ class Messaging:
         refused: errors.SealedRefusedError | None = None
         try:
             for batch, package, content_ct in batches:
+                if batch.not_before > ctx.now_ms():
+                    continue  # waits in the outbox: the next flush (send, receive, watch) sends it
                 try:
                     delivered = self.delivery.deliver(batch, package, content_ct)
                 except errors.SealedRefusedError as exc:
-                    refused = exc  # kept queued; our own devices still get their copy
+                    # Kept queued (and reported); our own devices still get their copy. A
+                    # refused copy to our own devices does not fail the send itself.
+                    if batch.account_id == contact.account_id:
+                        refused = exc
                     continue
                 if batch.account_id == contact.account_id:
                     reached = delivered  # after a 409 and refetch, the devices really addressed

@@ -178,7 +178,7 @@ class Profiles:
             self.store.add_outgoing(batch)
         try:
             self.delivery.deliver(batch, package, content_ct)
-        except errors.RelayUnavailableError:
+        except (errors.RelayUnavailableError, errors.SealedRefusedError):
             pass  # queued: flush_outbox sends it
 
     # --- our name and photo ---

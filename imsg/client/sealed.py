@@ -6,6 +6,7 @@ Settings this module owns (Store.get_setting/set_setting):
     sealed.only          "on": never fall back to an identified send (the message waits)
     sealed.relay_keys    JSON list of base64 Ed25519 relay keys this home trusts
     sealed.certificate   "<base64 certificate>:<our clock when fetched, ms>"
+    sealed.cert_refresh_at  our clock (ms) from which receive/watch fetch a new one
     sealed.access        hex SHA-256 of the access key last published, and the
                          allow-anyone flag ("<hex>:<0|1>"), to notice a profile-key rotation
 
@@ -25,14 +26,13 @@ from typing import TYPE_CHECKING
 from imsg import errors
 from imsg.client.context import Context
 from imsg.client.results import SealedStatus
-from imsg.protocol import consts
 from imsg.protocol import envelope as env
 from imsg.protocol import sealed as proto
 from imsg.protocol.encoding import KEY_ED25519, KEY_X25519, decode_key, encode_key
 from imsg.protocol.errors import CertificateError, DecodeError
 from imsg.protocol.identity import DeviceKeys, verify_device_list
 from imsg.protocol.session import Address
-from imsg.protocol.stores import LocalAccount, OutgoingBatch
+from imsg.protocol.stores import Contact, LocalAccount, OutgoingBatch
 
 if TYPE_CHECKING:
     from imsg.relay_client import Envelope as RelayEnvelope
@@ -43,6 +43,7 @@ SETTING_ONLY = "sealed.only"
 SETTING_RELAY_KEYS = "sealed.relay_keys"
 SETTING_CERTIFICATE = "sealed.certificate"
 SETTING_ACCESS = "sealed.access"
+SETTING_CERT_REFRESH_AT = "sealed.cert_refresh_at"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,20 +117,46 @@ class SealedSender:
     # --- sender certificate ---
 
     def certificate(self) -> bytes:
-        """This device's certificate, renewed an hour before it expires. A new one must
-        verify under a trusted relay key and name exactly this device and identity key."""
+        """This device's certificate for a send: the one held, while it is usable; a new
+        one only when none is (issue 12, C4: a fetch right before a sealed send would tell
+        the relay when this device writes). Renewal is `refresh_certificate_if_due`'s, in
+        receive and watch, on a schedule of its own."""
         account = self.ctx.account()
+        usable = self._usable_certificate(account)
+        return usable if usable is not None else self._fetch_certificate(account)
+
+    def refresh_certificate_if_due(self) -> bool:
+        """In receive and watch: fetch a new certificate once the held one passes its
+        refresh point (a random point 1-3 sevenths into its life, drawn when it was
+        fetched: 1-3 days of the relay's 7), or when none is usable. True if fetched."""
+        account = self.ctx.account()
+        due = self.store.get_setting(SETTING_CERT_REFRESH_AT)
+        if self._usable_certificate(account) is not None and due and self.ctx.now_ms() < int(due):
+            return False
+        self._fetch_certificate(account)
+        return True
+
+    def _usable_certificate(self, account: LocalAccount) -> bytes | None:
+        """The held certificate, if it is this device's (a restored backup brings its old
+        device's settings) and within the first half of its life as our clock measures it
+        from the fetch: half a life of margin, so a skewed or stepped clock never makes us
+        send one the relay's clock has already expired."""
+        cached = self._cached_certificate()
+        if cached is None:
+            return None
+        cert, fetched_at = cached
+        if not self._names(cert, Address(account.account_id, account.device_id), self.ctx.device(account)):
+            return None
+        life = proto.SenderCertificate.decode(cert).expires_at - fetched_at
+        age = self.ctx.now_ms() - fetched_at
+        return cert if 0 <= age < life // 2 else None
+
+    def _fetch_certificate(self, account: LocalAccount) -> bytes:
+        """A new certificate: it must verify under a trusted relay key and name exactly this
+        device and identity key. Its refresh point is drawn now."""
         now = self.ctx.now_ms()
         device = self.ctx.device(account)
         me = Address(account.account_id, account.device_id)
-        cached = self._cached_certificate()
-        if cached is not None:
-            cert, fetched_at = cached
-            # Reused for an hour of our clock (it lives 24 at the relay): a skewed or stepped
-            # clock never makes us send one the relay's clock has already expired. And only
-            # if it is this device's (a restored backup brings its old device's settings).
-            if 0 <= now - fetched_at < consts.SENDER_CERTIFICATE_REFRESH_MS and self._names(cert, me, device):
-                return cert
         cert = self.ctx.relay().sender_certificate(encode_key(KEY_X25519, device.identity.public))
         try:
             parsed = proto.SenderCertificate.decode(cert)
@@ -140,8 +167,12 @@ class SealedSender:
             raise errors.SecurityError(f"the relay issued an unusable sender certificate: {exc}") from None
         if not self._names(cert, me, device):
             raise errors.SecurityError("the relay issued a sender certificate for another device")
+        life = max(0, parsed.expires_at - now)
+        lo, hi = life // 7, 3 * life // 7
+        refresh_at = now + lo + (int.from_bytes(self.ctx.rng(8), "big") % (hi - lo + 1) if hi > lo else 0)
         with self.store.transaction():
             self.store.set_setting(SETTING_CERTIFICATE, f"{base64.b64encode(cert).decode()}:{now}")
+            self.store.set_setting(SETTING_CERT_REFRESH_AT, str(refresh_at))
         return cert
 
     @staticmethod
@@ -219,14 +250,26 @@ class SealedSender:
 
     def _seal(self, batch: OutgoingBatch) -> list[tuple[int, bytes]] | None:
         """The batch's identified envelopes sealed to each device, or None when some device
-        of the signed list has no sealed-sender key (an older client)."""
-        contact = self.store.get_contact(batch.account_id)
-        if contact is None:
-            return None
-        devices = verify_device_list(contact.device_list, contact.account_key)
+        of the signed list has no sealed-sender key (an older client).
+
+        To our own account the relay wants every device addressed (it cannot know which
+        device sends), so the batch gets a decoy envelope for this very device, sealed to
+        its own key: padded like the others, and dropped unread when it comes back."""
+        account = self.ctx.account()
+        own = batch.account_id == account.account_id
+        if own:
+            devices = verify_device_list(account.device_list, account.account_public)
+        else:
+            contact = self.store.get_contact(batch.account_id)
+            if contact is None:
+                return None
+            devices = verify_device_list(contact.device_list, contact.account_key)
         cert = self.certificate()
+        envelopes = list(batch.envelopes)
+        if own and envelopes and account.device_id not in {d for d, _ in envelopes}:
+            envelopes.append((account.device_id, envelopes[0][1]))  # the decoy: same sizes
         out = []
-        for device_id, body in batch.envelopes:
+        for device_id, body in sorted(envelopes):
             entry = devices.device(device_id)
             if entry is None or not entry.sealed_key:
                 return None
@@ -252,10 +295,14 @@ class SealedSender:
         key raises SealedRefusedError and the batch stays queued; with sealed-only, instead
         of False, SealedOnlyError (the batch stays queued)."""
         account = self.ctx.account()
-        if batch.account_id == account.account_id:
-            return False  # sync copies and notes to self: our own account knows it is us
         self.ensure_access_published()
-        contact = self.store.get_contact(batch.account_id)
+        if batch.account_id == account.account_id:
+            # Copies to our own devices (and notes to self) go sealed too, with our own
+            # access key (issue 12, row 1): identified, the relay's envelopes table would
+            # name the sender of the sealed message they copy.
+            contact: Contact | None = _own_contact(account)
+        else:
+            contact = self.store.get_contact(batch.account_id)
         sealed = self._seal(batch) if contact is not None else None
         if contact is None or sealed is None:
             return self._refuse(batch, "no_sealed_key", "a device of the recipient has no sealed-sender key")
@@ -263,7 +310,7 @@ class SealedSender:
         try:
             # A fresh connection each (AnonymousRelay): sealed sends of one process are
             # not joined by a shared keep-alive connection (issue 12, row 5).
-            self.ctx.anonymous().send_sealed(batch.account_id, batch.message_id, sealed, key)
+            self.ctx.anonymous().send_sealed(batch.account_id, batch.relay_id, sealed, key)
         except errors.RelayRefusedError as exc:
             if key is not None and exc.status == 401:
                 # We hold their key: the relay's word alone must not make us name them.
@@ -288,7 +335,8 @@ class SealedSender:
 
     def _refuse(self, batch: OutgoingBatch, reason: str, why: str) -> bool:
         if not self.sealed_only:
-            self.reasons[batch.message_id] = reason
+            if batch.account_id != self.ctx.account().account_id:  # the recipient's, not our copy's
+                self.reasons[batch.message_id] = reason
             return False
         raise errors.SealedOnlyError(
             f"not sent: {why}, and sealed-only delivery is on; message {batch.message_id} is kept in the outbox",
@@ -312,3 +360,15 @@ class SealedSender:
             raise CertificateError(f"sender certificate cannot be checked: {exc}") from None
         # RelayUnavailableError passes: the envelope stays unacked and is tried again later.
         return Opened(cert.sender, unsealed.session_message, unsealed.content_ciphertext, cert.identity_key)
+
+
+def _own_contact(account: LocalAccount) -> Contact:
+    """Our own account as the recipient of a sealed send: our handle, our profile key."""
+    return Contact(
+        account.account_id,
+        account.handle,
+        account.account_public,
+        account.device_list,
+        profile_key=account.profile_key,
+        first_seen=account.created_at,
+    )

@@ -49,10 +49,6 @@ MAX_DEVICES = 10
 # 4 KiB, a plain one in 2 KiB) to 64 KiB, then the relay's 96 KiB envelope cap.
 SEALED_BUCKETS = (2048, 4096, 8192, 16384, 32768, 65536, 98304)
 
-# A sender certificate is fetched again after this long on our clock (they live 24 hours
-# on the relay's), so clock skew never makes a client send an expired one.
-SENDER_CERTIFICATE_REFRESH_MS = 3600 * 1000
-
 # --- profiles (name and photo, docs/PROTOCOL.md §6c) ---
 
 # A profile name is at most this many UTF-8 bytes; it is padded to a fixed block, so every

@@ -20,8 +20,12 @@ shipping path. For one envelope, in order:
    session is not advanced, no prekey is consumed, nothing is stored).
 5. Inside step 4, before anything is kept: `open_content` (digest, AEAD, strict decoding),
    `check_content_id` (the content names the relay envelope's message id, so the relay
-   cannot replay content under another id) and `check_kind` (sync and profile content
-   only from our own devices).
+   cannot replay content under another id; a sync copy from our own account travels under
+   a fresh id of its own) and `check_kind` (sync and profile content only from our own
+   devices).
+
+Before all of it, `is_own_decoy`: the sealed envelope a send to our own account carries
+for the sending device itself (the relay wants every device addressed) is dropped.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Protocol, TypeVar
 from imsg.crypto.kdf import constant_time_equal
 from imsg.protocol import envelope as env
 from imsg.protocol import session as sess
-from imsg.protocol.content import KIND_TEXT, Content
+from imsg.protocol.content import KIND_SYNC, KIND_TEXT, Content
 from imsg.protocol.errors import CertificateError, RemoteProtocolError, UntrustedIdentityError
 from imsg.protocol.identity import DeviceEntry, DeviceKeys, DeviceList, account_id_for
 from imsg.protocol.session import Address
@@ -153,9 +157,22 @@ def open_content(plaintext: bytes, content_ciphertext: bytes) -> Content:
     return Content.decode(env.open_content(plaintext, content_ciphertext))
 
 
-def check_content_id(content: Content, message_id: str) -> None:
+def check_content_id(content: Content, message_id: str, *, own: bool = False) -> None:
+    """The content names the envelope's message id, so the relay cannot replay content
+    under another id. Except a sync copy from our own account: it travels under a fresh
+    random id (so the relay cannot link it to the message it copies) and is stored under
+    the content's id; replaying it gains nothing (the ratchet refuses a used message key,
+    and the store keeps one message per id)."""
+    if own and content.kind == KIND_SYNC:
+        return
     if content.message_id != message_id:
         raise RemoteProtocolError("content id does not match the envelope's message id")
+
+
+def is_own_decoy(sealed_sender: Address | None, local: Address) -> bool:
+    """A sealed envelope whose certificate names this very device: the decoy our own sealed
+    sends to our account carry for the sending device. Acked and dropped unread."""
+    return sealed_sender is not None and sealed_sender == local
 
 
 def check_kind(content: Content, *, own: bool) -> None:

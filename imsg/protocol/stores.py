@@ -165,6 +165,18 @@ class OutgoingBatch:
     account_id: str
     envelopes: tuple[tuple[int, bytes], ...]  # (device id, envelope)
     created_at: int
+    # The id the relay sees, when it is not `message_id`: a copy to our own devices goes
+    # under a fresh random id (the true one is inside the encrypted content), so the relay
+    # cannot link it to the message it copies (issue 12, row 1).
+    envelope_id: str = ""
+    # Not sent before this time (ms): copies to our own devices wait a random few seconds,
+    # so their timing does not link them to the send either.
+    not_before: int = 0
+
+    @property
+    def relay_id(self) -> str:
+        """The message id the relay is given for this batch."""
+        return self.envelope_id or self.message_id
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,6 +110,8 @@ _ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("contacts", "profile_revision", "INTEGER NOT NULL DEFAULT 0"),
     ("contacts", "share_profile", "TEXT NOT NULL DEFAULT ''"),
     ("contacts", "shared_profile_key", "BLOB NOT NULL DEFAULT x''"),
+    ("outbox", "envelope_id", "TEXT NOT NULL DEFAULT ''"),
+    ("outbox", "not_before", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 
@@ -470,13 +472,17 @@ class SQLiteStore:
     # outbox
     def add_outgoing(self, b: OutgoingBatch) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO outbox VALUES (?, ?, ?, ?)",
-            (b.message_id, b.account_id, _pack_envelopes(b.envelopes), b.created_at),
+            "INSERT OR REPLACE INTO outbox (message_id, account_id, envelopes, created_at, envelope_id, not_before)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (b.message_id, b.account_id, _pack_envelopes(b.envelopes), b.created_at, b.envelope_id, b.not_before),
         )
 
     def outgoing(self) -> list[OutgoingBatch]:
-        rows = self._db.execute("SELECT message_id, account_id, envelopes, created_at FROM outbox ORDER BY created_at")
-        return [OutgoingBatch(r[0], r[1], _unpack_envelopes(r[2]), r[3]) for r in rows]
+        rows = self._db.execute(
+            "SELECT message_id, account_id, envelopes, created_at, envelope_id, not_before FROM outbox"
+            " ORDER BY created_at"
+        )
+        return [OutgoingBatch(r[0], r[1], _unpack_envelopes(r[2]), r[3], r[4], r[5]) for r in rows]
 
     def remove_outgoing(self, message_id: str, account_id: str) -> None:
         self._db.execute("DELETE FROM outbox WHERE message_id = ? AND account_id = ?", (message_id, account_id))

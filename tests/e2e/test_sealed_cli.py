@@ -17,7 +17,7 @@ def test_sealed_settings_and_sealed_only_send(module_relay_proc, tmp_path):
     assert status["access_key_set"] is True and len(status["relay_keys"]) == 1
     # No access key for bob: identified, and --json says so.
     (sent,) = ok(imsg(alice, "send", BOB, "hello"))
-    assert sent["sealed"] is False
+    assert sent["sealed"] is False and sent["sealed_reason"] == "no_access_key"  # visible, never silent
     # Sealed-only: exit 5, code sealed_only, the message id, and that it is kept.
     assert ok(imsg(alice, "sealed", "only", "on"))[0]["sealed_only"] is True
     err = json_error(imsg(alice, "send", BOB, "only sealed"), 5)
@@ -27,7 +27,7 @@ def test_sealed_settings_and_sealed_only_send(module_relay_proc, tmp_path):
     # Bob opens up to anyone: alice's next command delivers the kept message, sealed.
     assert ok(imsg(bob, "sealed", "allow-anyone", "on"))[0]["allow_anyone"] is True
     (nxt,) = ok(imsg(alice, "send", BOB, "now sealed"))
-    assert nxt["sealed"] is True
+    assert nxt["sealed"] is True and "sealed_reason" not in nxt
     got = ok(imsg(bob, "receive"))
     assert [(m["text"], m["from"]) for m in got] == [("hello", ALICE), ("only sealed", ALICE), ("now sealed", ALICE)]
     assert got[1]["id"] == kept

@@ -32,7 +32,7 @@ from imsg.protocol import session as sess
 from imsg.protocol.content import KIND_SYNC, KIND_TEXT, Content
 from imsg.protocol.encoding import KEY_ED25519, encode_key
 from imsg.protocol.identity import AccountKey, DeviceKeys, DeviceList, decode_device_list
-from imsg.relay_client import RelayClient
+from imsg.relay_client import AnonymousRelay, RelayClient
 
 BOB = "bob@example.com"
 ALICE = "alice@example.com"
@@ -361,7 +361,9 @@ def test_fan_out_to_every_device_and_sync_to_own_devices(make_client, relay, sen
     sent = alice.send(BOB, "from alice's first device")
     assert sent.devices == 3
     assert envelope_counts(relay, bob_id) == {1: 1, 2: 1, 3: 1}
-    assert envelope_counts(relay, alice_id) == {2: 1, 3: 1}  # the sync copies; none to itself
+    # The sync copies, sealed since issue 12: the relay wants every device of the account
+    # addressed, so device 1 gets a decoy of the same size (dropped when it comes back).
+    assert envelope_counts(relay, alice_id) == {1: 1, 2: 1, 3: 1}
     assert not any(code for _, _, code, _ in sends)  # no 409: everyone had the right list
     for b in bobs:
         got = b.receive()
@@ -372,8 +374,8 @@ def test_fan_out_to_every_device_and_sync_to_own_devices(make_client, relay, sen
         assert problems(a) == []
 
     r = bob2.send(ALICE, "reply from bob's second device")
-    assert envelope_counts(relay, alice_id) == {1: 1, 2: 1, 3: 1}
-    assert envelope_counts(relay, bob_id) == {1: 1, 3: 1}
+    assert envelope_counts(relay, alice_id) == {1: 2, 2: 1, 3: 1}  # alice's decoy is still there
+    assert envelope_counts(relay, bob_id) == {1: 1, 2: 1, 3: 1}  # bob2's copies and decoy
     for a in alices:
         assert [(m.id, m.sender, m.text) for m in a.receive()] == [(r.id, BOB, "reply from bob's second device")]
     for b in (bob, bob3):
@@ -384,6 +386,7 @@ def test_fan_out_to_every_device_and_sync_to_own_devices(make_client, relay, sen
         assert texts(b.receive()) == ["from alice's third device"]
     for a in (alice, alice2):
         a.receive()
+    alice3.receive()  # its decoy
     assert envelope_counts(relay, alice_id) == {} and envelope_counts(relay, bob_id) == {}
 
     expected = [
@@ -399,7 +402,7 @@ def test_fan_out_to_every_device_and_sync_to_own_devices(make_client, relay, sen
     # A note to self reaches the account's other devices only.
     note = alice.send(ALICE, "note to self")
     assert note.devices == 2
-    assert envelope_counts(relay, alice_id) == {2: 1, 3: 1}
+    assert envelope_counts(relay, alice_id) == {1: 1, 2: 1, 3: 1}  # sealed: with the decoy
     for a in (alice2, alice3):
         a.receive()
         assert [m.text for m in a.store.history(alice_id, 10)] == ["note to self"]
@@ -518,6 +521,17 @@ def test_relay_injected_own_device_never_gets_sync_copies(make_client, relay, se
         return real(self, account, account_id, targets, package, content_ct)
 
     monkeypatch.setattr(Delivery, "encrypt_for", spy)
+    # The sync copies go sealed since issue 12: their 409s are answers to sealed sends.
+    real_sealed = AnonymousRelay.send_sealed
+
+    def sealed_spy(self, account_id, message_id, envelopes, key):
+        try:
+            return real_sealed(self, account_id, message_id, envelopes, key)
+        except errors.RelayRefusedError as exc:
+            sends.append((account_id, [d for d, _ in envelopes], exc.relay_code, dict(exc.details)))
+            raise
+
+    monkeypatch.setattr(AnonymousRelay, "send_sealed", sealed_spy)
     token = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
     with relay.db() as db:
         db.execute("INSERT INTO devices VALUES (?, ?, ?, ?)", (me, 3, _token_hash(token), 0))
@@ -591,7 +605,7 @@ def test_removed_device_receives_nothing_and_contacts_refetch(make_client, relay
     assert verify_device_list(contact.device_list, contact.account_key).device_ids == [1, 3]
     # Bob's own sync copies skip the removed device too.
     bob.send(ALICE, "from bob after removal")
-    assert envelope_counts(relay, bob_id) == {1: 1, 3: 2}
+    assert envelope_counts(relay, bob_id) == {1: 2, 3: 2}  # sealed: with bob's own decoy
     for b in (bob, bob3):
         b.receive()
     assert texts(bob3.history(ALICE)) == ["before", "after", "from bob after removal"]

@@ -16,14 +16,22 @@ carried a credential.
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from device_helpers import link_device
+from starlette.responses import JSONResponse
 
 from imsg import errors
 from imsg.client import Client
+from imsg.protocol.sealed import is_sealed
+from imsg.protocol.session import Address
 from imsg.relay_client import AnonymousRelay
 
 from support.relays import ThreadRelay, relay_settings
@@ -47,6 +55,9 @@ class Connections:
         self.app = app
         self.log: list[Seen] = []
         self.lock = threading.Lock()
+        # A malicious relay's answers: (method, path prefix, status, JSON body), each used
+        # once, for the next request that matches, instead of the real app's answer.
+        self.forged: list[tuple[str, str, int, dict]] = []
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
@@ -61,6 +72,12 @@ class Connections:
             )
             with self.lock:
                 self.log.append(seen)
+                forged = next((f for f in self.forged if f[0] == seen.method and seen.path.startswith(f[1])), None)
+                if forged is not None:
+                    self.forged.remove(forged)
+            if forged is not None:
+                response = JSONResponse(forged[3], status_code=forged[2])
+                return await response(scope, receive, send)
         await self.app(scope, receive, send)
 
     def take(self) -> list[Seen]:
@@ -82,8 +99,10 @@ def recorded(tmp_path: Path):
 def clients(tmp_path: Path, recorded: ThreadRelay):
     opened: list[Client] = []
 
-    def make(name: str, **kwargs) -> Client:
+    def make(name: str, link_to: Client | None = None, **kwargs) -> Client:
         home = tmp_path / "homes" / name
+        if link_to is not None:
+            link_device(recorded.url, link_to, home)
         fresh = not (home / "imsg.db").exists()
         c = Client.open(home, relay=recorded.url, **kwargs)
         opened.append(c)
@@ -123,3 +142,309 @@ def test_proxy_urls_are_checked():
     with pytest.raises(errors.UsageError):  # imsg picks the username itself, per request
         AnonymousRelay("http://127.0.0.1:1", proxy="socks5://user:pw@127.0.0.1:9050")
     assert AnonymousRelay("http://127.0.0.1:1", proxy="socks5h://127.0.0.1:9050").proxy
+
+
+def share(a: Client, b: Client) -> None:
+    """b gives a its profile key (and so its access key): b adds a and writes to it."""
+    handle = a.whoami().handle
+    b.contacts_add(handle)
+    b.send(handle, "hello")
+    a.receive()
+    assert a.store.contact_by_handle(b.whoami().handle).profile_key == b.store.load_account().profile_key
+
+
+def naming(log: list[Seen], account_id: str) -> list[Seen]:
+    """The credentialed requests whose path names `account_id`."""
+    return [s for s in log if s.token and account_id in s.path]
+
+
+def envelope_rows(relay: ThreadRelay, account_id: str) -> list[tuple[int, str, bytes]]:
+    with relay.db() as db:
+        return db.execute(
+            "SELECT device_id, message_id, body FROM envelopes WHERE account_id = ? ORDER BY seq", (account_id,)
+        ).fetchall()
+
+
+# --- row 1: the copy to our own devices ---
+
+
+def test_own_device_copy_is_sealed_under_an_unlinkable_id_row1(recorded, clients):
+    """Row 1: the copy of a sealed message to the sender's other devices went identified,
+    under the same message id: the relay's own envelopes table named the sender."""
+    alice, bob = clients("alice"), clients("bob")
+    alice2 = clients("alice2", link_to=alice)
+    share(alice, bob)
+    alice2.receive()
+    alice_id, bob_id = alice.whoami().account_id, bob.whoami().account_id
+    sent = alice.send(BOB, "sealed, and so is its copy")
+    assert sent.sealed
+    to_bob = [r for r in envelope_rows(recorded, bob_id) if r[1] == sent.id]
+    assert to_bob and all(is_sealed(body) for _, _, body in to_bob)
+    copies = envelope_rows(recorded, alice_id)
+    assert copies, "the copy to alice's other device"
+    assert all(mid != sent.id for _, mid, _ in copies)  # no shared id links it to the message
+    assert all(is_sealed(body) for _, _, body in copies)  # and no identified body names alice
+    assert {d for d, _, _ in copies} == {1, 2}  # every device addressed: 1 gets the decoy
+    alice2.receive()
+    assert [(m.id, m.text) for m in alice2.history(BOB)][-1] == (sent.id, "sealed, and so is its copy")
+    assert alice.receive() == [] and alice.problems == []  # the decoy is dropped quietly
+    assert envelope_rows(recorded, alice_id) == []
+
+
+def test_own_device_copy_waits_by_default(recorded, clients, tmp_path):
+    """The copy's timing is decoupled from the send: by default it waits 2-30 s in the
+    outbox (IMSG_SYNC_DELAY=0 in the rest of the tests) and the next flush sends it."""
+    alice = clients("alice", sync_delay=None)
+    assert alice._ctx.sync_delay == (0.0, 0.0)  # the tests' environment
+    alice.close()
+    alice = Client.open(tmp_path / "homes" / "alice", relay=recorded.url, sync_delay=(2, 30))
+    bob = clients("bob")
+    alice2 = clients("alice2", link_to=alice)
+    share(alice, bob)
+    alice2.receive()
+    clock = [alice._now()]
+    alice._now = lambda: clock[0]
+    sent = alice.send(BOB, "now")
+    (waiting,) = alice.store.outgoing()
+    assert waiting.message_id == sent.id and waiting.account_id == alice.whoami().account_id
+    assert clock[0] + 2000 <= waiting.not_before <= clock[0] + 30_000 and waiting.envelope_id != sent.id
+    assert alice.flush_outbox() == 0  # not yet due
+    alice2.receive()
+    assert sent.id not in [m.id for m in alice2.history(BOB)]
+    clock[0] = waiting.not_before
+    assert alice.flush_outbox() == 1 and alice.store.outgoing() == []
+    alice2.receive()
+    assert [m.id for m in alice2.history(BOB)][-1] == sent.id
+    alice.close()
+
+
+# --- row 2: forged 401 and 409 on a sealed send ---
+
+
+def test_forged_401_does_not_downgrade_a_contact_whose_key_we_hold_row2(recorded, clients):
+    alice, bob = clients("alice"), clients("bob")
+    share(alice, bob)
+    bob_id = bob.whoami().account_id
+    rec: Connections = recorded.middleware
+    rec.take()
+    rec.forged.append(("PUT", f"/v1/sealed/messages/{bob_id}", 401, {"error": "access_denied", "message": "no"}))
+    with pytest.raises(errors.SealedRefusedError) as exc:
+        alice.send(BOB, "must not go identified")
+    assert exc.value.exit_code == 5 and exc.value.details["kept"] == "outbox"
+    log = rec.take()
+    assert naming(log, bob_id) == []  # nothing identified, no credentialed request naming bob
+    assert [p.code for p in alice.problems] == ["sealed_refused"]
+    # The relay's word alone changed nothing: the next flush sends it sealed.
+    assert alice.flush_outbox() == 1
+    assert naming(rec.take(), bob_id) == []
+    assert [m.text for m in bob.receive()] == ["must not go identified"]
+
+
+def test_forged_409_refetches_anonymously_and_retries_sealed_row2(recorded, clients):
+    alice, bob = clients("alice"), clients("bob")
+    share(alice, bob)
+    alice.sealed().set_sealed_only(True)
+    bob_id = bob.whoami().account_id
+    rec: Connections = recorded.middleware
+    rec.take()
+    rec.forged.append(
+        ("PUT", f"/v1/sealed/messages/{bob_id}", 409, {"error": "device_mismatch", "missing": [], "extra": []})
+    )
+    sent = alice.send(BOB, "after a forged 409")
+    assert sent.sealed
+    log = rec.take()
+    assert naming(log, bob_id) == []
+    reads = [s for s in log if s.path == f"/v1/accounts/{bob_id}"]
+    assert reads and all(not s.token for s in reads)  # the refetch carried no credential
+    assert credentialed_ports(log).isdisjoint({s.peer for s in reads})
+    assert [m.text for m in bob.receive()] == ["after a forged 409"]
+
+
+# --- row 4: bundles and certificate ---
+
+
+def test_bundles_are_fetched_with_the_access_key_not_a_credential_row4(recorded, clients):
+    alice, bob = clients("alice"), clients("bob")
+    share(alice, bob)
+    bob_id = bob.whoami().account_id
+    alice.store.delete_session(Address(bob_id, 1))  # so the next send needs bob's bundle
+    rec: Connections = recorded.middleware
+    rec.take()
+    assert alice.send(BOB, "a fresh session").sealed
+    log = rec.take()
+    fetches = [s for s in log if s.path == f"/v1/keys/{bob_id}"]
+    assert fetches and all(not s.token and s.access_key for s in fetches)
+    assert naming(log, bob_id) == []
+    assert [m.text for m in bob.receive()] == ["a fresh session"]
+
+
+def test_certificate_is_not_fetched_at_send_time_row4(recorded, clients):
+    alice, bob = clients("alice"), clients("bob")
+    share(alice, bob)
+    clock = [alice._now()]
+    alice._now = lambda: clock[0]
+    rec: Connections = recorded.middleware
+    clock[0] += 2 * 3600 * 1000  # two hours on: main fetched a new one before this send
+    rec.take()
+    assert alice.send(BOB, "two hours later").sealed
+    assert not [s for s in rec.take() if s.path == "/v1/sealed/certificate"]
+    # Days on, past its refresh point: receive renews it, and the send after uses that.
+    clock[0] += 3 * 86_400_000 + 1
+    alice.receive()
+    assert [s.method for s in rec.take() if s.path == "/v1/sealed/certificate"] == ["POST"]
+    assert alice.send(BOB, "days later").sealed
+    assert not [s for s in rec.take() if s.path == "/v1/sealed/certificate"]
+    # The next refresh point is ahead (drawn 1-3 sevenths into the new one's life; this
+    # clock runs days ahead of the relay's, so that life looks shorter here).
+    assert int(alice.store.get_setting("sealed.cert_refresh_at")) > clock[0]
+    assert [m.text for m in bob.receive()] == ["two hours later", "days later"]
+
+
+# --- row 5: connections ---
+
+
+def test_unauthenticated_requests_never_share_a_credentialed_connection_row5(recorded, clients):
+    alice, bob = clients("alice"), clients("bob")
+    share(alice, bob)
+    share(bob, alice)
+    bob.receive()
+    rec: Connections = recorded.middleware
+    rec.take()
+    for i in range(3):
+        assert alice.send(BOB, f"sealed {i}").sealed
+    bob.receive()
+    log = rec.take()
+    sealed = [s for s in log if s.path.startswith("/v1/sealed/messages/")]
+    assert len(sealed) >= 3 and len({s.peer for s in sealed}) == len(sealed)  # a connection each
+    anonymous = {s.peer for s in log if not s.token}
+    assert anonymous and anonymous.isdisjoint(credentialed_ports(log))
+
+
+# --- row 6: attachments ---
+
+
+def test_attachment_download_needs_no_credential_row6(recorded, clients, tmp_path):
+    alice, bob = clients("alice"), clients("bob")
+    share(alice, bob)
+    src = tmp_path / "photo.bin"
+    src.write_bytes(b"\x89PNG" + bytes(5000))
+    alice.send(BOB, "a file", attachments=[src])
+    rec: Connections = recorded.middleware
+    (m,) = bob.receive()
+    rec.take()
+    (path,) = bob.save_attachments(m.id, tmp_path / "out")
+    assert path.read_bytes() == src.read_bytes()
+    gets = [s for s in rec.take() if s.path.startswith("/v1/blobs/")]
+    assert gets and all(not s.token for s in gets)
+
+
+# --- row 8 (client side): one recipient's 429 does not block the others ---
+
+
+def test_a_flood_of_bad_keys_does_not_stop_a_valid_sender_row8(recorded, clients):
+    alice, bob = clients("alice"), clients("bob")
+    share(alice, bob)
+    bob_id = bob.whoami().account_id
+    flood = AnonymousRelay(recorded.url)
+    for _ in range(120):  # past the valid senders' burst (100) too
+        with pytest.raises(errors.RelayRefusedError):
+            flood.send_sealed(bob_id, "ab" * 16, [(1, b"\x01\x02" + bytes(2046))], bytes(16))
+    assert alice.send(BOB, "still delivered").sealed
+    assert [m.text for m in bob.receive()] == ["still delivered"]
+
+
+def test_one_recipients_429_does_not_block_other_sends_or_receive_row8(tmp_path):
+    settings = relay_settings(tmp_path / "relay-data", sealed_rate=0.001, sealed_burst=3)
+    with ThreadRelay(settings) as relay:
+        homes = tmp_path / "homes"
+        made = []
+
+        def make(name: str) -> Client:
+            c = Client.open(homes / name, relay=relay.url)
+            made.append(c)
+            c.init(f"{name}@example.com", name=name)
+            return c
+
+        try:
+            alice, bob, carol = make("alice"), make("bob"), make("carol")
+            share(alice, bob)  # bob's "hello" is one sealed send to alice, not to bob
+            for i in range(3):  # bob's budget of sealed sends (3 here) is used up...
+                alice.send(BOB, f"m{i}")
+            with pytest.raises(errors.RelayRefusedError) as exc:
+                alice.send(BOB, "queued behind the limit")
+            assert exc.value.status == 429
+            assert len(alice.store.outgoing()) == 1
+            # ... and alice can still write to carol and receive: the queued batch waits.
+            carol.contacts_add("alice@example.com")
+            carol.send("alice@example.com", "hi alice")
+            assert [m.text for m in alice.receive()] == ["hi alice"]
+            assert alice.send("carol@example.com", "to carol").devices == 1
+            assert [m.text for m in carol.receive()] == ["to carol"]
+            assert len(alice.store.outgoing()) == 1  # still waiting for bob
+        finally:
+            for c in made:
+                c.close()
+
+
+# --- the network address: a real SOCKS5 proxy on loopback ---
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def socks_proxy(tmp_path):
+    """Debian's microsocks on a loopback port, its outgoing connections bound to 127.0.0.2:
+    the relay sees that address for every proxied request, 127.0.0.1 for the others."""
+    binary = shutil.which("microsocks")
+    if binary is None:
+        pytest.skip("microsocks (Debian package) is not installed and scripts/_setup.sh could not install it")
+    port = _free_port()
+    log = open(tmp_path / "microsocks.log", "wb")
+    proc = subprocess.Popen([binary, "-i", "127.0.0.1", "-p", str(port), "-b", PROXY_EXIT], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # until it accepts connections (a condition, not a sleep of a guessed length)
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"microsocks did not start: {(tmp_path / 'microsocks.log').read_text()}")
+                time.sleep(0.02)
+        yield f"socks5://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+PROXY_EXIT = "127.0.0.2"
+
+
+def test_through_a_socks_proxy_the_relay_sees_only_the_proxy_for_unauthenticated_requests(
+    recorded, clients, socks_proxy, tmp_path
+):
+    alice, bob = clients("alice", proxy=socks_proxy), clients("bob", proxy=socks_proxy)
+    share(alice, bob)
+    share(bob, alice)
+    bob.receive()
+    src = tmp_path / "doc.bin"
+    src.write_bytes(bytes(3000))
+    rec: Connections = recorded.middleware
+    rec.take()
+    for i in range(3):
+        assert alice.send(BOB, f"via the proxy {i}").sealed
+    alice.send(BOB, "with a file", attachments=[src])
+    got = bob.receive()
+    bob.save_attachments(got[-1].id, tmp_path / "out")
+    assert [m.text for m in got] == ["via the proxy 0", "via the proxy 1", "via the proxy 2", "with a file"]
+    log = rec.take()
+    anonymous = [s for s in log if not s.token]
+    assert {s.path.split("/")[2] for s in anonymous} >= {"sealed", "blobs"}
+    assert {s.peer[0] for s in anonymous} == {PROXY_EXIT}  # never our own address
+    assert len({s.peer for s in anonymous}) == len(anonymous)  # and each its own connection
+    assert {s.peer[0] for s in log if s.token} == {"127.0.0.1"}  # credentialed: direct, as they name us anyway

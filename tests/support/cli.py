@@ -15,8 +15,11 @@ IMSG = [sys.executable, "-m", "imsg_cli.main"]
 
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without any IMSG_* variable (a developer's own
-    IMSG_HOME or IMSG_RELAY must never reach a test), plus `extra`."""
+    IMSG_HOME or IMSG_RELAY must never reach a test), plus `extra`. Copies to our own
+    devices leave at once (IMSG_SYNC_DELAY=0): the tests check what arrives, not when;
+    tests/integration/test_private_delivery.py checks the real delay."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMSG_")}
+    env["IMSG_SYNC_DELAY"] = "0"
     env.update(extra)
     return env
 

@@ -135,3 +135,25 @@ def test_text_from_a_peer_passes_every_rule():
     mid = pair.alice.rng(16).hex()
     blob = _envelope(pair, Content(mid, pair.now, KIND_TEXT, "alice", "bob", "hi"))
     assert pair.receive_envelope("bob", blob, mid).text == "hi"
+
+
+# --- issue 12: sealed copies to our own devices ---
+
+
+def test_a_sync_copy_from_our_own_account_may_travel_under_another_id():
+    """The copy to our own devices goes under a fresh envelope id (so the relay cannot link
+    it to the message it copies): only a KIND_SYNC from our own account is let through."""
+    sync = Content("a" * 32, 1, KIND_SYNC, "me@example.com", "them@example.com", "x", "b" * 32, b"")
+    receive.check_content_id(sync, OTHER_MID, own=True)
+    with pytest.raises(RemoteProtocolError):
+        receive.check_content_id(sync, OTHER_MID)  # not from our own account
+    text = Content("a" * 32, 1, KIND_TEXT, "me@example.com", "me@example.com", "note")
+    with pytest.raises(RemoteProtocolError):
+        receive.check_content_id(text, OTHER_MID, own=True)  # a note to self keeps its id
+
+
+def test_the_decoy_for_this_very_device_is_recognised():
+    me = sess.Address("a" * 32, 1)
+    assert receive.is_own_decoy(sess.Address("a" * 32, 1), me)
+    assert not receive.is_own_decoy(sess.Address("a" * 32, 2), me)
+    assert not receive.is_own_decoy(None, me)  # identified envelopes are never decoys

@@ -321,6 +321,15 @@ def test_outbox(store):
     assert [(b.message_id, b.account_id) for b in store.outgoing()] == [("2" * 32, PEER), ("1" * 32, OTHER)]
 
 
+def test_outbox_keeps_the_envelope_id_and_not_before(store):
+    """A copy to our own devices: a fresh relay-facing id, and a time before which it waits."""
+    b = OutgoingBatch("1" * 32, PEER, ((1, b"env"),), T0, envelope_id="e" * 32, not_before=T0 + 5000)
+    store.add_outgoing(b)
+    (got,) = store.outgoing()
+    assert got == b and got.relay_id == "e" * 32
+    assert OutgoingBatch("2" * 32, PEER, (), T0).relay_id == "2" * 32
+
+
 # --- transactions ---
 
 
