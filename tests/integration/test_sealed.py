@@ -365,7 +365,15 @@ def test_bad_certificates_are_rejected_without_damage(make_client, relay, case):
     bob.problems.clear()
     # No state changed: no session with alice, nothing stored, the envelope was acked.
     assert bob.store.load_session(Address(alice.whoami().account_id, 1)) == before_sessions
-    assert not bob.store.has_message(batch.message_id) and envelope_sizes(relay) == []
+    assert not bob.store.has_message(batch.message_id)
+    if case == "other_sender":
+        # Certified as carol's and not decrypting: to bob that is carol's broken session, so
+        # he sends carol a retry receipt (session repair, PROTOCOL.md §5b); carol never sent
+        # that message and refuses it. Nothing else moves.
+        assert len(envelope_sizes(relay)) == 1
+        assert carol.receive() == []
+        assert [p.code for p in carol.problems] == ["repair_refused"]
+    assert envelope_sizes(relay) == []
     # The same ratchet message under a valid certificate still decrypts: nothing was spent.
     post_sealed(relay, bob, batch, certificate_for(key, alice))
     got = bob.receive()
