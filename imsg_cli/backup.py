@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from imsg_cli.confirm import Yes, confirm
 from imsg_cli.output import human_size, iso, local_time
 from imsg_cli.state import State
 
@@ -89,10 +90,11 @@ def status(ctx: typer.Context) -> None:
 
 
 @app.command("off")
-def off(ctx: typer.Context) -> None:
-    """Turn backups off and delete the relay's copy at once."""
+def off(ctx: typer.Context, yes: Yes = False) -> None:
+    """Turn backups off and delete the relay's copy at once. Asks first (--yes: do not)."""
     state: State = ctx.obj
     with state.client() as client:
+        confirm("turn backups off and delete the relay's copy?", yes)
         deleted = client.backup_off()
     if state.out.json:
         state.out.record({"on": False, "deleted": deleted})
@@ -105,7 +107,9 @@ def restore(
     ctx: typer.Context,
     handle: Annotated[str, typer.Argument(help="The account's handle.")],
     recovery_code: Annotated[str, typer.Argument(help="The code imsg backup on showed.")],
-    name: Annotated[str, typer.Option("--name", help="A name for this device (only your devices can read it).")] = "",
+    name: Annotated[
+        str, typer.Option("--name", metavar="NAME", help="A name for this device (only your devices can read it).")
+    ] = "",
 ) -> None:
     """Restore a backup into this (new) home, as a new device of the account.
 

@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from imsg_cli.confirm import Yes, confirm
+from imsg_cli.output import human_size
+from imsg_cli.render import one_line
 from imsg_cli.state import State
 
 if TYPE_CHECKING:
@@ -59,13 +62,14 @@ def _shown_name(c: ContactInfo) -> str:
 
 
 def _record(c: ContactInfo) -> dict[str, Any]:
-    name_source = "nickname" if c.nickname else ("shared" if c.profile_name else "")
+    # A missing value is null (never ""), as in every other --json row.
+    name_source = "nickname" if c.nickname else ("shared" if c.profile_name else None)
     return {
         "handle": c.handle,
-        "name": c.nickname or c.profile_name,
+        "name": c.nickname or c.profile_name or None,
         "name_source": name_source,
-        "nickname": c.nickname,
-        "shared_name": c.profile_name,
+        "nickname": c.nickname or None,
+        "shared_name": c.profile_name or None,
         "in_contacts": c.in_contacts,
         "sharing_with": c.sharing,
         "account_id": c.account_id,
@@ -102,12 +106,17 @@ def add(
 def remove(
     ctx: typer.Context,
     handle: Annotated[str, typer.Argument(help="Their handle.")],
+    yes: Yes = False,
 ) -> None:
     """Take someone out of your contacts (and forget your nickname for them). Your
     conversation stays. They keep the profile key they already have: to stop them seeing
-    later changes of your name and photo, run imsg profile share off (it rotates the key)."""
+    later changes of your name and photo, run imsg profile share off (it rotates the key).
+    Asks first (--yes: do not)."""
     state: State = ctx.obj
     with state.client() as client:
+        canonical = _canonical(handle)
+        if any(c.handle == canonical and c.in_contacts for c in client.contacts()):  # else the library's error
+            confirm(f"remove {one_line(canonical)} from your contacts (and your nickname for them)?", yes)
         contact = client.contacts_remove(handle)
     if state.out.json:
         state.out.record({"handle": contact.handle, "in_contacts": False})
@@ -137,5 +146,5 @@ def photo(
             {"handle": _canonical(handle), "path": str(saved.path), "type": saved.type, "size": saved.size}
         )
     else:
-        state.out.line(str(saved.path))
-        state.out.info(f"{saved.type}, {saved.size} bytes")
+        state.out.line(one_line(str(saved.path)))
+        state.out.info(f"{saved.type}, {human_size(saved.size)}")

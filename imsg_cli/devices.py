@@ -6,7 +6,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from imsg_cli.confirm import Yes, confirm
 from imsg_cli.output import iso, local_time, print_qr
+from imsg_cli.render import one_line
 from imsg_cli.state import State
 
 if TYPE_CHECKING:
@@ -19,10 +21,11 @@ app = typer.Typer(help="Link, list and remove this account's devices.", no_args_
 def add(
     ctx: typer.Context,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=10, max=600, help="Seconds to wait for the new device.")
+        float, typer.Option("--timeout", min=10, max=600, metavar="SECONDS", help="Seconds to wait for the new device.")
     ] = 300,
     history: Annotated[
-        int, typer.Option("--history", min=0, max=10000, help="Send the new device this many recent messages.")
+        int,
+        typer.Option("--history", min=0, max=10000, metavar="N", help="Send the new device this many recent messages."),
     ] = 0,
 ) -> None:
     """Show a one-time pairing code, then wait until a new device links with it.
@@ -42,12 +45,17 @@ def add(
         device = client.device_add_finish(pairing, timeout=timeout, history=history)
     if out.json:
         out.record(
-            {"linked": True, "device_id": device.device_id, "name": device.name, "fingerprint": device.fingerprint}
+            {
+                "linked": True,
+                "device_id": device.device_id,
+                "name": device.name or None,
+                "fingerprint": device.fingerprint,
+            }
         )
     else:
         out.line(
             f"linked device {device.device_id}"
-            + (f" ({device.name})" if device.name else "")
+            + (f" ({one_line(device.name)})" if device.name else "")
             + f"  fingerprint {device.fingerprint}"
         )
 
@@ -56,7 +64,9 @@ def add(
 def link(
     ctx: typer.Context,
     code: Annotated[str, typer.Argument(help="The code `imsg device add` shows on an existing device.")],
-    name: Annotated[str, typer.Option("--name", help="A name for this device (only your devices can read it).")] = "",
+    name: Annotated[
+        str, typer.Option("--name", metavar="NAME", help="A name for this device (only your devices can read it).")
+    ] = "",
 ) -> None:
     """Join an existing account from this (new) home."""
     import platform
@@ -82,10 +92,16 @@ def list_(ctx: typer.Context) -> None:
 def remove(
     ctx: typer.Context,
     device_id: Annotated[int, typer.Argument(min=1, help="The device's id (see imsg device list).")],
+    yes: Yes = False,
 ) -> None:
-    """Remove a device: it stops receiving at once, and the list is re-signed without it."""
+    """Remove a device: it stops receiving at once, and the list is re-signed without it.
+    Asks first (--yes: do not)."""
     state: State = ctx.obj
     with state.client() as client:
+        known = {d.device_id: d for d in client.devices(refresh=False)}
+        if device_id in known and not known[device_id].this_device:  # else the library's own error
+            name = known[device_id].name
+            confirm(f"remove device {device_id}{f' ({one_line(name)})' if name else ''} from this account?", yes)
         devices = client.device_remove(device_id)
     state.out.info(f"removed device {device_id}")
     _print_devices(state, devices)
@@ -98,7 +114,7 @@ def _print_devices(state: State, devices: list[DeviceInfo]) -> None:
             out.record(
                 {
                     "device_id": d.device_id,
-                    "name": d.name,
+                    "name": d.name or None,
                     "fingerprint": d.fingerprint,
                     "added_at": iso(d.added_at),
                     "this_device": d.this_device,

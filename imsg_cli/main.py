@@ -28,11 +28,24 @@ from imsg_cli import (
 from imsg_cli.output import Output
 from imsg_cli.state import State
 
+
+def _usage_metavar(self: typer.core.TyperArgument, ctx: object, *, usage: bool = False) -> str:
+    """Arguments in usage lines as people write them (`imsg send [OPTIONS] TO [TEXT]`),
+    not typer's `{to} [text]`: the metavar, else the name in capitals."""
+    var = self.metavar or (self.name or "").upper()
+    if self.nargs != 1 and not var.endswith("..."):
+        var += "..."
+    return f"[{var}]" if usage and not self.required and not var.startswith("[") else var
+
+
+typer.core.TyperArgument.make_metavar = _usage_metavar  # type: ignore[method-assign]
+
 app = typer.Typer(
     name="imsg",
-    help="End-to-end encrypted messages from the terminal.",
+    help="End-to-end encrypted messages from the terminal. The options below may also come "
+    "after the command (imsg whoami --json).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help text: importing rich costs start-up time
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -52,10 +65,20 @@ def _global(
     ctx: typer.Context,
     home: Annotated[
         str | None,
-        typer.Option("--home", envvar="IMSG_HOME", metavar="DIR", help="Account home directory [env: IMSG_HOME]."),
+        typer.Option(
+            "--home",
+            envvar="IMSG_HOME",
+            metavar="DIR",
+            help="Account home directory. Default: the platform's data directory, "
+            "~/.local/share/imsg on Linux ($XDG_DATA_HOME/imsg), "
+            "~/Library/Application Support/imsg on macOS.",
+        ),
     ] = None,
     relay: Annotated[
-        str | None, typer.Option("--relay", envvar="IMSG_RELAY", metavar="URL", help="Relay URL [env: IMSG_RELAY].")
+        str | None,
+        typer.Option(
+            "--relay", envvar="IMSG_RELAY", metavar="URL", help="Relay URL (needed by init; then remembered)."
+        ),
     ] = None,
     proxy: Annotated[
         str | None,
@@ -111,8 +134,38 @@ app.add_typer(privacy.app, name="privacy")
 app.add_typer(sealed.app, name="sealed")
 
 
+# The global options, which may also come after the subcommand (`imsg whoami --json`):
+# flags, and options that take a value.
+_GLOBAL_FLAGS = frozenset({"--json", "--insecure", "--version"})
+_GLOBAL_VALUED = frozenset({"--home", "--relay", "--passcode-file"})
+
+
+def hoist_globals(args: list[str]) -> list[str]:
+    """`args` with every global option moved before the subcommand, in order, so that
+    `imsg send BOB hi --json --home H` means `imsg --json --home H send BOB hi`. Nothing
+    after `--` moves (so `imsg send BOB -- --json` sends the text "--json")."""
+    hoisted: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest += args[i:]
+            break
+        name = arg.split("=", 1)[0]
+        if arg in _GLOBAL_FLAGS or (name in _GLOBAL_VALUED and "=" in arg):
+            hoisted.append(arg)
+        elif arg in _GLOBAL_VALUED and i + 1 < len(args):
+            hoisted += args[i : i + 2]
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return hoisted + rest
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    args = hoist_globals(sys.argv[1:] if argv is None else argv)
     json_mode = "--json" in args
     out = Output(json_mode)
     try:
@@ -143,6 +196,10 @@ def _report(out: Output, exc: BaseException) -> int:
     if isinstance(exc, typer.Abort):
         out.info("aborted")
         return 130
+    if type(exc).__name__ == "NoArgsIsHelpError":  # bare `imsg` or `imsg device`: help, on stdout
+        ctx = exc.ctx  # type: ignore[attr-defined]
+        sys.stdout.write(ctx.get_help() + "\n")
+        return 0 if ctx.parent is None else 2  # a group without its subcommand is incomplete
     if isinstance(exc, TyperException):  # typer's own (vendored click) usage errors
         message = exc.format_message()
         ctx = getattr(exc, "ctx", None)

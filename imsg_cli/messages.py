@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from imsg_cli.names import names
 from imsg_cli.output import print_message
+from imsg_cli.render import one_line
 from imsg_cli.state import State
 
 if TYPE_CHECKING:
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
 
 def send(
     ctx: typer.Context,
-    to: Annotated[str, typer.Argument(help="Recipient handle (e-mail or +phone).")],
+    to: Annotated[str, typer.Argument(help="Recipient handle (e-mail or +phone), or a contact's nickname.")],
     text: Annotated[str | None, typer.Argument(help="Message text; read from stdin when omitted or '-'.")] = None,
     attach: Annotated[
         list[str] | None,
@@ -71,30 +73,47 @@ def send(
         if text.endswith("\n"):
             text = text[:-1]
     text = text or ""
-    if not text and not files and not drafts:
-        raise UsageError("empty message")
+    if not text.strip() and not files and not drafts:
+        raise UsageError("empty message" if not text else "empty message: only whitespace")
+    _check_length(text)
+    from imsg_cli.names import resolve
     from imsg_cli.output import Transfers
     from imsg_cli.profile import share_answer
 
     with state.client() as client, Transfers(state.out) as bars:
+        to = resolve(client, to)  # a handle, or the nickname of a contact
         share_profile = share_answer(client, to, share_profile)
-        sent = client.send(
-            to,
-            text,
-            on_key_change=on_key_change,
-            attachments=files,
-            drafts=drafts,
-            progress=bars.callback,
-            share_profile=share_profile,
-            from_=from_,
-        )
+        try:
+            sent = client.send(
+                to,
+                text,
+                on_key_change=on_key_change,
+                attachments=files,
+                drafts=drafts,
+                progress=bars.callback,
+                share_profile=share_profile,
+                from_=from_,
+            )
+        except UsageError as exc:
+            if str(exc) == "message too long":  # with attachments and profile, the content outgrew its cap
+                raise _too_long(
+                    "encrypted with its attachments and profile, it exceeds the 64 KiB a message holds"
+                ) from None
+            raise
         _report_problems(state, client)  # e.g. an earlier queued message the relay refused
+        sender = _sent_from(client, sent.to, sent.id) if state.out.json else None
     out = state.out
     if out.json:
         from imsg_cli.output import iso
 
-        record = {"id": sent.id, "to": sent.to, "sent_at": iso(sent.sent_at), "devices": sent.devices}
-        record["sealed"] = sent.sealed
+        record = {
+            "id": sent.id,
+            "from": sender,
+            "to": sent.to,
+            "sent_at": iso(sent.sent_at),
+            "devices": sent.devices,
+            "sealed": sent.sealed,
+        }
         if not sent.sealed and sent.sealed_reason:  # a visible fall-back, never a silent one
             record["sealed_reason"] = sent.sealed_reason
         out.record(record)
@@ -106,6 +125,38 @@ def send(
             out.info(f"sent to {sent.to} (identified: {sent.sealed_reason.replace('_', ' ')})")
         else:
             out.info(f"sent to {sent.to}")
+
+
+def _too_long(detail: str) -> Exception:
+    from imsg.errors import UsageError
+    from imsg.protocol.content import MAX_TEXT_LEN
+
+    return UsageError(
+        f"message too long: {detail}; the limit is {MAX_TEXT_LEN:,} characters (about {MAX_TEXT_LEN // 1024} KiB)",
+        hint="send long text as a file: imsg send TO --attach FILE",
+    )
+
+
+def _check_length(text: str) -> None:
+    """Refuse before anything is opened what a recipient would refuse as too long."""
+    from imsg.protocol.content import MAX_TEXT_LEN
+
+    if len(text) > MAX_TEXT_LEN:
+        raise _too_long(f"{len(text):,} characters")
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_TEXT_LEN:  # the encrypted content has room for about this many bytes
+        raise _too_long(f"{size:,} bytes of UTF-8")
+
+
+def _sent_from(client: Client, to: str, message_id: str) -> str | None:
+    """The handle a message just sent went out from, as this home stored it (the newest
+    few messages of the conversation hold it)."""
+    from imsg.errors import ImsgError
+
+    try:
+        return next((m.sender for m in client.history(to, 5) if m.id == message_id), None)
+    except ImsgError:  # the message is sent: a history that cannot be read must not fail it
+        return None
 
 
 def _report_problems(state: State, client: Client) -> int:
@@ -133,6 +184,10 @@ def _report_problems(state: State, client: Client) -> int:
             "recheck_failed",
         ):  # notes, not dropped messages
             state.out.warning(p.code, p.message)
+        elif p.code == "duplicate":  # a relay's redelivery (or a receive beside a watch): harmless
+            state.out.warning(
+                p.code, f"already received: redelivered copy of {p.message_id} ignored", message_id=p.message_id
+            )
         else:
             state.out.warning(p.code, f"ignored message {p.message_id}: {p.message}", message_id=p.message_id)
     client.problems.clear()
@@ -141,7 +196,10 @@ def _report_problems(state: State, client: Client) -> int:
 
 def receive(
     ctx: typer.Context,
-    wait: Annotated[float, typer.Option("--wait", min=0, max=3600, help="Wait up to SECONDS for a first message.")] = 0,
+    wait: Annotated[
+        float,
+        typer.Option("--wait", min=0, max=3600, metavar="SECONDS", help="Wait up to SECONDS for a first message."),
+    ] = 0,
     download: Annotated[
         str | None,
         typer.Option(
@@ -162,8 +220,9 @@ def receive(
             messages = client.receive(wait=min(60, max(1, deadline - time.monotonic())))
         if download:
             messages = _download_all(state, client, messages, download)
+        shown = {} if state.out.json or not messages else names(client)
         for m in messages:
-            print_message(state.out, m)
+            print_message(state.out, m, shown)
         rejected = _report_problems(state, client)
     if rejected:
         raise SecurityError(
@@ -178,7 +237,7 @@ def watch(ctx: typer.Context) -> None:
     state.out.info("watching for messages; Ctrl-C to stop")
     with state.client() as client:
         for m in client.watch():
-            print_message(state.out, m)
+            print_message(state.out, m, None if state.out.json else names(client))  # names may change
             _report_problems(state, client)
 
 
@@ -234,4 +293,4 @@ def attachment_save(
         if state.out.json:
             state.out.record({"message_id": message_id, "path": str(path)})
         else:
-            state.out.line(str(path))
+            state.out.line(one_line(str(path)))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from imsg_cli import render
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -18,6 +19,7 @@ def iso(ms: int) -> str:
 
 
 def local_time(ms: int) -> str:
+    """A time for people: this machine's time zone (JSON says ISO 8601 UTC: `iso`)."""
     return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M")
 
 
@@ -27,46 +29,50 @@ class Output:
 
     def record(self, obj: dict[str, Any]) -> None:
         """One JSON object per line on stdout (flushed: scripts read streams live)."""
-        sys.stdout.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
+        sys.stdout.write(render.json_line(obj) + "\n")
         sys.stdout.flush()
 
     def line(self, text: str = "") -> None:
+        """A line of data for a person. Callers render what another party controls first
+        (imsg_cli.render); the text here is printed as it is."""
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
 
     def info(self, text: str) -> None:
-        """A note for a person; never in JSON mode, never on stdout."""
+        """A note for a person; never in JSON mode, never on stdout. Control characters in
+        it are shown escaped (a note may name a handle or a file)."""
         if not self.json:
-            sys.stderr.write(text + "\n")
+            sys.stderr.write(_notes(text) + "\n")
 
     def warning(self, code: str, message: str, **extra: Any) -> None:
         if self.json:
-            sys.stderr.write(json.dumps({"warning": code, "message": message, **extra}) + "\n")
+            sys.stderr.write(render.json_line({"warning": code, "message": message, **extra}) + "\n")
         else:
-            sys.stderr.write(f"warning: {message}\n")
+            sys.stderr.write(f"warning: {render.message_text(message)}\n")
+        sys.stderr.flush()
 
     def error(self, code: str, message: str, hint: str | None = None, **extra: Any) -> None:
+        """An error; its message may quote a relay's or a sender's words: rendered safe, and
+        continuation lines indented, so it cannot forge a line of its own."""
         if self.json:
             doc = {"error": code, "message": message, **extra}
             if hint:
                 doc["hint"] = hint
-            sys.stderr.write(json.dumps(doc, ensure_ascii=False, default=str) + "\n")
+            sys.stderr.write(render.json_line(doc) + "\n")
         else:
-            sys.stderr.write(f"error: {message}\n")
+            sys.stderr.write(f"error: {render.message_text(message)}\n")
             if hint:
-                sys.stderr.write(f"hint: {hint}\n")
+                sys.stderr.write(f"hint: {render.message_text(hint)}\n")
         sys.stderr.flush()
 
     def table(self, columns: list[str], rows: list[list[str]]) -> None:
-        from rich.console import Console
-        from rich.table import Table
+        """A plain table on stdout, never cut to the terminal's width (see render.table)."""
+        self.line(render.table(columns, rows))
 
-        table = Table(box=None, header_style="bold", pad_edge=False)
-        for column in columns:
-            table.add_column(column, no_wrap=True)
-        for row in rows:
-            table.add_row(*row)
-        Console(soft_wrap=True).print(table)
+
+def _notes(text: str) -> str:
+    # Our own multi-line notes keep their lines; anything else unsafe is escaped.
+    return "\n".join(render.one_line(line) for line in text.split("\n"))
 
 
 def message_record(m: Message) -> dict[str, Any]:
@@ -99,20 +105,28 @@ def human_size(n: float) -> str:
     return f"{n} B"
 
 
-def print_message(out: Output, m: Message) -> None:
+def print_message(out: Output, m: Message, names: dict[str, str] | None = None) -> None:
+    """One message: `[time] who: text`, who with the name beside the handle (`names`:
+    imsg_cli.names); an attachment line says how to save it (by the message's id)."""
+    from imsg_cli.names import with_name
+
     if out.json:
         out.record(message_record(m))
-    else:
-        arrow = "→ " + m.to if m.direction == "out" else ""
-        who = "you" if m.direction == "out" else m.sender
-        out.line(f"[{local_time(m.sent_at)}] {who}{(' ' + arrow) if arrow else ''}: {m.text}")
-        for a in m.attachments:
-            # The name is the sender's: show it escaped, never as raw control characters.
-            shown = a.name.encode("unicode_escape").decode("ascii")
-            out.line(
-                f"    [attachment] {shown} ({human_size(a.size)}, {a.type})"
-                + (f" saved to {a.saved_path}" if a.saved_path else f"  id {a.id}")
+        return
+    # Everything but the time came from a sender (or a relay): rendered safe, continuation
+    # lines indented, so no message can pass for a line of imsg's own.
+    arrow = " → " + with_name(m.to, names) if m.direction == "out" else ""
+    who = "you" if m.direction == "out" else with_name(m.sender, names)
+    out.line(f"[{local_time(m.sent_at)}] {who}{arrow}: {render.message_text(m.text)}")
+    for a in m.attachments:
+        out.line(
+            f"    [attachment] {render.one_line(a.name)} ({human_size(a.size)}, {render.one_line(a.type)})"
+            + (
+                f" saved to {render.one_line(a.saved_path)}"
+                if a.saved_path
+                else f"; save it with: imsg attachment save {render.one_line(m.id)}"
             )
+        )
 
 
 def print_qr(text: str) -> None:
@@ -147,16 +161,26 @@ class Transfers:
                 BarColumn,
                 DownloadColumn,
                 Progress,
+                ProgressColumn,
+                Task,
                 TextColumn,
                 TimeRemainingColumn,
-                TransferSpeedColumn,
             )
+            from rich.text import Text
+
+            class Speed(ProgressColumn):
+                """Bytes per second in binary units (rich's own column says MB/s; imsg
+                says KiB and MiB everywhere)."""
+
+                def render(self, task: Task) -> Text:
+                    speed = task.finished_speed or task.speed
+                    return Text("?" if speed is None else f"{human_size(speed)}/s")
 
             progress = self._progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
+                DownloadColumn(binary_units=True),
+                Speed(),
                 TimeRemainingColumn(),
                 console=Console(stderr=True),
                 transient=True,
@@ -173,7 +197,7 @@ class Transfers:
             return
         task = self._tasks.get(name)
         if task is None:
-            task = self._tasks[name] = self._progress.add_task(name[:40], total=total)
+            task = self._tasks[name] = self._progress.add_task(render.one_line(name)[:40], total=total)
         self._progress.advance(task, done)
 
     @property

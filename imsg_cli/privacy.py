@@ -6,12 +6,11 @@ say what it observes, and only the client knows whether it uses a proxy or seale
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import typer
 
-from imsg_cli.output import human_size, local_time
+from imsg_cli.output import human_size, iso, local_time
 from imsg_cli.state import State
 
 app = typer.Typer(help="What the relay knows about you.", no_args_is_help=True)
@@ -23,6 +22,24 @@ def _age(now: int, then: int) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+# Flags the relay reports as SQLite's 0/1.
+_FLAGS = frozenset({"receiving", "complete", "expired", "access_key_set", "allow_anyone"})
+
+
+def as_json(value: Any, key: str = "") -> Any:
+    """The relay's report in the conventions of every other --json row: times (`*_at`,
+    epoch ms from the relay) as ISO 8601 UTC, flags as true/false."""
+    if isinstance(value, dict):
+        return {k: as_json(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [as_json(v, key) for v in value]
+    if key.endswith("_at") and isinstance(value, int) and not isinstance(value, bool):
+        return iso(value)
+    if key in _FLAGS and value in (0, 1) and not isinstance(value, bool):
+        return bool(value)
+    return value
 
 
 def still_learns(doc: dict[str, Any], *, proxy: str | None, sealed_only: bool) -> list[dict[str, str]]:
@@ -95,12 +112,12 @@ def report(ctx: typer.Context) -> None:
     learns = still_learns(doc, proxy=state.proxy, sealed_only=sealed_only)
     out = state.out
     if out.json:
-        out.line(json.dumps({**doc, "still_learns": learns}, ensure_ascii=False, separators=(",", ":")))
+        out.record({**as_json(doc), "still_learns": learns})
         return
     now = doc["generated_at"]
     for a in doc["account"]:
         out.line(
-            f"account {a['account_id']}: public key, a signed device list of {a['device_list_bytes']} B, "
+            f"account {a['account_id']}: public key, a signed device list of {human_size(a['device_list_bytes'])}, "
             f"registered {local_time(a['created_at'])}"
         )
     states = ", ".join(h.get("state", "?") for h in doc["handles"])

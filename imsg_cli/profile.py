@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from imsg_cli.confirm import Yes, confirm
+from imsg_cli.output import human_size
+from imsg_cli.render import one_line
 from imsg_cli.state import State
 
 if TYPE_CHECKING:
@@ -38,15 +41,19 @@ def share_answer(client: Client, to: str, given: str | None) -> str | None:
 def share(
     ctx: typer.Context,
     policy: Annotated[str, typer.Argument(metavar="contacts|ask|off", help="Who gets your name and photo.")],
+    yes: Yes = False,
 ) -> None:
     """Choose who gets your name and photo (with your next message to them).
 
     contacts: everyone in your contacts (imsg contacts add). ask: you are asked before a
     first message to someone (scripts: imsg send --share-profile yes|no). off: nobody from
     now on; your profile key is rotated and the relay's copy re-encrypted, so people who had
-    it stop seeing updates. What they already saved stays on their devices."""
+    it stop seeing updates. What they already saved stays on their devices. Off asks
+    first (--yes: do not)."""
     state: State = ctx.obj
     with state.client() as client:
+        if policy == "off" and client.share_policy() != "off":
+            confirm("stop sharing your name and photo, and rotate your profile key?", yes)
         client.set_share_policy(policy)
     if state.out.json:
         state.out.record({"share": policy})
@@ -94,7 +101,7 @@ def _show(state: State, p: OwnProfile) -> None:
     if out.json:
         out.record(
             {
-                "name": p.name,
+                "name": p.name or None,
                 "photo": {"type": p.photo_type, "size": p.photo_size} if p.photo_size else None,
                 "revision": p.revision,
                 "share": p.share,
@@ -103,8 +110,9 @@ def _show(state: State, p: OwnProfile) -> None:
             }
         )
         return
-    out.line(f"name:     {p.name or '(none)'}")
-    out.line(f"photo:    {f'{p.photo_type}, {p.photo_size} bytes' if p.photo_size else '(none)'}")
+    # The name may come from another of our devices or a backup; handles from contacts.
+    out.line(f"name:     {one_line(p.name) if p.name else '(none)'}")
+    out.line(f"photo:    {f'{p.photo_type}, {human_size(p.photo_size)}' if p.photo_size else '(none)'}")
     out.line(f"sharing:  {p.share}")
     out.line(f"revision: {p.revision}" + ("" if p.published or not p.revision else " (not yet on the relay)"))
-    out.line(f"shared with: {', '.join(p.shared_with) if p.shared_with else 'nobody yet'}")
+    out.line(f"shared with: {', '.join(map(one_line, p.shared_with)) if p.shared_with else 'nobody yet'}")

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from imsg_cli.confirm import Yes, confirm
 from imsg_cli.state import State
 
 app = typer.Typer(
@@ -19,15 +20,19 @@ app = typer.Typer(
 def set_(
     ctx: typer.Context,
     period: Annotated[str, typer.Argument(metavar="30d|1y|forever", help="Keep messages this long.")],
+    yes: Yes = False,
 ) -> None:
     """Keep messages for PERIOD (30d, 1y, forever); older ones are deleted now and from
     then on whenever imsg runs, with their attachment files. Age counts from when a
-    message was sent or stored here, whichever is earlier."""
+    message was sent or stored here, whichever is earlier. A shorter period than the
+    current one asks first (--yes: do not)."""
     from imsg.client import retention
 
     period = retention.parse(period)  # a usage error before anything is opened
     state: State = ctx.obj
     with state.client(retention=False) as client:  # the old setting must not sweep first
+        if _ORDER.index(period) < _ORDER.index(client.retention()):
+            confirm(f"keep messages only {_phrase(period)}, deleting older ones now?", yes)
         deleted = client.set_retention(period)
     if state.out.json:
         state.out.record({"retention": period, "deleted": deleted})
@@ -46,6 +51,9 @@ def show(ctx: typer.Context) -> None:
         state.out.record({"retention": period})
     else:
         state.out.line(period)
+
+
+_ORDER = ["30d", "1y", "forever"]  # shortest first
 
 
 def _phrase(period: str) -> str:

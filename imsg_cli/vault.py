@@ -10,6 +10,7 @@ deadline or on `imsg lock`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -68,10 +69,26 @@ def _new_passcode(state: State, path: str | None, *, allow_current: bool) -> str
             raise UsageError(
                 "no new passcode given", hint="type it on a terminal, or use IMSG_NEW_PASSCODE / --new-passcode-file"
             )
-        passcode = keys.prompt("new passcode: ")
+        passcode = _first_new_passcode(state, keys.prompt)
         if keys.prompt("new passcode again: ") != passcode:
             raise UsageError("the two passcodes differ; nothing was changed")
     return vault.check_new_passcode(passcode)
+
+
+def _first_new_passcode(state: State, prompt: Callable[[str], str], tries: int = 3) -> str:
+    """The new passcode typed once, checked (length) before it is asked again."""
+    from imsg.errors import UsageError
+    from imsg.store import vault
+
+    for attempt in range(tries):
+        passcode = prompt("new passcode: ")
+        try:
+            return vault.check_new_passcode(passcode)
+        except UsageError as exc:
+            if attempt == tries - 1:
+                raise
+            state.out.error(exc.code, str(exc), "type a longer one")
+    raise AssertionError("unreachable")
 
 
 @passcode_app.command("set")
@@ -177,7 +194,7 @@ def unlock(
     import time
 
     from imsg.store import vault, vault_agent
-    from imsg_cli.output import iso
+    from imsg_cli.output import iso, local_time
 
     state: State = ctx.obj
     seconds = parse_duration(for_)
@@ -188,4 +205,4 @@ def unlock(
     if state.out.json:
         state.out.record({"unlocked_until": iso(until)})
     else:
-        state.out.info(f"unlocked until {iso(until)}; lock now with: imsg lock")
+        state.out.info(f"unlocked until {local_time(until)}; lock now with: imsg lock")

@@ -101,6 +101,9 @@ class KeySource:
     use_agent: bool = True
     use_keyring: bool = True
     sleep: Callable[[float], None] | None = None  # the failure delay; tests may record it
+    # Where a person at the prompt is told why they wait (a wrong passcode, the delay);
+    # set with `prompt`, None for scripts.
+    notice: Callable[[str], None] | None = None
     from_agent: bool = field(default=False, init=False)  # set when the agent supplied the key
 
     @classmethod
@@ -112,7 +115,11 @@ class KeySource:
             passcode = read_passcode_file(passcode_file)
         if interactive is None:
             interactive = _isatty(sys.stdin) and _isatty(sys.stderr)
-        return cls(passcode=passcode, prompt=_getpass if interactive else None)
+        return cls(
+            passcode=passcode,
+            prompt=_getpass if interactive else None,
+            notice=_tell if interactive else None,
+        )
 
     def passcode_only(self) -> KeySource:
         """This source without the agent and the keyring: for unlock, change and remove,
@@ -126,6 +133,11 @@ def _isatty(stream: TextIO | None) -> bool:
         return stream is not None and stream.isatty()
     except (ValueError, OSError):
         return False
+
+
+def _tell(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def _getpass(prompt: str) -> str:
@@ -253,26 +265,50 @@ def storage_key(home: Path, kf: KeyFile, keys: KeySource) -> bytes:
     if keys.passcode is not None:
         return _try_passcode(home, kf, keys.passcode, keys)
     if keys.prompt is not None:
-        for attempt in range(3):
+        tries = 3
+        for attempt in range(tries):
             try:
-                return _try_passcode(home, kf, keys.prompt(f"passcode for {home}: "), keys)
+                return _try_passcode(home, kf, keys.prompt(f"passcode for {home}: "), keys, left=tries - attempt - 1)
             except WrongPasscodeError:
-                if attempt == 2:
+                if attempt == tries - 1:
                     raise
     raise LockedError()
 
 
-def _try_passcode(home: Path, kf: KeyFile, passcode: str, keys: KeySource) -> bytes:
+def _try_passcode(home: Path, kf: KeyFile, passcode: str, keys: KeySource, left: int = 0) -> bytes:
+    """Unwrap with `passcode`, after the delay earlier failures earned; a wrong one earns
+    a longer delay. A person at the prompt (`keys.notice`) is told what they wait for."""
     from imsg.store.runtime import FailureCounter
 
-    counter = FailureCounter(home) if keys.sleep is None else FailureCounter(home, sleep=keys.sleep)
-    counter.wait_turn()
+    sleep = keys.sleep
+    if sleep is None:
+        import time
+
+        sleep = time.sleep
+
+    def announced(say: str) -> Callable[[float], None]:
+        def wait(seconds: float) -> None:
+            if keys.notice is not None and seconds >= 0.5:
+                keys.notice(say.format(seconds=round(seconds)))
+            sleep(seconds)
+
+        return wait
+
+    before = FailureCounter(home, sleep=announced("waiting {seconds} s first: wrong passcodes were tried just before"))
+    before.wait_turn()
     try:
         key = unwrap(kf, passcode)
     except WrongPasscodeError:
-        failures = counter.failed()
+        if keys.notice is not None:
+            keys.notice(
+                "wrong passcode"
+                + (f" ({left} more {'try' if left == 1 else 'tries'})" if left else "")
+                + "; each wrong try in a row makes the next wait longer (1, 2, 4 ... 60 s), against guessing"
+            )
+        after = FailureCounter(home, sleep=announced("waiting {seconds} s before the next try"))
+        failures = after.failed()
         raise WrongPasscodeError(failures=failures) from None
-    counter.succeeded()
+    FailureCounter(home).succeeded()
     return key
 
 

@@ -118,8 +118,19 @@ def _rotate_sealed_key(data: str | None) -> int:
     return 0
 
 
+def _version() -> str:
+    """The installed distribution's version (the one in server/pyproject.toml)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("imsg-relay")
+    except PackageNotFoundError:  # run from a source tree without installing
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="imsg-relay", description="the imsg relay server")
+    parser.add_argument("--version", action="version", version=f"imsg-relay {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="serve the relay API over HTTP")
     p.add_argument("--host", help="address to bind (IMSG_RELAY_HOST, default 127.0.0.1)")

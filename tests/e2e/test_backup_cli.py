@@ -60,7 +60,7 @@ def test_backup_restore_and_off_through_the_cli(tmp_path, module_relay_proc):
     text = imsg(phone, "privacy", "report", json_mode=False)
     assert text.returncode == 0 and "devices: 2" in text.stdout and "backup:" in text.stdout
 
-    (off,) = ok(imsg(alice, "backup", "off"))
+    (off,) = ok(imsg(alice, "backup", "off", "--yes"))
     assert off == {"on": False, "deleted": True}
     assert db.execute("SELECT count(*) FROM backups WHERE account_id = ?", (report["account_id"],)).fetchone() == (0,)
     (report,) = ok(imsg(alice, "privacy", "report"))

@@ -155,7 +155,7 @@ def test_add_link_list_sync_remove(env):
         assert [m["text"] for m in hist] == ["hello from dana's first device", "hi dana"]
 
     # Remove the laptop: exit 0, the list shrinks, the laptop is refused with a clear message.
-    rows = ok(imsg(alice, "device", "remove", "2"))
+    rows = ok(imsg(alice, "device", "remove", "2", "--yes"))
     assert [r["device_id"] for r in rows] == [1]
     ok(imsg(bob, "send", "dana@example.com", "after removal"))
     r = imsg(new, "receive")
@@ -163,6 +163,13 @@ def test_add_link_list_sync_remove(env):
     assert "removed" in err["message"]
     r = imsg(new, "receive", json_mode=False)
     assert r.returncode == 5 and "removed" in r.stderr
+    # whoami on the removed device says so (it said "device 2 of 2"); the other one does not.
+    [me] = ok(imsg(new, "whoami"))
+    assert me["removed"] is True and me["device_id"] == 2 and me["devices"] == 1
+    r = imsg(new, "whoami", json_mode=False)
+    assert r.returncode == 0 and "REMOVED" in r.stdout and "of 2" not in r.stdout
+    [me] = ok(imsg(alice, "whoami"))
+    assert me["removed"] is False and me["devices"] == 1
     assert [m["text"] for m in ok(imsg(alice, "receive"))] == ["after removal"]
     # Removing it again, or this device itself: clear errors.
     assert imsg(alice, "device", "remove", "2").returncode == 3
@@ -238,10 +245,11 @@ def test_contacts_verify_trust_and_key_change(env, tmp_path):
     assert "CHANGED" in r.stderr
     assert ok(imsg(mallory, "receive")) == [] and ok(imsg(bob, "receive")) == []
     # trust releases it to the new identity, exactly once.
-    released = ok(imsg(alice, "trust", HANK))
-    assert [(m["id"], m["to"]) for m in released] == [(held_id, HANK)]
+    [trusted] = ok(imsg(alice, "trust", HANK))
+    assert trusted["handle"] == HANK and trusted["trusted"] is True
+    assert [(m["id"], m["to"]) for m in trusted["sent"]] == [(held_id, HANK)]
     assert [(m["id"], m["text"]) for m in ok(imsg(mallory, "receive"))] == [(held_id, "held for hank")]
-    assert ok(imsg(alice, "trust", HANK)) == []
+    assert ok(imsg(alice, "trust", HANK)) == [{"handle": HANK, "trusted": True, "sent": []}]
     assert ok(imsg(mallory, "receive")) == []
 
     # Back to hank's real account: a change again; --on-key-change accept sends at once.

@@ -58,9 +58,9 @@ def test_contacts_group_add_list_remove(env):
     ]
     human = imsg(ann, "contacts", json_mode=False)
     assert human.returncode == 0 and "Benny" in human.stdout and "ben@example.com" in human.stdout
-    ok(imsg(ann, "contacts", "remove", "ben@example.com"))
+    ok(imsg(ann, "contacts", "remove", "ben@example.com", "--yes"))
     rows = ok(imsg(ann, "contacts"))
-    assert rows[0]["in_contacts"] is False and rows[0]["name"] == ""
+    assert rows[0]["in_contacts"] is False and rows[0]["name"] is None
     del ben
 
 
@@ -84,7 +84,7 @@ def test_share_policies_through_the_command(env):
     assert held_key(eve, cat) == own_key(cat)
 
     old = own_key(cat)
-    ok(imsg(cat, "profile", "share", "off"))
+    ok(imsg(cat, "profile", "share", "off", "--yes"))
     assert own_key(cat) != old
     ok(imsg(cat, "send", "dan@example.com", "off: nothing new"))
     ok(imsg(dan, "receive"))

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from support.cli import IMSG
+from support.tty import on_a_terminal
 
 PASS = "correct horse battery"
 SECRET = "meet me at the old mill at nine"
@@ -280,7 +281,7 @@ def test_passcode_usage_errors(cli: Env, tmp_path: Path):
 def test_retention_commands(cli: Env, tmp_path: Path):
     _, bob = _pair(cli, tmp_path)
     assert _ok(cli(bob, "retention", "show")) == [{"retention": "forever"}]
-    assert _ok(cli(bob, "retention", "set", "30d")) == [{"retention": "30d", "deleted": 0}]
+    assert _ok(cli(bob, "retention", "set", "30d", "--yes")) == [{"retention": "30d", "deleted": 0}]
     assert _ok(cli(bob, "retention", "show")) == [{"retention": "30d"}]
     _error(cli(bob, "retention", "set", "2w"), 2, "usage")
     assert _ok(cli(bob, "retention", "set", "forever")) == [{"retention": "forever", "deleted": 0}]
@@ -291,42 +292,8 @@ def test_retention_commands(cli: Env, tmp_path: Path):
 
 
 def _on_a_terminal(cli: Env, home: Path, args: list[str], typed: list[str], timeout: float = 60) -> tuple[int, str]:
-    """Run `imsg` with a pseudo-terminal as stdin/stdout/stderr and type `typed`, one line
-    at each prompt it shows; returns (exit code, everything it wrote)."""
-    import pty
-    import select
-
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [*IMSG, "--home", str(home), *args],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env=cli.base,
-        start_new_session=True,
-    )
-    os.close(slave)
-    seen, fresh, deadline, answers = b"", b"", time.monotonic() + timeout, list(typed)
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:  # the child closed its side
-                    break
-                seen, fresh = seen + chunk, fresh + chunk
-                if answers and fresh.endswith(b": "):  # a prompt: answer it once
-                    os.write(master, answers.pop(0).encode() + b"\n")
-                    fresh = b""
-            elif proc.poll() is not None:
-                break
-        return proc.wait(max(5.0, deadline - time.monotonic())), seen.decode(errors="replace")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
+    """`imsg --home HOME ARGS` on a pseudo-terminal, typing `typed` (support/tty.py)."""
+    return on_a_terminal([*IMSG, "--home", str(home), *args], cli.base, typed, timeout)
 
 
 def test_passcode_prompts_on_a_terminal(cli: Env, tmp_path: Path):
@@ -341,3 +308,17 @@ def test_passcode_prompts_on_a_terminal(cli: Env, tmp_path: Path):
     code, out = _on_a_terminal(cli, home, ["passcode", "change"], ["typed passcode", "new one 1", "new one 2"])
     assert code == 2 and "differ" in out, out  # the two new passcodes differ: nothing changed
     _ok(cli(home, "retention", "show", env={"IMSG_PASSCODE": "typed passcode"}))
+
+
+def test_passcode_prompts_explain_themselves(cli: Env, tmp_path: Path):
+    """Issue 18 item 9: a too-short passcode is refused before it is asked again; a wrong
+    one at a terminal says so, with how long the wait is and why."""
+    home = tmp_path / "tty"
+    code, out = _on_a_terminal(cli, home, ["passcode", "set"], ["abc", "long enough", "long enough"])
+    assert code == 0, out
+    short = out.index("at least 4 characters")
+    assert short < out.index("new passcode again") and out.count("new passcode: ") == 2, out
+    code, out = _on_a_terminal(cli, home, ["retention", "show"], ["wrong one", "long enough"])
+    assert code == 0 and "forever" in out, out
+    assert "wrong passcode (2 more tries)" in out and "waiting 1 s before the next try" in out, out
+    assert out.index("waiting 1 s") < out.rindex("passcode for")  # explained before the prompt returns

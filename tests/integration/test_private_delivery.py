@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import socketserver
 import subprocess
 import threading
 import time
@@ -32,6 +33,7 @@ from imsg import errors
 from imsg.client import Client
 from imsg.protocol.sealed import is_sealed
 from imsg.protocol.session import Address
+from imsg.protocol.stores import OutgoingBatch
 from imsg.relay_client import AnonymousRelay
 
 from support.relays import ThreadRelay, relay_settings
@@ -448,3 +450,57 @@ def test_through_a_socks_proxy_the_relay_sees_only_the_proxy_for_unauthenticated
     assert {s.peer[0] for s in anonymous} == {PROXY_EXIT}  # never our own address
     assert len({s.peer for s in anonymous}) == len(anonymous)  # and each its own connection
     assert {s.peer[0] for s in log if s.token} == {"127.0.0.1"}  # credentialed: direct, as they name us anyway
+
+
+def test_watch_wakes_for_a_waiting_copy(recorded, clients):
+    """`watch` long-polls for up to `wait` seconds; a copy to our own devices that falls
+    due sooner cuts the poll short, so the next receive's flush sends it on time."""
+    alice = clients("alice")
+    clock = [alice._now()]
+    alice._now = lambda: clock[0]
+    inbox = alice._inbox
+    assert inbox._wait_for_outbox(30) == 30  # nothing waits
+    account = alice.whoami().account_id
+    alice.store.add_outgoing(OutgoingBatch("c" * 32, account, (), clock[0], "d" * 32, clock[0] + 4500))
+    assert inbox._wait_for_outbox(30) == 5  # rounded up to the relay's whole seconds
+    assert inbox._wait_for_outbox(2) == 2
+    clock[0] += 4500
+    assert inbox._wait_for_outbox(30) == 30  # due now: the flush takes it, no early wake-up
+
+
+def test_each_proxied_request_offers_a_fresh_proxy_username():
+    """Against a proxy that takes credentials (as Tor does: IsolateSOCKSAuth gives each
+    username its own circuit), every request offers a new random username and password.
+    microsocks takes no credentials, so this side is watched at the SOCKS handshake itself
+    (RFC 1928 §3, RFC 1929): a listener that records what is offered, then refuses."""
+    offered: list[tuple[bytes, bytes]] = []
+    greetings: list[bytes] = []
+
+    class Handshake(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            s = self.request
+            head = s.recv(2)
+            methods = s.recv(head[1]) if len(head) == 2 else b""
+            greetings.append(methods)
+            s.sendall(b"\x05\x02")  # "username/password, please"
+            ver_ulen = s.recv(2)
+            if len(ver_ulen) < 2:
+                return  # the one-off probe: a greeting, nothing after it
+            user = s.recv(ver_ulen[1])
+            password = s.recv(s.recv(1)[0])
+            offered.append((user, password))
+            s.sendall(b"\x01\x01")  # refused: the request goes no further
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handshake)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        anon = AnonymousRelay("http://127.0.0.1:9", proxy=f"socks5://127.0.0.1:{server.server_address[1]}")
+        for _ in range(3):
+            with pytest.raises(errors.RelayUnavailableError):
+                anon.get_account("ab" * 16)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(offered) == 3 and len(set(offered)) == 3  # a fresh username and password each
+    assert all(len(u) == 16 and len(p) == 16 for u, p in offered)
+    assert greetings[0] == b"\x02" and len(greetings) == 4  # one probe, then one per request
