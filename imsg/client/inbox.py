@@ -3,10 +3,10 @@
 
 An envelope is acked once it is stored or rejected: a tampered, replayed or forged one
 can never become readable, so it is dropped and reported as a Problem rather than left to
-block the mailbox. One that could not be checked for now (the relay out of reach, out of
-lookups) stays unacked and is tried again by the next receive. Messages stored by an
-earlier run but never returned (it stopped before printing) are returned too, so no
-incoming event is lost.
+block the mailbox. One that could not be checked for now (the relay out of reach, or a
+device list it would not serve yet) stays unacked and is tried again by the next receive.
+Messages stored by an earlier run but never returned (it stopped before printing) are
+returned too, so no incoming event is lost.
 
 Who wrote: a first message names its sender's handle, believed only if the private lookup
 maps the handle to the sender's account; a known contact writing as another handle is

@@ -313,8 +313,11 @@ def test_background_rechecks_are_padded_with_cover_lookups(clients, evil):
     and only when due (12-36 h after the last check)."""
     from imsg.client.trust import COVER_BATCH
 
-    alice, _ = clients("alice"), clients("bob")
+    alice, bob = clients("alice"), clients("bob")
+    before = alice._now()
     alice.send(BOB, "hi")
+    due = int(alice.store.get_setting(f"trust.next_check:{bob.whoami().account_id}"))
+    assert before + 12 * 3600 * 1000 <= due <= alice._now() + 36 * 3600 * 1000  # a random time 12-36 h on
     evil.middleware.clear()
     alice.receive()  # not due yet
     assert evil.middleware.requests("/v1/discovery/evaluate") == []
