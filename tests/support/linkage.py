@@ -7,8 +7,9 @@ carries no credential — to its sender, or tie two accounts together as corresp
 kind          what joins
 ------------  -----------------------------------------------------------------------------
 credential    the sealed send itself carried a Bearer token
-connection    a request (sealed send, or one naming R) went on a TCP connection (peer host,
-              port) that carried some account's credential in another request
+connection    a request (sealed send, or one naming R) went on a TCP connection (peer host
+              and port, and the server's serial of the connection when it is recorded) that
+              carried some account's credential in another request
 names         a credentialed request of S names R: R's account id, R's plaintext handle, R's
               unidentified-access key, R's profile key id (path, query, JSON body); or an
               unauthenticated one names two accounts (a sealed send to R carrying S's key)
@@ -21,7 +22,7 @@ timing        a credentialed request of S naming R at most `window` seconds befo
               send to R (from any address: a proxy hides the address, not the clock)
 identified    the visible fallback: S's identified send to R (the request, or an envelope
               row in R's mailbox whose body names S), the credentialed bundle fetch right
-              before it, sealed sends to R from S's address just after that fetch, and a
+              before it, sealed sends to R within `window` after either, and a
               refused (401) sealed try whose message id S then sends identified (outside a
               first contact, that is the forged-401 downgrade)
 address       the request came from a source address that also carried credentials: the
