@@ -330,7 +330,10 @@ class SealedSender:
                     f"{contact.handle} accepts sealed messages only from people they shared their profile with",
                 )
             raise  # 409 device_mismatch (refetched anonymously), 429...: as for identified sends
-        self.sent_sealed.add(batch.message_id)
+        if batch.account_id != account.account_id:
+            # Only the recipient's batch says whether the message went sealed: our own copy
+            # always does, and must not make an identified send look sealed.
+            self.sent_sealed.add(batch.message_id)
         return True
 
     def _refuse(self, batch: OutgoingBatch, reason: str, why: str) -> bool:

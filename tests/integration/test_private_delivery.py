@@ -193,6 +193,20 @@ def test_own_device_copy_is_sealed_under_an_unlinkable_id_row1(recorded, clients
     assert envelope_rows(recorded, alice_id) == []
 
 
+def test_identified_send_is_reported_as_such_even_when_its_own_copy_went_sealed(recorded, clients):
+    """A sender with a second device seals the copy to it; the message itself went
+    identified (bob never shared his key): the result must say so, with the reason."""
+    alice, bob = clients("alice"), clients("bob")
+    alice2 = clients("alice2", link_to=alice)
+    alice2.receive()
+    bob_id = bob.whoami().account_id
+    sent = alice.send(BOB, "identified, its copy sealed")
+    assert sent.sealed is False and sent.sealed_reason == "no_access_key"
+    to_bob = [r for r in envelope_rows(recorded, bob_id) if r[1] == sent.id]
+    assert to_bob and not any(is_sealed(body) for _, _, body in to_bob)
+    assert all(is_sealed(body) for _, _, body in envelope_rows(recorded, alice.whoami().account_id))
+
+
 def test_own_device_copy_waits_by_default(recorded, clients, tmp_path):
     """The copy's timing is decoupled from the send: by default it waits 2-30 s in the
     outbox (IMSG_SYNC_DELAY=0 in the rest of the tests) and the next flush sends it."""
