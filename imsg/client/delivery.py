@@ -20,7 +20,7 @@ from typing import Any
 
 from imsg import errors
 from imsg.client.context import Context
-from imsg.client.sealed import SealedSender
+from imsg.client.sealed import SealedSender, contact_access_key
 from imsg.client.trust import Trust
 from imsg.protocol import envelope as env
 from imsg.protocol import sealed as sealed_proto
@@ -87,13 +87,11 @@ class Delivery:
 
     def access_key(self, account: LocalAccount, account_id: str) -> bytes | None:
         """The unidentified-access key of `account_id` that we hold: ours for our own
-        account, else the one derived from the profile key they shared with us."""
+        account, else the one their last message gave (or their shared profile key derives)."""
         if account_id == account.account_id:
-            profile_key = account.profile_key
-        else:
-            contact = self.store.get_contact(account_id)
-            profile_key = contact.profile_key if contact is not None else b""
-        return sealed_proto.access_key(profile_key) if len(profile_key) == 32 else None
+            return sealed_proto.access_key(account.profile_key) if len(account.profile_key) == 32 else None
+        contact = self.store.get_contact(account_id)
+        return contact_access_key(contact) if contact is not None else None
 
     def fetch_bundles(self, account: LocalAccount, account_id: str, device_id: int | None = None) -> list[Any]:
         """Prekey bundles without a credential, authorized by the access key we hold (none:

@@ -265,6 +265,8 @@ class Inbox:
         else:
             from_handle = self._claimed_from(contact, content.sender_handle, message_id)
         contact = received_profile(contact, content)
+        if content.access and content.access != contact.access_key:  # how to answer them sealed
+            contact = replace(contact, access_key=content.access)
         self.store.save_contact(contact)
         self._store(
             content,

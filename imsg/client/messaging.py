@@ -25,6 +25,7 @@ from imsg.client.sealed import SealedSender
 from imsg.client.trust import KEY_CHANGE_POLICIES, Trust, own_devices
 from imsg.handles import canonical_handle
 from imsg.protocol import envelope as env
+from imsg.protocol import sealed as sealed_proto
 from imsg.protocol.content import KIND_SYNC, KIND_TEXT, AttachmentPointer, Content
 from imsg.protocol.encoding import KEY_ED25519, encode_key
 from imsg.protocol.identity import DeviceList
@@ -103,7 +104,20 @@ class Messaging:
         to = contact.handle
         sender_handle = sender_handle or self.reachable.sending_handle(account, None)
         profile, contact = self.profiles.share_for(account, contact, share_profile)
-        content = Content(message_id, now, KIND_TEXT, sender_handle, to, text, attachments=pointers, profile=profile)
+        # Our access key goes with every message to someone else (not our name or photo:
+        # those follow the share policy), so they can answer sealed (issue 12).
+        access = sealed_proto.access_key(account.profile_key) if len(account.profile_key) == 32 else b""
+        content = Content(
+            message_id,
+            now,
+            KIND_TEXT,
+            sender_handle,
+            to,
+            text,
+            attachments=pointers,
+            profile=profile,
+            access=b"" if contact.account_id == account.account_id else access,
+        )
         try:
             package, content_ct = env.seal_content(content.encode(), ctx.rng)
         except ValueError:

@@ -306,7 +306,7 @@ class SealedSender:
         sealed = self._seal(batch) if contact is not None else None
         if contact is None or sealed is None:
             return self._refuse(batch, "no_sealed_key", "a device of the recipient has no sealed-sender key")
-        key = proto.access_key(contact.profile_key) if len(contact.profile_key) == 32 else None
+        key = contact_access_key(contact)
         try:
             # A fresh connection each (AnonymousRelay): sealed sends of one process are
             # not joined by a shared keep-alive connection (issue 12, row 5).
@@ -375,3 +375,11 @@ def _own_contact(account: LocalAccount) -> Contact:
         profile_key=account.profile_key,
         first_seen=account.created_at,
     )
+
+
+def contact_access_key(contact: Contact) -> bytes | None:
+    """The recipient's unidentified-access key we hold: the one their last message gave
+    (every message carries the sender's), else the one their shared profile key derives."""
+    if contact.access_key:
+        return contact.access_key
+    return proto.access_key(contact.profile_key) if len(contact.profile_key) == 32 else None

@@ -32,6 +32,7 @@ KIND_RETRY = "retry"
 KINDS = frozenset({KIND_TEXT, KIND_SYNC, KIND_PROFILE, KIND_RETRY})
 SHARE_POLICIES = ("contacts", "ask", "off")
 MAX_TEXT_LEN = 60_000
+ACCESS_KEY_BYTES = 16  # an unidentified-access key (imsg.protocol.sealed.access_key)
 MAX_HANDLE_LEN = 254
 
 
@@ -82,6 +83,7 @@ ContentJson = TypedDict(  # functional form: "from" is a keyword
         "profile": NotRequired[ProfileJson],
         "sync": NotRequired[SyncJson],
         "retry": NotRequired[RetryJson],
+        "access": NotRequired[str],
     },
 )
 
@@ -168,6 +170,10 @@ class Content:
     profile: ProfileShare | None = None
     retry_id: str = ""  # retry: the message id that did not decrypt
     retry_device: int = 0  # retry: the sender device it came from
+    # text: the sender's unidentified-access key (16 bytes), so the recipient can answer
+    # sealed (issue 12); b"" from older senders. One-way from the profile key: it opens
+    # nothing, it only lets the relay accept a sealed envelope for the sender.
+    access: bytes = b""
 
     def encode(self) -> bytes:
         doc: ContentJson = {
@@ -187,6 +193,8 @@ class Content:
             doc["sync"] = {"dest": self.destination, "dest_key": base64.b64encode(self.destination_key).decode()}
         if self.kind == KIND_RETRY:
             doc["retry"] = {"id": self.retry_id, "device": self.retry_device}
+        if self.access:
+            doc["access"] = base64.b64encode(self.access).decode()
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
     @classmethod
@@ -233,8 +241,28 @@ class Content:
             if isinstance(device, bool) or not 1 <= device < 1 << 31:
                 raise DecodeError("retry device out of range")
             return cls(message_id, sent_at, kind, sender, recipient, retry_id=failed, retry_device=device)
+        access = b""
+        if "access" in doc:
+            if kind != KIND_TEXT:
+                raise DecodeError("an access key travels only in a text message")
+            try:
+                access = base64.b64decode(_field(doc, "access", str), validate=True)
+            except ValueError:
+                raise DecodeError("access key is not base64") from None
+            if len(access) != ACCESS_KEY_BYTES:
+                raise DecodeError("access key has the wrong length")
         if kind != KIND_SYNC:
-            return cls(message_id, sent_at, kind, sender, recipient, text, attachments=attachments, profile=profile)
+            return cls(
+                message_id,
+                sent_at,
+                kind,
+                sender,
+                recipient,
+                text,
+                attachments=attachments,
+                profile=profile,
+                access=access,
+            )
         sync = _field(doc, "sync", dict)
         dest = _field(sync, "dest", str)
         if len(dest) != 32 or not _is_hex(dest):

@@ -64,6 +64,10 @@ class Contact:
     # Our profile key as last given to them (b"" if never): what they can read. Every
     # device learns it from the sync copy of the message that carried it.
     shared_profile_key: bytes = b""
+    # Their unidentified-access key (16 bytes), as their last message gave it: every message
+    # carries the sender's, so a reply and everything after go sealed without either side
+    # sharing a name or photo (issue 12). b"" until they wrote to us.
+    access_key: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,6 +110,7 @@ _ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("contacts", "profile_revision", "INTEGER NOT NULL DEFAULT 0"),
     ("contacts", "share_profile", "TEXT NOT NULL DEFAULT ''"),
     ("contacts", "shared_profile_key", "BLOB NOT NULL DEFAULT x''"),
+    ("contacts", "access_key", "BLOB NOT NULL DEFAULT x''"),
     ("outbox", "envelope_id", "TEXT NOT NULL DEFAULT ''"),
     ("outbox", "not_before", "INTEGER NOT NULL DEFAULT 0"),
 )
@@ -361,7 +362,7 @@ class SQLiteStore:
     # contacts
     _CONTACT = (
         "SELECT account_id, handle, account_key, device_list, verified, first_seen, status, profile_key, "
-        "in_contacts, nickname, profile_revision, share_profile, shared_profile_key FROM contacts"
+        "in_contacts, nickname, profile_revision, share_profile, shared_profile_key, access_key FROM contacts"
     )
 
     @staticmethod
@@ -380,6 +381,7 @@ class SQLiteStore:
             row[10],
             row[11],
             row[12],
+            row[13],
         )
 
     def get_contact(self, account_id: str) -> Contact | None:
@@ -403,7 +405,7 @@ class SQLiteStore:
         self._db.execute(
             "INSERT OR REPLACE INTO contacts (account_id, handle, account_key, device_list, verified, "
             "first_seen, status, profile_key, in_contacts, nickname, profile_revision, share_profile, "
-            "shared_profile_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "shared_profile_key, access_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 c.account_id,
                 c.handle,
@@ -418,6 +420,7 @@ class SQLiteStore:
                 c.profile_revision,
                 c.share_profile,
                 c.shared_profile_key,
+                c.access_key,
             ),
         )
 

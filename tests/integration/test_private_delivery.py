@@ -207,6 +207,27 @@ def test_identified_send_is_reported_as_such_even_when_its_own_copy_went_sealed(
     assert all(is_sealed(body) for _, _, body in envelope_rows(recorded, alice.whoami().account_id))
 
 
+def test_after_a_first_message_a_conversation_goes_sealed_both_ways_without_sharing_a_profile(recorded, clients):
+    """Every message carries its sender's access key (never the profile key): only the very
+    first message of a conversation goes identified; the reply and all after it are
+    sealed, though neither side shared a name or photo (default share policy)."""
+    alice, bob = clients("alice"), clients("bob")
+    first = alice.send(BOB, "hi, first contact")
+    assert first.sealed is False and first.sealed_reason == "no_access_key"
+    assert [m.text for m in bob.receive()] == ["hi, first contact"]
+    assert bob.store.contact_by_handle(ALICE).profile_key == b""  # no profile was shared
+    reply = bob.send(ALICE, "hello back")
+    assert reply.sealed is True
+    assert [m.text for m in alice.receive()] == ["hello back"]
+    again = alice.send(BOB, "and now sealed too")
+    assert again.sealed is True
+    assert [m.text for m in bob.receive()] == ["and now sealed too"]
+    bob_id, alice_id = bob.whoami().account_id, alice.whoami().account_id
+    identified = [s for s in recorded.middleware.log if s.token and s.method == "PUT" and "/v1/messages/" in s.path]
+    assert [s.path for s in identified] == [f"/v1/messages/{bob_id}"]  # only the first contact
+    assert alice_id not in {s.path.rsplit("/", 1)[-1] for s in identified}
+
+
 def test_own_device_copy_waits_by_default(recorded, clients, tmp_path):
     """The copy's timing is decoupled from the send: by default it waits 2-30 s in the
     outbox (IMSG_SYNC_DELAY=0 in the rest of the tests) and the next flush sends it."""
