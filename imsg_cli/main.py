@@ -3,6 +3,7 @@ turns errors into output and exit codes."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Annotated
@@ -180,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         out.info("interrupted")
         return 130
+    except BrokenPipeError:
+        return _pipe_closed()
+    except SystemExit as exc:  # typer turns EPIPE into sys.exit(1), even without standalone mode
+        if isinstance(exc.__context__, OSError) and exc.__context__.errno == errno.EPIPE:
+            return _pipe_closed()
+        raise
     except Exception as exc:  # the one place errors become exit codes
         return _report(out, exc)
 
@@ -206,8 +213,8 @@ def _report(out: Output, exc: BaseException) -> int:
         hint = f"see: {ctx.command_path} --help" if ctx is not None else None
         out.error("usage", message, hint)
         return 2
-    if isinstance(exc, OSError) and getattr(exc, "errno", None) == 32:  # EPIPE: reader went away
-        return 0
+    if isinstance(exc, OSError) and getattr(exc, "errno", None) == errno.EPIPE:  # EPIPE: reader went away
+        return _pipe_closed()
     if os.environ.get("IMSG_DEBUG") == "1":
         import traceback
 
@@ -218,6 +225,20 @@ def _report(out: Output, exc: BaseException) -> int:
         "rerun with IMSG_DEBUG=1 for a traceback, and please report it",
     )
     return 1
+
+
+def _pipe_closed() -> int:
+    """The reader of stdout went away (`imsg --json receive | head -1`): exit 0 quietly,
+    as `head` expects. Nothing unwritten counts as handed out (receive and watch mark a
+    message shown only after its line is flushed). stdout is pointed at /dev/null so
+    the interpreter's final flush cannot raise again at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no usable stdout at all: nothing more to write anyway
+        pass
+    return 0
 
 
 def run() -> None:

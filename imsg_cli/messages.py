@@ -215,14 +215,17 @@ def receive(
     state: State = ctx.obj
     deadline = time.monotonic() + wait
     with state.client() as client:
-        messages = client.receive(wait=min(wait, 60))
+        # mark=False: a message counts as handed out only once its line is written and
+        # flushed (a reader such as `head -1` that goes away must not take the rest along)
+        messages = client.receive(wait=min(wait, 60), mark=False)
         while not messages and time.monotonic() < deadline:
-            messages = client.receive(wait=min(60, max(1, deadline - time.monotonic())))
+            messages = client.receive(wait=min(60, max(1, deadline - time.monotonic())), mark=False)
         if download:
             messages = _download_all(state, client, messages, download)
         shown = {} if state.out.json or not messages else names(client)
         for m in messages:
             print_message(state.out, m, shown)
+            client.mark_shown(m.id)
         rejected = _report_problems(state, client)
     if rejected:
         raise SecurityError(
@@ -233,12 +236,29 @@ def receive(
 
 def watch(ctx: typer.Context) -> None:
     """Print messages as they arrive, until interrupted (the relay pushes; no polling)."""
+    import time
+
+    from imsg.errors import RelayUnavailableError
+
     state: State = ctx.obj
     state.out.info("watching for messages; Ctrl-C to stop")
+    backoff = _BACKOFF_FIRST
     with state.client() as client:
-        for m in client.watch():
-            print_message(state.out, m, None if state.out.json else names(client))  # names may change
-            _report_problems(state, client)
+        while True:
+            try:
+                # mark=False: each message counts as handed out once its line is written
+                for m in client.watch(mark=False):
+                    print_message(state.out, m, None if state.out.json else names(client))  # names may change
+                    client.mark_shown(m.id)
+                    _report_problems(state, client)
+                    backoff = _BACKOFF_FIRST
+            except RelayUnavailableError as exc:  # a relay restart or outage: wait, then reconnect
+                state.out.warning("relay_unavailable", f"{exc}; reconnecting in {backoff:g} s")
+                time.sleep(backoff)  # a real back-off between reconnects, not a test's wait
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+
+
+_BACKOFF_FIRST, _BACKOFF_MAX = 1.0, 30.0  # seconds between watch's reconnect attempts
 
 
 def _download_all(state: State, client: Client, messages: Iterable[Message], directory: str) -> list[Message]:

@@ -275,18 +275,25 @@ class Client:
 
     # --- receiving ---
 
-    def receive(self, wait: float = 0) -> list[Message]:
+    def receive(self, wait: float = 0, mark: bool = True) -> list[Message]:
         """Fetch, decrypt, store and ack everything waiting; return the new messages.
         Messages stored by an earlier run but never returned (it stopped before printing)
-        are returned too, so no incoming event is lost."""
-        return self._inbox.receive(wait)
+        are returned too, so no incoming event is lost. With mark=False nothing counts as
+        handed out until mark_shown(id): a caller that writes each message to a pipe marks
+        it once written, so a reader that goes away loses nothing."""
+        return self._inbox.receive(wait, mark)
 
-    def watch(self, wait: float = 30) -> Iterator[Message]:
-        """Yield messages as they arrive (long poll: the relay answers as soon as one lands)."""
-        return self._inbox.watch(wait, self.still_unlocked)
+    def watch(self, wait: float = 30, mark: bool = True) -> Iterator[Message]:
+        """Yield messages as they arrive (long poll: the relay answers as soon as one lands).
+        With mark=False, mark each one shown (mark_shown) before taking the next."""
+        return self._inbox.watch(wait, self.still_unlocked, mark)
 
-    def take_unshown(self) -> list[Message]:
-        return self._inbox.take_unshown()
+    def take_unshown(self, mark: bool = True) -> list[Message]:
+        return self._inbox.take_unshown(mark)
+
+    def mark_shown(self, message_id: str) -> None:
+        """Count a message returned by receive/watch(mark=False) as handed out."""
+        self._inbox.mark_shown(message_id)
 
     # --- local history ---
 

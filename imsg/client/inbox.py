@@ -87,8 +87,10 @@ class Inbox:
         self.retention = retention
         self._from_checked: dict[tuple[str, str], bool] = {}  # (account, handle) -> holds it
 
-    def receive(self, wait: float = 0) -> list[Message]:
-        """Fetch, decrypt, store and ack everything waiting; return the new messages."""
+    def receive(self, wait: float = 0, mark: bool = True) -> list[Message]:
+        """Fetch, decrypt, store and ack everything waiting; return the new messages.
+        With mark=False they stay unshown until mark_shown (the caller hands each out,
+        e.g. writes it to a pipe, and only then counts it as delivered)."""
         account = self.ctx.account()
         self.delivery.flush_outbox()
         relay = self.ctx.relay()
@@ -111,19 +113,22 @@ class Inbox:
         self._refresh_certificate_quietly()
         self.profiles.refresh_all()  # contacts who announced a new name or photo
         self._backup_quietly()
-        return self.take_unshown()
+        return self.take_unshown(mark)
 
-    def watch(self, wait: float = 30, still_unlocked: Callable[[], bool] | None = None) -> Iterator[Message]:
+    def watch(
+        self, wait: float = 30, still_unlocked: Callable[[], bool] | None = None, mark: bool = True
+    ) -> Iterator[Message]:
         """Yield messages as they arrive (long poll: the relay answers as soon as one lands);
-        stop once `still_unlocked` says the home was locked."""
-        yield from self.take_unshown()
+        stop once `still_unlocked` says the home was locked. With mark=False the caller
+        marks each one shown (mark_shown) once handed out, before asking for the next."""
+        yield from self.take_unshown(mark)
         while True:
             if still_unlocked is not None and not still_unlocked():
                 from imsg.store.vault import LockedError
 
                 raise LockedError("this home was locked (imsg lock, or the unlock period ended)")
             self.retention.apply()
-            yield from self.receive(wait=self._wait_for_outbox(wait))
+            yield from self.receive(wait=self._wait_for_outbox(wait), mark=mark)
 
     def _wait_for_outbox(self, wait: float) -> float:
         """The long poll's wait, cut short when a waiting batch (a copy to our own devices,
@@ -133,12 +138,17 @@ class Inbox:
             return wait
         return max(0.0, min(wait, math.ceil((due - self.ctx.now_ms()) / 1000)))
 
-    def take_unshown(self) -> list[Message]:
+    def take_unshown(self, mark: bool = True) -> list[Message]:
         rows = self.store.unshown()
-        if rows:
+        if rows and mark:
             with self.store.transaction():
                 self.store.mark_shown([m.message_id for m in rows])
         return [Message.from_stored(m, self.store.attachments(m.message_id)) for m in rows]
+
+    def mark_shown(self, message_id: str) -> None:
+        """Count one message as handed out: later receives no longer return it."""
+        with self.store.transaction():
+            self.store.mark_shown([message_id])
 
     def _refresh_certificate_quietly(self) -> None:
         """The sender certificate, renewed here on its own schedule (never just before a
