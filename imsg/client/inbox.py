@@ -58,6 +58,9 @@ from imsg.protocol.stores import Contact, LocalAccount, StoredMessage
 from imsg.relay_client import Envelope as RelayEnvelope
 
 PENDING_FROM = "trust.pending_from:"  # setting prefix (+ message id): a sender check to finish
+# Fetches in one receive (each up to 100 envelopes): far above a real backlog's pages, and
+# the bound on what a relay that always says "more" can make us do.
+MAX_FETCHES_PER_RECEIVE = 50
 
 
 class Inbox:
@@ -95,17 +98,23 @@ class Inbox:
         self.delivery.flush_outbox()
         relay = self.ctx.relay()
         used_prekeys = False
-        first = True
-        while True:
-            envelopes, more = relay.fetch(wait=wait if first else 0)
-            first = False
+        seen: set[str] = set()
+        # Bounded: a relay answering `"more": true` forever (with nothing, or the same
+        # envelopes again) must not keep us fetching; what arrived is handed out, and
+        # anything really left waits for the next receive.
+        for fetches in range(MAX_FETCHES_PER_RECEIVE):
+            envelopes, more = relay.fetch(wait=wait if fetches == 0 else 0)
             acks = []
+            new = 0
             for e in envelopes:
-                used_prekeys |= self.accept(account, e)
+                if e.message_id not in seen:
+                    seen.add(e.message_id)
+                    new += 1
+                    used_prekeys |= self.accept(account, e)
                 acks.append(e.message_id)
             if acks:
                 relay.ack(acks)
-            if not more:
+            if not more or not new:
                 break
         self.prekeys.after_receive(used_prekeys)  # counts checked every time (drains)
         self.complete_pending_checks()
@@ -113,7 +122,7 @@ class Inbox:
         self._refresh_certificate_quietly()
         self.profiles.refresh_all()  # contacts who announced a new name or photo
         self._backup_quietly()
-        return self.take_unshown(mark)
+        return oldest_first(self.take_unshown(mark))
 
     def watch(
         self, wait: float = 30, still_unlocked: Callable[[], bool] | None = None, mark: bool = True
@@ -464,6 +473,13 @@ class Inbox:
                 self.store.set_setting(PENDING_FROM + message_id, None)
             done += 1
         return done
+
+
+def oldest_first(messages: list[Message]) -> list[Message]:
+    """A batch in the order its ciphertexts authenticate (the sender's sent_at; a stable
+    sort, so ties stay in the order they were stored), not the order a relay chose to serve
+    it: the order `history` shows."""
+    return sorted(messages, key=lambda m: m.sent_at)
 
 
 def _canonical_or(handle: str, fallback: str) -> str:
