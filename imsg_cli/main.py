@@ -88,8 +88,7 @@ def _global(
             envvar="IMSG_PROXY",
             metavar="URL",
             help="SOCKS5 proxy (socks5://HOST:PORT, e.g. Tor) for the requests sent without a credential "
-            "(lookups of recipients, sealed sends, downloads), each under its own proxy username "
-            "[env: IMSG_PROXY].",
+            "(lookups of recipients, sealed sends, downloads), each under its own proxy username.",
         ),
     ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Machine-readable output (NDJSON).")] = False,
