@@ -662,16 +662,7 @@ class RelayClient:
     # A RelayClient made with the backup access token as its bearer token restores.
 
     def restore_account(self) -> RemoteAccount:
-        body = self._request("GET", "/v1/restore/account")
-        try:
-            return RemoteAccount(
-                str(body["account_id"]),
-                b64d(body["account_key"]),
-                b64d(body["device_list"]),
-                [int(d) for d in body["devices"]],
-            )
-        except (KeyError, TypeError, ValueError):
-            raise RelayRefusedError("relay sent a malformed account", relay_code="bad_response") from None
+        return parse_account(self._request("GET", "/v1/restore/account"))
 
     def restore_backup(self, max_size: int) -> bytes:
         """The backup's bytes; more than `max_size` is refused as it streams in."""

@@ -300,7 +300,7 @@ class SealedSender:
             # Copies to our own devices (and notes to self) go sealed too, with our own
             # access key (issue 12, row 1): identified, the relay's envelopes table would
             # name the sender of the sealed message they copy.
-            contact: Contact | None = _own_contact(account)
+            contact: Contact | None = own_contact(account)
         else:
             contact = self.store.get_contact(batch.account_id)
         sealed = self._seal(batch) if contact is not None else None
@@ -365,13 +365,15 @@ class SealedSender:
         return Opened(cert.sender, unsealed.session_message, unsealed.content_ciphertext, cert.identity_key)
 
 
-def _own_contact(account: LocalAccount) -> Contact:
-    """Our own account as the recipient of a sealed send: our handle, our profile key."""
+def own_contact(account: LocalAccount) -> Contact:
+    """Our own account as a recipient (notes to self, the copies to our own devices and
+    their sealed sends): our handle, our profile key, verified."""
     return Contact(
         account.account_id,
         account.handle,
         account.account_public,
         account.device_list,
+        verified=True,
         profile_key=account.profile_key,
         first_seen=account.created_at,
     )

@@ -24,6 +24,7 @@ from imsg.client.context import Context
 from imsg.client.discovery import Discovery
 from imsg.client.reachable import Reachable
 from imsg.client.results import ContactInfo, Verification
+from imsg.client.sealed import own_contact
 from imsg.handles import canonical_handle
 from imsg.protocol.encoding import KEY_ED25519, decode_key
 from imsg.protocol.errors import DecodeError
@@ -121,7 +122,7 @@ class Trust:
         said `on_key_change="accept"`. Only a first contact is looked up (trust on first use)."""
         account = self.ctx.account()
         if handle in self.reachable.own_handle_names(account):
-            return _own_contact(account), own_devices(account)
+            return own_contact(account), own_devices(account)
         pinned = self.store.contact_by_handle(handle)  # the "ok" identity first, if any
         if pinned is not None and pinned.status != "ok":
             pinned = None  # only changed/replaced identities: nothing pinned to compare with
@@ -305,16 +306,4 @@ def _identity_changed(handle: str) -> errors.IdentityChangedError:
         f"the safety number with {handle} changed: their account key is not the one you had",
         hint=f"compare it with: imsg verify {handle}; then release held messages with: imsg trust {handle}",
         handle=handle,
-    )
-
-
-def _own_contact(account: LocalAccount) -> Contact:
-    """Our own account as a recipient (notes to self, and the sync copies)."""
-    return Contact(
-        account.account_id,
-        account.handle,
-        account.account_public,
-        account.device_list,
-        verified=True,
-        first_seen=account.created_at,
     )

@@ -16,12 +16,8 @@ carried a credential.
 
 from __future__ import annotations
 
-import shutil
-import socket
 import socketserver
-import subprocess
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +33,7 @@ from imsg.protocol.stores import OutgoingBatch
 from imsg.relay_client import AnonymousRelay
 
 from support.relays import ThreadRelay, relay_settings
+from support.socks import Microsocks
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
 
@@ -426,40 +423,17 @@ def test_one_recipients_429_does_not_block_other_sends_or_receive_row8(tmp_path)
 # --- the network address: a real SOCKS5 proxy on loopback ---
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+PROXY_EXIT = "127.0.0.2"
 
 
 @pytest.fixture
-def socks_proxy(tmp_path):
+def socks_proxy():
     """Debian's microsocks on a loopback port, its outgoing connections bound to 127.0.0.2:
     the relay sees that address for every proxied request, 127.0.0.1 for the others."""
-    binary = shutil.which("microsocks")
-    if binary is None:
+    if not Microsocks.available():
         pytest.skip("microsocks (Debian package) is not installed and scripts/_setup.sh could not install it")
-    port = _free_port()
-    log = open(tmp_path / "microsocks.log", "wb")
-    proc = subprocess.Popen([binary, "-i", "127.0.0.1", "-p", str(port), "-b", PROXY_EXIT], stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 10
-        while True:  # until it accepts connections (a condition, not a sleep of a guessed length)
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"microsocks did not start: {(tmp_path / 'microsocks.log').read_text()}")
-                time.sleep(0.02)
-        yield f"socks5://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
-
-
-PROXY_EXIT = "127.0.0.2"
+    with Microsocks(egress=PROXY_EXIT) as proxy:
+        yield proxy.url
 
 
 def test_through_a_socks_proxy_the_relay_sees_only_the_proxy_for_unauthenticated_requests(

@@ -58,8 +58,9 @@ class Database:
         self._pool = None
 
     @asynccontextmanager
-    async def tx(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A pooled connection inside one transaction, committed on success."""
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection (a broken one replaced first), back in the pool afterwards;
+        a database lost on the way is StorageUnavailable."""
         if self._pool is None:
             raise StorageUnavailable("storage is closed")
         pool = self._pool
@@ -73,6 +74,16 @@ class Database:
                 self._all.remove(conn)
                 conn = await self._connect()
                 self._all.append(conn)
+            yield conn
+        except psycopg.OperationalError as exc:
+            raise StorageUnavailable(str(exc)) from exc
+        finally:
+            pool.put_nowait(conn)
+
+    @asynccontextmanager
+    async def tx(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection inside one transaction, committed on success."""
+        async with self._connection() as conn:
             try:
                 yield conn
                 await conn.commit()
@@ -80,10 +91,6 @@ class Database:
                 if not conn.closed:
                     await conn.rollback()
                 raise
-        except psycopg.OperationalError as exc:
-            raise StorageUnavailable(str(exc)) from exc
-        finally:
-            pool.put_nowait(conn)
 
     @asynccontextmanager
     async def try_lock(self, lock_class: int) -> AsyncIterator[bool]:
@@ -113,19 +120,7 @@ class Database:
         none). Run in autocommit: one round trip instead of three (BEGIN, the statement,
         COMMIT), which is most of the cost of an authenticated request's token lookup;
         a single statement is atomic and, when it writes, durable at its end either way."""
-        if self._pool is None:
-            raise StorageUnavailable("storage is closed")
-        pool = self._pool
-        self.waiting += 1
-        try:
-            conn = await pool.get()
-        finally:
-            self.waiting -= 1
-        try:
-            if conn.closed or conn.broken:
-                self._all.remove(conn)
-                conn = await self._connect()
-                self._all.append(conn)
+        async with self._connection() as conn:
             await conn.set_autocommit(True)
             try:
                 cur = await conn.execute(query, params)
@@ -133,10 +128,6 @@ class Database:
             finally:
                 if not conn.closed:
                     await conn.set_autocommit(False)
-        except psycopg.OperationalError as exc:
-            raise StorageUnavailable(str(exc)) from exc
-        finally:
-            pool.put_nowait(conn)
 
 
 async def one_row(cur: psycopg.AsyncCursor[Any]) -> tuple[Any, ...]:
